@@ -1,0 +1,10 @@
+//! The device interface ([`target`]), fault-tolerant memory access
+//! ([`touch`]) and the scenario suite ([`scenario`]) that barmap's emulated
+//! device and the kernel's vfio-pci are both measured with.
+
+#![cfg(all(target_os = "linux", target_arch = "x86_64"))]
+
+pub mod target;
+pub mod touch;
+
+pub use target::{ErrorClass, Layout, Prot, Target, TargetError, TargetMapping};
