@@ -1,0 +1,672 @@
+//! The emulated PCI function: config space, BAR regions backed by memfds,
+//! mmap validation, region access, and the transitions that revoke memory
+//! (COMMAND.MEM, reset, low power).
+
+use std::ops::Range;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::fault::{BugEvent, Core, CoreConfig};
+use crate::mapping::Mapping;
+use crate::mm::{MapId, MapInfo, SpaceId, PAGE_SIZE};
+use crate::policy::Policy;
+use crate::service::{Service, WaitMode};
+use crate::stats::Stats;
+use crate::uffd::{Uffd, UffdAccess, UffdMm};
+use barmap_target::Prot;
+
+/// PCI config-space offsets and bits used here.
+pub mod pci {
+    /// Vendor ID (u16).
+    pub const VENDOR_ID: u64 = 0x00;
+    /// Device ID (u16).
+    pub const DEVICE_ID: u64 = 0x02;
+    /// COMMAND register (u16).
+    pub const COMMAND: u64 = 0x04;
+    /// COMMAND: I/O space decoding.
+    pub const COMMAND_IO: u16 = 0x1;
+    /// COMMAND: memory space decoding; clearing it revokes every BAR mapping.
+    pub const COMMAND_MEMORY: u16 = 0x2;
+    /// COMMAND: bus mastering.
+    pub const COMMAND_MASTER: u16 = 0x4;
+    /// First BAR register.
+    pub const BAR0: u64 = 0x10;
+    /// Number of BARs of a type-0 header.
+    pub const NUM_BARS: usize = 6;
+}
+
+/// What a region allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct RegionFlags {
+    /// May be read (region read, mappings).
+    pub read: bool,
+    /// May be written (region write, writable mappings).
+    pub write: bool,
+    /// May be mmapped (within its mmap areas).
+    pub mmap: bool,
+}
+
+/// How to build one BAR.
+#[derive(Debug, Clone)]
+pub struct RegionSpec {
+    /// Size in bytes (a power of two, at least 16).
+    pub size: u64,
+    /// Permissions.
+    pub flags: RegionFlags,
+    /// The parts that may be mmapped (page aligned); `None` means all of it.
+    pub mmap_areas: Option<Vec<Range<u64>>>,
+    /// A 64-bit BAR (occupies this BAR register and the next).
+    pub is_64bit: bool,
+    /// Prefetchable memory.
+    pub prefetchable: bool,
+    /// Initial contents at offset 0, restored by reset.
+    pub init: Vec<u8>,
+}
+
+impl RegionSpec {
+    /// A read-write, mmappable memory BAR of `size` bytes.
+    pub fn memory(size: u64) -> Self {
+        RegionSpec {
+            size,
+            flags: RegionFlags {
+                read: true,
+                write: true,
+                mmap: true,
+            },
+            mmap_areas: None,
+            is_64bit: size > (1 << 30),
+            prefetchable: true,
+            init: Vec::new(),
+        }
+    }
+
+    /// A read-write register BAR with initial contents `init`.
+    pub fn registers(size: u64, init: Vec<u8>) -> Self {
+        RegionSpec {
+            prefetchable: false,
+            init,
+            ..RegionSpec::memory(size)
+        }
+    }
+
+    /// Makes the BAR 64-bit.
+    pub fn bits64(mut self) -> Self {
+        self.is_64bit = true;
+        self
+    }
+
+    /// Makes the region read-only.
+    pub fn read_only(mut self) -> Self {
+        self.flags.write = false;
+        self
+    }
+
+    /// Forbids mmap of the whole region.
+    pub fn unmappable(mut self) -> Self {
+        self.flags.mmap = false;
+        self
+    }
+
+    /// Restricts mmap to `areas` (the rest, an MSI-X table say, stays
+    /// reachable through region read/write only).
+    pub fn mmap_areas(mut self, areas: Vec<Range<u64>>) -> Self {
+        self.mmap_areas = Some(areas);
+        self
+    }
+}
+
+/// A region as the device reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RegionInfo {
+    /// BAR index.
+    pub index: u32,
+    /// Size in bytes.
+    pub size: u64,
+    /// Permissions.
+    pub flags: RegionFlags,
+    /// mmappable areas (the whole region if it has none listed).
+    pub mmap_areas: Vec<Range<u64>>,
+}
+
+struct Region {
+    info: RegionInfo,
+    spec: RegionSpec,
+    memfd: OwnedFd,
+}
+
+/// Device power states that matter to the fault path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerState {
+    /// Fully on.
+    D0,
+    /// Low power: memory is inaccessible, as if disabled.
+    D3hot,
+}
+
+/// Builds a [`Device`].
+#[derive(Debug, Clone)]
+pub struct DeviceBuilder {
+    vendor: u16,
+    device: u16,
+    class: u32,
+    regions: Vec<Option<RegionSpec>>,
+    policy: Policy,
+    service_threads: usize,
+    wait: WaitMode,
+    reset_time: Duration,
+    memory_enabled: bool,
+}
+
+impl Default for DeviceBuilder {
+    fn default() -> Self {
+        DeviceBuilder {
+            vendor: 0x1234,
+            device: 0xba00,
+            class: 0x05_00_00, // memory controller
+            regions: vec![None; pci::NUM_BARS],
+            policy: Policy::default(),
+            service_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            wait: WaitMode::Poll,
+            reset_time: Duration::from_millis(5),
+            memory_enabled: true,
+        }
+    }
+}
+
+impl DeviceBuilder {
+    /// Vendor and device id.
+    pub fn ids(mut self, vendor: u16, device: u16) -> Self {
+        self.vendor = vendor;
+        self.device = device;
+        self
+    }
+    /// Adds BAR `index`.
+    pub fn region(mut self, index: u32, spec: RegionSpec) -> Self {
+        if let Some(slot) = self.regions.get_mut(index as usize) {
+            *slot = Some(spec);
+        }
+        self
+    }
+    /// The fault policy (default: [`Policy::Prefault`]).
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+    /// Number of fault service threads (default: one per core).
+    pub fn service_threads(mut self, n: usize) -> Self {
+        self.service_threads = n.max(1);
+        self
+    }
+    /// How service threads wait for faults (default: poll).
+    pub fn wait_mode(mut self, wait: WaitMode) -> Self {
+        self.wait = wait;
+        self
+    }
+    /// How long a reset holds the memory gate (default 5 ms).
+    pub fn reset_time(mut self, t: Duration) -> Self {
+        self.reset_time = t;
+        self
+    }
+    /// Whether COMMAND.MEM starts set (default true).
+    pub fn memory_enabled(mut self, on: bool) -> Self {
+        self.memory_enabled = on;
+        self
+    }
+
+    /// Validates the description, allocates every BAR's memory, opens the
+    /// userfaultfd and starts the service threads.
+    pub fn build(self) -> Result<Device> {
+        let mut regions = Vec::new();
+        for (i, spec) in self.regions.iter().enumerate() {
+            let Some(spec) = spec else {
+                regions.push(None);
+                continue;
+            };
+            validate_spec(i, spec, &self.regions)?;
+            let memfd = crate::os::memfd(&format!("barmap-bar{i}"), spec.size)
+                .map_err(Error::os("memfd for BAR memory"))?;
+            crate::os::pwrite_all(&memfd, 0, &spec.init).map_err(Error::os("BAR init"))?;
+            let areas = spec
+                .mmap_areas
+                .clone()
+                .unwrap_or_else(|| vec![0..spec.size]);
+            regions.push(Some(Region {
+                info: RegionInfo {
+                    index: i as u32,
+                    size: spec.size,
+                    flags: spec.flags,
+                    mmap_areas: if spec.flags.mmap { areas } else { Vec::new() },
+                },
+                spec: spec.clone(),
+                memfd,
+            }));
+        }
+        let uffd = Uffd::open()?;
+        let access = uffd.access();
+        let core = Arc::new(Core::new(
+            UffdMm::new(uffd),
+            CoreConfig {
+                policy: self.policy,
+                ..CoreConfig::default()
+            },
+        ));
+        let config = ConfigSpace::new(&self, &regions);
+        if !self.memory_enabled {
+            core.set_memory_enabled(false);
+        }
+        let service = Service::start(core.clone(), self.service_threads, self.wait)?;
+        Ok(Device {
+            inner: Arc::new(Inner {
+                core,
+                regions,
+                config: Mutex::new(config),
+                access,
+                reset_time: self.reset_time,
+            }),
+            service,
+        })
+    }
+}
+
+fn validate_spec(i: usize, spec: &RegionSpec, all: &[Option<RegionSpec>]) -> Result<()> {
+    let bad = |why: String| Err(Error::InvalidSpec(format!("BAR{i}: {why}")));
+    if !spec.size.is_power_of_two() || spec.size < 16 {
+        return bad(format!("size {:#x} is not a power of two >= 16", spec.size));
+    }
+    if spec.init.len() as u64 > spec.size {
+        return bad("initial contents larger than the BAR".into());
+    }
+    if spec.is_64bit && (i + 1 >= pci::NUM_BARS || all[i + 1].is_some()) {
+        return bad("a 64-bit BAR needs the next BAR register free".into());
+    }
+    if i > 0 && all[i - 1].as_ref().is_some_and(|p| p.is_64bit) {
+        return bad("this BAR register holds the upper half of the previous 64-bit BAR".into());
+    }
+    for a in spec.mmap_areas.iter().flatten() {
+        if a.start % PAGE_SIZE as u64 != 0 || a.end % PAGE_SIZE as u64 != 0 || a.end > spec.size || a.start >= a.end {
+            return bad(format!("mmap area {a:#x?} is not page aligned inside the BAR"));
+        }
+    }
+    Ok(())
+}
+
+/// The 256-byte type-0 config header.
+struct ConfigSpace {
+    bytes: [u8; 256],
+    /// Per BAR register: the writable address bits.
+    bar_masks: [u32; pci::NUM_BARS],
+}
+
+impl ConfigSpace {
+    fn new(b: &DeviceBuilder, regions: &[Option<Region>]) -> Self {
+        let mut bytes = [0u8; 256];
+        bytes[0..2].copy_from_slice(&b.vendor.to_le_bytes());
+        bytes[2..4].copy_from_slice(&b.device.to_le_bytes());
+        let command = if b.memory_enabled { pci::COMMAND_MEMORY } else { 0 };
+        bytes[4..6].copy_from_slice(&command.to_le_bytes());
+        bytes[9..12].copy_from_slice(&b.class.to_le_bytes()[..3]);
+        let mut bar_masks = [0u32; pci::NUM_BARS];
+        let mut addr: u64 = 0xe000_0000;
+        for (i, r) in regions.iter().enumerate() {
+            let Some(r) = r else { continue };
+            let size = r.spec.size;
+            addr = (addr + size - 1) & !(size - 1);
+            let mut low = (addr as u32) & !((size as u32).wrapping_sub(1)) & !0xf;
+            if r.spec.is_64bit {
+                low |= 0x4;
+            }
+            if r.spec.prefetchable {
+                low |= 0x8;
+            }
+            bar_masks[i] = !((size as u32).wrapping_sub(1)) & !0xf;
+            if size > u32::MAX as u64 {
+                bar_masks[i] = 0;
+            }
+            let off = pci::BAR0 as usize + 4 * i;
+            bytes[off..off + 4].copy_from_slice(&low.to_le_bytes());
+            if r.spec.is_64bit {
+                bar_masks[i + 1] = !((size - 1) >> 32) as u32;
+                bytes[off + 4..off + 8].copy_from_slice(&((addr >> 32) as u32).to_le_bytes());
+            }
+            addr += size;
+        }
+        ConfigSpace { bytes, bar_masks }
+    }
+
+    fn command(&self) -> u16 {
+        u16::from_le_bytes([self.bytes[4], self.bytes[5]])
+    }
+
+    /// Applies a write with each byte's writable bits; returns the new COMMAND.
+    fn write(&mut self, offset: usize, data: &[u8]) {
+        for (i, &v) in data.iter().enumerate() {
+            let at = offset + i;
+            let mask: u8 = match at {
+                4 => 0x47,    // IO, MEM, MASTER, PARITY
+                5 => 0x05,    // SERR, INTx disable
+                6 => 0,       // status: RW1C bits not modelled
+                0x0c | 0x0d => 0xff, // cache line, latency timer
+                0x10..=0x27 => {
+                    let bar = (at - 0x10) / 4;
+                    let shift = 8 * ((at - 0x10) % 4);
+                    (self.bar_masks[bar] >> shift) as u8
+                }
+                0x3c => 0xff, // interrupt line
+                _ => 0,
+            };
+            self.bytes[at] = (self.bytes[at] & !mask) | (v & mask);
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) core: Arc<Core<UffdMm>>,
+    regions: Vec<Option<Region>>,
+    /// Config space; taken before the gate (lock order: config -> gate).
+    config: Mutex<ConfigSpace>,
+    access: UffdAccess,
+    reset_time: Duration,
+}
+
+/// An emulated PCI function whose BARs can be mmapped, faulted in lazily,
+/// and revoked.
+///
+/// Dropping the device revokes every mapping for good: threads blocked in a
+/// fault and every later touch get SIGBUS; mappings can still be dropped.
+pub struct Device {
+    inner: Arc<Inner>,
+    service: Service,
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device")
+            .field("policy", &self.policy())
+            .field("mappings", &self.mapping_count())
+            .finish()
+    }
+}
+
+/// The default device's ID register (BAR0 offset 0).
+pub const DEFAULT_ID: u32 = 0x0ba2_0001;
+/// The default device's memory BAR index.
+pub const DEFAULT_MEMORY_BAR: u32 = 2;
+
+impl Device {
+    /// A builder with no BARs.
+    pub fn builder() -> DeviceBuilder {
+        DeviceBuilder::default()
+    }
+
+    /// The default test device's description:
+    /// - BAR0: 64 KiB registers, ID register at 0 ([`DEFAULT_ID`]), an MSI-X
+    ///   table at 0x8000..0x9000 that may not be mmapped;
+    /// - BAR2: 256 MiB of 64-bit prefetchable memory;
+    /// - BAR4: a 4 KiB read-only information page;
+    /// - BAR5: 256 bytes of registers that may not be mmapped.
+    pub fn default_builder() -> DeviceBuilder {
+        Self::builder_with_memory(256 << 20)
+    }
+
+    /// The default device with a memory BAR of `memory` bytes.
+    pub fn builder_with_memory(memory: u64) -> DeviceBuilder {
+        let mut id = DEFAULT_ID.to_le_bytes().to_vec();
+        id.resize(8, 0);
+        DeviceBuilder::default()
+            .region(
+                0,
+                RegionSpec::registers(64 << 10, id).mmap_areas(vec![0..0x8000, 0x9000..0x10000]),
+            )
+            .region(DEFAULT_MEMORY_BAR, RegionSpec::memory(memory).bits64())
+            .region(4, RegionSpec::registers(4096, b"barmap info page\n".to_vec()).read_only())
+            .region(5, RegionSpec::registers(256, Vec::new()).unmappable())
+    }
+
+    /// Builds the default device (see [`Device::default_builder`]).
+    pub fn new_default() -> Result<Device> {
+        Self::default_builder().build()
+    }
+
+    /// The fault policy.
+    pub fn policy(&self) -> Policy {
+        self.inner.core.policy()
+    }
+
+    /// How the userfaultfd was obtained (what works unprivileged).
+    pub fn uffd_access(&self) -> UffdAccess {
+        self.inner.access
+    }
+
+    /// Region `index`, if the device has it.
+    pub fn region_info(&self, index: u32) -> Option<RegionInfo> {
+        self.inner.region(index).ok().map(|r| r.info.clone())
+    }
+
+    /// Maps `len` bytes of region `region` at `offset` with `prot`.
+    ///
+    /// Validates everything first (page alignment, bounds, mmappable area,
+    /// permissions); on any error nothing is mapped or registered. Nothing
+    /// is populated: pages are faulted in on first touch.
+    pub fn map(&self, region: u32, offset: u64, len: usize, prot: Prot) -> Result<Mapping> {
+        let r = self.inner.region(region)?;
+        if len == 0 {
+            return Err(Error::ZeroLength);
+        }
+        if offset % PAGE_SIZE as u64 != 0 || len % PAGE_SIZE != 0 {
+            return Err(Error::Unaligned { offset, len });
+        }
+        let size = r.info.size;
+        if offset.checked_add(len as u64).is_none_or(|end| end > size.next_multiple_of(PAGE_SIZE as u64)) {
+            return Err(Error::OutOfRange { region, offset, len, size });
+        }
+        if !r.info.flags.mmap {
+            return Err(Error::NotMappable(region));
+        }
+        if !r.info.mmap_areas.iter().any(|a| a.start <= offset && offset + len as u64 <= a.end) {
+            return Err(Error::SparseArea { region, offset, len });
+        }
+        if prot.writable() && !r.info.flags.write {
+            return Err(Error::ReadOnly(region));
+        }
+        if !r.info.flags.read {
+            return Err(Error::NotReadable(region));
+        }
+        // A BAR smaller than a page is still mapped as one page (as the
+        // kernel does); the memfd is page-sized in that case.
+        let start = crate::os::map_shared(&r.memfd, offset, len, prot.writable())
+            .map_err(Error::os("mmap"))?;
+        if let Err(errno) = self.inner.core.mm().uffd().register(start..start + len) {
+            let _ = crate::os::unmap(start..start + len);
+            return Err(Error::os("UFFDIO_REGISTER")(errno));
+        }
+        let entry = self.inner.core.register(MapInfo {
+            id: MapId(0),
+            space: SpaceId::LOCAL,
+            start,
+            len,
+            region,
+            offset,
+            writable: prot.writable(),
+        });
+        Ok(Mapping::new(self.inner.clone(), entry))
+    }
+
+    /// Reads config space.
+    pub fn read_config(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let at = config_range(offset, buf.len())?;
+        buf.copy_from_slice(&self.inner.config.lock().unwrap_or_else(|e| e.into_inner()).bytes[at]);
+        Ok(())
+    }
+
+    /// Writes config space. A write that clears COMMAND.MEM revokes every
+    /// mapping before it returns; one that sets it lets touches fault pages
+    /// back in.
+    pub fn write_config(&self, offset: u64, data: &[u8]) -> Result<()> {
+        let at = config_range(offset, data.len())?;
+        let mut config = self.inner.config.lock().unwrap_or_else(|e| e.into_inner());
+        let before = config.command() & pci::COMMAND_MEMORY != 0;
+        config.write(at.start, data);
+        let after = config.command() & pci::COMMAND_MEMORY != 0;
+        if before != after {
+            self.inner.core.set_memory_enabled(after);
+        }
+        Ok(())
+    }
+
+    /// The COMMAND register.
+    pub fn command(&self) -> u16 {
+        self.inner.config.lock().unwrap_or_else(|e| e.into_inner()).command()
+    }
+
+    /// Sets or clears COMMAND.MEM (a read-modify-write of COMMAND).
+    pub fn set_memory_enabled(&self, enabled: bool) {
+        let cmd = self.command();
+        let new = if enabled { cmd | pci::COMMAND_MEMORY } else { cmd & !pci::COMMAND_MEMORY };
+        self.write_config(pci::COMMAND, &new.to_le_bytes())
+            .expect("COMMAND is inside config space");
+    }
+
+    /// Whether device memory is accessible now.
+    pub fn memory_enabled(&self) -> bool {
+        self.inner.core.gate_state().accessible()
+    }
+
+    /// Function-level reset: revokes every mapping, holds the memory gate
+    /// while the device resets (faults meanwhile wait, then succeed), and
+    /// restores config space as the kernel's save/restore does. Register
+    /// BARs return to their initial contents; memory BARs keep their data.
+    pub fn reset(&self) -> Result<()> {
+        let config = self.inner.config.lock().unwrap_or_else(|e| e.into_inner());
+        let result = self.inner.core.reset(|| -> Result<()> {
+            for r in self.inner.regions.iter().flatten() {
+                if !r.spec.init.is_empty() {
+                    crate::os::pwrite_all(&r.memfd, 0, &r.spec.init).map_err(Error::os("reset"))?;
+                }
+            }
+            std::thread::sleep(self.inner.reset_time);
+            Ok(())
+        });
+        drop(config);
+        result
+    }
+
+    /// Enters or leaves a low-power state; in D3hot memory is revoked as if
+    /// disabled.
+    pub fn set_power_state(&self, state: PowerState) {
+        let _config = self.inner.config.lock().unwrap_or_else(|e| e.into_inner());
+        self.inner.core.set_low_power(state == PowerState::D3hot);
+    }
+
+    /// Reads region bytes through the device. Fails with
+    /// [`Error::MemoryDisabled`] while memory is off. `buf` may itself be a
+    /// mapping of this device: the copy goes through a bounce buffer outside
+    /// the memory gate (the fix for the kernel's 2020 recursive-lock bug).
+    pub fn read_region(&self, region: u32, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let r = self.inner.region(region)?;
+        region_bounds(r, region, offset, buf.len())?;
+        if !r.info.flags.read {
+            return Err(Error::NotReadable(region));
+        }
+        let mut bounce = vec![0u8; BOUNCE.min(buf.len())];
+        for (i, chunk) in buf.chunks_mut(BOUNCE).enumerate() {
+            let at = offset + (i * BOUNCE) as u64;
+            let b = &mut bounce[..chunk.len()];
+            self.inner
+                .core
+                .with_memory(|| crate::os::pread_all(&r.memfd, at, b))
+                .map_err(|_| Error::MemoryDisabled)?
+                .map_err(Error::os("region read"))?;
+            chunk.copy_from_slice(b);
+        }
+        Ok(())
+    }
+
+    /// Writes region bytes through the device; see [`Device::read_region`].
+    pub fn write_region(&self, region: u32, offset: u64, data: &[u8]) -> Result<()> {
+        let r = self.inner.region(region)?;
+        region_bounds(r, region, offset, data.len())?;
+        if !r.info.flags.write {
+            return Err(Error::ReadOnly(region));
+        }
+        let mut bounce = vec![0u8; BOUNCE.min(data.len())];
+        for (i, chunk) in data.chunks(BOUNCE).enumerate() {
+            let at = offset + (i * BOUNCE) as u64;
+            let b = &mut bounce[..chunk.len()];
+            b.copy_from_slice(chunk);
+            self.inner
+                .core
+                .with_memory(|| crate::os::pwrite_all(&r.memfd, at, b))
+                .map_err(|_| Error::MemoryDisabled)?
+                .map_err(Error::os("region write"))?;
+        }
+        Ok(())
+    }
+
+    /// The fault-path counters.
+    pub fn stats(&self) -> Stats {
+        self.inner.core.stats()
+    }
+
+    /// BUG events recorded by the `legacy` policy.
+    pub fn bug_events(&self) -> Vec<BugEvent> {
+        self.inner.core.bug_events()
+    }
+
+    /// Waits until no fault is being served (at most `timeout`); returns
+    /// whether the service went idle. Counters read afterwards add up.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while !self.inner.core.idle() {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        true
+    }
+
+    /// Number of live mappings.
+    pub fn mapping_count(&self) -> usize {
+        self.inner.core.mappings().len()
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        // Revoke and poison first, so that threads blocked in faults are
+        // answered (SIGBUS) even after the service threads are gone.
+        self.inner.core.shutdown();
+        self.service.stop();
+    }
+}
+
+/// Region copies go through a bounce buffer of this size.
+const BOUNCE: usize = 64 << 10;
+
+impl Inner {
+    fn region(&self, index: u32) -> Result<&Region> {
+        self.regions
+            .get(index as usize)
+            .and_then(|r| r.as_ref())
+            .ok_or(Error::NoSuchRegion(index))
+    }
+}
+
+fn config_range(offset: u64, len: usize) -> Result<Range<usize>> {
+    match offset.checked_add(len as u64) {
+        Some(end) if end <= 256 && len > 0 => Ok(offset as usize..end as usize),
+        _ => Err(Error::ConfigRange { offset, len }),
+    }
+}
+
+fn region_bounds(r: &Region, region: u32, offset: u64, len: usize) -> Result<()> {
+    if len == 0 {
+        return Err(Error::ZeroLength);
+    }
+    match offset.checked_add(len as u64) {
+        Some(end) if end <= r.info.size => Ok(()),
+        _ => Err(Error::OutOfRange { region, offset, len, size: r.info.size }),
+    }
+}

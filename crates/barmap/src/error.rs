@@ -1,0 +1,138 @@
+//! barmap's error type.
+
+use barmap_target::{ErrorClass, TargetError};
+
+/// Everything that can go wrong, each case typed. A call that fails with one
+/// of these changed no state.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The BAR index is not one of the device's regions.
+    #[error("region {0} does not exist on this device")]
+    NoSuchRegion(u32),
+    /// The region exists but may not be mmapped at all.
+    #[error("region {0} may not be mmapped")]
+    NotMappable(u32),
+    /// Offset or length is not a multiple of the page size.
+    #[error("offset {offset:#x} and length {len:#x} must be multiples of the page size")]
+    Unaligned {
+        /// Requested offset.
+        offset: u64,
+        /// Requested length.
+        len: usize,
+    },
+    /// A zero-length request.
+    #[error("zero-length request")]
+    ZeroLength,
+    /// The range runs past the end of the region.
+    #[error("range {offset:#x}+{len:#x} lies outside region {region} of {size:#x} bytes")]
+    OutOfRange {
+        /// Region index.
+        region: u32,
+        /// Requested offset.
+        offset: u64,
+        /// Requested length.
+        len: usize,
+        /// Region size.
+        size: u64,
+    },
+    /// The range is not inside one of the region's mmappable areas (it
+    /// touches, say, an MSI-X table).
+    #[error("range {offset:#x}+{len:#x} of region {region} is not inside one mmappable area")]
+    SparseArea {
+        /// Region index.
+        region: u32,
+        /// Requested offset.
+        offset: u64,
+        /// Requested length.
+        len: usize,
+    },
+    /// A writable mapping or a write of a read-only region.
+    #[error("region {0} is read-only")]
+    ReadOnly(u32),
+    /// A read of a region that cannot be read.
+    #[error("region {0} is not readable")]
+    NotReadable(u32),
+    /// Device memory is disabled: COMMAND.MEM is clear or the device is in a
+    /// low-power state (the kernel answers EIO).
+    #[error("device memory is disabled (COMMAND.MEM clear or low power)")]
+    MemoryDisabled,
+    /// The range is not (or no longer) mapped: a double unmap, say.
+    #[error("range {offset:#x}+{len:#x} of the mapping is not mapped")]
+    NotMapped {
+        /// Offset into the mapping.
+        offset: usize,
+        /// Length.
+        len: usize,
+    },
+    /// The device was dropped; its mappings are revoked for good.
+    #[error("the device has been dropped")]
+    DeviceGone,
+    /// A checked access hit a page that faults (revoked, poisoned, unmapped).
+    #[error("access at offset {offset:#x} of the mapping faulted: {}", std::io::Error::from_raw_os_error(*.errno))]
+    Fault {
+        /// Offset into the mapping.
+        offset: usize,
+        /// The errno the kernel reported (EFAULT).
+        errno: i32,
+    },
+    /// A config-space access outside the 256 bytes.
+    #[error("config space access at {offset:#x}+{len} is outside the 256-byte header")]
+    ConfigRange {
+        /// Offset.
+        offset: u64,
+        /// Length.
+        len: usize,
+    },
+    /// An invalid device description.
+    #[error("invalid device description: {0}")]
+    InvalidSpec(String),
+    /// No userfaultfd could be opened.
+    #[error(
+        "userfaultfd is not available ({0}). Run as root, or set the sysctl \
+         vm.unprivileged_userfaultfd=1, or give this user read-write access to /dev/userfaultfd"
+    )]
+    UffdUnavailable(String),
+    /// A system call failed.
+    #[error("{op}: {}", std::io::Error::from_raw_os_error(*.errno))]
+    Os {
+        /// What was being done.
+        op: &'static str,
+        /// The errno.
+        errno: i32,
+    },
+}
+
+impl Error {
+    /// The errno-like class, for comparison with the kernel's vfio-pci.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Error::NoSuchRegion(_)
+            | Error::NotMappable(_)
+            | Error::Unaligned { .. }
+            | Error::ZeroLength
+            | Error::OutOfRange { .. }
+            | Error::SparseArea { .. }
+            | Error::NotMapped { .. }
+            | Error::ConfigRange { .. }
+            | Error::InvalidSpec(_) => ErrorClass::InvalidArgument,
+            Error::ReadOnly(_) | Error::NotReadable(_) | Error::UffdUnavailable(_) => {
+                ErrorClass::Permission
+            }
+            Error::MemoryDisabled => ErrorClass::MemoryDisabled,
+            Error::DeviceGone | Error::Fault { .. } | Error::Os { .. } => ErrorClass::Other,
+        }
+    }
+
+    pub(crate) fn os(op: &'static str) -> impl FnOnce(i32) -> Error {
+        move |errno| Error::Os { op, errno }
+    }
+}
+
+impl From<Error> for TargetError {
+    fn from(e: Error) -> TargetError {
+        TargetError::new(e.class(), e.to_string())
+    }
+}
+
+/// `Result` with barmap's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

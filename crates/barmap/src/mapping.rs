@@ -1,0 +1,205 @@
+//! A live BAR mapping: its address, volatile accessors, checked probes, and
+//! (partial) unmap.
+
+use std::sync::Arc;
+
+use barmap_target::touch;
+
+use crate::device::Inner;
+use crate::error::{Error, Result};
+use crate::fault::MapEntry;
+use crate::mm::PAGE_SIZE;
+
+/// A MAP_SHARED view of part of a BAR, registered with the device's
+/// userfaultfd. Pages are mapped on first touch by the fault service and
+/// revoked when device memory is disabled.
+///
+/// Touching a revoked page raises a real SIGBUS in the touching thread, as
+/// with the kernel's vfio-pci. [`Mapping::try_read`]/[`Mapping::try_write`]
+/// and [`Mapping::touch_u64`] report it as an error instead.
+///
+/// Dropping the mapping unmaps what is left of it.
+pub struct Mapping {
+    inner: Arc<Inner>,
+    entry: Arc<MapEntry>,
+}
+
+impl std::fmt::Debug for Mapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let i = self.entry.info();
+        f.debug_struct("Mapping")
+            .field("id", &i.id)
+            .field("addr", &format_args!("{:#x}", i.start))
+            .field("len", &i.len)
+            .field("region", &i.region)
+            .field("offset", &i.offset)
+            .finish()
+    }
+}
+
+impl Mapping {
+    pub(crate) fn new(inner: Arc<Inner>, entry: Arc<MapEntry>) -> Self {
+        Mapping { inner, entry }
+    }
+
+    /// First byte's address.
+    pub fn addr(&self) -> usize {
+        self.entry.info().start
+    }
+
+    /// Length in bytes, holes from partial unmaps included.
+    pub fn len(&self) -> usize {
+        self.entry.info().len
+    }
+
+    /// Always false: a mapping has at least one page.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// BAR index.
+    pub fn region(&self) -> u32 {
+        self.entry.info().region
+    }
+
+    /// Offset into the BAR of the first byte.
+    pub fn offset(&self) -> u64 {
+        self.entry.info().offset
+    }
+
+    /// Raw pointer to the first byte, for callers that do their own volatile
+    /// or atomic access.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.addr() as *mut u8
+    }
+
+    fn check(&self, offset: usize, size: usize) -> usize {
+        assert!(
+            offset % size == 0 && offset + size <= self.len(),
+            "access of {size} bytes at {offset:#x} outside or misaligned in a mapping of {:#x}",
+            self.len()
+        );
+        self.addr() + offset
+    }
+
+    /// Volatile 64-bit read at `offset` (aligned, in bounds: else panics).
+    /// A revoked page raises SIGBUS, as on real hardware.
+    pub fn read_u64(&self, offset: usize) -> u64 {
+        let p = self.check(offset, 8) as *const u64;
+        // SAFETY: in bounds and aligned (checked); device memory is only ever
+        // accessed through raw volatile operations, never Rust references.
+        unsafe { p.read_volatile() }
+    }
+
+    /// Volatile 64-bit write at `offset`; see [`Mapping::read_u64`].
+    pub fn write_u64(&self, offset: usize, value: u64) {
+        assert!(self.entry.info().writable, "write to a read-only mapping");
+        let p = self.check(offset, 8) as *mut u64;
+        // SAFETY: as for read_u64; the mapping is writable (checked).
+        unsafe { p.write_volatile(value) }
+    }
+
+    /// Volatile 32-bit read at `offset`; see [`Mapping::read_u64`].
+    pub fn read_u32(&self, offset: usize) -> u32 {
+        let p = self.check(offset, 4) as *const u32;
+        // SAFETY: as for read_u64.
+        unsafe { p.read_volatile() }
+    }
+
+    /// Volatile 32-bit write at `offset`; see [`Mapping::read_u64`].
+    pub fn write_u32(&self, offset: usize, value: u32) {
+        assert!(self.entry.info().writable, "write to a read-only mapping");
+        let p = self.check(offset, 4) as *mut u32;
+        // SAFETY: as for write_u64.
+        unsafe { p.write_volatile(value) }
+    }
+
+    /// Reads a u64 and reports a SIGBUS (revoked memory) or SIGSEGV (an
+    /// unmapped hole) as an error instead of dying: the thread really takes
+    /// the signal, and barmap-target's exception table recovers it.
+    pub fn touch_u64(&self, offset: usize) -> std::result::Result<u64, touch::Fault> {
+        let p = self.check(offset, 8) as *const u64;
+        // SAFETY: in bounds and aligned; the touch module handles faults.
+        unsafe { touch::read_u64(p) }
+    }
+
+    /// Writes a u64, reporting a SIGBUS/SIGSEGV as an error; see
+    /// [`Mapping::touch_u64`].
+    pub fn touch_write_u64(&self, offset: usize, value: u64) -> std::result::Result<(), touch::Fault> {
+        assert!(self.entry.info().writable, "write to a read-only mapping");
+        let p = self.check(offset, 8) as *mut u64;
+        // SAFETY: as for touch_u64; the mapping is writable.
+        unsafe { touch::write_u64(p, value) }
+    }
+
+    /// Copies mapping bytes at `offset` into `buf` through the kernel
+    /// (process_vm_readv): a page not yet mapped is faulted in as usual; a
+    /// revoked or unmapped page gives [`Error::Fault`] instead of SIGBUS.
+    /// After the device is dropped: [`Error::DeviceGone`].
+    ///
+    /// With a userfaultfd in user-mode-only mode (unprivileged fallback) the
+    /// kernel does not forward its own faults, so only pages already mapped
+    /// can be probed.
+    pub fn try_read(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
+        self.probe(offset, buf.as_mut_ptr(), buf.len(), false)
+    }
+
+    /// Copies `data` into the mapping at `offset`; see [`Mapping::try_read`].
+    pub fn try_write(&self, offset: usize, data: &[u8]) -> Result<()> {
+        if !self.entry.info().writable {
+            return Err(Error::ReadOnly(self.region()));
+        }
+        self.probe(offset, data.as_ptr() as *mut u8, data.len(), true)
+    }
+
+    fn probe(&self, offset: usize, local: *mut u8, len: usize, write: bool) -> Result<()> {
+        if self.inner.core.gate_state().gone {
+            return Err(Error::DeviceGone);
+        }
+        if offset.checked_add(len).is_none_or(|end| end > self.len()) {
+            return Err(Error::NotMapped { offset, len });
+        }
+        crate::os::probe(self.addr() + offset, local, len, write)
+            .map_err(|errno| Error::Fault { offset, errno })
+    }
+
+    /// Unmaps `len` bytes at `offset` (page aligned); the rest of the
+    /// mapping keeps working. Unmapping a range that is not mapped (a double
+    /// unmap) fails with [`Error::NotMapped`] and changes nothing.
+    pub fn unmap(&mut self, offset: usize, len: usize) -> Result<()> {
+        if len == 0 {
+            return Err(Error::ZeroLength);
+        }
+        if offset % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 {
+            return Err(Error::Unaligned { offset: offset as u64, len });
+        }
+        if offset.checked_add(len).is_none_or(|end| end > self.len()) {
+            return Err(Error::NotMapped { offset, len });
+        }
+        let start = self.addr() + offset;
+        self.inner
+            .core
+            .unmap(&self.entry, start..start + len)
+            .map(|_| ())
+            .map_err(|e| match e {
+                crate::mm::MmError::Os(errno) => Error::os("munmap")(errno),
+                _ => Error::NotMapped { offset, len },
+            })
+    }
+
+    /// Whether the page at `offset` is still mapped (not cut by unmap).
+    pub fn is_mapped(&self, offset: usize) -> bool {
+        let addr = self.addr() + offset;
+        self.entry.live_ranges().iter().any(|r| r.contains(&addr))
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        for part in self.entry.live_ranges() {
+            if let Err(e) = self.inner.core.unmap(&self.entry, part) {
+                tracing::error!(error = %e, "unmap on drop failed");
+            }
+        }
+    }
+}

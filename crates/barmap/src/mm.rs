@@ -1,0 +1,149 @@
+//! The memory-management interface the fault path is written against.
+//!
+//! The core ([`crate::fault`]) decides *what* to map, poison or zap; an [`Mm`]
+//! backend does it. Two backends implement it: [`crate::uffd::UffdMm`] over
+//! userfaultfd on real page tables, and the simulated MM in
+//! [`crate::model::sim`] that enforces the kernel's rules for the model
+//! checker. All addresses are absolute virtual addresses in the mapping's
+//! address space ([`SpaceId`]); ranges are page aligned.
+
+use std::fmt;
+use std::ops::Range;
+
+/// The base page size barmap maps with.
+pub const PAGE_SIZE: usize = 4096;
+/// The PMD size: the chunk the `huge` and `prefault` policies fill at once.
+pub const HUGE_SIZE: usize = 2 << 20;
+
+/// An address space whose threads fault on barmap mappings.
+///
+/// Today every mapping lives in the device's own process ([`SpaceId::LOCAL`]);
+/// a device server would give each client process (and the userfaultfd it
+/// passed over a socket) its own id. The core never assumes "self".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SpaceId(pub u32);
+
+impl SpaceId {
+    /// The device's own process.
+    pub const LOCAL: SpaceId = SpaceId(0);
+}
+
+/// A mapping's identity, unique for the device's lifetime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct MapId(pub u64);
+
+impl fmt::Display for MapId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "map#{}", self.0)
+    }
+}
+
+/// What the backend needs to know about a mapping.
+#[derive(Debug, Clone)]
+pub struct MapInfo {
+    /// Identity.
+    pub id: MapId,
+    /// Address space.
+    pub space: SpaceId,
+    /// First byte.
+    pub start: usize,
+    /// Length in bytes (page multiple).
+    pub len: usize,
+    /// BAR index.
+    pub region: u32,
+    /// Offset into the region of `start`.
+    pub offset: u64,
+    /// Whether the mapping is writable.
+    pub writable: bool,
+}
+
+impl MapInfo {
+    /// One past the last byte.
+    pub fn end(&self) -> usize {
+        self.start + self.len
+    }
+    /// The region offset that `addr` (inside the mapping) maps.
+    pub fn offset_of(&self, addr: usize) -> u64 {
+        self.offset + (addr - self.start) as u64
+    }
+}
+
+/// A page fault as the service sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Fault {
+    /// Address space of the faulting thread.
+    pub space: SpaceId,
+    /// Faulting address (any byte of the page).
+    pub addr: usize,
+    /// Thread id of the faulting thread (0 if unknown).
+    pub tid: u32,
+    /// Whether it was a write.
+    pub write: bool,
+}
+
+/// Why a backend operation failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MmError {
+    /// A page in the range is already present (or poisoned). `done` pages
+    /// before it were mapped by this call.
+    Exists {
+        /// Pages mapped before the present one.
+        done: usize,
+    },
+    /// The range is no longer mapped or registered.
+    Gone,
+    /// The operating system refused, with this errno.
+    Os(i32),
+    /// A failure injected by the simulated backend.
+    Injected,
+}
+
+impl fmt::Display for MmError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MmError::Exists { done } => write!(f, "page already present after {done} pages"),
+            MmError::Gone => write!(f, "range no longer mapped"),
+            MmError::Os(e) => write!(f, "{}", std::io::Error::from_raw_os_error(*e)),
+            MmError::Injected => write!(f, "injected failure"),
+        }
+    }
+}
+
+/// Page-table operations on a mapping, the kernel's verbs.
+///
+/// Implementations must be callable from several service threads at once.
+pub trait Mm: Send + Sync + 'static {
+    /// Maps every page of `range` (io_remap_pfn_range semantics): a page that
+    /// is already present stops the call with [`MmError::Exists`]; the
+    /// kernel's version BUGs there, and the core reports it as a BUG event.
+    fn remap(&self, map: &MapInfo, range: Range<usize>) -> Result<(), MmError>;
+
+    /// Maps every absent page of `range` and skips present ones
+    /// (vmf_insert_pfn semantics). Returns how many were already present.
+    fn insert(&self, map: &MapInfo, range: Range<usize>) -> Result<usize, MmError>;
+
+    /// Marks the absent pages of `range` so that a touch raises SIGBUS, and
+    /// wakes threads waiting on them. [`MmError::Exists`] if a page is present.
+    fn poison(&self, map: &MapInfo, range: Range<usize>) -> Result<(), MmError>;
+
+    /// Removes every page and poison marker in `range` (MADV_DONTNEED); the
+    /// device memory behind them is kept.
+    fn zap(&self, map: &MapInfo, range: Range<usize>) -> Result<(), MmError>;
+
+    /// Wakes threads waiting on faults in `range` without mapping anything:
+    /// they retry the access.
+    fn wake(&self, space: SpaceId, range: Range<usize>);
+
+    /// Unmaps `range` of the mapping and drops its fault registration.
+    fn unmap(&self, map: &MapInfo, range: Range<usize>) -> Result<(), MmError>;
+}
+
+/// Rounds `addr` down to its page.
+pub fn page_of(addr: usize) -> usize {
+    addr & !(PAGE_SIZE - 1)
+}
+
+/// Pages in `range`.
+pub fn pages(range: &Range<usize>) -> usize {
+    (range.end - range.start) / PAGE_SIZE
+}

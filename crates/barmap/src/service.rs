@@ -1,0 +1,117 @@
+//! Fault service threads: read userfaultfd events and hand each to the
+//! fault path. The whole loop: wait, read, serve, repeat.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crate::error::{Error, Result};
+use crate::fault::Core;
+use crate::mm::{Fault, SpaceId};
+use crate::uffd::UffdMm;
+
+/// How service threads wait for events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WaitMode {
+    /// poll(2): sleep until an event arrives (no CPU while idle).
+    #[default]
+    Poll,
+    /// Busy-poll the userfaultfd: lowest latency, one core per thread.
+    Spin,
+}
+
+/// A pool of fault service threads over one core.
+#[derive(Debug)]
+pub struct Service {
+    stop: Arc<AtomicBool>,
+    wakeup: Arc<OwnedFd>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Service {
+    /// Starts `threads` service threads for `core`.
+    pub fn start(core: Arc<Core<UffdMm>>, threads: usize, mode: WaitMode) -> Result<Service> {
+        // SAFETY: eventfd takes an initial value and flags; a new fd or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(Error::os("eventfd")(
+                std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
+            ));
+        }
+        // SAFETY: a fresh fd owned by nobody else.
+        let wakeup = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut service = Service {
+            stop: stop.clone(),
+            wakeup: wakeup.clone(),
+            threads: Vec::new(),
+        };
+        for i in 0..threads.max(1) {
+            let (core, stop, wakeup) = (core.clone(), stop.clone(), wakeup.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("barmap-fault-{i}"))
+                .spawn(move || serve(&core, &stop, &wakeup, mode))
+                .map_err(|e| Error::os("spawn service thread")(e.raw_os_error().unwrap_or(0)))?;
+            service.threads.push(handle);
+        }
+        Ok(service)
+    }
+
+    /// Stops and joins every service thread. Idempotent.
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a valid u64 to our eventfd.
+        unsafe { libc::write(self.wakeup.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn serve(core: &Core<UffdMm>, stop: &AtomicBool, wakeup: &OwnedFd, mode: WaitMode) {
+    let uffd = core.mm().uffd();
+    let mut faults: Vec<Fault> = Vec::with_capacity(32);
+    while !stop.load(Ordering::Relaxed) {
+        if mode == WaitMode::Poll {
+            let mut fds = [
+                libc::pollfd {
+                    fd: uffd.raw(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: wakeup.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: `fds` is a valid array of two pollfd structs.
+            let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            if rc < 0 || fds[1].revents != 0 {
+                continue; // EINTR, or the stop flag is about to be seen
+            }
+        }
+        faults.clear();
+        match uffd.read_faults(SpaceId::LOCAL, &mut faults) {
+            Ok(0) => std::hint::spin_loop(),
+            Ok(_) => {
+                for fault in &faults {
+                    core.handle_fault(fault);
+                }
+            }
+            Err(errno) => {
+                tracing::error!(errno, "reading userfaultfd failed; service thread stops");
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! The real backend: userfaultfd over memfd-backed MAP_SHARED views.
+//!
+//! A thin layer, one function per ioctl, each returning the errno; the unsafe
+//! parts are the `ioctl`, `read` and `mmap` calls, each in a small function
+//! that says why it is sound. [`UffdMm`] implements the fault path's [`Mm`]
+//! verbs with them:
+//!
+//! | verb     | userfaultfd                                   |
+//! |----------|-----------------------------------------------|
+//! | remap    | UFFDIO_CONTINUE over the range, EEXIST stops   |
+//! | insert   | UFFDIO_CONTINUE, skipping pages that EEXIST    |
+//! | poison   | UFFDIO_POISON (the toucher gets SIGBUS)        |
+//! | zap      | MADV_DONTNEED (also clears poison markers)     |
+//! | wake     | UFFDIO_WAKE                                   |
+//! | unmap    | munmap (which drops the registration with it) |
+
+use std::fs::OpenOptions;
+use std::io;
+use std::ops::Range;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+
+use linux_raw_sys::general as sys;
+
+use crate::error::Error;
+use crate::mm::{Fault, MapInfo, Mm, MmError, SpaceId, PAGE_SIZE};
+
+// UFFDIO_POISON = _IOWR(0xAA, _UFFDIO_POISON, struct uffdio_poison); not in
+// linux-raw-sys's ioctl table yet.
+const UFFDIO_POISON: u32 = 0xC000_AA00
+    | ((std::mem::size_of::<sys::uffdio_poison>() as u32) << 16)
+    | sys::_UFFDIO_POISON;
+// USERFAULTFD_IOC_NEW = _IO(0xAA, 0x00), on /dev/userfaultfd.
+const USERFAULTFD_IOC_NEW: u32 = 0xAA00;
+const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
+const UFFD_PAGEFAULT_FLAG_WRITE: u64 = 1;
+
+/// Features barmap needs from UFFDIO_API.
+const REQUIRED_FEATURES: u64 = (sys::UFFD_FEATURE_MINOR_SHMEM
+    | sys::UFFD_FEATURE_THREAD_ID
+    | sys::UFFD_FEATURE_POISON) as u64;
+
+/// How the userfaultfd was obtained, which decides what works.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UffdAccess {
+    /// The userfaultfd syscall, handling user and kernel faults (root, or
+    /// vm.unprivileged_userfaultfd = 1).
+    Syscall,
+    /// /dev/userfaultfd (accessible to this user), handling all faults.
+    DevNode,
+    /// UFFD_USER_MODE_ONLY: only user-mode faults reach barmap; a kernel
+    /// access (the checked probe, a read() into a mapping) of a page not yet
+    /// mapped fails with EFAULT instead of being served.
+    UserModeOnly,
+}
+
+/// A userfaultfd, API-negotiated.
+#[derive(Debug)]
+pub struct Uffd {
+    fd: OwnedFd,
+    access: UffdAccess,
+}
+
+fn errno() -> i32 {
+    io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+}
+
+/// Issues `request` on `fd` with `arg`.
+fn ioctl<T>(fd: RawFd, request: u32, arg: &mut T) -> Result<(), i32> {
+    // SAFETY: every caller passes the struct type that `request` encodes, so
+    // the kernel reads and writes exactly `size_of::<T>()` bytes of `arg`,
+    // which is a valid exclusive reference for the call's duration.
+    let rc = unsafe { libc::ioctl(fd, request as _, arg as *mut T) };
+    if rc < 0 {
+        Err(errno())
+    } else {
+        Ok(())
+    }
+}
+
+fn uffd_range(range: &Range<usize>) -> sys::uffdio_range {
+    sys::uffdio_range {
+        start: range.start as u64,
+        len: (range.end - range.start) as u64,
+    }
+}
+
+impl Uffd {
+    /// Opens a userfaultfd for this process: the syscall first, then
+    /// /dev/userfaultfd, then UFFD_USER_MODE_ONLY. Fails with
+    /// [`Error::UffdUnavailable`] naming the knobs when none works.
+    pub fn open() -> Result<Uffd, Error> {
+        let flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
+        let mut tried = Vec::new();
+        // SAFETY: the userfaultfd syscall takes one int of flags and returns
+        // a new fd or -1; the fd is owned by us from here on.
+        let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
+        if fd >= 0 {
+            // SAFETY: a fresh fd returned by the kernel, owned by nobody else.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+            return Self::negotiate(fd, UffdAccess::Syscall);
+        }
+        tried.push(format!("userfaultfd(): {}", io::Error::last_os_error()));
+        match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open("/dev/userfaultfd")
+        {
+            Ok(dev) => {
+                // SAFETY: USERFAULTFD_IOC_NEW takes the flags as its argument
+                // value (not a pointer) and returns a new fd or -1.
+                let fd = unsafe { libc::ioctl(dev.as_raw_fd(), USERFAULTFD_IOC_NEW as _, flags) };
+                if fd >= 0 {
+                    // SAFETY: a fresh fd returned by the kernel.
+                    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                    return Self::negotiate(fd, UffdAccess::DevNode);
+                }
+                tried.push(format!("/dev/userfaultfd: {}", io::Error::last_os_error()));
+            }
+            Err(e) => tried.push(format!("/dev/userfaultfd: {e}")),
+        }
+        let user_only = flags | sys::UFFD_USER_MODE_ONLY as i32;
+        // SAFETY: as above.
+        let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, user_only) };
+        if fd >= 0 {
+            // SAFETY: a fresh fd returned by the kernel.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+            return Self::negotiate(fd, UffdAccess::UserModeOnly);
+        }
+        tried.push(format!(
+            "userfaultfd(UFFD_USER_MODE_ONLY): {}",
+            io::Error::last_os_error()
+        ));
+        Err(Error::UffdUnavailable(tried.join("; ")))
+    }
+
+    fn negotiate(fd: OwnedFd, access: UffdAccess) -> Result<Uffd, Error> {
+        let mut api = sys::uffdio_api {
+            api: sys::UFFD_API as u64,
+            features: REQUIRED_FEATURES,
+            ioctls: 0,
+        };
+        ioctl(fd.as_raw_fd(), linux_raw_sys::ioctl::UFFDIO_API, &mut api).map_err(|e| {
+            Error::UffdUnavailable(format!(
+                "UFFDIO_API with MINOR_SHMEM|THREAD_ID|POISON: {} (kernel 6.6 or later needed)",
+                io::Error::from_raw_os_error(e)
+            ))
+        })?;
+        Ok(Uffd { fd, access })
+    }
+
+    /// How this userfaultfd was obtained.
+    pub fn access(&self) -> UffdAccess {
+        self.access
+    }
+
+    /// The raw fd, for polling.
+    pub fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Registers `range` in MISSING and MINOR mode.
+    pub fn register(&self, range: Range<usize>) -> Result<(), i32> {
+        let mut reg = sys::uffdio_register {
+            range: uffd_range(&range),
+            mode: (sys::UFFDIO_REGISTER_MODE_MISSING | sys::UFFDIO_REGISTER_MODE_MINOR) as u64,
+            ioctls: 0,
+        };
+        ioctl(self.raw(), linux_raw_sys::ioctl::UFFDIO_REGISTER, &mut reg)?;
+        let need = 1u64 << sys::_UFFDIO_CONTINUE | 1u64 << sys::_UFFDIO_POISON | 1u64 << sys::_UFFDIO_WAKE;
+        if reg.ioctls & need != need {
+            let mut r = uffd_range(&range);
+            let _ = ioctl(self.raw(), linux_raw_sys::ioctl::UFFDIO_UNREGISTER, &mut r);
+            return Err(libc::EOPNOTSUPP);
+        }
+        Ok(())
+    }
+
+    /// UFFDIO_CONTINUE over `range`: Ok(()) if all mapped; on failure the
+    /// errno and the bytes mapped before it.
+    pub fn continue_range(&self, range: Range<usize>) -> Result<(), (i32, usize)> {
+        let mut arg = sys::uffdio_continue {
+            range: uffd_range(&range),
+            mode: 0,
+            mapped: 0,
+        };
+        ioctl(self.raw(), linux_raw_sys::ioctl::UFFDIO_CONTINUE, &mut arg)
+            .map_err(|e| (e, arg.mapped.max(0) as usize))
+    }
+
+    /// UFFDIO_POISON over `range`.
+    pub fn poison_range(&self, range: Range<usize>) -> Result<(), (i32, usize)> {
+        let mut arg = sys::uffdio_poison {
+            range: uffd_range(&range),
+            mode: 0,
+            updated: 0,
+        };
+        ioctl(self.raw(), UFFDIO_POISON, &mut arg).map_err(|e| (e, arg.updated.max(0) as usize))
+    }
+
+    /// UFFDIO_WAKE over `range`.
+    pub fn wake(&self, range: Range<usize>) {
+        let mut r = uffd_range(&range);
+        if let Err(e) = ioctl(self.raw(), linux_raw_sys::ioctl::UFFDIO_WAKE, &mut r) {
+            tracing::warn!(errno = e, "UFFDIO_WAKE failed");
+        }
+    }
+
+    /// Reads pending page-fault events into `out`; returns how many (0 when
+    /// none is pending). Other event kinds are not enabled and are skipped.
+    pub fn read_faults(&self, space: SpaceId, out: &mut Vec<Fault>) -> Result<usize, i32> {
+        const MSG: usize = std::mem::size_of::<sys::uffd_msg>();
+        let mut buf = [0u8; MSG * 32];
+        // SAFETY: `buf` is valid for writes of its full length.
+        let n = unsafe { libc::read(self.raw(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let e = errno();
+            return if e == libc::EAGAIN { Ok(0) } else { Err(e) };
+        }
+        let before = out.len();
+        for msg in buf[..n as usize].chunks_exact(MSG) {
+            // struct uffd_msg: event (u8) at 0; pagefault.flags at 8,
+            // .address at 16, .feat.ptid at 24.
+            if msg[0] != UFFD_EVENT_PAGEFAULT {
+                continue;
+            }
+            let flags = u64::from_ne_bytes(msg[8..16].try_into().unwrap());
+            let addr = u64::from_ne_bytes(msg[16..24].try_into().unwrap());
+            let tid = u32::from_ne_bytes(msg[24..28].try_into().unwrap());
+            out.push(Fault {
+                space,
+                addr: addr as usize,
+                tid,
+                write: flags & UFFD_PAGEFAULT_FLAG_WRITE != 0,
+            });
+        }
+        Ok(out.len() - before)
+    }
+}
+
+/// The fault path's [`Mm`] over one process's userfaultfd.
+///
+/// One address space today ([`SpaceId::LOCAL`]); a device server would hold
+/// one userfaultfd per client space, received over a Unix socket.
+#[derive(Debug)]
+pub struct UffdMm {
+    uffd: Uffd,
+}
+
+impl UffdMm {
+    /// Wraps `uffd`.
+    pub fn new(uffd: Uffd) -> Self {
+        UffdMm { uffd }
+    }
+
+    /// The userfaultfd.
+    pub fn uffd(&self) -> &Uffd {
+        &self.uffd
+    }
+
+    /// CONTINUE over `range`; `skip_present` decides whether a present page
+    /// is skipped (insert) or stops the call (remap). Returns pages skipped.
+    fn fill(&self, range: Range<usize>, skip_present: bool) -> Result<usize, MmError> {
+        let mut at = range.start;
+        let mut present = 0;
+        while at < range.end {
+            match self.uffd.continue_range(at..range.end) {
+                Ok(()) => break,
+                // Partial progress: the page after it stopped the call.
+                Err((libc::EAGAIN, mapped)) if mapped > 0 => at += mapped,
+                Err((libc::EEXIST, _)) if skip_present => {
+                    present += 1;
+                    at += PAGE_SIZE;
+                }
+                Err((libc::EEXIST, _)) => {
+                    return Err(MmError::Exists {
+                        done: (at - range.start) / PAGE_SIZE,
+                    })
+                }
+                Err((libc::ENOENT, _)) => return Err(MmError::Gone),
+                Err((e, _)) => return Err(MmError::Os(e)),
+            }
+        }
+        Ok(present)
+    }
+}
+
+impl Mm for UffdMm {
+    fn remap(&self, _map: &MapInfo, range: Range<usize>) -> Result<(), MmError> {
+        self.fill(range, false).map(|_| ())
+    }
+
+    fn insert(&self, _map: &MapInfo, range: Range<usize>) -> Result<usize, MmError> {
+        self.fill(range, true)
+    }
+
+    fn poison(&self, _map: &MapInfo, range: Range<usize>) -> Result<(), MmError> {
+        let mut at = range.start;
+        while at < range.end {
+            match self.uffd.poison_range(at..range.end) {
+                Ok(()) => return Ok(()),
+                Err((libc::EAGAIN, done)) if done > 0 => at += done,
+                Err((libc::EEXIST, _)) => {
+                    return Err(MmError::Exists {
+                        done: (at - range.start) / PAGE_SIZE,
+                    })
+                }
+                Err((libc::ENOENT, _)) => return Err(MmError::Gone),
+                Err((e, _)) => return Err(MmError::Os(e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn zap(&self, _map: &MapInfo, range: Range<usize>) -> Result<(), MmError> {
+        crate::os::zap(range).map_err(MmError::Os)
+    }
+
+    fn wake(&self, _space: SpaceId, range: Range<usize>) {
+        self.uffd.wake(range)
+    }
+
+    fn unmap(&self, _map: &MapInfo, range: Range<usize>) -> Result<(), MmError> {
+        crate::os::unmap(range).map_err(MmError::Os)
+    }
+}
