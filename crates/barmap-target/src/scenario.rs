@@ -154,7 +154,9 @@ impl Tally {
             Ok(v) if v == expect => {}
             Ok(v) => {
                 self.wrong.fetch_add(1, Ordering::Relaxed);
-                self.fail(format!("{what}: read {v:#x} at {addr:#x}, expected {expect:#x}"));
+                self.fail(format!(
+                    "{what}: read {v:#x} at {addr:#x}, expected {expect:#x}"
+                ));
             }
             Err(f) => self.fail(format!("{what}: unexpected {f:?} at {addr:#x}")),
         }
@@ -200,11 +202,7 @@ pub fn run_here<T: Target>(target: &T, scenario: Scenario, options: &Options) ->
     let tally = Tally::default();
     let started = Instant::now();
     let layout = target.layout();
-    let map_len = options
-        .map_len
-        .min(layout.memory_size as usize)
-        .max(PAGE)
-        & !(PAGE - 1);
+    let map_len = options.map_len.min(layout.memory_size as usize).max(PAGE) & !(PAGE - 1);
     let ctx = Ctx {
         target,
         tally: &tally,
@@ -270,7 +268,10 @@ impl<T: Target> Ctx<'_, T> {
     fn write_pattern(&self, round: usize) -> bool {
         for page in 0..self.pages() {
             let v = pattern(round, page).to_le_bytes();
-            if let Err(e) = self.target.write_region(self.region, (page * PAGE) as u64, &v) {
+            if let Err(e) = self
+                .target
+                .write_region(self.region, (page * PAGE) as u64, &v)
+            {
                 self.tally.fail(format!("region write: {e}"));
                 return false;
             }
@@ -279,7 +280,10 @@ impl<T: Target> Ctx<'_, T> {
     }
 
     fn map(&self) -> Option<T::Mapping> {
-        match self.target.map(self.region, 0, self.map_len, Prot::ReadWrite) {
+        match self
+            .target
+            .map(self.region, 0, self.map_len, Prot::ReadWrite)
+        {
             Ok(m) => Some(m),
             Err(e) => {
                 self.tally.fail(format!("mmap: {e}"));
@@ -307,10 +311,14 @@ impl<T: Target> Ctx<'_, T> {
                     s.spawn(move || {
                         barrier.wait();
                         // Everyone first hits the same page, then its own.
-                        self.tally.expect(m.addr(), pattern(round, 0), "first touch");
+                        self.tally
+                            .expect(m.addr(), pattern(round, 0), "first touch");
                         for page in self.pages_of(t, n) {
-                            self.tally
-                                .expect(m.addr() + page * PAGE, pattern(round, page), "first touch");
+                            self.tally.expect(
+                                m.addr() + page * PAGE,
+                                pattern(round, page),
+                                "first touch",
+                            );
                         }
                     });
                 }
@@ -326,7 +334,8 @@ impl<T: Target> Ctx<'_, T> {
         }
         let Some(m) = self.map() else { return Ok(()) };
         for page in 0..self.pages() {
-            self.tally.expect(m.addr() + page * PAGE, pattern(1, page), "before disable");
+            self.tally
+                .expect(m.addr() + page * PAGE, pattern(1, page), "before disable");
         }
         if let Err(e) = self.target.set_memory_enabled(false) {
             self.tally.fail(format!("disable: {e}"));
@@ -352,20 +361,23 @@ impl<T: Target> Ctx<'_, T> {
         let mut buf = [0u8; 8];
         match self.target.read_region(self.region, 0, &mut buf) {
             Err(e) if e.class == ErrorClass::MemoryDisabled => {}
-            other => self
-                .tally
-                .fail(format!("region read while disabled: {other:?}, expected MemoryDisabled")),
+            other => self.tally.fail(format!(
+                "region read while disabled: {other:?}, expected MemoryDisabled"
+            )),
         }
         if let Err(e) = self.target.set_memory_enabled(true) {
             self.tally.fail(format!("enable: {e}"));
             return Ok(());
         }
         for page in 0..self.pages() {
-            self.tally.expect(m.addr() + page * PAGE, pattern(1, page), "after re-enable");
+            self.tally
+                .expect(m.addr() + page * PAGE, pattern(1, page), "after re-enable");
         }
         match self.target.read_region(self.region, 0, &mut buf) {
             Ok(()) if u64::from_le_bytes(buf) == pattern(1, 0) => {}
-            other => self.tally.fail(format!("region read after enable: {other:?} {buf:?}")),
+            other => self
+                .tally
+                .fail(format!("region read after enable: {other:?} {buf:?}")),
         }
         Ok(())
     }
@@ -398,11 +410,12 @@ impl<T: Target> Ctx<'_, T> {
                             Ok(v) if v == pattern(2, page) => {}
                             Ok(v) => {
                                 self.tally.wrong.fetch_add(1, Ordering::Relaxed);
-                                self.tally.fail(format!("toggle storm: read {v:#x} on page {page}"));
+                                self.tally
+                                    .fail(format!("toggle storm: read {v:#x} on page {page}"));
                             }
-                            Err(Fault::Sigbus) if before == after && before % 2 == 0 => {
-                                self.tally.fail(format!("SIGBUS while enabled (seq {before})"))
-                            }
+                            Err(Fault::Sigbus) if before == after && before % 2 == 0 => self
+                                .tally
+                                .fail(format!("SIGBUS while enabled (seq {before})")),
                             Err(Fault::Sigbus) => {}
                             Err(f) => self.tally.fail(format!("toggle storm: {f:?}")),
                         }
@@ -441,8 +454,11 @@ impl<T: Target> Ctx<'_, T> {
                     s.spawn(move || {
                         barrier.wait();
                         for page in self.pages_of(t, n) {
-                            self.tally
-                                .expect(m.addr() + page * PAGE, pattern(3, page), "during reset");
+                            self.tally.expect(
+                                m.addr() + page * PAGE,
+                                pattern(3, page),
+                                "during reset",
+                            );
                         }
                     });
                 }
@@ -471,7 +487,12 @@ impl<T: Target> Ctx<'_, T> {
         let mut cases: Vec<(&str, u32, u64, usize)> = vec![
             ("zero length", self.region, 0, 0),
             ("past the end", self.region, size, PAGE),
-            ("straddling the end", self.region, size - PAGE as u64, 2 * PAGE),
+            (
+                "straddling the end",
+                self.region,
+                size - PAGE as u64,
+                2 * PAGE,
+            ),
             ("missing region", layout.missing_region, 0, PAGE),
         ];
         if let Some(r) = layout.unmappable_region {
@@ -480,14 +501,19 @@ impl<T: Target> Ctx<'_, T> {
         for (what, region, offset, len) in cases {
             match self.target.map(region, offset, len, Prot::ReadWrite) {
                 Err(e) if e.class == ErrorClass::InvalidArgument => {}
-                Err(e) => self.tally.fail(format!("{what}: {e}, expected InvalidArgument")),
-                Ok(m) => self.tally.fail(format!("{what}: mapped at {:#x}", m.addr())),
+                Err(e) => self
+                    .tally
+                    .fail(format!("{what}: {e}, expected InvalidArgument")),
+                Ok(m) => self
+                    .tally
+                    .fail(format!("{what}: mapped at {:#x}", m.addr())),
             }
         }
         // The target is still fine after the rejections.
         if self.write_pattern(4) {
             if let Some(m) = self.map() {
-                self.tally.expect(m.addr(), pattern(4, 0), "after rejected mmaps");
+                self.tally
+                    .expect(m.addr(), pattern(4, 0), "after rejected mmaps");
             }
         }
         Ok(())
@@ -509,7 +535,8 @@ impl<T: Target> Ctx<'_, T> {
             }
         };
         for page in 0..16 {
-            self.tally.expect(m.addr() + page * PAGE, pattern(5, page), "before unmap");
+            self.tally
+                .expect(m.addr() + page * PAGE, pattern(5, page), "before unmap");
         }
         if let Err(e) = m.unmap_range(4 * PAGE, 4 * PAGE) {
             self.tally.fail(format!("partial unmap: {e}"));
@@ -517,29 +544,48 @@ impl<T: Target> Ctx<'_, T> {
         }
         let kept = || (0..4).chain(8..16);
         for page in kept() {
-            self.tally.expect(m.addr() + page * PAGE, pattern(5, page), "after partial unmap");
+            self.tally.expect(
+                m.addr() + page * PAGE,
+                pattern(5, page),
+                "after partial unmap",
+            );
         }
         match self.tally.read(m.addr() + 5 * PAGE) {
             Err(Fault::Sigsegv) => {}
-            other => self.tally.fail(format!("touch of the hole: {other:?}, expected SIGSEGV")),
+            other => self
+                .tally
+                .fail(format!("touch of the hole: {other:?}, expected SIGSEGV")),
         }
         // The rest is still tracked: disable revokes it, enable restores it.
         let _ = self.target.set_memory_enabled(false);
         for page in kept() {
             match self.tally.read(m.addr() + page * PAGE) {
                 Err(Fault::Sigbus) => {}
-                other => self.tally.fail(format!("disabled after partial unmap: {other:?}")),
+                other => self
+                    .tally
+                    .fail(format!("disabled after partial unmap: {other:?}")),
             }
         }
         let _ = self.target.set_memory_enabled(true);
         for page in kept() {
-            self.tally.expect(m.addr() + page * PAGE, pattern(5, page), "re-enabled after partial unmap");
+            self.tally.expect(
+                m.addr() + page * PAGE,
+                pattern(5, page),
+                "re-enabled after partial unmap",
+            );
         }
         Ok(())
     }
 }
 
 /// Runs every scenario in `which` and returns their reports.
-pub fn run_all<T: Target + 'static>(target: Arc<T>, which: &[Scenario], options: &Options) -> Vec<Report> {
-    which.iter().map(|&s| run(target.clone(), s, options)).collect()
+pub fn run_all<T: Target + 'static>(
+    target: Arc<T>,
+    which: &[Scenario],
+    options: &Options,
+) -> Vec<Report> {
+    which
+        .iter()
+        .map(|&s| run(target.clone(), s, options))
+        .collect()
 }

@@ -285,8 +285,14 @@ fn validate_spec(i: usize, spec: &RegionSpec, all: &[Option<RegionSpec>]) -> Res
         return bad("this BAR register holds the upper half of the previous 64-bit BAR".into());
     }
     for a in spec.mmap_areas.iter().flatten() {
-        if a.start % PAGE_SIZE as u64 != 0 || a.end % PAGE_SIZE as u64 != 0 || a.end > spec.size || a.start >= a.end {
-            return bad(format!("mmap area {a:#x?} is not page aligned inside the BAR"));
+        if a.start % PAGE_SIZE as u64 != 0
+            || a.end % PAGE_SIZE as u64 != 0
+            || a.end > spec.size
+            || a.start >= a.end
+        {
+            return bad(format!(
+                "mmap area {a:#x?} is not page aligned inside the BAR"
+            ));
         }
     }
     Ok(())
@@ -304,7 +310,11 @@ impl ConfigSpace {
         let mut bytes = [0u8; 256];
         bytes[0..2].copy_from_slice(&b.vendor.to_le_bytes());
         bytes[2..4].copy_from_slice(&b.device.to_le_bytes());
-        let command = if b.memory_enabled { pci::COMMAND_MEMORY } else { 0 };
+        let command = if b.memory_enabled {
+            pci::COMMAND_MEMORY
+        } else {
+            0
+        };
         bytes[4..6].copy_from_slice(&command.to_le_bytes());
         bytes[9..12].copy_from_slice(&b.class.to_le_bytes()[..3]);
         let mut bar_masks = [0u32; pci::NUM_BARS];
@@ -344,9 +354,9 @@ impl ConfigSpace {
         for (i, &v) in data.iter().enumerate() {
             let at = offset + i;
             let mask: u8 = match at {
-                4 => 0x47,    // IO, MEM, MASTER, PARITY
-                5 => 0x05,    // SERR, INTx disable
-                6 => 0,       // status: RW1C bits not modelled
+                4 => 0x47,           // IO, MEM, MASTER, PARITY
+                5 => 0x05,           // SERR, INTx disable
+                6 => 0,              // status: RW1C bits not modelled
                 0x0c | 0x0d => 0xff, // cache line, latency timer
                 0x10..=0x27 => {
                     let bar = (at - 0x10) / 4;
@@ -420,7 +430,10 @@ impl Device {
                 RegionSpec::registers(64 << 10, id).mmap_areas(vec![0..0x8000, 0x9000..0x10000]),
             )
             .region(DEFAULT_MEMORY_BAR, RegionSpec::memory(memory).bits64())
-            .region(4, RegionSpec::registers(4096, b"barmap info page\n".to_vec()).read_only())
+            .region(
+                4,
+                RegionSpec::registers(4096, b"barmap info page\n".to_vec()).read_only(),
+            )
             .region(5, RegionSpec::registers(256, Vec::new()).unmappable())
     }
 
@@ -458,14 +471,31 @@ impl Device {
             return Err(Error::Unaligned { offset, len });
         }
         let size = r.info.size;
-        if offset.checked_add(len as u64).is_none_or(|end| end > size.next_multiple_of(PAGE_SIZE as u64)) {
-            return Err(Error::OutOfRange { region, offset, len, size });
+        if offset
+            .checked_add(len as u64)
+            .is_none_or(|end| end > size.next_multiple_of(PAGE_SIZE as u64))
+        {
+            return Err(Error::OutOfRange {
+                region,
+                offset,
+                len,
+                size,
+            });
         }
         if !r.info.flags.mmap {
             return Err(Error::NotMappable(region));
         }
-        if !r.info.mmap_areas.iter().any(|a| a.start <= offset && offset + len as u64 <= a.end) {
-            return Err(Error::SparseArea { region, offset, len });
+        if !r
+            .info
+            .mmap_areas
+            .iter()
+            .any(|a| a.start <= offset && offset + len as u64 <= a.end)
+        {
+            return Err(Error::SparseArea {
+                region,
+                offset,
+                len,
+            });
         }
         if prot.writable() && !r.info.flags.write {
             return Err(Error::ReadOnly(region));
@@ -496,7 +526,14 @@ impl Device {
     /// Reads config space.
     pub fn read_config(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let at = config_range(offset, buf.len())?;
-        buf.copy_from_slice(&self.inner.config.lock().unwrap_or_else(|e| e.into_inner()).bytes[at]);
+        buf.copy_from_slice(
+            &self
+                .inner
+                .config
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .bytes[at],
+        );
         Ok(())
     }
 
@@ -517,13 +554,21 @@ impl Device {
 
     /// The COMMAND register.
     pub fn command(&self) -> u16 {
-        self.inner.config.lock().unwrap_or_else(|e| e.into_inner()).command()
+        self.inner
+            .config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .command()
     }
 
     /// Sets or clears COMMAND.MEM (a read-modify-write of COMMAND).
     pub fn set_memory_enabled(&self, enabled: bool) {
         let cmd = self.command();
-        let new = if enabled { cmd | pci::COMMAND_MEMORY } else { cmd & !pci::COMMAND_MEMORY };
+        let new = if enabled {
+            cmd | pci::COMMAND_MEMORY
+        } else {
+            cmd & !pci::COMMAND_MEMORY
+        };
         self.write_config(pci::COMMAND, &new.to_le_bytes())
             .expect("COMMAND is inside config space");
     }
@@ -667,6 +712,11 @@ fn region_bounds(r: &Region, region: u32, offset: u64, len: usize) -> Result<()>
     }
     match offset.checked_add(len as u64) {
         Some(end) if end <= r.info.size => Ok(()),
-        _ => Err(Error::OutOfRange { region, offset, len, size: r.info.size }),
+        _ => Err(Error::OutOfRange {
+            region,
+            offset,
+            len,
+            size: r.info.size,
+        }),
     }
 }

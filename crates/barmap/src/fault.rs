@@ -187,7 +187,10 @@ impl<B: Mm> Core<B> {
     /// Starts tracking a mapping that the backend has just created and
     /// registered; `info.id` is assigned here. Returns its entry.
     pub fn register(&self, mut info: MapInfo) -> Arc<MapEntry> {
-        info.id = MapId(self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        info.id = MapId(
+            self.next_id
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        );
         let range = info.start..info.end();
         let entry = Arc::new(MapEntry {
             live: RwLock::new(vec![range.clone()]),
@@ -274,7 +277,8 @@ impl<B: Mm> Core<B> {
     /// every case.
     pub fn handle_fault(&self, fault: &Fault) -> Answer {
         Counters::add(&self.counters.faults, 1);
-        self.in_flight.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let page = page_of(fault.addr);
         let (answer, prefault) = self.serve(fault, page);
         let counter = match answer {
@@ -289,7 +293,8 @@ impl<B: Mm> Core<B> {
         if let Some(entry) = prefault {
             self.prefault_rest(&entry);
         }
-        self.in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         answer
     }
 
@@ -335,7 +340,13 @@ impl<B: Mm> Core<B> {
     }
 
     /// 5.8: record first, drop the lock, then fill the whole mapping.
-    fn fill_legacy(&self, entry: &MapEntry, live: &[Range<usize>], fault: &Fault, page: usize) -> Answer {
+    fn fill_legacy(
+        &self,
+        entry: &MapEntry,
+        live: &[Range<usize>],
+        fault: &Fault,
+        page: usize,
+    ) -> Answer {
         self.tracked.lock().push(entry.info.id);
         let _ = entry.first_filler.compare_exchange(
             0,
@@ -352,7 +363,13 @@ impl<B: Mm> Core<B> {
     }
 
     /// 5.14: hold the lock across the fill; fill once; undo a failed fill.
-    fn fill_whole(&self, entry: &MapEntry, live: &[Range<usize>], fault: &Fault, page: usize) -> Answer {
+    fn fill_whole(
+        &self,
+        entry: &MapEntry,
+        live: &[Range<usize>],
+        fault: &Fault,
+        page: usize,
+    ) -> Answer {
         let mut tracked = self.tracked.lock();
         if tracked.contains(&entry.info.id) {
             drop(tracked);
@@ -392,30 +409,51 @@ impl<B: Mm> Core<B> {
         Ok(())
     }
 
-    /// 6.10/6.12 and `prefault`: map `range` tolerantly (present pages are
-    /// skipped) and make sure the faulting thread is woken.
+    /// 6.10/6.12 and `prefault`: map `range`, which contains the faulting
+    /// page. A present page is a lost race, not an error (EEXIST is
+    /// success): if it stops the fill before the faulting page, the
+    /// faulting page is tried alone; the rest is left to its own faults.
     fn fill_range(&self, entry: &MapEntry, range: Range<usize>, page: usize) -> Answer {
-        match self.mm.insert(&entry.info, range.clone()) {
-            Ok(present) => {
+        let fill = |r: Range<usize>| self.mm.insert(&entry.info, r);
+        let result = fill(range.clone()).and_then(|ins| {
+            let reached = range.start + ins.mapped * PAGE_SIZE;
+            if !ins.stopped_at_present || page < reached {
+                Ok((ins.mapped, true))
+            } else if page == reached {
+                Ok((ins.mapped, false))
+            } else {
+                fill(page..page + PAGE_SIZE).map(|one| (ins.mapped + one.mapped, one.mapped == 1))
+            }
+        });
+        match result {
+            Ok((mapped, page_mapped)) => {
                 entry.fail_streak.store(0, Ordering::Relaxed);
-                let mapped = pages(&range) - present;
                 Counters::add(&self.counters.pages_filled, mapped as u64);
-                if present > 0 {
-                    // The faulting page may be among those another fault
-                    // mapped first: EEXIST is success, but only that fault's
-                    // fill woke its waiters, so wake ours (harmless if none).
-                    self.mm.wake(entry.info.space, page..page + PAGE_SIZE);
-                }
-                if mapped == 0 {
-                    Answer::Present
-                } else {
+                if page_mapped {
                     Answer::Filled
+                } else {
+                    // Another fault mapped it and woke its own waiters; ours
+                    // may have queued before that wake: wake it (harmless if
+                    // nobody waits), as the kernel's uffd selftests do.
+                    self.mm.wake(entry.info.space, page..page + PAGE_SIZE);
+                    Answer::Present
                 }
             }
             // Pages mapped before the failure are valid device memory mapped
             // under the gate, and nothing is tracked: no undo needed.
             Err(e) => self.fill_failed(entry, page, e, None),
         }
+    }
+
+    /// Maps every absent page of `range`, stepping over present ones.
+    fn insert_all(&self, entry: &MapEntry, range: Range<usize>) -> Result<usize, MmError> {
+        let (mut at, mut mapped) = (range.start, 0);
+        while at < range.end {
+            let ins = self.mm.insert(&entry.info, at..range.end)?;
+            mapped += ins.mapped;
+            at += (ins.mapped + usize::from(ins.stopped_at_present)) * PAGE_SIZE;
+        }
+        Ok(mapped)
     }
 
     /// `huge`: the aligned chunk around `page` if it lies inside the live
@@ -463,12 +501,12 @@ impl<B: Mm> Core<B> {
                 if r.start >= r.end {
                     continue;
                 }
-                match self.mm.insert(&entry.info, r.clone()) {
-                    Ok(present) => {
-                        Counters::add(&self.counters.pages_filled, (pages(&r) - present) as u64)
-                    }
+                match self.insert_all(entry, r) {
+                    Ok(mapped) => Counters::add(&self.counters.pages_filled, mapped as u64),
                     // Not the faulting page: leave it to its own fault.
-                    Err(e) => tracing::debug!(map = %entry.info.id, error = %e, "prefault chunk skipped"),
+                    Err(e) => {
+                        tracing::debug!(map = %entry.info.id, error = %e, "prefault chunk skipped")
+                    }
                 }
             }
         }
@@ -477,7 +515,13 @@ impl<B: Mm> Core<B> {
     /// A fill failed: zap the `undo` parts (a partial whole-mapping fill),
     /// then let the thread retry, or answer SIGBUS once retries are used up.
     /// `legacy` passes no undo, reproducing 5.8's stale record.
-    fn fill_failed(&self, entry: &MapEntry, page: usize, error: MmError, undo: Option<&[Range<usize>]>) -> Answer {
+    fn fill_failed(
+        &self,
+        entry: &MapEntry,
+        page: usize,
+        error: MmError,
+        undo: Option<&[Range<usize>]>,
+    ) -> Answer {
         let _span = tracing::warn_span!("fill_failed", map = %entry.info.id, page).entered();
         tracing::warn!(%error, "fill failed");
         if let Some(parts) = undo {
@@ -493,14 +537,18 @@ impl<B: Mm> Core<B> {
     }
 
     fn report_bug(&self, entry: &MapEntry, fault: &Fault, page: usize) -> Answer {
-        let first_tid = entry.first_filler.load(std::sync::atomic::Ordering::Relaxed) as u32;
+        let first_tid = entry
+            .first_filler
+            .load(std::sync::atomic::Ordering::Relaxed) as u32;
         let what = format!(
             "kernel BUG: whole-mapping fill of {} met a present page at {:#x} \
              (fault by tid {}; the mapping was filled first by tid {})",
             entry.info.id, page, fault.tid, first_tid
         );
-        tracing::error!("{what}");
         let mut events = self.bug_events.lock().unwrap_or_else(|e| e.into_inner());
+        if events.len() < 8 {
+            tracing::error!("{what}");
+        }
         if events.len() < 64 {
             events.push(BugEvent {
                 map: entry.info.id,
@@ -663,7 +711,9 @@ impl<B: Mm> Core<B> {
 
     /// BUG events recorded so far (at most 64).
     pub fn bug_events(&self) -> Vec<BugEvent> {
-        self.bug_events.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.bug_events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
-

@@ -46,7 +46,10 @@ pub mod uffd;
 pub mod model;
 
 pub use barmap_target::{touch, Prot};
-pub use device::{Device, DeviceBuilder, PowerState, RegionFlags, RegionInfo, RegionSpec, DEFAULT_ID, DEFAULT_MEMORY_BAR};
+pub use device::{
+    Device, DeviceBuilder, PowerState, RegionFlags, RegionInfo, RegionSpec, DEFAULT_ID,
+    DEFAULT_MEMORY_BAR,
+};
 pub use error::{Error, Result};
 pub use fault::{Answer, BugEvent, GateState};
 pub use mapping::Mapping;

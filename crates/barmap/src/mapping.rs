@@ -125,7 +125,11 @@ impl Mapping {
 
     /// Writes a u64, reporting a SIGBUS/SIGSEGV as an error; see
     /// [`Mapping::touch_u64`].
-    pub fn touch_write_u64(&self, offset: usize, value: u64) -> std::result::Result<(), touch::Fault> {
+    pub fn touch_write_u64(
+        &self,
+        offset: usize,
+        value: u64,
+    ) -> std::result::Result<(), touch::Fault> {
         assert!(self.entry.info().writable, "write to a read-only mapping");
         let p = self.check(offset, 8) as *mut u64;
         // SAFETY: as for touch_u64; the mapping is writable.
@@ -171,7 +175,10 @@ impl Mapping {
             return Err(Error::ZeroLength);
         }
         if offset % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 {
-            return Err(Error::Unaligned { offset: offset as u64, len });
+            return Err(Error::Unaligned {
+                offset: offset as u64,
+                len,
+            });
         }
         if offset.checked_add(len).is_none_or(|end| end > self.len()) {
             return Err(Error::NotMapped { offset, len });

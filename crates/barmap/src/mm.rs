@@ -109,6 +109,15 @@ impl fmt::Display for MmError {
     }
 }
 
+/// What [`Mm::insert`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inserted {
+    /// Pages mapped from the start of the range.
+    pub mapped: usize,
+    /// The call stopped at a present page (the one after the mapped ones).
+    pub stopped_at_present: bool,
+}
+
 /// Page-table operations on a mapping, the kernel's verbs.
 ///
 /// Implementations must be callable from several service threads at once.
@@ -118,9 +127,10 @@ pub trait Mm: Send + Sync + 'static {
     /// kernel's version BUGs there, and the core reports it as a BUG event.
     fn remap(&self, map: &MapInfo, range: Range<usize>) -> Result<(), MmError>;
 
-    /// Maps every absent page of `range` and skips present ones
-    /// (vmf_insert_pfn semantics). Returns how many were already present.
-    fn insert(&self, map: &MapInfo, range: Range<usize>) -> Result<usize, MmError>;
+    /// Maps the pages of `range` in order up to the first one that is
+    /// already present (or poisoned), which is not an error: a fault that
+    /// lost a race (vmf_insert_pfn semantics, and UFFDIO_CONTINUE's).
+    fn insert(&self, map: &MapInfo, range: Range<usize>) -> Result<Inserted, MmError>;
 
     /// Marks the absent pages of `range` so that a touch raises SIGBUS, and
     /// wakes threads waiting on them. [`MmError::Exists`] if a page is present.

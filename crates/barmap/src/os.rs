@@ -9,7 +9,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use crate::mm::HUGE_SIZE;
 
 fn errno() -> i32 {
-    io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
 }
 
 /// A memfd of `size` bytes, every byte allocated up front, so that no hole
@@ -55,7 +57,11 @@ pub fn map_shared(fd: &OwnedFd, offset: u64, len: usize, writable: bool) -> Resu
         return Err(errno());
     }
     let base = base as usize;
-    let start = if align > 0 { (base + align - 1) & !(align - 1) } else { base };
+    let start = if align > 0 {
+        (base + align - 1) & !(align - 1)
+    } else {
+        base
+    };
     // SAFETY: [start, start + len) lies inside the reservation we own, so
     // MAP_FIXED replaces only our own PROT_NONE pages.
     let addr = unsafe {

@@ -22,7 +22,13 @@ impl Target for Device {
         }
     }
 
-    fn map(&self, region: u32, offset: u64, len: usize, prot: Prot) -> Result<Mapping, TargetError> {
+    fn map(
+        &self,
+        region: u32,
+        offset: u64,
+        len: usize,
+        prot: Prot,
+    ) -> Result<Mapping, TargetError> {
         Device::map(self, region, offset, len, prot).map_err(Into::into)
     }
 

@@ -8,7 +8,7 @@
 //! | verb     | userfaultfd                                   |
 //! |----------|-----------------------------------------------|
 //! | remap    | UFFDIO_CONTINUE over the range, EEXIST stops   |
-//! | insert   | UFFDIO_CONTINUE, skipping pages that EEXIST    |
+//! | insert   | UFFDIO_CONTINUE up to a page that EEXISTs      |
 //! | poison   | UFFDIO_POISON (the toucher gets SIGBUS)        |
 //! | zap      | MADV_DONTNEED (also clears poison markers)     |
 //! | wake     | UFFDIO_WAKE                                   |
@@ -23,22 +23,20 @@ use std::os::unix::fs::OpenOptionsExt;
 use linux_raw_sys::general as sys;
 
 use crate::error::Error;
-use crate::mm::{Fault, MapInfo, Mm, MmError, SpaceId, PAGE_SIZE};
+use crate::mm::{Fault, Inserted, MapInfo, Mm, MmError, SpaceId, PAGE_SIZE};
 
 // UFFDIO_POISON = _IOWR(0xAA, _UFFDIO_POISON, struct uffdio_poison); not in
 // linux-raw-sys's ioctl table yet.
-const UFFDIO_POISON: u32 = 0xC000_AA00
-    | ((std::mem::size_of::<sys::uffdio_poison>() as u32) << 16)
-    | sys::_UFFDIO_POISON;
+const UFFDIO_POISON: u32 =
+    0xC000_AA00 | ((std::mem::size_of::<sys::uffdio_poison>() as u32) << 16) | sys::_UFFDIO_POISON;
 // USERFAULTFD_IOC_NEW = _IO(0xAA, 0x00), on /dev/userfaultfd.
 const USERFAULTFD_IOC_NEW: u32 = 0xAA00;
 const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
 const UFFD_PAGEFAULT_FLAG_WRITE: u64 = 1;
 
 /// Features barmap needs from UFFDIO_API.
-const REQUIRED_FEATURES: u64 = (sys::UFFD_FEATURE_MINOR_SHMEM
-    | sys::UFFD_FEATURE_THREAD_ID
-    | sys::UFFD_FEATURE_POISON) as u64;
+const REQUIRED_FEATURES: u64 =
+    (sys::UFFD_FEATURE_MINOR_SHMEM | sys::UFFD_FEATURE_THREAD_ID | sys::UFFD_FEATURE_POISON) as u64;
 
 /// How the userfaultfd was obtained, which decides what works.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -63,7 +61,9 @@ pub struct Uffd {
 }
 
 fn errno() -> i32 {
-    io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
 }
 
 /// Issues `request` on `fd` with `arg`.
@@ -169,7 +169,8 @@ impl Uffd {
             ioctls: 0,
         };
         ioctl(self.raw(), linux_raw_sys::ioctl::UFFDIO_REGISTER, &mut reg)?;
-        let need = 1u64 << sys::_UFFDIO_CONTINUE | 1u64 << sys::_UFFDIO_POISON | 1u64 << sys::_UFFDIO_WAKE;
+        let need =
+            1u64 << sys::_UFFDIO_CONTINUE | 1u64 << sys::_UFFDIO_POISON | 1u64 << sys::_UFFDIO_WAKE;
         if reg.ioctls & need != need {
             let mut r = uffd_range(&range);
             let _ = ioctl(self.raw(), linux_raw_sys::ioctl::UFFDIO_UNREGISTER, &mut r);
@@ -260,40 +261,45 @@ impl UffdMm {
         &self.uffd
     }
 
-    /// CONTINUE over `range`; `skip_present` decides whether a present page
-    /// is skipped (insert) or stops the call (remap). Returns pages skipped.
-    fn fill(&self, range: Range<usize>, skip_present: bool) -> Result<usize, MmError> {
+    /// CONTINUE over `range`, retrying partial progress, until done or a
+    /// present page stops it.
+    fn fill(&self, range: Range<usize>) -> Result<Inserted, MmError> {
         let mut at = range.start;
-        let mut present = 0;
         while at < range.end {
             match self.uffd.continue_range(at..range.end) {
-                Ok(()) => break,
-                // Partial progress: the page after it stopped the call.
+                Ok(()) => at = range.end,
+                // Partial progress; the next call says why it stopped.
                 Err((libc::EAGAIN, mapped)) if mapped > 0 => at += mapped,
-                Err((libc::EEXIST, _)) if skip_present => {
-                    present += 1;
-                    at += PAGE_SIZE;
-                }
                 Err((libc::EEXIST, _)) => {
-                    return Err(MmError::Exists {
-                        done: (at - range.start) / PAGE_SIZE,
+                    return Ok(Inserted {
+                        mapped: (at - range.start) / PAGE_SIZE,
+                        stopped_at_present: true,
                     })
                 }
                 Err((libc::ENOENT, _)) => return Err(MmError::Gone),
                 Err((e, _)) => return Err(MmError::Os(e)),
             }
         }
-        Ok(present)
+        Ok(Inserted {
+            mapped: (range.end - range.start) / PAGE_SIZE,
+            stopped_at_present: false,
+        })
     }
 }
 
 impl Mm for UffdMm {
     fn remap(&self, _map: &MapInfo, range: Range<usize>) -> Result<(), MmError> {
-        self.fill(range, false).map(|_| ())
+        match self.fill(range)? {
+            Inserted {
+                mapped,
+                stopped_at_present: true,
+            } => Err(MmError::Exists { done: mapped }),
+            _ => Ok(()),
+        }
     }
 
-    fn insert(&self, _map: &MapInfo, range: Range<usize>) -> Result<usize, MmError> {
-        self.fill(range, true)
+    fn insert(&self, _map: &MapInfo, range: Range<usize>) -> Result<Inserted, MmError> {
+        self.fill(range)
     }
 
     fn poison(&self, _map: &MapInfo, range: Range<usize>) -> Result<(), MmError> {

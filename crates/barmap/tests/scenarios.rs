@@ -29,7 +29,11 @@ fn suite(policy: Policy) {
     assert!(device.wait_idle(Duration::from_secs(10)));
     let stats = device.stats();
     assert_eq!(stats.bugs, 0, "{policy}: {stats:?}");
-    assert_eq!(stats.faults, stats.outcomes(), "{policy}: counters add up: {stats:?}");
+    assert_eq!(
+        stats.faults,
+        stats.outcomes(),
+        "{policy}: counters add up: {stats:?}"
+    );
     assert_eq!(device.mapping_count(), 0, "{policy}: every mapping dropped");
 }
 

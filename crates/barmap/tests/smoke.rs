@@ -3,8 +3,13 @@ use barmap::{Device, Policy, Prot, DEFAULT_MEMORY_BAR};
 #[test]
 fn smoke() {
     for policy in Policy::ALL {
-        let dev = Device::builder_with_memory(8 << 20).policy(policy).build().unwrap();
-        let m = dev.map(DEFAULT_MEMORY_BAR, 0, 4 << 20, Prot::ReadWrite).unwrap();
+        let dev = Device::builder_with_memory(8 << 20)
+            .policy(policy)
+            .build()
+            .unwrap();
+        let m = dev
+            .map(DEFAULT_MEMORY_BAR, 0, 4 << 20, Prot::ReadWrite)
+            .unwrap();
         m.write_u64(0, 42);
         assert_eq!(m.read_u64(0), 42);
         dev.set_memory_enabled(false);
