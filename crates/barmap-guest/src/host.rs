@@ -1,0 +1,263 @@
+//! `barmap guest` on the host: prepare, boot, parse, report.
+
+use crate::apt::{self, Apt};
+use crate::args::GuestArgs;
+use crate::initramfs;
+use crate::kernel::{self, Expectation, KernelChoice};
+use crate::qemu::{self, VmConfig};
+use crate::report::{self, KernelResult, Outcome};
+use crate::util::{default_cache_dir, run, Error, Result};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The host entry point; returns the exit code: 0 when every kernel's run is
+/// as expected (stock kernels pass, seed-bug's BUG is caught), 1 otherwise,
+/// 2 when nothing could be prepared at all.
+pub fn host_main(args: &GuestArgs) -> i32 {
+    let cache = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
+    let kernels = if args.kernels.is_empty() {
+        vec![
+            KernelChoice::Stock61,
+            KernelChoice::Stock612,
+            KernelChoice::SeedBug,
+        ]
+    } else {
+        args.kernels.clone()
+    };
+    let common = match prepare_common(&cache) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("barmap guest: {e}");
+            return 2;
+        }
+    };
+    let mut results = Vec::new();
+    for k in &kernels {
+        results.push(run_kernel(k, args, &cache, &common));
+    }
+    if args.json {
+        let doc = serde_json::json!({ "kernels": results });
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    } else {
+        report::print_table(&results);
+    }
+    if results.iter().all(|r| r.as_expected) {
+        0
+    } else {
+        1
+    }
+}
+
+/// What every kernel's guest shares: busybox and the barmap binary.
+struct Common {
+    busybox: PathBuf,
+    barmap: PathBuf,
+}
+
+fn prepare_common(cache: &Path) -> Result<Common> {
+    fs::create_dir_all(cache)?;
+    for (tool, pkg) in [("dpkg-deb", "dpkg"), ("apt-get", "apt")] {
+        if apt::which(tool).is_none() {
+            return Err(Error::msg(format!(
+                "{tool} ({pkg}) not found: barmap guest needs a Debian-family host"
+            )));
+        }
+    }
+    apt::ensure_host_tool("qemu-system-x86_64", "qemu-system-x86")?;
+    let busybox = fetch_busybox(cache)?;
+    let barmap = build_barmap(cache)?;
+    Ok(Common { busybox, barmap })
+}
+
+fn fetch_busybox(cache: &Path) -> Result<PathBuf> {
+    let (main, _) = apt::host_mirrors()?;
+    let apt = Apt::new(
+        &cache.join("apt").join("bookworm-tools"),
+        &[format!("{main} bookworm main")],
+    )?;
+    let unpacked = cache.join("busybox");
+    let bin = unpacked.join("bin/busybox");
+    if bin.is_file() {
+        return Ok(bin);
+    }
+    apt.update()?;
+    let deb = apt.download("busybox-static", None)?;
+    apt::unpack(&deb, &unpacked)?;
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        Err(Error::msg("busybox-static has no bin/busybox"))
+    }
+}
+
+/// Builds the statically linked barmap for the guest (or takes
+/// `$BARMAP_GUEST_BIN`), in a target directory of its own under the cache.
+fn build_barmap(cache: &Path) -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("BARMAP_GUEST_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let src = std::env::var_os("BARMAP_SOURCE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."));
+    if !src.join("Cargo.toml").is_file() {
+        return Err(Error::msg(format!(
+            "barmap's sources are not at {}: set BARMAP_SOURCE_DIR, or BARMAP_GUEST_BIN to a \
+             statically linked barmap",
+            src.display()
+        )));
+    }
+    let target_dir = cache.join("target");
+    let triple = "x86_64-unknown-linux-gnu";
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("barmap guest: building the static barmap binary for the guest");
+    run(Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--target",
+            triple,
+            "-p",
+            "barmap-cli",
+            "--bin",
+            "barmap",
+        ])
+        .current_dir(&src)
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "0")
+        .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo"))
+    .map_err(|e| e.context("building the guest's barmap"))?;
+    Ok(target_dir.join(triple).join("release").join("barmap"))
+}
+
+fn run_kernel(
+    choice: &KernelChoice,
+    args: &GuestArgs,
+    cache: &Path,
+    common: &Common,
+) -> KernelResult {
+    let started = Instant::now();
+    let mut result = KernelResult {
+        kernel: choice.label(),
+        release: None,
+        expect: choice.expectation(),
+        outcome: Outcome::SetupFailed,
+        as_expected: false,
+        boot_s: None,
+        wall_s: None,
+        prepare_s: 0.0,
+        bug_round: None,
+        scenarios: Vec::new(),
+        other_kernel_failures: Vec::new(),
+        notes: Vec::new(),
+        console_log: None,
+    };
+    eprintln!("barmap guest: preparing kernel {}", choice.label());
+    let prepared = match kernel::prepare(choice, cache) {
+        Ok(p) => p,
+        Err(e) => {
+            result
+                .notes
+                .push(format!("preparing the kernel failed: {e}"));
+            return result;
+        }
+    };
+    result.release = prepared.release.clone();
+    let label_file = choice.label().replace(['/', '.'], "_");
+    let runs = cache.join("runs");
+    let initrd = runs.join(format!("{label_file}.cpio"));
+    let mut runner_args = vec!["--rounds".to_string(), args.rounds.to_string()];
+    runner_args.extend(["--threads".to_string(), args.threads.to_string()]);
+    for s in &args.scenarios {
+        runner_args.extend(["--scenario".to_string(), s.clone()]);
+    }
+    let contents = initramfs::Contents {
+        busybox: &common.busybox,
+        modules: &prepared.modules,
+        barmap: &common.barmap,
+        runner_args: &runner_args,
+        guest_timeout_s: args.timeout.saturating_sub(30).max(30),
+    };
+    if let Err(e) = fs::create_dir_all(&runs)
+        .map_err(Error::from)
+        .and_then(|_| initramfs::write(&initrd, &contents))
+    {
+        result
+            .notes
+            .push(format!("writing the initramfs failed: {e}"));
+        return result;
+    }
+    result.prepare_s = started.elapsed().as_secs_f64();
+    let console_log = runs.join(format!("{label_file}.console.log"));
+    result.console_log = Some(console_log.display().to_string());
+    eprintln!(
+        "barmap guest: booting {} ({})",
+        choice.label(),
+        prepared.bzimage.display()
+    );
+    let vm = match qemu::run(&VmConfig {
+        bzimage: prepared.bzimage.clone(),
+        initrd,
+        console_log,
+        timeout: Duration::from_secs(args.timeout),
+        ivshmem_mib: 64,
+    }) {
+        Ok(vm) => vm,
+        Err(e) => {
+            result.notes.push(format!("booting failed: {e}"));
+            return result;
+        }
+    };
+    let t = &vm.transcript;
+    result.boot_s = vm.boot.map(|d| d.as_secs_f64());
+    result.wall_s = Some(vm.wall.as_secs_f64());
+    if let Some(rel) = t
+        .hello
+        .as_ref()
+        .and_then(|h| h.get("kernel"))
+        .and_then(|k| k.as_str())
+    {
+        result.release = Some(rel.to_string());
+    }
+    result.scenarios = report::scenario_results(t);
+    result.other_kernel_failures = t.unattributed_events().cloned().collect();
+    result.outcome = report::outcome(t, &result.scenarios);
+    for e in &t.setup_errors {
+        result.notes.push(format!("guest: {e}"));
+    }
+    for e in &t.protocol_errors {
+        result.notes.push(format!("undecodable protocol line: {e}"));
+    }
+    if let Some(taint) = t.taint {
+        result
+            .notes
+            .push(format!("guest powered off on TAINT_DIE (tainted={taint})"));
+    }
+    if t.guest_timeout {
+        result.notes.push("the guest's own deadline passed".into());
+    }
+    if vm.killed {
+        result.notes.push(format!(
+            "killed by the host watchdog after {}s",
+            args.timeout
+        ));
+    }
+    if t.hello.is_none() {
+        let tail = vm.qemu_stderr.lines().last().unwrap_or("").to_string();
+        result
+            .notes
+            .push(format!("the runner never started; qemu: {tail}"));
+    }
+    let seed = t
+        .kernel_events
+        .iter()
+        .find(|e| report::is_seed_bug(e) && e.scenario.is_some());
+    result.bug_round = seed.and_then(|e| e.round);
+    result.as_expected = match prepared.expect {
+        Expectation::Pass => result.outcome == Outcome::Pass,
+        Expectation::CaughtBug => result.outcome == Outcome::KernelFailure && seed.is_some(),
+    };
+    result
+}

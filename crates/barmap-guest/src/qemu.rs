@@ -1,0 +1,145 @@
+//! Booting the guest under QEMU's software emulation and reading its console.
+
+use crate::console::{ConsoleParser, Transcript};
+use crate::util::{Error, Result};
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How to boot one guest.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// The kernel image.
+    pub bzimage: PathBuf,
+    /// The initramfs.
+    pub initrd: PathBuf,
+    /// Where the whole console is written.
+    pub console_log: PathBuf,
+    /// The guest is killed after this long.
+    pub timeout: Duration,
+    /// Size of ivshmem-plain's memory backend, MiB (at least 64).
+    pub ivshmem_mib: u64,
+}
+
+/// What a boot produced.
+#[derive(Debug)]
+pub struct VmOutcome {
+    /// The parsed console.
+    pub transcript: Transcript,
+    /// Host wall time from spawning QEMU to its exit.
+    pub wall: Duration,
+    /// Host wall time until the runner's hello line (boot time).
+    pub boot: Option<Duration>,
+    /// Whether the host watchdog had to kill QEMU.
+    pub killed: bool,
+    /// QEMU's stderr, if it said anything.
+    pub qemu_stderr: String,
+}
+
+/// Seconds QEMU gets to exit after the guest said it is done or tainted.
+const GRACE: Duration = Duration::from_secs(20);
+
+/// The QEMU command line for `cfg`.
+pub fn command(cfg: &VmConfig) -> Command {
+    let mut c = Command::new("qemu-system-x86_64");
+    c.args(["-accel", "tcg", "-machine", "q35,kernel-irqchip=split"])
+        .args(["-device", "intel-iommu,intremap=on"])
+        .args(["-m", "1G", "-smp", "2", "-nographic", "-no-reboot"])
+        .arg("-kernel")
+        .arg(&cfg.bzimage)
+        .arg("-initrd")
+        .arg(&cfg.initrd)
+        .args(["-append", "console=ttyS0 intel_iommu=on loglevel=5 panic=1"])
+        .args(["-device", "edu"])
+        .args([
+            "-object",
+            &format!(
+                "memory-backend-memfd,id=barmap-ivshmem,size={}M,share=on",
+                cfg.ivshmem_mib.max(64)
+            ),
+        ])
+        .args(["-device", "ivshmem-plain,memdev=barmap-ivshmem"]);
+    c
+}
+
+/// Boots the guest, parses its console as it arrives, and enforces the timeout.
+pub fn run(cfg: &VmConfig) -> Result<VmOutcome> {
+    let started = Instant::now();
+    let mut child = command(cfg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::msg(format!("starting qemu-system-x86_64: {e}")))?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        let mut r = BufReader::new(stdout);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match r.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let s = String::from_utf8_lossy(&buf);
+                    if tx
+                        .send(s.trim_end_matches(['\n', '\r']).to_string())
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    let mut log = std::io::BufWriter::new(fs::File::create(&cfg.console_log)?);
+    let mut parser = ConsoleParser::new();
+    let mut boot = None;
+    let mut deadline = started + cfg.timeout;
+    let mut ending = false;
+    let mut killed = false;
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            let _ = child.kill();
+            killed = true;
+            break;
+        }
+        match rx.recv_timeout(deadline - now) {
+            Ok(line) => {
+                let _ = writeln!(log, "{line}");
+                parser.feed(&line);
+                let t = parser.transcript();
+                if boot.is_none() && t.hello.is_some() {
+                    boot = Some(started.elapsed());
+                }
+                if !ending && (t.done.is_some() || t.taint.is_some() || t.guest_timeout) {
+                    ending = true;
+                    deadline = deadline.min(Instant::now() + GRACE);
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let _ = log.flush();
+    let _ = child.wait();
+    let _ = reader.join();
+    let qemu_stderr = err_reader.join().unwrap_or_default();
+    Ok(VmOutcome {
+        transcript: parser.finish(),
+        wall: started.elapsed(),
+        boot,
+        killed,
+        qemu_stderr,
+    })
+}

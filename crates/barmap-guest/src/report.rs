@@ -1,0 +1,222 @@
+//! Results per kernel and scenario, as a table or as JSON.
+
+use crate::console::{KernelEvent, KernelEventKind, Transcript};
+use crate::kernel::Expectation;
+use serde::Serialize;
+use serde_json::Value;
+
+/// One scenario on one device of one kernel.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioResult {
+    /// Device (PCI address in the guest).
+    pub device: String,
+    /// Scenario name.
+    pub scenario: String,
+    /// The suite passed, the scenario finished and the kernel logged no failure.
+    pub passed: bool,
+    /// The suite skipped it (and why).
+    pub skipped: Option<String>,
+    /// Touches of device memory.
+    pub touches: u64,
+    /// Touches answered with SIGBUS.
+    pub sigbus: u64,
+    /// Touches answered with SIGSEGV.
+    pub sigsegv: u64,
+    /// Reads that returned something other than the device's data.
+    pub wrong_values: u64,
+    /// Scenario wall time in the guest, ms.
+    pub elapsed_ms: f64,
+    /// The suite's error lines.
+    pub errors: Vec<String>,
+    /// Whether a result line arrived (false: the guest died or was stopped).
+    pub finished: bool,
+    /// Last round announced before the end (or before a kernel failure).
+    pub last_round: Option<u64>,
+    /// Kernel failures logged while this scenario ran, with their text.
+    pub kernel_failures: Vec<KernelEvent>,
+}
+
+/// How a kernel's run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Every scenario passed and the kernel logged nothing.
+    Pass,
+    /// A scenario failed; the kernel logged nothing.
+    Fail,
+    /// The kernel logged a BUG, Oops, WARNING, lockdep report, lockup or panic.
+    KernelFailure,
+    /// The guest stopped before the runner finished, with no kernel failure.
+    Incomplete,
+    /// The guest could not be prepared or booted.
+    SetupFailed,
+}
+
+/// One kernel's run.
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelResult {
+    /// Label: 6.1, 6.12, seed-bug or a path.
+    pub kernel: String,
+    /// `uname -r` in the guest (or the Debian ABI name).
+    pub release: Option<String>,
+    /// What the run was expected to show.
+    pub expect: Expectation,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Whether the outcome is the expected one (stock kernels pass;
+    /// seed-bug shows the seed's BUG, caught and attributed).
+    pub as_expected: bool,
+    /// Host seconds from starting QEMU to the runner's first line.
+    pub boot_s: Option<f64>,
+    /// Host seconds for the whole guest run.
+    pub wall_s: Option<f64>,
+    /// Host seconds spent fetching and building before the boot.
+    pub prepare_s: f64,
+    /// For seed-bug: the first-touch round in which the BUG appeared.
+    pub bug_round: Option<u64>,
+    /// Per scenario results.
+    pub scenarios: Vec<ScenarioResult>,
+    /// Kernel failures outside any scenario (boot, module load, shutdown).
+    pub other_kernel_failures: Vec<KernelEvent>,
+    /// Setup errors and notes from the guest, and host-side errors.
+    pub notes: Vec<String>,
+    /// Where the full console log is.
+    pub console_log: Option<String>,
+}
+
+fn u64_field(v: &Value, k: &str) -> u64 {
+    v.get(k).and_then(Value::as_u64).unwrap_or(0)
+}
+
+/// Whether an event is the seed's bug: the remap BUG from the fault handler.
+pub fn is_seed_bug(e: &KernelEvent) -> bool {
+    matches!(e.kind, KernelEventKind::Bug | KernelEventKind::Oops)
+        && e.text.iter().any(|l| l.contains("remap_pfn_range"))
+        && e.text.iter().any(|l| l.contains("vfio_pci_mmap_fault"))
+}
+
+/// Builds the scenario results of a transcript.
+pub fn scenario_results(t: &Transcript) -> Vec<ScenarioResult> {
+    t.scenarios
+        .iter()
+        .map(|s| {
+            let r = s.report.clone().unwrap_or(Value::Null);
+            let events: Vec<KernelEvent> = s
+                .kernel_events
+                .iter()
+                .map(|&i| t.kernel_events[i].clone())
+                .collect();
+            let suite_passed = r.get("passed").and_then(Value::as_bool).unwrap_or(false);
+            ScenarioResult {
+                device: s.device.clone(),
+                scenario: s.scenario.clone(),
+                passed: s.finished() && suite_passed && events.is_empty(),
+                skipped: r.get("skipped").and_then(Value::as_str).map(str::to_string),
+                touches: u64_field(&r, "touches"),
+                sigbus: u64_field(&r, "sigbus"),
+                sigsegv: u64_field(&r, "sigsegv"),
+                wrong_values: u64_field(&r, "wrong_values"),
+                elapsed_ms: r.get("elapsed_ms").and_then(Value::as_f64).unwrap_or(0.0),
+                errors: r
+                    .get("errors")
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .map(|e| e.as_str().unwrap_or_default().to_string())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                finished: s.finished(),
+                last_round: events.first().and_then(|e| e.round).or(s.last_round),
+                kernel_failures: events,
+            }
+        })
+        .collect()
+}
+
+/// Decides the outcome of a run from its transcript.
+pub fn outcome(t: &Transcript, scenarios: &[ScenarioResult]) -> Outcome {
+    if !t.kernel_events.is_empty() {
+        Outcome::KernelFailure
+    } else if t.truncated() || scenarios.iter().any(|s| !s.finished) {
+        Outcome::Incomplete
+    } else if scenarios.is_empty() || scenarios.iter().any(|s| !s.passed) || t.done != Some(0) {
+        Outcome::Fail
+    } else {
+        Outcome::Pass
+    }
+}
+
+/// Prints a table of `results` to stdout.
+pub fn print_table(results: &[KernelResult]) {
+    println!(
+        "{:<10} {:<14} {:<22} {:<8} {:>8} {:>7} {:>6} {:>10}  note",
+        "kernel", "device", "scenario", "result", "touches", "sigbus", "wrong", "ms"
+    );
+    for k in results {
+        for s in &k.scenarios {
+            let result = if !s.kernel_failures.is_empty() {
+                "KERNEL"
+            } else if !s.finished {
+                "UNFIN"
+            } else if s.skipped.is_some() {
+                "skip"
+            } else if s.passed {
+                "pass"
+            } else {
+                "FAIL"
+            };
+            let note = if let Some(e) = s.kernel_failures.first() {
+                format!(
+                    "{} (round {})",
+                    e.headline,
+                    e.round.map_or("?".into(), |r| r.to_string())
+                )
+            } else if let Some(why) = &s.skipped {
+                why.clone()
+            } else {
+                s.errors.first().cloned().unwrap_or_default()
+            };
+            println!(
+                "{:<10} {:<14} {:<22} {:<8} {:>8} {:>7} {:>6} {:>10.1}  {}",
+                k.kernel,
+                s.device,
+                s.scenario,
+                result,
+                s.touches,
+                s.sigbus,
+                s.wrong_values,
+                s.elapsed_ms,
+                note
+            );
+        }
+        let verdict = if k.as_expected {
+            "as expected"
+        } else {
+            "NOT as expected"
+        };
+        println!(
+            "{:<10} release {} outcome {:?} ({verdict}); boot {}s, guest {}s, prepare {:.1}s{}",
+            k.kernel,
+            k.release.as_deref().unwrap_or("?"),
+            k.outcome,
+            k.boot_s.map_or("?".into(), |b| format!("{b:.1}")),
+            k.wall_s.map_or("?".into(), |b| format!("{b:.1}")),
+            k.prepare_s,
+            k.bug_round
+                .map_or(String::new(), |r| format!("; seed BUG caught in round {r}")),
+        );
+        for e in &k.other_kernel_failures {
+            println!(
+                "{:<10} kernel failure outside scenarios: {}",
+                k.kernel, e.headline
+            );
+        }
+        for n in &k.notes {
+            println!("{:<10} note: {n}", k.kernel);
+        }
+        if let Some(log) = &k.console_log {
+            println!("{:<10} console log: {log}", k.kernel);
+        }
+    }
+}
