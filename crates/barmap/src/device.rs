@@ -505,8 +505,9 @@ impl Device {
         }
         // A BAR smaller than a page is still mapped as one page (as the
         // kernel does); the memfd is page-sized in that case.
-        let start = crate::os::map_shared(&r.memfd, offset, len, prot.writable())
-            .map_err(Error::os("mmap"))?;
+        // Created inaccessible, registered, tracked, and only then opened:
+        // no touch can map a page before the fault path owns the range.
+        let start = crate::os::map_shared(&r.memfd, offset, len).map_err(Error::os("mmap"))?;
         if let Err(errno) = self.inner.core.mm().uffd().register(start..start + len) {
             let _ = crate::os::unmap(start..start + len);
             return Err(Error::os("UFFDIO_REGISTER")(errno));
@@ -520,7 +521,9 @@ impl Device {
             offset,
             writable: prot.writable(),
         });
-        Ok(Mapping::new(self.inner.clone(), entry))
+        let mapping = Mapping::new(self.inner.clone(), entry);
+        crate::os::protect(start..start + len, prot.writable()).map_err(Error::os("mprotect"))?;
+        Ok(mapping)
     }
 
     /// Reads config space.

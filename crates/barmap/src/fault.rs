@@ -27,7 +27,7 @@ use std::sync::atomic::AtomicU64;
 
 use super::sync::{Arc, AtomicBool, AtomicU32, AtomicUsize, Mutex, Ordering, RwLock};
 use crate::mm::{page_of, pages, Fault, MapId, MapInfo, Mm, MmError, SpaceId, PAGE_SIZE};
-use crate::policy::Policy;
+use crate::policy::{Mutation, Policy};
 use crate::stats::{Counters, Stats};
 
 /// How many times a failing fill is undone and retried before the faulting
@@ -120,6 +120,9 @@ pub struct CoreConfig {
     /// Chunk size of `huge` and `prefault`, bytes (2 MiB; the simulated MM
     /// uses a few pages so that small models still cross chunk edges).
     pub chunk: usize,
+    /// A deliberate bug for the model checker's self-test; `None` always
+    /// outside it.
+    pub mutation: Option<Mutation>,
 }
 
 impl Default for CoreConfig {
@@ -127,6 +130,7 @@ impl Default for CoreConfig {
         CoreConfig {
             policy: Policy::default(),
             chunk: crate::mm::HUGE_SIZE,
+            mutation: None,
         }
     }
 }
@@ -170,6 +174,10 @@ impl<B: Mm> Core<B> {
             counters: Counters::default(),
             bug_events: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    fn mutated(&self, m: Mutation) -> bool {
+        self.config.mutation == Some(m)
     }
 
     /// The backend.
@@ -219,17 +227,16 @@ impl<B: Mm> Core<B> {
             .into_iter()
             .filter(|r| r.start < r.end)
             .collect();
-        // Registry first: once the address range is returned to the OS it may
-        // be reused by a new mapping, which must not collide with ours.
+        self.mm.unmap(&entry.info, range.clone())?;
+        // After the munmap: a fault queued for the range meanwhile finds the
+        // entry, waits for `live`, sees the hole, and is woken into SIGSEGV
+        // (no refault loop). A new mapping may already have taken the
+        // addresses; the registry update below leaves its key alone.
         self.replace_in_registry(entry, &part, &pieces);
-        if let Err(e) = self.mm.unmap(&entry.info, range.clone()) {
-            self.replace_in_registry(entry, &range, std::slice::from_ref(&range));
-            return Err(e);
-        }
         live.remove(idx);
         live.extend(pieces);
         let gone = live.is_empty();
-        if gone {
+        if gone && !self.mutated(Mutation::UnmapKeepsTracked) {
             // The kernel's vm_ops->close: drop the first record of this mapping.
             let mut tracked = self.tracked.lock();
             if let Some(pos) = tracked.iter().position(|id| *id == entry.info.id) {
@@ -242,7 +249,12 @@ impl<B: Mm> Core<B> {
     fn replace_in_registry(&self, entry: &Arc<MapEntry>, old: &Range<usize>, new: &[Range<usize>]) {
         let space = entry.info.space;
         let mut reg = self.registry.write();
-        reg.remove(&(space, old.start));
+        if reg
+            .get(&(space, old.start))
+            .is_some_and(|(_, e)| e.info.id == entry.info.id)
+        {
+            reg.remove(&(space, old.start));
+        }
         for r in new {
             reg.insert((space, r.start), (r.end, entry.clone()));
         }
@@ -308,13 +320,17 @@ impl<B: Mm> Core<B> {
     /// be prefaulted once the answer is counted and the gate released.
     fn serve(&self, fault: &Fault, page: usize) -> (Answer, Option<Arc<MapEntry>>) {
         let Some(entry) = self.lookup(fault.space, page) else {
-            self.mm.wake(fault.space, page..page + PAGE_SIZE);
+            if !self.mutated(Mutation::SkipStaleWake) {
+                self.mm.wake(fault.space, page..page + PAGE_SIZE);
+            }
             return (Answer::Stale, None);
         };
         let gate = self.gate.read();
         let live = entry.live.read();
         let Some(part) = live.iter().find(|r| r.contains(&page)).cloned() else {
-            self.mm.wake(fault.space, page..page + PAGE_SIZE);
+            if !self.mutated(Mutation::SkipStaleWake) {
+                self.mm.wake(fault.space, page..page + PAGE_SIZE);
+            }
             return (Answer::Stale, None);
         };
         if !gate.accessible() {
@@ -371,7 +387,7 @@ impl<B: Mm> Core<B> {
         page: usize,
     ) -> Answer {
         let mut tracked = self.tracked.lock();
-        if tracked.contains(&entry.info.id) {
+        if tracked.contains(&entry.info.id) && !self.mutated(Mutation::WholeNoRecheck) {
             drop(tracked);
             self.mm.wake(entry.info.space, page..page + PAGE_SIZE);
             return Answer::Present;
@@ -601,6 +617,9 @@ impl<B: Mm> Core<B> {
     /// Zaps every live mapping; the caller holds the gate for writing.
     fn zap_all(&self, _gate: &GateState) {
         let _span = tracing::debug_span!("zap_all").entered();
+        if self.mutated(Mutation::SkipZap) {
+            return;
+        }
         for entry in self.mappings() {
             let live = entry.live.read();
             self.zap_parts(&entry, &live);
@@ -613,6 +632,9 @@ impl<B: Mm> Core<B> {
     /// Clears poison markers left by faults while memory was off; the caller
     /// holds the gate for writing.
     fn clear_poison(&self, _gate: &GateState) {
+        if self.mutated(Mutation::KeepPoison) {
+            return;
+        }
         for entry in self.mappings() {
             if entry.poisoned.swap(false, Ordering::Relaxed) {
                 let live = entry.live.read();

@@ -34,12 +34,13 @@ pub fn memfd(name: &str, size: u64) -> Result<OwnedFd, i32> {
     Ok(fd)
 }
 
-/// Maps `len` bytes of `fd` at `offset`, MAP_SHARED. Mappings of 2 MiB or
-/// more start on a 2 MiB boundary (as Linux 6.12 places BAR mappings), so
-/// that chunked fills line up with PMDs.
-pub fn map_shared(fd: &OwnedFd, offset: u64, len: usize, writable: bool) -> Result<usize, i32> {
+/// Maps `len` bytes of `fd` at `offset`, MAP_SHARED, PROT_NONE (open it
+/// with [`protect`]). Mappings of 2 MiB or more start on a 2 MiB boundary
+/// (as Linux 6.12 places BAR mappings), so that chunked fills line up with
+/// PMDs.
+pub fn map_shared(fd: &OwnedFd, offset: u64, len: usize) -> Result<usize, i32> {
     let align = if len >= HUGE_SIZE { HUGE_SIZE } else { 0 };
-    let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
+    let prot = libc::PROT_NONE;
     // Reserve len + align bytes of nothing, then place the view inside.
     // SAFETY: an anonymous PROT_NONE reservation at an address of the
     // kernel's choosing aliases nothing.
@@ -87,6 +88,24 @@ pub fn map_shared(fd: &OwnedFd, offset: u64, len: usize, writable: bool) -> Resu
         unmap(start + len..base + len + align)?;
     }
     Ok(start)
+}
+
+/// Makes `range` readable, and writable if asked.
+pub fn protect(range: Range<usize>, writable: bool) -> Result<(), i32> {
+    let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
+    // SAFETY: changes the protection of a mapping barmap created and owns.
+    let rc = unsafe {
+        libc::mprotect(
+            range.start as *mut libc::c_void,
+            range.end - range.start,
+            prot,
+        )
+    };
+    if rc < 0 {
+        Err(errno())
+    } else {
+        Ok(())
+    }
 }
 
 /// Drops every page and poison marker in `range`; device memory stays.

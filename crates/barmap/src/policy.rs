@@ -78,3 +78,37 @@ impl FromStr for Policy {
             .ok_or_else(|| UnknownPolicy(s.to_string()))
     }
 }
+
+/// A deliberate bug, one per invariant the model checker asserts, to show
+/// that each invariant can fail and that the checker catches it (a checker
+/// that cannot fail proves nothing). Never set outside the checker's tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mutation {
+    /// `whole` forgets to look for its record before filling: a second fault
+    /// refills over present pages (the seed's BUG).
+    WholeNoRecheck,
+    /// A disable does not zap: pages stay present while memory is off.
+    SkipZap,
+    /// An enable does not clear poison: a touch after enable gets SIGBUS.
+    KeepPoison,
+    /// The simulated MM maps the wrong device page (a wrong value read).
+    WrongPfn,
+    /// A full unmap leaves its record in the tracking list (a stale entry).
+    UnmapKeepsTracked,
+    /// A fault on an address no longer mapped is not woken: the faulting
+    /// thread sleeps forever (a fault never answered, a deadlock).
+    SkipStaleWake,
+}
+
+impl Mutation {
+    /// Every mutation.
+    pub const ALL: [Mutation; 6] = [
+        Mutation::WholeNoRecheck,
+        Mutation::SkipZap,
+        Mutation::KeepPoison,
+        Mutation::WrongPfn,
+        Mutation::UnmapKeepsTracked,
+        Mutation::SkipStaleWake,
+    ];
+}

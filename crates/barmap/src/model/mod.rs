@@ -10,3 +10,6 @@ pub mod sync;
 
 #[path = "../fault.rs"]
 pub mod fault;
+
+pub mod check;
+pub mod sim;
