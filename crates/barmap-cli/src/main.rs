@@ -6,6 +6,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod check;
 mod demo;
 mod storm;
 mod util;
@@ -27,24 +28,31 @@ enum Command {
     /// memory is toggled; counts wrong values, unexpected SIGBUS and BUGs.
     Storm(storm::StormArgs),
     /// Model-check the fault path (the shipped code over a simulated MM).
-
+    Check(check::CheckArgs),
     /// Touches revoked device memory without a safety net: dies by SIGBUS.
     #[command(hide = true, name = "sigbus-child")]
     SigbusChild,
 }
 
 fn main() {
+    let cli = Cli::parse();
+    // The checker provokes BUGs on purpose: quiet unless asked.
+    let default = if matches!(cli.command, Command::Check(_)) {
+        "off"
+    } else {
+        "error"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BARMAP_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let code = match cli.command {
         Command::Demo(args) => demo::run(&args),
         Command::Storm(args) => storm::run(&args),
+        Command::Check(args) => check::run(&args),
 
         Command::SigbusChild => demo::sigbus_child(),
     };

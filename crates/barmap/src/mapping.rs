@@ -170,7 +170,7 @@ impl Mapping {
     /// Unmaps `len` bytes at `offset` (page aligned); the rest of the
     /// mapping keeps working. Unmapping a range that is not mapped (a double
     /// unmap) fails with [`Error::NotMapped`] and changes nothing.
-    pub fn unmap(&mut self, offset: usize, len: usize) -> Result<()> {
+    pub fn unmap(&self, offset: usize, len: usize) -> Result<()> {
         if len == 0 {
             return Err(Error::ZeroLength);
         }
