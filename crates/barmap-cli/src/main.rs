@@ -2,12 +2,16 @@
 //!
 //! - `barmap demo`: the seed scenario on the default device;
 //! - `barmap storm`: N threads hammering fresh mappings, per policy;
-//! - `barmap check`: the model checker over the shipped fault path.
+//! - `barmap check`: the model checker over the shipped fault path;
+//! - `barmap bench`: the fault path's costs, as ratios to native;
+//! - `barmap guest`: the same scenarios against the kernel's vfio-pci.
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod check;
 mod demo;
+mod guest_cmd;
 mod storm;
 mod util;
 
@@ -29,6 +33,14 @@ enum Command {
     Storm(storm::StormArgs),
     /// Model-check the fault path (the shipped code over a simulated MM).
     Check(check::CheckArgs),
+    /// Measure the fault path: populate vs native, fault round trip, storm,
+    /// zap, service-thread sweep.
+    Bench(bench::BenchArgs),
+    /// Run the scenario suite against the kernel's vfio-pci in a QEMU guest.
+    Guest(guest_cmd::GuestArgs),
+    /// Inside the guest: run the suite on the devices bound to vfio-pci.
+    #[command(hide = true, name = "guest-run")]
+    GuestRun(guest_cmd::GuestRunArgs),
     /// Touches revoked device memory without a safety net: dies by SIGBUS.
     #[command(hide = true, name = "sigbus-child")]
     SigbusChild,
@@ -53,6 +65,9 @@ fn main() {
         Command::Demo(args) => demo::run(&args),
         Command::Storm(args) => storm::run(&args),
         Command::Check(args) => check::run(&args),
+        Command::Bench(args) => bench::run(&args),
+        Command::Guest(args) => guest_cmd::host_main(args),
+        Command::GuestRun(args) => guest_cmd::in_guest_main(args),
 
         Command::SigbusChild => demo::sigbus_child(),
     };
