@@ -231,7 +231,7 @@ impl DeviceBuilder {
             let areas = spec
                 .mmap_areas
                 .clone()
-                .unwrap_or_else(|| vec![0..spec.size]);
+                .unwrap_or_else(|| std::iter::once(0..spec.size).collect());
             regions.push(Some(Region {
                 info: RegionInfo {
                     index: i as u32,

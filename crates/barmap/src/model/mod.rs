@@ -8,6 +8,8 @@
 #[path = "../sync_shuttle.rs"]
 pub mod sync;
 
+// Loading fault.rs a second time is the point: see the module docs.
+#[allow(clippy::duplicate_mod)]
 #[path = "../fault.rs"]
 pub mod fault;
 
