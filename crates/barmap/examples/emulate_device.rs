@@ -14,7 +14,10 @@ fn main() -> barmap::Result<()> {
     let id = 0xfeed_0001u32.to_le_bytes().to_vec();
     let device = Device::builder()
         .ids(0x1af4, 0x1110)
-        .region(0, RegionSpec::registers(16 << 10, id).mmap_areas(vec![0..0x2000]))
+        .region(
+            0,
+            RegionSpec::registers(16 << 10, id).mmap_areas(vec![0..0x2000]),
+        )
         .region(2, RegionSpec::memory(32 << 20).bits64())
         .policy(Policy::Prefault)
         .build()?;

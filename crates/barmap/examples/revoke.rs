@@ -16,8 +16,14 @@ fn main() -> barmap::Result<()> {
     device.write_config(pci::COMMAND, &(cmd & !pci::COMMAND_MEMORY).to_le_bytes())?;
     println!("touch while disabled: {:?}", map.touch_u64(0));
     let mut buf = [0u8; 8];
-    println!("probe while disabled: {:?}", map.try_read(0, &mut buf).err());
-    println!("region read while disabled: {:?}", device.read_region(DEFAULT_MEMORY_BAR, 0, &mut buf).err());
+    println!(
+        "probe while disabled: {:?}",
+        map.try_read(0, &mut buf).err()
+    );
+    println!(
+        "region read while disabled: {:?}",
+        device.read_region(DEFAULT_MEMORY_BAR, 0, &mut buf).err()
+    );
 
     device.write_config(pci::COMMAND, &cmd.to_le_bytes())?;
     println!("touch after enable: {:#x}", map.read_u64(0));

@@ -17,7 +17,11 @@ fn bar_mappings() -> usize {
 fn bad_requests_are_typed_errors_that_change_nothing() {
     let dev = Device::builder_with_memory(8 << 20).build().unwrap();
     let before = bar_mappings();
-    type Case = (&'static str, Result<barmap::Mapping, Error>, fn(&Error) -> bool);
+    type Case = (
+        &'static str,
+        Result<barmap::Mapping, Error>,
+        fn(&Error) -> bool,
+    );
     let cases: Vec<Case> = vec![
         (
             "unaligned offset",
