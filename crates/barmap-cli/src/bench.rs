@@ -740,9 +740,8 @@ fn cpu_time(clock: libc::clockid_t) -> Duration {
 /// Isolated faults: one thread touches each page of a fresh page-policy
 /// mapping in turn, timing each touch. Returns the histogram (ns), the CPU
 /// the rest of the process (the service) burnt per wall second, and faults.
-fn fault_rtt(mode: WaitMode, len: usize) -> Result<(Histogram<u64>, f64, u64), String> {
+fn fault_rtt(mode: WaitMode, len: usize, hist: &mut Histogram<u64>) -> Result<(f64, u64), String> {
     let dev = device(len, Policy::Page, Some(1), mode)?;
-    let mut hist = new_hist();
     // Warm-up: one pass over a small mapping.
     {
         let m = map(&dev, 0, 4 * MIB)?;
@@ -770,13 +769,18 @@ fn fault_rtt(mode: WaitMode, len: usize) -> Result<(Histogram<u64>, f64, u64), S
         .saturating_sub(cpu_time(libc::CLOCK_THREAD_CPUTIME_ID) - me0);
     settle(&dev);
     let faults = dev.stats().since(&before).faults;
-    Ok((hist, service_cpu.as_secs_f64() / wall.as_secs_f64(), faults))
+    Ok((service_cpu.as_secs_f64() / wall.as_secs_f64(), faults))
 }
 
 /// The floor under barmap's fault round trip: the same isolated faults on a
 /// userfaultfd served by a bare loop (wait, read, one UFFDIO_CONTINUE), with
 /// no registry, gate or policy. Returns the histogram (ns).
-fn uffd_floor(native: &Native, mode: WaitMode, len: usize) -> Result<Histogram<u64>, String> {
+fn uffd_floor(
+    native: &Native,
+    mode: WaitMode,
+    len: usize,
+    hist: &mut Histogram<u64>,
+) -> Result<(), String> {
     use barmap::mm::{Fault, SpaceId};
     let uffd = barmap::uffd::Uffd::open().map_err(|e| format!("userfaultfd: {e}"))?;
     let v = native.view(len)?;
@@ -784,7 +788,6 @@ fn uffd_floor(native: &Native, mode: WaitMode, len: usize) -> Result<Histogram<u
     uffd.register(view.addr..view.addr + view.len)
         .map_err(|e| errno_str("UFFDIO_REGISTER", e))?;
     let stop = AtomicBool::new(false);
-    let mut hist = new_hist();
     std::thread::scope(|s| {
         s.spawn(|| {
             let mut faults: Vec<Fault> = Vec::with_capacity(32);
@@ -819,7 +822,7 @@ fn uffd_floor(native: &Native, mode: WaitMode, len: usize) -> Result<Histogram<u
         stop.store(true, Ordering::Relaxed);
     });
     drop(v);
-    Ok(hist)
+    Ok(())
 }
 
 /// Raises the priority of the device's fault service threads (named
@@ -1117,9 +1120,28 @@ impl Bench {
         let mut out: Vec<Measurement> = Vec::new();
         let (size, threads, reps) = (self.size, self.threads, self.reps);
 
-        // Wake-up round trips first, on a quiet process.
-        self.progress("wake-up round trip");
-        let wake = wakeup_pipe(20_000)?;
+        // Wake-up and fault round trips, interleaved in blocks so that each
+        // ratio compares figures taken under the same machine load. A spin
+        // device lives only during its own block (it burns a core).
+        let blocks = 4;
+        let mut wake = new_hist();
+        let mut hists = [new_hist(), new_hist()];
+        let mut floors = [new_hist(), new_hist()];
+        let mut cpu = [0.0f64; 2];
+        let mut faults = [0u64; 2];
+        let floor_native = Native::new(self.small)?;
+        for block in 0..blocks {
+            self.progress(&format!("round trips: block {}/{blocks}", block + 1));
+            let w = wakeup_pipe(5_000)?;
+            wake.add(&w).map_err(|e| format!("histogram: {e}"))?;
+            for (k, mode) in [WaitMode::Poll, WaitMode::Spin].into_iter().enumerate() {
+                let (c, f) = fault_rtt(mode, self.small / blocks, &mut hists[k])?;
+                cpu[k] += c / blocks as f64;
+                faults[k] += f;
+                uffd_floor(&floor_native, mode, self.small / blocks, &mut floors[k])?;
+            }
+        }
+        drop(floor_native);
         let mut m = hist_measurement("wakeup_rtt", &wake);
         m.mode = Some("pipe".into());
         out.push(m);
@@ -1127,43 +1149,39 @@ impl Bench {
         m.mode = Some("spin".into());
         out.push(m);
         let wakeup_us = wake.value_at_quantile(0.5) as f64 / 1e3;
-
-        // Isolated fault round trips, poll and spin.
         let mut fault_p50 = 0.0;
         let mut fault_p99 = 0.0;
-        for mode in [WaitMode::Poll, WaitMode::Spin] {
-            let mname = if mode == WaitMode::Poll {
-                "poll"
-            } else {
-                "spin"
-            };
-            self.progress(&format!("fault round trip ({mname})"));
-            let (h, cpu, faults) = fault_rtt(mode, self.small)?;
-            let mut m = hist_measurement("fault_rtt", &h);
+        for (k, mname) in ["poll", "spin"].into_iter().enumerate() {
+            let mut m = hist_measurement("fault_rtt", &hists[k]);
             m.policy = Some("page".into());
             m.mode = Some(mname.into());
             m.service_threads = Some(1);
-            m.cpu_cores = Some(cpu);
-            m.faults = Some(faults);
+            m.cpu_cores = Some(cpu[k]);
+            m.faults = Some(faults[k]);
             m.ratio = Some(m.median / wakeup_us);
             m.ratio_to = Some("wakeup_rtt pipe p50".into());
-            if mode == WaitMode::Poll {
+            if k == 0 {
                 fault_p50 = m.median;
                 fault_p99 = m.p99.unwrap_or(0.0);
             }
             out.push(m);
-            let floor_native = Native::new(self.small)?;
-            let mut f = hist_measurement(
-                "uffd_floor_rtt",
-                &uffd_floor(&floor_native, mode, self.small)?,
-            );
+            let mut f = hist_measurement("uffd_floor_rtt", &floors[k]);
             f.mode = Some(mname.into());
             f.service_threads = Some(1);
             f.ratio = Some(f.median / wakeup_us);
             f.ratio_to = Some("wakeup_rtt pipe p50".into());
             out.push(f);
+        }
+        for mode in [WaitMode::Poll, WaitMode::Spin] {
             let mut idle = timing("service_idle", "cores", &[idle_cpu(mode)?]);
-            idle.mode = Some(mname.into());
+            idle.mode = Some(
+                if mode == WaitMode::Poll {
+                    "poll"
+                } else {
+                    "spin"
+                }
+                .into(),
+            );
             idle.service_threads = Some(1);
             out.push(idle);
         }
