@@ -31,6 +31,14 @@ pub enum KernelEventKind {
     Panic,
 }
 
+impl KernelEventKind {
+    /// Whether the kernel killed a task or stopped making progress (the
+    /// guest may never finish by itself after one of these).
+    pub fn is_fatal(self) -> bool {
+        !matches!(self, KernelEventKind::Warning | KernelEventKind::Lockdep)
+    }
+}
+
 /// One kernel failure seen on the console.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct KernelEvent {

@@ -72,10 +72,9 @@ fn prepare_common(cache: &Path) -> Result<Common> {
 }
 
 fn fetch_busybox(cache: &Path) -> Result<PathBuf> {
-    let (main, _) = apt::host_mirrors()?;
     let apt = Apt::new(
-        &cache.join("apt").join("bookworm-tools"),
-        &[format!("{main} bookworm main")],
+        &cache.join("apt").join("bookworm"),
+        &kernel::bookworm_sources()?,
     )?;
     let unpacked = cache.join("busybox");
     let bin = unpacked.join("bin/busybox");
@@ -148,6 +147,7 @@ fn run_kernel(
         boot_s: None,
         wall_s: None,
         prepare_s: 0.0,
+        bug_scenario: None,
         bug_round: None,
         scenarios: Vec::new(),
         other_kernel_failures: Vec::new(),
@@ -254,6 +254,7 @@ fn run_kernel(
         .kernel_events
         .iter()
         .find(|e| report::is_seed_bug(e) && e.scenario.is_some());
+    result.bug_scenario = seed.and_then(|e| e.scenario.clone());
     result.bug_round = seed.and_then(|e| e.round);
     result.as_expected = match prepared.expect {
         Expectation::Pass => result.outcome == Outcome::Pass,

@@ -2,7 +2,7 @@
 //! seed's bug rebuilt into vfio-pci, or a user's own kernel.
 
 use crate::apt::{self, Apt};
-use crate::util::{run, Error, Result};
+use crate::util::{Error, Result};
 use serde::Serialize;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -98,7 +98,9 @@ pub const MODULE_ORDER: [&str; 6] = [
 /// Modules that must be found (as files) for a Debian kernel.
 const REQUIRED: [&str; 4] = ["vfio", "vfio_iommu_type1", "vfio_pci_core", "vfio_pci"];
 
-fn bookworm_sources() -> Result<Vec<String>> {
+/// Source entries for Debian bookworm (main, updates, security) on the
+/// host's mirror.
+pub fn bookworm_sources() -> Result<Vec<String>> {
     let (main, security) = apt::host_mirrors()?;
     let mut s = vec![
         format!("{main} bookworm main"),
@@ -120,6 +122,9 @@ pub fn prepare(choice: &KernelChoice, cache: &Path) -> Result<PreparedKernel> {
             debian_kernel(cache, "bookworm-backports", sources, choice)
         }
         KernelChoice::SeedBug => {
+            for (tool, pkg) in [("gcc-12", "gcc-12"), ("make", "make"), ("patch", "patch")] {
+                apt::ensure_host_tool(tool, pkg)?;
+            }
             let mut k = debian_kernel(cache, "bookworm", bookworm_sources()?, choice)?;
             let apt = Apt::new(&cache.join("apt").join("bookworm"), &bookworm_sources()?)?;
             let release = k.release.clone().unwrap_or_default();
@@ -268,11 +273,21 @@ fn decompress_module(p: &Path, plain: &Path) -> Result<PathBuf> {
     };
     fs::create_dir_all(plain)?;
     let dest = plain.join(format!("{}.ko", name.split(".ko").next().unwrap_or(name)));
-    if !dest.is_file() {
+    if fs::metadata(&dest).map_or(true, |m| m.len() == 0) {
+        let out = Command::new(tool)
+            .arg("-dc")
+            .arg(p)
+            .output()
+            .map_err(|e| Error::msg(format!("{tool} -dc {}: {e}", p.display())))?;
+        if !out.status.success() || out.stdout.is_empty() {
+            return Err(Error::msg(format!(
+                "{tool} -dc {}: {}",
+                p.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
         let tmp = dest.with_extension("tmp");
-        let out = fs::File::create(&tmp)?;
-        run(Command::new(tool).arg("-dc").arg(p).stdout(out))
-            .map_err(|e| e.context("decompressing a module"))?;
+        fs::write(&tmp, &out.stdout)?;
         fs::rename(&tmp, &dest)?;
     }
     Ok(dest)

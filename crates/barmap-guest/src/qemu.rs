@@ -39,8 +39,9 @@ pub struct VmOutcome {
     pub qemu_stderr: String,
 }
 
-/// Seconds QEMU gets to exit after the guest said it is done or tainted.
-const GRACE: Duration = Duration::from_secs(20);
+/// Time QEMU gets to exit after the guest said it is done or tainted, or the
+/// kernel reported a fatal failure.
+const GRACE: Duration = Duration::from_secs(15);
 
 /// The QEMU command line for `cfg`.
 pub fn command(cfg: &VmConfig) -> Command {
@@ -122,7 +123,11 @@ pub fn run(cfg: &VmConfig) -> Result<VmOutcome> {
                 if boot.is_none() && t.hello.is_some() {
                     boot = Some(started.elapsed());
                 }
-                if !ending && (t.done.is_some() || t.taint.is_some() || t.guest_timeout) {
+                // After a fatal kernel report the guest may never power off
+                // (a dead task can hold a page-table lock and wedge both
+                // CPUs): give it the grace period, then stop it.
+                let fatal = t.kernel_events.iter().any(|e| e.kind.is_fatal());
+                if !ending && (t.done.is_some() || t.taint.is_some() || t.guest_timeout || fatal) {
                     ending = true;
                     deadline = deadline.min(Instant::now() + GRACE);
                 }

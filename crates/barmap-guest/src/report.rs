@@ -72,7 +72,11 @@ pub struct KernelResult {
     pub wall_s: Option<f64>,
     /// Host seconds spent fetching and building before the boot.
     pub prepare_s: f64,
-    /// For seed-bug: the first-touch round in which the BUG appeared.
+    /// The scenario in which the seed's BUG (remap_pfn_range from
+    /// vfio_pci_mmap_fault) appeared, if it did.
+    pub bug_scenario: Option<String>,
+    /// The round in which it appeared, where the scenario reports rounds
+    /// (first-touch does).
     pub bug_round: Option<u64>,
     /// Per scenario results.
     pub scenarios: Vec<ScenarioResult>,
@@ -203,8 +207,11 @@ pub fn print_table(results: &[KernelResult]) {
             k.boot_s.map_or("?".into(), |b| format!("{b:.1}")),
             k.wall_s.map_or("?".into(), |b| format!("{b:.1}")),
             k.prepare_s,
-            k.bug_round
-                .map_or(String::new(), |r| format!("; seed BUG caught in round {r}")),
+            match (&k.bug_scenario, k.bug_round) {
+                (Some(sc), Some(r)) => format!("; seed BUG caught in {sc}, round {r}"),
+                (Some(sc), None) => format!("; seed BUG caught in {sc}"),
+                _ => String::new(),
+            },
         );
         for e in &k.other_kernel_failures {
             println!(
