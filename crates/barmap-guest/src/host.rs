@@ -238,11 +238,8 @@ fn run_kernel(
     if t.guest_timeout {
         result.notes.push("the guest's own deadline passed".into());
     }
-    if vm.killed {
-        result.notes.push(format!(
-            "killed by the host watchdog after {}s",
-            args.timeout
-        ));
+    if let Some(why) = &vm.killed {
+        result.notes.push(why.clone());
     }
     if t.hello.is_none() {
         let tail = vm.qemu_stderr.lines().last().unwrap_or("").to_string();

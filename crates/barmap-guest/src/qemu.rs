@@ -33,8 +33,8 @@ pub struct VmOutcome {
     pub wall: Duration,
     /// Host wall time until the runner's hello line (boot time).
     pub boot: Option<Duration>,
-    /// Whether the host watchdog had to kill QEMU.
-    pub killed: bool,
+    /// Why the host had to kill QEMU, if it did.
+    pub killed: Option<String>,
     /// QEMU's stderr, if it said anything.
     pub qemu_stderr: String,
 }
@@ -120,12 +120,22 @@ pub fn run(cfg: &VmConfig) -> Result<VmOutcome> {
     let mut boot = None;
     let mut deadline = started + cfg.timeout;
     let mut ending = false;
-    let mut killed = false;
+    let mut killed = None;
     loop {
         let now = Instant::now();
         if now >= deadline {
             let _ = child.kill();
-            killed = true;
+            killed = Some(if ending {
+                format!(
+                    "stopped by the host: still running {}s after the end or a fatal kernel report",
+                    GRACE.as_secs()
+                )
+            } else {
+                format!(
+                    "killed by the host watchdog after {}s",
+                    cfg.timeout.as_secs()
+                )
+            });
             break;
         }
         match rx.recv_timeout(deadline - now) {
