@@ -1,13 +1,29 @@
 //! `barmap guest` and the hidden `barmap guest-run`: glue between the CLI
-//! and the barmap-guest crate, which does the work.
+//! and the barmap-guest crate, which does the work. The glue adds the
+//! differential column: every scenario also runs on barmap's emulated
+//! device, shaped like the guest's ivshmem BAR (64 MiB of memory).
 
+use std::sync::Arc;
+
+use barmap::Device;
 pub use barmap_guest::{GuestArgs, GuestRunArgs};
+use barmap_target::scenario::{self, Options, Report, Scenario};
 
 /// `barmap guest --kernel 6.1|6.12|seed-bug|PATH [--scenario S] [--rounds N]
 /// [--json]`: boots each kernel in QEMU, runs the scenario suite against its
-/// vfio-pci and reports. Returns the process exit code.
+/// vfio-pci, runs it on barmap beside it, and reports. Returns the exit code.
 pub fn host_main(args: GuestArgs) -> i32 {
-    barmap_guest::host_main(&args)
+    barmap_guest::host_main_with(&args, Some(&emulate))
+}
+
+fn emulate(s: Scenario, options: &Options) -> Option<Report> {
+    match Device::builder_with_memory(64 << 20).build() {
+        Ok(device) => Some(scenario::run(Arc::new(device), s, options)),
+        Err(e) => {
+            eprintln!("barmap guest: no emulated device for the differential column: {e}");
+            None
+        }
+    }
 }
 
 /// `barmap guest-run`: the in-guest runner the guest's init starts.

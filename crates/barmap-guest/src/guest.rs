@@ -4,7 +4,7 @@
 
 use crate::args::GuestRunArgs;
 use crate::protocol::{kind, line, ScenarioLine};
-use barmap_target::scenario::{self, Options, Report, Scenario};
+use barmap_target::scenario::{self, Options, Scenario};
 use barmap_vfio::VfioDevice;
 use serde_json::json;
 use std::io::Write;
@@ -57,50 +57,6 @@ fn memory_like(dev: &VfioDevice) -> bool {
     dev.write_region(l.memory_region, 8, &probe).is_ok()
         && dev.read_region(l.memory_region, 8, &mut back).is_ok()
         && back == probe
-}
-
-/// Runs first-touch one round per call so that each round is announced on
-/// the console (a kernel BUG can then be placed in its round), and sums
-/// the per-round reports.
-fn first_touch_by_round(dev: &Arc<VfioDevice>, opts: &Options, device: &str) -> Report {
-    let one = Options {
-        rounds: 1,
-        ..opts.clone()
-    };
-    let mut total = Report {
-        scenario: Scenario::FirstTouch.name().into(),
-        passed: true,
-        ..Report::default()
-    };
-    for round in 1..=opts.rounds {
-        emit(
-            kind::ROUND,
-            json!(ScenarioLine {
-                device: device.into(),
-                scenario: Scenario::FirstTouch.name().into(),
-                round: Some(round as u64),
-                report: None,
-            }),
-        );
-        let r = scenario::run(dev.clone(), Scenario::FirstTouch, &one);
-        total.target = r.target;
-        total.passed &= r.passed;
-        total.rounds += r.rounds;
-        total.touches += r.touches;
-        total.sigbus += r.sigbus;
-        total.sigsegv += r.sigsegv;
-        total.wrong_values += r.wrong_values;
-        total.elapsed_ms += r.elapsed_ms;
-        for e in r.errors {
-            if total.errors.len() < 16 {
-                total.errors.push(format!("round {round}: {e}"));
-            }
-        }
-        if !r.passed && total.errors.iter().any(|e| e.contains("hang")) {
-            break;
-        }
-    }
-    total
 }
 
 /// The in-guest entry point: returns the process exit code (0: every
@@ -183,11 +139,23 @@ pub fn guest_run(args: &GuestRunArgs) -> i32 {
                 report: None,
             };
             emit(kind::START, json!(head));
-            let report = if s == Scenario::FirstTouch {
-                first_touch_by_round(&dev, &opts, bdf)
-            } else {
-                scenario::run(dev.clone(), s, &opts)
+            // Each round is announced, so a kernel failure is placed in it.
+            let (device, name) = (bdf.clone(), s.name().to_string());
+            let announce = Options {
+                on_round: Some(Arc::new(move |round| {
+                    emit(
+                        kind::ROUND,
+                        json!(ScenarioLine {
+                            device: device.clone(),
+                            scenario: name.clone(),
+                            round: Some(round as u64),
+                            report: None,
+                        }),
+                    )
+                })),
+                ..opts.clone()
             };
+            let report = scenario::run(dev.clone(), s, &announce);
             ran += 1;
             if !report.passed {
                 exit = 1;

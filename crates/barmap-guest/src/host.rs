@@ -7,6 +7,7 @@ use crate::kernel::{self, Expectation, KernelChoice};
 use crate::qemu::{self, VmConfig};
 use crate::report::{self, KernelResult, Outcome};
 use crate::util::{default_cache_dir, run, Error, Result};
+use barmap_target::scenario::{Options, Report, Scenario};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,6 +17,16 @@ use std::time::{Duration, Instant};
 /// as expected (stock kernels pass, seed-bug's BUG is caught), 1 otherwise,
 /// 2 when nothing could be prepared at all.
 pub fn host_main(args: &GuestArgs) -> i32 {
+    host_main_with(args, None)
+}
+
+/// Runs one scenario on barmap's emulated device with the options the guest
+/// used, for the differential column; `None` if it cannot.
+pub type Emulate<'a> = &'a dyn Fn(Scenario, &Options) -> Option<Report>;
+
+/// [`host_main`], with each kernel scenario compared against the same
+/// scenario on barmap's emulated device (`emulate`).
+pub fn host_main_with(args: &GuestArgs, emulate: Option<Emulate<'_>>) -> i32 {
     let cache = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
     let kernels = if args.kernels.is_empty() {
         vec![
@@ -37,6 +48,9 @@ pub fn host_main(args: &GuestArgs) -> i32 {
     for k in &kernels {
         results.push(run_kernel(k, args, &cache, &common));
     }
+    if let Some(emulate) = emulate {
+        add_emulated(&mut results, args, emulate);
+    }
     if args.json {
         let doc = serde_json::json!({ "kernels": results });
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
@@ -47,6 +61,36 @@ pub fn host_main(args: &GuestArgs) -> i32 {
         0
     } else {
         1
+    }
+}
+
+/// Fills the differential column: each scenario once on barmap, with the
+/// options the guest runner used, compared with every kernel's result.
+fn add_emulated(results: &mut [KernelResult], args: &GuestArgs, emulate: Emulate<'_>) {
+    let opts = Options {
+        rounds: args.rounds,
+        threads: args.threads,
+        ..Options::default()
+    };
+    let mut done: Vec<(String, Option<Report>)> = Vec::new();
+    for k in results.iter_mut() {
+        for s in &mut k.scenarios {
+            let cached = done
+                .iter()
+                .find(|(n, _)| *n == s.scenario)
+                .map(|(_, r)| r.clone());
+            let report = match cached {
+                Some(r) => r,
+                None => {
+                    eprintln!("barmap guest: {} on barmap's emulated device", s.scenario);
+                    let r = Scenario::from_name(&s.scenario).and_then(|sc| emulate(sc, &opts));
+                    done.push((s.scenario.clone(), r.clone()));
+                    r
+                }
+            };
+            s.differs = report.as_ref().and_then(|r| report::differences(s, r));
+            s.emulated = report;
+        }
     }
 }
 

@@ -26,4 +26,4 @@ pub mod util;
 
 pub use args::{GuestArgs, GuestRunArgs};
 pub use guest::{guest_run, vfio_devices};
-pub use host::host_main;
+pub use host::{host_main, host_main_with, Emulate};

@@ -75,7 +75,13 @@ pub fn command(cfg: &VmConfig) -> Command {
                 cfg.ivshmem_mib.max(64)
             ),
         ])
-        .args(["-device", "ivshmem-plain,memdev=barmap-ivshmem"]);
+        // Alone behind a root port, so that VFIO_DEVICE_RESET can reset it
+        // with a secondary bus reset (ivshmem has no FLR).
+        .args(["-device", "pcie-root-port,id=barmap-rp,chassis=1,slot=1"])
+        .args([
+            "-device",
+            "ivshmem-plain,memdev=barmap-ivshmem,bus=barmap-rp",
+        ]);
     c
 }
 

@@ -34,6 +34,11 @@ pub struct ScenarioResult {
     pub last_round: Option<u64>,
     /// Kernel failures logged while this scenario ran, with their text.
     pub kernel_failures: Vec<KernelEvent>,
+    /// The same scenario, with the same options, on barmap's emulated
+    /// device, when the caller provided one (the differential column).
+    pub emulated: Option<barmap_target::scenario::Report>,
+    /// Where the kernel's and barmap's observable results differ.
+    pub differs: Option<String>,
 }
 
 /// How a kernel's run ended.
@@ -133,6 +138,8 @@ pub fn scenario_results(t: &Transcript) -> Vec<ScenarioResult> {
                 finished: s.finished(),
                 last_round: events.first().and_then(|e| e.round).or(s.last_round),
                 kernel_failures: events,
+                emulated: None,
+                differs: None,
             }
         })
         .collect()
@@ -149,6 +156,42 @@ pub fn outcome(t: &Transcript, scenarios: &[ScenarioResult]) -> Outcome {
     } else {
         Outcome::Pass
     }
+}
+
+/// Where `kernel` and `emulated` (the same scenario on barmap) differ in
+/// what a user can observe: passed, skipped, SIGBUS seen or not, wrong
+/// values or not.
+pub fn differences(
+    kernel: &ScenarioResult,
+    emulated: &barmap_target::scenario::Report,
+) -> Option<String> {
+    let mut d = Vec::new();
+    if kernel.passed != emulated.passed {
+        d.push(format!(
+            "passed: kernel {} vs barmap {}",
+            kernel.passed, emulated.passed
+        ));
+    }
+    if kernel.skipped.is_some() != emulated.skipped.is_some() {
+        d.push(format!(
+            "skipped: kernel {} vs barmap {}",
+            kernel.skipped.as_deref().unwrap_or("no"),
+            emulated.skipped.as_deref().unwrap_or("no")
+        ));
+    }
+    if (kernel.sigbus == 0) != (emulated.sigbus == 0) {
+        d.push(format!(
+            "SIGBUS: kernel {} vs barmap {}",
+            kernel.sigbus, emulated.sigbus
+        ));
+    }
+    if (kernel.wrong_values == 0) != (emulated.wrong_values == 0) {
+        d.push(format!(
+            "wrong values: kernel {} vs barmap {}",
+            kernel.wrong_values, emulated.wrong_values
+        ));
+    }
+    (!d.is_empty()).then(|| d.join("; "))
 }
 
 /// Prints a table of `results` to stdout.
@@ -193,6 +236,29 @@ pub fn print_table(results: &[KernelResult]) {
                 s.elapsed_ms,
                 note
             );
+            if let Some(e) = &s.emulated {
+                let result = if e.skipped.is_some() {
+                    "skip"
+                } else if e.passed {
+                    "pass"
+                } else {
+                    "FAIL"
+                };
+                println!(
+                    "{:<10} {:<14} {:<22} {:<8} {:>8} {:>7} {:>6} {:>10.1}  {}",
+                    "",
+                    "barmap",
+                    s.scenario,
+                    result,
+                    e.touches,
+                    e.sigbus,
+                    e.wrong_values,
+                    e.elapsed_ms,
+                    s.differs
+                        .as_deref()
+                        .map_or(String::new(), |d| format!("DIFFERS: {d}"))
+                );
+            }
         }
         let verdict = if k.as_expected {
             "as expected"

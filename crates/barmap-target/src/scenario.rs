@@ -65,8 +65,11 @@ impl Scenario {
     }
 }
 
+/// Called with the 1-based round number as each round starts.
+pub type RoundHook = Arc<dyn Fn(usize) + Send + Sync>;
+
 /// Knobs of a run.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Options {
     /// Rounds (fresh mappings for first-touch, toggles for toggle-storm).
     pub rounds: usize,
@@ -76,6 +79,21 @@ pub struct Options {
     pub map_len: usize,
     /// A scenario that runs longer than this is reported as a hang.
     pub watchdog: Duration,
+    /// Announces each round (first-touch and reset rounds, toggles), so
+    /// that a runner can place a kernel failure in its round.
+    pub on_round: Option<RoundHook>,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("rounds", &self.rounds)
+            .field("threads", &self.threads)
+            .field("map_len", &self.map_len)
+            .field("watchdog", &self.watchdog)
+            .field("on_round", &self.on_round.is_some())
+            .finish()
+    }
 }
 
 impl Default for Options {
@@ -85,6 +103,7 @@ impl Default for Options {
             threads: 8,
             map_len: 2 << 20,
             watchdog: Duration::from_secs(60),
+            on_round: None,
         }
     }
 }
@@ -260,6 +279,12 @@ struct Ctx<'a, T: Target> {
 type Outcome = Result<(), String>;
 
 impl<T: Target> Ctx<'_, T> {
+    fn round(&self, round: usize) {
+        if let Some(hook) = &self.options.on_round {
+            hook(round + 1);
+        }
+    }
+
     fn pages(&self) -> usize {
         self.map_len / PAGE
     }
@@ -300,6 +325,7 @@ impl<T: Target> Ctx<'_, T> {
     fn first_touch(&self) -> Outcome {
         let n = self.options.threads;
         for round in 0..self.options.rounds {
+            self.round(round);
             if !self.write_pattern(round) {
                 return Ok(());
             }
@@ -422,7 +448,8 @@ impl<T: Target> Ctx<'_, T> {
                     }
                 });
             }
-            for _ in 0..self.options.rounds {
+            for round in 0..self.options.rounds {
+                self.round(round);
                 seq.fetch_add(1, Ordering::SeqCst);
                 if let Err(e) = self.target.set_memory_enabled(false) {
                     self.tally.fail(format!("disable: {e}"));
@@ -444,7 +471,8 @@ impl<T: Target> Ctx<'_, T> {
         if !self.write_pattern(3) {
             return Ok(());
         }
-        for _ in 0..self.options.rounds {
+        for round in 0..self.options.rounds {
+            self.round(round);
             let Some(m) = self.map() else { return Ok(()) };
             let barrier = Barrier::new(n + 1);
             let mut unsupported = None;
