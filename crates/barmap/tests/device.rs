@@ -198,7 +198,10 @@ fn partial_unmap_while_other_threads_fault_keeps_the_rest_working() {
                 m.unmap(piece * 4096, 4 * 4096).unwrap();
             }
         });
-        assert_eq!(m.touch_u64(40 * 4096), Err(Fault::Sigsegv));
+        // The hole is gone from this mapping. (What a touch there hits is
+        // not ours to assert: other tests in this process may have mapped
+        // the freed addresses meanwhile.)
+        assert_ne!(m.touch_u64(40 * 4096), Ok(0x2828_2828_2828_2828));
         assert!(
             matches!(m.unmap(40 * 4096, 4096), Err(Error::NotMapped { .. })),
             "double unmap"
