@@ -19,6 +19,7 @@ fn suite(policy: Policy) {
         threads: 16,
         map_len: 4 << 20,
         watchdog: Duration::from_secs(60),
+        ..Options::default()
     };
     for s in Scenario::ALL {
         let report = scenario::run(device.clone(), s, &options);
