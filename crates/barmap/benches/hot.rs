@@ -73,6 +73,7 @@ fn core_with(policy: Policy, mappings: usize) -> Core<NullMm> {
             region: DEFAULT_MEMORY_BAR,
             offset: (i * MAP_LEN) as u64,
             writable: true,
+            page_size: PAGE_SIZE,
         });
     }
     core

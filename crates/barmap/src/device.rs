@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::fault::{BugEvent, Core, CoreConfig};
 use crate::mapping::Mapping;
-use crate::mm::{MapId, MapInfo, SpaceId, PAGE_SIZE};
+use crate::mm::{MapId, MapInfo, SpaceId, HUGE_SIZE, PAGE_SIZE};
 use crate::policy::Policy;
 use crate::service::{Service, WaitMode};
 use crate::stats::Stats;
@@ -63,6 +63,8 @@ pub struct RegionSpec {
     pub prefetchable: bool,
     /// Initial contents at offset 0, restored by reset.
     pub init: Vec<u8>,
+    /// Back the BAR with 2 MiB huge pages (see [`RegionSpec::huge_pages`]).
+    pub huge_pages: bool,
 }
 
 impl RegionSpec {
@@ -79,6 +81,7 @@ impl RegionSpec {
             is_64bit: size > (1 << 30),
             prefetchable: true,
             init: Vec::new(),
+            huge_pages: false,
         }
     }
 
@@ -109,6 +112,31 @@ impl RegionSpec {
         self
     }
 
+    /// Backs the BAR with 2 MiB huge pages: a hugetlbfs memfd
+    /// (`MFD_HUGETLB | MFD_HUGE_2MB`) whose pages the fault path maps with
+    /// PMD entries, one UFFDIO_CONTINUE per 2 MiB. The BAR's size must be a
+    /// multiple of 2 MiB, and [`DeviceBuilder::build`] needs that many free
+    /// huge pages (`vm.nr_hugepages`); it fails with a typed error
+    /// ([`Error::HugePageSize`], [`Error::HugePagesUnavailable`],
+    /// [`Error::HugePagesUnsupported`]) rather than fall back to small pages.
+    ///
+    /// The BAR's page size is then 2 MiB: mmap offsets and lengths, sparse
+    /// mmap areas and partial unmaps must be multiples of it, and every
+    /// fault, revocation and SIGBUS covers a whole 2 MiB page.
+    pub fn huge_pages(mut self) -> Self {
+        self.huge_pages = true;
+        self
+    }
+
+    /// The BAR's page size: 2 MiB with [`RegionSpec::huge_pages`], else 4 KiB.
+    pub fn page_size(&self) -> usize {
+        if self.huge_pages {
+            HUGE_SIZE
+        } else {
+            PAGE_SIZE
+        }
+    }
+
     /// Restricts mmap to `areas` (the rest, an MSI-X table say, stays
     /// reachable through region read/write only).
     pub fn mmap_areas(mut self, areas: Vec<Range<u64>>) -> Self {
@@ -128,12 +156,97 @@ pub struct RegionInfo {
     pub flags: RegionFlags,
     /// mmappable areas (the whole region if it has none listed).
     pub mmap_areas: Vec<Range<u64>>,
+    /// The page size mappings of it use: 4 KiB, or 2 MiB for a BAR backed by
+    /// huge pages. Map offsets and lengths must be multiples of it.
+    pub page_size: usize,
 }
 
 struct Region {
     info: RegionInfo,
     spec: RegionSpec,
     memfd: OwnedFd,
+    /// Huge-page BARs: the device's own read-write view of the memfd, for
+    /// region access (hugetlbfs has no `pwrite`). Unmapped on drop.
+    view: Option<DeviceView>,
+}
+
+/// A plain MAP_SHARED view of a BAR's whole memfd, without userfaultfd.
+struct DeviceView {
+    addr: usize,
+    len: usize,
+}
+
+impl Drop for DeviceView {
+    fn drop(&mut self) {
+        if let Err(e) = crate::os::unmap(self.addr..self.addr + self.len) {
+            tracing::error!(errno = e, "unmapping a BAR's device view failed");
+        }
+    }
+}
+
+impl Region {
+    /// Reads BAR bytes at `at` (bounds checked by the caller).
+    fn read_at(&self, at: u64, buf: &mut [u8]) -> std::result::Result<(), i32> {
+        match &self.view {
+            Some(v) => {
+                assert!(at as usize + buf.len() <= v.len);
+                // SAFETY: the view is live while `self` is, and the range is
+                // inside it (asserted).
+                unsafe { crate::os::view_read(v.addr, at as usize, buf) };
+                Ok(())
+            }
+            None => crate::os::pread_all(&self.memfd, at, buf),
+        }
+    }
+
+    /// Writes BAR bytes at `at` (bounds checked by the caller).
+    fn write_at(&self, at: u64, data: &[u8]) -> std::result::Result<(), i32> {
+        match &self.view {
+            Some(v) => {
+                assert!(at as usize + data.len() <= v.len);
+                // SAFETY: as in read_at.
+                unsafe { crate::os::view_write(v.addr, at as usize, data) };
+                Ok(())
+            }
+            None => crate::os::pwrite_all(&self.memfd, at, data),
+        }
+    }
+}
+
+/// Allocates BAR `index`'s memory per `spec`: a shmem memfd, or a hugetlbfs
+/// one with a device view when huge pages are asked for.
+fn allocate(index: u32, spec: &RegionSpec) -> Result<(OwnedFd, Option<DeviceView>)> {
+    let name = format!("barmap-bar{index}");
+    if !spec.huge_pages {
+        let memfd =
+            crate::os::memfd(&name, spec.size).map_err(Error::os("memfd for BAR memory"))?;
+        return Ok((memfd, None));
+    }
+    let needed = spec.size / HUGE_SIZE as u64;
+    let Some(free) = crate::os::free_huge_pages() else {
+        return Err(Error::HugePagesUnsupported(
+            "the kernel has no 2 MiB huge page pool".into(),
+        ));
+    };
+    if free < needed {
+        return Err(Error::HugePagesUnavailable {
+            region: index,
+            needed,
+            free,
+        });
+    }
+    let memfd = crate::os::memfd_hugetlb(&name, spec.size).map_err(|errno| match errno {
+        // Another allocation took the pages since the check above.
+        libc::ENOSPC | libc::ENOMEM => Error::HugePagesUnavailable {
+            region: index,
+            needed,
+            free: crate::os::free_huge_pages().unwrap_or(0),
+        },
+        _ => Error::os("hugetlbfs memfd for BAR memory")(errno),
+    })?;
+    let len = spec.size as usize;
+    let addr = crate::os::map_view(&memfd, len).map_err(Error::os("device view of BAR memory"))?;
+    Ok((memfd, Some(DeviceView { addr, len })))
 }
 
 /// Device power states that matter to the fault path.
@@ -217,34 +330,53 @@ impl DeviceBuilder {
 
     /// Validates the description, allocates every BAR's memory, opens the
     /// userfaultfd and starts the service threads.
+    ///
+    /// A BAR with [`RegionSpec::huge_pages`] fails the build with a typed
+    /// error if it cannot get them; nothing falls back to small pages.
     pub fn build(self) -> Result<Device> {
+        for (i, spec) in self.regions.iter().enumerate() {
+            if let Some(spec) = spec {
+                validate_spec(i, spec, &self.regions)?;
+            }
+        }
+        let uffd = Uffd::open()?;
+        let access = uffd.access();
+        if self.regions.iter().flatten().any(|s| s.huge_pages) && !uffd.minor_hugetlbfs() {
+            return Err(Error::HugePagesUnsupported(
+                "the kernel's userfaultfd has no MINOR mode for hugetlbfs \
+                 (UFFD_FEATURE_MINOR_HUGETLBFS, Linux 5.13 or later)"
+                    .into(),
+            ));
+        }
         let mut regions = Vec::new();
         for (i, spec) in self.regions.iter().enumerate() {
             let Some(spec) = spec else {
                 regions.push(None);
                 continue;
             };
-            validate_spec(i, spec, &self.regions)?;
-            let memfd = crate::os::memfd(&format!("barmap-bar{i}"), spec.size)
-                .map_err(Error::os("memfd for BAR memory"))?;
-            crate::os::pwrite_all(&memfd, 0, &spec.init).map_err(Error::os("BAR init"))?;
+            let (memfd, view) = allocate(i as u32, spec)?;
             let areas = spec
                 .mmap_areas
                 .clone()
                 .unwrap_or_else(|| std::iter::once(0..spec.size).collect());
-            regions.push(Some(Region {
+            let region = Region {
                 info: RegionInfo {
                     index: i as u32,
                     size: spec.size,
                     flags: spec.flags,
                     mmap_areas: if spec.flags.mmap { areas } else { Vec::new() },
+                    page_size: spec.page_size(),
                 },
                 spec: spec.clone(),
                 memfd,
-            }));
+                view,
+            };
+            region
+                .write_at(0, &spec.init)
+                .map_err(Error::os("BAR init"))?;
+            regions.push(Some(region));
         }
-        let uffd = Uffd::open()?;
-        let access = uffd.access();
+        let minor_hugetlbfs = uffd.minor_hugetlbfs();
         let core = Arc::new(Core::new(
             UffdMm::new(uffd),
             CoreConfig {
@@ -263,6 +395,7 @@ impl DeviceBuilder {
                 regions,
                 config: Mutex::new(config),
                 access,
+                minor_hugetlbfs,
                 reset_time: self.reset_time,
             }),
             service,
@@ -284,14 +417,17 @@ fn validate_spec(i: usize, spec: &RegionSpec, all: &[Option<RegionSpec>]) -> Res
     if i > 0 && all[i - 1].as_ref().is_some_and(|p| p.is_64bit) {
         return bad("this BAR register holds the upper half of the previous 64-bit BAR".into());
     }
+    if spec.huge_pages && spec.size % HUGE_SIZE as u64 != 0 {
+        return Err(Error::HugePageSize {
+            region: i as u32,
+            size: spec.size,
+        });
+    }
+    let page = spec.page_size() as u64;
     for a in spec.mmap_areas.iter().flatten() {
-        if a.start % PAGE_SIZE as u64 != 0
-            || a.end % PAGE_SIZE as u64 != 0
-            || a.end > spec.size
-            || a.start >= a.end
-        {
+        if a.start % page != 0 || a.end % page != 0 || a.end > spec.size || a.start >= a.end {
             return bad(format!(
-                "mmap area {a:#x?} is not page aligned inside the BAR"
+                "mmap area {a:#x?} is not aligned to the BAR's page size ({page:#x}) inside it"
             ));
         }
     }
@@ -377,6 +513,7 @@ pub(crate) struct Inner {
     /// Config space; taken before the gate (lock order: config -> gate).
     config: Mutex<ConfigSpace>,
     access: UffdAccess,
+    minor_hugetlbfs: bool,
     reset_time: Duration,
 }
 
@@ -452,6 +589,12 @@ impl Device {
         self.inner.access
     }
 
+    /// Whether this device's userfaultfd can serve BARs backed by huge pages
+    /// (UFFD_FEATURE_MINOR_HUGETLBFS was granted).
+    pub fn huge_pages_supported(&self) -> bool {
+        self.inner.minor_hugetlbfs
+    }
+
     /// Region `index`, if the device has it.
     pub fn region_info(&self, index: u32) -> Option<RegionInfo> {
         self.inner.region(index).ok().map(|r| r.info.clone())
@@ -459,16 +602,23 @@ impl Device {
 
     /// Maps `len` bytes of region `region` at `offset` with `prot`.
     ///
-    /// Validates everything first (page alignment, bounds, mmappable area,
-    /// permissions); on any error nothing is mapped or registered. Nothing
-    /// is populated: pages are faulted in on first touch.
+    /// Validates everything first (alignment to the region's page size,
+    /// bounds, mmappable area, permissions); on any error nothing is mapped
+    /// or registered. Nothing is populated: pages are faulted in on first
+    /// touch. On a BAR backed by huge pages, `offset` and `len` must be
+    /// multiples of 2 MiB ([`Error::Unaligned`] otherwise).
     pub fn map(&self, region: u32, offset: u64, len: usize, prot: Prot) -> Result<Mapping> {
         let r = self.inner.region(region)?;
         if len == 0 {
             return Err(Error::ZeroLength);
         }
-        if offset % PAGE_SIZE as u64 != 0 || len % PAGE_SIZE != 0 {
-            return Err(Error::Unaligned { offset, len });
+        let page_size = r.info.page_size;
+        if offset % page_size as u64 != 0 || len % page_size != 0 {
+            return Err(Error::Unaligned {
+                offset,
+                len,
+                page_size,
+            });
         }
         let size = r.info.size;
         if offset
@@ -520,6 +670,7 @@ impl Device {
             region,
             offset,
             writable: prot.writable(),
+            page_size,
         });
         let mapping = Mapping::new(self.inner.clone(), entry);
         crate::os::protect(start..start + len, prot.writable()).map_err(Error::os("mprotect"))?;
@@ -590,7 +741,7 @@ impl Device {
         let result = self.inner.core.reset(|| -> Result<()> {
             for r in self.inner.regions.iter().flatten() {
                 if !r.spec.init.is_empty() {
-                    crate::os::pwrite_all(&r.memfd, 0, &r.spec.init).map_err(Error::os("reset"))?;
+                    r.write_at(0, &r.spec.init).map_err(Error::os("reset"))?;
                 }
             }
             std::thread::sleep(self.inner.reset_time);
@@ -623,7 +774,7 @@ impl Device {
             let b = &mut bounce[..chunk.len()];
             self.inner
                 .core
-                .with_memory(|| crate::os::pread_all(&r.memfd, at, b))
+                .with_memory(|| r.read_at(at, b))
                 .map_err(|_| Error::MemoryDisabled)?
                 .map_err(Error::os("region read"))?;
             chunk.copy_from_slice(b);
@@ -645,7 +796,7 @@ impl Device {
             b.copy_from_slice(chunk);
             self.inner
                 .core
-                .with_memory(|| crate::os::pwrite_all(&r.memfd, at, b))
+                .with_memory(|| r.write_at(at, b))
                 .map_err(|_| Error::MemoryDisabled)?
                 .map_err(Error::os("region write"))?;
         }

@@ -12,13 +12,16 @@ pub enum Error {
     /// The region exists but may not be mmapped at all.
     #[error("region {0} may not be mmapped")]
     NotMappable(u32),
-    /// Offset or length is not a multiple of the page size.
-    #[error("offset {offset:#x} and length {len:#x} must be multiples of the page size")]
+    /// Offset or length is not a multiple of the region's page size (4 KiB,
+    /// or 2 MiB for a BAR backed by huge pages).
+    #[error("offset {offset:#x} and length {len:#x} must be multiples of the page size ({page_size:#x})")]
     Unaligned {
         /// Requested offset.
         offset: u64,
         /// Requested length.
         len: usize,
+        /// The region's page size.
+        page_size: usize,
     },
     /// A zero-length request.
     #[error("zero-length request")]
@@ -83,6 +86,31 @@ pub enum Error {
         /// Length.
         len: usize,
     },
+    /// A BAR asked for huge pages but its size is not a multiple of 2 MiB.
+    #[error("BAR{region}: {size:#x} bytes cannot be backed by 2 MiB huge pages (not a multiple of 2 MiB)")]
+    HugePageSize {
+        /// BAR index.
+        region: u32,
+        /// Its size.
+        size: u64,
+    },
+    /// A BAR asked for huge pages but too few 2 MiB huge pages are free.
+    #[error(
+        "BAR{region}: needs {needed} free 2 MiB huge pages, {free} are free \
+         (reserve more with the sysctl vm.nr_hugepages)"
+    )]
+    HugePagesUnavailable {
+        /// BAR index.
+        region: u32,
+        /// Huge pages the BAR needs.
+        needed: u64,
+        /// Huge pages free when it was allocated.
+        free: u64,
+    },
+    /// A BAR asked for huge pages but this kernel cannot serve them: no
+    /// 2 MiB hugetlbfs pool, or no userfaultfd MINOR mode on hugetlbfs.
+    #[error("huge-page BAR memory is not supported here: {0}")]
+    HugePagesUnsupported(String),
     /// An invalid device description.
     #[error("invalid device description: {0}")]
     InvalidSpec(String),
@@ -114,11 +142,14 @@ impl Error {
             | Error::SparseArea { .. }
             | Error::NotMapped { .. }
             | Error::ConfigRange { .. }
-            | Error::InvalidSpec(_) => ErrorClass::InvalidArgument,
+            | Error::InvalidSpec(_)
+            | Error::HugePageSize { .. } => ErrorClass::InvalidArgument,
             Error::ReadOnly(_) | Error::NotReadable(_) | Error::UffdUnavailable(_) => {
                 ErrorClass::Permission
             }
             Error::MemoryDisabled => ErrorClass::MemoryDisabled,
+            Error::HugePagesUnsupported(_) => ErrorClass::Unsupported,
+            Error::HugePagesUnavailable { .. } => ErrorClass::Other,
             Error::DeviceGone | Error::Fault { .. } | Error::Os { .. } => ErrorClass::Other,
         }
     }

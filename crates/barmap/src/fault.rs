@@ -8,6 +8,13 @@
 //! It therefore names its primitives only through `super::sync` and its
 //! backend only through the [`Mm`] trait.
 //!
+//! # Units
+//! The backend's smallest unit is the mapping's [`MapInfo::page_size`]:
+//! 4 KiB, or 2 MiB on a BAR backed by huge pages (hugetlbfs can only map,
+//! poison and zap whole huge pages). A fault is served for the unit that
+//! contains it, so on such a BAR `page` maps 2 MiB per fault like `huge`.
+//! Counters count 4 KiB pages either way.
+//!
 //! # Locks, outermost first
 //! 1. `gate` (the kernel's `memory_lock`): read by every fault and by region
 //!    access, written by memory disable/enable, low power, reset and
@@ -118,7 +125,8 @@ pub struct CoreConfig {
     /// Fault policy.
     pub policy: Policy,
     /// Chunk size of `huge` and `prefault`, bytes (2 MiB; the simulated MM
-    /// uses a few pages so that small models still cross chunk edges).
+    /// uses a few pages so that small models still cross chunk edges). A
+    /// mapping whose page size is larger uses its page size instead.
     pub chunk: usize,
     /// A deliberate bug for the model checker's self-test; `None` always
     /// outside it.
@@ -195,6 +203,9 @@ impl<B: Mm> Core<B> {
     /// Starts tracking a mapping that the backend has just created and
     /// registered; `info.id` is assigned here. Returns its entry.
     pub fn register(&self, mut info: MapInfo) -> Arc<MapEntry> {
+        let unit = info.page_size;
+        assert!(unit >= PAGE_SIZE && unit.is_power_of_two());
+        assert!(info.start % unit == 0 && info.len % unit == 0 && info.offset % unit as u64 == 0);
         info.id = MapId(
             self.next_id
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -214,7 +225,8 @@ impl<B: Mm> Core<B> {
         entry
     }
 
-    /// Unmaps `range` (page aligned, inside one live part) of `entry`.
+    /// Unmaps `range` (aligned to the mapping's page size, inside one live
+    /// part) of `entry`.
     /// Returns whether the whole mapping is now gone.
     pub fn unmap(&self, entry: &Arc<MapEntry>, range: Range<usize>) -> Result<bool, MmError> {
         let mut live = entry.live.write();
@@ -321,15 +333,21 @@ impl<B: Mm> Core<B> {
     fn serve(&self, fault: &Fault, page: usize) -> (Answer, Option<Arc<MapEntry>>) {
         let Some(entry) = self.lookup(fault.space, page) else {
             if !self.mutated(Mutation::SkipStaleWake) {
+                // No mapping, so no unit: wake the base page. (A fault in a
+                // huge-page mapping is reported at its unit's start, which
+                // this covers.)
                 self.mm.wake(fault.space, page..page + PAGE_SIZE);
             }
             return (Answer::Stale, None);
         };
+        // From here on `page` is the mapping's unit (a huge page on a hugetlb
+        // BAR): the smallest range the backend can fill, poison or zap.
+        let page = entry.info.unit_at(page).start;
         let gate = self.gate.read();
         let live = entry.live.read();
         let Some(part) = live.iter().find(|r| r.contains(&page)).cloned() else {
             if !self.mutated(Mutation::SkipStaleWake) {
-                self.mm.wake(fault.space, page..page + PAGE_SIZE);
+                self.mm.wake(fault.space, entry.info.unit_at(page));
             }
             return (Answer::Stale, None);
         };
@@ -339,13 +357,13 @@ impl<B: Mm> Core<B> {
         let answer = match self.config.policy {
             Policy::Legacy => self.fill_legacy(&entry, &live, fault, page),
             Policy::Whole => self.fill_whole(&entry, &live, fault, page),
-            Policy::Page => self.fill_range(&entry, page..page + PAGE_SIZE, page),
+            Policy::Page => self.fill_range(&entry, entry.info.unit_at(page), page),
             Policy::Huge => {
                 let chunk = self.huge_chunk(&entry, &part, page);
                 self.fill_range(&entry, chunk, page)
             }
             Policy::Prefault => {
-                let chunk = self.chunk_around(&part, page);
+                let chunk = self.chunk_around(&entry, &part, page);
                 self.fill_range(&entry, chunk, page)
             }
         };
@@ -389,7 +407,7 @@ impl<B: Mm> Core<B> {
         let mut tracked = self.tracked.lock();
         if tracked.contains(&entry.info.id) && !self.mutated(Mutation::WholeNoRecheck) {
             drop(tracked);
-            self.mm.wake(entry.info.space, page..page + PAGE_SIZE);
+            self.mm.wake(entry.info.space, entry.info.unit_at(page));
             return Answer::Present;
         }
         let _ = entry.first_filler.compare_exchange(
@@ -426,9 +444,10 @@ impl<B: Mm> Core<B> {
     }
 
     /// 6.10/6.12 and `prefault`: map `range`, which contains the faulting
-    /// page. A present page is a lost race, not an error (EEXIST is
-    /// success): if it stops the fill before the faulting page, the
-    /// faulting page is tried alone; the rest is left to its own faults.
+    /// page (both in units of the mapping's page size). A present page is a
+    /// lost race, not an error (EEXIST is success): if it stops the fill
+    /// before the faulting page, the faulting page is tried alone; the rest
+    /// is left to its own faults.
     fn fill_range(&self, entry: &MapEntry, range: Range<usize>, page: usize) -> Answer {
         let fill = |r: Range<usize>| self.mm.insert(&entry.info, r);
         let result = fill(range.clone()).and_then(|ins| {
@@ -438,7 +457,7 @@ impl<B: Mm> Core<B> {
             } else if page == reached {
                 Ok((ins.mapped, false))
             } else {
-                fill(page..page + PAGE_SIZE).map(|one| (ins.mapped + one.mapped, one.mapped == 1))
+                fill(entry.info.unit_at(page)).map(|one| (ins.mapped + one.mapped, one.mapped > 0))
             }
         });
         match result {
@@ -451,7 +470,7 @@ impl<B: Mm> Core<B> {
                     // Another fault mapped it and woke its own waiters; ours
                     // may have queued before that wake: wake it (harmless if
                     // nobody waits), as the kernel's uffd selftests do.
-                    self.mm.wake(entry.info.space, page..page + PAGE_SIZE);
+                    self.mm.wake(entry.info.space, entry.info.unit_at(page));
                     Answer::Present
                 }
             }
@@ -461,34 +480,43 @@ impl<B: Mm> Core<B> {
         }
     }
 
-    /// Maps every absent page of `range`, stepping over present ones.
+    /// Maps every absent unit of `range`, stepping over present ones.
     fn insert_all(&self, entry: &MapEntry, range: Range<usize>) -> Result<usize, MmError> {
         let (mut at, mut mapped) = (range.start, 0);
         while at < range.end {
             let ins = self.mm.insert(&entry.info, at..range.end)?;
             mapped += ins.mapped;
-            at += (ins.mapped + usize::from(ins.stopped_at_present)) * PAGE_SIZE;
+            at += ins.mapped * PAGE_SIZE;
+            if ins.stopped_at_present {
+                at = entry.info.unit_at(at).end;
+            }
         }
         Ok(mapped)
+    }
+
+    /// The chunk of `huge` and `prefault` for `entry`: the configured
+    /// chunk, or the mapping's page size if that is larger.
+    fn chunk_of(&self, entry: &MapEntry) -> usize {
+        self.config.chunk.max(entry.info.page_size)
     }
 
     /// `huge`: the aligned chunk around `page` if it lies inside the live
     /// part and its device offset is aligned too (6.13), else the page.
     fn huge_chunk(&self, entry: &MapEntry, part: &Range<usize>, page: usize) -> Range<usize> {
-        let chunk = self.config.chunk;
+        let chunk = self.chunk_of(entry);
         let start = page & !(chunk - 1);
         let end = start + chunk;
         let offset_aligned = entry.info.offset_of(start.max(entry.info.start)) % chunk as u64 == 0;
         if start >= part.start && end <= part.end && offset_aligned {
             start..end
         } else {
-            page..page + PAGE_SIZE
+            entry.info.unit_at(page)
         }
     }
 
     /// `prefault`: the aligned chunk around `page`, clipped to the live part.
-    fn chunk_around(&self, part: &Range<usize>, page: usize) -> Range<usize> {
-        let chunk = self.config.chunk;
+    fn chunk_around(&self, entry: &MapEntry, part: &Range<usize>, page: usize) -> Range<usize> {
+        let chunk = self.chunk_of(entry);
         let start = page & !(chunk - 1);
         start.max(part.start)..(start + chunk).min(part.end)
     }
@@ -498,7 +526,7 @@ impl<B: Mm> Core<B> {
     /// number of service threads share the work; each chunk re-takes the
     /// gate, so a zap waits for one chunk at most and stops the walk.
     fn prefault_rest(&self, entry: &MapEntry) {
-        let chunk = self.config.chunk;
+        let chunk = self.chunk_of(entry);
         let base = entry.info.start & !(chunk - 1);
         let chunks = (entry.info.end() - base).div_ceil(chunk);
         loop {
@@ -544,7 +572,7 @@ impl<B: Mm> Core<B> {
             self.zap_parts(entry, parts);
         }
         if entry.fail_streak.fetch_add(1, Ordering::Relaxed) + 1 < MAX_FILL_RETRIES {
-            self.mm.wake(entry.info.space, page..page + PAGE_SIZE);
+            self.mm.wake(entry.info.space, entry.info.unit_at(page));
             Answer::Retry
         } else {
             entry.fail_streak.store(0, Ordering::Relaxed);
@@ -577,25 +605,26 @@ impl<B: Mm> Core<B> {
         drop(events);
         // The kernel thread would die here; barmap lets it run on the page
         // the other fault mapped.
-        self.mm.wake(entry.info.space, page..page + PAGE_SIZE);
+        self.mm.wake(entry.info.space, entry.info.unit_at(page));
         Answer::Bug
     }
 
-    /// Memory is off: poison the page, which wakes the thread into SIGBUS.
+    /// Memory is off: poison the page (the mapping's unit), which wakes the
+    /// thread into SIGBUS.
     fn answer_sigbus(&self, entry: &MapEntry, page: usize) -> Answer {
-        match self.mm.poison(&entry.info, page..page + PAGE_SIZE) {
+        match self.mm.poison(&entry.info, entry.info.unit_at(page)) {
             Ok(()) => {
                 entry.poisoned.store(true, Ordering::Relaxed);
                 Answer::Sigbus
             }
             // Another fault poisoned it first; its ioctl woke this thread too.
             Err(MmError::Exists { .. }) => {
-                self.mm.wake(entry.info.space, page..page + PAGE_SIZE);
+                self.mm.wake(entry.info.space, entry.info.unit_at(page));
                 Answer::Sigbus
             }
             Err(error) => {
                 tracing::warn!(map = %entry.info.id, page, %error, "poison failed");
-                self.mm.wake(entry.info.space, page..page + PAGE_SIZE);
+                self.mm.wake(entry.info.space, entry.info.unit_at(page));
                 Answer::Retry
             }
         }

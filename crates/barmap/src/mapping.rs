@@ -8,7 +8,6 @@ use barmap_target::touch;
 use crate::device::Inner;
 use crate::error::{Error, Result};
 use crate::fault::MapEntry;
-use crate::mm::PAGE_SIZE;
 
 /// A MAP_SHARED view of part of a BAR, registered with the device's
 /// userfaultfd. Pages are mapped on first touch by the fault service and
@@ -60,6 +59,12 @@ impl Mapping {
     /// BAR index.
     pub fn region(&self) -> u32 {
         self.entry.info().region
+    }
+
+    /// The smallest unit the fault path maps and revokes in this mapping:
+    /// 4 KiB, or 2 MiB on a BAR backed by huge pages.
+    pub fn page_size(&self) -> usize {
+        self.entry.info().page_size
     }
 
     /// Offset into the BAR of the first byte.
@@ -167,17 +172,20 @@ impl Mapping {
             .map_err(|errno| Error::Fault { offset, errno })
     }
 
-    /// Unmaps `len` bytes at `offset` (page aligned); the rest of the
-    /// mapping keeps working. Unmapping a range that is not mapped (a double
-    /// unmap) fails with [`Error::NotMapped`] and changes nothing.
+    /// Unmaps `len` bytes at `offset` (aligned to the region's page size:
+    /// 4 KiB, or 2 MiB on a huge-page BAR); the rest of the mapping keeps
+    /// working. Unmapping a range that is not mapped (a double unmap) fails
+    /// with [`Error::NotMapped`] and changes nothing.
     pub fn unmap(&self, offset: usize, len: usize) -> Result<()> {
         if len == 0 {
             return Err(Error::ZeroLength);
         }
-        if offset % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 {
+        let page_size = self.page_size();
+        if offset % page_size != 0 || len % page_size != 0 {
             return Err(Error::Unaligned {
                 offset: offset as u64,
                 len,
+                page_size,
             });
         }
         if offset.checked_add(len).is_none_or(|end| end > self.len()) {

@@ -5,7 +5,8 @@
 //! userfaultfd on real page tables, and the simulated MM in
 //! [`crate::model::sim`] that enforces the kernel's rules for the model
 //! checker. All addresses are absolute virtual addresses in the mapping's
-//! address space ([`SpaceId`]); ranges are page aligned.
+//! address space ([`SpaceId`]); ranges are aligned to the mapping's
+//! [`MapInfo::page_size`] (4 KiB, or 2 MiB on a hugetlb BAR).
 
 use std::fmt;
 use std::ops::Range;
@@ -47,7 +48,7 @@ pub struct MapInfo {
     pub space: SpaceId,
     /// First byte.
     pub start: usize,
-    /// Length in bytes (page multiple).
+    /// Length in bytes (a multiple of `page_size`).
     pub len: usize,
     /// BAR index.
     pub region: u32,
@@ -55,12 +56,22 @@ pub struct MapInfo {
     pub offset: u64,
     /// Whether the mapping is writable.
     pub writable: bool,
+    /// The smallest unit the backend can map, poison or zap in this mapping:
+    /// [`PAGE_SIZE`], or [`HUGE_SIZE`] when the BAR is backed by 2 MiB huge
+    /// pages. `start`, `len` and `offset` are multiples of it, and the fault
+    /// path rounds every range it hands the backend to it.
+    pub page_size: usize,
 }
 
 impl MapInfo {
     /// One past the last byte.
     pub fn end(&self) -> usize {
         self.start + self.len
+    }
+    /// The unit of [`MapInfo::page_size`] that contains `addr`.
+    pub fn unit_at(&self, addr: usize) -> Range<usize> {
+        let start = addr & !(self.page_size - 1);
+        start..start + self.page_size
     }
     /// The region offset that `addr` (inside the mapping) maps.
     pub fn offset_of(&self, addr: usize) -> u64 {
@@ -87,7 +98,7 @@ pub enum MmError {
     /// A page in the range is already present (or poisoned). `done` pages
     /// before it were mapped by this call.
     Exists {
-        /// Pages mapped before the present one.
+        /// Base (4 KiB) pages mapped before the present one.
         done: usize,
     },
     /// The range is no longer mapped or registered.
@@ -112,7 +123,8 @@ impl fmt::Display for MmError {
 /// What [`Mm::insert`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Inserted {
-    /// Pages mapped from the start of the range.
+    /// Base (4 KiB) pages mapped from the start of the range (a multiple of
+    /// the mapping's page size in base pages).
     pub mapped: usize,
     /// The call stopped at a present page (the one after the mapped ones).
     pub stopped_at_present: bool,
@@ -153,7 +165,7 @@ pub fn page_of(addr: usize) -> usize {
     addr & !(PAGE_SIZE - 1)
 }
 
-/// Pages in `range`.
+/// Base (4 KiB) pages in `range`.
 pub fn pages(range: &Range<usize>) -> usize {
     (range.end - range.start) / PAGE_SIZE
 }

@@ -34,6 +34,112 @@ pub fn memfd(name: &str, size: u64) -> Result<OwnedFd, i32> {
     Ok(fd)
 }
 
+/// A memfd of `size` bytes backed by 2 MiB huge pages (hugetlbfs,
+/// `MFD_HUGETLB | MFD_HUGE_2MB`), every huge page allocated up front like
+/// [`memfd`]'s. `size` must be a multiple of [`HUGE_SIZE`]; the pages come
+/// from the 2 MiB pool (`vm.nr_hugepages`), so allocation fails with ENOSPC
+/// or ENOMEM when too few are free (see [`free_huge_pages`]). Such a memfd
+/// cannot be written with `pwrite` (hugetlbfs has no write path): write
+/// through a view ([`map_view`]).
+pub fn memfd_hugetlb(name: &str, size: u64) -> Result<OwnedFd, i32> {
+    if size % HUGE_SIZE as u64 != 0 {
+        return Err(libc::EINVAL);
+    }
+    let cname = std::ffi::CString::new(name).map_err(|_| libc::EINVAL)?;
+    let flags = libc::MFD_CLOEXEC | libc::MFD_HUGETLB | libc::MFD_HUGE_2MB;
+    // SAFETY: `cname` is a valid NUL-terminated string; the returned fd is new.
+    let fd = unsafe { libc::memfd_create(cname.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(errno());
+    }
+    // SAFETY: a fresh fd, owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: plain syscall on an fd we own.
+    let rc = unsafe { libc::fallocate(fd.as_raw_fd(), 0, 0, size as libc::off_t) };
+    if rc < 0 {
+        return Err(errno());
+    }
+    Ok(fd)
+}
+
+/// 2 MiB huge pages free for new allocations now: the pool's free pages
+/// minus those already promised to existing mappings
+/// (/sys/kernel/mm/hugepages/hugepages-2048kB, or /proc/meminfo's
+/// `HugePages_Free - HugePages_Rsvd` when 2 MiB is the default size).
+/// `None` if the kernel has no 2 MiB pool.
+pub fn free_huge_pages() -> Option<u64> {
+    let sys = "/sys/kernel/mm/hugepages/hugepages-2048kB";
+    let read = |f: &str| -> Option<u64> {
+        std::fs::read_to_string(format!("{sys}/{f}"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    if let (Some(free), Some(resv)) = (read("free_hugepages"), read("resv_hugepages")) {
+        return Some(free.saturating_sub(resv));
+    }
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix(name))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    if field("Hugepagesize:")? != (HUGE_SIZE >> 10) as u64 {
+        return None;
+    }
+    Some(field("HugePages_Free:")?.saturating_sub(field("HugePages_Rsvd:").unwrap_or(0)))
+}
+
+/// Maps all `len` bytes of `fd` read-write, MAP_SHARED, without userfaultfd:
+/// the device's own view of its memory (for region access to memory that
+/// `pread`/`pwrite` cannot reach). Unmap it with [`unmap`].
+pub fn map_view(fd: &OwnedFd, len: usize) -> Result<usize, i32> {
+    // SAFETY: a new shared mapping at an address of the kernel's choosing
+    // aliases no Rust object; it is accessed only through raw pointers.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        Err(errno())
+    } else {
+        Ok(addr as usize)
+    }
+}
+
+/// Copies `buf.len()` bytes at `view + offset` into `buf`.
+///
+/// # Safety
+/// `view` must be a live [`map_view`] mapping of at least
+/// `offset + buf.len()` bytes (the caller checks the bounds).
+pub unsafe fn view_read(view: usize, offset: usize, buf: &mut [u8]) {
+    // SAFETY: in bounds of a live view (the caller's contract); the view is
+    // never referenced by Rust, so `buf` cannot overlap it.
+    unsafe {
+        std::ptr::copy_nonoverlapping((view + offset) as *const u8, buf.as_mut_ptr(), buf.len())
+    }
+}
+
+/// Copies `data` to `view + offset`.
+///
+/// # Safety
+/// As [`view_read`].
+pub unsafe fn view_write(view: usize, offset: usize, data: &[u8]) {
+    // SAFETY: as in view_read.
+    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), (view + offset) as *mut u8, data.len()) }
+}
+
 /// Maps `len` bytes of `fd` at `offset`, MAP_SHARED, PROT_NONE (open it
 /// with [`protect`]). Mappings of 2 MiB or more start on a 2 MiB boundary
 /// (as Linux 6.12 places BAR mappings), so that chunked fills line up with
@@ -211,5 +317,63 @@ pub fn probe(remote: usize, local: *mut u8, len: usize, write: bool) -> Result<(
         Err(libc::EFAULT)
     } else {
         Ok(())
+    }
+}
+
+/// A raise of the 2 MiB huge page pool (`nr_hugepages`), put back to its
+/// old size on drop. For tests and benchmarks run as root; barmap itself
+/// never changes the pool.
+#[derive(Debug)]
+pub struct HugePageReservation {
+    old: Option<u64>,
+}
+
+const NR_HUGEPAGES_2M: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages";
+
+impl HugePageReservation {
+    /// Makes sure at least `needed` 2 MiB huge pages are free
+    /// ([`free_huge_pages`]), raising the pool if they are not (root only).
+    /// Fails, with the pool put back, if the kernel could not find the
+    /// memory.
+    pub fn ensure(needed: u64) -> Result<HugePageReservation, String> {
+        let free = free_huge_pages().ok_or("the kernel has no 2 MiB huge page pool")?;
+        if free >= needed {
+            return Ok(HugePageReservation { old: None });
+        }
+        let read = || -> Result<u64, String> {
+            std::fs::read_to_string(NR_HUGEPAGES_2M)
+                .map_err(|e| format!("{NR_HUGEPAGES_2M}: {e}"))?
+                .trim()
+                .parse()
+                .map_err(|e| format!("{NR_HUGEPAGES_2M}: {e}"))
+        };
+        let old = read()?;
+        let want = old + (needed - free);
+        std::fs::write(NR_HUGEPAGES_2M, want.to_string())
+            .map_err(|e| format!("raising {NR_HUGEPAGES_2M} from {old} to {want}: {e}"))?;
+        let guard = HugePageReservation { old: Some(old) };
+        let now = free_huge_pages().unwrap_or(0);
+        if now < needed {
+            return Err(format!(
+                "raised {NR_HUGEPAGES_2M} from {old} to {want}, but only {now} huge pages are \
+                 free (not enough contiguous memory)"
+            ));
+        }
+        Ok(guard)
+    }
+
+    /// The pool size before the raise, if it was raised.
+    pub fn raised_from(&self) -> Option<u64> {
+        self.old
+    }
+}
+
+impl Drop for HugePageReservation {
+    fn drop(&mut self) {
+        if let Some(old) = self.old {
+            if let Err(e) = std::fs::write(NR_HUGEPAGES_2M, old.to_string()) {
+                tracing::warn!("restoring {NR_HUGEPAGES_2M} to {old}: {e}");
+            }
+        }
     }
 }

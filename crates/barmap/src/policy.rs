@@ -5,6 +5,10 @@ use std::str::FromStr;
 
 /// How a fault on a mapping is served. The historical kernel designs are here
 /// so the seed's race can be reproduced and the fixes compared on one harness.
+///
+/// "Page" below is the mapping's page size: 4 KiB, or 2 MiB on a BAR backed
+/// by huge pages ([`crate::RegionSpec::huge_pages`]), where `page` therefore
+/// maps a whole 2 MiB page per fault like `huge`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Policy {

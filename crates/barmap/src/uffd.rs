@@ -37,6 +37,9 @@ const UFFD_PAGEFAULT_FLAG_WRITE: u64 = 1;
 /// Features barmap needs from UFFDIO_API.
 const REQUIRED_FEATURES: u64 =
     (sys::UFFD_FEATURE_MINOR_SHMEM | sys::UFFD_FEATURE_THREAD_ID | sys::UFFD_FEATURE_POISON) as u64;
+/// Features barmap asks for if the kernel has them: MINOR mode on hugetlbfs,
+/// needed only by BARs backed by huge pages.
+const OPTIONAL_FEATURES: u64 = sys::UFFD_FEATURE_MINOR_HUGETLBFS as u64;
 
 /// How the userfaultfd was obtained, which decides what works.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -58,6 +61,8 @@ pub enum UffdAccess {
 pub struct Uffd {
     fd: OwnedFd,
     access: UffdAccess,
+    /// The features enabled on this userfaultfd.
+    features: u64,
 }
 
 fn errno() -> i32 {
@@ -136,19 +141,40 @@ impl Uffd {
         Err(Error::UffdUnavailable(tried.join("; ")))
     }
 
+    /// UFFDIO_API with the required and optional features; if the kernel
+    /// refuses an optional one (EINVAL, which leaves the fd un-negotiated),
+    /// again with the required ones alone.
     fn negotiate(fd: OwnedFd, access: UffdAccess) -> Result<Uffd, Error> {
-        let mut api = sys::uffdio_api {
-            api: sys::UFFD_API as u64,
-            features: REQUIRED_FEATURES,
-            ioctls: 0,
+        let api = |features: u64| {
+            let mut api = sys::uffdio_api {
+                api: sys::UFFD_API as u64,
+                features,
+                ioctls: 0,
+            };
+            ioctl(fd.as_raw_fd(), linux_raw_sys::ioctl::UFFDIO_API, &mut api)
         };
-        ioctl(fd.as_raw_fd(), linux_raw_sys::ioctl::UFFDIO_API, &mut api).map_err(|e| {
+        let features = match api(REQUIRED_FEATURES | OPTIONAL_FEATURES) {
+            Ok(()) => Ok(REQUIRED_FEATURES | OPTIONAL_FEATURES),
+            Err(libc::EINVAL) => api(REQUIRED_FEATURES).map(|()| REQUIRED_FEATURES),
+            Err(e) => Err(e),
+        }
+        .map_err(|e| {
             Error::UffdUnavailable(format!(
                 "UFFDIO_API with MINOR_SHMEM|THREAD_ID|POISON: {} (kernel 6.6 or later needed)",
                 io::Error::from_raw_os_error(e)
             ))
         })?;
-        Ok(Uffd { fd, access })
+        Ok(Uffd {
+            fd,
+            access,
+            features,
+        })
+    }
+
+    /// Whether MINOR mode works on hugetlbfs (UFFD_FEATURE_MINOR_HUGETLBFS
+    /// was granted): BARs backed by huge pages need it.
+    pub fn minor_hugetlbfs(&self) -> bool {
+        self.features & sys::UFFD_FEATURE_MINOR_HUGETLBFS as u64 != 0
     }
 
     /// How this userfaultfd was obtained.
@@ -161,7 +187,8 @@ impl Uffd {
         self.fd.as_raw_fd()
     }
 
-    /// Registers `range` in MISSING and MINOR mode.
+    /// Registers `range` in MISSING and MINOR mode (on a hugetlbfs view,
+    /// `range` must be huge-page aligned).
     pub fn register(&self, range: Range<usize>) -> Result<(), i32> {
         let mut reg = sys::uffdio_register {
             range: uffd_range(&range),

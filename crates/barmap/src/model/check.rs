@@ -182,6 +182,7 @@ impl World {
             region: 2,
             offset,
             writable: true,
+            page_size: PAGE_SIZE,
         };
         announce(&info);
         let entry = self.core.register(MapInfo {
@@ -192,6 +193,7 @@ impl World {
             region: 2,
             offset,
             writable: true,
+            page_size: PAGE_SIZE,
         });
         self.sim().publish(start);
         to_std_arc(entry)
