@@ -24,6 +24,13 @@
 //! - `service_sweep`: the storm with 1..cores service threads.
 //! - `huge`: whether the `huge` policy's fills end up PMD-mapped
 //!   (/proc/self/smaps), next to a native view of the same kind of memfd.
+//! - `populate_hugetlb`: a BAR backed by 2 MiB huge pages
+//!   (`RegionSpec::huge_pages`, a hugetlbfs memfd): populate by the `huge`
+//!   and default policies vs a native first touch of a hugetlbfs memfd of
+//!   the same size, with the smaps evidence (`Private_Hugetlb` /
+//!   `Shared_Hugetlb`). Needs free huge pages: as root the bench raises
+//!   vm.nr_hugepages (saying so on stderr) and puts it back afterwards;
+//!   otherwise the measurement is skipped with the reason.
 
 use std::fmt::Write as _;
 use std::os::fd::OwnedFd;
@@ -32,7 +39,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use barmap::{Device, Mapping, Policy, Prot, Stats, WaitMode, DEFAULT_MEMORY_BAR};
+use barmap::{Device, Mapping, Policy, Prot, RegionSpec, Stats, WaitMode, DEFAULT_MEMORY_BAR};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
@@ -183,6 +190,32 @@ struct HugeReport {
     note: String,
 }
 
+/// The huge-page BAR measurement (`RegionSpec::huge_pages`).
+#[derive(Debug, Clone, Serialize, Default)]
+struct HugetlbReport {
+    /// Whether it ran; if not, `skipped` says why.
+    ran: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    skipped: Option<String>,
+    /// vm.nr_hugepages before the bench raised it (None: not raised).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nr_hugepages_raised_from: Option<u64>,
+    size_bytes: usize,
+    /// Default policy, 1 thread: hugetlb BAR populate / native hugetlb first touch.
+    default_ratio_vs_native_hugetlb: f64,
+    /// `huge` policy, 1 thread: hugetlb BAR populate / native hugetlb first touch.
+    huge_ratio_vs_native_hugetlb: f64,
+    /// Default policy, 1 thread: shmem BAR populate / hugetlb BAR populate
+    /// (how many times faster huge pages make barmap's populate).
+    default_speedup_vs_shmem_bar: f64,
+    /// Native first touch, 1 thread: shmem memfd / hugetlbfs memfd.
+    native_speedup_vs_shmem: f64,
+    /// smaps of a populated mapping, per policy ("huge", "prefault").
+    smaps: Vec<(String, SmapsEntry)>,
+    /// smaps of a touched native view of the hugetlbfs memfd.
+    native_smaps: SmapsEntry,
+}
+
 #[derive(Debug, Clone, Serialize, Default)]
 struct Machine {
     cores: usize,
@@ -204,6 +237,7 @@ struct Report {
     machine: Machine,
     targets: Vec<Target>,
     huge: HugeReport,
+    hugetlb: HugetlbReport,
     measurements: Vec<Measurement>,
 }
 
@@ -328,6 +362,33 @@ impl Report {
             h.native.rss_kb,
             h.note
         );
+        let h = &self.hugetlb;
+        if let Some(why) = &h.skipped {
+            let _ = writeln!(s, "\nhuge-page BAR (hugetlbfs): skipped: {why}");
+        } else {
+            let _ = writeln!(
+                s,
+                "\nhuge-page BAR (hugetlbfs, {}): default policy {:.3}x and huge policy {:.3}x a native \
+                 first touch of a hugetlbfs memfd; default policy {:.1}x faster than on the shmem BAR \
+                 (native: {:.1}x faster than shmem)",
+                human(h.size_bytes),
+                h.default_ratio_vs_native_hugetlb,
+                h.huge_ratio_vs_native_hugetlb,
+                h.default_speedup_vs_shmem_bar,
+                h.native_speedup_vs_shmem,
+            );
+            for (policy, e) in h
+                .smaps
+                .iter()
+                .chain([("native".to_string(), h.native_smaps.clone())].iter())
+            {
+                let _ = writeln!(
+                    s,
+                    "  smaps {policy:<9} Hugetlb {} kB of Rss {} kB, ShmemPmdMapped {} kB",
+                    e.hugetlb_kb, e.rss_kb, e.shmem_pmd_mapped_kb
+                );
+            }
+        }
         s
     }
 }
@@ -487,6 +548,24 @@ impl Native {
             barmap::os::pwrite_all(&fd, off, b).map_err(|e| errno_str("pwrite", e))
         })?;
         Ok(Native { fd })
+    }
+
+    /// The same on a hugetlbfs memfd (2 MiB huge pages; `size` a multiple of
+    /// 2 MiB). hugetlbfs has no `pwrite`: the pattern goes in through a view.
+    fn new_hugetlb(size: usize) -> Result<Native, String> {
+        let fd = barmap::os::memfd_hugetlb("barmap-bench-native-hugetlb", size as u64)
+            .map_err(|e| errno_str("hugetlbfs memfd", e))?;
+        let native = Native { fd };
+        let v = native.view(size)?;
+        write_pattern(size, |off, b| {
+            assert!(off as usize + b.len() <= v.0.len);
+            // SAFETY: the view is live until `v` drops below, and the range
+            // is inside it (asserted).
+            unsafe { barmap::os::view_write(v.0.addr, off as usize, b) };
+            Ok(())
+        })?;
+        drop(v);
+        Ok(native)
     }
 
     /// A readable MAP_SHARED view of the first `len` bytes, placed on a
@@ -1010,6 +1089,35 @@ fn huge_check(dev: &Device, native: &Native, len: usize) -> Result<HugeReport, S
     })
 }
 
+/// A device whose memory BAR (`bar` bytes) is backed by 2 MiB huge pages,
+/// holding the pattern.
+fn device_hugetlb(bar: usize, size: usize, policy: Policy) -> Result<Device, String> {
+    let dev = Device::builder()
+        .region(
+            DEFAULT_MEMORY_BAR,
+            RegionSpec::memory(bar as u64).bits64().huge_pages(),
+        )
+        .policy(policy)
+        .build()
+        .map_err(|e| format!("building the huge-page device: {e}"))?;
+    write_pattern(size, |off, data| {
+        dev.write_region(DEFAULT_MEMORY_BAR, off, data)
+            .map_err(|e| format!("writing the BAR: {e}"))
+    })?;
+    Ok(dev)
+}
+
+/// smaps of a mapping of `len` bytes after touching every page of it.
+fn smaps_populated(dev: &Device, len: usize) -> Result<SmapsEntry, String> {
+    let m = map(dev, 0, len)?;
+    let v = View::of(&m);
+    for i in 0..v.pages() {
+        v.touch(i, 0);
+    }
+    settle(dev);
+    Ok(smaps_of(m.addr()))
+}
+
 // ----- the plot -------------------------------------------------------------
 
 type Series = Vec<(String, Vec<(usize, f64)>)>;
@@ -1294,6 +1402,8 @@ impl Bench {
             }
         }
 
+        let hugetlb = self.hugetlb(&mut out, native_med[&(size, 1)], single_default)?;
+
         // Storm with 1..cores service threads.
         for n in 1..=self.cores {
             self.progress(&format!("storm: {n} service thread(s)"));
@@ -1396,8 +1506,102 @@ impl Bench {
             },
             targets,
             huge,
+            hugetlb,
             measurements: out,
         })
+    }
+
+    /// The huge-page BAR: populate by `huge` and the default policy vs a
+    /// native first touch of a hugetlbfs memfd of the same size, 1 and N
+    /// threads, and smaps. `shmem_native` and `shmem_default` are the
+    /// 1-thread medians of the shmem runs above, for the gains.
+    fn hugetlb(
+        &self,
+        out: &mut Vec<Measurement>,
+        shmem_native: f64,
+        shmem_default: f64,
+    ) -> Result<HugetlbReport, String> {
+        let (threads, reps) = (self.threads, self.reps);
+        let size = self.size.next_multiple_of(barmap::mm::HUGE_SIZE);
+        let bar = size.next_power_of_two();
+        let mut report = HugetlbReport {
+            size_bytes: size,
+            ..HugetlbReport::default()
+        };
+        // The BAR and the native memfd live at the same time.
+        let needed = ((bar + size) / barmap::mm::HUGE_SIZE) as u64;
+        let free = barmap::os::free_huge_pages().unwrap_or(0);
+        if free < needed {
+            eprintln!(
+                "barmap bench: {free} free 2 MiB huge pages, {needed} needed for the huge-page BAR \
+                 measurement: raising vm.nr_hugepages (restored when it is done)"
+            );
+        }
+        let _reservation = match barmap::os::HugePageReservation::ensure(needed) {
+            Ok(r) => r,
+            Err(why) => {
+                eprintln!("barmap bench: skipping the huge-page BAR measurement: {why}");
+                report.skipped = Some(why);
+                return Ok(report);
+            }
+        };
+        report.nr_hugepages_raised_from = _reservation.raised_from();
+        if let Some(old) = report.nr_hugepages_raised_from {
+            eprintln!(
+                "barmap bench: vm.nr_hugepages raised from {old} to {}",
+                read_trimmed("/proc/sys/vm/nr_hugepages")
+            );
+        }
+        self.progress("huge-page BAR: native hugetlbfs first touch");
+        let native = Native::new_hugetlb(size)?;
+        let mut native_med = std::collections::HashMap::new();
+        for thr in [1, threads] {
+            let (t, errors) = populate_native(&native, size, thr, reps)?;
+            let mut m = timing("populate_hugetlb", "ms", &t);
+            m.policy = Some("native".into());
+            m.threads = Some(thr);
+            m.size_bytes = Some(size);
+            m.errors = Some(errors);
+            native_med.insert(thr, m.median);
+            out.push(m);
+        }
+        let nv = native.view(size)?;
+        for i in 0..nv.0.pages() {
+            nv.0.touch(i, 0);
+        }
+        report.native_smaps = smaps_of(nv.0.addr);
+        drop(nv);
+        for policy in [Policy::Huge, Policy::default()] {
+            self.progress(&format!("huge-page BAR: populate, {policy}"));
+            let dev = device_hugetlb(bar, size, policy)?;
+            for thr in [1, threads] {
+                let (t, errors, st) = populate_dev(&dev, size, thr, false, reps)?;
+                let mut m = timing("populate_hugetlb", "ms", &t);
+                m.policy = Some(policy.name().into());
+                m.threads = Some(thr);
+                m.size_bytes = Some(size);
+                m.faults = Some(st.faults / (reps as u64 + 1));
+                m.errors = Some(errors + path_errors(&st));
+                m.ratio = Some(m.median / native_med[&thr]);
+                m.ratio_to = Some(format!("native hugetlbfs {thr} thread(s)"));
+                if thr == 1 {
+                    let r = m.ratio.unwrap_or(0.0);
+                    if policy == Policy::default() {
+                        report.default_ratio_vs_native_hugetlb = r;
+                        report.default_speedup_vs_shmem_bar = shmem_default / m.median;
+                    } else {
+                        report.huge_ratio_vs_native_hugetlb = r;
+                    }
+                }
+                out.push(m);
+            }
+            report
+                .smaps
+                .push((policy.name().into(), smaps_populated(&dev, size)?));
+        }
+        report.native_speedup_vs_shmem = shmem_native / native_med[&1];
+        report.ran = true;
+        Ok(report)
     }
 
     /// Populate time (1 thread, median) vs size, per policy and native.
