@@ -154,6 +154,9 @@ fn region_read_into_a_mapping_of_the_same_device_does_not_deadlock() {
         std::thread::spawn(move || {
             while rx.try_recv().is_err() {
                 dev.reset().unwrap();
+                // Back-to-back resets would starve the readers (a writer
+                // waiting blocks new readers); leave them a window.
+                std::thread::sleep(Duration::from_micros(500));
             }
         })
     };
