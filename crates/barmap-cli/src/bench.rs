@@ -571,44 +571,11 @@ impl Native {
     /// A readable MAP_SHARED view of the first `len` bytes, placed on a
     /// 2 MiB boundary as barmap places its mappings.
     fn view(&self, len: usize) -> Result<NativeView, String> {
-        use std::os::fd::AsRawFd;
-        let align = 2 * MIB;
-        // SAFETY: an anonymous PROT_NONE reservation at an address of the
-        // kernel's choosing aliases nothing.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len + align,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(format!("mmap: {}", std::io::Error::last_os_error()));
-        }
-        let base = base as usize;
-        let start = (base + align - 1) & !(align - 1);
-        // SAFETY: [start, start + len) lies inside our own reservation, so
-        // MAP_FIXED replaces only pages we own.
-        let addr = unsafe {
-            libc::mmap(
-                start as *mut libc::c_void,
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_FIXED,
-                self.fd.as_raw_fd(),
-                0,
-            )
-        };
-        let failed = (addr == libc::MAP_FAILED).then(std::io::Error::last_os_error);
-        // Give back the slack around the view (all of it on failure).
-        let _ = barmap::os::unmap(base..start);
-        let _ = barmap::os::unmap(start + len..base + len + align);
-        if let Some(e) = failed {
+        let start = barmap::os::map_shared(&self.fd, 0, len)
+            .map_err(|e| errno_str("mmap of the memfd", e))?;
+        if let Err(e) = barmap::os::protect(start..start + len, true) {
             let _ = barmap::os::unmap(start..start + len);
-            return Err(format!("mmap of the memfd: {e}"));
+            return Err(errno_str("mprotect", e));
         }
         Ok(NativeView(View { addr: start, len }))
     }

@@ -144,34 +144,11 @@ fn gate(c: &mut Criterion) {
     g.finish();
 }
 
-/// A plain read-write MAP_SHARED view of `fd`.
-fn map_shared(fd: &std::os::fd::OwnedFd, len: usize) -> usize {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a new shared mapping at an address of the kernel's choosing.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd.as_raw_fd(),
-            0,
-        )
-    };
-    assert_ne!(
-        p,
-        libc::MAP_FAILED,
-        "mmap: {}",
-        std::io::Error::last_os_error()
-    );
-    p as usize
-}
-
 fn uffd(c: &mut Criterion) {
     let mut g = c.benchmark_group("uffd");
     let uffd = Uffd::open().expect("userfaultfd");
     let fd = barmap::os::memfd("bench", 1 << 20).unwrap();
-    let addr = map_shared(&fd, 1 << 20);
+    let addr = barmap::os::map_view(&fd, 1 << 20).expect("mmap");
     uffd.register(addr..addr + (1 << 20)).unwrap();
     let mut faults = Vec::with_capacity(32);
     g.bench_function("read_faults_empty", |b| {
