@@ -827,7 +827,8 @@ fn uffd_floor(
     len: usize,
     hist: &mut Histogram<u64>,
 ) -> Result<(), String> {
-    use barmap::mm::{Fault, SpaceId};
+    use barmap::mm::SpaceId;
+    use barmap::uffd::Event;
     let uffd = barmap::uffd::Uffd::open().map_err(|e| format!("userfaultfd: {e}"))?;
     let v = native.view(len)?;
     let view = v.0;
@@ -836,7 +837,7 @@ fn uffd_floor(
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
         s.spawn(|| {
-            let mut faults: Vec<Fault> = Vec::with_capacity(32);
+            let mut events: Vec<Event> = Vec::with_capacity(32);
             while !stop.load(Ordering::Relaxed) {
                 if mode == WaitMode::Poll {
                     let mut fd = libc::pollfd {
@@ -849,11 +850,13 @@ fn uffd_floor(
                         continue;
                     }
                 }
-                faults.clear();
-                if let Ok(n) = uffd.read_faults(SpaceId::LOCAL, &mut faults) {
-                    for f in &faults[..n] {
-                        let page = f.addr & !(PAGE - 1);
-                        let _ = uffd.continue_range(page..page + PAGE);
+                events.clear();
+                if uffd.read_events(SpaceId::LOCAL, &mut events).is_ok() {
+                    for e in &events {
+                        if let Event::Fault(f) = e {
+                            let page = f.addr & !(PAGE - 1);
+                            let _ = uffd.continue_range(page..page + PAGE);
+                        }
                     }
                 }
             }

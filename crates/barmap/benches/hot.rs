@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use barmap::fault::{Core, CoreConfig};
 use barmap::mm::{Fault, Inserted, MapId, MapInfo, Mm, MmError, SpaceId, PAGE_SIZE};
-use barmap::uffd::Uffd;
+use barmap::uffd::{Event, Uffd};
 use barmap::{Device, Policy, Prot, DEFAULT_MEMORY_BAR};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
@@ -154,7 +154,7 @@ fn uffd(c: &mut Criterion) {
     g.bench_function("read_faults_empty", |b| {
         b.iter(|| {
             faults.clear();
-            black_box(uffd.read_faults(SpaceId::LOCAL, &mut faults).unwrap())
+            black_box(uffd.read_events(SpaceId::LOCAL, &mut faults).unwrap())
         })
     });
     // A thread blocks on one page; each iteration reads its event, decodes
@@ -166,10 +166,12 @@ fn uffd(c: &mut Criterion) {
             // the fault until the page is mapped at the end of the bench.
             black_box(unsafe { (page as *const u64).read_volatile() });
         });
-        let next_event = |faults: &mut Vec<Fault>| loop {
+        let next_event = |faults: &mut Vec<Event>| loop {
             faults.clear();
-            if uffd.read_faults(SpaceId::LOCAL, faults).unwrap() > 0 {
-                return faults[0].addr;
+            if uffd.read_events(SpaceId::LOCAL, faults).unwrap() > 0 {
+                if let Event::Fault(f) = &faults[0] {
+                    return f.addr;
+                }
             }
             std::hint::spin_loop();
         };

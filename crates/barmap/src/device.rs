@@ -165,6 +165,12 @@ struct Region {
     info: RegionInfo,
     spec: RegionSpec,
     memfd: OwnedFd,
+    /// Read-only regions: a shadow copy of the contents that mappings are
+    /// made from. A userfaultfd cannot serve a view that may never become
+    /// writable (UFFDIO_REGISTER needs VM_MAYWRITE), so a process can
+    /// mprotect such a mapping writable; its writes then land in the shadow,
+    /// never in the device's registers, and the next reset restores it.
+    shadow: Option<OwnedFd>,
     /// Huge-page BARs: the device's own read-write view of the memfd, for
     /// region access (hugetlbfs has no `pwrite`). Unmapped on drop.
     view: Option<DeviceView>,
@@ -270,6 +276,7 @@ pub struct DeviceBuilder {
     wait: WaitMode,
     reset_time: Duration,
     memory_enabled: bool,
+    user_mode_only: bool,
 }
 
 impl Default for DeviceBuilder {
@@ -284,6 +291,7 @@ impl Default for DeviceBuilder {
             wait: WaitMode::Poll,
             reset_time: Duration::from_millis(5),
             memory_enabled: true,
+            user_mode_only: false,
         }
     }
 }
@@ -327,6 +335,13 @@ impl DeviceBuilder {
         self.memory_enabled = on;
         self
     }
+    /// Uses a userfaultfd with `UFFD_USER_MODE_ONLY`, as an unprivileged
+    /// process gets it, even where a full one is available (default false:
+    /// the best available). See [`UffdAccess::UserModeOnly`].
+    pub fn user_mode_only(mut self, on: bool) -> Self {
+        self.user_mode_only = on;
+        self
+    }
 
     /// Validates the description, allocates every BAR's memory, opens the
     /// userfaultfd and starts the service threads.
@@ -339,7 +354,11 @@ impl DeviceBuilder {
                 validate_spec(i, spec, &self.regions)?;
             }
         }
-        let uffd = Uffd::open()?;
+        let uffd = if self.user_mode_only {
+            Uffd::open_user_mode_only()?
+        } else {
+            Uffd::open()?
+        };
         let access = uffd.access();
         if self.regions.iter().flatten().any(|s| s.huge_pages) && !uffd.minor_hugetlbfs() {
             return Err(Error::HugePagesUnsupported(
@@ -355,6 +374,14 @@ impl DeviceBuilder {
                 continue;
             };
             let (memfd, view) = allocate(i as u32, spec)?;
+            let shadow = if spec.flags.write || spec.huge_pages {
+                None
+            } else {
+                let shadow = crate::os::memfd(&format!("barmap-bar{i}-shadow"), spec.size)
+                    .map_err(Error::os("memfd for a read-only BAR's mappings"))?;
+                crate::os::pwrite_all(&shadow, 0, &spec.init).map_err(Error::os("BAR init"))?;
+                Some(shadow)
+            };
             let areas = spec
                 .mmap_areas
                 .clone()
@@ -369,6 +396,7 @@ impl DeviceBuilder {
                 },
                 spec: spec.clone(),
                 memfd,
+                shadow,
                 view,
             };
             region
@@ -381,6 +409,10 @@ impl DeviceBuilder {
             UffdMm::new(uffd),
             CoreConfig {
                 policy: self.policy,
+                // A userfaultfd that sees only user-mode faults cannot serve
+                // the kernel's own accesses (read(2) into a mapping, the
+                // checked probe): keep mappings populated instead.
+                populate: access == UffdAccess::UserModeOnly,
                 ..CoreConfig::default()
             },
         ));
@@ -397,6 +429,7 @@ impl DeviceBuilder {
                 access,
                 minor_hugetlbfs,
                 reset_time: self.reset_time,
+                owner: std::process::id(),
             }),
             service,
         })
@@ -515,6 +548,8 @@ pub(crate) struct Inner {
     access: UffdAccess,
     minor_hugetlbfs: bool,
     reset_time: Duration,
+    /// The process that built the device; a forked child is not it.
+    owner: u32,
 }
 
 /// An emulated PCI function whose BARs can be mmapped, faulted in lazily,
@@ -653,15 +688,14 @@ impl Device {
         if !r.info.flags.read {
             return Err(Error::NotReadable(region));
         }
+        self.inner.check_owner()?;
         // A BAR smaller than a page is still mapped as one page (as the
         // kernel does); the memfd is page-sized in that case.
-        // Created inaccessible, registered, tracked, and only then opened:
-        // no touch can map a page before the fault path owns the range.
-        let start = crate::os::map_shared(&r.memfd, offset, len).map_err(Error::os("mmap"))?;
-        if let Err(errno) = self.inner.core.mm().uffd().register(start..start + len) {
-            let _ = crate::os::unmap(start..start + len);
-            return Err(Error::os("UFFDIO_REGISTER")(errno));
-        }
+        // Created inaccessible, tracked, registered, and only then opened:
+        // no touch can map a page before the fault path owns the range, and
+        // a fault the userfaultfd reports for it always finds it tracked.
+        let fd = r.shadow.as_ref().unwrap_or(&r.memfd);
+        let start = crate::os::map_shared(fd, offset, len).map_err(Error::os("mmap"))?;
         let entry = self.inner.core.register(MapInfo {
             id: MapId(0),
             space: SpaceId::LOCAL,
@@ -672,8 +706,30 @@ impl Device {
             writable: prot.writable(),
             page_size,
         });
-        let mapping = Mapping::new(self.inner.clone(), entry);
-        crate::os::protect(start..start + len, prot.writable()).map_err(Error::os("mprotect"))?;
+        // From here on, dropping `mapping` undoes everything.
+        let mapping = Mapping::new(self.inner.clone(), entry.clone());
+        let range = start..start + len;
+        self.inner
+            .core
+            .mm()
+            .uffd()
+            .register(range.clone())
+            .map_err(Error::os("UFFDIO_REGISTER"))?;
+        // The vma flags of vfio-pci's mapping (VM_DONTEXPAND | VM_DONTDUMP,
+        // and VM_PFNMAP's refusal of MADV_DONTNEED, MADV_REMOVE, MADV_COLD,
+        // MADV_PAGEOUT): no core dump of BAR contents; the lock-on-fault
+        // makes those madvise calls fail with EINVAL, as the kernel's do. It
+        // needs RLIMIT_MEMLOCK room; without it, barmap still revokes, but
+        // the process could punch holes in device memory (ARCHITECTURE.md).
+        crate::os::advise(range.clone(), libc::MADV_DONTDUMP).map_err(Error::os("madvise"))?;
+        // A child would inherit the view without the userfaultfd: it gets
+        // none (its touches are SIGSEGV), see ARCHITECTURE.md, "fork".
+        crate::os::advise(range.clone(), libc::MADV_DONTFORK).map_err(Error::os("madvise"))?;
+        if let Err(errno) = crate::os::lock_on_fault(range.clone()) {
+            tracing::debug!(errno, "mlock2(MLOCK_ONFAULT) refused; mapping not locked");
+        }
+        crate::os::protect(range, prot.writable()).map_err(Error::os("mprotect"))?;
+        self.inner.core.populate(&entry);
         Ok(mapping)
     }
 
@@ -695,6 +751,7 @@ impl Device {
     /// mapping before it returns; one that sets it lets touches fault pages
     /// back in.
     pub fn write_config(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.inner.check_owner()?;
         let at = config_range(offset, data.len())?;
         let mut config = self.inner.config.lock().unwrap_or_else(|e| e.into_inner());
         let before = config.command() & pci::COMMAND_MEMORY != 0;
@@ -717,6 +774,9 @@ impl Device {
 
     /// Sets or clears COMMAND.MEM (a read-modify-write of COMMAND).
     pub fn set_memory_enabled(&self, enabled: bool) {
+        if self.inner.check_owner().is_err() {
+            return;
+        }
         let cmd = self.command();
         let new = if enabled {
             cmd | pci::COMMAND_MEMORY
@@ -737,11 +797,19 @@ impl Device {
     /// restores config space as the kernel's save/restore does. Register
     /// BARs return to their initial contents; memory BARs keep their data.
     pub fn reset(&self) -> Result<()> {
+        self.inner.check_owner()?;
         let config = self.inner.config.lock().unwrap_or_else(|e| e.into_inner());
         let result = self.inner.core.reset(|| -> Result<()> {
             for r in self.inner.regions.iter().flatten() {
                 if !r.spec.init.is_empty() {
                     r.write_at(0, &r.spec.init).map_err(Error::os("reset"))?;
+                }
+                if let Some(shadow) = &r.shadow {
+                    // Read-only: the whole shadow back to the region's
+                    // contents (whatever a writable-made mapping wrote).
+                    let mut contents = vec![0u8; r.spec.size as usize];
+                    r.read_at(0, &mut contents).map_err(Error::os("reset"))?;
+                    crate::os::pwrite_all(shadow, 0, &contents).map_err(Error::os("reset"))?;
                 }
             }
             std::thread::sleep(self.inner.reset_time);
@@ -754,49 +822,94 @@ impl Device {
     /// Enters or leaves a low-power state; in D3hot memory is revoked as if
     /// disabled.
     pub fn set_power_state(&self, state: PowerState) {
+        if self.inner.check_owner().is_err() {
+            return;
+        }
         let _config = self.inner.config.lock().unwrap_or_else(|e| e.into_inner());
         self.inner.core.set_low_power(state == PowerState::D3hot);
     }
 
     /// Reads region bytes through the device. Fails with
-    /// [`Error::MemoryDisabled`] while memory is off. `buf` may itself be a
-    /// mapping of this device: the copy goes through a bounce buffer outside
-    /// the memory gate (the fix for the kernel's 2020 recursive-lock bug).
+    /// [`Error::MemoryDisabled`] while memory is off. `buf` may be any
+    /// memory of the process, a mapping of this device included: the copy
+    /// goes through a bounce buffer outside the memory gate (the fix for the
+    /// kernel's 2020 recursive-lock bug), and into `buf` through the kernel,
+    /// like copy_to_user, so a buffer that cannot be written (a revoked
+    /// mapping, say) gives [`Error::BadBuffer`] (EFAULT), never a signal.
     pub fn read_region(&self, region: u32, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.read_region_raw(region, offset, buf.as_mut_ptr(), buf.len())
+    }
+
+    /// [`Device::read_region`] into `len` bytes at `buf`, which need not be
+    /// valid memory: the pwrite/pread-style entry point for buffers that
+    /// come from a program (an unmapped or revoked one gives
+    /// [`Error::BadBuffer`]).
+    pub fn read_region_raw(
+        &self,
+        region: u32,
+        offset: u64,
+        buf: *mut u8,
+        len: usize,
+    ) -> Result<()> {
         let r = self.inner.region(region)?;
-        region_bounds(r, region, offset, buf.len())?;
+        region_bounds(r, region, offset, len)?;
         if !r.info.flags.read {
             return Err(Error::NotReadable(region));
         }
-        let mut bounce = vec![0u8; BOUNCE.min(buf.len())];
-        for (i, chunk) in buf.chunks_mut(BOUNCE).enumerate() {
-            let at = offset + (i * BOUNCE) as u64;
-            let b = &mut bounce[..chunk.len()];
+        let mut bounce = vec![0u8; BOUNCE.min(len)];
+        for at in (0..len).step_by(BOUNCE) {
+            let n = BOUNCE.min(len - at);
+            let b = &mut bounce[..n];
             self.inner
                 .core
-                .with_memory(|| r.read_at(at, b))
+                .with_memory(|| r.read_at(offset + at as u64, b))
                 .map_err(|_| Error::MemoryDisabled)?
                 .map_err(Error::os("region read"))?;
-            chunk.copy_from_slice(b);
+            let dst = buf.wrapping_add(at);
+            crate::os::copy_to_user(b, dst).map_err(|errno| Error::BadBuffer {
+                addr: dst as usize,
+                len: n,
+                errno,
+            })?;
         }
         Ok(())
     }
 
     /// Writes region bytes through the device; see [`Device::read_region`].
+    /// `data` is read through the kernel (copy_from_user) before memory is
+    /// checked, so a source that is a revoked mapping gives
+    /// [`Error::BadBuffer`], never a signal.
     pub fn write_region(&self, region: u32, offset: u64, data: &[u8]) -> Result<()> {
+        self.write_region_raw(region, offset, data.as_ptr(), data.len())
+    }
+
+    /// [`Device::write_region`] from `len` bytes at `data`, which need not
+    /// be valid memory; see [`Device::read_region_raw`].
+    pub fn write_region_raw(
+        &self,
+        region: u32,
+        offset: u64,
+        data: *const u8,
+        len: usize,
+    ) -> Result<()> {
         let r = self.inner.region(region)?;
-        region_bounds(r, region, offset, data.len())?;
+        region_bounds(r, region, offset, len)?;
         if !r.info.flags.write {
             return Err(Error::ReadOnly(region));
         }
-        let mut bounce = vec![0u8; BOUNCE.min(data.len())];
-        for (i, chunk) in data.chunks(BOUNCE).enumerate() {
-            let at = offset + (i * BOUNCE) as u64;
-            let b = &mut bounce[..chunk.len()];
-            b.copy_from_slice(chunk);
+        let mut bounce = vec![0u8; BOUNCE.min(len)];
+        for at in (0..len).step_by(BOUNCE) {
+            let n = BOUNCE.min(len - at);
+            let b = &mut bounce[..n];
+            let src = data.wrapping_add(at);
+            crate::os::copy_from_user(src, b).map_err(|errno| Error::BadBuffer {
+                addr: src as usize,
+                len: n,
+                errno,
+            })?;
             self.inner
                 .core
-                .with_memory(|| r.write_at(at, b))
+                .with_memory(|| r.write_at(offset + at as u64, b))
                 .map_err(|_| Error::MemoryDisabled)?
                 .map_err(Error::os("region write"))?;
         }
@@ -834,6 +947,13 @@ impl Device {
 
 impl Drop for Device {
     fn drop(&mut self) {
+        if self.inner.check_owner().is_err() {
+            // A forked child's copy: the service threads, the userfaultfd
+            // and every mapping are the parent's, and a lock may have been
+            // copied held. Touch nothing.
+            self.service.forget();
+            return;
+        }
         // Revoke and poison first, so that threads blocked in faults are
         // answered (SIGBUS) even after the service threads are gone.
         self.inner.core.shutdown();
@@ -845,6 +965,15 @@ impl Drop for Device {
 const BOUNCE: usize = 64 << 10;
 
 impl Inner {
+    /// Fails in a forked child of the process that built the device.
+    pub(crate) fn check_owner(&self) -> Result<()> {
+        if std::process::id() == self.owner {
+            Ok(())
+        } else {
+            Err(Error::ForeignProcess { owner: self.owner })
+        }
+    }
+
     fn region(&self, index: u32) -> Result<&Region> {
         self.regions
             .get(index as usize)

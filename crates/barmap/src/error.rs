@@ -120,6 +120,26 @@ pub enum Error {
          vm.unprivileged_userfaultfd=1, or give this user read-write access to /dev/userfaultfd"
     )]
     UffdUnavailable(String),
+    /// A caller's buffer could not be read or written (the kernel's EFAULT
+    /// from copy_from_user/copy_to_user): unmapped, or a mapping of device
+    /// memory that is disabled. No signal is raised and nothing changed.
+    #[error("buffer at {addr:#x} ({len} bytes) is not accessible: {}", std::io::Error::from_raw_os_error(*.errno))]
+    BadBuffer {
+        /// The buffer's address.
+        addr: usize,
+        /// Its length.
+        len: usize,
+        /// The errno (EFAULT).
+        errno: i32,
+    },
+    /// The device belongs to another process: this is a forked child of the
+    /// process that built it. A child gets no service and no mappings of
+    /// its parent's device (see ARCHITECTURE.md, "fork").
+    #[error("the device belongs to process {owner}, not to this one (a forked child)")]
+    ForeignProcess {
+        /// The process that built the device.
+        owner: u32,
+    },
     /// A system call failed.
     #[error("{op}: {}", std::io::Error::from_raw_os_error(*.errno))]
     Os {
@@ -150,7 +170,11 @@ impl Error {
             Error::MemoryDisabled => ErrorClass::MemoryDisabled,
             Error::HugePagesUnsupported(_) => ErrorClass::Unsupported,
             Error::HugePagesUnavailable { .. } => ErrorClass::Other,
-            Error::DeviceGone | Error::Fault { .. } | Error::Os { .. } => ErrorClass::Other,
+            Error::DeviceGone
+            | Error::Fault { .. }
+            | Error::BadBuffer { .. }
+            | Error::ForeignProcess { .. }
+            | Error::Os { .. } => ErrorClass::Other,
         }
     }
 

@@ -18,12 +18,16 @@
 //! # Locks, outermost first
 //! 1. `gate` (the kernel's `memory_lock`): read by every fault and by region
 //!    access, written by memory disable/enable, low power, reset and
-//!    shutdown. A fault re-checks the state under it, so no page is mapped
+//!    shutdown. It admits in arrival order (a [`FairRwLock`]), so a fault
+//!    waits for at most the transitions that arrived before it: back-to-back
+//!    resets cannot starve faults. A fault re-checks the state under it, so no page is mapped
 //!    while memory is off, and a zap under the write side sees no fill in
 //!    flight.
 //! 2. `MapEntry::live`: read by a fill of that mapping for the duration of its
-//!    page-table call, written by unmap, so a mapping never disappears under
-//!    a fill (the kernel gets this from mmap_lock).
+//!    page-table call, written by unmap and by the process's own munmap and
+//!    mremap (reported as events), so a mapping never disappears under a
+//!    fill (the kernel gets this from mmap_lock). No thread waits for an
+//!    event to be read while holding it.
 //! 3. `tracked` (the 5.x `vma_lock`) and `registry`: leaves. `tracked` may be
 //!    held across a backend call (`whole` holds it across the fill, as 5.14
 //!    did); neither is held while another barmap lock is taken.
@@ -32,7 +36,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::atomic::AtomicU64;
 
-use super::sync::{Arc, AtomicBool, AtomicU32, AtomicUsize, Mutex, Ordering, RwLock};
+use super::sync::{Arc, AtomicBool, AtomicU32, AtomicUsize, FairRwLock, Mutex, Ordering, RwLock};
 use crate::mm::{page_of, pages, Fault, MapId, MapInfo, Mm, MmError, SpaceId, PAGE_SIZE};
 use crate::policy::{Mutation, Policy};
 use crate::stats::{Counters, Stats};
@@ -64,8 +68,10 @@ impl GateState {
 #[derive(Debug)]
 pub struct MapEntry {
     info: MapInfo,
-    /// The parts still mapped (partial unmaps cut holes).
-    live: RwLock<Vec<Range<usize>>>,
+    /// The parts still mapped, each described with its own start, length and
+    /// region offset: partial unmaps cut holes, and the process may move a
+    /// part elsewhere (mremap).
+    live: RwLock<Vec<MapInfo>>,
     /// A page of it may carry a poison marker that a zap must clear.
     poisoned: AtomicBool,
     /// `prefault`: the next chunk to fill.
@@ -81,10 +87,45 @@ impl MapEntry {
     pub fn info(&self) -> &MapInfo {
         &self.info
     }
-    /// The parts of the mapping that are still mapped.
+    /// The address ranges of the mapping that are still mapped.
     pub fn live_ranges(&self) -> Vec<Range<usize>> {
+        self.live.read().iter().map(|p| p.start..p.end()).collect()
+    }
+    /// The parts of the mapping that are still mapped, with their offsets.
+    pub fn live_parts(&self) -> Vec<MapInfo> {
         self.live.read().clone()
     }
+}
+
+/// The entry whose live part in `space` contains `addr`.
+fn lookup_in(reg: &Registry, space: SpaceId, addr: usize) -> Option<Arc<MapEntry>> {
+    let (_, (end, entry)) = reg.range(..=(space, addr)).next_back()?;
+    (entry.info.space == space && addr < *end).then(|| entry.clone())
+}
+
+/// `part` without `hole` (which lies inside it): zero, one or two parts.
+fn cut(part: &MapInfo, hole: &Range<usize>) -> Vec<MapInfo> {
+    [part.start..hole.start, hole.end..part.end()]
+        .into_iter()
+        .filter(|r| r.start < r.end)
+        .map(|r| sub_part(part, r))
+        .collect()
+}
+
+/// The piece `r` of `part` (inside it), with its own offset.
+fn sub_part(part: &MapInfo, r: Range<usize>) -> MapInfo {
+    MapInfo {
+        start: r.start,
+        len: r.end - r.start,
+        offset: part.offset_of(r.start),
+        ..part.clone()
+    }
+}
+
+/// The intersection of two ranges, if not empty.
+fn overlap(a: &Range<usize>, b: &Range<usize>) -> Option<Range<usize>> {
+    let r = a.start.max(b.start)..a.end.min(b.end);
+    (r.start < r.end).then_some(r)
 }
 
 /// A BUG event: what the kernel would have crashed on.
@@ -131,6 +172,10 @@ pub struct CoreConfig {
     /// A deliberate bug for the model checker's self-test; `None` always
     /// outside it.
     pub mutation: Option<Mutation>,
+    /// Keep every mapping fully populated while memory is accessible (fill
+    /// at map time and on re-enable), so that kernel-mode accesses never
+    /// need a fault: for a userfaultfd that only sees user-mode faults.
+    pub populate: bool,
 }
 
 impl Default for CoreConfig {
@@ -139,6 +184,7 @@ impl Default for CoreConfig {
             policy: Policy::default(),
             chunk: crate::mm::HUGE_SIZE,
             mutation: None,
+            populate: false,
         }
     }
 }
@@ -150,7 +196,7 @@ pub struct Core<B: Mm> {
     mm: B,
     config: CoreConfig,
     /// The memory gate (`memory_lock`).
-    gate: RwLock<GateState>,
+    gate: FairRwLock<GateState>,
     /// Live parts of live mappings, keyed by (space, start) -> (end, entry).
     registry: RwLock<Registry>,
     /// `legacy`/`whole`: mappings recorded as filled (the 5.x `vma_list`,
@@ -170,7 +216,7 @@ impl<B: Mm> Core<B> {
         Core {
             mm,
             config,
-            gate: RwLock::new(GateState {
+            gate: FairRwLock::new(GateState {
                 memory_enabled: true,
                 low_power: false,
                 gone: false,
@@ -212,7 +258,7 @@ impl<B: Mm> Core<B> {
         );
         let range = info.start..info.end();
         let entry = Arc::new(MapEntry {
-            live: RwLock::new(vec![range.clone()]),
+            live: RwLock::new(vec![info.clone()]),
             poisoned: AtomicBool::new(false),
             cursor: AtomicUsize::new(0),
             fail_streak: AtomicU32::new(0),
@@ -232,14 +278,11 @@ impl<B: Mm> Core<B> {
         let mut live = entry.live.write();
         let idx = live
             .iter()
-            .position(|r| r.start <= range.start && range.end <= r.end && range.start < range.end)
+            .position(|p| p.start <= range.start && range.end <= p.end() && range.start < range.end)
             .ok_or(MmError::Gone)?;
         let part = live[idx].clone();
-        let pieces: Vec<Range<usize>> = [part.start..range.start, range.end..part.end]
-            .into_iter()
-            .filter(|r| r.start < r.end)
-            .collect();
-        self.mm.unmap(&entry.info, range.clone())?;
+        let pieces = cut(&part, &range);
+        self.mm.unmap(&part, range.clone())?;
         // After the munmap: a fault queued for the range meanwhile finds the
         // entry, waits for `live`, sees the hole, and is woken into SIGSEGV
         // (no refault loop). A new mapping may already have taken the
@@ -247,18 +290,98 @@ impl<B: Mm> Core<B> {
         self.replace_in_registry(entry, &part, &pieces);
         live.remove(idx);
         live.extend(pieces);
+        Ok(self.after_cut(entry, &live))
+    }
+
+    /// Untracks a mapping that has no live part left (the kernel's
+    /// vm_ops->close drops its record); returns whether it is gone.
+    fn after_cut(&self, entry: &MapEntry, live: &[MapInfo]) -> bool {
         let gone = live.is_empty();
         if gone && !self.mutated(Mutation::UnmapKeepsTracked) {
-            // The kernel's vm_ops->close: drop the first record of this mapping.
             let mut tracked = self.tracked.lock();
             if let Some(pos) = tracked.iter().position(|id| *id == entry.info.id) {
                 tracked.remove(pos);
             }
         }
-        Ok(gone)
+        gone
     }
 
-    fn replace_in_registry(&self, entry: &Arc<MapEntry>, old: &Range<usize>, new: &[Range<usize>]) {
+    /// The process unmapped `range` itself (munmap, `MAP_FIXED` over it, the
+    /// tail of a shrinking mremap): forget every part of every mapping in
+    /// it, without touching the address space, which may already hold
+    /// someone else's memory. Returns how many parts were cut.
+    pub fn forget(&self, space: SpaceId, range: Range<usize>) -> usize {
+        let _span = tracing::debug_span!("forget", start = range.start, end = range.end).entered();
+        let mut cuts = 0;
+        for entry in self.entries_in(space, &range) {
+            let mut live = entry.live.write();
+            let mut kept = Vec::with_capacity(live.len() + 1);
+            for part in live.iter() {
+                match overlap(&(part.start..part.end()), &range) {
+                    Some(hole) => {
+                        let pieces = cut(part, &hole);
+                        self.replace_in_registry(&entry, part, &pieces);
+                        kept.extend(pieces);
+                        cuts += 1;
+                    }
+                    None => kept.push(part.clone()),
+                }
+            }
+            *live = kept;
+            self.after_cut(&entry, &live);
+        }
+        if cuts > 0 {
+            Counters::add(&self.counters.unmap_events, 1);
+        }
+        cuts
+    }
+
+    /// The process moved `len` bytes at `from` to `to` (mremap): the parts
+    /// of mappings in the old range now live at the new one, with the same
+    /// device offsets. Returns how many parts moved.
+    pub fn moved(&self, space: SpaceId, from: usize, to: usize, len: usize) -> usize {
+        let _span = tracing::debug_span!("moved", from, to, len).entered();
+        let old = from..from + len;
+        let mut moves = 0;
+        for entry in self.entries_in(space, &old) {
+            let mut live = entry.live.write();
+            let mut kept = Vec::with_capacity(live.len() + 2);
+            for part in live.iter() {
+                match overlap(&(part.start..part.end()), &old) {
+                    Some(r) => {
+                        let mut pieces = cut(part, &r);
+                        let mut moved = sub_part(part, r.clone());
+                        moved.start = to + (r.start - from);
+                        self.replace_in_registry(&entry, part, &pieces);
+                        self.replace_in_registry(&entry, &moved, std::slice::from_ref(&moved));
+                        pieces.push(moved);
+                        kept.extend(pieces);
+                        moves += 1;
+                    }
+                    None => kept.push(part.clone()),
+                }
+            }
+            *live = kept;
+        }
+        if moves > 0 {
+            Counters::add(&self.counters.remap_events, 1);
+        }
+        moves
+    }
+
+    /// Entries with a live part intersecting `range` of `space`, once each.
+    fn entries_in(&self, space: SpaceId, range: &Range<usize>) -> Vec<Arc<MapEntry>> {
+        let reg = self.registry.read();
+        let mut out: Vec<Arc<MapEntry>> = Vec::new();
+        for (_, (end, entry)) in reg.range((space, 0)..(space, range.end)) {
+            if *end > range.start && !out.iter().any(|e| e.info.id == entry.info.id) {
+                out.push(entry.clone());
+            }
+        }
+        out
+    }
+
+    fn replace_in_registry(&self, entry: &Arc<MapEntry>, old: &MapInfo, new: &[MapInfo]) {
         let space = entry.info.space;
         let mut reg = self.registry.write();
         if reg
@@ -268,14 +391,12 @@ impl<B: Mm> Core<B> {
             reg.remove(&(space, old.start));
         }
         for r in new {
-            reg.insert((space, r.start), (r.end, entry.clone()));
+            reg.insert((space, r.start), (r.end(), entry.clone()));
         }
     }
 
     fn lookup(&self, space: SpaceId, addr: usize) -> Option<Arc<MapEntry>> {
-        let reg = self.registry.read();
-        let (_, (end, entry)) = reg.range(..=(space, addr)).next_back()?;
-        (entry.info.space == space && addr < *end).then(|| entry.clone())
+        lookup_in(&self.registry.read(), space, addr)
     }
 
     /// Every live mapping, once each.
@@ -331,40 +452,51 @@ impl<B: Mm> Core<B> {
     /// Answers the fault; also returns the mapping if the rest of it should
     /// be prefaulted once the answer is counted and the gate released.
     fn serve(&self, fault: &Fault, page: usize) -> (Answer, Option<Arc<MapEntry>>) {
-        let Some(entry) = self.lookup(fault.space, page) else {
-            if !self.mutated(Mutation::SkipStaleWake) {
-                // No mapping, so no unit: wake the base page. (A fault in a
-                // huge-page mapping is reported at its unit's start, which
-                // this covers.)
-                self.mm.wake(fault.space, page..page + PAGE_SIZE);
+        let entry = match self.lookup(fault.space, page) {
+            Some(entry) => entry,
+            None => {
+                // An unmap or mremap the process already saw may still be on
+                // its way to the registry: let it land, then look again. The
+                // registry stays read-locked until the fault is answered, so
+                // no new mapping can be tracked, and then registered with the
+                // userfaultfd, at this address meanwhile.
+                self.mm.quiesce();
+                let reg = self.registry.read();
+                match lookup_in(&reg, fault.space, page) {
+                    Some(entry) => entry,
+                    None => return (self.answer_unknown(&reg, fault.space, page), None),
+                }
             }
-            return (Answer::Stale, None);
         };
         // From here on `page` is the mapping's unit (a huge page on a hugetlb
         // BAR): the smallest range the backend can fill, poison or zap.
         let page = entry.info.unit_at(page).start;
         let gate = self.gate.read();
         let live = entry.live.read();
-        let Some(part) = live.iter().find(|r| r.contains(&page)).cloned() else {
+        let Some(part) = live
+            .iter()
+            .find(|p| p.start <= page && page < p.end())
+            .cloned()
+        else {
             if !self.mutated(Mutation::SkipStaleWake) {
                 self.mm.wake(fault.space, entry.info.unit_at(page));
             }
             return (Answer::Stale, None);
         };
         if !gate.accessible() {
-            return (self.answer_sigbus(&entry, page), None);
+            return (self.answer_sigbus(&entry, &part, page), None);
         }
         let answer = match self.config.policy {
-            Policy::Legacy => self.fill_legacy(&entry, &live, fault, page),
-            Policy::Whole => self.fill_whole(&entry, &live, fault, page),
-            Policy::Page => self.fill_range(&entry, entry.info.unit_at(page), page),
+            Policy::Legacy => self.fill_legacy(&entry, &live, &part, fault, page),
+            Policy::Whole => self.fill_whole(&entry, &live, &part, fault, page),
+            Policy::Page => self.fill_range(&entry, &part, part.unit_at(page), page),
             Policy::Huge => {
                 let chunk = self.huge_chunk(&entry, &part, page);
-                self.fill_range(&entry, chunk, page)
+                self.fill_range(&entry, &part, chunk, page)
             }
             Policy::Prefault => {
                 let chunk = self.chunk_around(&entry, &part, page);
-                self.fill_range(&entry, chunk, page)
+                self.fill_range(&entry, &part, chunk, page)
             }
         };
         drop(live);
@@ -373,11 +505,46 @@ impl<B: Mm> Core<B> {
         (answer, prefault.then_some(entry))
     }
 
+    /// A fault at an address no mapping of this device covers, though the
+    /// process's range is registered with its userfaultfd: the part of a
+    /// mapping that the process grew with mremap (the kernel refuses to grow
+    /// a vfio-pci mapping: it is VM_DONTEXPAND), or a stale fault of a range
+    /// that is gone. The first gets SIGBUS, the second is woken and retries
+    /// (a SIGSEGV, or whatever the process mapped there since).
+    fn answer_unknown(&self, _registry: &Registry, space: SpaceId, page: usize) -> Answer {
+        if self.mutated(Mutation::SkipStaleWake) {
+            return Answer::Stale;
+        }
+        for unit in [PAGE_SIZE, crate::mm::HUGE_SIZE] {
+            let start = page & !(unit - 1);
+            let probe = MapInfo {
+                id: MapId(0),
+                space,
+                start,
+                len: unit,
+                region: u32::MAX,
+                offset: 0,
+                writable: false,
+                page_size: unit,
+            };
+            match self.mm.poison(&probe, start..start + unit) {
+                Ok(()) => return Answer::Sigbus,
+                // A hugetlb vma takes only whole huge pages.
+                Err(MmError::Os(libc::EINVAL)) => continue,
+                Err(MmError::Exists { .. }) => break,
+                Err(_) => break,
+            }
+        }
+        self.mm.wake(space, page..page + PAGE_SIZE);
+        Answer::Stale
+    }
+
     /// 5.8: record first, drop the lock, then fill the whole mapping.
     fn fill_legacy(
         &self,
         entry: &MapEntry,
-        live: &[Range<usize>],
+        live: &[MapInfo],
+        part: &MapInfo,
         fault: &Fault,
         page: usize,
     ) -> Answer {
@@ -390,9 +557,9 @@ impl<B: Mm> Core<B> {
         );
         match self.remap_all(entry, live) {
             Ok(()) => Answer::Filled,
-            Err(MmError::Exists { .. }) => self.report_bug(entry, fault, page),
+            Err(MmError::Exists { .. }) => self.report_bug(entry, part, fault, page),
             // The seed's second bug: the record stays although the fill failed.
-            Err(e) => self.fill_failed(entry, page, e, None),
+            Err(e) => self.fill_failed(entry, part, page, e, None),
         }
     }
 
@@ -400,15 +567,20 @@ impl<B: Mm> Core<B> {
     fn fill_whole(
         &self,
         entry: &MapEntry,
-        live: &[Range<usize>],
+        live: &[MapInfo],
+        part: &MapInfo,
         fault: &Fault,
         page: usize,
     ) -> Answer {
         let mut tracked = self.tracked.lock();
         if tracked.contains(&entry.info.id) && !self.mutated(Mutation::WholeNoRecheck) {
             drop(tracked);
-            self.mm.wake(entry.info.space, entry.info.unit_at(page));
-            return Answer::Present;
+            // Filled already: a lost race, or a page the process dropped
+            // itself (MADV_DONTNEED), which 5.14 could not see because the
+            // kernel refuses that madvise on a vfio-pci mapping. Map the
+            // faulting page (it stops at a present one, so a lost race costs
+            // one call), never answer "present" over an absent page.
+            return self.map_unit(part, page);
         }
         let _ = entry.first_filler.compare_exchange(
             0,
@@ -424,20 +596,41 @@ impl<B: Mm> Core<B> {
             Err(MmError::Exists { .. }) => {
                 drop(tracked);
                 self.zap_parts(entry, live);
-                self.report_bug(entry, fault, page)
+                self.report_bug(entry, part, fault, page)
             }
             Err(e) => {
                 drop(tracked);
-                self.fill_failed(entry, page, e, Some(live))
+                self.fill_failed(entry, part, page, e, Some(live))
+            }
+        }
+    }
+
+    /// Maps the unit at `page` alone, stopping at a present page: `Filled`
+    /// if this call mapped it, `Present` if it already was (the thread is
+    /// woken either way).
+    fn map_unit(&self, part: &MapInfo, page: usize) -> Answer {
+        let unit = part.unit_at(page);
+        match self.mm.insert(part, unit.clone()) {
+            Ok(ins) if ins.mapped > 0 => {
+                Counters::add(&self.counters.pages_filled, ins.mapped as u64);
+                Answer::Filled
+            }
+            Ok(_) => {
+                self.mm.wake(part.space, unit);
+                Answer::Present
+            }
+            Err(_) => {
+                self.mm.wake(part.space, unit);
+                Answer::Retry
             }
         }
     }
 
     /// Fills every live part of the mapping, strictly (remap semantics).
-    fn remap_all(&self, entry: &MapEntry, live: &[Range<usize>]) -> Result<(), MmError> {
+    fn remap_all(&self, entry: &MapEntry, live: &[MapInfo]) -> Result<(), MmError> {
         for part in live {
-            self.mm.remap(&entry.info, part.clone())?;
-            Counters::add(&self.counters.pages_filled, pages(part) as u64);
+            self.mm.remap(part, part.start..part.end())?;
+            Counters::add(&self.counters.pages_filled, (part.len / PAGE_SIZE) as u64);
         }
         entry.fail_streak.store(0, Ordering::Relaxed);
         Ok(())
@@ -448,16 +641,24 @@ impl<B: Mm> Core<B> {
     /// lost race, not an error (EEXIST is success): if it stops the fill
     /// before the faulting page, the faulting page is tried alone; the rest
     /// is left to its own faults.
-    fn fill_range(&self, entry: &MapEntry, range: Range<usize>, page: usize) -> Answer {
-        let fill = |r: Range<usize>| self.mm.insert(&entry.info, r);
+    fn fill_range(
+        &self,
+        entry: &MapEntry,
+        part: &MapInfo,
+        range: Range<usize>,
+        page: usize,
+    ) -> Answer {
+        let fill = |r: Range<usize>| self.mm.insert(part, r);
         let result = fill(range.clone()).and_then(|ins| {
             let reached = range.start + ins.mapped * PAGE_SIZE;
-            if !ins.stopped_at_present || page < reached {
+            if page < reached {
                 Ok((ins.mapped, true))
-            } else if page == reached {
+            } else if ins.stopped_at_present && page == reached {
                 Ok((ins.mapped, false))
             } else {
-                fill(entry.info.unit_at(page)).map(|one| (ins.mapped + one.mapped, one.mapped > 0))
+                // Stopped before the faulting page (a present page earlier,
+                // or a part the backend could not fill in one piece).
+                fill(part.unit_at(page)).map(|one| (ins.mapped + one.mapped, one.mapped > 0))
             }
         });
         match result {
@@ -470,25 +671,26 @@ impl<B: Mm> Core<B> {
                     // Another fault mapped it and woke its own waiters; ours
                     // may have queued before that wake: wake it (harmless if
                     // nobody waits), as the kernel's uffd selftests do.
-                    self.mm.wake(entry.info.space, entry.info.unit_at(page));
+                    self.mm.wake(part.space, part.unit_at(page));
                     Answer::Present
                 }
             }
             // Pages mapped before the failure are valid device memory mapped
             // under the gate, and nothing is tracked: no undo needed.
-            Err(e) => self.fill_failed(entry, page, e, None),
+            Err(e) => self.fill_failed(entry, part, page, e, None),
         }
     }
 
-    /// Maps every absent unit of `range`, stepping over present ones.
-    fn insert_all(&self, entry: &MapEntry, range: Range<usize>) -> Result<usize, MmError> {
+    /// Maps every absent unit of `range` (inside `part`), stepping over
+    /// present ones.
+    fn insert_all(&self, part: &MapInfo, range: Range<usize>) -> Result<usize, MmError> {
         let (mut at, mut mapped) = (range.start, 0);
         while at < range.end {
-            let ins = self.mm.insert(&entry.info, at..range.end)?;
+            let ins = self.mm.insert(part, at..range.end)?;
             mapped += ins.mapped;
             at += ins.mapped * PAGE_SIZE;
-            if ins.stopped_at_present {
-                at = entry.info.unit_at(at).end;
+            if ins.stopped_at_present || ins.mapped == 0 {
+                at = part.unit_at(at).end;
             }
         }
         Ok(mapped)
@@ -502,55 +704,57 @@ impl<B: Mm> Core<B> {
 
     /// `huge`: the aligned chunk around `page` if it lies inside the live
     /// part and its device offset is aligned too (6.13), else the page.
-    fn huge_chunk(&self, entry: &MapEntry, part: &Range<usize>, page: usize) -> Range<usize> {
+    fn huge_chunk(&self, entry: &MapEntry, part: &MapInfo, page: usize) -> Range<usize> {
         let chunk = self.chunk_of(entry);
         let start = page & !(chunk - 1);
         let end = start + chunk;
-        let offset_aligned = entry.info.offset_of(start.max(entry.info.start)) % chunk as u64 == 0;
-        if start >= part.start && end <= part.end && offset_aligned {
+        if start >= part.start && end <= part.end() && part.offset_of(start) % chunk as u64 == 0 {
             start..end
         } else {
-            entry.info.unit_at(page)
+            part.unit_at(page)
         }
     }
 
     /// `prefault`: the aligned chunk around `page`, clipped to the live part.
-    fn chunk_around(&self, entry: &MapEntry, part: &Range<usize>, page: usize) -> Range<usize> {
+    fn chunk_around(&self, entry: &MapEntry, part: &MapInfo, page: usize) -> Range<usize> {
         let chunk = self.chunk_of(entry);
         let start = page & !(chunk - 1);
-        start.max(part.start)..(start + chunk).min(part.end)
+        start.max(part.start)..(start + chunk).min(part.end())
     }
 
     /// `prefault`: after the faulting chunk, fill the rest of the mapping
-    /// chunk by chunk. Chunks are claimed through the entry's cursor, so any
-    /// number of service threads share the work; each chunk re-takes the
-    /// gate, so a zap waits for one chunk at most and stops the walk.
+    /// chunk by chunk. Chunks (aligned, clipped to each live part, in part
+    /// order) are claimed through the entry's cursor, so any number of
+    /// service threads share the work; each chunk re-takes the gate, so a
+    /// zap waits for one chunk at most and stops the walk.
     fn prefault_rest(&self, entry: &MapEntry) {
         let chunk = self.chunk_of(entry);
-        let base = entry.info.start & !(chunk - 1);
-        let chunks = (entry.info.end() - base).div_ceil(chunk);
         loop {
             let gate = self.gate.read();
             if !gate.accessible() {
                 return;
             }
             let live = entry.live.read();
-            let index = entry.cursor.fetch_add(1, Ordering::Relaxed);
-            if index >= chunks || live.is_empty() {
-                return;
-            }
-            let c = base + index * chunk..base + (index + 1) * chunk;
+            let mut index = entry.cursor.fetch_add(1, Ordering::Relaxed);
+            let mut claimed = None;
             for part in live.iter() {
-                let r = c.start.max(part.start)..c.end.min(part.end);
-                if r.start >= r.end {
-                    continue;
+                let base = part.start & !(chunk - 1);
+                let n = (part.end() - base).div_ceil(chunk);
+                if index < n {
+                    let c = base + index * chunk;
+                    claimed = Some((part, c.max(part.start)..(c + chunk).min(part.end())));
+                    break;
                 }
-                match self.insert_all(entry, r) {
-                    Ok(mapped) => Counters::add(&self.counters.pages_filled, mapped as u64),
-                    // Not the faulting page: leave it to its own fault.
-                    Err(e) => {
-                        tracing::debug!(map = %entry.info.id, error = %e, "prefault chunk skipped")
-                    }
+                index -= n;
+            }
+            let Some((part, r)) = claimed else {
+                return;
+            };
+            match self.insert_all(part, r) {
+                Ok(mapped) => Counters::add(&self.counters.pages_filled, mapped as u64),
+                // Not the faulting page: leave it to its own fault.
+                Err(e) => {
+                    tracing::debug!(map = %entry.info.id, error = %e, "prefault chunk skipped")
                 }
             }
         }
@@ -558,29 +762,44 @@ impl<B: Mm> Core<B> {
 
     /// A fill failed: zap the `undo` parts (a partial whole-mapping fill),
     /// then let the thread retry, or answer SIGBUS once retries are used up.
-    /// `legacy` passes no undo, reproducing 5.8's stale record.
+    /// `legacy` passes no undo, reproducing 5.8's stale record. A range that
+    /// the process is changing or has unmapped is not a failure of the
+    /// device: the thread retries without using up a retry.
     fn fill_failed(
         &self,
         entry: &MapEntry,
+        part: &MapInfo,
         page: usize,
         error: MmError,
-        undo: Option<&[Range<usize>]>,
+        undo: Option<&[MapInfo]>,
     ) -> Answer {
         let _span = tracing::warn_span!("fill_failed", map = %entry.info.id, page).entered();
-        tracing::warn!(%error, "fill failed");
         if let Some(parts) = undo {
             self.zap_parts(entry, parts);
         }
+        match error {
+            MmError::Gone => {
+                tracing::debug!("fill found the range unmapped");
+                self.mm.wake(part.space, part.unit_at(page));
+                return Answer::Stale;
+            }
+            MmError::Again => {
+                tracing::debug!("fill raced an address-space change");
+                self.mm.wake(part.space, part.unit_at(page));
+                return Answer::Retry;
+            }
+            _ => tracing::warn!(%error, "fill failed"),
+        }
         if entry.fail_streak.fetch_add(1, Ordering::Relaxed) + 1 < MAX_FILL_RETRIES {
-            self.mm.wake(entry.info.space, entry.info.unit_at(page));
+            self.mm.wake(part.space, part.unit_at(page));
             Answer::Retry
         } else {
             entry.fail_streak.store(0, Ordering::Relaxed);
-            self.answer_sigbus(entry, page)
+            self.answer_sigbus(entry, part, page)
         }
     }
 
-    fn report_bug(&self, entry: &MapEntry, fault: &Fault, page: usize) -> Answer {
+    fn report_bug(&self, entry: &MapEntry, part: &MapInfo, fault: &Fault, page: usize) -> Answer {
         let first_tid = entry
             .first_filler
             .load(std::sync::atomic::Ordering::Relaxed) as u32;
@@ -604,27 +823,27 @@ impl<B: Mm> Core<B> {
         }
         drop(events);
         // The kernel thread would die here; barmap lets it run on the page
-        // the other fault mapped.
-        self.mm.wake(entry.info.space, entry.info.unit_at(page));
+        // (mapped by the other fault, or now by this one).
+        self.map_unit(part, page);
         Answer::Bug
     }
 
     /// Memory is off: poison the page (the mapping's unit), which wakes the
     /// thread into SIGBUS.
-    fn answer_sigbus(&self, entry: &MapEntry, page: usize) -> Answer {
-        match self.mm.poison(&entry.info, entry.info.unit_at(page)) {
+    fn answer_sigbus(&self, entry: &MapEntry, part: &MapInfo, page: usize) -> Answer {
+        match self.mm.poison(part, part.unit_at(page)) {
             Ok(()) => {
                 entry.poisoned.store(true, Ordering::Relaxed);
                 Answer::Sigbus
             }
             // Another fault poisoned it first; its ioctl woke this thread too.
             Err(MmError::Exists { .. }) => {
-                self.mm.wake(entry.info.space, entry.info.unit_at(page));
+                self.mm.wake(part.space, part.unit_at(page));
                 Answer::Sigbus
             }
             Err(error) => {
                 tracing::warn!(map = %entry.info.id, page, %error, "poison failed");
-                self.mm.wake(entry.info.space, entry.info.unit_at(page));
+                self.mm.wake(part.space, part.unit_at(page));
                 Answer::Retry
             }
         }
@@ -632,14 +851,22 @@ impl<B: Mm> Core<B> {
 
     // ----- zap and the gate's write side ------------------------------------
 
-    /// Zaps the given parts of one mapping (pages and poison markers).
-    fn zap_parts(&self, entry: &MapEntry, parts: &[Range<usize>]) {
+    /// Zaps the given parts of one mapping (pages and poison markers). A
+    /// zap that fails is counted as a failure (`zap_failures`) and reported,
+    /// never as a zap.
+    fn zap_parts(&self, entry: &MapEntry, parts: &[MapInfo]) {
         for part in parts {
-            if let Err(error) = self.mm.zap(&entry.info, part.clone()) {
-                tracing::error!(map = %entry.info.id, %error, "zap failed");
+            let range = part.start..part.end();
+            match self.mm.zap(part, range.clone()) {
+                Ok(()) => {
+                    Counters::add(&self.counters.zaps, 1);
+                    Counters::add(&self.counters.pages_zapped, pages(&range) as u64);
+                }
+                Err(error) => {
+                    Counters::add(&self.counters.zap_failures, 1);
+                    tracing::error!(map = %entry.info.id, %error, "zap failed: the range is not revoked");
+                }
             }
-            Counters::add(&self.counters.zaps, 1);
-            Counters::add(&self.counters.pages_zapped, pages(part) as u64);
         }
     }
 
@@ -649,6 +876,9 @@ impl<B: Mm> Core<B> {
         if self.mutated(Mutation::SkipZap) {
             return;
         }
+        // A range the process unmapped and may have reused must be out of
+        // the registry before the zap walks it.
+        self.mm.quiesce();
         for entry in self.mappings() {
             let live = entry.live.read();
             self.zap_parts(&entry, &live);
@@ -683,8 +913,36 @@ impl<B: Mm> Core<B> {
             self.zap_all(&gate);
         } else if !was && state.accessible() {
             self.clear_poison(&gate);
+            if self.config.populate {
+                for entry in self.mappings() {
+                    self.populate_locked(&entry);
+                }
+            }
         }
         *gate = state;
+    }
+
+    /// [`CoreConfig::populate`]: maps every page of a new mapping now if
+    /// memory is accessible (and does nothing otherwise).
+    pub fn populate(&self, entry: &MapEntry) {
+        if !self.config.populate {
+            return;
+        }
+        let gate = self.gate.read();
+        if gate.accessible() {
+            self.populate_locked(entry);
+        }
+    }
+
+    /// Maps every absent page of `entry`; the caller holds the gate.
+    fn populate_locked(&self, entry: &MapEntry) {
+        let live = entry.live.read();
+        for part in live.iter() {
+            match self.insert_all(part, part.start..part.end()) {
+                Ok(mapped) => Counters::add(&self.counters.pages_filled, mapped as u64),
+                Err(e) => tracing::warn!(map = %entry.info.id, error = %e, "populate failed"),
+            }
+        }
     }
 
     /// COMMAND.MEM written: `false` revokes every mapping (later touches
@@ -729,7 +987,7 @@ impl<B: Mm> Core<B> {
         for entry in self.mappings() {
             let live = entry.live.read();
             for part in live.iter() {
-                if let Err(error) = self.mm.poison(&entry.info, part.clone()) {
+                if let Err(error) = self.mm.poison(part, part.start..part.end()) {
                     tracing::warn!(map = %entry.info.id, %error, "poison at shutdown failed");
                 }
             }

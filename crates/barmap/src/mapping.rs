@@ -177,6 +177,7 @@ impl Mapping {
     /// working. Unmapping a range that is not mapped (a double unmap) fails
     /// with [`Error::NotMapped`] and changes nothing.
     pub fn unmap(&self, offset: usize, len: usize) -> Result<()> {
+        self.inner.check_owner()?;
         if len == 0 {
             return Err(Error::ZeroLength);
         }
@@ -211,6 +212,11 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
+        if self.inner.check_owner().is_err() {
+            // A forked child has no copy of the view (MADV_DONTFORK), and
+            // barmap's locks may have been copied held: nothing to undo.
+            return;
+        }
         for part in self.entry.live_ranges() {
             if let Err(e) = self.inner.core.unmap(&self.entry, part) {
                 tracing::error!(error = %e, "unmap on drop failed");

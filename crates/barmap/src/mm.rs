@@ -103,6 +103,9 @@ pub enum MmError {
     },
     /// The range is no longer mapped or registered.
     Gone,
+    /// The address space is changing under the call (an mremap in flight):
+    /// try again once the faulting thread retries.
+    Again,
     /// The operating system refused, with this errno.
     Os(i32),
     /// A failure injected by the simulated backend.
@@ -114,6 +117,7 @@ impl fmt::Display for MmError {
         match self {
             MmError::Exists { done } => write!(f, "page already present after {done} pages"),
             MmError::Gone => write!(f, "range no longer mapped"),
+            MmError::Again => write!(f, "address space changing, try again"),
             MmError::Os(e) => write!(f, "{}", std::io::Error::from_raw_os_error(*e)),
             MmError::Injected => write!(f, "injected failure"),
         }
@@ -127,6 +131,8 @@ pub struct Inserted {
     /// the mapping's page size in base pages).
     pub mapped: usize,
     /// The call stopped at a present page (the one after the mapped ones).
+    /// Fewer pages than the range without this flag: the rest could not be
+    /// filled in this call (the process split or shrank the mapping).
     pub stopped_at_present: bool,
 }
 
@@ -158,6 +164,12 @@ pub trait Mm: Send + Sync + 'static {
 
     /// Unmaps `range` of the mapping and drops its fault registration.
     fn unmap(&self, map: &MapInfo, range: Range<usize>) -> Result<(), MmError>;
+
+    /// Returns once every unmap or remap event that the process has already
+    /// been told about (its munmap or mremap returned) has been handed to the
+    /// core, so that a zap never meets a range the process has reused.
+    /// Backends without such events have nothing to wait for.
+    fn quiesce(&self) {}
 }
 
 /// Rounds `addr` down to its page.

@@ -214,16 +214,27 @@ pub fn protect(range: Range<usize>, writable: bool) -> Result<(), i32> {
     }
 }
 
-/// Drops every page and poison marker in `range`; device memory stays.
+/// Drops every page and poison marker in `range`, locked (mlock) or not;
+/// device memory stays. MADV_DONTNEED_LOCKED (Linux 5.18) where the kernel
+/// has it, else MADV_DONTNEED, which fails with EINVAL on a locked range.
 pub fn zap(range: Range<usize>) -> Result<(), i32> {
-    // SAFETY: MADV_DONTNEED on a MAP_SHARED file view only drops page-table
-    // entries; the memfd keeps the data and Rust holds no references into
-    // device mappings (access is volatile through raw pointers).
+    match advise(range.clone(), libc::MADV_DONTNEED_LOCKED) {
+        Err(libc::EINVAL) => advise(range, libc::MADV_DONTNEED),
+        other => other,
+    }
+}
+
+/// madvise(`advice`) over `range` of a barmap mapping.
+pub fn advise(range: Range<usize>, advice: i32) -> Result<(), i32> {
+    // SAFETY: callers pass ranges of mappings barmap created, and advice
+    // that only drops page-table entries of a MAP_SHARED file view (the
+    // memfd keeps the data) or sets vma flags; Rust holds no references
+    // into device mappings (access is volatile through raw pointers).
     let rc = unsafe {
         libc::madvise(
             range.start as *mut libc::c_void,
             range.end - range.start,
-            libc::MADV_DONTNEED,
+            advice,
         )
     };
     if rc < 0 {
@@ -231,6 +242,59 @@ pub fn zap(range: Range<usize>) -> Result<(), i32> {
     } else {
         Ok(())
     }
+}
+
+/// Locks `range` on fault (`mlock2(MLOCK_ONFAULT)`): nothing is populated,
+/// but the vma is VM_LOCKED, so the process's own MADV_DONTNEED, MADV_REMOVE,
+/// MADV_COLD and MADV_PAGEOUT fail with EINVAL, as they do on a vfio-pci
+/// VM_PFNMAP mapping. Needs RLIMIT_MEMLOCK room (or CAP_IPC_LOCK).
+pub fn lock_on_fault(range: Range<usize>) -> Result<(), i32> {
+    const MLOCK_ONFAULT: libc::c_uint = 1;
+    // SAFETY: changes vma flags of a mapping barmap created; populates
+    // nothing (ONFAULT).
+    let rc = unsafe {
+        libc::mlock2(
+            range.start as *const libc::c_void,
+            range.end - range.start,
+            MLOCK_ONFAULT,
+        )
+    };
+    if rc < 0 {
+        Err(errno())
+    } else {
+        Ok(())
+    }
+}
+
+/// Makes `range` inaccessible (a touch is SIGSEGV).
+pub fn protect_none(range: Range<usize>) -> Result<(), i32> {
+    // SAFETY: changes the protection of a mapping barmap created and owns.
+    let rc = unsafe {
+        libc::mprotect(
+            range.start as *mut libc::c_void,
+            range.end - range.start,
+            libc::PROT_NONE,
+        )
+    };
+    if rc < 0 {
+        Err(errno())
+    } else {
+        Ok(())
+    }
+}
+
+/// Copies `dst.len()` bytes from the process's memory at `src` into `dst`
+/// through the kernel (process_vm_readv on this process), as the kernel's
+/// copy_from_user does: an address that is unmapped, revoked or poisoned
+/// gives EFAULT instead of a signal. `src` may be a barmap mapping: its
+/// faults are served as usual.
+pub fn copy_from_user(src: *const u8, dst: &mut [u8]) -> Result<(), i32> {
+    probe(src as usize, dst.as_mut_ptr(), dst.len(), false)
+}
+
+/// Copies `src` to the process's memory at `dst`; see [`copy_from_user`].
+pub fn copy_to_user(src: &[u8], dst: *mut u8) -> Result<(), i32> {
+    probe(dst as usize, src.as_ptr() as *mut u8, src.len(), true)
 }
 
 /// Unmaps `range`.

@@ -8,8 +8,8 @@ use std::thread::JoinHandle;
 
 use crate::error::{Error, Result};
 use crate::fault::Core;
-use crate::mm::{Fault, SpaceId};
-use crate::uffd::UffdMm;
+use crate::mm::SpaceId;
+use crate::uffd::{Event, UffdMm};
 
 /// How service threads wait for events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -28,6 +28,9 @@ pub struct Service {
     stop: Arc<AtomicBool>,
     wakeup: Arc<OwnedFd>,
     threads: Vec<JoinHandle<()>>,
+    /// Set in a forked child: stopping would wake the parent's threads
+    /// through the shared eventfd.
+    detached: bool,
 }
 
 impl Service {
@@ -47,6 +50,7 @@ impl Service {
             stop: stop.clone(),
             wakeup: wakeup.clone(),
             threads: Vec::new(),
+            detached: false,
         };
         for i in 0..threads.max(1) {
             let (core, stop, wakeup) = (core.clone(), stop.clone(), wakeup.clone());
@@ -59,8 +63,20 @@ impl Service {
         Ok(service)
     }
 
+    /// Drops the handles without stopping or joining anything: in a forked
+    /// child, the threads and the eventfd's other end are the parent's.
+    pub fn forget(&mut self) {
+        self.detached = true;
+        for t in self.threads.drain(..) {
+            std::mem::forget(t);
+        }
+    }
+
     /// Stops and joins every service thread. Idempotent.
     pub fn stop(&mut self) {
+        if self.detached {
+            return;
+        }
         self.stop.store(true, Ordering::SeqCst);
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a valid u64 to our eventfd.
@@ -77,9 +93,26 @@ impl Drop for Service {
     }
 }
 
+/// Blocks every signal in the calling thread, so that no handler of the
+/// program ever runs on a fault service thread: a process-directed signal
+/// goes to another thread, and a thread-directed one stays pending. The
+/// faults barmap raises itself (SIGBUS, SIGSEGV) never come from these
+/// threads.
+fn block_signals() {
+    // SAFETY: sigfillset initialises the set; pthread_sigmask changes only
+    // this thread's mask.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+    }
+}
+
 fn serve(core: &Core<UffdMm>, stop: &AtomicBool, wakeup: &OwnedFd, mode: WaitMode) {
-    let uffd = core.mm().uffd();
-    let mut faults: Vec<Fault> = Vec::with_capacity(32);
+    block_signals();
+    let mm = core.mm();
+    let uffd = mm.uffd();
+    let mut events: Vec<Event> = Vec::with_capacity(32);
     while !stop.load(Ordering::Relaxed) {
         if mode == WaitMode::Poll {
             let mut fds = [
@@ -100,14 +133,39 @@ fn serve(core: &Core<UffdMm>, stop: &AtomicBool, wakeup: &OwnedFd, mode: WaitMod
                 continue; // EINTR, or the stop flag is about to be seen
             }
         }
-        faults.clear();
-        match uffd.read_faults(SpaceId::LOCAL, &mut faults) {
-            Ok(0) => std::hint::spin_loop(),
-            Ok(_) => {
-                for fault in &faults {
-                    core.handle_fault(fault);
+        events.clear();
+        // The process's own unmaps and moves reach the core before anything
+        // else, and before a zap may walk the registry (Mm::quiesce).
+        let read = mm.read_events_then(SpaceId::LOCAL, &mut events, |events| {
+            for event in events.iter() {
+                match event {
+                    Event::Unmap { space, range } => {
+                        core.forget(*space, range.clone());
+                    }
+                    Event::Remap {
+                        space,
+                        from,
+                        to,
+                        len,
+                    } => {
+                        core.moved(*space, *from, *to, *len);
+                    }
+                    Event::Fault(_) => {}
                 }
             }
+        });
+        match read {
+            Ok((0, ())) => std::hint::spin_loop(),
+            Ok(_) => {
+                for event in &events {
+                    if let Event::Fault(fault) = event {
+                        core.handle_fault(fault);
+                    }
+                }
+            }
+            // A signal interrupted the read (possible only if a signal was
+            // not blocked, e.g. one sent before the mask was set).
+            Err(libc::EINTR) => continue,
             Err(errno) => {
                 tracing::error!(errno, "reading userfaultfd failed; service thread stops");
                 return;

@@ -16,6 +16,9 @@ pub struct Counters {
     pub(crate) bugs: AtomicU64,
     pub(crate) zaps: AtomicU64,
     pub(crate) pages_zapped: AtomicU64,
+    pub(crate) zap_failures: AtomicU64,
+    pub(crate) unmap_events: AtomicU64,
+    pub(crate) remap_events: AtomicU64,
 }
 
 impl Counters {
@@ -36,6 +39,9 @@ impl Counters {
             bugs: self.bugs.load(Relaxed),
             zaps: self.zaps.load(Relaxed),
             pages_zapped: self.pages_zapped.load(Relaxed),
+            zap_failures: self.zap_failures.load(Relaxed),
+            unmap_events: self.unmap_events.load(Relaxed),
+            remap_events: self.remap_events.load(Relaxed),
         }
     }
 }
@@ -69,6 +75,14 @@ pub struct Stats {
     pub zaps: u64,
     /// Pages covered by those zaps.
     pub pages_zapped: u64,
+    /// Zaps that failed: those ranges were not revoked (reported as errors;
+    /// 0 unless something is badly wrong).
+    pub zap_failures: u64,
+    /// Unmaps of mapping ranges by the process itself (munmap, `MAP_FIXED`
+    /// over, an mremap shrink), which barmap forgot.
+    pub unmap_events: u64,
+    /// Moves of mapping ranges by the process itself (mremap).
+    pub remap_events: u64,
 }
 
 impl Stats {
@@ -90,6 +104,9 @@ impl Stats {
             bugs: self.bugs - earlier.bugs,
             zaps: self.zaps - earlier.zaps,
             pages_zapped: self.pages_zapped - earlier.pages_zapped,
+            zap_failures: self.zap_failures - earlier.zap_failures,
+            unmap_events: self.unmap_events - earlier.unmap_events,
+            remap_events: self.remap_events - earlier.remap_events,
         }
     }
 }

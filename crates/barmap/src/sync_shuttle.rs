@@ -40,6 +40,13 @@ impl<T> RwLock<T> {
     }
 }
 
+// The same source backs `crate::sync` and `crate::model::sync`: it names its
+// primitives only through `super`, like the fault path.
+#[allow(clippy::duplicate_mod)]
+#[path = "sync_fair.rs"]
+mod fair;
+pub use fair::{FairRwLock, FairRwLockReadGuard, FairRwLockWriteGuard};
+
 /// A condition variable paired with [`Mutex`], scheduled by shuttle.
 #[derive(Debug, Default)]
 pub struct Condvar(shuttle::sync::Condvar);

@@ -12,7 +12,15 @@
 //! | poison   | UFFDIO_POISON (the toucher gets SIGBUS)        |
 //! | zap      | MADV_DONTNEED (also clears poison markers)     |
 //! | wake     | UFFDIO_WAKE                                   |
-//! | unmap    | munmap (which drops the registration with it) |
+//! | unmap    | mprotect(PROT_NONE), UFFDIO_UNREGISTER, munmap |
+//!
+//! The userfaultfd also reports what the process itself does to a
+//! registered range (`UFFD_FEATURE_EVENT_UNMAP` and `EVENT_REMAP`): a
+//! munmap, a `MAP_FIXED` mapping over it, an mremap that shrinks or moves
+//! it. The process's call waits until the event is read, and the service
+//! hands it to the core ([`crate::fault::Core::forget`],
+//! [`crate::fault::Core::moved`]) before it serves anything else, so barmap
+//! never zaps or unmaps an address range that is no longer the device's.
 
 use std::fs::OpenOptions;
 use std::io;
@@ -31,12 +39,20 @@ const UFFDIO_POISON: u32 =
     0xC000_AA00 | ((std::mem::size_of::<sys::uffdio_poison>() as u32) << 16) | sys::_UFFDIO_POISON;
 // USERFAULTFD_IOC_NEW = _IO(0xAA, 0x00), on /dev/userfaultfd.
 const USERFAULTFD_IOC_NEW: u32 = 0xAA00;
-const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
+const UFFD_EVENT_PAGEFAULT: u8 = sys::UFFD_EVENT_PAGEFAULT as u8;
+const UFFD_EVENT_REMAP: u8 = sys::UFFD_EVENT_REMAP as u8;
+const UFFD_EVENT_UNMAP: u8 = sys::UFFD_EVENT_UNMAP as u8;
 const UFFD_PAGEFAULT_FLAG_WRITE: u64 = 1;
 
-/// Features barmap needs from UFFDIO_API.
-const REQUIRED_FEATURES: u64 =
-    (sys::UFFD_FEATURE_MINOR_SHMEM | sys::UFFD_FEATURE_THREAD_ID | sys::UFFD_FEATURE_POISON) as u64;
+/// Features barmap needs from UFFDIO_API: MINOR faults on shmem, the
+/// faulting thread's id, poison markers, and the process's own munmap and
+/// mremap of registered ranges (not `EVENT_REMOVE`: it would turn barmap's
+/// own zaps into events, and not `EVENT_FORK`: see ARCHITECTURE.md).
+const REQUIRED_FEATURES: u64 = (sys::UFFD_FEATURE_MINOR_SHMEM
+    | sys::UFFD_FEATURE_THREAD_ID
+    | sys::UFFD_FEATURE_POISON
+    | sys::UFFD_FEATURE_EVENT_UNMAP
+    | sys::UFFD_FEATURE_EVENT_REMAP) as u64;
 /// Features barmap asks for if the kernel has them: MINOR mode on hugetlbfs,
 /// needed only by BARs backed by huge pages.
 const OPTIONAL_FEATURES: u64 = sys::UFFD_FEATURE_MINOR_HUGETLBFS as u64;
@@ -160,7 +176,8 @@ impl Uffd {
         }
         .map_err(|e| {
             Error::UffdUnavailable(format!(
-                "UFFDIO_API with MINOR_SHMEM|THREAD_ID|POISON: {} (kernel 6.6 or later needed)",
+                "UFFDIO_API with MINOR_SHMEM|THREAD_ID|POISON|EVENT_UNMAP|EVENT_REMAP: {} \
+                 (kernel 6.6 or later needed)",
                 io::Error::from_raw_os_error(e)
             ))
         })?;
@@ -169,6 +186,23 @@ impl Uffd {
             access,
             features,
         })
+    }
+
+    /// Opens a userfaultfd with `UFFD_USER_MODE_ONLY`, as an unprivileged
+    /// process gets it on most distributions (for tests of that mode).
+    pub fn open_user_mode_only() -> Result<Uffd, Error> {
+        let flags = libc::O_CLOEXEC | libc::O_NONBLOCK | sys::UFFD_USER_MODE_ONLY as i32;
+        // SAFETY: as in `open`.
+        let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
+        if fd < 0 {
+            return Err(Error::UffdUnavailable(format!(
+                "userfaultfd(UFFD_USER_MODE_ONLY): {}",
+                io::Error::last_os_error()
+            )));
+        }
+        // SAFETY: a fresh fd returned by the kernel.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+        Self::negotiate(fd, UffdAccess::UserModeOnly)
     }
 
     /// Whether MINOR mode works on hugetlbfs (UFFD_FEATURE_MINOR_HUGETLBFS
@@ -206,6 +240,13 @@ impl Uffd {
         Ok(())
     }
 
+    /// UFFDIO_UNREGISTER of `range`: its faults stop reaching barmap and
+    /// threads waiting on them are woken.
+    pub fn unregister(&self, range: Range<usize>) -> Result<(), i32> {
+        let mut r = uffd_range(&range);
+        ioctl(self.raw(), linux_raw_sys::ioctl::UFFDIO_UNREGISTER, &mut r)
+    }
+
     /// UFFDIO_CONTINUE over `range`: Ok(()) if all mapped; on failure the
     /// errno and the bytes mapped before it.
     pub fn continue_range(&self, range: Range<usize>) -> Result<(), (i32, usize)> {
@@ -236,9 +277,9 @@ impl Uffd {
         }
     }
 
-    /// Reads pending page-fault events into `out`; returns how many (0 when
-    /// none is pending). Other event kinds are not enabled and are skipped.
-    pub fn read_faults(&self, space: SpaceId, out: &mut Vec<Fault>) -> Result<usize, i32> {
+    /// Reads pending events into `out`; returns how many (0 when none is
+    /// pending). Page faults are reported for `space`.
+    pub fn read_events(&self, space: SpaceId, out: &mut Vec<Event>) -> Result<usize, i32> {
         const MSG: usize = std::mem::size_of::<sys::uffd_msg>();
         let mut buf = [0u8; MSG * 32];
         // SAFETY: `buf` is valid for writes of its full length.
@@ -248,24 +289,59 @@ impl Uffd {
             return if e == libc::EAGAIN { Ok(0) } else { Err(e) };
         }
         let before = out.len();
+        let word = |msg: &[u8], at: usize| u64::from_ne_bytes(msg[at..at + 8].try_into().unwrap());
         for msg in buf[..n as usize].chunks_exact(MSG) {
-            // struct uffd_msg: event (u8) at 0; pagefault.flags at 8,
-            // .address at 16, .feat.ptid at 24.
-            if msg[0] != UFFD_EVENT_PAGEFAULT {
-                continue;
+            // struct uffd_msg: event (u8) at 0, the event's arguments from 8:
+            // pagefault {flags, address, ptid (u32)}, remap {from, to, len},
+            // unmap {start, end}.
+            match msg[0] {
+                UFFD_EVENT_PAGEFAULT => out.push(Event::Fault(Fault {
+                    space,
+                    addr: word(msg, 16) as usize,
+                    tid: u32::from_ne_bytes(msg[24..28].try_into().unwrap()),
+                    write: word(msg, 8) & UFFD_PAGEFAULT_FLAG_WRITE != 0,
+                })),
+                UFFD_EVENT_UNMAP => out.push(Event::Unmap {
+                    space,
+                    range: word(msg, 8) as usize..word(msg, 16) as usize,
+                }),
+                UFFD_EVENT_REMAP => out.push(Event::Remap {
+                    space,
+                    from: word(msg, 8) as usize,
+                    to: word(msg, 16) as usize,
+                    len: word(msg, 24) as usize,
+                }),
+                other => tracing::warn!(event = other, "unexpected userfaultfd event"),
             }
-            let flags = u64::from_ne_bytes(msg[8..16].try_into().unwrap());
-            let addr = u64::from_ne_bytes(msg[16..24].try_into().unwrap());
-            let tid = u32::from_ne_bytes(msg[24..28].try_into().unwrap());
-            out.push(Fault {
-                space,
-                addr: addr as usize,
-                tid,
-                write: flags & UFFD_PAGEFAULT_FLAG_WRITE != 0,
-            });
         }
         Ok(out.len() - before)
     }
+}
+
+/// An event read from a userfaultfd.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A thread touched a registered page that is not mapped.
+    Fault(Fault),
+    /// The process unmapped `range` (munmap, `MAP_FIXED` over it, the tail
+    /// of a shrinking mremap).
+    Unmap {
+        /// Address space.
+        space: SpaceId,
+        /// The unmapped addresses.
+        range: Range<usize>,
+    },
+    /// The process moved `len` bytes at `from` to `to` (mremap).
+    Remap {
+        /// Address space.
+        space: SpaceId,
+        /// Old start.
+        from: usize,
+        /// New start.
+        to: usize,
+        /// Bytes moved (the old length; a grown part is not the device's).
+        len: usize,
+    },
 }
 
 /// The fault path's [`Mm`] over one process's userfaultfd.
@@ -275,12 +351,35 @@ impl Uffd {
 #[derive(Debug)]
 pub struct UffdMm {
     uffd: Uffd,
+    /// Service threads between reading events and handing the process's
+    /// unmap/remap events to the core (see [`Mm::quiesce`]).
+    events_in_hand: std::sync::atomic::AtomicUsize,
 }
 
 impl UffdMm {
     /// Wraps `uffd`.
     pub fn new(uffd: Uffd) -> Self {
-        UffdMm { uffd }
+        UffdMm {
+            uffd,
+            events_in_hand: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// Reads pending events, counting the reader as holding events until
+    /// `handled` returns (it hands unmap/remap events to the core); see
+    /// [`Mm::quiesce`].
+    pub fn read_events_then<R>(
+        &self,
+        space: SpaceId,
+        out: &mut Vec<Event>,
+        handled: impl FnOnce(&mut Vec<Event>) -> R,
+    ) -> Result<(usize, R), i32> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.events_in_hand.fetch_add(1, SeqCst);
+        let result = self.uffd.read_events(space, out);
+        let r = result.map(|n| (n, handled(out)));
+        self.events_in_hand.fetch_sub(1, SeqCst);
+        r
     }
 
     /// The userfaultfd.
@@ -289,21 +388,65 @@ impl UffdMm {
     }
 
     /// CONTINUE over `range`, retrying partial progress, until done or a
-    /// present page stops it.
-    fn fill(&self, range: Range<usize>) -> Result<Inserted, MmError> {
+    /// present page stops it. One UFFDIO_CONTINUE cannot cross a vma
+    /// boundary (ENOENT), and the process may have split the mapping (an
+    /// mprotect of part of it): on ENOENT the range is filled in halves.
+    fn fill(&self, range: Range<usize>, unit: usize) -> Result<Inserted, MmError> {
         let mut at = range.start;
         while at < range.end {
             match self.uffd.continue_range(at..range.end) {
                 Ok(()) => at = range.end,
                 // Partial progress; the next call says why it stopped.
                 Err((libc::EAGAIN, mapped)) if mapped > 0 => at += mapped,
+                // The address space is changing (an mremap in flight): let
+                // the thread retry once it is done.
+                Err((libc::EAGAIN, _)) if at == range.start => return Err(MmError::Again),
                 Err((libc::EEXIST, _)) => {
                     return Ok(Inserted {
                         mapped: (at - range.start) / PAGE_SIZE,
                         stopped_at_present: true,
                     })
                 }
-                Err((libc::ENOENT, _)) => return Err(MmError::Gone),
+                Err((libc::ENOENT, _)) if range.end - at > unit => {
+                    let mid = at + (range.end - at) / 2 / unit * unit;
+                    let first = match self.fill(at..mid, unit) {
+                        Err(MmError::Gone) if at == range.start => return Err(MmError::Gone),
+                        Err(MmError::Gone) | Err(MmError::Again) => {
+                            return Ok(Inserted {
+                                mapped: (at - range.start) / PAGE_SIZE,
+                                stopped_at_present: true,
+                            })
+                        }
+                        other => other?,
+                    };
+                    let done = (at - range.start) / PAGE_SIZE + first.mapped;
+                    if first.stopped_at_present {
+                        return Ok(Inserted {
+                            mapped: done,
+                            stopped_at_present: true,
+                        });
+                    }
+                    return match self.fill(mid..range.end, unit) {
+                        Ok(second) => Ok(Inserted {
+                            mapped: done + second.mapped,
+                            stopped_at_present: second.stopped_at_present,
+                        }),
+                        // The rest is not fillable now: report a stop, so
+                        // that a fault behind it is served on its own.
+                        Err(MmError::Gone) | Err(MmError::Again) => Ok(Inserted {
+                            mapped: done,
+                            stopped_at_present: true,
+                        }),
+                        Err(e) => Err(e),
+                    };
+                }
+                Err((libc::ENOENT, _)) if at == range.start => return Err(MmError::Gone),
+                Err((libc::ENOENT, _)) | Err((libc::EAGAIN, _)) => {
+                    return Ok(Inserted {
+                        mapped: (at - range.start) / PAGE_SIZE,
+                        stopped_at_present: true,
+                    })
+                }
                 Err((e, _)) => return Err(MmError::Os(e)),
             }
         }
@@ -315,8 +458,8 @@ impl UffdMm {
 }
 
 impl Mm for UffdMm {
-    fn remap(&self, _map: &MapInfo, range: Range<usize>) -> Result<(), MmError> {
-        match self.fill(range)? {
+    fn remap(&self, map: &MapInfo, range: Range<usize>) -> Result<(), MmError> {
+        match self.fill(range, map.page_size)? {
             Inserted {
                 mapped,
                 stopped_at_present: true,
@@ -325,8 +468,8 @@ impl Mm for UffdMm {
         }
     }
 
-    fn insert(&self, _map: &MapInfo, range: Range<usize>) -> Result<Inserted, MmError> {
-        self.fill(range)
+    fn insert(&self, map: &MapInfo, range: Range<usize>) -> Result<Inserted, MmError> {
+        self.fill(range, map.page_size)
     }
 
     fn poison(&self, _map: &MapInfo, range: Range<usize>) -> Result<(), MmError> {
@@ -356,6 +499,32 @@ impl Mm for UffdMm {
     }
 
     fn unmap(&self, _map: &MapInfo, range: Range<usize>) -> Result<(), MmError> {
+        // Inaccessible first (a touch from here on is SIGSEGV, as after the
+        // munmap), then unregistered (waiting faults are woken and retry into
+        // that SIGSEGV; no UNMAP event will make the munmap wait for the
+        // service), then unmapped.
+        crate::os::protect_none(range.clone()).map_err(MmError::Os)?;
+        if let Err(e) = self.uffd.unregister(range.clone()) {
+            tracing::warn!(errno = e, "UFFDIO_UNREGISTER before munmap failed");
+        }
         crate::os::unmap(range).map_err(MmError::Os)
+    }
+
+    fn quiesce(&self) {
+        // Events read but not yet handed to the core: a munmap they report
+        // has already returned to the process, which may reuse the range.
+        let mut spins = 0u32;
+        while self
+            .events_in_hand
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > 0
+        {
+            spins += 1;
+            if spins < 64 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
     }
 }

@@ -147,6 +147,7 @@ impl World {
             core: Core::new(
                 SimMm::new(mutation),
                 CoreConfig {
+                    populate: false,
                     policy,
                     chunk: 2 * PAGE_SIZE,
                     mutation,

@@ -9,8 +9,10 @@
 //!   covering the page (install, poison or explicit wake), then retries;
 //! - a touch of a poisoned page is SIGBUS; of an unmapped address SIGSEGV;
 //! - zap clears pages and poison and wakes nobody; unmap wakes nobody either
-//!   (userfaultfd without UNMAP events), so a fault the core finds stale
-//!   must be woken by the core.
+//!   (conservatively: the real unmap's UFFDIO_UNREGISTER does wake), so a
+//!   fault the core finds stale must be woken by the core;
+//! - poison needs a registered range: an unmapped or not yet registered one
+//!   (reserved PROT_NONE, before the core tracks it) is ENOENT.
 //! - injected failures: the next fill maps half its range and fails.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -314,6 +316,21 @@ impl Mm for SimMm {
 
     fn poison(&self, _map: &MapInfo, range: Range<usize>) -> Result<(), MmError> {
         let mut s = self.state.lock();
+        // Only a registered range can be poisoned: an unmapped one, or one
+        // reserved but not yet registered (a new mapping is tracked by the
+        // core before it is registered), is ENOENT.
+        if !Self::covered(&s, &range)
+            || s.hidden
+                .iter()
+                .any(|h| h.start < range.end && range.start < h.end)
+        {
+            s.trace.push(format!(
+                "[{}] poison {:#x}: not registered",
+                me(),
+                range.start
+            ));
+            return Err(MmError::Gone);
+        }
         for page in range.clone().step_by(PAGE_SIZE) {
             if s.ptes.contains_key(&page) {
                 s.trace.push(format!("[{}] poison {page:#x}: EEXIST", me()));
