@@ -29,6 +29,8 @@ struct Step {
 #[derive(Serialize)]
 struct DemoResult {
     policy: String,
+    /// How the userfaultfd was obtained (what kernel-mode accesses can do).
+    uffd_access: barmap::UffdAccess,
     threads: usize,
     errors: u64,
     /// SIGBUS answers by the fault service while memory was off.
@@ -218,6 +220,7 @@ fn demo(args: &DemoArgs) -> barmap::Result<DemoResult> {
     let stats = device.stats();
     Ok(DemoResult {
         policy: device.policy().to_string(),
+        uffd_access: device.uffd_access(),
         threads,
         errors,
         sigbus: answered,
@@ -258,8 +261,14 @@ pub fn sigbus_child() -> i32 {
 
 fn print_human(r: &DemoResult) {
     println!(
-        "barmap demo: the vfio-pci BAR fault path on userfaultfd (policy {})",
-        r.policy
+        "barmap demo: the vfio-pci BAR fault path on userfaultfd (policy {}, userfaultfd {})",
+        r.policy,
+        match r.uffd_access {
+            barmap::UffdAccess::Syscall => "from the syscall, all faults",
+            barmap::UffdAccess::DevNode => "from /dev/userfaultfd, all faults",
+            barmap::UffdAccess::UserModeOnly =>
+                "user-mode faults only: mappings kept populated while memory is on",
+        }
     );
     for (i, s) in r.steps.iter().enumerate() {
         println!(

@@ -354,6 +354,7 @@ impl DeviceBuilder {
                 validate_spec(i, spec, &self.regions)?;
             }
         }
+        raise_fd_limit();
         let uffd = if self.user_mode_only {
             Uffd::open_user_mode_only()?
         } else {
@@ -434,6 +435,26 @@ impl DeviceBuilder {
             service,
         })
     }
+}
+
+/// Raises this process's soft RLIMIT_NOFILE to its hard limit, once: each
+/// device holds a memfd per BAR, a userfaultfd and an eventfd, and the
+/// common soft limit of 1024 would stop a program at a few hundred devices.
+fn raise_fd_limit() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: get/setrlimit with a valid rlimit struct.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+                lim.rlim_cur = lim.rlim_max;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            }
+        }
+    });
 }
 
 fn validate_spec(i: usize, spec: &RegionSpec, all: &[Option<RegionSpec>]) -> Result<()> {

@@ -11,6 +11,10 @@ use crate::fault::Core;
 use crate::mm::SpaceId;
 use crate::uffd::{Event, UffdMm};
 
+/// A service thread's stack: the fault path is shallow (no recursion but
+/// the fill's bisection at a split mapping, a few frames per level).
+const SERVICE_STACK: usize = 256 << 10;
+
 /// How service threads wait for events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -55,6 +59,7 @@ impl Service {
         for i in 0..threads.max(1) {
             let (core, stop, wakeup) = (core.clone(), stop.clone(), wakeup.clone());
             let handle = std::thread::Builder::new()
+                .stack_size(SERVICE_STACK)
                 .name(format!("barmap-fault-{i}"))
                 .spawn(move || serve(&core, &stop, &wakeup, mode))
                 .map_err(|e| Error::os("spawn service thread")(e.raw_os_error().unwrap_or(0)))?;
