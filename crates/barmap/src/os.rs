@@ -198,7 +198,18 @@ pub fn map_shared(fd: &OwnedFd, offset: u64, len: usize) -> Result<usize, i32> {
 
 /// Makes `range` readable, and writable if asked.
 pub fn protect(range: Range<usize>, writable: bool) -> Result<(), i32> {
-    let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
+    mprotect(
+        range,
+        libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 },
+    )
+}
+
+/// Makes `range` inaccessible (a touch is SIGSEGV).
+pub fn protect_none(range: Range<usize>) -> Result<(), i32> {
+    mprotect(range, libc::PROT_NONE)
+}
+
+fn mprotect(range: Range<usize>, prot: i32) -> Result<(), i32> {
     // SAFETY: changes the protection of a mapping barmap created and owns.
     let rc = unsafe {
         libc::mprotect(
@@ -257,23 +268,6 @@ pub fn lock_on_fault(range: Range<usize>) -> Result<(), i32> {
             range.start as *const libc::c_void,
             range.end - range.start,
             MLOCK_ONFAULT,
-        )
-    };
-    if rc < 0 {
-        Err(errno())
-    } else {
-        Ok(())
-    }
-}
-
-/// Makes `range` inaccessible (a touch is SIGSEGV).
-pub fn protect_none(range: Range<usize>) -> Result<(), i32> {
-    // SAFETY: changes the protection of a mapping barmap created and owns.
-    let rc = unsafe {
-        libc::mprotect(
-            range.start as *mut libc::c_void,
-            range.end - range.start,
-            libc::PROT_NONE,
         )
     };
     if rc < 0 {
