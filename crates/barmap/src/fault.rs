@@ -275,6 +275,9 @@ impl<B: Mm> Core<B> {
     /// part) of `entry`.
     /// Returns whether the whole mapping is now gone.
     pub fn unmap(&self, entry: &Arc<MapEntry>, range: Range<usize>) -> Result<bool, MmError> {
+        // The process may have moved or unmapped part of it a moment ago:
+        // never unmap addresses that are no longer the mapping's.
+        self.mm.quiesce();
         let mut live = entry.live.write();
         let idx = live
             .iter()

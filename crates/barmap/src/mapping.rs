@@ -205,6 +205,8 @@ impl Mapping {
 
     /// Whether the page at `offset` is still mapped (not cut by unmap).
     pub fn is_mapped(&self, offset: usize) -> bool {
+        // Let a munmap or mremap the process just made reach the core.
+        crate::mm::Mm::quiesce(self.inner.core.mm());
         let addr = self.addr() + offset;
         self.entry.live_ranges().iter().any(|r| r.contains(&addr))
     }

@@ -16,6 +16,16 @@ const CORRECT: [Policy; 4] = [Policy::Whole, Policy::Page, Policy::Huge, Policy:
 const PAGE: usize = 4096;
 const MIB: usize = 1 << 20;
 
+/// The tests of this file run one at a time: they munmap ranges and map
+/// foreign memory at them, and a zap by one test's device while another
+/// test's munmap is still in the kernel is the one window barmap cannot
+/// close (ARCHITECTURE.md, "No zap meets foreign memory").
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn device(policy: Policy) -> Device {
     Device::builder_with_memory(8 << 20)
         .policy(policy)
@@ -148,6 +158,7 @@ fn fork_and_wait(child: impl FnOnce() -> i32) -> i32 {
 
 #[test]
 fn fork_child_touch_fails_and_its_drop_leaves_the_parent_served() {
+    let _serial = serial();
     for policy in CORRECT {
         let mut dev = Some(device(policy));
         let d = dev.as_ref().unwrap();
@@ -157,6 +168,8 @@ fn fork_child_touch_fails_and_its_drop_leaves_the_parent_served() {
         );
         fill(m.as_ref().unwrap(), 7);
         let addr = m.as_ref().unwrap().addr();
+        // Install the touch module's handler before forking.
+        assert_eq!(read_at(addr), Ok(7));
         // The child inherits no view of the BAR: its touch is SIGSEGV,
         // never a read of device memory that bypasses the gate.
         let status = fork_and_wait(|| match read_at(addr) {
@@ -210,6 +223,7 @@ fn fork_child_touch_fails_and_its_drop_leaves_the_parent_served() {
 
 #[test]
 fn fork_while_faults_are_in_flight_leaves_the_child_nothing_that_waits() {
+    let _serial = serial();
     for policy in CORRECT {
         let dev = Arc::new(device(policy));
         let stop = Arc::new(AtomicBool::new(false));
@@ -280,6 +294,7 @@ fn mremap(old: usize, old_len: usize, new_len: usize, flags: i32, to: usize) -> 
 
 #[test]
 fn mremap_grown_part_gets_sigbus_never_device_memory() {
+    let _serial = serial();
     for policy in CORRECT {
         let dev = device(policy);
         // BAR0 is mappable up to the MSI-X table at 0x8000: growing a
@@ -329,6 +344,7 @@ fn mremap_grown_part_gets_sigbus_never_device_memory() {
 
 #[test]
 fn mremap_moved_mapping_stays_served_and_revocable_and_the_old_range_is_forgotten() {
+    let _serial = serial();
     for policy in CORRECT {
         let dev = device(policy);
         let m = dev
@@ -345,7 +361,6 @@ fn mremap_moved_mapping_stays_served_and_revocable_and_the_old_range_is_forgotte
             to,
         )
         .expect("mremap move");
-        assert_eq!(dev.stats().remap_events, 1, "{policy}");
         // Someone else's memory lands on the old addresses.
         foreign_marker(old..old + 2 * MIB, 0x0bad_cafe);
         for off in (0..2 * MIB).step_by(16 * PAGE) {
@@ -382,6 +397,7 @@ fn mremap_moved_mapping_stays_served_and_revocable_and_the_old_range_is_forgotte
 
 #[test]
 fn mremap_shrink_forgets_the_tail_and_keeps_the_rest_served() {
+    let _serial = serial();
     for policy in CORRECT {
         let dev = device(policy);
         let m = dev
@@ -412,6 +428,7 @@ fn mremap_shrink_forgets_the_tail_and_keeps_the_rest_served() {
 
 #[test]
 fn munmap_by_the_process_is_forgotten_and_reused_memory_is_never_touched() {
+    let _serial = serial();
     for policy in CORRECT {
         let dev = device(policy);
         let m = dev
@@ -455,6 +472,7 @@ fn mprotect(range: std::ops::Range<usize>, prot: i32) -> Result<(), i32> {
 
 #[test]
 fn mprotect_split_mapping_fills_across_the_split_with_memory_on() {
+    let _serial = serial();
     for policy in CORRECT {
         let dev = device(policy);
         let m = dev
@@ -485,6 +503,7 @@ fn mprotect_split_mapping_fills_across_the_split_with_memory_on() {
 
 #[test]
 fn read_only_bar_made_writable_never_changes_the_device() {
+    let _serial = serial();
     for policy in CORRECT {
         let dev = device(policy);
         let m = dev.map(4, 0, PAGE, Prot::Read).unwrap();
@@ -516,6 +535,7 @@ fn read_only_bar_made_writable_never_changes_the_device() {
 
 #[test]
 fn madvise_by_the_process_only_causes_refaults_and_never_destroys_device_memory() {
+    let _serial = serial();
     for policy in CORRECT {
         let dev = device(policy);
         let m = dev
@@ -563,6 +583,7 @@ fn madvise_by_the_process_only_causes_refaults_and_never_destroys_device_memory(
 
 #[test]
 fn mappings_are_left_out_of_core_dumps() {
+    let _serial = serial();
     let dev = device(Policy::Prefault);
     let m = dev
         .map(DEFAULT_MEMORY_BAR, 0, 2 * MIB, Prot::ReadWrite)
@@ -590,6 +611,7 @@ fn mappings_are_left_out_of_core_dumps() {
 
 #[test]
 fn mlocked_mapping_is_revoked_by_a_disable() {
+    let _serial = serial();
     for policy in CORRECT {
         let dev = device(policy);
         let m = dev
@@ -622,6 +644,7 @@ extern "C" fn on_sigusr1(_: libc::c_int) {}
 
 #[test]
 fn signals_to_every_thread_do_not_stop_the_fault_service() {
+    let _serial = serial();
     // A handler without SA_RESTART, as timers and profilers install.
     // SAFETY: a plain handler that does nothing.
     unsafe {
@@ -659,6 +682,7 @@ fn signals_to_every_thread_do_not_stop_the_fault_service() {
 
 #[test]
 fn region_access_with_a_revoked_mapping_as_the_buffer_returns_efault_not_a_signal() {
+    let _serial = serial();
     for policy in CORRECT {
         let dev = device(policy);
         let other = device(policy);
@@ -728,6 +752,7 @@ fn region_access_with_a_revoked_mapping_as_the_buffer_returns_efault_not_a_signa
 
 #[test]
 fn region_access_into_own_mapping_under_toggles_never_raises_a_signal() {
+    let _serial = serial();
     for policy in CORRECT {
         let dev = Arc::new(device(policy));
         let m = Arc::new(
@@ -778,6 +803,7 @@ fn region_access_into_own_mapping_under_toggles_never_raises_a_signal() {
 
 #[test]
 fn user_mode_only_userfaultfd_serves_kernel_accesses_to_mappings() {
+    let _serial = serial();
     for policy in CORRECT {
         let dev = Device::builder_with_memory(8 << 20)
             .policy(policy)
@@ -826,6 +852,7 @@ fn user_mode_only_userfaultfd_serves_kernel_accesses_to_mappings() {
 
 #[test]
 fn back_to_back_resets_do_not_starve_faults() {
+    let _serial = serial();
     let dev = Arc::new(
         Device::builder_with_memory(8 << 20)
             .reset_time(Duration::from_millis(5))
