@@ -249,6 +249,9 @@ impl<B: Mm> Core<B> {
     /// Starts tracking a mapping that the backend has just created and
     /// registered; `info.id` is assigned here. Returns its entry.
     pub fn register(&self, mut info: MapInfo) -> Arc<MapEntry> {
+        // A range the process just unmapped may be the one being mapped
+        // again: its forget must land first, not cut the new mapping.
+        self.mm.quiesce();
         let unit = info.page_size;
         assert!(unit >= PAGE_SIZE && unit.is_power_of_two());
         assert!(info.start % unit == 0 && info.len % unit == 0 && info.offset % unit as u64 == 0);
@@ -897,6 +900,8 @@ impl<B: Mm> Core<B> {
         if self.mutated(Mutation::KeepPoison) {
             return;
         }
+        // As in zap_all: never walk a range the process has reused.
+        self.mm.quiesce();
         for entry in self.mappings() {
             if entry.poisoned.swap(false, Ordering::Relaxed) {
                 let live = entry.live.read();

@@ -354,6 +354,10 @@ pub struct UffdMm {
     /// Service threads between reading events and handing the process's
     /// unmap/remap events to the core (see [`Mm::quiesce`]).
     events_in_hand: std::sync::atomic::AtomicUsize,
+    /// One reader at a time, from the read to the hand-over: events reach
+    /// the core in the order the kernel queued them (an mremap's REMAP
+    /// before the UNMAP of the range it vacated).
+    reader: std::sync::Mutex<()>,
 }
 
 impl UffdMm {
@@ -362,12 +366,14 @@ impl UffdMm {
         UffdMm {
             uffd,
             events_in_hand: std::sync::atomic::AtomicUsize::new(0),
+            reader: std::sync::Mutex::new(()),
         }
     }
 
     /// Reads pending events, counting the reader as holding events until
     /// `handled` returns (it hands unmap/remap events to the core); see
-    /// [`Mm::quiesce`].
+    /// [`Mm::quiesce`]. Readers take turns, so the core sees events in the
+    /// kernel's order.
     pub fn read_events_then<R>(
         &self,
         space: SpaceId,
@@ -375,6 +381,7 @@ impl UffdMm {
         handled: impl FnOnce(&mut Vec<Event>) -> R,
     ) -> Result<(usize, R), i32> {
         use std::sync::atomic::Ordering::SeqCst;
+        let _reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
         self.events_in_hand.fetch_add(1, SeqCst);
         let result = self.uffd.read_events(space, out);
         let r = result.map(|n| (n, handled(out)));
