@@ -91,10 +91,6 @@ impl MapEntry {
     pub fn live_ranges(&self) -> Vec<Range<usize>> {
         self.live.read().iter().map(|p| p.start..p.end()).collect()
     }
-    /// The parts of the mapping that are still mapped, with their offsets.
-    pub fn live_parts(&self) -> Vec<MapInfo> {
-        self.live.read().clone()
-    }
 }
 
 /// The entry whose live part in `space` contains `addr`.
@@ -318,24 +314,7 @@ impl<B: Mm> Core<B> {
     /// someone else's memory. Returns how many parts were cut.
     pub fn forget(&self, space: SpaceId, range: Range<usize>) -> usize {
         let _span = tracing::debug_span!("forget", start = range.start, end = range.end).entered();
-        let mut cuts = 0;
-        for entry in self.entries_in(space, &range) {
-            let mut live = entry.live.write();
-            let mut kept = Vec::with_capacity(live.len() + 1);
-            for part in live.iter() {
-                match overlap(&(part.start..part.end()), &range) {
-                    Some(hole) => {
-                        let pieces = cut(part, &hole);
-                        self.replace_in_registry(&entry, part, &pieces);
-                        kept.extend(pieces);
-                        cuts += 1;
-                    }
-                    None => kept.push(part.clone()),
-                }
-            }
-            *live = kept;
-            self.after_cut(&entry, &live);
-        }
+        let cuts = self.take_out(space, range, None);
         if cuts > 0 {
             Counters::add(&self.counters.unmap_events, 1);
         }
@@ -347,32 +326,40 @@ impl<B: Mm> Core<B> {
     /// device offsets. Returns how many parts moved.
     pub fn moved(&self, space: SpaceId, from: usize, to: usize, len: usize) -> usize {
         let _span = tracing::debug_span!("moved", from, to, len).entered();
-        let old = from..from + len;
-        let mut moves = 0;
-        for entry in self.entries_in(space, &old) {
-            let mut live = entry.live.write();
-            let mut kept = Vec::with_capacity(live.len() + 2);
-            for part in live.iter() {
-                match overlap(&(part.start..part.end()), &old) {
-                    Some(r) => {
-                        let mut pieces = cut(part, &r);
-                        let mut moved = sub_part(part, r.clone());
-                        moved.start = to + (r.start - from);
-                        self.replace_in_registry(&entry, part, &pieces);
-                        self.replace_in_registry(&entry, &moved, std::slice::from_ref(&moved));
-                        pieces.push(moved);
-                        kept.extend(pieces);
-                        moves += 1;
-                    }
-                    None => kept.push(part.clone()),
-                }
-            }
-            *live = kept;
-        }
+        let moves = self.take_out(space, from..from + len, Some(to));
         if moves > 0 {
             Counters::add(&self.counters.remap_events, 1);
         }
         moves
+    }
+
+    /// Cuts `range` out of every live part in `space`; with `to`, the cut
+    /// pieces live on at `to + (their start - range.start)`. Returns how
+    /// many parts were cut.
+    fn take_out(&self, space: SpaceId, range: Range<usize>, to: Option<usize>) -> usize {
+        let mut cuts = 0;
+        for entry in self.entries_in(space, &range) {
+            let mut live = entry.live.write();
+            let mut kept = Vec::with_capacity(live.len() + 2);
+            for part in live.iter() {
+                let Some(hole) = overlap(&(part.start..part.end()), &range) else {
+                    kept.push(part.clone());
+                    continue;
+                };
+                let mut pieces = cut(part, &hole);
+                if let Some(to) = to {
+                    let mut moved = sub_part(part, hole.clone());
+                    moved.start = to + (hole.start - range.start);
+                    pieces.push(moved);
+                }
+                self.replace_in_registry(&entry, part, &pieces);
+                kept.extend(pieces);
+                cuts += 1;
+            }
+            *live = kept;
+            self.after_cut(&entry, &live);
+        }
+        cuts
     }
 
     /// Entries with a live part intersecting `range` of `space`, once each.
