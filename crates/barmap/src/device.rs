@@ -10,11 +10,12 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::fault::{BugEvent, Core, CoreConfig};
 use crate::mapping::Mapping;
-use crate::mm::{MapId, MapInfo, SpaceId, HUGE_SIZE, PAGE_SIZE};
+use crate::mm::{MapId, MapInfo, HUGE_SIZE, PAGE_SIZE};
 use crate::policy::Policy;
-use crate::service::{Service, WaitMode};
+use crate::service::WaitMode;
+use crate::space::AddressSpace;
 use crate::stats::Stats;
-use crate::uffd::{Uffd, UffdAccess, UffdMm};
+use crate::uffd::{UffdAccess, UffdMm};
 use barmap_target::Prot;
 
 /// PCI config-space offsets and bits used here.
@@ -272,8 +273,8 @@ pub struct DeviceBuilder {
     class: u32,
     regions: Vec<Option<RegionSpec>>,
     policy: Policy,
-    service_threads: usize,
-    wait: WaitMode,
+    service_threads: Option<usize>,
+    wait: Option<WaitMode>,
     reset_time: Duration,
     memory_enabled: bool,
     user_mode_only: bool,
@@ -287,8 +288,8 @@ impl Default for DeviceBuilder {
             class: 0x05_00_00, // memory controller
             regions: vec![None; pci::NUM_BARS],
             policy: Policy::default(),
-            service_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            wait: WaitMode::Poll,
+            service_threads: None,
+            wait: None,
             reset_time: Duration::from_millis(5),
             memory_enabled: true,
             user_mode_only: false,
@@ -315,14 +316,18 @@ impl DeviceBuilder {
         self.policy = policy;
         self
     }
-    /// Number of fault service threads (default: one per core).
+    /// Gives the device a fault service of its own, with `n` threads and
+    /// a userfaultfd of its own (a [`AddressSpace::private`]). By default
+    /// every device of a process shares one service of one thread per core.
     pub fn service_threads(mut self, n: usize) -> Self {
-        self.service_threads = n.max(1);
+        self.service_threads = Some(n.max(1));
         self
     }
-    /// How service threads wait for faults (default: poll).
+    /// Gives the device a fault service of its own whose threads wait in
+    /// `wait` mode (see [`DeviceBuilder::service_threads`]; default: the
+    /// shared service, which polls).
     pub fn wait_mode(mut self, wait: WaitMode) -> Self {
-        self.wait = wait;
+        self.wait = Some(wait);
         self
     }
     /// How long a reset holds the memory gate (default 5 ms).
@@ -343,8 +348,9 @@ impl DeviceBuilder {
         self
     }
 
-    /// Validates the description, allocates every BAR's memory, opens the
-    /// userfaultfd and starts the service threads.
+    /// Validates the description, allocates every BAR's memory and joins
+    /// the process's address space (opening its userfaultfd and starting
+    /// its service threads if this is its first device).
     ///
     /// A BAR with [`RegionSpec::huge_pages`] fails the build with a typed
     /// error if it cannot get them; nothing falls back to small pages.
@@ -355,13 +361,18 @@ impl DeviceBuilder {
             }
         }
         raise_fd_limit();
-        let uffd = if self.user_mode_only {
-            Uffd::open_user_mode_only()?
+        let space = if self.service_threads.is_some() || self.wait.is_some() {
+            Arc::new(AddressSpace::private(
+                self.user_mode_only,
+                self.service_threads
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                self.wait.unwrap_or_default(),
+            )?)
         } else {
-            Uffd::open()?
+            AddressSpace::shared(self.user_mode_only)?
         };
-        let access = uffd.access();
-        if self.regions.iter().flatten().any(|s| s.huge_pages) && !uffd.minor_hugetlbfs() {
+        let access = space.access();
+        if self.regions.iter().flatten().any(|s| s.huge_pages) && !space.minor_hugetlbfs() {
             return Err(Error::HugePagesUnsupported(
                 "the kernel's userfaultfd has no MINOR mode for hugetlbfs \
                  (UFFD_FEATURE_MINOR_HUGETLBFS, Linux 5.13 or later)"
@@ -405,9 +416,9 @@ impl DeviceBuilder {
                 .map_err(Error::os("BAR init"))?;
             regions.push(Some(region));
         }
-        let minor_hugetlbfs = uffd.minor_hugetlbfs();
+        let minor_hugetlbfs = space.minor_hugetlbfs();
         let core = Arc::new(Core::new(
-            UffdMm::new(uffd),
+            UffdMm::new(space.shared_state().clone()),
             CoreConfig {
                 policy: self.policy,
                 // A userfaultfd that sees only user-mode faults cannot serve
@@ -417,14 +428,15 @@ impl DeviceBuilder {
                 ..CoreConfig::default()
             },
         ));
+        space.shared_state().attach(&core);
         let config = ConfigSpace::new(&self, &regions);
         if !self.memory_enabled {
             core.set_memory_enabled(false);
         }
-        let service = Service::start(core.clone(), self.service_threads, self.wait)?;
         Ok(Device {
             inner: Arc::new(Inner {
                 core,
+                space,
                 regions,
                 config: Mutex::new(config),
                 access,
@@ -432,14 +444,13 @@ impl DeviceBuilder {
                 reset_time: self.reset_time,
                 owner: std::process::id(),
             }),
-            service,
         })
     }
 }
 
 /// Raises this process's soft RLIMIT_NOFILE to its hard limit, once: each
-/// device holds a memfd per BAR, a userfaultfd and an eventfd, and the
-/// common soft limit of 1024 would stop a program at a few hundred devices.
+/// device holds a memfd per BAR (a read-only BAR two), and the common soft
+/// limit of 1024 would stop a program at a few hundred devices.
 fn raise_fd_limit() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -563,6 +574,9 @@ impl ConfigSpace {
 
 pub(crate) struct Inner {
     pub(crate) core: Arc<Core<UffdMm>>,
+    /// The address space whose service serves the device's faults; it
+    /// lives as long as the device or one of its mappings.
+    space: Arc<AddressSpace>,
     regions: Vec<Option<Region>>,
     /// Config space; taken before the gate (lock order: config -> gate).
     config: Mutex<ConfigSpace>,
@@ -580,7 +594,6 @@ pub(crate) struct Inner {
 /// fault and every later touch get SIGBUS; mappings can still be dropped.
 pub struct Device {
     inner: Arc<Inner>,
-    service: Service,
 }
 
 impl std::fmt::Debug for Device {
@@ -719,7 +732,7 @@ impl Device {
         let start = crate::os::map_shared(fd, offset, len).map_err(Error::os("mmap"))?;
         let entry = self.inner.core.register(MapInfo {
             id: MapId(0),
-            space: SpaceId::LOCAL,
+            space: self.inner.space.id(),
             start,
             len,
             region,
@@ -960,6 +973,11 @@ impl Device {
         true
     }
 
+    /// The address space whose fault service serves this device.
+    pub fn address_space(&self) -> &AddressSpace {
+        &self.inner.space
+    }
+
     /// Number of live mappings.
     pub fn mapping_count(&self) -> usize {
         self.inner.core.mappings().len()
@@ -971,14 +989,14 @@ impl Drop for Device {
         if self.inner.check_owner().is_err() {
             // A forked child's copy: the service threads, the userfaultfd
             // and every mapping are the parent's, and a lock may have been
-            // copied held. Touch nothing.
-            self.service.forget();
+            // copied held. Touch nothing, not even on the last drop.
+            self.inner.leak_in_child();
             return;
         }
-        // Revoke and poison first, so that threads blocked in faults are
-        // answered (SIGBUS) even after the service threads are gone.
+        // Revoke and poison, so that threads blocked in faults, and every
+        // later touch, get SIGBUS. The service goes on while a mapping of
+        // the device is left (or other devices use it).
         self.inner.core.shutdown();
-        self.service.stop();
     }
 }
 
@@ -986,6 +1004,13 @@ impl Drop for Device {
 const BOUNCE: usize = 64 << 10;
 
 impl Inner {
+    /// In a forked child: keeps this device's state alive for good, so
+    /// that no drop in the child takes a lock that fork may have copied
+    /// held or stops threads that the child does not have.
+    pub(crate) fn leak_in_child(self: &Arc<Self>) {
+        std::mem::forget(self.clone());
+    }
+
     /// Fails in a forked child of the process that built the device.
     pub(crate) fn check_owner(&self) -> Result<()> {
         if std::process::id() == self.owner {

@@ -264,9 +264,11 @@ impl<B: Mm> Core<B> {
             first_filler: AtomicU64::new(0),
             info,
         });
-        self.registry
-            .write()
-            .insert((entry.info.space, range.start), (range.end, entry.clone()));
+        let mut reg = self.registry.write();
+        reg.insert((entry.info.space, range.start), (range.end, entry.clone()));
+        self.mm
+            .track(entry.info.space, None, std::slice::from_ref(&range));
+        drop(reg);
         entry
     }
 
@@ -377,15 +379,17 @@ impl<B: Mm> Core<B> {
     fn replace_in_registry(&self, entry: &Arc<MapEntry>, old: &MapInfo, new: &[MapInfo]) {
         let space = entry.info.space;
         let mut reg = self.registry.write();
-        if reg
+        let removed = reg
             .get(&(space, old.start))
-            .is_some_and(|(_, e)| e.info.id == entry.info.id)
-        {
+            .is_some_and(|(_, e)| e.info.id == entry.info.id);
+        if removed {
             reg.remove(&(space, old.start));
         }
         for r in new {
             reg.insert((space, r.start), (r.end(), entry.clone()));
         }
+        let added: Vec<Range<usize>> = new.iter().map(|r| r.start..r.end()).collect();
+        self.mm.track(space, removed.then_some(old.start), &added);
     }
 
     fn lookup(&self, space: SpaceId, addr: usize) -> Option<Arc<MapEntry>> {
@@ -508,25 +512,8 @@ impl<B: Mm> Core<B> {
         if self.mutated(Mutation::SkipStaleWake) {
             return Answer::Stale;
         }
-        for unit in [PAGE_SIZE, crate::mm::HUGE_SIZE] {
-            let start = page & !(unit - 1);
-            let probe = MapInfo {
-                id: MapId(0),
-                space,
-                start,
-                len: unit,
-                region: u32::MAX,
-                offset: 0,
-                writable: false,
-                page_size: unit,
-            };
-            match self.mm.poison(&probe, start..start + unit) {
-                Ok(()) => return Answer::Sigbus,
-                // A hugetlb vma takes only whole huge pages.
-                Err(MmError::Os(libc::EINVAL)) => continue,
-                Err(MmError::Exists { .. }) => break,
-                Err(_) => break,
-            }
+        if self.mm.poison_stray(space, page) {
+            return Answer::Sigbus;
         }
         self.mm.wake(space, page..page + PAGE_SIZE);
         Answer::Stale

@@ -216,7 +216,9 @@ impl Drop for Mapping {
     fn drop(&mut self) {
         if self.inner.check_owner().is_err() {
             // A forked child has no copy of the view (MADV_DONTFORK), and
-            // barmap's locks may have been copied held: nothing to undo.
+            // barmap's locks may have been copied held: nothing to undo,
+            // and nothing of the device may be dropped either.
+            self.inner.leak_in_child();
             return;
         }
         for part in self.entry.live_ranges() {

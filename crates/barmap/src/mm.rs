@@ -170,6 +170,49 @@ pub trait Mm: Send + Sync + 'static {
     /// core, so that a zap never meets a range the process has reused.
     /// Backends without such events have nothing to wait for.
     fn quiesce(&self) {}
+
+    /// The core's registry of this backend's device changed: the live part
+    /// starting at `removed` (if any) is gone and the `added` ranges are
+    /// live. Called with the registry write-locked, so a backend that
+    /// routes faults of several devices by address (one userfaultfd per
+    /// address space) always sees what the registry holds. Backends that
+    /// serve one device have nothing to do.
+    fn track(&self, _space: SpaceId, _removed: Option<usize>, _added: &[Range<usize>]) {}
+
+    /// A fault at `page` that no mapping of this device covers: poisons the
+    /// unit there (so the thread gets SIGBUS) and returns true, or returns
+    /// false if the fault must be woken to retry instead (the address is
+    /// not registered any more, or belongs to another device of the same
+    /// address space). Called with the core's registry read-locked, so no
+    /// mapping of this device can be tracked at `page` meanwhile.
+    fn poison_stray(&self, space: SpaceId, page: usize) -> bool {
+        poison_unit(self, space, page)
+    }
+}
+
+/// Poisons the 4 KiB page, or failing that (a hugetlb vma takes only whole
+/// huge pages) the 2 MiB page, at `page`; returns whether one was poisoned.
+/// Nothing is poisoned over a present page.
+pub fn poison_unit<B: Mm + ?Sized>(mm: &B, space: SpaceId, page: usize) -> bool {
+    for unit in [PAGE_SIZE, HUGE_SIZE] {
+        let start = page & !(unit - 1);
+        let probe = MapInfo {
+            id: MapId(0),
+            space,
+            start,
+            len: unit,
+            region: u32::MAX,
+            offset: 0,
+            writable: false,
+            page_size: unit,
+        };
+        match mm.poison(&probe, start..start + unit) {
+            Ok(()) => return true,
+            Err(MmError::Os(libc::EINVAL)) => continue,
+            Err(_) => return false,
+        }
+    }
+    false
 }
 
 /// Rounds `addr` down to its page.

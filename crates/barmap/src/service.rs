@@ -1,5 +1,6 @@
-//! Fault service threads: read userfaultfd events and hand each to the
-//! fault path. The whole loop: wait, read, serve, repeat.
+//! Fault service threads of one address space: read its userfaultfd's
+//! events and hand each to the device it concerns. The whole loop: wait,
+//! read, hand over unmaps and moves, serve faults, repeat.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,9 +8,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::error::{Error, Result};
-use crate::fault::Core;
-use crate::mm::SpaceId;
-use crate::uffd::{Event, UffdMm};
+use crate::space::SpaceShared;
+use crate::uffd::Event;
 
 /// A service thread's stack: the fault path is shallow (no recursion but
 /// the fill's bisection at a split mapping, a few frames per level).
@@ -26,7 +26,7 @@ pub enum WaitMode {
     Spin,
 }
 
-/// A pool of fault service threads over one core.
+/// A pool of fault service threads over one address space.
 #[derive(Debug)]
 pub struct Service {
     stop: Arc<AtomicBool>,
@@ -38,8 +38,12 @@ pub struct Service {
 }
 
 impl Service {
-    /// Starts `threads` service threads for `core`.
-    pub fn start(core: Arc<Core<UffdMm>>, threads: usize, mode: WaitMode) -> Result<Service> {
+    /// Starts `threads` service threads for `space`.
+    pub(crate) fn start(
+        space: Arc<SpaceShared>,
+        threads: usize,
+        mode: WaitMode,
+    ) -> Result<Service> {
         // SAFETY: eventfd takes an initial value and flags; a new fd or -1.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if fd < 0 {
@@ -57,11 +61,11 @@ impl Service {
             detached: false,
         };
         for i in 0..threads.max(1) {
-            let (core, stop, wakeup) = (core.clone(), stop.clone(), wakeup.clone());
+            let (space, stop, wakeup) = (space.clone(), stop.clone(), wakeup.clone());
             let handle = std::thread::Builder::new()
                 .stack_size(SERVICE_STACK)
                 .name(format!("barmap-fault-{i}"))
-                .spawn(move || serve(&core, &stop, &wakeup, mode))
+                .spawn(move || serve(&space, &stop, &wakeup, mode))
                 .map_err(|e| Error::os("spawn service thread")(e.raw_os_error().unwrap_or(0)))?;
             service.threads.push(handle);
         }
@@ -113,10 +117,9 @@ fn block_signals() {
     }
 }
 
-fn serve(core: &Core<UffdMm>, stop: &AtomicBool, wakeup: &OwnedFd, mode: WaitMode) {
+fn serve(space: &SpaceShared, stop: &AtomicBool, wakeup: &OwnedFd, mode: WaitMode) {
     block_signals();
-    let mm = core.mm();
-    let uffd = mm.uffd();
+    let uffd = space.uffd();
     let mut events: Vec<Event> = Vec::with_capacity(32);
     while !stop.load(Ordering::Relaxed) {
         if mode == WaitMode::Poll {
@@ -139,22 +142,13 @@ fn serve(core: &Core<UffdMm>, stop: &AtomicBool, wakeup: &OwnedFd, mode: WaitMod
             }
         }
         events.clear();
-        // The process's own unmaps and moves reach the core before anything
-        // else, and before a zap may walk the registry (Mm::quiesce).
-        let read = mm.read_events_then(SpaceId::LOCAL, &mut events, |events| {
+        // The process's own unmaps and moves reach the cores before anything
+        // else, and before a zap may walk a registry (Mm::quiesce).
+        let read = space.read_events_then(&mut events, |events| {
             for event in events.iter() {
                 match event {
-                    Event::Unmap { space, range } => {
-                        core.forget(*space, range.clone());
-                    }
-                    Event::Remap {
-                        space,
-                        from,
-                        to,
-                        len,
-                    } => {
-                        core.moved(*space, *from, *to, *len);
-                    }
+                    Event::Unmap { range, .. } => space.forget(range.clone()),
+                    Event::Remap { from, to, len, .. } => space.moved(*from, *to, *len),
                     Event::Fault(_) => {}
                 }
             }
@@ -164,7 +158,7 @@ fn serve(core: &Core<UffdMm>, stop: &AtomicBool, wakeup: &OwnedFd, mode: WaitMod
             Ok(_) => {
                 for event in &events {
                     if let Event::Fault(fault) = event {
-                        core.handle_fault(fault);
+                        space.dispatch(fault);
                     }
                 }
             }

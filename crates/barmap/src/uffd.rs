@@ -31,7 +31,10 @@ use std::os::unix::fs::OpenOptionsExt;
 use linux_raw_sys::general as sys;
 
 use crate::error::Error;
+use std::sync::Arc;
+
 use crate::mm::{Fault, Inserted, MapInfo, Mm, MmError, SpaceId, PAGE_SIZE};
+use crate::space::SpaceShared;
 
 // UFFDIO_POISON = _IOWR(0xAA, _UFFDIO_POISON, struct uffdio_poison); not in
 // linux-raw-sys's ioctl table yet.
@@ -344,54 +347,34 @@ pub enum Event {
     },
 }
 
-/// The fault path's [`Mm`] over one process's userfaultfd.
+/// The fault path's [`Mm`] for one device, over its address space's
+/// userfaultfd.
 ///
-/// One address space today ([`SpaceId::LOCAL`]); a device server would hold
-/// one userfaultfd per client space, received over a Unix socket.
+/// Every device of an [`crate::space::AddressSpace`] has one; they share the
+/// space's userfaultfd, its event reader and its routes from address ranges
+/// to devices, which [`Mm::track`] keeps equal to the device's registry.
 #[derive(Debug)]
 pub struct UffdMm {
-    uffd: Uffd,
-    /// Service threads between reading events and handing the process's
-    /// unmap/remap events to the core (see [`Mm::quiesce`]).
-    events_in_hand: std::sync::atomic::AtomicUsize,
-    /// One reader at a time, from the read to the hand-over: events reach
-    /// the core in the order the kernel queued them (an mremap's REMAP
-    /// before the UNMAP of the range it vacated).
-    reader: std::sync::Mutex<()>,
+    space: Arc<SpaceShared>,
+    /// This device's key in the space's routes.
+    key: u64,
 }
 
 impl UffdMm {
-    /// Wraps `uffd`.
-    pub fn new(uffd: Uffd) -> Self {
-        UffdMm {
-            uffd,
-            events_in_hand: std::sync::atomic::AtomicUsize::new(0),
-            reader: std::sync::Mutex::new(()),
-        }
+    /// A backend for a new device of `space`.
+    pub(crate) fn new(space: Arc<SpaceShared>) -> Self {
+        let key = space.new_device_key();
+        UffdMm { space, key }
     }
 
-    /// Reads pending events, counting the reader as holding events until
-    /// `handled` returns (it hands unmap/remap events to the core); see
-    /// [`Mm::quiesce`]. Readers take turns, so the core sees events in the
-    /// kernel's order.
-    pub fn read_events_then<R>(
-        &self,
-        space: SpaceId,
-        out: &mut Vec<Event>,
-        handled: impl FnOnce(&mut Vec<Event>) -> R,
-    ) -> Result<(usize, R), i32> {
-        use std::sync::atomic::Ordering::SeqCst;
-        let _reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
-        self.events_in_hand.fetch_add(1, SeqCst);
-        let result = self.uffd.read_events(space, out);
-        let r = result.map(|n| (n, handled(out)));
-        self.events_in_hand.fetch_sub(1, SeqCst);
-        r
+    /// The device's key in its address space.
+    pub(crate) fn key(&self) -> u64 {
+        self.key
     }
 
     /// The userfaultfd.
     pub fn uffd(&self) -> &Uffd {
-        &self.uffd
+        self.space.uffd()
     }
 
     /// CONTINUE over `range`, retrying partial progress, until done or a
@@ -401,7 +384,7 @@ impl UffdMm {
     fn fill(&self, range: Range<usize>, unit: usize) -> Result<Inserted, MmError> {
         let mut at = range.start;
         while at < range.end {
-            match self.uffd.continue_range(at..range.end) {
+            match self.uffd().continue_range(at..range.end) {
                 Ok(()) => at = range.end,
                 // Partial progress; the next call says why it stopped.
                 Err((libc::EAGAIN, mapped)) if mapped > 0 => at += mapped,
@@ -482,7 +465,7 @@ impl Mm for UffdMm {
     fn poison(&self, _map: &MapInfo, range: Range<usize>) -> Result<(), MmError> {
         let mut at = range.start;
         while at < range.end {
-            match self.uffd.poison_range(at..range.end) {
+            match self.uffd().poison_range(at..range.end) {
                 Ok(()) => return Ok(()),
                 Err((libc::EAGAIN, done)) if done > 0 => at += done,
                 Err((libc::EEXIST, _)) => {
@@ -502,7 +485,7 @@ impl Mm for UffdMm {
     }
 
     fn wake(&self, _space: SpaceId, range: Range<usize>) {
-        self.uffd.wake(range)
+        self.uffd().wake(range)
     }
 
     fn unmap(&self, _map: &MapInfo, range: Range<usize>) -> Result<(), MmError> {
@@ -511,27 +494,35 @@ impl Mm for UffdMm {
         // that SIGSEGV; no UNMAP event will make the munmap wait for the
         // service), then unmapped.
         crate::os::protect_none(range.clone()).map_err(MmError::Os)?;
-        if let Err(e) = self.uffd.unregister(range.clone()) {
+        if let Err(e) = self.uffd().unregister(range.clone()) {
             tracing::warn!(errno = e, "UFFDIO_UNREGISTER before munmap failed");
         }
         crate::os::unmap(range).map_err(MmError::Os)
     }
 
     fn quiesce(&self) {
-        // Events read but not yet handed to the core: a munmap they report
-        // has already returned to the process, which may reuse the range.
-        let mut spins = 0u32;
-        while self
-            .events_in_hand
-            .load(std::sync::atomic::Ordering::SeqCst)
-            > 0
-        {
-            spins += 1;
-            if spins < 64 {
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
+        self.space.quiesce();
+    }
+
+    fn track(&self, _space: SpaceId, removed: Option<usize>, added: &[Range<usize>]) {
+        self.space.track(self.key, removed, added);
+    }
+
+    fn poison_stray(&self, space: SpaceId, page: usize) -> bool {
+        // Under the space's routes: no device of the space can start
+        // tracking (and then register) `page` meanwhile. If another device
+        // owns it, the fault was routed a moment before that device took
+        // the range: wake it to retry there.
+        let routes = self.space.routes_read();
+        if routes.owner_of(page).is_some() {
+            return false;
         }
+        crate::mm::poison_unit(self, space, page)
+    }
+}
+
+impl Drop for UffdMm {
+    fn drop(&mut self) {
+        self.space.detach(self.key);
     }
 }

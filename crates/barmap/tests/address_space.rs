@@ -26,10 +26,10 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A device on the process's shared fault service.
 fn device(policy: Policy) -> Device {
     Device::builder_with_memory(8 << 20)
         .policy(policy)
-        .service_threads(2)
         .build()
         .expect("device")
 }
@@ -894,7 +894,11 @@ fn mremap_move_reaches_the_core_in_order_with_several_service_threads() {
     // part would be forgotten and escape revocation (seen in about 1 round
     // in 140 before events were read one reader at a time).
     for policy in CORRECT {
-        let dev = device(policy);
+        let dev = Device::builder_with_memory(8 << 20)
+            .policy(policy)
+            .service_threads(4)
+            .build()
+            .expect("device");
         for round in 0..500 {
             let m = dev
                 .map(DEFAULT_MEMORY_BAR, 0, 4 * PAGE, Prot::ReadWrite)
