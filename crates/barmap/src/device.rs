@@ -256,6 +256,16 @@ fn allocate(index: u32, spec: &RegionSpec) -> Result<(OwnedFd, Option<DeviceView
     Ok((memfd, Some(DeviceView { addr, len })))
 }
 
+/// Where [`Device::map_at`] places a mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Placement {
+    /// Anywhere (2 MiB aligned when the length allows it).
+    #[default]
+    Anywhere,
+    /// Exactly at this address, replacing what the process mapped there.
+    Fixed(usize),
+}
+
 /// Device power states that matter to the fault path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PowerState {
@@ -677,12 +687,37 @@ impl Device {
     /// touch. On a BAR backed by huge pages, `offset` and `len` must be
     /// multiples of 2 MiB ([`Error::Unaligned`] otherwise).
     pub fn map(&self, region: u32, offset: u64, len: usize, prot: Prot) -> Result<Mapping> {
+        self.map_at(region, offset, len, prot, Placement::Anywhere)
+    }
+
+    /// [`Device::map`] at a place the caller chooses: with
+    /// [`Placement::Fixed`] the mapping replaces whatever the process had
+    /// at that address (as `mmap(MAP_FIXED)` does; DPDK maps BARs over a
+    /// `PROT_NONE` reservation of its own). The address must be aligned to
+    /// the region's page size ([`Error::Unaligned`] otherwise). On any error
+    /// nothing is mapped or registered, but a `Fixed` range the kernel
+    /// already replaced is left unmapped, as after a failed `mmap(MAP_FIXED)`.
+    pub fn map_at(
+        &self,
+        region: u32,
+        offset: u64,
+        len: usize,
+        prot: Prot,
+        placement: Placement,
+    ) -> Result<Mapping> {
         let r = self.inner.region(region)?;
         if len == 0 {
             return Err(Error::ZeroLength);
         }
         let page_size = r.info.page_size;
-        if offset % page_size as u64 != 0 || len % page_size != 0 {
+        let fixed = match placement {
+            Placement::Anywhere => None,
+            Placement::Fixed(at) => Some(at),
+        };
+        if offset % page_size as u64 != 0
+            || len % page_size != 0
+            || fixed.is_some_and(|at| at % page_size != 0 || at == 0)
+        {
             return Err(Error::Unaligned {
                 offset,
                 len,
@@ -729,7 +764,7 @@ impl Device {
         // no touch can map a page before the fault path owns the range, and
         // a fault the userfaultfd reports for it always finds it tracked.
         let fd = r.shadow.as_ref().unwrap_or(&r.memfd);
-        let start = crate::os::map_shared(fd, offset, len).map_err(Error::os("mmap"))?;
+        let start = crate::os::map_shared_at(fd, offset, len, fixed).map_err(Error::os("mmap"))?;
         let entry = self.inner.core.register(MapInfo {
             id: MapId(0),
             space: self.inner.space.id(),

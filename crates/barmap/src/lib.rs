@@ -48,7 +48,7 @@ pub mod model;
 
 pub use barmap_target::{touch, Prot};
 pub use device::{
-    Device, DeviceBuilder, PowerState, RegionFlags, RegionInfo, RegionSpec, DEFAULT_ID,
+    Device, DeviceBuilder, Placement, PowerState, RegionFlags, RegionInfo, RegionSpec, DEFAULT_ID,
     DEFAULT_MEMORY_BAR,
 };
 pub use error::{Error, Result};

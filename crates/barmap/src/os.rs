@@ -145,6 +145,39 @@ pub unsafe fn view_write(view: usize, offset: usize, data: &[u8]) {
 /// (as Linux 6.12 places BAR mappings), so that chunked fills line up with
 /// PMDs.
 pub fn map_shared(fd: &OwnedFd, offset: u64, len: usize) -> Result<usize, i32> {
+    map_shared_at(fd, offset, len, None)
+}
+
+/// A PROT_NONE MAP_SHARED view of `len` bytes of `fd` at `offset`: at an
+/// address of barmap's choosing (2 MiB aligned when `len` allows it) if
+/// `fixed` is None, else exactly at `fixed`, replacing whatever the process
+/// had mapped there (its own `MAP_FIXED` request, over its own reservation).
+pub fn map_shared_at(
+    fd: &OwnedFd,
+    offset: u64,
+    len: usize,
+    fixed: Option<usize>,
+) -> Result<usize, i32> {
+    if let Some(at) = fixed {
+        // SAFETY: MAP_FIXED at an address the caller named for its own
+        // mapping: only what the process itself mapped there is replaced,
+        // as mmap(2) with MAP_FIXED does for any program.
+        let addr = unsafe {
+            libc::mmap(
+                at as *mut libc::c_void,
+                len,
+                libc::PROT_NONE,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                fd.as_raw_fd(),
+                offset as libc::off_t,
+            )
+        };
+        return if addr == libc::MAP_FAILED {
+            Err(errno())
+        } else {
+            Ok(addr as usize)
+        };
+    }
     let align = if len >= HUGE_SIZE { HUGE_SIZE } else { 0 };
     let prot = libc::PROT_NONE;
     // Reserve len + align bytes of nothing, then place the view inside.

@@ -37,29 +37,44 @@ use crate::mm::{page_of, Fault, SpaceId, HUGE_SIZE, PAGE_SIZE};
 use crate::service::{Service, WaitMode};
 use crate::uffd::{Event, Uffd, UffdAccess, UffdMm};
 
-/// Address ranges of live mappings → (end, device key).
+/// Where a route leads: the device's key and its core.
+#[derive(Debug, Clone)]
+pub(crate) struct Route {
+    end: usize,
+    key: u64,
+    core: Weak<Core<UffdMm>>,
+}
+
+/// Address ranges of live mappings, by start.
 #[derive(Debug, Default)]
-pub(crate) struct Routes(BTreeMap<usize, (usize, u64)>);
+pub(crate) struct Routes(BTreeMap<usize, Route>);
 
 impl Routes {
-    /// The device whose live mapping contains `addr`.
-    pub(crate) fn owner_of(&self, addr: usize) -> Option<u64> {
-        let (_, (end, key)) = self.0.range(..=addr).next_back()?;
-        (addr < *end).then_some(*key)
+    /// The route whose range contains `addr`.
+    fn route_of(&self, addr: usize) -> Option<&Route> {
+        let (_, route) = self.0.range(..=addr).next_back()?;
+        (addr < route.end).then_some(route)
     }
 
-    /// Devices with a live mapping intersecting `range`, once each.
-    fn owners_in(&self, range: &Range<usize>) -> Vec<u64> {
+    /// The device whose live mapping contains `addr`.
+    pub(crate) fn owner_of(&self, addr: usize) -> Option<u64> {
+        self.route_of(addr).map(|r| r.key)
+    }
+
+    /// Cores with a live mapping intersecting `range`, once each.
+    fn cores_in(&self, range: &Range<usize>) -> Vec<Arc<Core<UffdMm>>> {
+        let mut keys = Vec::new();
         let mut out = Vec::new();
         // A route starting before `range` may reach into it.
         let first = self
             .0
             .range(..range.start)
             .next_back()
-            .filter(|(_, (end, _))| *end > range.start);
-        for (_, (_, key)) in first.into_iter().chain(self.0.range(range.clone())) {
-            if !out.contains(key) {
-                out.push(*key);
+            .filter(|(_, r)| r.end > range.start);
+        for (_, route) in first.into_iter().chain(self.0.range(range.clone())) {
+            if !keys.contains(&route.key) {
+                keys.push(route.key);
+                out.extend(route.core.upgrade());
             }
         }
         out
@@ -113,9 +128,11 @@ impl SpaceShared {
         self.routes.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Makes `core` reachable for the faults routed to its key.
+    /// Makes `core` reachable for the faults routed to its key; before
+    /// its first mapping is tracked.
     pub(crate) fn attach(&self, core: &Arc<Core<UffdMm>>) {
         let key = core.mm().key();
+        core.mm().set_core(Arc::downgrade(core));
         self.devices
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -132,33 +149,39 @@ impl SpaceShared {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .0
-            .retain(|_, (_, k)| *k != key);
+            .retain(|_, r| r.key != key);
     }
 
     /// A device's registry changed (see [`crate::mm::Mm::track`]).
-    pub(crate) fn track(&self, key: u64, removed: Option<usize>, added: &[Range<usize>]) {
+    pub(crate) fn track(
+        &self,
+        key: u64,
+        core: &Weak<Core<UffdMm>>,
+        removed: Option<usize>,
+        added: &[Range<usize>],
+    ) {
         let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
         if let Some(start) = removed {
-            if routes.0.get(&start).is_some_and(|(_, k)| *k == key) {
+            if routes.0.get(&start).is_some_and(|r| r.key == key) {
                 routes.0.remove(&start);
             }
         }
         for r in added {
-            routes.0.insert(r.start, (r.end, key));
+            let route = Route {
+                end: r.end,
+                key,
+                core: core.clone(),
+            };
+            routes.0.insert(r.start, route);
         }
     }
 
-    fn core(&self, key: u64) -> Option<Arc<Core<UffdMm>>> {
-        self.devices
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-            .and_then(Weak::upgrade)
+    fn cores_in(&self, range: &Range<usize>) -> Vec<Arc<Core<UffdMm>>> {
+        self.routes_read().cores_in(range)
     }
 
-    fn cores_in(&self, range: &Range<usize>) -> Vec<Arc<Core<UffdMm>>> {
-        let keys = self.routes_read().owners_in(range);
-        keys.into_iter().filter_map(|k| self.core(k)).collect()
+    fn core_at(&self, addr: usize) -> Option<Arc<Core<UffdMm>>> {
+        self.routes_read().route_of(addr)?.core.upgrade()
     }
 
     /// Returns once every unmap or remap event already read has been handed
@@ -211,8 +234,7 @@ impl SpaceShared {
     /// a wake-up to retry otherwise).
     pub(crate) fn dispatch(&self, fault: &Fault) {
         let page = page_of(fault.addr);
-        let owner = self.routes_read().owner_of(page);
-        if let Some(core) = owner.and_then(|k| self.core(k)) {
+        if let Some(core) = self.core_at(page) {
             core.handle_fault(fault);
             return;
         }
@@ -222,9 +244,10 @@ impl SpaceShared {
         // (and then register) this address meanwhile.
         self.quiesce();
         let routes = self.routes_read();
-        if let Some(key) = routes.owner_of(page) {
+        if let Some(route) = routes.route_of(page) {
+            let core = route.core.upgrade();
             drop(routes);
-            match self.core(key) {
+            match core {
                 Some(core) => {
                     core.handle_fault(fault);
                 }

@@ -358,13 +358,24 @@ pub struct UffdMm {
     space: Arc<SpaceShared>,
     /// This device's key in the space's routes.
     key: u64,
+    /// The core this backend serves, for the routes (set once, when the
+    /// device joins its space).
+    core: std::sync::OnceLock<std::sync::Weak<crate::fault::Core<UffdMm>>>,
 }
 
 impl UffdMm {
     /// A backend for a new device of `space`.
     pub(crate) fn new(space: Arc<SpaceShared>) -> Self {
         let key = space.new_device_key();
-        UffdMm { space, key }
+        UffdMm {
+            space,
+            key,
+            core: std::sync::OnceLock::new(),
+        }
+    }
+
+    pub(crate) fn set_core(&self, core: std::sync::Weak<crate::fault::Core<UffdMm>>) {
+        let _ = self.core.set(core);
     }
 
     /// The device's key in its address space.
@@ -505,7 +516,10 @@ impl Mm for UffdMm {
     }
 
     fn track(&self, _space: SpaceId, removed: Option<usize>, added: &[Range<usize>]) {
-        self.space.track(self.key, removed, added);
+        let Some(core) = self.core.get() else {
+            return; // not attached yet: nothing is mapped
+        };
+        self.space.track(self.key, core, removed, added);
     }
 
     fn poison_stray(&self, space: SpaceId, page: usize) -> bool {

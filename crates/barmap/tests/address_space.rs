@@ -942,3 +942,96 @@ fn mremap_move_reaches_the_core_in_order_with_several_service_threads() {
         }
     }
 }
+
+/// An anonymous PROT_NONE reservation of `len` bytes (the way DPDK reserves
+/// the address range for a BAR before it maps the parts around the MSI-X
+/// table over it).
+fn reserve(len: usize) -> usize {
+    // SAFETY: a fresh anonymous reservation at an address of the kernel's
+    // choosing.
+    let p = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            len,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED);
+    p as usize
+}
+
+#[test]
+fn map_fixed_over_a_reservation_is_served_and_revoked_around_the_msix_table() {
+    let _serial = serial();
+    for policy in CORRECT {
+        let dev = device(policy);
+        let res = reserve(0x10000);
+        // Unaligned or null fixed addresses are refused and change nothing.
+        assert!(matches!(
+            dev.map_at(
+                0,
+                0,
+                0x8000,
+                Prot::ReadWrite,
+                barmap::Placement::Fixed(res + 8)
+            ),
+            Err(Error::Unaligned { .. })
+        ));
+        assert_eq!(
+            read_at(res),
+            Err(Fault::Sigsegv),
+            "{policy}: reservation intact"
+        );
+        let low = dev
+            .map_at(0, 0, 0x8000, Prot::ReadWrite, barmap::Placement::Fixed(res))
+            .unwrap();
+        let high = dev
+            .map_at(
+                0,
+                0x9000,
+                0x7000,
+                Prot::ReadWrite,
+                barmap::Placement::Fixed(res + 0x9000),
+            )
+            .unwrap();
+        assert_eq!(low.addr(), res);
+        assert_eq!(high.addr(), res + 0x9000);
+        assert_eq!(read_at(res), Ok(u64::from(barmap::DEFAULT_ID)), "{policy}");
+        write_at(res + 0x9000, 0x77).unwrap();
+        assert_eq!(
+            read_at(res + 0x8000),
+            Err(Fault::Sigsegv),
+            "{policy}: the MSI-X hole stays the program's reservation"
+        );
+        dev.set_memory_enabled(false);
+        assert_eq!(read_at(res), Err(Fault::Sigbus), "{policy}: revoked");
+        assert_eq!(
+            read_at(res + 0x9000),
+            Err(Fault::Sigbus),
+            "{policy}: revoked"
+        );
+        dev.set_memory_enabled(true);
+        assert_eq!(read_at(res + 0x9000), Ok(0x77), "{policy}: served again");
+        // Mapping the same place again replaces the old mapping (its UNMAP
+        // event makes barmap forget it), as mmap(MAP_FIXED) over a BAR
+        // mapping does on vfio-pci.
+        let again = dev
+            .map_at(0, 0, 0x8000, Prot::Read, barmap::Placement::Fixed(res))
+            .unwrap();
+        assert!(
+            !low.is_mapped(0),
+            "{policy}: the replaced mapping is forgotten"
+        );
+        assert_eq!(read_at(res), Ok(u64::from(barmap::DEFAULT_ID)));
+        assert_eq!(
+            write_at(res, 1),
+            Err(Fault::Sigsegv),
+            "{policy}: now read-only"
+        );
+        drop((low, high, again));
+        libc_munmap(res..res + 0x10000);
+    }
+}

@@ -52,7 +52,10 @@ fn devices_of_a_process_share_one_userfaultfd_and_at_most_one_thread_per_core() 
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let anchor = small(Policy::Prefault); // the space exists from here on
     let started = anchor.address_space().stats().service_threads;
-    assert!(started >= 1 && started <= cores, "{started} service threads");
+    assert!(
+        started >= 1 && started <= cores,
+        "{started} service threads"
+    );
     // A new thread names itself once it runs.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while service_threads() < started && std::time::Instant::now() < deadline {
