@@ -25,6 +25,7 @@
 pub mod caps;
 mod container;
 mod device;
+pub mod iommufd;
 mod mapping;
 mod target_impl;
 pub mod uapi;

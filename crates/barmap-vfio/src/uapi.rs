@@ -124,3 +124,203 @@ pub struct VfioRegionInfo {
 pub const REGION_INFO_SIZE: usize = std::mem::size_of::<VfioRegionInfo>();
 /// Size of `struct vfio_info_cap_header`.
 pub const CAP_HEADER_SIZE: usize = 8;
+
+// ----- the rest of the uAPI that a VFIO program may call --------------------
+
+/// Group: `VFIO_GROUP_UNSET_CONTAINER`.
+pub const VFIO_GROUP_UNSET_CONTAINER: libc::c_ulong = vfio_io(5);
+/// Device: `VFIO_DEVICE_GET_IRQ_INFO`.
+pub const VFIO_DEVICE_GET_IRQ_INFO: libc::c_ulong = vfio_io(9);
+/// Device: `VFIO_DEVICE_SET_IRQS`.
+pub const VFIO_DEVICE_SET_IRQS: libc::c_ulong = vfio_io(10);
+/// Container: `VFIO_IOMMU_GET_INFO`.
+pub const VFIO_IOMMU_GET_INFO: libc::c_ulong = vfio_io(12);
+/// Container: `VFIO_IOMMU_MAP_DMA`.
+pub const VFIO_IOMMU_MAP_DMA: libc::c_ulong = vfio_io(13);
+/// Container: `VFIO_IOMMU_UNMAP_DMA`.
+pub const VFIO_IOMMU_UNMAP_DMA: libc::c_ulong = vfio_io(14);
+/// Device: `VFIO_DEVICE_GET_PCI_HOT_RESET_INFO` (same number as
+/// `VFIO_IOMMU_GET_INFO`, on a device fd).
+pub const VFIO_DEVICE_GET_PCI_HOT_RESET_INFO: libc::c_ulong = vfio_io(12);
+/// Device: `VFIO_DEVICE_FEATURE`.
+pub const VFIO_DEVICE_FEATURE: libc::c_ulong = vfio_io(17);
+/// Device (cdev): `VFIO_DEVICE_BIND_IOMMUFD`.
+pub const VFIO_DEVICE_BIND_IOMMUFD: libc::c_ulong = vfio_io(18);
+/// Device (cdev): `VFIO_DEVICE_ATTACH_IOMMUFD_PT`.
+pub const VFIO_DEVICE_ATTACH_IOMMUFD_PT: libc::c_ulong = vfio_io(19);
+/// Device (cdev): `VFIO_DEVICE_DETACH_IOMMUFD_PT`.
+pub const VFIO_DEVICE_DETACH_IOMMUFD_PT: libc::c_ulong = vfio_io(20);
+
+/// Extension: no-IOMMU mode (`VFIO_NOIOMMU_IOMMU`).
+pub const VFIO_NOIOMMU_IOMMU: libc::c_ulong = 8;
+/// Extension: unmap of everything (`VFIO_UNMAP_ALL`).
+pub const VFIO_UNMAP_ALL: libc::c_ulong = 9;
+/// Extension: vaddr update (`VFIO_UPDATE_VADDR`).
+pub const VFIO_UPDATE_VADDR: libc::c_ulong = 10;
+
+/// Device info flag: a capability chain follows.
+pub const VFIO_DEVICE_FLAGS_CAPS: u32 = 1 << 7;
+/// vfio-pci's regions: six BARs, ROM, config, VGA.
+pub const VFIO_PCI_NUM_REGIONS: u32 = 9;
+/// vfio-pci's interrupt indices: INTx, MSI, MSI-X, ERR, REQ.
+pub const VFIO_PCI_NUM_IRQS: u32 = 5;
+/// IRQ index: legacy INTx.
+pub const VFIO_PCI_INTX_IRQ_INDEX: u32 = 0;
+/// IRQ index: MSI.
+pub const VFIO_PCI_MSI_IRQ_INDEX: u32 = 1;
+/// IRQ index: MSI-X.
+pub const VFIO_PCI_MSIX_IRQ_INDEX: u32 = 2;
+/// IRQ index: error (AER) notification.
+pub const VFIO_PCI_ERR_IRQ_INDEX: u32 = 3;
+/// IRQ index: device request notification.
+pub const VFIO_PCI_REQ_IRQ_INDEX: u32 = 4;
+
+/// IRQ info flag: signalled through an eventfd.
+pub const VFIO_IRQ_INFO_EVENTFD: u32 = 1 << 0;
+/// IRQ info flag: may be masked.
+pub const VFIO_IRQ_INFO_MASKABLE: u32 = 1 << 1;
+/// IRQ info flag: masked automatically when it fires (INTx).
+pub const VFIO_IRQ_INFO_AUTOMASKED: u32 = 1 << 2;
+/// IRQ info flag: the vector count cannot grow while enabled.
+pub const VFIO_IRQ_INFO_NORESIZE: u32 = 1 << 3;
+
+/// SET_IRQS data: none.
+pub const VFIO_IRQ_SET_DATA_NONE: u32 = 1 << 0;
+/// SET_IRQS data: one u8 per vector.
+pub const VFIO_IRQ_SET_DATA_BOOL: u32 = 1 << 1;
+/// SET_IRQS data: one s32 eventfd per vector (-1 to tear down).
+pub const VFIO_IRQ_SET_DATA_EVENTFD: u32 = 1 << 2;
+/// SET_IRQS action: mask.
+pub const VFIO_IRQ_SET_ACTION_MASK: u32 = 1 << 3;
+/// SET_IRQS action: unmask.
+pub const VFIO_IRQ_SET_ACTION_UNMASK: u32 = 1 << 4;
+/// SET_IRQS action: trigger (with DATA_EVENTFD: set the trigger eventfds).
+pub const VFIO_IRQ_SET_ACTION_TRIGGER: u32 = 1 << 5;
+/// SET_IRQS: the data-type bits.
+pub const VFIO_IRQ_SET_DATA_TYPE_MASK: u32 = 0x7;
+/// SET_IRQS: the action bits.
+pub const VFIO_IRQ_SET_ACTION_TYPE_MASK: u32 = 0x38;
+
+/// `struct vfio_irq_info`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct VfioIrqInfo {
+    /// Size of the structure.
+    pub argsz: u32,
+    /// `VFIO_IRQ_INFO_*`.
+    pub flags: u32,
+    /// IRQ index.
+    pub index: u32,
+    /// Number of vectors.
+    pub count: u32,
+}
+
+/// `struct vfio_irq_set` without its trailing data.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct VfioIrqSet {
+    /// Size of the structure and its data.
+    pub argsz: u32,
+    /// `VFIO_IRQ_SET_*`.
+    pub flags: u32,
+    /// IRQ index.
+    pub index: u32,
+    /// First vector.
+    pub start: u32,
+    /// Number of vectors.
+    pub count: u32,
+}
+
+/// IOMMU info flag: `iova_pgsizes` is valid.
+pub const VFIO_IOMMU_INFO_PGSIZES: u32 = 1 << 0;
+/// IOMMU info flag: a capability chain follows.
+pub const VFIO_IOMMU_INFO_CAPS: u32 = 1 << 1;
+/// IOMMU info capability: usable IOVA ranges.
+pub const VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE: u16 = 1;
+/// IOMMU info capability: how many DMA mappings are still available.
+pub const VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL: u16 = 3;
+
+/// `struct vfio_iommu_type1_info`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct VfioIommuType1Info {
+    /// Size of the structure (and capabilities).
+    pub argsz: u32,
+    /// `VFIO_IOMMU_INFO_*`.
+    pub flags: u32,
+    /// Bitmap of supported IOVA page sizes.
+    pub iova_pgsizes: u64,
+    /// Offset of the first capability.
+    pub cap_offset: u32,
+    /// Padding.
+    pub pad: u32,
+}
+
+/// DMA map flag: the device may read.
+pub const VFIO_DMA_MAP_FLAG_READ: u32 = 1 << 0;
+/// DMA map flag: the device may write.
+pub const VFIO_DMA_MAP_FLAG_WRITE: u32 = 1 << 1;
+/// DMA map flag: update the vaddr of an existing mapping.
+pub const VFIO_DMA_MAP_FLAG_VADDR: u32 = 1 << 2;
+/// DMA unmap flag: return a dirty bitmap.
+pub const VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP: u32 = 1 << 0;
+/// DMA unmap flag: unmap everything.
+pub const VFIO_DMA_UNMAP_FLAG_ALL: u32 = 1 << 1;
+/// DMA unmap flag: invalidate vaddrs only.
+pub const VFIO_DMA_UNMAP_FLAG_VADDR: u32 = 1 << 2;
+
+/// `struct vfio_iommu_type1_dma_map`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct VfioDmaMap {
+    /// Size of the structure.
+    pub argsz: u32,
+    /// `VFIO_DMA_MAP_FLAG_*`.
+    pub flags: u32,
+    /// Process virtual address.
+    pub vaddr: u64,
+    /// IO virtual address.
+    pub iova: u64,
+    /// Bytes.
+    pub size: u64,
+}
+
+/// `struct vfio_iommu_type1_dma_unmap` without its trailing data.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct VfioDmaUnmap {
+    /// Size of the structure.
+    pub argsz: u32,
+    /// `VFIO_DMA_UNMAP_FLAG_*`.
+    pub flags: u32,
+    /// IO virtual address.
+    pub iova: u64,
+    /// Bytes (on return: bytes unmapped).
+    pub size: u64,
+}
+
+/// `struct vfio_device_bind_iommufd`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct VfioDeviceBindIommufd {
+    /// Size of the structure.
+    pub argsz: u32,
+    /// Must be 0.
+    pub flags: u32,
+    /// The iommufd.
+    pub iommufd: i32,
+    /// The device's id in the iommufd.
+    pub out_devid: u32,
+}
+
+/// `struct vfio_device_attach_iommufd_pt` (without the pasid extension).
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct VfioDeviceAttachIommufdPt {
+    /// Size of the structure.
+    pub argsz: u32,
+    /// Must be 0 (or `VFIO_DEVICE_ATTACH_PASID` with the extension).
+    pub flags: u32,
+    /// The IOAS or HWPT to attach to; on return the HWPT.
+    pub pt_id: u32,
+}

@@ -212,6 +212,15 @@ impl Mapping {
     }
 }
 
+impl Mapping {
+    /// Whether no part of the mapping is left (every byte unmapped, by
+    /// [`Mapping::unmap`] or by the process's own munmap).
+    pub fn is_gone(&self) -> bool {
+        crate::mm::Mm::quiesce(self.inner.core.mm());
+        self.entry.live_ranges().is_empty()
+    }
+}
+
 impl Drop for Mapping {
     fn drop(&mut self) {
         if self.inner.check_owner().is_err() {

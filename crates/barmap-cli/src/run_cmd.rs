@@ -1,0 +1,96 @@
+//! `barmap run`: an unmodified VFIO program on barmap's emulated devices
+//! (see `barmap_front::launch`).
+
+use barmap::Policy;
+use barmap_front::launch;
+use barmap_front::spec::{DeviceSpec, RunSpec};
+
+/// Arguments of `barmap run`.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// A device to present: `default[,memory=SIZE][,policy=P]`; repeat for
+    /// more (default: one default device).
+    #[arg(long = "device")]
+    devices: Vec<String>,
+    /// Fault policy of devices that do not name one.
+    #[arg(long, default_value = "prefault")]
+    policy: Policy,
+    /// Print the outcome as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+    /// The program and its arguments.
+    #[arg(last = true, required = true)]
+    program: Vec<String>,
+}
+
+/// Runs the command; the exit status is the program's (128 + signal if a
+/// signal ended it).
+pub fn run(args: &RunArgs) -> i32 {
+    let texts = if args.devices.is_empty() {
+        vec!["default".to_string()]
+    } else {
+        args.devices.clone()
+    };
+    let mut devices = Vec::new();
+    for t in &texts {
+        match DeviceSpec::parse(t, args.policy) {
+            Ok(d) => devices.push(d),
+            Err(e) => {
+                eprintln!("barmap run: --device {t}: {e}");
+                return 2;
+            }
+        }
+    }
+    let spec = RunSpec::new(devices);
+    let program = &args.program[0];
+    if let Some(path) = launch::resolve_program(program) {
+        if launch::is_static(&path) == Some(true) {
+            eprintln!(
+                "barmap run: warning: {} is statically linked; LD_PRELOAD cannot reach it, \
+                 so it will see no VFIO devices",
+                path.display()
+            );
+        }
+    }
+    for d in &spec.devices {
+        eprintln!(
+            "barmap run: {} group {} (/dev/vfio/{}, /dev/vfio/devices/vfio{}), {} device, \
+             {} MiB memory BAR, policy {}",
+            d.bdf,
+            d.group,
+            d.group,
+            d.cdev,
+            d.model,
+            d.memory >> 20,
+            d.policy
+        );
+    }
+    match launch::run(&spec, program, &args.program[1..]) {
+        Ok(out) => {
+            if args.json {
+                println!("{}", serde_json::to_string(&out).unwrap());
+            } else {
+                eprintln!(
+                    "barmap run: {} {} in {:.2} s; {} BUG event(s)",
+                    program,
+                    match (out.exit_code, out.signal) {
+                        (Some(c), _) => format!("exited with status {c}"),
+                        (_, Some(s)) => format!("killed by signal {s}"),
+                        _ => "ended".into(),
+                    },
+                    out.elapsed_s,
+                    out.bugs
+                );
+            }
+            match (out.exit_code, out.signal) {
+                (Some(c), _) => c,
+                (_, Some(s)) => 128 + s,
+                _ => 1,
+            }
+        }
+        Err(e) => {
+            eprintln!("barmap run: {e}");
+            2
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! The device fd: `VFIO_DEVICE_GET_INFO`, `GET_REGION_INFO` with its
+//! capability chain, `GET_IRQ_INFO`, `SET_IRQS`, `RESET`, region access
+//! with `pread`/`pwrite` at `index << 40 | offset`, and `mmap` of BARs.
+
+use std::sync::{Arc, Mutex};
+
+use barmap::{Device, Error, Mapping, Placement, Prot};
+use barmap_vfio::uapi as v;
+
+use crate::dma::DmaTable;
+use crate::irq::{self, Irqs};
+use crate::spec::DeviceSpec;
+use crate::{user, Errno};
+
+/// Config space size of the emulated function.
+pub const CONFIG_SIZE: u64 = 256;
+const OFFSET_MASK: u64 = (1 << v::VFIO_PCI_OFFSET_SHIFT) - 1;
+
+/// An emulated device as the front end presents it.
+#[derive(Debug)]
+pub struct EmuDevice {
+    /// Its description (address, group, cdev).
+    pub spec: DeviceSpec,
+    /// barmap's device: BARs, config space, the fault path.
+    pub device: Device,
+    /// Interrupt eventfds.
+    pub irqs: Mutex<Irqs>,
+    /// The IOMMU table the device is attached to, if any.
+    pub dma: Mutex<Option<Arc<Mutex<DmaTable>>>>,
+    /// A device fd of it is open (vfio-pci allows one open per device
+    /// through the group and the cdev together).
+    pub open: Mutex<u32>,
+}
+
+impl EmuDevice {
+    /// Builds the device of `spec`.
+    pub fn new(spec: DeviceSpec) -> barmap::Result<EmuDevice> {
+        Ok(EmuDevice {
+            device: spec.build()?,
+            spec,
+            irqs: Mutex::new(Irqs::default()),
+            dma: Mutex::new(None),
+            open: Mutex::new(0),
+        })
+    }
+}
+
+/// errno for a barmap error, as vfio-pci answers the same request.
+pub fn errno_of(e: &Error) -> Errno {
+    match e {
+        Error::MemoryDisabled => Errno::EIO,
+        Error::BadBuffer { .. } | Error::Fault { .. } => Errno::EFAULT,
+        Error::ReadOnly(_) => Errno::EACCES,
+        Error::DeviceGone => Errno::ENODEV,
+        Error::Os { errno, .. } => Errno(*errno),
+        _ => Errno::EINVAL,
+    }
+}
+
+fn region_of(off: u64) -> (u32, u64) {
+    ((off >> v::VFIO_PCI_OFFSET_SHIFT) as u32, off & OFFSET_MASK)
+}
+
+/// `VFIO_DEVICE_GET_INFO`.
+pub fn get_info(arg: usize) -> Result<i64, Errno> {
+    const MINSZ: usize = 16;
+    let mut info: v::VfioDeviceInfo = user::read_struct(arg, MINSZ)?;
+    if (info.argsz as usize) < MINSZ {
+        return Err(Errno::EINVAL);
+    }
+    info.flags = v::VFIO_DEVICE_FLAGS_PCI | v::VFIO_DEVICE_FLAGS_RESET;
+    info.num_regions = v::VFIO_PCI_NUM_REGIONS;
+    info.num_irqs = v::VFIO_PCI_NUM_IRQS;
+    let len = (info.argsz as usize).min(std::mem::size_of::<v::VfioDeviceInfo>());
+    info.cap_offset = 0;
+    user::write_struct(arg, &info, len)?;
+    Ok(0)
+}
+
+/// `VFIO_DEVICE_GET_REGION_INFO`, with the sparse-mmap capability for a
+/// BAR that is mappable only in parts (around an MSI-X table).
+pub fn get_region_info(dev: &EmuDevice, arg: usize) -> Result<i64, Errno> {
+    const MINSZ: usize = 32;
+    let mut info: v::VfioRegionInfo = user::read_struct(arg, MINSZ)?;
+    if (info.argsz as usize) < MINSZ {
+        return Err(Errno::EINVAL);
+    }
+    if info.index >= v::VFIO_PCI_NUM_REGIONS {
+        return Err(Errno::EINVAL);
+    }
+    info.offset = u64::from(info.index) << v::VFIO_PCI_OFFSET_SHIFT;
+    info.cap_offset = 0;
+    let mut caps: Vec<u8> = Vec::new();
+    match info.index {
+        v::VFIO_PCI_CONFIG_REGION_INDEX => {
+            info.size = CONFIG_SIZE;
+            info.flags = v::VFIO_REGION_INFO_FLAG_READ | v::VFIO_REGION_INFO_FLAG_WRITE;
+        }
+        i if i < 6 => match dev.device.region_info(i) {
+            Some(r) => {
+                info.size = r.size;
+                info.flags = 0;
+                if r.flags.read {
+                    info.flags |= v::VFIO_REGION_INFO_FLAG_READ;
+                }
+                if r.flags.write {
+                    info.flags |= v::VFIO_REGION_INFO_FLAG_WRITE;
+                }
+                if r.flags.mmap {
+                    info.flags |= v::VFIO_REGION_INFO_FLAG_MMAP;
+                    let whole = r.mmap_areas.len() == 1
+                        && r.mmap_areas[0].start == 0
+                        && r.mmap_areas[0].end >= r.size;
+                    if !whole {
+                        // struct vfio_region_info_cap_sparse_mmap.
+                        caps.extend_from_slice(&v::VFIO_REGION_INFO_CAP_SPARSE_MMAP.to_ne_bytes());
+                        caps.extend_from_slice(&1u16.to_ne_bytes()); // version
+                        caps.extend_from_slice(&0u32.to_ne_bytes()); // next
+                        caps.extend_from_slice(&(r.mmap_areas.len() as u32).to_ne_bytes());
+                        caps.extend_from_slice(&0u32.to_ne_bytes());
+                        for a in &r.mmap_areas {
+                            caps.extend_from_slice(&a.start.to_ne_bytes());
+                            caps.extend_from_slice(&(a.end - a.start).to_ne_bytes());
+                        }
+                    }
+                }
+            }
+            None => {
+                info.size = 0;
+                info.flags = 0;
+            }
+        },
+        _ => {
+            // No ROM, no VGA.
+            info.size = 0;
+            info.flags = 0;
+        }
+    }
+    let head = std::mem::size_of::<v::VfioRegionInfo>();
+    if !caps.is_empty() {
+        info.flags |= v::VFIO_REGION_INFO_FLAG_CAPS;
+        let needed = (head + caps.len()) as u32;
+        if info.argsz < needed {
+            // Too small for the chain: say how much is needed.
+            info.argsz = needed;
+        } else {
+            info.cap_offset = head as u32;
+            // The chain's offsets are from the start of the structure.
+            user::write(arg + head, &caps)?;
+        }
+    }
+    user::write_struct(arg, &info, head)?;
+    Ok(0)
+}
+
+/// `VFIO_DEVICE_GET_IRQ_INFO`.
+pub fn get_irq_info(arg: usize) -> Result<i64, Errno> {
+    const MINSZ: usize = 16;
+    let mut info: v::VfioIrqInfo = user::read_struct(arg, MINSZ)?;
+    if (info.argsz as usize) < MINSZ || info.index >= v::VFIO_PCI_NUM_IRQS {
+        return Err(Errno::EINVAL);
+    }
+    info.count = irq::COUNTS[info.index as usize];
+    info.flags = irq::info_flags(info.index);
+    user::write_struct(arg, &info, MINSZ)?;
+    Ok(0)
+}
+
+/// `VFIO_DEVICE_RESET`: a function-level reset (memory gated meanwhile,
+/// every mapping zapped; config space kept, as vfio-pci saves and restores
+/// it around the reset).
+pub fn reset(dev: &EmuDevice) -> Result<i64, Errno> {
+    dev.device.reset().map_err(|e| errno_of(&e))?;
+    Ok(0)
+}
+
+/// `pread` of the device fd.
+pub fn pread(dev: &EmuDevice, buf: usize, len: usize, off: u64) -> Result<i64, Errno> {
+    let (index, at) = region_of(off);
+    if index == v::VFIO_PCI_CONFIG_REGION_INDEX {
+        if at >= CONFIG_SIZE {
+            return Ok(0);
+        }
+        let n = len.min((CONFIG_SIZE - at) as usize);
+        let mut tmp = vec![0u8; n];
+        dev.device
+            .read_config(at, &mut tmp)
+            .map_err(|e| errno_of(&e))?;
+        user::write(buf, &tmp)?;
+        return Ok(n as i64);
+    }
+    if index >= 6 {
+        return Err(Errno::EINVAL);
+    }
+    dev.device
+        .read_region_raw(index, at, buf as *mut u8, len)
+        .map_err(|e| errno_of(&e))?;
+    Ok(len as i64)
+}
+
+/// `pwrite` of the device fd.
+pub fn pwrite(dev: &EmuDevice, buf: usize, len: usize, off: u64) -> Result<i64, Errno> {
+    let (index, at) = region_of(off);
+    if index == v::VFIO_PCI_CONFIG_REGION_INDEX {
+        if at >= CONFIG_SIZE {
+            return Ok(0);
+        }
+        let n = len.min((CONFIG_SIZE - at) as usize);
+        let data = user::read(buf, n)?;
+        dev.device
+            .write_config(at, &data)
+            .map_err(|e| errno_of(&e))?;
+        return Ok(n as i64);
+    }
+    if index >= 6 {
+        return Err(Errno::EINVAL);
+    }
+    dev.device
+        .write_region_raw(index, at, buf as *const u8, len)
+        .map_err(|e| errno_of(&e))?;
+    Ok(len as i64)
+}
+
+/// `mmap` of the device fd at `off`: a barmap mapping of the BAR, lazily
+/// faulted and revocable, placed as the program asked.
+pub fn mmap(
+    dev: &EmuDevice,
+    addr: usize,
+    len: usize,
+    prot: i32,
+    flags: i32,
+    off: u64,
+) -> Result<Mapping, Errno> {
+    let (index, at) = region_of(off);
+    if flags & libc::MAP_SHARED == 0 || index >= 6 || len == 0 {
+        return Err(Errno::EINVAL);
+    }
+    let fixed = flags & (libc::MAP_FIXED | libc::MAP_FIXED_NOREPLACE) != 0;
+    let placement = if fixed {
+        Placement::Fixed(addr)
+    } else {
+        Placement::Anywhere
+    };
+    let prot = if prot & libc::PROT_WRITE != 0 {
+        Prot::ReadWrite
+    } else {
+        Prot::Read
+    };
+    let len = len.next_multiple_of(4096);
+    dev.device
+        .map_at(index, at, len, prot, placement)
+        .map_err(|e| errno_of(&e))
+}

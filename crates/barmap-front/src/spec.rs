@@ -1,0 +1,129 @@
+//! What `barmap run` presents: the devices, their PCI addresses, groups and
+//! cdev numbers. Written by `barmap run` into the testbed as JSON and read
+//! by the front end inside the program.
+
+use std::path::Path;
+
+use barmap::{Device, Policy};
+
+/// One emulated device of a run.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeviceSpec {
+    /// The model: `default` (barmap's default device).
+    pub model: String,
+    /// Size of the memory BAR (BAR2), bytes.
+    pub memory: u64,
+    /// Fault policy.
+    pub policy: String,
+    /// PCI address, `DDDD:BB:DD.F`.
+    pub bdf: String,
+    /// IOMMU group number.
+    pub group: u32,
+    /// vfio cdev number (`/dev/vfio/devices/vfioN`).
+    pub cdev: u32,
+}
+
+impl DeviceSpec {
+    /// Parses `NAME[,memory=SIZE][,policy=P]` (for example
+    /// `default,memory=64M,policy=page`); the addresses are assigned by
+    /// [`RunSpec::new`].
+    pub fn parse(text: &str, default_policy: Policy) -> Result<DeviceSpec, String> {
+        let mut parts = text.split(',');
+        let model = parts.next().unwrap_or_default().trim().to_string();
+        if model != "default" {
+            return Err(format!("unknown device model {model:?} (known: default)"));
+        }
+        let mut spec = DeviceSpec {
+            model,
+            memory: 64 << 20,
+            policy: default_policy.to_string(),
+            bdf: String::new(),
+            group: 0,
+            cdev: 0,
+        };
+        for kv in parts {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| format!("expected key=value, got {kv:?}"))?;
+            match k.trim() {
+                "memory" => spec.memory = parse_size(v)?,
+                "policy" => {
+                    let p: Policy = v.trim().parse().map_err(|e| format!("{e}"))?;
+                    spec.policy = p.to_string();
+                }
+                other => return Err(format!("unknown device option {other:?}")),
+            }
+        }
+        if !spec.memory.is_power_of_two() || spec.memory < 4096 {
+            return Err(format!(
+                "memory BAR size {} is not a power of two of at least 4 KiB",
+                spec.memory
+            ));
+        }
+        Ok(spec)
+    }
+
+    /// Builds the emulated device.
+    pub fn build(&self) -> barmap::Result<Device> {
+        let policy: Policy = self
+            .policy
+            .parse()
+            .map_err(|_| barmap::Error::InvalidSpec(format!("policy {}", self.policy)))?;
+        Device::builder_with_memory(self.memory)
+            .policy(policy)
+            .build()
+    }
+}
+
+/// `64M`, `2G`, `4096`, `1k`.
+pub fn parse_size(v: &str) -> Result<u64, String> {
+    let v = v.trim();
+    let (num, mult) = match v.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_lowercase() {
+                'k' => 1 << 10,
+                'm' => 1 << 20,
+                'g' => 1 << 30,
+                _ => return Err(format!("bad size suffix in {v:?}")),
+            };
+            (&v[..i], m)
+        }
+        _ => (v, 1),
+    };
+    num.parse::<u64>()
+        .map(|n| n * mult)
+        .map_err(|_| format!("bad size {v:?}"))
+}
+
+/// Everything a run presents.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RunSpec {
+    /// The devices, in order.
+    pub devices: Vec<DeviceSpec>,
+}
+
+/// File name of the spec inside the testbed.
+pub const SPEC_FILE: &str = "barmap-run.json";
+/// Environment variable naming the testbed directory.
+pub const TESTBED_ENV: &str = "BARMAP_TESTBED";
+
+/// First IOMMU group number handed out.
+const FIRST_GROUP: u32 = 42;
+
+impl RunSpec {
+    /// Assigns PCI addresses (`0000:ba:NN.0`), groups and cdev numbers.
+    pub fn new(mut devices: Vec<DeviceSpec>) -> RunSpec {
+        for (i, d) in devices.iter_mut().enumerate() {
+            d.bdf = format!("0000:ba:{i:02x}.0");
+            d.group = FIRST_GROUP + i as u32;
+            d.cdev = i as u32;
+        }
+        RunSpec { devices }
+    }
+
+    /// Reads the spec of the testbed at `dir`.
+    pub fn load(dir: &Path) -> std::io::Result<RunSpec> {
+        let text = std::fs::read_to_string(dir.join(SPEC_FILE))?;
+        serde_json::from_str(&text).map_err(std::io::Error::other)
+    }
+}
