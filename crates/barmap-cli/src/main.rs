@@ -4,7 +4,8 @@
 //! - `barmap storm`: N threads hammering fresh mappings, per policy;
 //! - `barmap check`: the model checker over the shipped fault path;
 //! - `barmap bench`: the fault path's costs, as ratios to native;
-//! - `barmap guest`: the same scenarios against the kernel's vfio-pci.
+//! - `barmap guest`: the same scenarios against the kernel's vfio-pci;
+//! - `barmap run`: an unmodified VFIO program on barmap's devices.
 
 use clap::{Parser, Subcommand};
 
@@ -12,6 +13,8 @@ mod bench;
 mod check;
 mod demo;
 mod guest_cmd;
+mod run_cmd;
+mod selftests_cmd;
 mod storm;
 mod util;
 
@@ -38,9 +41,14 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Run the scenario suite against the kernel's vfio-pci in a QEMU guest.
     Guest(guest_cmd::GuestArgs),
+    /// Run an unmodified VFIO program on barmap's emulated devices.
+    Run(run_cmd::RunArgs),
     /// Inside the guest: run the suite on the devices bound to vfio-pci.
     #[command(hide = true, name = "guest-run")]
     GuestRun(guest_cmd::GuestRunArgs),
+    /// Fetch and build the kernel's VFIO selftests into the cache.
+    #[command(name = "selftests-build")]
+    SelftestsBuild(selftests_cmd::SelftestsBuildArgs),
     /// Touches revoked device memory without a safety net: dies by SIGBUS.
     #[command(hide = true, name = "sigbus-child")]
     SigbusChild,
@@ -68,6 +76,8 @@ fn main() {
         Command::Bench(args) => bench::run(&args),
         Command::Guest(args) => guest_cmd::host_main(args),
         Command::GuestRun(args) => guest_cmd::in_guest_main(args),
+        Command::Run(args) => run_cmd::run(&args),
+        Command::SelftestsBuild(args) => selftests_cmd::run(&args),
 
         Command::SigbusChild => demo::sigbus_child(),
     };

@@ -22,6 +22,7 @@ pub mod protocol;
 pub mod qemu;
 pub mod report;
 pub mod seedbug;
+pub mod selftests;
 pub mod util;
 
 pub use args::{GuestArgs, GuestRunArgs};
