@@ -12,6 +12,9 @@ use crate::irq::{self, Irqs};
 use crate::spec::DeviceSpec;
 use crate::{user, Errno};
 
+/// The BAR that holds the default model's MSI-X table.
+pub const MSIX_BAR: u32 = 0;
+
 /// Config space size of the emulated function.
 pub const CONFIG_SIZE: u64 = 256;
 const OFFSET_MASK: u64 = (1 << v::VFIO_PCI_OFFSET_SHIFT) - 1;
@@ -111,6 +114,14 @@ pub fn get_region_info(dev: &EmuDevice, arg: usize) -> Result<i64, Errno> {
                     let whole = r.mmap_areas.len() == 1
                         && r.mmap_areas[0].start == 0
                         && r.mmap_areas[0].end >= r.size;
+                    if whole && i == MSIX_BAR {
+                        // The MSI-X table's BAR may be mapped whole.
+                        caps.extend_from_slice(
+                            &v::VFIO_REGION_INFO_CAP_MSIX_MAPPABLE.to_ne_bytes(),
+                        );
+                        caps.extend_from_slice(&1u16.to_ne_bytes());
+                        caps.extend_from_slice(&0u32.to_ne_bytes());
+                    }
                     if !whole {
                         // struct vfio_region_info_cap_sparse_mmap.
                         caps.extend_from_slice(&v::VFIO_REGION_INFO_CAP_SPARSE_MMAP.to_ne_bytes());

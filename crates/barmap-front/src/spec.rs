@@ -69,7 +69,12 @@ impl DeviceSpec {
             .policy
             .parse()
             .map_err(|_| barmap::Error::InvalidSpec(format!("policy {}", self.policy)))?;
+        // As current vfio-pci presents it: BAR0 mappable as a whole, MSI-X
+        // table included (VFIO_REGION_INFO_CAP_MSIX_MAPPABLE, since 4.16).
+        let mut id = barmap::DEFAULT_ID.to_le_bytes().to_vec();
+        id.resize(8, 0);
         Device::builder_with_memory(self.memory)
+            .region(0, barmap::RegionSpec::registers(64 << 10, id))
             .policy(policy)
             .build()
     }
