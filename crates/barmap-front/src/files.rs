@@ -64,7 +64,7 @@ impl Container {
                 };
                 match req {
                     v::VFIO_IOMMU_GET_INFO => type1::get_info(&dma, arg),
-                    v::VFIO_IOMMU_MAP_DMA => type1::map_dma(&dma, arg),
+                    v::VFIO_IOMMU_MAP_DMA => type1::map_dma(&dma, arg, true),
                     _ => type1::unmap_dma(&dma, arg, t == v::VFIO_TYPE1V2_IOMMU),
                 }
             }

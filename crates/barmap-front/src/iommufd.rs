@@ -146,7 +146,7 @@ impl Iommufd {
                 Ok(0)
             }
             v::VFIO_IOMMU_GET_INFO => type1::get_info(&self.compat_ioas(), arg),
-            v::VFIO_IOMMU_MAP_DMA => type1::map_dma(&self.compat_ioas(), arg),
+            v::VFIO_IOMMU_MAP_DMA => type1::map_dma(&self.compat_ioas(), arg, false),
             v::VFIO_IOMMU_UNMAP_DMA => type1::unmap_dma(&self.compat_ioas(), arg, true),
             _ => Err(Errno::ENOTTY),
         }
@@ -209,6 +209,10 @@ impl Iommufd {
             return Err(Errno::EINVAL);
         }
         let table = self.state.lock().unwrap().ioas(m.ioas_id)?;
+        if crate::is_bar_memory(m.user_va, m.length) {
+            // iommufd pins pages; a BAR mapping has none to pin.
+            return Err(Errno::EFAULT);
+        }
         let mut t = table.lock().unwrap();
         if m.flags & ifd::IOMMU_IOAS_MAP_FIXED_IOVA == 0 {
             m.iova = t

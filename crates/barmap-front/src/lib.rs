@@ -82,6 +82,20 @@ struct BarMap {
     _dev: Arc<EmuDevice>,
 }
 
+/// Address ranges of BAR mappings made through device fds, in this
+/// process (for iommufd, which cannot DMA-map them).
+static BAR_RANGES: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
+
+/// Whether `addr..addr+len` meets a BAR mapping.
+pub fn is_bar_memory(addr: u64, len: u64) -> bool {
+    let (a, e) = (addr as usize, addr.saturating_add(len) as usize);
+    BAR_RANGES
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|&(s, l)| s < e && a < s + l)
+}
+
 /// The front end of one process.
 #[derive(Debug)]
 pub struct Front {
@@ -322,6 +336,7 @@ impl Front {
         let mapping = device::mmap(&d.dev, addr, len, prot, flags, off as u64)?;
         let start = mapping.addr();
         let len = mapping.len();
+        BAR_RANGES.lock().unwrap().push((start, len));
         let mut maps = self.maps.lock().unwrap();
         maps.push(BarMap {
             start,
@@ -345,6 +360,10 @@ impl Front {
             *maps = kept;
             gone
         };
+        BAR_RANGES
+            .lock()
+            .unwrap()
+            .retain(|&(s, l)| !gone.iter().any(|m| m.start == s && m.len == l));
         drop(gone);
     }
 

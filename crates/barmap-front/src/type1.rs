@@ -70,13 +70,15 @@ fn errno_of(e: DmaError) -> Errno {
         DmaError::Invalid => Errno::EINVAL,
         DmaError::Exists => Errno::EEXIST,
         DmaError::NotFound => Errno::EINVAL,
-        DmaError::Overflow => Errno::EINVAL,
+        DmaError::Overflow => Errno::EOVERFLOW,
         DmaError::Fault => Errno::EFAULT,
     }
 }
 
-/// `VFIO_IOMMU_MAP_DMA`.
-pub fn map_dma(table: &Arc<Mutex<DmaTable>>, arg: usize) -> Result<i64, Errno> {
+/// `VFIO_IOMMU_MAP_DMA`; `mmio_ok` says whether a BAR mapping may be
+/// mapped for DMA (type1 maps pfnmaps; iommufd's compatibility mode, which
+/// pins pages, cannot).
+pub fn map_dma(table: &Arc<Mutex<DmaTable>>, arg: usize, mmio_ok: bool) -> Result<i64, Errno> {
     const MINSZ: usize = 32;
     let m: v::VfioDmaMap = user::read_struct(arg, MINSZ)?;
     if (m.argsz as usize) < MINSZ {
@@ -85,6 +87,9 @@ pub fn map_dma(table: &Arc<Mutex<DmaTable>>, arg: usize) -> Result<i64, Errno> {
     let known = v::VFIO_DMA_MAP_FLAG_READ | v::VFIO_DMA_MAP_FLAG_WRITE | v::VFIO_DMA_MAP_FLAG_VADDR;
     if m.flags & !known != 0 || m.flags & v::VFIO_DMA_MAP_FLAG_VADDR != 0 {
         return Err(Errno::EINVAL);
+    }
+    if !mmio_ok && crate::is_bar_memory(m.vaddr, m.size) {
+        return Err(Errno::EFAULT);
     }
     let mut t = table.lock().unwrap();
     if t.len() >= DMA_ENTRY_LIMIT {
@@ -125,6 +130,9 @@ pub fn unmap_dma(table: &Arc<Mutex<DmaTable>>, arg: usize, v2: bool) -> Result<i
     } else {
         if u.size == 0 || u.iova % IOMMU_PAGE != 0 || u.size % IOMMU_PAGE != 0 {
             return Err(Errno::EINVAL);
+        }
+        if u.iova.checked_add(u.size - 1).is_none() {
+            return Err(Errno::EOVERFLOW);
         }
         t.unmap(u.iova, u.size, v2).map_err(errno_of)?
     };
