@@ -87,8 +87,20 @@ pub fn resolve_program(program: &str) -> Option<PathBuf> {
     })
 }
 
-/// Runs `program args` under a fresh testbed for `spec`.
+/// Runs `program args` under a fresh testbed for `spec`, its output going
+/// where ours goes.
 pub fn run(spec: &RunSpec, program: &str, args: &[String]) -> Result<Outcome, String> {
+    run_with(spec, program, args, None)
+}
+
+/// Like [`run`], with the program's stdout and stderr written to `output`
+/// (one file, in the order written).
+pub fn run_with(
+    spec: &RunSpec,
+    program: &str,
+    args: &[String],
+    output: Option<&Path>,
+) -> Result<Outcome, String> {
     let preload = find_preload()?;
     let dir = std::env::temp_dir().join(format!(
         "barmap-run-{}-{}",
@@ -98,7 +110,7 @@ pub fn run(spec: &RunSpec, program: &str, args: &[String]) -> Result<Outcome, St
             .map_or(0, |d| d.subsec_nanos())
     ));
     std::fs::create_dir_all(&dir).map_err(|e| format!("testbed {}: {e}", dir.display()))?;
-    let result = run_in(&dir, &preload, spec, program, args);
+    let result = run_in(&dir, &preload, spec, program, args, output);
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
@@ -109,10 +121,16 @@ fn run_in(
     spec: &RunSpec,
     program: &str,
     args: &[String],
+    output: Option<&Path>,
 ) -> Result<Outcome, String> {
     testbed::create(dir, spec).map_err(|e| format!("testbed: {e}"))?;
     let mut cmd = Command::new(program);
     cmd.args(args);
+    if let Some(out) = output {
+        let f = std::fs::File::create(out).map_err(|e| format!("{}: {e}", out.display()))?;
+        let g = f.try_clone().map_err(|e| e.to_string())?;
+        cmd.stdout(f).stderr(g);
+    }
     let mut ld = preload.display().to_string();
     if let Some(old) = std::env::var_os("LD_PRELOAD") {
         ld = format!("{ld}:{}", old.to_string_lossy());

@@ -28,6 +28,7 @@ pub mod dma;
 pub mod files;
 pub mod iommufd;
 pub mod irq;
+pub mod kselftest;
 pub mod launch;
 pub mod paths;
 pub mod spec;

@@ -1,0 +1,147 @@
+//! Running the kernel's VFIO selftests under `barmap run` and reading their
+//! verdicts (the kselftest harness's `# Totals:` line).
+
+use std::path::Path;
+
+use crate::launch;
+use crate::spec::RunSpec;
+
+/// The harness's closing counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Totals {
+    /// Tests passed.
+    pub pass: u32,
+    /// Tests failed.
+    pub fail: u32,
+    /// Expected failures.
+    pub xfail: u32,
+    /// Unexpected passes.
+    pub xpass: u32,
+    /// Tests skipped (by the test itself).
+    pub skip: u32,
+    /// Harness errors.
+    pub error: u32,
+}
+
+/// Parses `# Totals: pass:N fail:N xfail:N xpass:N skip:N error:N`; a
+/// binary that skipped as a whole (`1..0 # SKIP reason`) counts one skip.
+pub fn parse_totals(output: &str) -> Option<Totals> {
+    for line in output.lines().rev() {
+        if let Some(rest) = line.trim().strip_prefix("# Totals:") {
+            let mut t = Totals::default();
+            for kv in rest.split_whitespace() {
+                let (k, v) = kv.split_once(':')?;
+                let v: u32 = v.parse().ok()?;
+                match k {
+                    "pass" => t.pass = v,
+                    "fail" => t.fail = v,
+                    "xfail" => t.xfail = v,
+                    "xpass" => t.xpass = v,
+                    "skip" => t.skip = v,
+                    "error" => t.error = v,
+                    _ => {}
+                }
+            }
+            return Some(t);
+        }
+    }
+    output
+        .lines()
+        .any(|l| l.trim().starts_with("1..0 # SKIP"))
+        .then_some(Totals {
+            skip: 1,
+            ..Totals::default()
+        })
+}
+
+/// Lines of the output that say why tests skipped or failed.
+pub fn notable_lines(output: &str) -> Vec<String> {
+    output
+        .lines()
+        .filter(|l| l.starts_with("not ok") || l.contains("# SKIP"))
+        .map(|l| l.to_string())
+        .collect()
+}
+
+/// One binary's result.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BinaryResult {
+    /// The binary's file name.
+    pub name: String,
+    /// Its totals, if it printed them.
+    pub totals: Option<Totals>,
+    /// Exit status (kselftest: 0 pass, 1 fail, 4 skip).
+    pub exit_code: Option<i32>,
+    /// Failed and skipped test lines.
+    pub notes: Vec<String>,
+    /// BUG events barmap reported.
+    pub bugs: u64,
+    /// Seconds.
+    pub elapsed_s: f64,
+}
+
+impl BinaryResult {
+    /// Whether the binary passed: no failure or error, and the harness
+    /// closed normally (or skipped as a whole, exit 4).
+    pub fn ok(&self) -> bool {
+        match self.totals {
+            Some(t) => t.fail == 0 && t.error == 0 && matches!(self.exit_code, Some(0 | 4)),
+            None => false,
+        }
+    }
+}
+
+/// Runs `binary` under a testbed for `spec`, its output in `log`.
+pub fn run_binary(spec: &RunSpec, binary: &Path, log: &Path) -> Result<BinaryResult, String> {
+    let name = binary
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let out = launch::run_with(spec, &binary.to_string_lossy(), &[], Some(log))?;
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut totals = parse_totals(&text);
+    let mut notes = notable_lines(&text);
+    if totals.is_none() && out.exit_code == Some(4) {
+        // KSFT_SKIP before the harness started: the binary said why.
+        totals = Some(Totals {
+            skip: 1,
+            ..Totals::default()
+        });
+        notes.extend(text.lines().map(str::to_string));
+    }
+    Ok(BinaryResult {
+        name,
+        totals,
+        exit_code: out.exit_code,
+        notes,
+        bugs: out.bugs,
+        elapsed_s: out.elapsed_s,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_and_whole_binary_skips() {
+        let t = parse_totals("ok 1 x\n# Totals: pass:5 fail:1 xfail:0 xpass:0 skip:2 error:0\n");
+        assert_eq!(
+            t,
+            Some(Totals {
+                pass: 5,
+                fail: 1,
+                skip: 2,
+                ..Totals::default()
+            })
+        );
+        assert_eq!(
+            parse_totals("TAP version 13\n1..0 # SKIP SR-IOV may not be supported\n"),
+            Some(Totals {
+                skip: 1,
+                ..Totals::default()
+            })
+        );
+        assert_eq!(parse_totals("crashed\n"), None);
+    }
+}
