@@ -15,6 +15,7 @@ mod demo;
 mod guest_cmd;
 mod run_cmd;
 mod selftests_cmd;
+mod selftests_run;
 mod storm;
 mod util;
 
@@ -46,6 +47,8 @@ enum Command {
     /// Inside the guest: run the suite on the devices bound to vfio-pci.
     #[command(hide = true, name = "guest-run")]
     GuestRun(guest_cmd::GuestRunArgs),
+    /// The kernel's VFIO selftests, built unmodified, under `barmap run`.
+    Selftests(selftests_run::SelftestsArgs),
     /// Fetch and build the kernel's VFIO selftests into the cache.
     #[command(name = "selftests-build")]
     SelftestsBuild(selftests_cmd::SelftestsBuildArgs),
@@ -78,6 +81,7 @@ fn main() {
         Command::GuestRun(args) => guest_cmd::in_guest_main(args),
         Command::Run(args) => run_cmd::run(&args),
         Command::SelftestsBuild(args) => selftests_cmd::run(&args),
+        Command::Selftests(args) => selftests_run::run(&args),
 
         Command::SigbusChild => demo::sigbus_child(),
     };

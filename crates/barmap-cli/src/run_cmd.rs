@@ -24,7 +24,8 @@ pub struct RunArgs {
 }
 
 /// Runs the command; the exit status is the program's (128 + signal if a
-/// signal ended it).
+/// signal ended it), or 1 if it exited 0 but barmap recorded BUG events
+/// (each would have crashed the kernel).
 pub fn run(args: &RunArgs) -> i32 {
     let texts = if args.devices.is_empty() {
         vec!["default".to_string()]
@@ -83,6 +84,7 @@ pub fn run(args: &RunArgs) -> i32 {
                 );
             }
             match (out.exit_code, out.signal) {
+                (Some(0), _) if out.bugs > 0 => 1,
                 (Some(c), _) => c,
                 (_, Some(s)) => 128 + s,
                 _ => 1,

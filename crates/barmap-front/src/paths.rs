@@ -30,7 +30,7 @@ pub enum Route {
 }
 
 /// Prefixes of the sysfs and /dev trees that the testbed replaces.
-const REDIRECTED: [&str; 9] = [
+const REDIRECTED: [&str; 10] = [
     "/sys/bus/pci/devices",
     "/sys/bus/pci/drivers/vfio-pci",
     "/sys/kernel/iommu_groups",
@@ -39,6 +39,8 @@ const REDIRECTED: [&str; 9] = [
     "/sys/module/vfio_pci_core",
     "/sys/module/vfio_iommu_type1",
     "/sys/module/iommufd",
+    // The host IOMMU's debugfs knows nothing of emulated devices.
+    "/sys/kernel/debug/iommu",
     "/dev/vfio",
 ];
 
