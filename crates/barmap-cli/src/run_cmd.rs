@@ -66,7 +66,12 @@ pub fn run(args: &RunArgs) -> i32 {
             d.policy
         );
     }
-    match launch::run(&spec, program, &args.program[1..]) {
+    let output = if args.json {
+        launch::Output::Stderr
+    } else {
+        launch::Output::Inherit
+    };
+    match launch::run_with(&spec, program, &args.program[1..], output) {
         Ok(out) => {
             if args.json {
                 println!("{}", serde_json::to_string(&out).unwrap());

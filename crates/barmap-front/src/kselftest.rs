@@ -97,7 +97,12 @@ pub fn run_binary(spec: &RunSpec, binary: &Path, log: &Path) -> Result<BinaryRes
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let out = launch::run_with(spec, &binary.to_string_lossy(), &[], Some(log))?;
+    let out = launch::run_with(
+        spec,
+        &binary.to_string_lossy(),
+        &[],
+        launch::Output::File(log),
+    )?;
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let mut totals = parse_totals(&text);
     let mut notes = notable_lines(&text);

@@ -87,19 +87,29 @@ pub fn resolve_program(program: &str) -> Option<PathBuf> {
     })
 }
 
+/// Where the program's output goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Output<'a> {
+    /// Where ours goes.
+    Inherit,
+    /// Both stdout and stderr to our stderr (our stdout carries JSON).
+    Stderr,
+    /// Both to this file, in the order written.
+    File(&'a Path),
+}
+
 /// Runs `program args` under a fresh testbed for `spec`, its output going
 /// where ours goes.
 pub fn run(spec: &RunSpec, program: &str, args: &[String]) -> Result<Outcome, String> {
-    run_with(spec, program, args, None)
+    run_with(spec, program, args, Output::Inherit)
 }
 
-/// Like [`run`], with the program's stdout and stderr written to `output`
-/// (one file, in the order written).
+/// Like [`run`], with the program's output sent to `output`.
 pub fn run_with(
     spec: &RunSpec,
     program: &str,
     args: &[String],
-    output: Option<&Path>,
+    output: Output<'_>,
 ) -> Result<Outcome, String> {
     let preload = find_preload()?;
     let dir = std::env::temp_dir().join(format!(
@@ -121,15 +131,21 @@ fn run_in(
     spec: &RunSpec,
     program: &str,
     args: &[String],
-    output: Option<&Path>,
+    output: Output<'_>,
 ) -> Result<Outcome, String> {
     testbed::create(dir, spec).map_err(|e| format!("testbed: {e}"))?;
     let mut cmd = Command::new(program);
     cmd.args(args);
-    if let Some(out) = output {
-        let f = std::fs::File::create(out).map_err(|e| format!("{}: {e}", out.display()))?;
-        let g = f.try_clone().map_err(|e| e.to_string())?;
-        cmd.stdout(f).stderr(g);
+    match output {
+        Output::Inherit => {}
+        Output::Stderr => {
+            cmd.stdout(std::io::stderr());
+        }
+        Output::File(out) => {
+            let f = std::fs::File::create(out).map_err(|e| format!("{}: {e}", out.display()))?;
+            let g = f.try_clone().map_err(|e| e.to_string())?;
+            cmd.stdout(f).stderr(g);
+        }
     }
     let mut ld = preload.display().to_string();
     if let Some(old) = std::env::var_os("LD_PRELOAD") {
