@@ -870,6 +870,11 @@ fn uffd_floor(
         }
         stop.store(true, Ordering::Relaxed);
     });
+    // Unregister before the view goes: the userfaultfd reports munmaps of
+    // registered ranges (EVENT_UNMAP), and with its reader gone the munmap
+    // would wait for that event to be read for ever.
+    uffd.unregister(view.addr..view.addr + view.len)
+        .map_err(|e| errno_str("UFFDIO_UNREGISTER", e))?;
     drop(v);
     Ok(())
 }
