@@ -66,6 +66,10 @@ impl State {
         }
     }
 
+    fn existing_compat(&self) -> Option<Ioas> {
+        self.compat.and_then(|id| self.ioas(id).ok())
+    }
+
     fn compat_ioas(&mut self) -> Ioas {
         if let Some(id) = self.compat {
             if let Ok(t) = self.ioas(id) {
@@ -114,6 +118,14 @@ impl Iommufd {
         self.state.lock().unwrap().compat_ioas()
     }
 
+    fn existing_compat(&self) -> Result<Ioas, Errno> {
+        self.state
+            .lock()
+            .unwrap()
+            .existing_compat()
+            .ok_or(Errno::ENODEV)
+    }
+
     /// Whether the compatibility mode has an IOMMU type set.
     pub fn compat_type(&self) -> Option<u64> {
         self.state.lock().unwrap().compat_type
@@ -135,19 +147,21 @@ impl Iommufd {
                     || arg as u64 == v::VFIO_TYPE1V2_IOMMU
                     || arg as u64 == v::VFIO_UNMAP_ALL,
             )),
+            // The type1 compatibility ioctls need the compatibility IOAS,
+            // which a group's SET_CONTAINER (or IOMMU_VFIO_IOAS) creates.
             v::VFIO_SET_IOMMU => {
                 let t = arg as u64;
+                let mut s = self.state.lock().unwrap();
+                s.existing_compat().ok_or(Errno::ENODEV)?;
                 if t != v::VFIO_TYPE1_IOMMU && t != v::VFIO_TYPE1V2_IOMMU {
                     return Err(Errno::EINVAL);
                 }
-                let mut s = self.state.lock().unwrap();
-                s.compat_ioas();
                 s.compat_type = Some(t);
                 Ok(0)
             }
-            v::VFIO_IOMMU_GET_INFO => type1::get_info(&self.compat_ioas(), arg),
-            v::VFIO_IOMMU_MAP_DMA => type1::map_dma(&self.compat_ioas(), arg, false),
-            v::VFIO_IOMMU_UNMAP_DMA => type1::unmap_dma(&self.compat_ioas(), arg, true),
+            v::VFIO_IOMMU_GET_INFO => type1::get_info(&self.existing_compat()?, arg),
+            v::VFIO_IOMMU_MAP_DMA => type1::map_dma(&self.existing_compat()?, arg, false),
+            v::VFIO_IOMMU_UNMAP_DMA => type1::unmap_dma(&self.existing_compat()?, arg, true),
             _ => Err(Errno::ENOTTY),
         }
     }

@@ -40,7 +40,21 @@ fn signal(fd: &OwnedFd) {
     unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
 }
 
+/// Whether `fd` is an eventfd (vfio-pci takes an eventfd context from it
+/// and refuses anything else with EINVAL).
+fn is_eventfd(fd: i32) -> bool {
+    std::fs::read_link(format!("/proc/self/fd/{fd}"))
+        .is_ok_and(|p| p.as_os_str() == "anon_inode:[eventfd]")
+}
+
 fn dup(fd: i32) -> Result<OwnedFd, Errno> {
+    // SAFETY: F_GETFD on any fd number: its flags, or -1 (EBADF).
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(Errno::EBADF);
+    }
+    if !is_eventfd(fd) {
+        return Err(Errno::EINVAL);
+    }
     // SAFETY: F_DUPFD_CLOEXEC on any fd number returns a new fd or -1
     // (EBADF for a closed one).
     let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };

@@ -368,6 +368,26 @@ impl Front {
         drop(gone);
     }
 
+    /// A description of every object's state (fds, containers, groups, IOMMU
+    /// tables, interrupts, config space): two equal digests mean that
+    /// nothing observable changed in between (for tests of failed calls).
+    pub fn digest(&self) -> String {
+        let files: std::collections::BTreeMap<i32, String> = self
+            .files
+            .read()
+            .unwrap()
+            .iter()
+            .map(|(fd, f)| (*fd, format!("{f:?}")))
+            .collect();
+        let mut out = format!("{files:?}");
+        for d in self.devices() {
+            let mut cfg = [0u8; 64];
+            let _ = d.device.read_config(0, &mut cfg);
+            out += &format!("{cfg:?}{:?}", d.dma.lock().unwrap());
+        }
+        out
+    }
+
     /// Counters of every device, as one JSON value per device (for the
     /// report at exit).
     pub fn report(&self) -> serde_json::Value {
