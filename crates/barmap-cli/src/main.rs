@@ -4,6 +4,7 @@
 //! - `barmap storm`: N threads hammering fresh mappings, per policy;
 //! - `barmap check`: the model checker over the shipped fault path;
 //! - `barmap bench`: the fault path's costs, as ratios to native;
+//! - `barmap fuzz`: the state-machine explorer against a reference model;
 //! - `barmap guest`: the same scenarios against the kernel's vfio-pci;
 //! - `barmap run`: an unmodified VFIO program on barmap's devices.
 
@@ -12,6 +13,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod check;
 mod demo;
+mod fuzz;
 mod guest_cmd;
 mod run_cmd;
 mod selftests_cmd;
@@ -40,6 +42,9 @@ enum Command {
     /// Measure the fault path: populate vs native, fault round trip, storm,
     /// zap, service-thread sweep.
     Bench(bench::BenchArgs),
+    /// Randomized state-machine test: the API and the process's
+    /// address-space operations against a reference model.
+    Fuzz(fuzz::FuzzArgs),
     /// Run the scenario suite against the kernel's vfio-pci in a QEMU guest.
     Guest(guest_cmd::GuestArgs),
     /// Run an unmodified VFIO program on barmap's emulated devices.
@@ -77,6 +82,7 @@ fn main() {
         Command::Storm(args) => storm::run(&args),
         Command::Check(args) => check::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Fuzz(args) => fuzz::run(&args),
         Command::Guest(args) => guest_cmd::host_main(args),
         Command::GuestRun(args) => guest_cmd::in_guest_main(args),
         Command::Run(args) => run_cmd::run(&args),
