@@ -48,6 +48,64 @@ impl EmuDevice {
     }
 }
 
+/// A DMA that the IOMMU refused, as hardware reports it (the device model
+/// sees an error; the program is not harmed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum IommuFault {
+    /// The device is attached to no IOMMU table (no container, IOAS).
+    #[error("DMA with no IOMMU domain attached")]
+    NoDomain,
+    /// No mapping covers the access, or it crosses the end of one.
+    #[error("DMA {len} bytes at IOVA {iova:#x}: not mapped")]
+    Unmapped {
+        /// IOVA accessed.
+        iova: u64,
+        /// Bytes.
+        len: u64,
+    },
+    /// The mapping does not allow the access (a write to a read-only map).
+    #[error("DMA {} at IOVA {iova:#x}: not permitted", if *.write { "write" } else { "read" })]
+    Permission {
+        /// IOVA accessed.
+        iova: u64,
+        /// Whether it was a write.
+        write: bool,
+    },
+    /// The program's memory behind the mapping is gone.
+    #[error("DMA at IOVA {iova:#x}: the memory behind it is unmapped")]
+    Gone {
+        /// IOVA accessed.
+        iova: u64,
+    },
+}
+
+impl EmuDevice {
+    fn translate(&self, iova: u64, len: u64, write: bool) -> Result<u64, IommuFault> {
+        let dma = self.dma.lock().unwrap();
+        let table = dma.as_ref().ok_or(IommuFault::NoDomain)?.lock().unwrap();
+        match table.translate(iova, len, write) {
+            Some(va) => Ok(va),
+            None if table.translate(iova, len, !write).is_some() => {
+                Err(IommuFault::Permission { iova, write })
+            }
+            None => Err(IommuFault::Unmapped { iova, len }),
+        }
+    }
+
+    /// A device model's DMA read of `buf.len()` bytes at `iova`, through
+    /// the IOMMU table the device is attached to.
+    pub fn dma_read(&self, iova: u64, buf: &mut [u8]) -> Result<(), IommuFault> {
+        let va = self.translate(iova, buf.len() as u64, false)?;
+        barmap::os::copy_from_user(va as *const u8, buf).map_err(|_| IommuFault::Gone { iova })
+    }
+
+    /// A device model's DMA write of `data` at `iova`.
+    pub fn dma_write(&self, iova: u64, data: &[u8]) -> Result<(), IommuFault> {
+        let va = self.translate(iova, data.len() as u64, true)?;
+        barmap::os::copy_to_user(data, va as *mut u8).map_err(|_| IommuFault::Gone { iova })
+    }
+}
+
 /// errno for a barmap error, as vfio-pci answers the same request.
 pub fn errno_of(e: &Error) -> Errno {
     match e {

@@ -645,3 +645,54 @@ fn bar_mmap_is_a_revocable_barmap_mapping() {
     assert_eq!(unsafe { libc::munmap(a as *mut libc::c_void, len) }, 0);
     f.munmapped(a, len);
 }
+
+#[test]
+fn device_dma_goes_through_the_iommu_table_with_its_permissions() {
+    let (f, _dir) = front();
+    let (c, _g, _d) = legacy(&f);
+    let dev = f.devices().pop().unwrap();
+    let mut buf = vec![0u8; 3 * 4096];
+    let va = (buf.as_mut_ptr() as u64).next_multiple_of(4096);
+    let mut m = v::VfioDmaMap {
+        argsz: 32,
+        flags: v::VFIO_DMA_MAP_FLAG_READ | v::VFIO_DMA_MAP_FLAG_WRITE,
+        vaddr: va,
+        iova: 0x10_0000,
+        size: 4096,
+    };
+    f.ioctl(c, v::VFIO_IOMMU_MAP_DMA, p(&mut m)).unwrap();
+    m.flags = v::VFIO_DMA_MAP_FLAG_READ;
+    m.vaddr = va + 4096;
+    m.iova = 0x20_0000;
+    f.ioctl(c, v::VFIO_IOMMU_MAP_DMA, p(&mut m)).unwrap();
+    dev.dma_write(0x10_0010, b"barmap").unwrap();
+    // SAFETY: the buffer is ours; the device wrote through its mapping.
+    let seen = unsafe { std::slice::from_raw_parts((va + 0x10) as *const u8, 6) };
+    assert_eq!(seen, b"barmap");
+    let mut back = [0u8; 6];
+    dev.dma_read(0x10_0010, &mut back).unwrap();
+    assert_eq!(&back, b"barmap");
+    use barmap_front::device::IommuFault;
+    assert_eq!(
+        dev.dma_write(0x20_0000, b"x"),
+        Err(IommuFault::Permission {
+            iova: 0x20_0000,
+            write: true
+        })
+    );
+    assert_eq!(
+        dev.dma_read(0x30_0000, &mut back),
+        Err(IommuFault::Unmapped {
+            iova: 0x30_0000,
+            len: 6
+        })
+    );
+    assert_eq!(
+        dev.dma_read(0x10_0ffc, &mut back),
+        Err(IommuFault::Unmapped {
+            iova: 0x10_0ffc,
+            len: 6
+        }),
+        "crosses the end of the mapping"
+    );
+}
