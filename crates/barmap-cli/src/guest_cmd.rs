@@ -6,6 +6,8 @@
 use std::sync::Arc;
 
 use barmap::Device;
+use barmap_front::kselftest::{self, BinaryResult};
+use barmap_front::spec::{DeviceSpec, RunSpec};
 pub use barmap_guest::{GuestArgs, GuestRunArgs};
 use barmap_target::scenario::{self, Options, Report, Scenario};
 
@@ -13,7 +15,29 @@ use barmap_target::scenario::{self, Options, Report, Scenario};
 /// [--json]`: boots each kernel in QEMU, runs the scenario suite against its
 /// vfio-pci, runs it on barmap beside it, and reports. Returns the exit code.
 pub fn host_main(args: GuestArgs) -> i32 {
-    barmap_guest::host_main_with(&args, Some(&emulate))
+    let _huge = args
+        .runs_programs()
+        .then(crate::selftests_run::HugePages::reserve);
+    barmap_guest::host_main_side_by_side(&args, Some(&emulate), Some(&emulate_program))
+}
+
+/// The same binary under `barmap run` on one emulated device shaped like
+/// the guest's ivshmem BAR (64 MiB of memory).
+fn emulate_program(binary: &std::path::Path) -> Option<BinaryResult> {
+    let spec = DeviceSpec::parse("default,memory=64M", barmap::Policy::Prefault)
+        .map(|d| RunSpec::new(vec![d]))
+        .map_err(|e| eprintln!("barmap guest: {e}"))
+        .ok()?;
+    let log = std::env::temp_dir().join(format!(
+        "barmap-guest-host-{}-{}.log",
+        std::process::id(),
+        binary.file_name()?.to_string_lossy()
+    ));
+    let r = kselftest::run_binary(&spec, binary, &log)
+        .map_err(|e| eprintln!("barmap guest: barmap run {}: {e}", binary.display()))
+        .ok();
+    let _ = std::fs::remove_file(&log);
+    r
 }
 
 fn emulate(s: Scenario, options: &Options) -> Option<Report> {

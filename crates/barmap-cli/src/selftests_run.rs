@@ -29,10 +29,11 @@ pub struct SelftestsArgs {
 
 /// Huge pages for the DMA-mapping tests' hugetlb variants (2 MiB and
 /// 1 GiB), reserved as root and given back afterwards.
-struct HugePages(Vec<(PathBuf, String)>);
+pub(crate) struct HugePages(Vec<(PathBuf, String)>);
 
 impl HugePages {
-    fn reserve() -> HugePages {
+    /// Reserves them (where the host lets it); dropping gives them back.
+    pub(crate) fn reserve() -> HugePages {
         let mut old = Vec::new();
         for (path, want) in [
             (

@@ -31,6 +31,29 @@ pub struct GuestArgs {
     /// Cache directory (default: $BARMAP_CACHE or $HOME/.cache/barmap/guest).
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// Also run the kernel's VFIO selftests (built as for `barmap
+    /// selftests`) in the guest, each against ivshmem-plain and against edu
+    /// (ivshmem's 256-byte BAR0 defeats the selftest library's BAR mapping),
+    /// and each under `barmap run` on the host beside them. Without
+    /// `--scenario`, the suite is not run.
+    #[arg(long)]
+    pub selftests: bool,
+    /// Run only this selftest binary (repeatable; implies `--selftests`).
+    #[arg(long = "selftest", value_name = "NAME")]
+    pub selftest_names: Vec<String>,
+    /// Run this dynamically linked VFIO program (for example
+    /// `examples/vfio_seed`) in the guest with the ivshmem device's BDF in
+    /// `BARMAP_BDF` and `VFIO_SELFTESTS_BDF`, and under `barmap run` on the
+    /// host beside it (repeatable). Without `--scenario`, the suite is not run.
+    #[arg(long = "program", value_name = "PATH")]
+    pub programs: Vec<PathBuf>,
+}
+
+impl GuestArgs {
+    /// Whether programs (selftests or `--program`) run in the guest.
+    pub fn runs_programs(&self) -> bool {
+        self.selftests || !self.selftest_names.is_empty() || !self.programs.is_empty()
+    }
 }
 
 /// `barmap guest-run`: the in-guest side (run by the guest's init).
@@ -51,4 +74,12 @@ pub struct GuestRunArgs {
     /// Run on these PCI devices only (default: every device bound to vfio-pci).
     #[arg(long = "device", value_name = "BDF")]
     pub devices: Vec<String>,
+    /// Run this program (a path in the guest, `PATH[@VENDOR:DEVICE]`)
+    /// against the device with that PCI ID, by default ivshmem-plain
+    /// (repeatable); then the suite runs only if `--scenario` is given.
+    #[arg(long = "program", value_name = "PATH")]
+    pub programs: Vec<String>,
+    /// Seconds before one program counts as hung (it is killed).
+    #[arg(long, default_value_t = 300)]
+    pub program_timeout: u64,
 }

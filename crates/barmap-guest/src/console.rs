@@ -71,6 +71,8 @@ pub struct ScenarioRun {
     pub last_round: Option<u64>,
     /// Indexes into [`Transcript::kernel_events`] attributed to this run.
     pub kernel_events: Vec<usize>,
+    /// Output lines ([`kind::OUTPUT`]) received while it ran (programs).
+    pub output: Vec<String>,
 }
 
 impl ScenarioRun {
@@ -270,6 +272,12 @@ impl ConsoleParser {
                 self.out.taint = Some(payload.get("tainted").and_then(Value::as_u64).unwrap_or(0))
             }
             kind::GUEST_TIMEOUT => self.out.guest_timeout = true,
+            kind::OUTPUT => {
+                let text = payload.get("line").and_then(Value::as_str).unwrap_or("");
+                if let Some(r) = self.running {
+                    self.out.scenarios[r].output.push(text.to_string());
+                }
+            }
             kind::DONE => {
                 let code = payload.get("exit").and_then(Value::as_i64).unwrap_or(-1);
                 self.out.done = Some(code as i32);
@@ -293,6 +301,7 @@ impl ConsoleParser {
                     report: None,
                     last_round: None,
                     kernel_events: Vec::new(),
+                    output: Vec::new(),
                 });
                 self.running = Some(self.out.scenarios.len() - 1);
             }
@@ -312,6 +321,7 @@ impl ConsoleParser {
                             report: None,
                             last_round: None,
                             kernel_events: Vec::new(),
+                            output: Vec::new(),
                         });
                         self.out.scenarios.len() - 1
                     }

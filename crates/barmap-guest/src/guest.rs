@@ -59,6 +59,158 @@ fn memory_like(dev: &VfioDevice) -> bool {
         && back == probe
 }
 
+/// The device a program runs against: the one with `vendor:device` (for
+/// example `1af4:1110`, ivshmem-plain) if given and bound to vfio-pci, else
+/// ivshmem-plain, else the first device.
+fn program_device(devices: &[String], id: Option<&str>) -> Option<String> {
+    let has = |d: &String, id: &str| {
+        let (v, p) = id.split_once(':').unwrap_or((id, ""));
+        sysfs_id(d, "vendor") == format!("0x{v}") && sysfs_id(d, "device") == format!("0x{p}")
+    };
+    id.and_then(|id| devices.iter().find(|d| has(d, id)))
+        .or_else(|| devices.iter().find(|d| has(d, "1af4:1110")))
+        .or(devices.first())
+        .cloned()
+}
+
+/// Reserves 2 MiB huge pages for the selftests' hugetlb variants (as
+/// `barmap selftests` does on the host); 1 GiB pages do not fit the guest.
+fn reserve_huge_pages() {
+    let _ = std::fs::write(
+        "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages",
+        "16",
+    );
+}
+
+/// A close-on-exec pipe: (read end, write end).
+fn pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 fills two fds on success; each is owned exactly once.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both fds are fresh and owned by nobody else.
+    Ok(unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    })
+}
+
+/// Runs `program` with `VFIO_SELFTESTS_BDF` and `BARMAP_BDF` set to `bdf`,
+/// streaming its merged stdout and stderr as [`kind::OUTPUT`] lines, and
+/// returns the RESULT payload: exit code (or signal), seconds, passed.
+fn run_program(program: &str, bdf: &str, timeout: Duration) -> serde_json::Value {
+    use std::io::BufRead;
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    let started = std::time::Instant::now();
+    let (reader, writer) = match pipe() {
+        Ok(p) => p,
+        Err(e) => return json!({"passed": false, "error": format!("pipe: {e}")}),
+    };
+    let writer2 = match writer.try_clone() {
+        Ok(w) => w,
+        Err(e) => return json!({"passed": false, "error": format!("pipe: {e}")}),
+    };
+    let reader = std::fs::File::from(reader);
+    let mut cmd = std::process::Command::new(program);
+    cmd.env("VFIO_SELFTESTS_BDF", bdf)
+        .env("BARMAP_BDF", bdf)
+        .stdin(std::process::Stdio::null())
+        .stdout(writer)
+        .stderr(writer2)
+        .process_group(0);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return json!({"passed": false, "error": format!("spawn {program}: {e}")}),
+    };
+    drop(cmd);
+    let pump = std::thread::spawn(move || {
+        for l in std::io::BufReader::new(reader)
+            .split(b'\n')
+            .map_while(|l| l.ok())
+        {
+            emit(kind::OUTPUT, json!({"line": String::from_utf8_lossy(&l)}));
+        }
+    });
+    let mut timed_out = false;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break Some(st),
+            Ok(None) if started.elapsed() >= timeout => {
+                timed_out = true;
+                // SAFETY: kill(2) on the child's own process group.
+                unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+                break child.wait().ok();
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            Err(_) => break None,
+        }
+    };
+    // Grandchildren may keep the pipe open after a kill: do not wait for ever.
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while !pump.is_finished() && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if pump.is_finished() {
+        let _ = pump.join();
+    }
+    let exit_code = status.and_then(|s| s.code());
+    let signal = status.and_then(|s| s.signal());
+    json!({
+        "passed": exit_code == Some(0) && !timed_out,
+        "exit_code": exit_code,
+        "signal": signal,
+        "timed_out": timed_out,
+        "elapsed_s": started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Runs each of `args.programs` against the ivshmem device; returns the
+/// exit code contribution (1 if a program could not run or no device).
+fn run_programs(args: &GuestRunArgs, devices: &[String]) -> i32 {
+    reserve_huge_pages();
+    let mut exit = 0;
+    for spec in &args.programs {
+        let (program, id) = match spec.rsplit_once('@') {
+            Some((p, id)) => (p.to_string(), Some(id)),
+            None => (spec.clone(), None),
+        };
+        let Some(bdf) = program_device(devices, id) else {
+            emit(
+                kind::SETUP_ERROR,
+                json!({"step": "programs", "error": "no device bound to vfio-pci"}),
+            );
+            return 1;
+        };
+        let program = &program;
+        let name = std::path::Path::new(program)
+            .file_name()
+            .map_or(program.clone(), |n| n.to_string_lossy().into_owned());
+        let head = ScenarioLine {
+            device: bdf.clone(),
+            scenario: format!("{}{name}", crate::protocol::PROGRAM_PREFIX),
+            round: None,
+            report: None,
+        };
+        emit(kind::START, json!(head));
+        let report = run_program(program, &bdf, Duration::from_secs(args.program_timeout));
+        if report.get("passed").and_then(serde_json::Value::as_bool) != Some(true) {
+            exit = 1;
+        }
+        emit(
+            kind::RESULT,
+            json!(ScenarioLine {
+                report: Some(report),
+                ..head
+            }),
+        );
+    }
+    exit
+}
+
 /// The in-guest entry point: returns the process exit code (0: every
 /// scenario passed).
 pub fn guest_run(args: &GuestRunArgs) -> i32 {
@@ -95,6 +247,7 @@ pub fn guest_run(args: &GuestRunArgs) -> i32 {
             "scenarios": scenarios.iter().map(|s| s.name()).collect::<Vec<_>>(),
             "rounds": args.rounds,
             "threads": args.threads,
+            "programs": args.programs,
         }),
     );
     let opts = Options {
@@ -111,6 +264,14 @@ pub fn guest_run(args: &GuestRunArgs) -> i32 {
         );
     }
     let mut ran = 0;
+    if !args.programs.is_empty() {
+        exit = exit.max(run_programs(args, &devices));
+        ran += args.programs.len();
+        if args.scenarios.is_empty() {
+            emit(kind::DONE, json!({"exit": exit}));
+            return exit;
+        }
+    }
     for bdf in &devices {
         let dev = match VfioDevice::open_pci(bdf) {
             Ok(d) => Arc::new(d),

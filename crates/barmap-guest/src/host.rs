@@ -4,6 +4,7 @@ use crate::apt::{self, Apt};
 use crate::args::GuestArgs;
 use crate::initramfs;
 use crate::kernel::{self, Expectation, KernelChoice};
+use crate::programs::{self, EmulateProgram, HostProgram};
 use crate::qemu::{self, VmConfig};
 use crate::report::{self, KernelResult, Outcome};
 use crate::util::{default_cache_dir, run, Error, Result};
@@ -27,7 +28,60 @@ pub type Emulate<'a> = &'a dyn Fn(Scenario, &Options) -> Option<Report>;
 /// [`host_main`], with each kernel scenario compared against the same
 /// scenario on barmap's emulated device (`emulate`).
 pub fn host_main_with(args: &GuestArgs, emulate: Option<Emulate<'_>>) -> i32 {
+    host_main_side_by_side(args, emulate, None)
+}
+
+/// The programs the arguments ask for: the selftest binaries (built into
+/// the cache as for `barmap selftests`) and `--program` paths.
+fn host_programs(args: &GuestArgs, cache: &Path) -> Result<Vec<HostProgram>> {
+    let mut v = Vec::new();
+    if args.selftests || !args.selftest_names.is_empty() {
+        let mut progress = |line: &str| eprintln!("barmap guest: selftests: {line}");
+        let build = crate::selftests::build_vfio_selftests(cache, &mut progress)?;
+        for name in crate::selftests::BINARIES {
+            if args.selftest_names.is_empty() || args.selftest_names.iter().any(|n| n == name) {
+                let mut p = HostProgram::new(&build.dir.join(name))?;
+                p.devices = vec![programs::ids::IVSHMEM, programs::ids::EDU];
+                v.push(p);
+            }
+        }
+        if let Some(n) = args
+            .selftest_names
+            .iter()
+            .find(|n| !crate::selftests::BINARIES.contains(&n.as_str()))
+        {
+            return Err(Error::msg(format!("unknown selftest binary {n:?}")));
+        }
+    }
+    for p in &args.programs {
+        v.push(HostProgram::new(p)?);
+    }
+    Ok(v)
+}
+
+/// [`host_main_with`], and each program the guest ran (`--selftests`,
+/// `--program`) compared against the same binary under `barmap run` on
+/// the host (`emulate_program`).
+pub fn host_main_side_by_side(
+    args: &GuestArgs,
+    emulate: Option<Emulate<'_>>,
+    emulate_program: Option<EmulateProgram<'_>>,
+) -> i32 {
     let cache = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
+    let progs = match host_programs(args, &cache) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("barmap guest: {e}");
+            return 2;
+        }
+    };
+    let extra = match programs::initramfs_files(&progs) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("barmap guest: {e}");
+            return 2;
+        }
+    };
     let kernels = if args.kernels.is_empty() {
         vec![
             KernelChoice::Stock61,
@@ -46,10 +100,13 @@ pub fn host_main_with(args: &GuestArgs, emulate: Option<Emulate<'_>>) -> i32 {
     };
     let mut results = Vec::new();
     for k in &kernels {
-        results.push(run_kernel(k, args, &cache, &common));
+        results.push(run_kernel(k, args, &cache, &common, &progs, &extra));
     }
     if let Some(emulate) = emulate {
         add_emulated(&mut results, args, emulate);
+    }
+    if let Some(emulate_program) = emulate_program {
+        add_emulated_programs(&mut results, &progs, emulate_program);
     }
     if args.json {
         let doc = serde_json::json!({ "kernels": results });
@@ -90,6 +147,38 @@ fn add_emulated(results: &mut [KernelResult], args: &GuestArgs, emulate: Emulate
             };
             s.differs = report.as_ref().and_then(|r| report::differences(s, r));
             s.emulated = report;
+        }
+    }
+}
+
+/// Fills the programs' side-by-side column: each binary once under
+/// `barmap run`, compared with every kernel's result.
+fn add_emulated_programs(
+    results: &mut [KernelResult],
+    progs: &[HostProgram],
+    emulate: EmulateProgram<'_>,
+) {
+    let mut done: Vec<(String, Option<barmap_front::kselftest::BinaryResult>)> = Vec::new();
+    for k in results.iter_mut() {
+        for p in &mut k.programs {
+            let cached = done
+                .iter()
+                .find(|(n, _)| *n == p.program)
+                .map(|(_, r)| r.clone());
+            let report = match cached {
+                Some(r) => r,
+                None => {
+                    eprintln!("barmap guest: {} under barmap run on the host", p.program);
+                    let r = progs
+                        .iter()
+                        .find(|h| h.name == p.program)
+                        .and_then(|h| emulate(&h.path));
+                    done.push((p.program.clone(), r.clone()));
+                    r
+                }
+            };
+            p.differs = report.as_ref().and_then(|r| programs::differences(p, r));
+            p.emulated = report;
         }
     }
 }
@@ -180,6 +269,8 @@ fn run_kernel(
     args: &GuestArgs,
     cache: &Path,
     common: &Common,
+    progs: &[HostProgram],
+    extra: &[(String, PathBuf)],
 ) -> KernelResult {
     let started = Instant::now();
     let mut result = KernelResult {
@@ -194,6 +285,7 @@ fn run_kernel(
         bug_scenario: None,
         bug_round: None,
         scenarios: Vec::new(),
+        programs: Vec::new(),
         other_kernel_failures: Vec::new(),
         notes: Vec::new(),
         console_log: None,
@@ -217,12 +309,16 @@ fn run_kernel(
     for s in &args.scenarios {
         runner_args.extend(["--scenario".to_string(), s.clone()]);
     }
+    for spec in progs.iter().flat_map(HostProgram::runner_specs) {
+        runner_args.extend(["--program".to_string(), spec]);
+    }
     let contents = initramfs::Contents {
         busybox: &common.busybox,
         modules: &prepared.modules,
         barmap: &common.barmap,
         runner_args: &runner_args,
         guest_timeout_s: args.timeout.saturating_sub(30).max(30),
+        extra,
     };
     if let Err(e) = fs::create_dir_all(&runs)
         .map_err(Error::from)
@@ -267,7 +363,16 @@ fn run_kernel(
     }
     result.scenarios = report::scenario_results(t);
     result.other_kernel_failures = t.unattributed_events().cloned().collect();
-    result.outcome = report::outcome(t, &result.scenarios);
+    result.programs = programs::program_results(t);
+    for p in &result.programs {
+        let log = runs.join(format!(
+            "{label_file}.{}.{}.log",
+            p.program,
+            p.device.replace(':', "_")
+        ));
+        let _ = fs::write(&log, p.output.join("\n") + "\n");
+    }
+    result.outcome = report::outcome(t, &result.scenarios, &result.programs);
     for e in &t.setup_errors {
         result.notes.push(format!("guest: {e}"));
     }

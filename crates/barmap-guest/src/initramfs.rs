@@ -100,15 +100,45 @@ pub struct Contents<'a> {
     pub runner_args: &'a [String],
     /// Seconds the guest gives the runner before powering off.
     pub guest_timeout_s: u64,
+    /// Further executable files: (path in the initramfs, host file), for
+    /// programs and the shared libraries they load; parent directories are
+    /// created.
+    pub extra: &'a [(String, PathBuf)],
 }
+
+/// The parent directories of `paths` (relative, `/`-separated), each once,
+/// parents first, leaving out those the archive always has.
+pub fn parent_dirs<'a>(paths: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut dirs: Vec<String> = Vec::new();
+    for p in paths {
+        let parts: Vec<&str> = p.split('/').filter(|c| !c.is_empty()).collect();
+        for n in 1..parts.len() {
+            let d = parts[..n].join("/");
+            if !BASE_DIRS.contains(&d.as_str()) && !dirs.contains(&d) {
+                dirs.push(d);
+            }
+        }
+    }
+    dirs.sort_by_key(|d| d.matches('/').count());
+    dirs
+}
+
+/// Directories every initramfs has.
+const BASE_DIRS: [&str; 6] = ["bin", "dev", "proc", "sys", "tmp", "modules"];
 
 /// Writes the initramfs to `dest`.
 pub fn write(dest: &Path, c: &Contents<'_>) -> Result<()> {
     let tmp = dest.with_extension("tmp");
     let f = std::io::BufWriter::new(fs::File::create(&tmp)?);
     let mut cpio = Cpio::new(f);
-    for d in ["bin", "dev", "proc", "sys", "tmp", "modules"] {
+    for d in BASE_DIRS {
         cpio.dir(d)?;
+    }
+    for d in parent_dirs(c.extra.iter().map(|(p, _)| p.as_str())) {
+        cpio.dir(&d)?;
+    }
+    for (dest, src) in c.extra {
+        cpio.file(dest.trim_start_matches('/'), 0o755, &fs::read(src)?)?;
     }
     cpio.chardev("dev/console", 5, 1)?;
     cpio.chardev("dev/null", 1, 3)?;
@@ -204,6 +234,17 @@ mod tests {
         // The second header starts on a 4-byte boundary.
         let second = text[6..].find("070701").unwrap() + 6;
         assert_eq!(second % 4, 0);
+    }
+
+    #[test]
+    fn parent_directories_come_once_and_parents_first() {
+        let d = parent_dirs([
+            "lib/x86_64-linux-gnu/libc.so.6",
+            "lib64/ld-linux-x86-64.so.2",
+            "lib/x86_64-linux-gnu/libuuid.so.1",
+            "bin/extra",
+        ]);
+        assert_eq!(d, ["lib", "lib64", "lib/x86_64-linux-gnu"]);
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The guest kernels: Debian's 6.1 and 6.12 cloud kernels, 6.1 with the
-//! seed's bug rebuilt into vfio-pci, or a user's own kernel.
+//! The guest kernels: Debian's 6.1, 6.12 and 7.3 cloud kernels, 6.1 with
+//! the seed's bug rebuilt into vfio-pci, or a user's own kernel.
 
 use crate::apt::{self, Apt};
 use crate::util::{Error, Result};
@@ -16,6 +16,9 @@ pub enum KernelChoice {
     Stock61,
     /// Debian's 6.12 cloud kernel from bookworm-backports (huge faults).
     Stock612,
+    /// Debian's 7.3 cloud kernel from trixie-backports (the newest Debian
+    /// kernel; like every Debian amd64 flavour, without CONFIG_IOMMUFD).
+    Stock73,
     /// Debian's 6.1 with vfio-pci rebuilt with the seed's fix reverted.
     SeedBug,
     /// A directory with a bzImage (or vmlinuz*) and its modules.
@@ -28,12 +31,13 @@ impl FromStr for KernelChoice {
         Ok(match s {
             "6.1" => KernelChoice::Stock61,
             "6.12" => KernelChoice::Stock612,
+            "7.3" => KernelChoice::Stock73,
             "seed-bug" => KernelChoice::SeedBug,
             p if Path::new(p).exists() => KernelChoice::Path(PathBuf::from(p)),
             other => {
                 return Err(format!(
-                    "unknown kernel {other:?}: use 6.1, 6.12, seed-bug or an existing directory"
-                ))
+                "unknown kernel {other:?}: use 6.1, 6.12, 7.3, seed-bug or an existing directory"
+            ))
             }
         })
     }
@@ -45,6 +49,7 @@ impl KernelChoice {
         match self {
             KernelChoice::Stock61 => "6.1".into(),
             KernelChoice::Stock612 => "6.12".into(),
+            KernelChoice::Stock73 => "7.3".into(),
             KernelChoice::SeedBug => "seed-bug".into(),
             KernelChoice::Path(p) => p.display().to_string(),
         }
@@ -121,6 +126,10 @@ pub fn prepare(choice: &KernelChoice, cache: &Path) -> Result<PreparedKernel> {
             let sources = vec![format!("{main} bookworm-backports main")];
             debian_kernel(cache, "bookworm-backports", sources, choice)
         }
+        KernelChoice::Stock73 => {
+            let sources = crate::selftests::sources()?;
+            debian_kernel(cache, crate::selftests::SUITE, sources, choice)
+        }
         KernelChoice::SeedBug => {
             for (tool, pkg) in [("gcc-12", "gcc-12"), ("make", "make"), ("patch", "patch")] {
                 apt::ensure_host_tool(tool, pkg)?;
@@ -154,10 +163,24 @@ fn debian_kernel(
     let deb = apt.download(&image, None)?;
     let root = cache.join("kernels").join(&release);
     apt::unpack(&deb, &root)?;
-    let bzimage = ["boot", "usr/boot"]
-        .iter()
-        .map(|d| root.join(d).join(format!("vmlinuz-{release}")))
+    let find = |root: &Path| {
+        [
+            root.join("boot").join(format!("vmlinuz-{release}")),
+            root.join("usr/boot").join(format!("vmlinuz-{release}")),
+            root.join("usr/lib/modules").join(&release).join("vmlinuz"),
+        ]
+        .into_iter()
         .find(|p| p.is_file())
+    };
+    if find(&root).is_none() {
+        // Since 7.x the image package is empty: the kernel is in
+        // linux-binary-REL and the modules in linux-modules-REL.
+        for part in ["linux-binary-", "linux-modules-"] {
+            let d = apt.download(&format!("{part}{release}"), None)?;
+            apt::unpack(&d, &root)?;
+        }
+    }
+    let bzimage = find(&root)
         .ok_or_else(|| Error::msg(format!("no vmlinuz-{release} in {}", deb.display())))?;
     let modules = collect_modules(
         &root,
@@ -301,6 +324,7 @@ mod tests {
     fn kernel_choices_parse_and_unknown_names_are_rejected() {
         assert_eq!("6.1".parse::<KernelChoice>(), Ok(KernelChoice::Stock61));
         assert_eq!("6.12".parse::<KernelChoice>(), Ok(KernelChoice::Stock612));
+        assert_eq!("7.3".parse::<KernelChoice>(), Ok(KernelChoice::Stock73));
         assert_eq!(
             "seed-bug".parse::<KernelChoice>(),
             Ok(KernelChoice::SeedBug)

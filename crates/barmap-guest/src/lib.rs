@@ -18,6 +18,7 @@ mod guest;
 mod host;
 pub mod initramfs;
 pub mod kernel;
+pub mod programs;
 pub mod protocol;
 pub mod qemu;
 pub mod report;
@@ -27,4 +28,4 @@ pub mod util;
 
 pub use args::{GuestArgs, GuestRunArgs};
 pub use guest::{guest_run, vfio_devices};
-pub use host::{host_main, host_main_with, Emulate};
+pub use host::{host_main, host_main_side_by_side, host_main_with, Emulate};

@@ -29,7 +29,15 @@ pub mod kind {
     pub const GUEST_TIMEOUT: &str = "guest_timeout";
     /// The runner finished with this exit code.
     pub const DONE: &str = "done";
+    /// One line of output of the program running now (`{"line": ...}`).
+    pub const OUTPUT: &str = "output";
 }
+
+/// Prefix of the scenario name under which a program (a selftest binary,
+/// `vfio_seed`) runs: its START and RESULT lines use
+/// `program:<file name>` as the scenario, so kernel failures are
+/// attributed to it like to a scenario.
+pub const PROGRAM_PREFIX: &str = "program:";
 
 /// Formats a protocol line (without the newline).
 pub fn line(kind: &str, payload: &serde_json::Value) -> String {

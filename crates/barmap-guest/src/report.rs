@@ -85,6 +85,9 @@ pub struct KernelResult {
     pub bug_round: Option<u64>,
     /// Per scenario results.
     pub scenarios: Vec<ScenarioResult>,
+    /// Per program results (selftest binaries, `--program`), with barmap's
+    /// result for the same binary beside each.
+    pub programs: Vec<crate::programs::ProgramResult>,
     /// Kernel failures outside any scenario (boot, module load, shutdown).
     pub other_kernel_failures: Vec<KernelEvent>,
     /// Setup errors and notes from the guest, and host-side errors.
@@ -108,6 +111,7 @@ pub fn is_seed_bug(e: &KernelEvent) -> bool {
 pub fn scenario_results(t: &Transcript) -> Vec<ScenarioResult> {
     t.scenarios
         .iter()
+        .filter(|s| !s.scenario.starts_with(crate::protocol::PROGRAM_PREFIX))
         .map(|s| {
             let r = s.report.clone().unwrap_or(Value::Null);
             let events: Vec<KernelEvent> = s
@@ -145,13 +149,25 @@ pub fn scenario_results(t: &Transcript) -> Vec<ScenarioResult> {
         .collect()
 }
 
-/// Decides the outcome of a run from its transcript.
-pub fn outcome(t: &Transcript, scenarios: &[ScenarioResult]) -> Outcome {
+/// Decides the outcome of a run from its transcript, its scenarios and its
+/// programs.
+pub fn outcome(
+    t: &Transcript,
+    scenarios: &[ScenarioResult],
+    programs: &[crate::programs::ProgramResult],
+) -> Outcome {
     if !t.kernel_events.is_empty() {
         Outcome::KernelFailure
-    } else if t.truncated() || scenarios.iter().any(|s| !s.finished) {
+    } else if t.truncated()
+        || scenarios.iter().any(|s| !s.finished)
+        || programs.iter().any(|p| !p.finished)
+    {
         Outcome::Incomplete
-    } else if scenarios.is_empty() || scenarios.iter().any(|s| !s.passed) || t.done != Some(0) {
+    } else if (scenarios.is_empty() && programs.is_empty())
+        || scenarios.iter().any(|s| !s.passed)
+        || programs.iter().any(|p| !p.passed)
+        || t.done != Some(0)
+    {
         Outcome::Fail
     } else {
         Outcome::Pass
@@ -196,10 +212,12 @@ pub fn differences(
 
 /// Prints a table of `results` to stdout.
 pub fn print_table(results: &[KernelResult]) {
-    println!(
-        "{:<10} {:<14} {:<22} {:<8} {:>8} {:>7} {:>6} {:>10}  note",
-        "kernel", "device", "scenario", "result", "touches", "sigbus", "wrong", "ms"
-    );
+    if results.iter().any(|k| !k.scenarios.is_empty()) {
+        println!(
+            "{:<10} {:<14} {:<22} {:<8} {:>8} {:>7} {:>6} {:>10}  note",
+            "kernel", "device", "scenario", "result", "touches", "sigbus", "wrong", "ms"
+        );
+    }
     for k in results {
         for s in &k.scenarios {
             let result = if !s.kernel_failures.is_empty() {
@@ -260,6 +278,7 @@ pub fn print_table(results: &[KernelResult]) {
                 );
             }
         }
+        crate::programs::print_rows(&k.kernel, &k.programs);
         let verdict = if k.as_expected {
             "as expected"
         } else {
