@@ -127,6 +127,16 @@ pub struct ConsoleParser {
     open_event: Option<usize>,
     /// Last printk timestamp seen.
     last_time: Option<f64>,
+    /// The head of a protocol line a kernel message cut in two; the next
+    /// console line is its tail.
+    split: Option<String>,
+}
+
+/// Where a printk timestamp (`[   12.345678] `) starts inside `s`, if one does.
+fn printk_inside(s: &str) -> Option<usize> {
+    s.match_indices('[')
+        .map(|(i, _)| i)
+        .find(|&i| strip_timestamp(&s[i..]).0.is_some())
 }
 
 /// Longest kernel report kept, in lines.
@@ -187,19 +197,43 @@ impl ConsoleParser {
 
     /// Feeds one console line (without its newline).
     pub fn feed(&mut self, raw: &str) {
+        if let Some(head) = self.split.take() {
+            if !raw.contains(MARKER) {
+                // The tail of a protocol line a kernel message cut.
+                self.protocol_line(&format!("{head}{raw}"));
+                return;
+            }
+            self.protocol_line(&head);
+        }
         if let Some(at) = raw.find(MARKER) {
             // Kernel text printed on the same line before the marker.
             if at > 0 {
                 self.kernel_line(&raw[..at]);
             }
-            self.protocol_line(&raw[at + MARKER.len()..]);
+            let rest = &raw[at + MARKER.len()..];
+            let undecodable = rest
+                .trim_start()
+                .split_once(' ')
+                .is_some_and(|(_, json)| first_json_value(json).is_none());
+            match printk_inside(rest).filter(|_| undecodable) {
+                // A kernel message landed inside the line: its tail
+                // follows on the next console line.
+                Some(p) => {
+                    self.split = Some(rest[..p].to_string());
+                    self.kernel_line(&rest[p..]);
+                }
+                None => self.protocol_line(rest),
+            }
         } else {
             self.kernel_line(raw);
         }
     }
 
     /// Ends parsing and returns what was seen.
-    pub fn finish(self) -> Transcript {
+    pub fn finish(mut self) -> Transcript {
+        if let Some(head) = self.split.take() {
+            self.protocol_line(&head);
+        }
         self.out
     }
 

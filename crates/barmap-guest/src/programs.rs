@@ -393,6 +393,23 @@ mod tests {
     }
 
     #[test]
+    fn a_protocol_line_cut_by_a_kernel_message_is_joined() {
+        let mut p = crate::console::ConsoleParser::new();
+        p.feed(r#"@@barmap@@ start {"device":"d","scenario":"program:t"}"#);
+        p.feed(r#"@@barmap@@ output {"line":"/src/lib/io[    6.842716] vfio-pci 0000:01:00.0: reset done"#);
+        p.feed(r#"mmu.c:444: Assertion Failure"}"#);
+        p.feed(
+            r#"@@barmap@@ result {"device":"d","scenario":"program:t","report":{"exit_code":1}}"#,
+        );
+        let t = p.finish();
+        assert!(t.protocol_errors.is_empty(), "{:?}", t.protocol_errors);
+        assert_eq!(
+            t.scenarios[0].output,
+            ["/src/lib/iommu.c:444: Assertion Failure"]
+        );
+    }
+
+    #[test]
     fn verdicts_follow_kselftest_and_exit_codes() {
         let t = |fail| {
             Some(Totals {
