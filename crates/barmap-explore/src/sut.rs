@@ -105,6 +105,12 @@ fn raw_touch(addr: usize, write: Option<u64>) -> TouchObs {
     touch_obs(r, write.is_some())
 }
 
+/// Writes `value` at `addr` through the fault-tolerant accessor.
+fn raw_touch_result(addr: usize, value: u64) -> Result<(), Fault> {
+    // SAFETY: as in `raw_touch`.
+    unsafe { touch::write_u64(addr as *mut u64, value) }
+}
+
 extern "C" fn on_sigusr1(_: libc::c_int) {}
 
 /// Installs a SIGUSR1 handler without SA_RESTART (as timers and profilers
@@ -246,8 +252,15 @@ impl Sut {
         for i in 0..n {
             for w in 0..8 {
                 let a = start + i * PAGE + w * 8;
-                // SAFETY: fresh private anonymous memory, mapped above.
-                unsafe { (a as *mut u64).write_volatile(marker(uid, first + i, w)) };
+                // Through the fault-tolerant accessor: fresh anonymous memory
+                // can only fault if something else (barmap) unmapped or
+                // protected it meanwhile, which is a failure to report.
+                if let Err(f) = raw_touch_result(a, marker(uid, first + i, w)) {
+                    return Obs::Broken(format!(
+                        "fresh foreign memory at {a:#x} (view page {}) took {f:?} while                          being filled: something unmapped or protected it",
+                        first + i
+                    ));
+                }
             }
         }
         self.maps
@@ -364,8 +377,9 @@ impl Sut {
             Plan::Unmap { uid, offset, len } => {
                 let r = self.mapping(*uid).unmap(*offset, *len);
                 if r.is_ok() {
-                    if let Obs::Sys(Err(e)) = self.foreign(*uid, offset / PAGE, len / PAGE) {
-                        return vec![Obs::Broken(format!("foreign mmap after unmap: errno {e}"))];
+                    let o = self.foreign(*uid, offset / PAGE, len / PAGE);
+                    if o != Obs::Sys(Ok(())) {
+                        return vec![Obs::Broken(format!("foreign memory after unmap: {o:?}"))];
                     }
                 }
                 vec![unit(r)]
@@ -383,8 +397,9 @@ impl Sut {
                 let o = sys(rc);
                 if rc == 0 {
                     self.mark_cut(*uid);
-                    if let Obs::Sys(Err(e)) = self.foreign(*uid, *page, *pages) {
-                        return vec![Obs::Broken(format!("foreign mmap after munmap: errno {e}"))];
+                    let o = self.foreign(*uid, *page, *pages);
+                    if o != Obs::Sys(Ok(())) {
+                        return vec![Obs::Broken(format!("foreign memory after munmap: {o:?}"))];
                     }
                 }
                 vec![o]

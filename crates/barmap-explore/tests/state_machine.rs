@@ -19,7 +19,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 /// Operations per seed in the slice (sized for about 1-2 minutes in all on
 /// a 2-core machine with a debug build).
-const OPS_PER_SEED: u64 = 30_000;
+const OPS_PER_SEED: u64 = 60_000;
 
 fn config(seed: u64, ops: u64, policy: Policy) -> Config {
     Config {
