@@ -290,6 +290,12 @@ impl ConsoleParser {
         let payload = match first_json_value(json) {
             Some(v) => v,
             None if json.trim().is_empty() => Value::Null,
+            // An output line whose end the console lost: keep its text.
+            None if k == kind::OUTPUT && json.trim_start().starts_with(r#"{"line":""#) => {
+                let text = json.trim_start()[r#"{"line":""#.len()..].trim_end();
+                let text = text.strip_suffix(r#""}"#).unwrap_or(text);
+                serde_json::json!({ "line": text.replace(r#"\""#, "\"") })
+            }
             None => {
                 self.out.protocol_errors.push(rest.to_string());
                 return;

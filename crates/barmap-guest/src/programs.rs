@@ -401,8 +401,11 @@ mod tests {
         p.feed(
             r#"@@barmap@@ result {"device":"d","scenario":"program:t","report":{"exit_code":1}}"#,
         );
+        p.feed(r#"@@barmap@@ start {"device":"d","scenario":"program:u"}"#);
+        p.feed(r#"@@barmap@@ output {"line":"a line whose end was lost"#);
         let t = p.finish();
         assert!(t.protocol_errors.is_empty(), "{:?}", t.protocol_errors);
+        assert_eq!(t.scenarios[1].output, ["a line whose end was lost"]);
         assert_eq!(
             t.scenarios[0].output,
             ["/src/lib/iommu.c:444: Assertion Failure"]
