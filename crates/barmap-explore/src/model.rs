@@ -1551,16 +1551,9 @@ impl Model {
                 let live =
                     |m: &&MapModel| m.pages.iter().any(|p| matches!(p.kind, Kind::Live { .. }));
                 let n = self.maps.iter().filter(live).count() as u64;
-                // barmap issue: `Device::mapping_count` does not wait for
-                // the process's unmap events to reach the core (as
-                // `is_mapped` and barmap's own unmaps do), so right after a
-                // munmap or MAP_FIXED over the last part of a mapping it may
-                // still count it (about 1 in 200). Until that is fixed, a
-                // fully cut mapping may still be counted.
-                let cut = self.maps.len() as u64 - n;
-                vec![Exp::OneOf(
-                    (n..=n + cut).map(|c| Obs::Api(Ok(Val::U64(c)))).collect(),
-                )]
+                // `Device::mapping_count` lets the process's unmap events
+                // land first, so a mapping cut away entirely is not counted.
+                vec![Exp::Is(Obs::Api(Ok(Val::U64(n))))]
             }
         }
     }

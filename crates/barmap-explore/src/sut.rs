@@ -30,12 +30,8 @@ pub struct SutConfig {
     pub reset_time: Duration,
     /// The bound on every wait (threads, a forked child).
     pub timeout: Duration,
-    /// Exercises known barmap issues instead of working around them. One: `Mapping`'s drop reads its live parts
-    /// before it waits for the process's unmap events, so a drop right
-    /// after a munmap (or `MAP_FIXED` over, or mremap shrink) of part of
-    /// the mapping fails to unmap the other parts, which stay mapped and
-    /// registered. Unless this is set, such a mapping is first asked
-    /// `is_mapped` (which lets the events land) before it is dropped.
+    /// Exercises known barmap issues instead of leaving them out (see the
+    /// model's `known_issues`).
     pub known_issues: bool,
 }
 
@@ -272,12 +268,6 @@ impl Sut {
     }
 
     fn release(&self, m: SutMap) {
-        if !self.cfg.known_issues && m.cut_by_process {
-            // See `SutConfig::known_issues`.
-            if let Some(mapping) = &m.mapping {
-                mapping.is_mapped(0);
-            }
-        }
         drop(m.mapping);
         for r in m.foreign.iter().chain(m.grown.iter()) {
             munmap(r);

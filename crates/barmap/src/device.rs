@@ -1015,6 +1015,8 @@ impl Device {
 
     /// Number of live mappings.
     pub fn mapping_count(&self) -> usize {
+        // A munmap the process just made must be counted out.
+        crate::mm::Mm::quiesce(self.inner.core.mm());
         self.inner.core.mappings().len()
     }
 }

@@ -230,9 +230,22 @@ impl Drop for Mapping {
             self.inner.leak_in_child();
             return;
         }
-        for part in self.entry.live_ranges() {
-            if let Err(e) = self.inner.core.unmap(&self.entry, part) {
-                tracing::error!(error = %e, "unmap on drop failed");
+        // The process may have just unmapped or moved part of it: let
+        // those events land before reading what is left, and read again
+        // after each unmap (a part that went meanwhile is not an error).
+        crate::mm::Mm::quiesce(self.inner.core.mm());
+        // Bounded: a part that cannot be unmapped is reported, not retried
+        // for ever.
+        for _ in 0..64 {
+            let Some(part) = self.entry.live_ranges().into_iter().next() else {
+                break;
+            };
+            match self.inner.core.unmap(&self.entry, part) {
+                Ok(_) | Err(crate::mm::MmError::Gone) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "unmap on drop failed");
+                    break;
+                }
             }
         }
     }

@@ -1035,3 +1035,49 @@ fn map_fixed_over_a_reservation_is_served_and_revoked_around_the_msix_table() {
         libc_munmap(res..res + 0x10000);
     }
 }
+
+#[test]
+fn dropping_a_mapping_right_after_the_process_unmapped_part_of_it_unmaps_the_rest() {
+    let _serial = serial();
+    for policy in CORRECT {
+        let dev = device(policy);
+        for round in 0..300 {
+            let m = dev
+                .map(DEFAULT_MEMORY_BAR, 0, 4 * PAGE, Prot::ReadWrite)
+                .unwrap();
+            m.write_u64(0, 1);
+            let a = m.addr();
+            libc_munmap(a + PAGE..a + 2 * PAGE);
+            drop(m);
+            assert_eq!(
+                dev.mapping_count(),
+                0,
+                "{policy}: round {round}: nothing left"
+            );
+            assert_eq!(
+                read_at(a),
+                Err(Fault::Sigsegv),
+                "{policy}: round {round}: page 0 unmapped"
+            );
+            assert_eq!(
+                read_at(a + 3 * PAGE),
+                Err(Fault::Sigsegv),
+                "{policy}: round {round}: page 3 unmapped"
+            );
+        }
+    }
+}
+
+#[test]
+fn mapping_count_does_not_count_a_mapping_the_process_just_unmapped() {
+    let _serial = serial();
+    let dev = device(Policy::Prefault);
+    for round in 0..500 {
+        let m = dev
+            .map(DEFAULT_MEMORY_BAR, 0, 2 * PAGE, Prot::ReadWrite)
+            .unwrap();
+        libc_munmap(m.addr()..m.addr() + 2 * PAGE);
+        assert_eq!(dev.mapping_count(), 0, "round {round}");
+        drop(m);
+    }
+}
