@@ -80,24 +80,28 @@ impl DeviceSpec {
     }
 }
 
-/// `64M`, `2G`, `4096`, `1k`.
-pub fn parse_size(v: &str) -> Result<u64, String> {
-    let v = v.trim();
-    let (num, mult) = match v.char_indices().last() {
+/// Parses sizes like `4096`, `64K`, `16M`, `1G`, `2MiB` (binary units).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let s = s
+        .strip_suffix("iB")
+        .or_else(|| s.strip_suffix('B'))
+        .unwrap_or(s);
+    let (num, mult) = match s.char_indices().last() {
         Some((i, c)) if c.is_ascii_alphabetic() => {
-            let m = match c.to_ascii_lowercase() {
-                'k' => 1 << 10,
-                'm' => 1 << 20,
-                'g' => 1 << 30,
-                _ => return Err(format!("bad size suffix in {v:?}")),
+            let m = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                _ => return Err(format!("unknown size suffix in {s:?} (use K, M or G)")),
             };
-            (&v[..i], m)
+            (&s[..i], m)
         }
-        _ => (v, 1),
+        _ => (s, 1),
     };
-    num.parse::<u64>()
-        .map(|n| n * mult)
-        .map_err(|_| format!("bad size {v:?}"))
+    let n: u64 = num.parse().map_err(|_| format!("not a size: {s:?}"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size too large: {s:?}"))
 }
 
 /// Everything a run presents.
