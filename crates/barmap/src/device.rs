@@ -275,6 +275,31 @@ pub enum PowerState {
     D3hot,
 }
 
+/// The interrupt capabilities of a device's config space: an MSI
+/// capability and an MSI-X capability (with its table and PBA in a BAR), in
+/// the standard capability list, as a driver walks it to find them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Interrupts {
+    /// MSI vectors (a power of two up to 32; 0: no MSI capability).
+    pub msi_vectors: u16,
+    /// MSI-X vectors (up to 2048; 0: no MSI-X capability).
+    pub msix_vectors: u16,
+    /// The BAR that holds the MSI-X table and PBA.
+    pub msix_bar: u8,
+    /// Offset of the MSI-X table in that BAR (8-byte aligned).
+    pub msix_table: u32,
+    /// Offset of the MSI-X pending-bit array in that BAR (8-byte aligned).
+    pub msix_pba: u32,
+}
+
+/// Config-space offsets of the capabilities barmap lays out.
+pub mod caps {
+    /// The MSI capability.
+    pub const MSI: usize = 0x50;
+    /// The MSI-X capability.
+    pub const MSIX: usize = 0x70;
+}
+
 /// Builds a [`Device`].
 #[derive(Debug, Clone)]
 pub struct DeviceBuilder {
@@ -282,6 +307,7 @@ pub struct DeviceBuilder {
     device: u16,
     class: u32,
     regions: Vec<Option<RegionSpec>>,
+    irqs: Interrupts,
     policy: Policy,
     service_threads: Option<usize>,
     wait: Option<WaitMode>,
@@ -296,6 +322,7 @@ impl Default for DeviceBuilder {
             vendor: 0x1234,
             device: 0xba00,
             class: 0x05_00_00, // memory controller
+            irqs: Interrupts::default(),
             regions: vec![None; pci::NUM_BARS],
             policy: Policy::default(),
             service_threads: None,
@@ -308,6 +335,11 @@ impl Default for DeviceBuilder {
 }
 
 impl DeviceBuilder {
+    /// The interrupt capabilities config space advertises (default: none).
+    pub fn interrupts(mut self, irqs: Interrupts) -> Self {
+        self.irqs = irqs;
+        self
+    }
     /// Vendor and device id.
     pub fn ids(mut self, vendor: u16, device: u16) -> Self {
         self.vendor = vendor;
@@ -514,6 +546,8 @@ struct ConfigSpace {
     bytes: [u8; 256],
     /// Per BAR register: the writable address bits.
     bar_masks: [u32; pci::NUM_BARS],
+    /// The writable bits of the capabilities.
+    writable: [u8; 256],
 }
 
 impl ConfigSpace {
@@ -553,7 +587,42 @@ impl ConfigSpace {
             }
             addr += size;
         }
-        ConfigSpace { bytes, bar_masks }
+        let mut writable = [0u8; 256];
+        let irqs = b.irqs;
+        let mut next: u8 = 0;
+        if irqs.msix_vectors > 0 {
+            let at = caps::MSIX;
+            bytes[at] = 0x11; // MSI-X
+            bytes[at + 2..at + 4].copy_from_slice(&(irqs.msix_vectors - 1).to_le_bytes());
+            let table = irqs.msix_table | u32::from(irqs.msix_bar);
+            let pba = irqs.msix_pba | u32::from(irqs.msix_bar);
+            bytes[at + 4..at + 8].copy_from_slice(&table.to_le_bytes());
+            bytes[at + 8..at + 12].copy_from_slice(&pba.to_le_bytes());
+            writable[at + 3] = 0xc0; // MSI-X enable, function mask
+            next = at as u8;
+        }
+        if irqs.msi_vectors > 0 {
+            let at = caps::MSI;
+            bytes[at] = 0x05; // MSI
+            bytes[at + 1] = next;
+            // 64-bit capable; multiple message capable: log2(vectors).
+            let mmc = irqs.msi_vectors.max(1).trailing_zeros() as u16;
+            bytes[at + 2..at + 4].copy_from_slice(&((1u16 << 7) | (mmc << 1)).to_le_bytes());
+            writable[at + 2] = 0x71; // enable, multiple message enable
+            for w in &mut writable[at + 4..at + 14] {
+                *w = 0xff; // address (64-bit) and data
+            }
+            next = at as u8;
+        }
+        if next != 0 {
+            bytes[0x34] = next;
+            bytes[6] |= 0x10; // STATUS: capabilities list
+        }
+        ConfigSpace {
+            bytes,
+            bar_masks,
+            writable,
+        }
     }
 
     fn command(&self) -> u16 {
@@ -575,7 +644,7 @@ impl ConfigSpace {
                     (self.bar_masks[bar] >> shift) as u8
                 }
                 0x3c => 0xff, // interrupt line
-                _ => 0,
+                _ => self.writable[at],
             };
             self.bytes[at] = (self.bytes[at] & !mask) | (v & mask);
         }
@@ -631,7 +700,9 @@ impl Device {
     ///   table at 0x8000..0x9000 that may not be mmapped;
     /// - BAR2: 256 MiB of 64-bit prefetchable memory;
     /// - BAR4: a 4 KiB read-only information page;
-    /// - BAR5: 256 bytes of registers that may not be mmapped.
+    /// - BAR5: 256 bytes of registers that may not be mmapped;
+    /// - an MSI capability (1 vector) and an MSI-X capability (8 vectors,
+    ///   table at BAR0 0x8000, PBA at 0x8800) in config space.
     pub fn default_builder() -> DeviceBuilder {
         Self::builder_with_memory(256 << 20)
     }
@@ -651,6 +722,13 @@ impl Device {
                 RegionSpec::registers(4096, b"barmap info page\n".to_vec()).read_only(),
             )
             .region(5, RegionSpec::registers(256, Vec::new()).unmappable())
+            .interrupts(Interrupts {
+                msi_vectors: 1,
+                msix_vectors: 8,
+                msix_bar: 0,
+                msix_table: 0x8000,
+                msix_pba: 0x8800,
+            })
     }
 
     /// Builds the default device (see [`Device::default_builder`]).

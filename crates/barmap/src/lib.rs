@@ -48,8 +48,8 @@ pub mod model;
 
 pub use barmap_target::{touch, Prot};
 pub use device::{
-    Device, DeviceBuilder, Placement, PowerState, RegionFlags, RegionInfo, RegionSpec, DEFAULT_ID,
-    DEFAULT_MEMORY_BAR,
+    Device, DeviceBuilder, Interrupts, Placement, PowerState, RegionFlags, RegionInfo, RegionSpec,
+    DEFAULT_ID, DEFAULT_MEMORY_BAR,
 };
 pub use error::{Error, Result};
 pub use fault::{Answer, BugEvent, GateState};

@@ -293,3 +293,32 @@ fn legacy_storm_reports_the_seeds_bug_without_crashing() {
         "{ev:?}"
     );
 }
+
+#[test]
+fn config_space_lists_msi_and_msix_capabilities_a_driver_can_walk() {
+    let dev = Device::builder_with_memory(1 << 20).build().unwrap();
+    let mut cfg = [0u8; 256];
+    dev.read_config(0, &mut cfg).unwrap();
+    assert!(cfg[6] & 0x10 != 0, "STATUS: capabilities list");
+    let mut at = cfg[0x34] as usize;
+    let mut found = Vec::new();
+    while at != 0 && found.len() < 8 {
+        found.push((cfg[at], at));
+        at = cfg[at + 1] as usize;
+    }
+    assert_eq!(found, vec![(0x05, 0x50), (0x11, 0x70)], "MSI, then MSI-X");
+    let control = u16::from_le_bytes([cfg[0x72], cfg[0x73]]);
+    assert_eq!(control & 0x7ff, 7, "8 MSI-X vectors");
+    let table = u32::from_le_bytes(cfg[0x74..0x78].try_into().unwrap());
+    assert_eq!(
+        (table & 7, table & !7),
+        (0, 0x8000),
+        "table in BAR0 at 0x8000"
+    );
+    // The enable bits are writable; the capability ids and pointers are not.
+    dev.write_config(0x73, &[0xc0]).unwrap();
+    dev.write_config(0x70, &[0xff, 0xff]).unwrap();
+    dev.read_config(0, &mut cfg).unwrap();
+    assert_eq!(cfg[0x73] & 0xc0, 0xc0);
+    assert_eq!((cfg[0x70], cfg[0x71]), (0x11, 0));
+}
