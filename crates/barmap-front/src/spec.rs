@@ -24,10 +24,41 @@ pub struct DeviceSpec {
 }
 
 impl DeviceSpec {
+    /// Reads a device description from a TOML file:
+    ///
+    /// ```toml
+    /// model = "default"   # the only model today
+    /// memory = "64M"      # size of the memory BAR (BAR2)
+    /// policy = "page"     # optional: the run's --policy otherwise
+    /// ```
+    pub fn from_toml(text: &str, default_policy: Policy) -> Result<DeviceSpec, String> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct File {
+            model: Option<String>,
+            memory: Option<String>,
+            policy: Option<String>,
+        }
+        let f: File = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut short = f.model.unwrap_or_else(|| "default".into());
+        if let Some(m) = f.memory {
+            short += &format!(",memory={m}");
+        }
+        if let Some(p) = f.policy {
+            short += &format!(",policy={p}");
+        }
+        Self::parse(&short, default_policy)
+    }
+
     /// Parses `NAME[,memory=SIZE][,policy=P]` (for example
-    /// `default,memory=64M,policy=page`); the addresses are assigned by
-    /// [`RunSpec::new`].
+    /// `default,memory=64M,policy=page`), or, if `text` names a `.toml`
+    /// file, reads it ([`DeviceSpec::from_toml`]); the addresses are
+    /// assigned by [`RunSpec::new`].
     pub fn parse(text: &str, default_policy: Policy) -> Result<DeviceSpec, String> {
+        if text.ends_with(".toml") {
+            let body = std::fs::read_to_string(text).map_err(|e| format!("{text}: {e}"))?;
+            return Self::from_toml(&body, default_policy).map_err(|e| format!("{text}: {e}"));
+        }
         let mut parts = text.split(',');
         let model = parts.next().unwrap_or_default().trim().to_string();
         if model != "default" {
@@ -134,5 +165,25 @@ impl RunSpec {
     pub fn load(dir: &Path) -> std::io::Result<RunSpec> {
         let text = std::fs::read_to_string(dir.join(SPEC_FILE))?;
         serde_json::from_str(&text).map_err(std::io::Error::other)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_strings_and_toml_files_describe_the_same_device() {
+        let a = DeviceSpec::parse("default,memory=16M,policy=page", Policy::Prefault).unwrap();
+        let b = DeviceSpec::from_toml(
+            "model = \"default\"\nmemory = \"16M\"\npolicy = \"page\"\n",
+            Policy::Prefault,
+        )
+        .unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.memory, 16 << 20);
+        assert!(DeviceSpec::from_toml("colour = \"red\"\n", Policy::Prefault).is_err());
+        assert!(DeviceSpec::parse("edu", Policy::Prefault).is_err());
+        assert!(DeviceSpec::parse("default,memory=3M", Policy::Prefault).is_err());
     }
 }
