@@ -746,7 +746,7 @@ impl Device {
         self.inner.access
     }
 
-    /// Whether this device's userfaultfd can serve BARs backed by huge pages
+    /// Whether the userfaultfd of this device's address space can serve BARs backed by huge pages
     /// (UFFD_FEATURE_MINOR_HUGETLBFS was granted).
     pub fn huge_pages_supported(&self) -> bool {
         self.inner.minor_hugetlbfs
