@@ -271,6 +271,25 @@ fn execute(cfg: &Config, source: Source, shared: &Shared) -> Outcome {
 /// Runs `source` on a worker thread, watching for hangs: an operation that
 /// takes longer than `cfg.op_timeout` ends the sequence as a failure (the
 /// stuck thread is left behind).
+/// The outcome of an episode whose last operation broke the run (a hang or
+/// a panic): the journal so far, the last operation named as the failure.
+fn broken(journal: &Mutex<Vec<Op>>, what: String) -> Outcome {
+    let ops = journal.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let index = ops.len().saturating_sub(1);
+    Outcome {
+        generated: ops.len() as u64,
+        skipped: 0,
+        per_kind: BTreeMap::new(),
+        mismatch: Some(Mismatch {
+            index,
+            op: ops.last().cloned().unwrap_or(Op::Rebuild),
+            expected: Vec::new(),
+            observed: vec![Obs::Broken(format!("operation {index} {what}"))],
+        }),
+        ops,
+    }
+}
+
 fn supervise(cfg: &Config, source: Source, mut tick: impl FnMut(u64)) -> Outcome {
     let shared = Arc::new(Shared {
         done: AtomicU64::new(0),
@@ -314,48 +333,14 @@ fn supervise(cfg: &Config, source: Source, mut tick: impl FnMut(u64)) -> Outcome
                     shared.epoch.elapsed().as_millis() as u64 - shared.beat.load(Ordering::Relaxed);
                 // The per-op bound plus slack for the op's own bounded waits.
                 if since > 2 * cfg.op_timeout.as_millis() as u64 {
-                    let ops = shared
-                        .journal
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .clone();
-                    let index = ops.len().saturating_sub(1);
-                    return Outcome {
-                        generated: ops.len() as u64,
-                        skipped: 0,
-                        per_kind: BTreeMap::new(),
-                        mismatch: Some(Mismatch {
-                            index,
-                            op: ops.last().cloned().unwrap_or(Op::Rebuild),
-                            expected: Vec::new(),
-                            observed: vec![Obs::Broken(format!(
-                                "operation {index} did not finish within {:?} (a hang)",
-                                2 * cfg.op_timeout
-                            ))],
-                        }),
-                        ops,
-                    };
+                    return broken(
+                        &shared.journal,
+                        format!("did not finish within {:?} (a hang)", 2 * cfg.op_timeout),
+                    );
                 }
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let ops = shared
-                    .journal
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone();
-                let index = ops.len().saturating_sub(1);
-                return Outcome {
-                    generated: ops.len() as u64,
-                    skipped: 0,
-                    per_kind: BTreeMap::new(),
-                    mismatch: Some(Mismatch {
-                        index,
-                        op: ops.last().cloned().unwrap_or(Op::Rebuild),
-                        expected: Vec::new(),
-                        observed: vec![Obs::Broken(format!("operation {index} panicked"))],
-                    }),
-                    ops,
-                };
+                return broken(&shared.journal, "panicked".into());
             }
         }
     }
