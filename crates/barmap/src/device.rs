@@ -165,17 +165,31 @@ pub struct RegionInfo {
 struct Region {
     info: RegionInfo,
     spec: RegionSpec,
-    memfd: OwnedFd,
+    memfd: Backing,
     /// Read-only regions: a shadow copy of the contents that mappings are
     /// made from. A userfaultfd cannot serve a view that may never become
     /// writable (UFFDIO_REGISTER needs VM_MAYWRITE), so a process can
     /// mprotect such a mapping writable; its writes then land in the shadow,
     /// never in the device's registers, and the next reset restores it.
-    shadow: Option<OwnedFd>,
+    shadow: Option<Backing>,
     /// Huge-page BARs: the device's own read-write view of the memfd, for
     /// region access (hugetlbfs has no `pwrite`). Unmapped on drop.
     view: Option<DeviceView>,
 }
+
+/// Where a region's bytes live: `base` onwards in a memfd. The regions of a
+/// device (and a read-only region's shadow) share one shmem memfd, each in
+/// a range of its own with a hole after it, so a device costs one fd; a
+/// huge-page BAR has a hugetlbfs memfd of its own.
+struct Backing {
+    fd: Arc<OwnedFd>,
+    base: u64,
+}
+
+/// Holes between the regions in a device's memfd (and the alignment of
+/// each region's start): what a mapping grown past its region meets is a
+/// hole, never the next region (and is answered with SIGBUS).
+const REGION_GAP: u64 = HUGE_SIZE as u64;
 
 /// A plain MAP_SHARED view of a BAR's whole memfd, without userfaultfd.
 struct DeviceView {
@@ -202,7 +216,7 @@ impl Region {
                 unsafe { crate::os::view_read(v.addr, at as usize, buf) };
                 Ok(())
             }
-            None => crate::os::pread_all(&self.memfd, at, buf),
+            None => crate::os::pread_all(&self.memfd.fd, self.memfd.base + at, buf),
         }
     }
 
@@ -215,20 +229,15 @@ impl Region {
                 unsafe { crate::os::view_write(v.addr, at as usize, data) };
                 Ok(())
             }
-            None => crate::os::pwrite_all(&self.memfd, at, data),
+            None => crate::os::pwrite_all(&self.memfd.fd, self.memfd.base + at, data),
         }
     }
 }
 
 /// Allocates BAR `index`'s memory per `spec`: a shmem memfd, or a hugetlbfs
 /// one with a device view when huge pages are asked for.
-fn allocate(index: u32, spec: &RegionSpec) -> Result<(OwnedFd, Option<DeviceView>)> {
+fn allocate_huge(index: u32, spec: &RegionSpec) -> Result<(OwnedFd, Option<DeviceView>)> {
     let name = format!("barmap-bar{index}");
-    if !spec.huge_pages {
-        let memfd =
-            crate::os::memfd(&name, spec.size).map_err(Error::os("memfd for BAR memory"))?;
-        return Ok((memfd, None));
-    }
     let needed = spec.size / HUGE_SIZE as u64;
     let Some(free) = crate::os::free_huge_pages() else {
         return Err(Error::HugePagesUnsupported(
@@ -421,21 +430,66 @@ impl DeviceBuilder {
                     .into(),
             ));
         }
+        // One shmem memfd for every region that is not backed by huge
+        // pages, and for read-only regions' shadows: (region, shadow?) ->
+        // base, each range page-rounded and followed by a hole.
+        let mut layout: Vec<(usize, bool, u64, u64)> = Vec::new();
+        let mut end = 0u64;
+        for (i, spec) in self.regions.iter().enumerate() {
+            let Some(spec) = spec.as_ref().filter(|s| !s.huge_pages) else {
+                continue;
+            };
+            let len = spec.size.next_multiple_of(PAGE_SIZE as u64);
+            for shadow in [false, true] {
+                if shadow && spec.flags.write {
+                    continue;
+                }
+                let base = end.next_multiple_of(REGION_GAP);
+                layout.push((i, shadow, base, len));
+                end = base + len + REGION_GAP;
+            }
+        }
+        let shared = if layout.is_empty() {
+            None
+        } else {
+            let ranges: Vec<(u64, u64)> = layout.iter().map(|&(_, _, b, l)| (b, l)).collect();
+            Some(Arc::new(
+                crate::os::memfd_ranges("barmap-device", end, &ranges)
+                    .map_err(Error::os("memfd for BAR memory"))?,
+            ))
+        };
+        let backing = |i: usize, shadow: bool| {
+            layout
+                .iter()
+                .find(|&&(r, s, _, _)| r == i && s == shadow)
+                .map(|&(_, _, base, _)| Backing {
+                    fd: shared.clone().expect("laid out"),
+                    base,
+                })
+        };
         let mut regions = Vec::new();
         for (i, spec) in self.regions.iter().enumerate() {
             let Some(spec) = spec else {
                 regions.push(None);
                 continue;
             };
-            let (memfd, view) = allocate(i as u32, spec)?;
-            let shadow = if spec.flags.write || spec.huge_pages {
-                None
+            let (memfd, view) = if spec.huge_pages {
+                let (fd, view) = allocate_huge(i as u32, spec)?;
+                (
+                    Backing {
+                        fd: Arc::new(fd),
+                        base: 0,
+                    },
+                    view,
+                )
             } else {
-                let shadow = crate::os::memfd(&format!("barmap-bar{i}-shadow"), spec.size)
-                    .map_err(Error::os("memfd for a read-only BAR's mappings"))?;
-                crate::os::pwrite_all(&shadow, 0, &spec.init).map_err(Error::os("BAR init"))?;
-                Some(shadow)
+                (backing(i, false).expect("laid out"), None)
             };
+            let shadow = backing(i, true);
+            if let Some(shadow) = &shadow {
+                crate::os::pwrite_all(&shadow.fd, shadow.base, &spec.init)
+                    .map_err(Error::os("BAR init"))?;
+            }
             let areas = spec
                 .mmap_areas
                 .clone()
@@ -491,8 +545,8 @@ impl DeviceBuilder {
 }
 
 /// Raises this process's soft RLIMIT_NOFILE to its hard limit, once: each
-/// device holds a memfd per BAR (a read-only BAR two), and the common soft
-/// limit of 1024 would stop a program at a few hundred devices.
+/// device holds a memfd (and one more per huge-page BAR), and the common
+/// soft limit of 1024 would stop a program at about a thousand devices.
 fn raise_fd_limit() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -841,8 +895,9 @@ impl Device {
         // Created inaccessible, tracked, registered, and only then opened:
         // no touch can map a page before the fault path owns the range, and
         // a fault the userfaultfd reports for it always finds it tracked.
-        let fd = r.shadow.as_ref().unwrap_or(&r.memfd);
-        let start = crate::os::map_shared_at(fd, offset, len, fixed).map_err(Error::os("mmap"))?;
+        let b = r.shadow.as_ref().unwrap_or(&r.memfd);
+        let start = crate::os::map_shared_at(&b.fd, b.base + offset, len, fixed)
+            .map_err(Error::os("mmap"))?;
         let entry = self.inner.core.register(MapInfo {
             id: MapId(0),
             space: self.inner.space.id(),
@@ -956,7 +1011,8 @@ impl Device {
                     // contents (whatever a writable-made mapping wrote).
                     let mut contents = vec![0u8; r.spec.size as usize];
                     r.read_at(0, &mut contents).map_err(Error::os("reset"))?;
-                    crate::os::pwrite_all(shadow, 0, &contents).map_err(Error::os("reset"))?;
+                    crate::os::pwrite_all(&shadow.fd, shadow.base, &contents)
+                        .map_err(Error::os("reset"))?;
                 }
             }
             std::thread::sleep(self.inner.reset_time);

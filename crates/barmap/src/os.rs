@@ -34,6 +34,33 @@ pub fn memfd(name: &str, size: u64) -> Result<OwnedFd, i32> {
     Ok(fd)
 }
 
+/// A memfd of `size` bytes of which only the `ranges` (offset, length) are
+/// allocated, up front; the rest are holes that nothing maps (several
+/// regions of one device share one memfd, each in a range of its own).
+pub fn memfd_ranges(name: &str, size: u64, ranges: &[(u64, u64)]) -> Result<OwnedFd, i32> {
+    let cname = std::ffi::CString::new(name).map_err(|_| libc::EINVAL)?;
+    // SAFETY: `cname` is a valid NUL-terminated string; the returned fd is new.
+    let fd = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(errno());
+    }
+    // SAFETY: a fresh fd, owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: plain syscalls on an fd we own.
+    if unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) } < 0 {
+        return Err(errno());
+    }
+    for &(at, len) in ranges {
+        // SAFETY: as above.
+        let rc =
+            unsafe { libc::fallocate(fd.as_raw_fd(), 0, at as libc::off_t, len as libc::off_t) };
+        if rc < 0 {
+            return Err(errno());
+        }
+    }
+    Ok(fd)
+}
+
 /// A memfd of `size` bytes backed by 2 MiB huge pages (hugetlbfs,
 /// `MFD_HUGETLB | MFD_HUGE_2MB`), every huge page allocated up front like
 /// [`memfd`]'s. `size` must be a multiple of [`HUGE_SIZE`]; the pages come
