@@ -89,6 +89,7 @@ unsafe fn path_str<'a>(path: *const c_char) -> Option<&'a str> {
 
 /// The redirected path for a lookup, if any.
 unsafe fn redirected(path: *const c_char) -> Option<CString> {
+    // SAFETY: `path` is the caller's NUL-terminated path (or null, which is checked).
     let p = unsafe { path_str(path) }?;
     let f = front()?;
     let to = guarded(|| f.redirect(p)).flatten()?;
@@ -97,6 +98,7 @@ unsafe fn redirected(path: *const c_char) -> Option<CString> {
 
 /// open(2) of a served node: Some(fd or -1).
 unsafe fn open_node(path: *const c_char, flags: c_int) -> Option<c_int> {
+    // SAFETY: `path` is the caller's NUL-terminated path (or null, which is checked).
     let p = unsafe { path_str(path) }?;
     let f = front()?;
     if !guarded(|| f.serves(p))? {
@@ -115,12 +117,15 @@ macro_rules! open_like {
     ($($sym:ident = $lit:literal),* $(,)?) => { $(
         #[no_mangle]
         pub unsafe extern "C" fn $sym(path: *const c_char, flags: c_int, mode: c_uint) -> c_int {
+            // SAFETY: `path` is the caller's NUL-terminated path (or null, which is checked).
             if let Some(fd) = unsafe { open_node(path, flags) } {
                 return fd;
             }
+            // SAFETY: `path` is the caller's NUL-terminated path (or null, which is checked).
             let to = unsafe { redirected(path) };
             let p = to.as_ref().map_or(path, |c| c.as_ptr());
             let real = real!($lit as fn(*const c_char, c_int, c_uint) -> c_int);
+            // SAFETY: the caller's arguments, unchanged, to libc's definition of the same function.
             unsafe { real(p, flags, mode) }
         }
     )* };
@@ -131,12 +136,15 @@ macro_rules! open_2_like {
     ($($sym:ident = $lit:literal),* $(,)?) => { $(
         #[no_mangle]
         pub unsafe extern "C" fn $sym(path: *const c_char, flags: c_int) -> c_int {
+            // SAFETY: `path` is the caller's NUL-terminated path (or null, which is checked).
             if let Some(fd) = unsafe { open_node(path, flags) } {
                 return fd;
             }
+            // SAFETY: `path` is the caller's NUL-terminated path (or null, which is checked).
             let to = unsafe { redirected(path) };
             let p = to.as_ref().map_or(path, |c| c.as_ptr());
             let real = real!($lit as fn(*const c_char, c_int) -> c_int);
+            // SAFETY: the caller's arguments, unchanged, to libc's definition of the same function.
             unsafe { real(p, flags) }
         }
     )* };
@@ -152,12 +160,15 @@ macro_rules! openat_like {
             flags: c_int,
             mode: c_uint,
         ) -> c_int {
+            // SAFETY: `path` is the caller's NUL-terminated path (or null, which is checked).
             if let Some(fd) = unsafe { open_node(path, flags) } {
                 return fd;
             }
+            // SAFETY: `path` is the caller's NUL-terminated path (or null, which is checked).
             let to = unsafe { redirected(path) };
             let p = to.as_ref().map_or(path, |c| c.as_ptr());
             let real = real!($lit as fn(c_int, *const c_char, c_int, c_uint) -> c_int);
+            // SAFETY: the caller's arguments, unchanged, to libc's definition of the same function.
             unsafe { real(dirfd, p, flags, mode) }
         }
     )* };
@@ -168,12 +179,15 @@ macro_rules! openat_2_like {
     ($($sym:ident = $lit:literal),* $(,)?) => { $(
         #[no_mangle]
         pub unsafe extern "C" fn $sym(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int {
+            // SAFETY: `path` is the caller's NUL-terminated path (or null, which is checked).
             if let Some(fd) = unsafe { open_node(path, flags) } {
                 return fd;
             }
+            // SAFETY: `path` is the caller's NUL-terminated path (or null, which is checked).
             let to = unsafe { redirected(path) };
             let p = to.as_ref().map_or(path, |c| c.as_ptr());
             let real = real!($lit as fn(c_int, *const c_char, c_int) -> c_int);
+            // SAFETY: the caller's arguments, unchanged, to libc's definition of the same function.
             unsafe { real(dirfd, p, flags) }
         }
     )* };
@@ -185,9 +199,11 @@ macro_rules! path_first {
     ($($sym:ident = $lit:literal ($($arg:ident: $t:ty),*) -> $r:ty),* $(,)?) => { $(
         #[no_mangle]
         pub unsafe extern "C" fn $sym(path: *const c_char, $($arg: $t),*) -> $r {
+            // SAFETY: `path` is the caller's NUL-terminated path (or null, which is checked).
             let to = unsafe { redirected(path) };
             let p = to.as_ref().map_or(path, |c| c.as_ptr());
             let real = real!($lit as fn(*const c_char $(, $t)*) -> $r);
+            // SAFETY: the caller's arguments, unchanged, to libc's definition of the same function.
             unsafe { real(p $(, $arg)*) }
         }
     )* };
@@ -214,9 +230,11 @@ macro_rules! path_second {
     ($($sym:ident = $lit:literal ($($arg:ident: $t:ty),*) -> $r:ty),* $(,)?) => { $(
         #[no_mangle]
         pub unsafe extern "C" fn $sym(dirfd: c_int, path: *const c_char, $($arg: $t),*) -> $r {
+            // SAFETY: `path` is the caller's NUL-terminated path (or null, which is checked).
             let to = unsafe { redirected(path) };
             let p = to.as_ref().map_or(path, |c| c.as_ptr());
             let real = real!($lit as fn(c_int, *const c_char $(, $t)*) -> $r);
+            // SAFETY: the caller's arguments, unchanged, to libc's definition of the same function.
             unsafe { real(dirfd, p $(, $arg)*) }
         }
     )* };
@@ -237,9 +255,11 @@ pub unsafe extern "C" fn __readlink_chk(
     len: usize,
     buflen: usize,
 ) -> isize {
+    // SAFETY: `path` is the caller's NUL-terminated path (or null, which is checked).
     let to = unsafe { redirected(path) };
     let p = to.as_ref().map_or(path, |c| c.as_ptr());
     let real = real!(c"__readlink_chk" as fn(*const c_char, *mut c_char, usize, usize) -> isize);
+    // SAFETY: the caller's arguments, unchanged, to libc's definition of the same function.
     unsafe { real(p, buf, len, buflen) }
 }
 
@@ -266,6 +286,7 @@ pub unsafe extern "C" fn ioctl(fd: c_int, req: c_ulong, arg: *mut c_void) -> c_i
         }
     }
     let real = real!(c"ioctl" as fn(c_int, c_ulong, *mut c_void) -> c_int);
+    // SAFETY: the caller's arguments, unchanged, to libc's definition of the same function.
     unsafe { real(fd, req, arg) }
 }
 
@@ -292,6 +313,7 @@ macro_rules! mmap_like {
                 }
             }
             let real = real!($lit as fn(*mut c_void, usize, c_int, c_int, c_int, i64) -> *mut c_void);
+            // SAFETY: the caller's arguments, unchanged, to libc's definition of the same function.
             unsafe { real(addr, len, prot, flags, fd, off) }
         }
     )* };
@@ -301,6 +323,7 @@ mmap_like!(mmap = c"mmap", mmap64 = c"mmap64");
 #[no_mangle]
 pub unsafe extern "C" fn munmap(addr: *mut c_void, len: usize) -> c_int {
     let real = real!(c"munmap" as fn(*mut c_void, usize) -> c_int);
+    // SAFETY: the caller's arguments, unchanged, to libc's definition of the same function.
     let rc = unsafe { real(addr, len) };
     if rc == 0 {
         if let Some(f) = front() {
@@ -320,6 +343,7 @@ macro_rules! pread_like {
                 }
             }
             let real = real!($lit as fn(c_int, $p, usize, i64) -> isize);
+            // SAFETY: the caller's arguments, unchanged, to libc's definition of the same function.
             unsafe { real(fd, buf, len, off) }
         }
     )* };
@@ -359,6 +383,7 @@ macro_rules! pread_chk_like {
                 }
             }
             let real = real!($lit as fn(c_int, *mut c_void, usize, i64, usize) -> isize);
+            // SAFETY: the caller's arguments, unchanged, to libc's definition of the same function.
             unsafe { real(fd, buf, len, off, buflen) }
         }
     )* };
@@ -371,6 +396,7 @@ pread_chk_like!(
 #[no_mangle]
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     let real = real!(c"close" as fn(c_int) -> c_int);
+    // SAFETY: the caller's arguments, unchanged, to libc's definition of the same function.
     let rc = unsafe { real(fd) };
     if rc == 0 {
         if let Some(f) = front_for_fd(fd) {
@@ -383,6 +409,7 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
     let real = real!(c"dup" as fn(c_int) -> c_int);
+    // SAFETY: the caller's arguments, unchanged, to libc's definition of the same function.
     let new = unsafe { real(fd) };
     if new >= 0 {
         if let Some(f) = front_for_fd(fd) {
@@ -411,6 +438,7 @@ fn after_dup(old: c_int, new: c_int) {
 #[no_mangle]
 pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
     let real = real!(c"dup2" as fn(c_int, c_int) -> c_int);
+    // SAFETY: the caller's arguments, unchanged, to libc's definition of the same function.
     let rc = unsafe { real(old, new) };
     after_dup(old, rc);
     rc
@@ -419,6 +447,7 @@ pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
     let real = real!(c"dup3" as fn(c_int, c_int, c_int) -> c_int);
+    // SAFETY: the caller's arguments, unchanged, to libc's definition of the same function.
     let rc = unsafe { real(old, new, flags) };
     after_dup(old, rc);
     rc
@@ -427,6 +456,7 @@ pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
     let real = real!(c"fcntl" as fn(c_int, c_int, c_ulong) -> c_int);
+    // SAFETY: the caller's arguments, unchanged, to libc's definition of the same function.
     let rc = unsafe { real(fd, cmd, arg) };
     if rc >= 0 && (cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC) {
         if let Some(f) = front_for_fd(fd) {
@@ -438,6 +468,7 @@ pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
 
 #[no_mangle]
 pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+    // SAFETY: the same call, with the same arguments.
     unsafe { fcntl(fd, cmd, arg) }
 }
 
