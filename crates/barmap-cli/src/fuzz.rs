@@ -84,9 +84,10 @@ fn print_summary(r: &Report) {
     let rate = r.ops as f64 / r.elapsed_s.max(1e-9);
     let kinds: Vec<String> = r.per_kind.iter().map(|(k, v)| format!("{k} {v}")).collect();
     println!(
-        "barmap fuzz: {} ops, {} failures, seed {:#x}, policy {}, {} threads, {:.1} s ({:.0} ops/s) | {}",
+        "barmap fuzz: {} ops, {} failures, {} episodes lost, seed {:#x}, policy {}, {} threads, {:.1} s ({:.0} ops/s) | {}",
         r.ops,
         r.failures,
+        r.lost,
         r.seed,
         r.policy,
         r.threads,

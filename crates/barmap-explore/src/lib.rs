@@ -131,6 +131,10 @@ pub struct Report {
     pub ops: u64,
     /// Operations that did not apply in their state (nothing to act on).
     pub skipped: u64,
+    /// Episodes ended early because addresses the process had just freed
+    /// were taken by another thread's mapping before the explorer could
+    /// place its foreign memory there (see [`model::Obs::Lost`]).
+    pub lost: u64,
     /// 0, or 1 (a run stops at its first failure).
     pub failures: u64,
     /// The run's seed.
@@ -164,6 +168,7 @@ pub struct Progress {
 struct Outcome {
     generated: u64,
     skipped: u64,
+    lost: u64,
     per_kind: BTreeMap<&'static str, u64>,
     mismatch: Option<Mismatch>,
     /// The operations run, the failing one last if it failed.
@@ -211,6 +216,7 @@ fn execute(cfg: &Config, source: Source, shared: &Shared) -> Outcome {
     let mut out = Outcome {
         generated: 0,
         skipped: 0,
+        lost: 0,
         per_kind: BTreeMap::new(),
         mismatch: None,
         ops: Vec::new(),
@@ -253,6 +259,10 @@ fn execute(cfg: &Config, source: Source, shared: &Shared) -> Outcome {
         let expected = model.step(&plan);
         let observed = sut.exec(&plan);
         shared.done.fetch_add(1, Ordering::Relaxed);
+        if observed.iter().any(|o| matches!(o, Obs::Lost(_))) {
+            out.lost += 1;
+            return out;
+        }
         let same = expected.len() == observed.len()
             && expected.iter().zip(&observed).all(|(e, o)| e.admits(o));
         if !same {
@@ -279,6 +289,7 @@ fn broken(journal: &Mutex<Vec<Op>>, what: String) -> Outcome {
     Outcome {
         generated: ops.len() as u64,
         skipped: 0,
+        lost: 0,
         per_kind: BTreeMap::new(),
         mismatch: Some(Mismatch {
             index,
@@ -311,6 +322,7 @@ fn supervise(cfg: &Config, source: Source, mut tick: impl FnMut(u64)) -> Outcome
         return Outcome {
             generated: 0,
             skipped: 0,
+            lost: 0,
             per_kind: BTreeMap::new(),
             mismatch: Some(Mismatch {
                 index: 0,
@@ -364,6 +376,7 @@ pub fn run(cfg: &Config, mut progress: impl FnMut(Progress)) -> Report {
     let mut report = Report {
         ops: 0,
         skipped: 0,
+        lost: 0,
         failures: 0,
         seed: cfg.seed,
         policy: cfg.policy.to_string(),
@@ -388,6 +401,7 @@ pub fn run(cfg: &Config, mut progress: impl FnMut(Progress)) -> Report {
         });
         report.ops += out.generated;
         report.skipped += out.skipped;
+        report.lost += out.lost;
         report.episodes += 1;
         for (k, v) in &out.per_kind {
             *report.per_kind.entry(k.to_string()).or_default() += v;

@@ -85,6 +85,13 @@ pub enum Obs {
     Child(Box<Obs>),
     /// Something that must never happen: a hang, a child that died.
     Broken(String),
+    /// The episode cannot go on, through no fault of barmap's: addresses
+    /// the process had just freed were taken by another thread's mapping
+    /// (a new thread's stack, say) before foreign memory could be placed
+    /// there, so what lives at them is no longer the explorer's to touch.
+    /// The episode ends there, counted, and is neither a pass nor a failure
+    /// of what follows.
+    Lost(String),
 }
 
 /// What the model expects of one observation.

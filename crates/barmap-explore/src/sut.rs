@@ -149,6 +149,31 @@ fn prot_bits(p: ProtOp) -> i32 {
     }
 }
 
+/// How [`Sut::foreign`] may place its memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// Over view pages that are still mapped (a program's MAP_FIXED over
+    /// its own mapping).
+    Over,
+    /// At addresses the process has just unmapped.
+    Freed,
+}
+
+/// The line of `/proc/self/maps` that covers `addr`, or "unmapped".
+fn maps_at(addr: usize) -> String {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    maps.lines()
+        .find(|l| {
+            let range = l.split(' ').next().unwrap_or("");
+            let mut ends = range
+                .split('-')
+                .map(|h| usize::from_str_radix(h, 16).unwrap_or(0));
+            let (s, e) = (ends.next().unwrap_or(0), ends.next().unwrap_or(0));
+            (s..e).contains(&addr)
+        })
+        .map_or_else(|| "unmapped".to_string(), str::to_string)
+}
+
 /// Anonymous PROT_NONE reservation of `len` bytes (an mremap target).
 fn reserve(len: usize) -> Option<usize> {
     // SAFETY: a fresh anonymous mapping anywhere.
@@ -226,24 +251,42 @@ impl Sut {
         self.map(uid).base + page * PAGE + word * 8
     }
 
-    /// Maps foreign anonymous memory (MAP_FIXED) at view pages
-    /// `first..first + n` and writes its markers.
-    fn foreign(&mut self, uid: u64, first: usize, n: usize) -> Obs {
+    /// Maps foreign anonymous memory at view pages `first..first + n` and
+    /// writes its markers. Over `Place::Freed` addresses (which the process
+    /// has just unmapped) it never replaces anything: another thread may
+    /// have been given them meanwhile (glibc and std map thread stacks and
+    /// signal stacks at any moment), and then the episode is lost, not
+    /// failed.
+    fn foreign(&mut self, uid: u64, first: usize, n: usize, place: Place) -> Obs {
         let start = self.map(uid).base + first * PAGE;
-        // SAFETY: MAP_FIXED over addresses of this mapping's view, which
-        // the explorer just cut (or deliberately maps over).
+        let fixed = match place {
+            Place::Over => libc::MAP_FIXED,
+            Place::Freed => libc::MAP_FIXED_NOREPLACE,
+        };
+        // SAFETY: at addresses of this mapping's view: MAP_FIXED only over
+        // pages the explorer deliberately maps over (its own), else
+        // MAP_FIXED_NOREPLACE, which replaces nothing.
         let p = unsafe {
             libc::mmap(
                 start as *mut libc::c_void,
                 n * PAGE,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | fixed,
                 -1,
                 0,
             )
         };
         if p == libc::MAP_FAILED {
-            return Obs::Sys(Err(errno()));
+            let e = errno();
+            if place == Place::Freed && e == libc::EEXIST {
+                return Obs::Lost(format!(
+                    "view pages {first}..{} at {start:#x}, freed by the process, were taken \
+                     by another mapping before foreign memory could be placed there: {}",
+                    first + n,
+                    maps_at(start)
+                ));
+            }
+            return Obs::Sys(Err(e));
         }
         for i in 0..n {
             for w in 0..8 {
@@ -253,8 +296,10 @@ impl Sut {
                 // protected it meanwhile, which is a failure to report.
                 if let Err(f) = raw_touch_result(a, marker(uid, first + i, w)) {
                     return Obs::Broken(format!(
-                        "fresh foreign memory at {a:#x} (view page {}) took {f:?} while                          being filled: something unmapped or protected it",
-                        first + i
+                        "fresh foreign memory at {a:#x} (view page {}) took {f:?} while \
+                         being filled: something unmapped or protected it; now: {}",
+                        first + i,
+                        maps_at(a)
                     ));
                 }
             }
@@ -367,7 +412,10 @@ impl Sut {
             Plan::Unmap { uid, offset, len } => {
                 let r = self.mapping(*uid).unmap(*offset, *len);
                 if r.is_ok() {
-                    let o = self.foreign(*uid, offset / PAGE, len / PAGE);
+                    let o = self.foreign(*uid, offset / PAGE, len / PAGE, Place::Freed);
+                    if let Obs::Lost(_) = o {
+                        return vec![o];
+                    }
                     if o != Obs::Sys(Ok(())) {
                         return vec![Obs::Broken(format!("foreign memory after unmap: {o:?}"))];
                     }
@@ -387,7 +435,10 @@ impl Sut {
                 let o = sys(rc);
                 if rc == 0 {
                     self.mark_cut(*uid);
-                    let o = self.foreign(*uid, *page, *pages);
+                    let o = self.foreign(*uid, *page, *pages, Place::Freed);
+                    if let Obs::Lost(_) = o {
+                        return vec![o];
+                    }
                     if o != Obs::Sys(Ok(())) {
                         return vec![Obs::Broken(format!("foreign memory after munmap: {o:?}"))];
                     }
@@ -396,7 +447,7 @@ impl Sut {
             }
             Plan::MapFixedOver { uid, page, pages } => {
                 self.mark_cut(*uid);
-                vec![self.foreign(*uid, *page, *pages)]
+                vec![self.foreign(*uid, *page, *pages, Place::Over)]
             }
             Plan::MremapGrow { uid, extra } => {
                 let len = self.mapping(*uid).len();
@@ -416,8 +467,9 @@ impl Sut {
                 }
                 let n = len / PAGE - keep;
                 self.mark_cut(*uid);
-                match self.foreign(*uid, *keep, n) {
+                match self.foreign(*uid, *keep, n, Place::Freed) {
                     Obs::Sys(Ok(())) => vec![Obs::Sys(Ok(()))],
+                    o @ Obs::Lost(_) => vec![o],
                     o => vec![Obs::Broken(format!("foreign mmap after shrink: {o:?}"))],
                 }
             }
