@@ -1,0 +1,67 @@
+//! `populate`: the first touch (a read) of every page of a fresh mapping by
+//! 1 and by N threads (contiguous slices), natively first, then per policy at
+//! the same sizes, each judged against native.
+
+use barmap::{Policy, WaitMode};
+
+use super::dev::{device, path_errors, populate_dev};
+use super::native::{populate_native, Native};
+use super::report::timing;
+use super::{Bench, Family, Results, FAMILIES};
+
+/// Populate per policy vs native. Makes the native memfd the families after
+/// it measure against, sets the default policy's 1-thread figures, and hands
+/// each policy's device to [`Family::after_populate`].
+pub(super) struct Populate;
+
+/// Policies that populate with one fault round trip per page.
+pub(super) fn per_page(p: Policy) -> bool {
+    matches!(p, Policy::Page)
+}
+
+impl Family for Populate {
+    fn run(&self, b: &Bench, r: &mut Results) -> Result<(), String> {
+        let (size, threads, reps) = (b.size, b.threads, b.reps);
+        b.progress("populate: native");
+        let native = r.native.insert(Native::new(size)?);
+        for (len, thr) in [(size, 1), (size, threads), (b.small, 1), (b.small, threads)] {
+            if r.native_med.contains_key(&(len, thr)) {
+                continue;
+            }
+            let (t, errors) = populate_native(native, len, thr, reps)?;
+            let mut m = timing("populate", "ms", &t);
+            m.policy = Some("native".into());
+            m.threads = Some(thr);
+            m.size_bytes = Some(len);
+            m.errors = Some(errors);
+            r.native_med.insert((len, thr), m.median);
+            r.measurements.push(m);
+        }
+        for policy in Policy::ALL {
+            b.progress(&format!("populate: {policy}"));
+            let dev = device(size, policy, None, WaitMode::Poll)?;
+            let len = if per_page(policy) { b.small } else { size };
+            for thr in [1, threads] {
+                let (t, errors, st) = populate_dev(&dev, len, thr, false, reps)?;
+                let mut m = timing("populate", "ms", &t);
+                m.policy = Some(policy.name().into());
+                m.threads = Some(thr);
+                m.size_bytes = Some(len);
+                m.faults = Some(st.faults / (reps as u64 + 1));
+                m.errors = Some(errors + path_errors(&st));
+                m.bug_events = Some(st.bugs);
+                m.ratio = Some(m.median / r.native_med[&(len, thr)]);
+                m.ratio_to = Some(format!("native {} thread(s)", thr));
+                if policy == Policy::default() && thr == 1 {
+                    r.populate_ratio = m.ratio.unwrap_or(0.0);
+                    r.single_default = m.median;
+                }
+                r.measurements.push(m);
+            }
+            for family in FAMILIES {
+                family.after_populate(b, r, policy, &dev)?;
+            }
+        }
+        Ok(())
+    }
+}
