@@ -147,7 +147,7 @@ impl Edu {
 impl DeviceModel for Edu {
     fn layout(&self) -> Layout {
         Layout::new(0x1234, 0x11e8)
-            .class(0x00ff_0000)
+            .class(0x00_ff_00) // sub-class 0xff: PCI_CLASS_OTHERS, as QEMU sets it
             .revision(0x10)
             .intx()
             .registers(0, 1 << 20)

@@ -40,6 +40,10 @@ struct Trap {
     mapping: Arc<Mapping>,
     dev: Weak<Shared>,
     writable: bool,
+    /// The process that mapped it: a forked child has no copy of the
+    /// mapping (barmap's mappings are MADV_DONTFORK), so its touch is an
+    /// ordinary SIGSEGV, never emulated.
+    owner: u32,
 }
 
 /// A registered trap (unregistered when its mapping is dropped).
@@ -153,6 +157,7 @@ pub(crate) fn register(
         mapping: mapping.clone(),
         dev: Arc::downgrade(dev),
         writable,
+        owner: std::process::id(),
     });
     // SAFETY: the range is the mapping's, which barmap created and owns.
     let rc = unsafe { libc::mprotect(mapping.as_ptr().cast(), mapping.len(), libc::PROT_NONE) };
@@ -204,7 +209,8 @@ extern "C" fn on_sigsegv(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut
 /// A register mapping's hit: the device, BAR, offset of `addr`, writable.
 fn lookup(addr: usize) -> Option<(Weak<Shared>, u32, u64, bool)> {
     let traps = TRAPS.read().unwrap_or_else(|e| e.into_inner());
-    traps.iter().find_map(|t| {
+    let me = std::process::id();
+    traps.iter().filter(|t| t.owner == me).find_map(|t| {
         t.mapping
             .region_offset_at(addr)
             .map(|off| (t.dev.clone(), t.mapping.region(), off, t.writable))
