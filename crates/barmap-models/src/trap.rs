@@ -284,23 +284,36 @@ enum Kind {
     Store { value: u64 },
 }
 
-/// Reads the instruction bytes at `rip` (up to 15, fewer at the end of the
-/// readable memory).
-fn fetch(rip: usize) -> Vec<u8> {
-    for n in [15usize, 8, 4, 1] {
-        let mut buf = vec![0u8; n];
-        if barmap::os::copy_from_user(rip as *const u8, &mut buf).is_ok() {
-            return buf;
+/// Reads the instruction bytes at `rip` (up to 15). The CPU fetched the
+/// whole instruction before its data access faulted, so the bytes up to
+/// the end of `rip`'s page are readable as they are (x86 code is readable);
+/// past the page end, where the instruction may stop short of a page that
+/// is not mapped, the kernel copies them (fewer at the end of the readable
+/// memory).
+fn fetch(rip: usize) -> ([u8; 15], usize) {
+    let mut buf = [0u8; 15];
+    let in_page = (4096 - rip % 4096).min(15);
+    // SAFETY: `rip`..`rip + in_page` lies in the page of the instruction
+    // that just faulted, which is mapped and readable.
+    unsafe { std::ptr::copy_nonoverlapping(rip as *const u8, buf.as_mut_ptr(), in_page) };
+    if in_page == 15 {
+        return (buf, 15);
+    }
+    let rest = &mut buf[in_page..];
+    for n in (1..=rest.len()).rev() {
+        if barmap::os::copy_from_user((rip + in_page) as *const u8, &mut rest[..n]).is_ok() {
+            return (buf, in_page + n);
         }
     }
-    Vec::new()
+    (buf, in_page)
 }
 
 /// Decodes the access at the saved RIP, or explains why it cannot.
 fn decode(uc: &libc::ucontext_t) -> Result<(Instruction, Access), (Option<Instruction>, String)> {
     let rip = uc.uc_mcontext.gregs[libc::REG_RIP as usize] as u64;
-    let bytes = fetch(rip as usize);
-    let mut decoder = Decoder::with_ip(64, &bytes, rip, DecoderOptions::NONE);
+    let (bytes, n) = fetch(rip as usize);
+    let bytes = &bytes[..n];
+    let mut decoder = Decoder::with_ip(64, bytes, rip, DecoderOptions::NONE);
     let insn = decoder.decode();
     if insn.is_invalid() {
         return Err((None, format!("undecodable bytes {bytes:02x?}")));
@@ -370,7 +383,7 @@ fn report(addr: usize, uc: &libc::ucontext_t, insn: Option<Instruction>, why: &s
         Some(i) => format!(
             "barmap: register access at {addr:#x} by `{}` (rip {rip:#x}, bytes {:02x?}) cannot be emulated: {why}; SIGBUS",
             disassemble(&i),
-            &fetch(rip as usize)[..i.len()]
+            &fetch(rip as usize).0[..i.len()]
         ),
         None => format!("barmap: register access at {addr:#x} (rip {rip:#x}) cannot be emulated: {why}; SIGBUS"),
     };
