@@ -22,9 +22,15 @@ pub fn host_main(args: GuestArgs) -> i32 {
 }
 
 /// The same binary under `barmap run` on one emulated device shaped like
-/// the guest's ivshmem BAR (64 MiB of memory).
-fn emulate_program(binary: &std::path::Path) -> Option<BinaryResult> {
-    let spec = DeviceSpec::parse("default,memory=64M", barmap::Policy::Prefault)
+/// the guest's ivshmem BAR (64 MiB of memory), or barmap's edu for a
+/// program that runs against the guest's edu alone.
+fn emulate_program(binary: &std::path::Path, devices: &[&str]) -> Option<BinaryResult> {
+    let model = if devices == [barmap_guest::programs::ids::EDU] {
+        "edu"
+    } else {
+        "default,memory=64M"
+    };
+    let spec = DeviceSpec::parse(model, barmap::Policy::Prefault)
         .map(|d| RunSpec::new(vec![d]))
         .map_err(|e| eprintln!("barmap guest: {e}"))
         .ok()?;

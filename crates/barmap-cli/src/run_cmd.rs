@@ -8,8 +8,9 @@ use barmap_front::spec::{DeviceSpec, RunSpec};
 /// Arguments of `barmap run`.
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
-    /// A device to present: `default[,memory=SIZE][,policy=P]`; repeat for
-    /// more (default: one default device).
+    /// A device to present: `default[,memory=SIZE][,policy=P]`, `edu`
+    /// (QEMU's educational device) or a .toml file; repeat for more
+    /// (default: one default device).
     #[arg(long = "device")]
     devices: Vec<String>,
     /// Fault policy of devices that do not name one.
@@ -54,16 +55,15 @@ pub fn run(args: &RunArgs) -> i32 {
         }
     }
     for d in &spec.devices {
+        let memory = if d.model == "default" {
+            format!(", {} MiB memory BAR", d.memory >> 20)
+        } else {
+            String::new()
+        };
         eprintln!(
-            "barmap run: {} group {} (/dev/vfio/{}, /dev/vfio/devices/vfio{}), {} device, \
-             {} MiB memory BAR, policy {}",
-            d.bdf,
-            d.group,
-            d.group,
-            d.cdev,
-            d.model,
-            d.memory >> 20,
-            d.policy
+            "barmap run: {} group {} (/dev/vfio/{}, /dev/vfio/devices/vfio{}), {} device{memory}, \
+             policy {}",
+            d.bdf, d.group, d.group, d.cdev, d.model, d.policy
         );
     }
     let output = if args.json {

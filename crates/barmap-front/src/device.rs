@@ -4,13 +4,16 @@
 
 use std::sync::{Arc, Mutex};
 
-use barmap::{Device, Error, Mapping, Placement, Prot};
+use barmap::{Device, Error, Placement, Prot};
+use barmap_models::{Host, IrqIndex, ModelDevice, ModelMapping};
 use barmap_vfio::uapi as v;
 
 use crate::dma::DmaTable;
 use crate::irq::{self, Irqs};
 use crate::spec::DeviceSpec;
 use crate::{user, Errno};
+
+pub use barmap_models::IommuFault;
 
 /// The BAR that holds the default model's MSI-X table.
 pub const MSIX_BAR: u32 = 0;
@@ -19,67 +22,44 @@ pub const MSIX_BAR: u32 = 0;
 pub const CONFIG_SIZE: u64 = 256;
 const OFFSET_MASK: u64 = (1 << v::VFIO_PCI_OFFSET_SHIFT) - 1;
 
+/// The IOMMU table a device is attached to, if any.
+pub type DmaSlot = Arc<Mutex<Option<Arc<Mutex<DmaTable>>>>>;
+
 /// An emulated device as the front end presents it.
 #[derive(Debug)]
 pub struct EmuDevice {
-    /// Its description (address, group, cdev).
+    /// Its description (model, address, group, cdev).
     pub spec: DeviceSpec,
-    /// barmap's device: BARs, config space, the fault path.
-    pub device: Device,
+    /// The device and its model: BARs, config space, the fault path,
+    /// register callbacks.
+    pub model: ModelDevice,
     /// Interrupt eventfds.
-    pub irqs: Mutex<Irqs>,
+    pub irqs: Arc<Mutex<Irqs>>,
     /// The IOMMU table the device is attached to, if any.
-    pub dma: Mutex<Option<Arc<Mutex<DmaTable>>>>,
+    pub dma: DmaSlot,
     /// A device fd of it is open (vfio-pci allows one open per device
     /// through the group and the cdev together).
     pub open: Mutex<u32>,
 }
 
-impl EmuDevice {
-    /// Builds the device of `spec`.
-    pub fn new(spec: DeviceSpec) -> barmap::Result<EmuDevice> {
-        Ok(EmuDevice {
-            device: spec.build()?,
-            spec,
-            irqs: Mutex::new(Irqs::default()),
-            dma: Mutex::new(None),
-            open: Mutex::new(0),
-        })
+/// The front end as a device model's surroundings: the eventfds of
+/// `VFIO_DEVICE_SET_IRQS` and the IOMMU table of the device's container
+/// or IOAS.
+#[derive(Debug)]
+struct FrontHost {
+    irqs: Arc<Mutex<Irqs>>,
+    dma: DmaSlot,
+}
+
+fn index_of(i: IrqIndex) -> u32 {
+    match i {
+        IrqIndex::Intx => v::VFIO_PCI_INTX_IRQ_INDEX,
+        IrqIndex::Msi => v::VFIO_PCI_MSI_IRQ_INDEX,
+        IrqIndex::Msix => v::VFIO_PCI_MSIX_IRQ_INDEX,
     }
 }
 
-/// A DMA that the IOMMU refused, as hardware reports it (the device model
-/// sees an error; the program is not harmed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum IommuFault {
-    /// The device is attached to no IOMMU table (no container, IOAS).
-    #[error("DMA with no IOMMU domain attached")]
-    NoDomain,
-    /// No mapping covers the access, or it crosses the end of one.
-    #[error("DMA {len} bytes at IOVA {iova:#x}: not mapped")]
-    Unmapped {
-        /// IOVA accessed.
-        iova: u64,
-        /// Bytes.
-        len: u64,
-    },
-    /// The mapping does not allow the access (a write to a read-only map).
-    #[error("DMA {} at IOVA {iova:#x}: not permitted", if *.write { "write" } else { "read" })]
-    Permission {
-        /// IOVA accessed.
-        iova: u64,
-        /// Whether it was a write.
-        write: bool,
-    },
-    /// The program's memory behind the mapping is gone.
-    #[error("DMA at IOVA {iova:#x}: the memory behind it is unmapped")]
-    Gone {
-        /// IOVA accessed.
-        iova: u64,
-    },
-}
-
-impl EmuDevice {
+impl FrontHost {
     fn translate(&self, iova: u64, len: u64, write: bool) -> Result<u64, IommuFault> {
         let dma = self.dma.lock().unwrap();
         let table = dma.as_ref().ok_or(IommuFault::NoDomain)?.lock().unwrap();
@@ -91,18 +71,81 @@ impl EmuDevice {
             None => Err(IommuFault::Unmapped { iova, len }),
         }
     }
+}
 
-    /// A device model's DMA read of `buf.len()` bytes at `iova`, through
-    /// the IOMMU table the device is attached to.
-    pub fn dma_read(&self, iova: u64, buf: &mut [u8]) -> Result<(), IommuFault> {
+impl Host for FrontHost {
+    fn signal(&self, index: IrqIndex, vector: u32) -> bool {
+        self.irqs.lock().unwrap().raise(index_of(index), vector)
+    }
+
+    fn enabled(&self, index: IrqIndex) -> bool {
+        self.irqs.lock().unwrap().is_enabled(index_of(index))
+    }
+
+    fn set_intx(&self, level: bool) {
+        self.irqs.lock().unwrap().set_intx(level);
+    }
+
+    fn dma_read(&self, iova: u64, buf: &mut [u8]) -> Result<(), IommuFault> {
         let va = self.translate(iova, buf.len() as u64, false)?;
         barmap::os::copy_from_user(va as *const u8, buf).map_err(|_| IommuFault::Gone { iova })
     }
 
-    /// A device model's DMA write of `data` at `iova`.
-    pub fn dma_write(&self, iova: u64, data: &[u8]) -> Result<(), IommuFault> {
+    fn dma_write(&self, iova: u64, data: &[u8]) -> Result<(), IommuFault> {
         let va = self.translate(iova, data.len() as u64, true)?;
         barmap::os::copy_to_user(data, va as *mut u8).map_err(|_| IommuFault::Gone { iova })
+    }
+}
+
+impl EmuDevice {
+    /// Builds the device of `spec` and connects its model to the front
+    /// end's eventfds and IOMMU tables.
+    pub fn new(spec: DeviceSpec) -> barmap::Result<EmuDevice> {
+        let model = spec.build()?;
+        let layout = model.layout();
+        let intx = u32::from(layout.intx || spec.model == "default");
+        let irqs = Arc::new(Mutex::new(Irqs::new([
+            intx,
+            u32::from(layout.interrupts.msi_vectors),
+            u32::from(layout.interrupts.msix_vectors),
+            1,
+            1,
+        ])));
+        let dma: DmaSlot = Arc::default();
+        model.set_host(Arc::new(FrontHost {
+            irqs: irqs.clone(),
+            dma: dma.clone(),
+        }));
+        Ok(EmuDevice {
+            model,
+            spec,
+            irqs,
+            dma,
+            open: Mutex::new(0),
+        })
+    }
+
+    /// barmap's device underneath.
+    pub fn device(&self) -> &Device {
+        self.model.device()
+    }
+
+    /// A device model's DMA read of `buf.len()` bytes at `iova`, through
+    /// the IOMMU table the device is attached to.
+    pub fn dma_read(&self, iova: u64, buf: &mut [u8]) -> Result<(), IommuFault> {
+        self.host().dma_read(iova, buf)
+    }
+
+    /// A device model's DMA write of `data` at `iova`.
+    pub fn dma_write(&self, iova: u64, data: &[u8]) -> Result<(), IommuFault> {
+        self.host().dma_write(iova, data)
+    }
+
+    fn host(&self) -> FrontHost {
+        FrontHost {
+            irqs: self.irqs.clone(),
+            dma: self.dma.clone(),
+        }
     }
 }
 
@@ -157,7 +200,7 @@ pub fn get_region_info(dev: &EmuDevice, arg: usize) -> Result<i64, Errno> {
             info.size = CONFIG_SIZE;
             info.flags = v::VFIO_REGION_INFO_FLAG_READ | v::VFIO_REGION_INFO_FLAG_WRITE;
         }
-        i if i < 6 => match dev.device.region_info(i) {
+        i if i < 6 => match dev.device().region_info(i) {
             Some(r) => {
                 info.size = r.size;
                 info.flags = 0;
@@ -172,7 +215,8 @@ pub fn get_region_info(dev: &EmuDevice, arg: usize) -> Result<i64, Errno> {
                     let whole = r.mmap_areas.len() == 1
                         && r.mmap_areas[0].start == 0
                         && r.mmap_areas[0].end >= r.size;
-                    if whole && i == MSIX_BAR {
+                    let irqs = dev.model.layout().interrupts;
+                    if whole && irqs.msix_vectors > 0 && u32::from(irqs.msix_bar) == i {
                         // The MSI-X table's BAR may be mapped whole.
                         caps.extend_from_slice(
                             &v::VFIO_REGION_INFO_CAP_MSIX_MAPPABLE.to_ne_bytes(),
@@ -223,23 +267,23 @@ pub fn get_region_info(dev: &EmuDevice, arg: usize) -> Result<i64, Errno> {
 }
 
 /// `VFIO_DEVICE_GET_IRQ_INFO`.
-pub fn get_irq_info(arg: usize) -> Result<i64, Errno> {
+pub fn get_irq_info(dev: &EmuDevice, arg: usize) -> Result<i64, Errno> {
     const MINSZ: usize = 16;
     let mut info: v::VfioIrqInfo = user::read_struct(arg, MINSZ)?;
     if (info.argsz as usize) < MINSZ || info.index >= v::VFIO_PCI_NUM_IRQS {
         return Err(Errno::EINVAL);
     }
-    info.count = irq::COUNTS[info.index as usize];
+    info.count = dev.irqs.lock().unwrap().count(info.index);
     info.flags = irq::info_flags(info.index);
     user::write_struct(arg, &info, MINSZ)?;
     Ok(0)
 }
 
 /// `VFIO_DEVICE_RESET`: a function-level reset (memory gated meanwhile,
-/// every mapping zapped; config space kept, as vfio-pci saves and restores
-/// it around the reset).
+/// every mapping zapped, the model back to its reset values; config space
+/// kept, as vfio-pci saves and restores it around the reset).
 pub fn reset(dev: &EmuDevice) -> Result<i64, Errno> {
-    dev.device.reset().map_err(|e| errno_of(&e))?;
+    dev.model.reset().map_err(|e| errno_of(&e))?;
     Ok(0)
 }
 
@@ -252,7 +296,7 @@ pub fn pread(dev: &EmuDevice, buf: usize, len: usize, off: u64) -> Result<i64, E
         }
         let n = len.min((CONFIG_SIZE - at) as usize);
         let mut tmp = vec![0u8; n];
-        dev.device
+        dev.device()
             .read_config(at, &mut tmp)
             .map_err(|e| errno_of(&e))?;
         user::write(buf, &tmp)?;
@@ -261,7 +305,20 @@ pub fn pread(dev: &EmuDevice, buf: usize, len: usize, off: u64) -> Result<i64, E
     if index >= 6 {
         return Err(Errno::EINVAL);
     }
-    dev.device
+    if dev.model.is_registers(index) {
+        // Every access reaches the model: read into a bounce buffer, then
+        // copy out (a bad buffer is EFAULT after the reads, as the
+        // kernel's ioread-then-copy_to_user).
+        let mut tmp = vec![0u8; len];
+        if len > 0 {
+            dev.model
+                .read(index, at, &mut tmp)
+                .map_err(|e| errno_of(&e))?;
+        }
+        user::write(buf, &tmp)?;
+        return Ok(len as i64);
+    }
+    dev.device()
         .read_region_raw(index, at, buf as *mut u8, len)
         .map_err(|e| errno_of(&e))?;
     Ok(len as i64)
@@ -276,7 +333,7 @@ pub fn pwrite(dev: &EmuDevice, buf: usize, len: usize, off: u64) -> Result<i64, 
         }
         let n = len.min((CONFIG_SIZE - at) as usize);
         let data = user::read(buf, n)?;
-        dev.device
+        dev.model
             .write_config(at, &data)
             .map_err(|e| errno_of(&e))?;
         return Ok(n as i64);
@@ -284,14 +341,24 @@ pub fn pwrite(dev: &EmuDevice, buf: usize, len: usize, off: u64) -> Result<i64, 
     if index >= 6 {
         return Err(Errno::EINVAL);
     }
-    dev.device
+    if dev.model.is_registers(index) {
+        let data = user::read(buf, len)?;
+        if len > 0 {
+            dev.model
+                .write(index, at, &data)
+                .map_err(|e| errno_of(&e))?;
+        }
+        return Ok(len as i64);
+    }
+    dev.device()
         .write_region_raw(index, at, buf as *const u8, len)
         .map_err(|e| errno_of(&e))?;
     Ok(len as i64)
 }
 
 /// `mmap` of the device fd at `off`: a barmap mapping of the BAR, lazily
-/// faulted and revocable, placed as the program asked.
+/// faulted and revocable, placed as the program asked (a register BAR's
+/// mapping traps every access to the model).
 pub fn mmap(
     dev: &EmuDevice,
     addr: usize,
@@ -299,7 +366,7 @@ pub fn mmap(
     prot: i32,
     flags: i32,
     off: u64,
-) -> Result<Mapping, Errno> {
+) -> Result<ModelMapping, Errno> {
     let (index, at) = region_of(off);
     if flags & libc::MAP_SHARED == 0 || index >= 6 || len == 0 {
         return Err(Errno::EINVAL);
@@ -316,7 +383,7 @@ pub fn mmap(
         Prot::Read
     };
     let len = len.next_multiple_of(4096);
-    dev.device
-        .map_at(index, at, len, prot, placement)
+    dev.model
+        .map(index, at, len, prot, placement)
         .map_err(|e| errno_of(&e))
 }

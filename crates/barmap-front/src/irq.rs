@@ -13,12 +13,24 @@ use crate::{user, Errno};
 pub const COUNTS: [u32; 5] = [1, 1, 8, 1, 1];
 
 /// The eventfds of one device's interrupts.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Irqs {
+    /// Vectors per index (INTx, MSI, MSI-X, ERR, REQ).
+    counts: [u32; 5],
     /// Per index, per vector: the trigger eventfd (a dup of the program's).
     triggers: [Vec<Option<OwnedFd>>; 5],
     /// INTx is masked (it masks itself when it fires).
     intx_masked: bool,
+    /// The device asserts its INTx line (level-triggered: an unmask while
+    /// it is asserted fires again).
+    intx_level: bool,
+}
+
+impl Default for Irqs {
+    /// The default model's interrupts ([`COUNTS`]).
+    fn default() -> Self {
+        Irqs::new(COUNTS)
+    }
 }
 
 /// The flags `VFIO_DEVICE_GET_IRQ_INFO` reports for `index`.
@@ -66,6 +78,37 @@ fn dup(fd: i32) -> Result<OwnedFd, Errno> {
 }
 
 impl Irqs {
+    /// A device with `counts` vectors per index (INTx, MSI, MSI-X, ERR,
+    /// REQ), none enabled.
+    pub fn new(counts: [u32; 5]) -> Irqs {
+        Irqs {
+            counts,
+            triggers: Default::default(),
+            intx_masked: false,
+            intx_level: false,
+        }
+    }
+
+    /// Vectors of `index` (`VFIO_DEVICE_GET_IRQ_INFO`'s count).
+    pub fn count(&self, index: u32) -> u32 {
+        self.counts.get(index as usize).copied().unwrap_or(0)
+    }
+
+    /// Whether the program gave a vector of `index` an eventfd.
+    pub fn is_enabled(&self, index: u32) -> bool {
+        (index as usize) < self.triggers.len() && self.enabled(index as usize)
+    }
+
+    /// The device's INTx line goes to `level`: asserting it fires the INTx
+    /// eventfd unless INTx is masked (firing masks it).
+    pub fn set_intx(&mut self, level: bool) {
+        let rising = level && !self.intx_level;
+        self.intx_level = level;
+        if rising {
+            self.raise(v::VFIO_PCI_INTX_IRQ_INDEX, 0);
+        }
+    }
+
     /// Whether any vector of `index` is enabled.
     fn enabled(&self, index: usize) -> bool {
         self.triggers[index].iter().any(Option::is_some)
@@ -92,7 +135,7 @@ impl Irqs {
 
     /// Tears every vector down (device release).
     pub fn clear(&mut self) {
-        *self = Irqs::default();
+        *self = Irqs::new(self.counts);
     }
 
     /// `VFIO_DEVICE_SET_IRQS`, with the kernel's checks; `arg` points at
@@ -112,7 +155,7 @@ impl Irqs {
         {
             return Err(Errno::EINVAL);
         }
-        let max = COUNTS[hdr.index as usize];
+        let max = self.counts[hdr.index as usize];
         let end = hdr.start.checked_add(hdr.count).ok_or(Errno::EINVAL)?;
         if max == 0 || end > max || (hdr.count == 0 && data_type != v::VFIO_IRQ_SET_DATA_NONE) {
             return Err(Errno::EINVAL);
@@ -141,6 +184,10 @@ impl Irqs {
                 let on = data_type == v::VFIO_IRQ_SET_DATA_NONE || data.first() == Some(&1);
                 if on {
                     self.intx_masked = action == v::VFIO_IRQ_SET_ACTION_MASK;
+                    if !self.intx_masked && self.intx_level {
+                        // Still asserted: the unmask fires it again.
+                        self.raise(v::VFIO_PCI_INTX_IRQ_INDEX, 0);
+                    }
                 }
                 Ok(0)
             }

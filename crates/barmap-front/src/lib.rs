@@ -41,8 +41,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use barmap::Mapping;
-
 use crate::device::EmuDevice;
 use crate::files::{Container, DeviceFile, File, Group, GROUP_OPEN};
 use crate::iommufd::Iommufd;
@@ -77,7 +75,7 @@ impl Errno {
 struct BarMap {
     start: usize,
     len: usize,
-    mapping: Mapping,
+    mapping: barmap_models::ModelMapping,
     /// Keeps the device alive while the mapping is (as the vma's file
     /// reference does).
     _dev: Arc<EmuDevice>,
@@ -382,7 +380,7 @@ impl Front {
         let mut out = format!("{files:?}");
         for d in self.devices() {
             let mut cfg = [0u8; 64];
-            let _ = d.device.read_config(0, &mut cfg);
+            let _ = d.device().read_config(0, &mut cfg);
             out += &format!("{cfg:?}{:?}", d.dma.lock().unwrap());
         }
         out
@@ -398,8 +396,9 @@ impl Front {
                 serde_json::json!({
                     "bdf": d.spec.bdf,
                     "policy": d.spec.policy,
-                    "stats": d.device.stats(),
-                    "bug_events": d.device.bug_events(),
+                    "model": d.spec.model,
+                    "stats": d.device().stats(),
+                    "bug_events": d.device().bug_events(),
                 })
             })
             .collect();

@@ -4,14 +4,20 @@
 
 use std::path::Path;
 
-use barmap::{Device, Policy};
+use barmap::Policy;
+use barmap_models::{DeviceModel, ModelDevice};
 
 /// One emulated device of a run.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DeviceSpec {
-    /// The model: `default` (barmap's default device).
+    /// The model: `default` (barmap's default device) or one of
+    /// [`barmap_models::MODELS`].
     pub model: String,
-    /// Size of the memory BAR (BAR2), bytes.
+    /// The model's options (`key=value` of `--device NAME,key=value`),
+    /// other than `memory` and `policy`.
+    #[serde(default)]
+    pub options: Vec<(String, String)>,
+    /// Size of the memory BAR (BAR2) of the default model, bytes.
     pub memory: u64,
     /// Fault policy.
     pub policy: String,
@@ -27,8 +33,8 @@ impl DeviceSpec {
     /// Reads a device description from a TOML file:
     ///
     /// ```toml
-    /// model = "default"   # the only model today
-    /// memory = "64M"      # size of the memory BAR (BAR2)
+    /// model = "default"   # or "edu"
+    /// memory = "64M"      # the default model's memory BAR (BAR2)
     /// policy = "page"     # optional: the run's --policy otherwise
     /// ```
     pub fn from_toml(text: &str, default_policy: Policy) -> Result<DeviceSpec, String> {
@@ -50,8 +56,8 @@ impl DeviceSpec {
         Self::parse(&short, default_policy)
     }
 
-    /// Parses `NAME[,memory=SIZE][,policy=P]` (for example
-    /// `default,memory=64M,policy=page`), or, if `text` names a `.toml`
+    /// Parses `NAME[,memory=SIZE][,policy=P][,key=value...]` (for example
+    /// `default,memory=64M,policy=page` or `edu`), or, if `text` names a `.toml`
     /// file, reads it ([`DeviceSpec::from_toml`]); the addresses are
     /// assigned by [`RunSpec::new`].
     pub fn parse(text: &str, default_policy: Policy) -> Result<DeviceSpec, String> {
@@ -61,11 +67,15 @@ impl DeviceSpec {
         }
         let mut parts = text.split(',');
         let model = parts.next().unwrap_or_default().trim().to_string();
-        if model != "default" {
-            return Err(format!("unknown device model {model:?} (known: default)"));
+        if !barmap_models::MODELS.contains(&model.as_str()) {
+            return Err(format!(
+                "unknown device model {model:?} (known: {})",
+                barmap_models::MODELS.join(", ")
+            ));
         }
         let mut spec = DeviceSpec {
             model,
+            options: Vec::new(),
             memory: 64 << 20,
             policy: default_policy.to_string(),
             bdf: String::new(),
@@ -77,14 +87,16 @@ impl DeviceSpec {
                 .split_once('=')
                 .ok_or_else(|| format!("expected key=value, got {kv:?}"))?;
             match k.trim() {
-                "memory" => spec.memory = parse_size(v)?,
+                "memory" if spec.model == "default" => spec.memory = parse_size(v)?,
                 "policy" => {
                     let p: Policy = v.trim().parse().map_err(|e| format!("{e}"))?;
                     spec.policy = p.to_string();
                 }
-                other => return Err(format!("unknown device option {other:?}")),
+                other => spec.options.push((other.to_string(), v.trim().to_string())),
             }
         }
+        // The model checks its own options.
+        spec.model()?;
         if !spec.memory.is_power_of_two() || spec.memory < 4096 {
             return Err(format!(
                 "memory BAR size {} is not a power of two of at least 4 KiB",
@@ -94,20 +106,23 @@ impl DeviceSpec {
         Ok(spec)
     }
 
+    /// The device model this spec names, configured by its options.
+    pub fn model(&self) -> Result<Box<dyn DeviceModel>, String> {
+        let mut options = self.options.clone();
+        if self.model == "default" {
+            options.push(("memory".into(), self.memory.to_string()));
+        }
+        barmap_models::by_name(&self.model, &options)
+    }
+
     /// Builds the emulated device.
-    pub fn build(&self) -> barmap::Result<Device> {
+    pub fn build(&self) -> barmap::Result<ModelDevice> {
         let policy: Policy = self
             .policy
             .parse()
             .map_err(|_| barmap::Error::InvalidSpec(format!("policy {}", self.policy)))?;
-        // As current vfio-pci presents it: BAR0 mappable as a whole, MSI-X
-        // table included (VFIO_REGION_INFO_CAP_MSIX_MAPPABLE, since 4.16).
-        let mut id = barmap::DEFAULT_ID.to_le_bytes().to_vec();
-        id.resize(8, 0);
-        Device::builder_with_memory(self.memory)
-            .region(0, barmap::RegionSpec::registers(64 << 10, id))
-            .policy(policy)
-            .build()
+        let model = self.model().map_err(barmap::Error::InvalidSpec)?;
+        ModelDevice::builder_boxed(model).policy(policy).build()
     }
 }
 
@@ -183,7 +198,11 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(a.memory, 16 << 20);
         assert!(DeviceSpec::from_toml("colour = \"red\"\n", Policy::Prefault).is_err());
-        assert!(DeviceSpec::parse("edu", Policy::Prefault).is_err());
+        assert!(DeviceSpec::parse("ioat9", Policy::Prefault).is_err());
+        assert!(DeviceSpec::parse("edu,colour=red", Policy::Prefault).is_err());
+        assert!(DeviceSpec::parse("edu,memory=16M", Policy::Prefault).is_err());
+        let edu = DeviceSpec::parse("edu,policy=page", Policy::Prefault).unwrap();
+        assert_eq!((edu.model.as_str(), edu.policy.as_str()), ("edu", "page"));
         assert!(DeviceSpec::parse("default,memory=3M", Policy::Prefault).is_err());
     }
 }

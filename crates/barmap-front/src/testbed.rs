@@ -8,6 +8,8 @@ use std::io;
 use std::os::unix::fs::symlink;
 use std::path::Path;
 
+use barmap_models::{Layout, RegionKind};
+
 use crate::spec::{RunSpec, SPEC_FILE};
 
 /// `IORESOURCE_MEM | IORESOURCE_MEM_64`, and `IORESOURCE_PREFETCH`.
@@ -45,22 +47,29 @@ pub fn create(dir: &Path, spec: &RunSpec) -> io::Result<()> {
     write(&dev.join("vfio/vfio"), "")?;
     write(&dev.join("iommu"), "")?;
     for d in &spec.devices {
+        let layout = d
+            .model()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?
+            .layout();
         let at = devices.join(&d.bdf);
         fs::create_dir_all(at.join(format!("vfio-dev/vfio{}", d.cdev)))?;
         write(
             &at.join(format!("vfio-dev/vfio{}/dev", d.cdev)),
             &format!("511:{}\n", d.cdev),
         )?;
-        write(&at.join("vendor"), "0x1234\n")?;
-        write(&at.join("device"), "0xba00\n")?;
+        write(&at.join("vendor"), &format!("0x{:04x}\n", layout.vendor))?;
+        write(&at.join("device"), &format!("0x{:04x}\n", layout.device))?;
         write(&at.join("subsystem_vendor"), "0x1af4\n")?;
         write(&at.join("subsystem_device"), "0x1100\n")?;
-        write(&at.join("class"), "0x050000\n")?;
-        write(&at.join("revision"), "0x00\n")?;
+        write(&at.join("class"), &format!("0x{:06x}\n", layout.class))?;
+        write(
+            &at.join("revision"),
+            &format!("0x{:02x}\n", layout.revision),
+        )?;
         write(&at.join("numa_node"), "-1\n")?;
         write(&at.join("irq"), "0\n")?;
         write(&at.join("enable"), "1\n")?;
-        write(&at.join("resource"), &resource_lines(d.memory))?;
+        write(&at.join("resource"), &resource_lines(&layout))?;
         symlink("../../../../bus/pci/drivers/vfio-pci", at.join("driver"))?;
         symlink(
             format!("../../../../kernel/iommu_groups/{}", d.group),
@@ -80,18 +89,22 @@ pub fn create(dir: &Path, spec: &RunSpec) -> io::Result<()> {
     Ok(())
 }
 
-/// The `resource` file of the default model: BAR0 64 KiB, BAR2 `memory`
-/// (64-bit prefetchable), BAR4 4 KiB, BAR5 256 bytes, then the ROM and
-/// the unused bridge windows, as zeros.
-fn resource_lines(memory: u64) -> String {
-    let bars: [(u64, u64); 6] = [
-        (64 << 10, RES_MEM),
-        (0, 0),
-        (memory, RES_MEM | RES_PREFETCH),
-        (0, 0),
-        (4096, RES_MEM),
-        (256, RES_MEM),
-    ];
+/// The `resource` file of a model's layout: its six BARs (the default
+/// model: BAR0 64 KiB, BAR2 the memory BAR, 64-bit prefetchable, BAR4
+/// 4 KiB, BAR5 256 bytes), then the ROM and the unused bridge windows, as
+/// zeros.
+fn resource_lines(layout: &Layout) -> String {
+    let mut bars = [(0u64, 0u64); 6];
+    for (i, kind) in &layout.regions {
+        let (size, flags) = match kind {
+            RegionKind::Memory(spec) if spec.prefetchable => (spec.size, RES_MEM | RES_PREFETCH),
+            RegionKind::Memory(spec) => (spec.size, RES_MEM),
+            RegionKind::Registers { size, .. } => (*size, RES_MEM),
+        };
+        if let Some(slot) = bars.get_mut(*i as usize) {
+            *slot = (size, flags);
+        }
+    }
     let mut addr: u64 = 0xe000_0000;
     let mut out = String::new();
     for (size, flags) in bars {

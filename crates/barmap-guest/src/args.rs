@@ -45,7 +45,10 @@ pub struct GuestArgs {
     /// `examples/vfio_seed`) in the guest with the ivshmem device's BDF in
     /// `BARMAP_BDF` and `VFIO_SELFTESTS_BDF`, and under `barmap run` on the
     /// host beside it (repeatable). Without `--scenario`, the suite is not run.
-    #[arg(long = "program", value_name = "PATH")]
+    ///
+    /// `PATH@edu` runs it against the guest's edu device instead, and under
+    /// `barmap run --device edu` on the host.
+    #[arg(long = "program", value_name = "PATH[@edu]")]
     pub programs: Vec<PathBuf>,
 }
 

@@ -54,7 +54,15 @@ fn host_programs(args: &GuestArgs, cache: &Path) -> Result<Vec<HostProgram>> {
         }
     }
     for p in &args.programs {
-        v.push(HostProgram::new(p)?);
+        let text = p.to_string_lossy();
+        match text.strip_suffix("@edu") {
+            Some(path) => {
+                let mut prog = HostProgram::new(Path::new(path))?;
+                prog.devices = vec![programs::ids::EDU];
+                v.push(prog);
+            }
+            None => v.push(HostProgram::new(p)?),
+        }
     }
     Ok(v)
 }
@@ -172,7 +180,7 @@ fn add_emulated_programs(
                     let r = progs
                         .iter()
                         .find(|h| h.name == p.program)
-                        .and_then(|h| emulate(&h.path));
+                        .and_then(|h| emulate(&h.path, &h.devices));
                     done.push((p.program.clone(), r.clone()));
                     r
                 }

@@ -18,8 +18,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Runs one program (a host path) under `barmap run` on barmap's emulated
-/// device for the side-by-side column; `None` if it cannot.
-pub type EmulateProgram<'a> = &'a dyn Fn(&Path) -> Option<BinaryResult>;
+/// device for the side-by-side column, given the PCI IDs of the guest
+/// devices it runs against ([`ids`]); `None` if it cannot.
+pub type EmulateProgram<'a> = &'a dyn Fn(&Path, &[&str]) -> Option<BinaryResult>;
 
 /// Where programs go in the initramfs.
 pub const GUEST_DIR: &str = "/progs";

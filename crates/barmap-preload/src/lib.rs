@@ -4,7 +4,10 @@
 //! paths and fds (open and its fortified and 64-bit variants, fopen, the
 //! stat family, access, readlink, opendir, scandir, realpath, ioctl, mmap,
 //! munmap, pread/pwrite and their variants, close, dup, fcntl) and hands
-//! them to the process's [`barmap_front::Front`]; everything else goes to
+//! them to the process's [`barmap_front::Front`]; `sigaction` and `signal`
+//! for SIGSEGV, once a register BAR is mapped, set the handler that
+//! barmap's trap chains to, so that barmap's stays in front
+//! ([`barmap_models::trap`]); everything else goes to
 //! the next definition (libc's), found with `dlsym(RTLD_NEXT)`. Calls that
 //! the front end itself makes while serving a call pass straight through
 //! (a per-thread guard), so nothing recurses.
@@ -470,6 +473,46 @@ pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
 pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
     // SAFETY: the same call, with the same arguments.
     unsafe { fcntl(fd, cmd, arg) }
+}
+
+// ----- signal dispositions ------------------------------------------------
+
+#[no_mangle]
+pub unsafe extern "C" fn sigaction(
+    sig: c_int,
+    act: *const libc::sigaction,
+    old: *mut libc::sigaction,
+) -> c_int {
+    if !BUSY.with(Cell::get) {
+        // SAFETY: the caller's pointers, null or valid, as sigaction(2) needs.
+        if let Some(rc) = unsafe { barmap_models::trap::program_sigaction(sig, act, old) } {
+            return rc;
+        }
+    }
+    let real =
+        real!(c"sigaction" as fn(c_int, *const libc::sigaction, *mut libc::sigaction) -> c_int);
+    // SAFETY: the caller's arguments, unchanged, to libc's definition of the same function.
+    unsafe { real(sig, act, old) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
+    if sig == libc::SIGSEGV && !BUSY.with(Cell::get) {
+        // glibc's signal(): BSD semantics, the handler stays installed.
+        // SAFETY: a zeroed sigaction is valid; handler and flags are set.
+        let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+        act.sa_sigaction = handler;
+        act.sa_flags = libc::SA_RESTART;
+        // SAFETY: a zeroed sigaction is a valid out-parameter.
+        let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: valid pointers to local sigactions.
+        if unsafe { barmap_models::trap::program_sigaction(sig, &act, &mut old) }.is_some() {
+            return old.sa_sigaction;
+        }
+    }
+    let real = real!(c"signal" as fn(c_int, libc::sighandler_t) -> libc::sighandler_t);
+    // SAFETY: the caller's arguments, unchanged, to libc's definition of the same function.
+    unsafe { real(sig, handler) }
 }
 
 // ----- the report at exit --------------------------------------------------

@@ -315,6 +315,8 @@ pub struct DeviceBuilder {
     vendor: u16,
     device: u16,
     class: u32,
+    revision: u8,
+    interrupt_pin: u8,
     regions: Vec<Option<RegionSpec>>,
     irqs: Interrupts,
     policy: Policy,
@@ -331,6 +333,8 @@ impl Default for DeviceBuilder {
             vendor: 0x1234,
             device: 0xba00,
             class: 0x05_00_00, // memory controller
+            revision: 0,
+            interrupt_pin: 0,
             irqs: Interrupts::default(),
             regions: vec![None; pci::NUM_BARS],
             policy: Policy::default(),
@@ -353,6 +357,24 @@ impl DeviceBuilder {
     pub fn ids(mut self, vendor: u16, device: u16) -> Self {
         self.vendor = vendor;
         self.device = device;
+        self
+    }
+    /// The class code (base class, sub-class, programming interface, as
+    /// the 24 bits at config offset 0x09; default 0x050000, a memory
+    /// controller).
+    pub fn class(mut self, class: u32) -> Self {
+        self.class = class & 0x00ff_ffff;
+        self
+    }
+    /// The revision ID (config offset 0x08; default 0).
+    pub fn revision(mut self, revision: u8) -> Self {
+        self.revision = revision;
+        self
+    }
+    /// The INTx pin (config offset 0x3d: 1 = INTA .. 4 = INTD; default 0,
+    /// no INTx).
+    pub fn interrupt_pin(mut self, pin: u8) -> Self {
+        self.interrupt_pin = pin.min(4);
         self
     }
     /// Adds BAR `index`.
@@ -615,7 +637,9 @@ impl ConfigSpace {
             0
         };
         bytes[4..6].copy_from_slice(&command.to_le_bytes());
+        bytes[8] = b.revision;
         bytes[9..12].copy_from_slice(&b.class.to_le_bytes()[..3]);
+        bytes[0x3d] = b.interrupt_pin;
         let mut bar_masks = [0u32; pci::NUM_BARS];
         let mut addr: u64 = 0xe000_0000;
         for (i, r) in regions.iter().enumerate() {
@@ -999,6 +1023,10 @@ impl Device {
     /// restores config space as the kernel's save/restore does. Register
     /// BARs return to their initial contents; memory BARs keep their data.
     pub fn reset(&self) -> Result<()> {
+        self.reset_inner(&mut || {})
+    }
+
+    fn reset_inner(&self, hook: &mut dyn FnMut()) -> Result<()> {
         self.inner.check_owner()?;
         let config = self.inner.config.lock().unwrap_or_else(|e| e.into_inner());
         let result = self.inner.core.reset(|| -> Result<()> {
@@ -1015,11 +1043,41 @@ impl Device {
                         .map_err(Error::os("reset"))?;
                 }
             }
+            hook();
             std::thread::sleep(self.inner.reset_time);
             Ok(())
         });
         drop(config);
         result
+    }
+
+    /// [`Device::reset`] that also runs `reset` while the memory gate is
+    /// held for writing (after every mapping is zapped, before the gate
+    /// reopens): a device model puts its registers back to their reset
+    /// values there, and register accesses arriving meanwhile wait.
+    pub fn reset_with(&self, reset: impl FnOnce()) -> Result<()> {
+        let mut hook = Some(reset);
+        self.reset_inner(&mut || {
+            if let Some(f) = hook.take() {
+                f();
+            }
+        })
+    }
+
+    /// Runs `access` with the memory gate held for reading if device
+    /// memory is accessible now: what a register access of a device model
+    /// does (it waits while a reset holds the gate). Fails with
+    /// [`Error::MemoryDisabled`] while COMMAND.MEM is clear or in low power,
+    /// [`Error::DeviceGone`] after the device was dropped. `access` must not
+    /// touch a mapping of this device.
+    pub fn with_memory<R>(&self, access: impl FnOnce() -> R) -> Result<R> {
+        self.inner.core.with_memory(access).map_err(|state| {
+            if state.gone {
+                Error::DeviceGone
+            } else {
+                Error::MemoryDisabled
+            }
+        })
     }
 
     /// Enters or leaves a low-power state; in D3hot memory is revoked as if

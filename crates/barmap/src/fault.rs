@@ -87,6 +87,14 @@ impl MapEntry {
     pub fn info(&self) -> &MapInfo {
         &self.info
     }
+    /// The region offset at `addr`, if a live part contains it.
+    pub fn live_parts_at(&self, addr: usize) -> Option<u64> {
+        self.live
+            .read()
+            .iter()
+            .find(|p| p.start <= addr && addr < p.end())
+            .map(|p| p.offset_of(addr))
+    }
     /// The address ranges of the mapping that are still mapped.
     pub fn live_ranges(&self) -> Vec<Range<usize>> {
         self.live.read().iter().map(|p| p.start..p.end()).collect()

@@ -213,6 +213,15 @@ impl Mapping {
 }
 
 impl Mapping {
+    /// The region offset that address `addr` maps, if `addr` lies in a part
+    /// of this mapping that is still mapped (after a munmap or mremap the
+    /// process made: those events land first, so an address the process
+    /// unmapped and reused is never taken for this mapping's).
+    pub fn region_offset_at(&self, addr: usize) -> Option<u64> {
+        crate::mm::Mm::quiesce(self.inner.core.mm());
+        self.entry.live_parts_at(addr)
+    }
+
     /// Whether no part of the mapping is left (every byte unmapped, by
     /// [`Mapping::unmap`] or by the process's own munmap).
     pub fn is_gone(&self) -> bool {

@@ -1,0 +1,101 @@
+//! # barmap-models
+//!
+//! Device models for barmap: PCI functions whose registers answer. A model
+//! implements [`DeviceModel`]: it describes its BARs ([`Layout`]), each
+//! either *memory* (barmap's memfd BAR and fault path, unchanged) or
+//! *registers*, whose every access by the program reaches
+//! [`DeviceModel::read`] or [`DeviceModel::write`] with its offset, width
+//! (1, 2, 4 or 8 bytes) and value; so read-to-clear, write-1-to-clear,
+//! doorbells and "reads return the complement of what was written" all
+//! work, through `pread`/`pwrite` and through an mmap of the BAR
+//! ([`trap`]).
+//!
+//! While a callback runs, the model can raise interrupts (INTx, MSI,
+//! MSI-X with an emulated table and pending-bit array), DMA by IOVA
+//! through the IOMMU table its device is attached to (an unmapped or
+//! read-only IOVA is an [`IommuFault`] the model sees, never a crash of the
+//! program), and ask for deferred work on the device's worker thread
+//! ([`Ctx`]). A reset puts the model back to its power-on state with
+//! barmap's gate held (accesses meanwhile wait).
+//!
+//! [`ModelDevice`] builds a barmap device from a model; barmap's VFIO front
+//! end does so for `barmap run --device NAME[,options]` ([`by_name`]), and
+//! connects it to the program's eventfds and IOMMU tables (a [`Host`]).
+//!
+//! ```no_run
+//! use barmap_models::{Ctx, DeviceModel, Layout, ModelDevice, Width};
+//!
+//! /// A one-register device: reads return the complement of the last write.
+//! #[derive(Default)]
+//! struct Inverter(u32);
+//!
+//! impl DeviceModel for Inverter {
+//!     fn layout(&self) -> Layout {
+//!         Layout::new(0x1234, 0x0001).registers(0, 4096)
+//!     }
+//!     fn read(&mut self, _: &mut Ctx<'_>, _: u32, offset: u64, _: Width) -> u64 {
+//!         if offset == 0 { u64::from(!self.0) } else { 0 }
+//!     }
+//!     fn write(&mut self, _: &mut Ctx<'_>, _: u32, offset: u64, _: Width, v: u64) {
+//!         if offset == 0 { self.0 = v as u32 }
+//!     }
+//!     fn reset(&mut self) {
+//!         self.0 = 0;
+//!     }
+//! }
+//!
+//! let dev = ModelDevice::new(Inverter::default())?;
+//! dev.write_register(0, 0, Width::B4, 0x0f)?;
+//! assert_eq!(dev.read_register(0, 0, Width::B4)?, 0xffff_fff0);
+//! # Ok::<(), barmap::Error>(())
+//! ```
+
+#![cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#![warn(missing_docs)]
+
+pub mod bench;
+pub mod device;
+pub mod edu;
+pub mod host;
+pub mod model;
+mod msix;
+pub mod passive;
+pub mod trap;
+
+pub use device::{ModelDevice, ModelDeviceBuilder, ModelMapping};
+pub use host::{Host, IommuFault, IrqIndex, NoHost};
+pub use model::{Ctx, DeviceModel, IrqMode, Layout, RegionKind, Width};
+
+/// The models `barmap run --device NAME[,options]` knows.
+pub const MODELS: &[&str] = &["default", "edu"];
+
+/// The model called `name`, configured by `options` (`key=value` pairs):
+/// `default` (barmap's default device: options `memory=SIZE`, the memory
+/// BAR's size in bytes) or `edu` (QEMU's educational device, no options).
+pub fn by_name(name: &str, options: &[(String, String)]) -> Result<Box<dyn DeviceModel>, String> {
+    let unknown = |k: &str| Err(format!("unknown option {k:?} for device model {name:?}"));
+    match name {
+        "default" => {
+            let mut memory = 64 << 20;
+            for (k, v) in options {
+                match k.as_str() {
+                    "memory" => {
+                        memory = v
+                            .parse()
+                            .map_err(|_| format!("memory={v}: not a size in bytes"))?
+                    }
+                    _ => return unknown(k),
+                }
+            }
+            Ok(Box::new(passive::DefaultDevice::new(memory)))
+        }
+        "edu" => match options.first() {
+            Some((k, _)) => unknown(k),
+            None => Ok(Box::new(edu::Edu::default())),
+        },
+        _ => Err(format!(
+            "unknown device model {name:?} (known: {})",
+            MODELS.join(", ")
+        )),
+    }
+}

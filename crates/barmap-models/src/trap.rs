@@ -1,0 +1,600 @@
+//! Register accesses through an mmap: the pages of a register BAR's
+//! mapping stay inaccessible (`PROT_NONE`), so every load and store to
+//! them raises SIGSEGV; barmap's handler decodes the instruction at the
+//! faulting instruction pointer, calls the model, writes a load's result
+//! into the saved registers and steps over the instruction.
+//!
+//! - **Whose fault.** The address is looked up in the live parts of the
+//!   register mappings, after every munmap and mremap the process made has
+//!   reached barmap (`Mapping::region_offset_at`): an address the process
+//!   unmapped and reused is never emulated. A SIGSEGV that is not a
+//!   register access goes to the program's own handler (the one it had
+//!   when the trap was installed, or installed since through `sigaction`
+//!   or `signal`, which `barmap run` wraps so barmap's stays in front); with
+//!   none, the default action.
+//! - **The kernel's semantics.** The access runs under the device's memory
+//!   gate: it waits while a reset runs; while COMMAND.MEM is clear, in low
+//!   power or after the device is gone, the thread gets SIGBUS (its own
+//!   SIGBUS handler is called with `BUS_ADRERR` and the faulting context,
+//!   as the kernel would; with none, the process dies of SIGBUS).
+//! - **What is emulated.** `mov` loads and stores (register, immediate,
+//!   `moffs`) and `movzx`/`movsx`/`movsxd` loads of 1, 2, 4 or 8 bytes, at
+//!   a naturally aligned address in one mapping. Anything else (a
+//!   read-modify-write, a string or vector instruction, an unaligned or
+//!   FS/GS-relative access) is reported on stderr with its disassembly and
+//!   gets SIGBUS: never a silent wrong value.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Once, RwLock, Weak};
+
+use barmap::Mapping;
+use iced_x86::{
+    Decoder, DecoderOptions, Formatter, Instruction, IntelFormatter, Mnemonic, OpKind, Register,
+};
+
+use crate::device::Shared;
+use crate::model::Width;
+
+struct Trap {
+    id: u64,
+    mapping: Arc<Mapping>,
+    dev: Weak<Shared>,
+    writable: bool,
+    /// The process that mapped it: a forked child has no copy of the
+    /// mapping (barmap's mappings are MADV_DONTFORK), so its touch is an
+    /// ordinary SIGSEGV, never emulated.
+    owner: u32,
+}
+
+/// A registered trap (unregistered when its mapping is dropped).
+#[derive(Debug)]
+pub(crate) struct TrapId(u64);
+
+static TRAPS: RwLock<Vec<Trap>> = RwLock::new(Vec::new());
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+static INSTALL: Once = Once::new();
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+/// The program's own SIGSEGV disposition, which barmap's handler chains to.
+static PROGRAM_SEGV: Mutex<Option<SavedAction>> = Mutex::new(None);
+
+#[derive(Clone, Copy)]
+struct SavedAction(libc::sigaction);
+// SAFETY: a sigaction is plain data (a handler address, a mask, flags).
+unsafe impl Send for SavedAction {}
+
+/// Reports of accesses that could not be emulated, newest last (at most 16).
+static REPORTS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// libc's `sigaction`, found past any wrapper of it (the preload's).
+fn real_sigaction(
+) -> unsafe extern "C" fn(libc::c_int, *const libc::sigaction, *mut libc::sigaction) -> libc::c_int
+{
+    static SLOT: AtomicU64 = AtomicU64::new(0);
+    let mut f = SLOT.load(Ordering::Relaxed);
+    if f == 0 {
+        // SAFETY: dlsym with RTLD_NEXT and a NUL-terminated name.
+        f = unsafe { libc::dlsym(libc::RTLD_NEXT, c"sigaction".as_ptr()) } as u64;
+        if f == 0 {
+            f = libc::sigaction as *const () as u64;
+        }
+        SLOT.store(f, Ordering::Relaxed);
+    }
+    // SAFETY: the address is libc's sigaction, of exactly this signature.
+    unsafe { std::mem::transmute::<usize, _>(f as usize) }
+}
+
+fn install() {
+    INSTALL.call_once(|| {
+        // barmap's own exception table (barmap-target's touch accessors)
+        // sits underneath, as any handler the program had does.
+        barmap_target::touch::install();
+        let sigaction = real_sigaction();
+        // SAFETY: a zeroed sigaction is valid; handler and flags are set
+        // before it is passed on; the old disposition is written to `old`.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_sigsegv as *const () as usize;
+            // Not SA_ONSTACK: decoding needs more stack than the usual
+            // alternate signal stack has (Rust's is a few KiB), and a
+            // trapped access never comes from an overflowing stack.
+            sa.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER;
+            libc::sigemptyset(&mut sa.sa_mask);
+            let mut old: libc::sigaction = std::mem::zeroed();
+            let mut program = PROGRAM_SEGV.lock().unwrap();
+            let rc = sigaction(libc::SIGSEGV, &sa, &mut old);
+            assert_eq!(rc, 0, "installing barmap's SIGSEGV handler failed");
+            *program = Some(SavedAction(old));
+        }
+        // Make sure the lazily resolved pointer is resolved outside any
+        // signal handler.
+        let _ = real_sigaction();
+        INSTALLED.store(true, Ordering::Release);
+    });
+}
+
+/// The program's `sigaction(SIGSEGV, act, old)` once barmap's trap is
+/// installed: records `act` as the handler barmap chains to and reports
+/// the previous one in `old`, leaving barmap's handler in front. Returns
+/// None (the caller passes the call on) for other signals or before the
+/// trap is installed. For `barmap run`'s `sigaction` wrapper.
+///
+/// # Safety
+/// `act` and `old` are null or valid, as for `sigaction(2)`.
+pub unsafe fn program_sigaction(
+    sig: libc::c_int,
+    act: *const libc::sigaction,
+    old: *mut libc::sigaction,
+) -> Option<libc::c_int> {
+    if sig != libc::SIGSEGV || !INSTALLED.load(Ordering::Acquire) {
+        return None;
+    }
+    let mut program = PROGRAM_SEGV.lock().unwrap();
+    if !old.is_null() {
+        // SAFETY: the caller's valid out-pointer.
+        unsafe {
+            *old = program.map_or_else(|| std::mem::zeroed(), |s| s.0);
+        }
+    }
+    if !act.is_null() {
+        // SAFETY: the caller's valid sigaction.
+        *program = Some(SavedAction(unsafe { *act }));
+    }
+    Some(0)
+}
+
+/// Starts trapping `mapping`'s addresses, for a device: makes its pages
+/// inaccessible. Returns the errno of a failed `mprotect`.
+pub(crate) fn register(
+    mapping: &Arc<Mapping>,
+    dev: &Arc<Shared>,
+    writable: bool,
+) -> Result<TrapId, i32> {
+    install();
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    TRAPS.write().unwrap().push(Trap {
+        id,
+        mapping: mapping.clone(),
+        dev: Arc::downgrade(dev),
+        writable,
+        owner: std::process::id(),
+    });
+    // SAFETY: the range is the mapping's, which barmap created and owns.
+    let rc = unsafe { libc::mprotect(mapping.as_ptr().cast(), mapping.len(), libc::PROT_NONE) };
+    if rc != 0 {
+        let errno = std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EINVAL);
+        unregister(TrapId(id));
+        return Err(errno);
+    }
+    Ok(TrapId(id))
+}
+
+/// Stops trapping a mapping's addresses.
+pub(crate) fn unregister(id: TrapId) {
+    TRAPS.write().unwrap().retain(|t| t.id != id.0);
+}
+
+/// The reports of accesses that could not be emulated (each names the
+/// address, the instruction's bytes and its disassembly), oldest first.
+pub fn reports() -> Vec<String> {
+    REPORTS.lock().unwrap().clone()
+}
+
+/// What became of a SIGSEGV.
+enum Outcome {
+    /// Emulated; the saved RIP moved past the instruction.
+    Done,
+    /// Not an access to a register mapping.
+    NotOurs,
+    /// The thread gets SIGBUS at this address.
+    Sigbus(usize),
+}
+
+extern "C" fn on_sigsegv(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo and ucontext to an
+    // SA_SIGINFO handler; only their documented fields are used.
+    unsafe {
+        let addr = (*info).si_addr() as usize;
+        let uc = &mut *(ctx as *mut libc::ucontext_t);
+        match emulate(addr, uc) {
+            Outcome::Done => {}
+            Outcome::NotOurs => chain(sig, info, ctx),
+            Outcome::Sigbus(at) => deliver_sigbus(at, ctx),
+        }
+    }
+}
+
+/// A register mapping's hit: the device, BAR, offset of `addr`, writable.
+fn lookup(addr: usize) -> Option<(Weak<Shared>, u32, u64, bool)> {
+    let traps = TRAPS.read().unwrap_or_else(|e| e.into_inner());
+    let me = std::process::id();
+    traps.iter().filter(|t| t.owner == me).find_map(|t| {
+        t.mapping
+            .region_offset_at(addr)
+            .map(|off| (t.dev.clone(), t.mapping.region(), off, t.writable))
+    })
+}
+
+fn gpr_index(r: Register) -> Option<usize> {
+    Some(match r.full_register() {
+        Register::RAX => libc::REG_RAX,
+        Register::RCX => libc::REG_RCX,
+        Register::RDX => libc::REG_RDX,
+        Register::RBX => libc::REG_RBX,
+        Register::RSP => libc::REG_RSP,
+        Register::RBP => libc::REG_RBP,
+        Register::RSI => libc::REG_RSI,
+        Register::RDI => libc::REG_RDI,
+        Register::R8 => libc::REG_R8,
+        Register::R9 => libc::REG_R9,
+        Register::R10 => libc::REG_R10,
+        Register::R11 => libc::REG_R11,
+        Register::R12 => libc::REG_R12,
+        Register::R13 => libc::REG_R13,
+        Register::R14 => libc::REG_R14,
+        Register::R15 => libc::REG_R15,
+        _ => return None,
+    } as usize)
+}
+
+fn is_high_byte(r: Register) -> bool {
+    matches!(r, Register::AH | Register::CH | Register::DH | Register::BH)
+}
+
+/// The value of general register `r` (any width) in `uc`.
+fn get_reg(uc: &libc::ucontext_t, r: Register) -> Option<u64> {
+    let full = uc.uc_mcontext.gregs[gpr_index(r)?] as u64;
+    Some(
+        if is_high_byte(r) { full >> 8 } else { full }
+            & Width::from_bytes(r.size()).map_or(u64::MAX, Width::mask),
+    )
+}
+
+/// Writes `v` into general register `r` as the CPU would: a 32-bit
+/// destination zero-extends into the whole register, 8- and 16-bit ones
+/// keep the other bits.
+fn set_reg(uc: &mut libc::ucontext_t, r: Register, v: u64) -> Option<()> {
+    let slot = &mut uc.uc_mcontext.gregs[gpr_index(r)?];
+    let old = *slot as u64;
+    let new = match r.size() {
+        8 => v,
+        4 => v & 0xffff_ffff,
+        2 => (old & !0xffff) | (v & 0xffff),
+        1 if is_high_byte(r) => (old & !0xff00) | ((v & 0xff) << 8),
+        1 => (old & !0xff) | (v & 0xff),
+        _ => return None,
+    };
+    *slot = new as i64;
+    Some(())
+}
+
+/// A decoded register access.
+struct Access {
+    ea: u64,
+    width: Width,
+    kind: Kind,
+}
+
+enum Kind {
+    /// A load into `dest`, sign-extended from the access width if `signed`.
+    Load { dest: Register, signed: bool },
+    /// A store of `value`.
+    Store { value: u64 },
+}
+
+/// Reads the instruction bytes at `rip` (up to 15). The CPU fetched the
+/// whole instruction before its data access faulted, so the bytes up to
+/// the end of `rip`'s page are readable as they are (x86 code is readable);
+/// past the page end, where the instruction may stop short of a page that
+/// is not mapped, the kernel copies them (fewer at the end of the readable
+/// memory).
+fn fetch(rip: usize) -> ([u8; 15], usize) {
+    let mut buf = [0u8; 15];
+    let in_page = (4096 - rip % 4096).min(15);
+    // SAFETY: `rip`..`rip + in_page` lies in the page of the instruction
+    // that just faulted, which is mapped and readable.
+    unsafe { std::ptr::copy_nonoverlapping(rip as *const u8, buf.as_mut_ptr(), in_page) };
+    if in_page == 15 {
+        return (buf, 15);
+    }
+    let rest = &mut buf[in_page..];
+    for n in (1..=rest.len()).rev() {
+        if barmap::os::copy_from_user((rip + in_page) as *const u8, &mut rest[..n]).is_ok() {
+            return (buf, in_page + n);
+        }
+    }
+    (buf, in_page)
+}
+
+/// Decodes the access at the saved RIP, or explains why it cannot.
+fn decode(uc: &libc::ucontext_t) -> Result<(Instruction, Access), (Option<Instruction>, String)> {
+    let rip = uc.uc_mcontext.gregs[libc::REG_RIP as usize] as u64;
+    let (bytes, n) = fetch(rip as usize);
+    let bytes = &bytes[..n];
+    let mut decoder = Decoder::with_ip(64, bytes, rip, DecoderOptions::NONE);
+    let insn = decoder.decode();
+    if insn.is_invalid() {
+        return Err((None, format!("undecodable bytes {bytes:02x?}")));
+    }
+    let fail = |why: &str| Err((Some(insn), why.to_string()));
+    let mem_op = (0..insn.op_count()).find(|&i| insn.op_kind(i) == OpKind::Memory);
+    let Some(mem_op) = mem_op else {
+        return fail("no memory operand");
+    };
+    let Some(width) = Width::from_bytes(insn.memory_size().size()) else {
+        return fail("not a 1, 2, 4 or 8-byte access");
+    };
+    let ea = insn.virtual_address(mem_op, 0, |reg, _, _| match reg {
+        Register::ES | Register::CS | Register::SS | Register::DS => Some(0),
+        r => get_reg(uc, r),
+    });
+    let Some(ea) = ea else {
+        return fail("an address relative to FS or GS");
+    };
+    let kind = match (insn.mnemonic(), mem_op, insn.op_count()) {
+        (Mnemonic::Mov, 1, 2)
+            if insn.op_kind(0) == OpKind::Register && insn.op0_register().is_gpr() =>
+        {
+            Kind::Load {
+                dest: insn.op0_register(),
+                signed: false,
+            }
+        }
+        (Mnemonic::Movzx, 1, 2) => Kind::Load {
+            dest: insn.op0_register(),
+            signed: false,
+        },
+        (Mnemonic::Movsx | Mnemonic::Movsxd, 1, 2) => Kind::Load {
+            dest: insn.op0_register(),
+            signed: true,
+        },
+        (Mnemonic::Mov, 0, 2) => match insn.op_kind(1) {
+            OpKind::Register if insn.op1_register().is_gpr() => Kind::Store {
+                value: get_reg(uc, insn.op1_register()).unwrap_or(0),
+            },
+            OpKind::Immediate8
+            | OpKind::Immediate16
+            | OpKind::Immediate32
+            | OpKind::Immediate32to64
+            | OpKind::Immediate64 => Kind::Store {
+                value: insn.immediate(1),
+            },
+            _ => return fail("a store from a register that is not a general register"),
+        },
+        _ => return fail("not a mov, movzx or movsx load or store"),
+    };
+    if ea % width.bytes() as u64 != 0 {
+        return fail("an unaligned access");
+    }
+    Ok((insn, Access { ea, width, kind }))
+}
+
+fn disassemble(insn: &Instruction) -> String {
+    let mut out = String::new();
+    IntelFormatter::new().format(insn, &mut out);
+    out
+}
+
+fn report(addr: usize, uc: &libc::ucontext_t, insn: Option<Instruction>, why: &str) {
+    let rip = uc.uc_mcontext.gregs[libc::REG_RIP as usize] as u64;
+    let text = match insn {
+        Some(i) => format!(
+            "barmap: register access at {addr:#x} by `{}` (rip {rip:#x}, bytes {:02x?}) cannot be emulated: {why}; SIGBUS",
+            disassemble(&i),
+            &fetch(rip as usize).0[..i.len()]
+        ),
+        None => format!("barmap: register access at {addr:#x} (rip {rip:#x}) cannot be emulated: {why}; SIGBUS"),
+    };
+    eprintln!("{text}");
+    let mut reports = REPORTS.lock().unwrap_or_else(|e| e.into_inner());
+    if reports.len() == 16 {
+        reports.remove(0);
+    }
+    reports.push(text);
+}
+
+fn emulate(addr: usize, uc: &mut libc::ucontext_t) -> Outcome {
+    let Some((dev, region, offset, writable)) = lookup(addr) else {
+        return Outcome::NotOurs;
+    };
+    let (insn, access) = match decode(uc) {
+        Ok(d) => d,
+        Err((insn, why)) => {
+            report(addr, uc, insn, &why);
+            return Outcome::Sigbus(addr);
+        }
+    };
+    // The decoded address must be the faulting one, and the whole access
+    // inside the same mapping.
+    let last = access.ea + access.width.bytes() as u64 - 1;
+    let same = (access.ea..=last).contains(&(addr as u64))
+        && lookup(access.ea as usize)
+            .is_some_and(|(_, r, o, _)| r == region && o + (addr as u64 - access.ea) == offset)
+        && lookup(last as usize)
+            .is_some_and(|(_, r, o, _)| r == region && o == offset + (last - addr as u64));
+    if !same {
+        report(
+            addr,
+            uc,
+            Some(insn),
+            "the access crosses the end of the register mapping",
+        );
+        return Outcome::Sigbus(addr);
+    }
+    let offset = offset - (addr as u64 - access.ea);
+    if matches!(access.kind, Kind::Store { .. }) && !writable {
+        return Outcome::NotOurs; // a write to a read-only mapping: SIGSEGV
+    }
+    let Some(dev) = dev.upgrade() else {
+        return Outcome::Sigbus(addr); // the device is gone
+    };
+    let write = match access.kind {
+        Kind::Store { value } => Some(value & access.width.mask()),
+        Kind::Load { .. } => None,
+    };
+    let result = dev
+        .device
+        .with_memory(|| dev.access_locked(region, offset, access.width, write));
+    let Ok(value) = result else {
+        return Outcome::Sigbus(addr);
+    };
+    if let Kind::Load { dest, signed } = access.kind {
+        let v = if signed {
+            let shift = 64 - 8 * access.width.bytes() as u32;
+            (((value << shift) as i64) >> shift) as u64
+        } else {
+            value
+        };
+        if set_reg(uc, dest, v).is_none() {
+            report(addr, uc, Some(insn), "an unsupported destination register");
+            return Outcome::Sigbus(addr);
+        }
+    }
+    uc.uc_mcontext.gregs[libc::REG_RIP as usize] = insn.next_ip() as i64;
+    Outcome::Done
+}
+
+/// Calls `action`'s handler for `sig` as the kernel would, with its mask.
+///
+/// # Safety
+/// `info` and `ctx` are the current signal's; `action` a disposition that
+/// names a handler.
+unsafe fn call_handler(
+    action: &libc::sigaction,
+    sig: libc::c_int,
+    info: *mut libc::siginfo_t,
+    ctx: *mut libc::c_void,
+) {
+    // SAFETY: plain sigset and sigmask calls on local sets; the handler
+    // address is the program's, of the type its flags say.
+    unsafe {
+        if action.sa_flags & libc::SA_RESETHAND != 0 {
+            let mut dfl: libc::sigaction = std::mem::zeroed();
+            dfl.sa_sigaction = libc::SIG_DFL;
+            real_sigaction()(sig, &dfl, std::ptr::null_mut());
+        }
+        let mut mask = action.sa_mask;
+        if action.sa_flags & libc::SA_NODEFER == 0 {
+            libc::sigaddset(&mut mask, sig);
+        }
+        let mut before: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_BLOCK, &mask, &mut before);
+        if action.sa_flags & libc::SA_SIGINFO != 0 {
+            let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+                std::mem::transmute(action.sa_sigaction);
+            f(sig, info, ctx);
+        } else {
+            let f: extern "C" fn(libc::c_int) = std::mem::transmute(action.sa_sigaction);
+            f(sig);
+        }
+        libc::pthread_sigmask(libc::SIG_SETMASK, &before, std::ptr::null_mut());
+    }
+}
+
+fn is_handler(a: &libc::sigaction) -> bool {
+    a.sa_sigaction != libc::SIG_DFL && a.sa_sigaction != libc::SIG_IGN
+}
+
+/// A SIGSEGV that is not a register access: the program's handler, or the
+/// default action (the instruction runs again and the kernel kills).
+///
+/// # Safety
+/// The arguments are the current signal's.
+unsafe fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    let program = PROGRAM_SEGV
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .map(|s| s.0);
+    match program {
+        // SAFETY: the current signal's arguments; a handler disposition.
+        Some(a) if is_handler(&a) => unsafe { call_handler(&a, sig, info, ctx) },
+        _ => {
+            // SAFETY: a zeroed sigaction with SIG_DFL is valid.
+            unsafe {
+                let mut dfl: libc::sigaction = std::mem::zeroed();
+                dfl.sa_sigaction = libc::SIG_DFL;
+                real_sigaction()(libc::SIGSEGV, &dfl, std::ptr::null_mut());
+            }
+        }
+    }
+}
+
+/// The thread gets SIGBUS at `addr`, as the kernel's fault handler gives it
+/// for revoked BAR memory: the program's SIGBUS handler runs with
+/// `BUS_ADRERR` and the faulting context; with none, the process dies.
+///
+/// # Safety
+/// `ctx` is the current signal's context.
+unsafe fn deliver_sigbus(addr: usize, ctx: *mut libc::c_void) {
+    // SAFETY: sigaction queries and a siginfo built in local memory; the
+    // layout of siginfo_t's fault fields (si_addr at offset 16) is the
+    // kernel's on x86_64.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        info.si_signo = libc::SIGBUS;
+        info.si_code = libc::BUS_ADRERR;
+        let p = (&mut info as *mut libc::siginfo_t).cast::<u8>();
+        p.add(16).cast::<usize>().write_unaligned(addr);
+        let mut current: libc::sigaction = std::mem::zeroed();
+        real_sigaction()(libc::SIGBUS, std::ptr::null(), &mut current);
+        if is_handler(&current) {
+            call_handler(&current, libc::SIGBUS, &mut info, ctx);
+            return;
+        }
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        real_sigaction()(libc::SIGBUS, &dfl, std::ptr::null_mut());
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGBUS);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::syscall(
+            libc::SYS_rt_tgsigqueueinfo,
+            libc::getpid(),
+            libc::syscall(libc::SYS_gettid),
+            libc::SIGBUS,
+            &mut info as *mut libc::siginfo_t,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context() -> libc::ucontext_t {
+        // SAFETY: a zeroed ucontext is plain data.
+        unsafe { std::mem::zeroed() }
+    }
+
+    #[test]
+    fn narrow_register_writes_keep_the_other_bits_and_32_bit_ones_clear_them() {
+        let mut uc = context();
+        uc.uc_mcontext.gregs[libc::REG_RAX as usize] = -1;
+        set_reg(&mut uc, Register::AL, 0x12).unwrap();
+        assert_eq!(
+            uc.uc_mcontext.gregs[libc::REG_RAX as usize] as u64,
+            0xffff_ffff_ffff_ff12
+        );
+        set_reg(&mut uc, Register::AH, 0x34).unwrap();
+        assert_eq!(
+            uc.uc_mcontext.gregs[libc::REG_RAX as usize] as u64,
+            0xffff_ffff_ffff_3412
+        );
+        set_reg(&mut uc, Register::AX, 0x5678).unwrap();
+        assert_eq!(
+            uc.uc_mcontext.gregs[libc::REG_RAX as usize] as u64,
+            0xffff_ffff_ffff_5678
+        );
+        set_reg(&mut uc, Register::EAX, 0x9abc_def0).unwrap();
+        assert_eq!(
+            uc.uc_mcontext.gregs[libc::REG_RAX as usize] as u64,
+            0x9abc_def0
+        );
+        set_reg(&mut uc, Register::R9, u64::MAX).unwrap();
+        assert_eq!(get_reg(&uc, Register::R9D), Some(0xffff_ffff));
+        assert_eq!(get_reg(&uc, Register::AH), Some(0xde));
+    }
+}
