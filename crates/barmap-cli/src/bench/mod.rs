@@ -38,6 +38,9 @@
 //!   threads.
 //! - `zap`, `zap_unpopulated`, `repopulate` ([`zap`]): memory disable with M
 //!   live 1 MiB mappings, fully populated; then re-enable and repopulate.
+//! - `plain_load`, `trap_load`, `trap_store`, `register_api_read`
+//!   ([`trap`]): one register access of a device model through an mmap of
+//!   its BAR (trapped and emulated) vs a plain load, and through the API.
 //! - `populate_sweep` ([`size_sweep`], with `--plot` only): populate vs
 //!   mapping size, per policy and native, drawn as an SVG ([`plot`]).
 //!
@@ -88,6 +91,7 @@ mod size_sweep;
 mod smaps;
 mod storm;
 mod touch;
+mod trap;
 mod wakeup;
 mod zap;
 
@@ -107,6 +111,7 @@ const FAMILIES: &[&dyn Family] = &[
     &service_sweep::ServiceSweep,
     &zap::Zap,
     &size_sweep::SizeSweep,
+    &trap::Trap,
 ];
 
 /// One family of measurements: what it runs, and what it adds to the
