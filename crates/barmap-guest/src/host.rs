@@ -208,7 +208,7 @@ fn prepare_common(cache: &Path) -> Result<Common> {
     }
     apt::ensure_host_tool("qemu-system-x86_64", "qemu-system-x86")?;
     let busybox = fetch_busybox(cache)?;
-    let barmap = build_barmap(cache)?;
+    let barmap = build_barmap()?;
     Ok(Common { busybox, barmap })
 }
 
@@ -233,8 +233,11 @@ fn fetch_busybox(cache: &Path) -> Result<PathBuf> {
 }
 
 /// Builds the statically linked barmap for the guest (or takes
-/// `$BARMAP_GUEST_BIN`), in a target directory of its own under the cache.
-fn build_barmap(cache: &Path) -> Result<PathBuf> {
+/// `$BARMAP_GUEST_BIN`), in a target directory of its own inside the source
+/// tree's `target/`. Not under the shared cache: cargo names a workspace's
+/// artifacts by paths relative to its root, so two checkouts building into
+/// one target directory take each other's artifacts for fresh.
+fn build_barmap() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("BARMAP_GUEST_BIN") {
         return Ok(PathBuf::from(p));
     }
@@ -248,7 +251,7 @@ fn build_barmap(cache: &Path) -> Result<PathBuf> {
             src.display()
         )));
     }
-    let target_dir = cache.join("target");
+    let target_dir = src.join("target").join("guest");
     let triple = "x86_64-unknown-linux-gnu";
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     eprintln!("barmap guest: building the static barmap binary for the guest");
