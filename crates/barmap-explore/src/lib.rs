@@ -263,6 +263,10 @@ fn execute(cfg: &Config, source: Source, shared: &Shared) -> Outcome {
             out.lost += 1;
             return out;
         }
+        let observed = match sut.breach() {
+            Some(breach) => vec![Obs::Broken(breach)],
+            None => observed,
+        };
         let same = expected.len() == observed.len()
             && expected.iter().zip(&observed).all(|(e, o)| e.admits(o));
         if !same {

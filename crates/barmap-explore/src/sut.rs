@@ -235,6 +235,23 @@ impl Sut {
             .build()
     }
 
+    /// What the device's counters say went wrong that no observation
+    /// shows: a BUG event (a whole-mapping fill over a present page) or a
+    /// zap that failed, under a policy that must have neither.
+    pub fn breach(&self) -> Option<String> {
+        let d = self.dev.as_ref()?;
+        if self.cfg.policy == Policy::Legacy {
+            return None;
+        }
+        let s = d.stats();
+        (s.bugs > 0 || s.zap_failures > 0).then(|| {
+            format!(
+                "the device counted {} BUG events and {} failed zaps",
+                s.bugs, s.zap_failures
+            )
+        })
+    }
+
     fn dev(&self) -> &Arc<Device> {
         self.dev.as_ref().expect("planned with a device")
     }
@@ -574,6 +591,9 @@ impl Sut {
             }
             Plan::Reset => vec![unit(self.dev().reset())],
             Plan::DropDevice => {
+                if let Some(breach) = self.breach() {
+                    return vec![Obs::Broken(breach)];
+                }
                 let d = self.dev.take().expect("planned with a device");
                 match Arc::try_unwrap(d) {
                     Ok(d) => {
@@ -584,6 +604,9 @@ impl Sut {
                 }
             }
             Plan::Rebuild => {
+                if let Some(breach) = self.breach() {
+                    return vec![Obs::Broken(breach)];
+                }
                 self.release_all();
                 self.dev = None;
                 match Self::build(&self.cfg) {

@@ -64,6 +64,15 @@ impl GateState {
     }
 }
 
+/// What a fault leaves to do once its answer is counted and the gate and
+/// the mapping's parts are released.
+enum After {
+    /// `prefault`: fill the rest of the mapping.
+    Prefault(Arc<MapEntry>),
+    /// `whole`: zap a failed fill.
+    Undo(Arc<MapEntry>),
+}
+
 /// A live mapping, as the registry tracks it.
 #[derive(Debug)]
 pub struct MapEntry {
@@ -80,6 +89,9 @@ pub struct MapEntry {
     fail_streak: AtomicU32,
     /// Thread id of the fault that first filled the mapping (for BUG reports).
     first_filler: AtomicU64,
+    /// `whole`: a fill failed and its pages are still to be zapped; no fill
+    /// of this mapping starts until that undo is done.
+    undo_pending: AtomicBool,
 }
 
 impl MapEntry {
@@ -270,6 +282,7 @@ impl<B: Mm> Core<B> {
             cursor: AtomicUsize::new(0),
             fail_streak: AtomicU32::new(0),
             first_filler: AtomicU64::new(0),
+            undo_pending: AtomicBool::new(false),
             info,
         });
         let mut reg = self.registry.write();
@@ -430,7 +443,7 @@ impl<B: Mm> Core<B> {
         self.in_flight
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let page = page_of(fault.addr);
-        let (answer, prefault) = self.serve(fault, page);
+        let (answer, after) = self.serve(fault, page);
         let counter = match answer {
             Answer::Filled => &self.counters.fills,
             Answer::Present => &self.counters.eexist,
@@ -440,8 +453,10 @@ impl<B: Mm> Core<B> {
             Answer::Bug => &self.counters.bugs,
         };
         Counters::add(counter, 1);
-        if let Some(entry) = prefault {
-            self.prefault_rest(&entry);
+        match after {
+            Some(After::Prefault(entry)) => self.prefault_rest(&entry),
+            Some(After::Undo(entry)) => self.undo_fill(&entry),
+            None => {}
         }
         self.in_flight
             .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
@@ -454,9 +469,10 @@ impl<B: Mm> Core<B> {
         self.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0
     }
 
-    /// Answers the fault; also returns the mapping if the rest of it should
-    /// be prefaulted once the answer is counted and the gate released.
-    fn serve(&self, fault: &Fault, page: usize) -> (Answer, Option<Arc<MapEntry>>) {
+    /// Answers the fault; also returns what is left to do for the mapping
+    /// once the answer is counted and the gate and the mapping's parts are
+    /// released.
+    fn serve(&self, fault: &Fault, page: usize) -> (Answer, Option<After>) {
         let entry = match self.lookup(fault.space, page) {
             Some(entry) => entry,
             None => {
@@ -506,8 +522,15 @@ impl<B: Mm> Core<B> {
         };
         drop(live);
         drop(gate);
-        let prefault = self.config.policy == Policy::Prefault && answer == Answer::Filled;
-        (answer, prefault.then_some(entry))
+        let after =
+            if entry.undo_pending.load(Ordering::SeqCst) && self.config.policy == Policy::Whole {
+                Some(After::Undo(entry))
+            } else if self.config.policy == Policy::Prefault && answer == Answer::Filled {
+                Some(After::Prefault(entry))
+            } else {
+                None
+            };
+        (answer, after)
     }
 
     /// A fault at an address no mapping of this device covers, though the
@@ -547,7 +570,7 @@ impl<B: Mm> Core<B> {
             Ok(()) => Answer::Filled,
             Err(MmError::Exists { .. }) => self.report_bug(entry, part, fault, page),
             // The seed's second bug: the record stays although the fill failed.
-            Err(e) => self.fill_failed(entry, part, page, e, None),
+            Err(e) => self.fill_failed(entry, part, page, e),
         }
     }
 
@@ -561,6 +584,12 @@ impl<B: Mm> Core<B> {
         page: usize,
     ) -> Answer {
         let mut tracked = self.tracked.lock();
+        if entry.undo_pending.load(Ordering::SeqCst) {
+            // A failed fill's pages are being zapped: come back after.
+            drop(tracked);
+            self.mm.wake(part.space, part.unit_at(page));
+            return Answer::Retry;
+        }
         if tracked.contains(&entry.info.id) && !self.mutated(Mutation::WholeNoRecheck) {
             drop(tracked);
             // Filled already: a lost race, or a page the process dropped
@@ -581,16 +610,33 @@ impl<B: Mm> Core<B> {
                 tracked.push(entry.info.id);
                 Answer::Filled
             }
+            // A failed fill is undone (5.14 zaps the vma under vma_lock):
+            // no other fill starts before the zap, which runs once this
+            // fault has released the mapping's parts (undo_fill).
             Err(MmError::Exists { .. }) => {
+                entry.undo_pending.store(true, Ordering::SeqCst);
                 drop(tracked);
-                self.zap_parts(entry, live);
                 self.report_bug(entry, part, fault, page)
             }
             Err(e) => {
+                entry.undo_pending.store(true, Ordering::SeqCst);
                 drop(tracked);
-                self.fill_failed(entry, part, page, e, Some(live))
+                self.fill_failed(entry, part, page, e)
             }
         }
+    }
+
+    /// `whole`: zaps the mapping after a failed fill, with the process's
+    /// unmap and remap events held back, so that the zap never meets a
+    /// range the process unmapped and may have reused since (the failure
+    /// itself may be that unmap); then lets fills of the mapping start again.
+    fn undo_fill(&self, entry: &MapEntry) {
+        let _span = tracing::debug_span!("undo_fill", map = %entry.info.id).entered();
+        self.mm.with_events_held(&mut || {
+            let live = entry.live.read();
+            self.zap_parts(entry, &live);
+        });
+        entry.undo_pending.store(false, Ordering::SeqCst);
     }
 
     /// Maps the unit at `page` alone, stopping at a present page: `Filled`
@@ -665,7 +711,7 @@ impl<B: Mm> Core<B> {
             }
             // Pages mapped before the failure are valid device memory mapped
             // under the gate, and nothing is tracked: no undo needed.
-            Err(e) => self.fill_failed(entry, part, page, e, None),
+            Err(e) => self.fill_failed(entry, part, page, e),
         }
     }
 
@@ -748,23 +794,13 @@ impl<B: Mm> Core<B> {
         }
     }
 
-    /// A fill failed: zap the `undo` parts (a partial whole-mapping fill),
-    /// then let the thread retry, or answer SIGBUS once retries are used up.
-    /// `legacy` passes no undo, reproducing 5.8's stale record. A range that
-    /// the process is changing or has unmapped is not a failure of the
-    /// device: the thread retries without using up a retry.
-    fn fill_failed(
-        &self,
-        entry: &MapEntry,
-        part: &MapInfo,
-        page: usize,
-        error: MmError,
-        undo: Option<&[MapInfo]>,
-    ) -> Answer {
+    /// A fill failed: let the thread retry, or answer SIGBUS once retries
+    /// are used up (`whole` undoes the partial fill afterwards; `legacy`
+    /// does not, reproducing 5.8's stale record). A range that the process
+    /// is changing or has unmapped is not a failure of the device: the
+    /// thread retries without using up a retry.
+    fn fill_failed(&self, entry: &MapEntry, part: &MapInfo, page: usize, error: MmError) -> Answer {
         let _span = tracing::warn_span!("fill_failed", map = %entry.info.id, page).entered();
-        if let Some(parts) = undo {
-            self.zap_parts(entry, parts);
-        }
         match error {
             MmError::Gone => {
                 tracing::debug!("fill found the range unmapped");
@@ -850,6 +886,14 @@ impl<B: Mm> Core<B> {
                     Counters::add(&self.counters.zaps, 1);
                     Counters::add(&self.counters.pages_zapped, pages(&range) as u64);
                 }
+                // Part of the range is not mapped any more: the process
+                // unmapped it a moment ago (its event not yet read, and held
+                // back while a zap runs, so the addresses are not reused
+                // yet). madvise zapped every page that is still mapped.
+                Err(MmError::Os(libc::ENOMEM)) => {
+                    tracing::debug!(map = %entry.info.id, "zap met a range the process is unmapping");
+                    Counters::add(&self.counters.zaps, 1);
+                }
                 Err(error) => {
                     Counters::add(&self.counters.zap_failures, 1);
                     tracing::error!(map = %entry.info.id, %error, "zap failed: the range is not revoked");
@@ -865,14 +909,15 @@ impl<B: Mm> Core<B> {
             return;
         }
         // A range the process unmapped and may have reused must be out of
-        // the registry before the zap walks it.
-        self.mm.quiesce();
-        for entry in self.mappings() {
-            let live = entry.live.read();
-            self.zap_parts(&entry, &live);
-            entry.cursor.store(0, Ordering::Relaxed);
-            entry.poisoned.store(false, Ordering::Relaxed);
-        }
+        // the registry before the zap walks it, and stay out while it does.
+        self.mm.with_events_held(&mut || {
+            for entry in self.mappings() {
+                let live = entry.live.read();
+                self.zap_parts(&entry, &live);
+                entry.cursor.store(0, Ordering::Relaxed);
+                entry.poisoned.store(false, Ordering::Relaxed);
+            }
+        });
         self.tracked.lock().clear();
     }
 
@@ -883,13 +928,14 @@ impl<B: Mm> Core<B> {
             return;
         }
         // As in zap_all: never walk a range the process has reused.
-        self.mm.quiesce();
-        for entry in self.mappings() {
-            if entry.poisoned.swap(false, Ordering::Relaxed) {
-                let live = entry.live.read();
-                self.zap_parts(&entry, &live);
+        self.mm.with_events_held(&mut || {
+            for entry in self.mappings() {
+                if entry.poisoned.swap(false, Ordering::Relaxed) {
+                    let live = entry.live.read();
+                    self.zap_parts(&entry, &live);
+                }
             }
-        }
+        });
     }
 
     /// Moves the gate to `next`, zapping on the way out of the accessible

@@ -171,6 +171,17 @@ pub trait Mm: Send + Sync + 'static {
     /// Backends without such events have nothing to wait for.
     fn quiesce(&self) {}
 
+    /// Runs `f` (a zap that walks the core's registry) with the process's
+    /// unmap and remap events held back: every event the process has been
+    /// told about is handed to the core first (as [`Mm::quiesce`]), and no
+    /// new one is read until `f` returns, so a munmap or mremap that starts
+    /// meanwhile does not return, and its range is not reused, before the
+    /// zap is done. `f` must not wait for an event to be read.
+    fn with_events_held(&self, f: &mut dyn FnMut()) {
+        self.quiesce();
+        f()
+    }
+
     /// The core's registry of this backend's device changed: the live part
     /// starting at `removed` (if any) is gone and the `added` ranges are
     /// live. Called with the registry write-locked, so a backend that

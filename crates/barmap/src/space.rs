@@ -198,6 +198,15 @@ impl SpaceShared {
         }
     }
 
+    /// Runs `f` while no reader reads or holds events (see
+    /// [`crate::mm::Mm::with_events_held`]): readers take `reader` before
+    /// they read and keep it until the cores have the events.
+    pub(crate) fn with_events_held(&self, f: &mut dyn FnMut()) {
+        let _reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        debug_assert_eq!(self.events_in_hand.load(Ordering::SeqCst), 0);
+        f()
+    }
+
     /// Reads pending events, counting the reader as holding events until
     /// `handled` returns (it hands unmap/remap events to the cores). Readers
     /// take turns, so the cores see events in the kernel's order.

@@ -460,13 +460,26 @@ impl UffdMm {
 
 impl Mm for UffdMm {
     fn remap(&self, map: &MapInfo, range: Range<usize>) -> Result<(), MmError> {
-        match self.fill(range, map.page_size)? {
-            Inserted {
-                mapped,
-                stopped_at_present: true,
-            } => Err(MmError::Exists { done: mapped }),
-            _ => Ok(()),
+        let unit = map.page_size;
+        let mut at = range.start;
+        while at < range.end {
+            let ins = self.fill(at..range.end, unit)?;
+            if !ins.stopped_at_present {
+                return Ok(());
+            }
+            // `fill` stops at a present page, and also where the rest could
+            // not be filled in one piece (a vma boundary, or a part the
+            // process is unmapping): one unit alone tells which (a present
+            // page, or Gone/Again from `?`).
+            let stop = at + ins.mapped * PAGE_SIZE;
+            if self.fill(stop..stop + unit, unit)?.stopped_at_present {
+                return Err(MmError::Exists {
+                    done: (stop - range.start) / PAGE_SIZE,
+                });
+            }
+            at = stop + unit;
         }
+        Ok(())
     }
 
     fn insert(&self, map: &MapInfo, range: Range<usize>) -> Result<Inserted, MmError> {
@@ -513,6 +526,10 @@ impl Mm for UffdMm {
 
     fn quiesce(&self) {
         self.space.quiesce();
+    }
+
+    fn with_events_held(&self, f: &mut dyn FnMut()) {
+        self.space.with_events_held(f)
     }
 
     fn track(&self, _space: SpaceId, removed: Option<usize>, added: &[Range<usize>]) {

@@ -5,7 +5,7 @@
 //! mapping, as a program would.
 
 use std::ptr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -74,6 +74,34 @@ fn foreign_marker(range: std::ops::Range<usize>, marker: u64) {
     for a in range.step_by(PAGE) {
         write_at(a, marker).unwrap();
     }
+}
+
+/// Maps anonymous memory with `marker` on every page at `range` if nothing
+/// else took the addresses first (`MAP_FIXED_NOREPLACE`); returns whether
+/// it did.
+fn place_noreplace(range: std::ops::Range<usize>, marker: u64) -> bool {
+    // SAFETY: maps fresh anonymous memory and replaces nothing.
+    let p = unsafe {
+        libc::mmap(
+            range.start as *mut libc::c_void,
+            range.end - range.start,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return false;
+    }
+    assert_eq!(
+        p as usize, range.start,
+        "MAP_FIXED_NOREPLACE anonymous memory"
+    );
+    for a in range.step_by(PAGE) {
+        write_at(a, marker).unwrap();
+    }
+    true
 }
 
 fn assert_marker(range: std::ops::Range<usize>, marker: u64, when: &str) {
@@ -455,6 +483,79 @@ fn munmap_by_the_process_is_forgotten_and_reused_memory_is_never_touched() {
         drop(m);
         assert_marker(hole.clone(), 0xfeed_f00d, "after the mapping's drop");
         libc_munmap(hole);
+    }
+}
+
+/// The process unmaps part of a mapping while other threads fault it in
+/// (a whole-mapping fill then meets the hole), maps its own memory there
+/// at once, and toggles memory: no fill over the hole is taken for a BUG,
+/// no zap meets the hole as a failure, and the process's memory is never
+/// touched.
+#[test]
+fn munmap_racing_fills_is_no_bug_no_failed_zap_and_never_touches_reused_memory() {
+    let _serial = serial();
+    for policy in CORRECT {
+        let dev = Arc::new(device(policy));
+        let mut lost = 0;
+        for round in 0..120u64 {
+            let m = dev
+                .map(DEFAULT_MEMORY_BAR, 0, 64 * PAGE, Prot::ReadWrite)
+                .unwrap();
+            let a = m.addr();
+            let hole = a + 16 * PAGE..a + 40 * PAGE;
+            let stop = Arc::new(AtomicBool::new(false));
+            // Odd while memory is being turned off and on again.
+            let toggles = Arc::new(AtomicU64::new(0));
+            let touchers: Vec<_> = (0..3)
+                .map(|t| {
+                    let (stop, toggles) = (stop.clone(), toggles.clone());
+                    std::thread::spawn(move || {
+                        let mut i = t * 7;
+                        while !stop.load(Ordering::SeqCst) {
+                            let page = a + (i % 64) * PAGE;
+                            let before = toggles.load(Ordering::SeqCst);
+                            let r = read_at(page);
+                            let on = before % 2 == 0 && toggles.load(Ordering::SeqCst) == before;
+                            assert!(
+                                !(on && r == Err(Fault::Sigbus)),
+                                "SIGBUS at {page:#x} with memory on"
+                            );
+                            i += 5;
+                        }
+                    })
+                })
+                .collect();
+            std::thread::sleep(Duration::from_micros(200 + 50 * (round % 8)));
+            libc_munmap(hole.clone());
+            // Not MAP_FIXED: a thread starting meanwhile (the service pool
+            // grows with the load) may have been given the hole.
+            let placed = place_noreplace(hole.clone(), 0x0dd_ba11);
+            toggles.fetch_add(1, Ordering::SeqCst);
+            dev.set_memory_enabled(false);
+            dev.set_memory_enabled(true);
+            toggles.fetch_add(1, Ordering::SeqCst);
+            stop.store(true, Ordering::SeqCst);
+            for t in touchers {
+                t.join().expect("toucher");
+            }
+            drop(m);
+            if !placed {
+                lost += 1;
+                continue;
+            }
+            assert_marker(hole.clone(), 0x0dd_ba11, "after fills raced the munmap");
+            libc_munmap(hole);
+        }
+        assert!(
+            lost < 60,
+            "{policy}: {lost} of 120 rounds could not place their memory"
+        );
+        let s = dev.stats();
+        assert_eq!(
+            (s.bugs, s.zap_failures),
+            (0, 0),
+            "{policy}: BUG events, failed zaps"
+        );
     }
 }
 
