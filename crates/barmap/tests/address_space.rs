@@ -59,34 +59,30 @@ fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static)
 /// Anonymous memory at exactly `range` (which the test just freed), filled
 /// with a marker: barmap must never zero or unmap it.
 fn foreign_marker(range: std::ops::Range<usize>, marker: u64) {
-    // SAFETY: MAP_FIXED over a range this test unmapped itself.
-    let p = unsafe {
-        libc::mmap(
-            range.start as *mut libc::c_void,
-            range.end - range.start,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
-            -1,
-            0,
-        )
-    };
-    assert_eq!(p as usize, range.start, "MAP_FIXED anonymous memory");
-    for a in range.step_by(PAGE) {
-        write_at(a, marker).unwrap();
-    }
+    assert!(
+        map_marked(range, marker, libc::MAP_FIXED),
+        "MAP_FIXED anonymous memory"
+    );
 }
 
 /// Maps anonymous memory with `marker` on every page at `range` if nothing
 /// else took the addresses first (`MAP_FIXED_NOREPLACE`); returns whether
 /// it did.
 fn place_noreplace(range: std::ops::Range<usize>, marker: u64) -> bool {
-    // SAFETY: maps fresh anonymous memory and replaces nothing.
+    map_marked(range, marker, libc::MAP_FIXED_NOREPLACE)
+}
+
+/// Anonymous memory at `range` (`fixed`: MAP_FIXED or MAP_FIXED_NOREPLACE)
+/// with `marker` on every page; false if the mmap failed.
+fn map_marked(range: std::ops::Range<usize>, marker: u64, fixed: i32) -> bool {
+    // SAFETY: maps anonymous memory over a range this test unmapped itself
+    // (MAP_FIXED) or where nothing is mapped (MAP_FIXED_NOREPLACE).
     let p = unsafe {
         libc::mmap(
             range.start as *mut libc::c_void,
             range.end - range.start,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | fixed,
             -1,
             0,
         )
@@ -96,7 +92,7 @@ fn place_noreplace(range: std::ops::Range<usize>, marker: u64) -> bool {
     }
     assert_eq!(
         p as usize, range.start,
-        "MAP_FIXED_NOREPLACE anonymous memory"
+        "anonymous memory at the asked address"
     );
     for a in range.step_by(PAGE) {
         write_at(a, marker).unwrap();
