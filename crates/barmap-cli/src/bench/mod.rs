@@ -299,6 +299,12 @@ impl Bench {
             .filter(|(name, _)| self.families.is_empty() || self.families.iter().any(|f| f == name))
     }
 
+    /// Whether the family called `name` runs (a target of the report is
+    /// shown only if the families it is made of ran).
+    fn runs(&self, name: &str) -> bool {
+        self.selected().any(|(n, _)| *n == name)
+    }
+
     /// Says on stderr what runs next.
     fn progress(&self, what: &str) {
         eprintln!("barmap bench: {what}");
