@@ -66,6 +66,16 @@ impl Drop for HugePages {
     }
 }
 
+/// The device a selftest binary runs on: `vfio_pci_driver_test` needs a
+/// device its library has a driver for (the I/OAT channel model); the
+/// others test the VFIO uAPI on barmap's default device.
+pub(crate) fn device_for(binary: &str) -> &'static str {
+    match binary {
+        "vfio_pci_driver_test" => "ioat",
+        _ => "default",
+    }
+}
+
 /// Runs the command: 0 if every binary passed (tests may skip themselves).
 pub fn run(args: &SelftestsArgs) -> i32 {
     let cache = args
@@ -80,13 +90,6 @@ pub fn run(args: &SelftestsArgs) -> i32 {
             return 1;
         }
     };
-    let spec = match DeviceSpec::parse("default", args.policy) {
-        Ok(d) => RunSpec::new(vec![d]),
-        Err(e) => {
-            eprintln!("barmap selftests: {e}");
-            return 2;
-        }
-    };
     let _huge = HugePages::reserve();
     let logs = cache.join("selftests-logs");
     let _ = std::fs::create_dir_all(&logs);
@@ -95,6 +98,13 @@ pub fn run(args: &SelftestsArgs) -> i32 {
         if !args.binaries.is_empty() && !args.binaries.iter().any(|b| b == name) {
             continue;
         }
+        let spec = match DeviceSpec::parse(device_for(name), args.policy) {
+            Ok(d) => RunSpec::new(vec![d]),
+            Err(e) => {
+                eprintln!("barmap selftests: {e}");
+                return 2;
+            }
+        };
         let log = logs.join(format!("{name}.log"));
         eprintln!("barmap selftests: running {name} (log {})", log.display());
         match kselftest::run_binary(&spec, &build.dir.join(name), &log) {
@@ -116,20 +126,27 @@ pub fn run(args: &SelftestsArgs) -> i32 {
         println!("{v}");
     } else {
         println!(
-            "{:<34} {:>5} {:>5} {:>5} {:>6}  verdict",
-            "binary", "pass", "fail", "skip", "secs"
+            "{:<34} {:<8} {:>5} {:>5} {:>5} {:>6}  verdict",
+            "binary", "device", "pass", "fail", "skip", "secs"
         );
         for r in &results {
             let t = r.totals.unwrap_or_default();
             println!(
-                "{:<34} {:>5} {:>5} {:>5} {:>6.2}  {}",
+                "{:<34} {:<8} {:>5} {:>5} {:>5} {:>6.2}  {}",
                 r.name,
+                device_for(&r.name),
                 t.pass,
                 t.fail,
                 t.skip,
                 r.elapsed_s,
                 if r.ok() { "ok" } else { "FAIL" }
             );
+            for m in r.modes.iter().filter(|m| m.mode != "-") {
+                println!(
+                    "    {:<30} {:<8} {:>5} {:>5} {:>5}",
+                    m.mode, "", m.totals.pass, m.totals.fail, m.totals.skip
+                );
+            }
             for n in r.notes.iter().filter(|n| !n.starts_with("barmap run:")) {
                 println!("    {n}");
             }

@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use barmap::{Device, Error, Placement, Prot};
-use barmap_models::{Host, IrqIndex, ModelDevice, ModelMapping};
+use barmap_models::{DmaSide, Host, IrqIndex, ModelDevice, ModelMapping};
 use barmap_vfio::uapi as v;
 
 use crate::dma::DmaTable;
@@ -18,7 +18,8 @@ pub use barmap_models::IommuFault;
 /// The BAR that holds the default model's MSI-X table.
 pub const MSIX_BAR: u32 = 0;
 
-/// Config space size of the emulated function.
+/// Config space size of a conventional emulated function (a model with
+/// extended config space has 4096, see [`EmuDevice::config_size`]).
 pub const CONFIG_SIZE: u64 = 256;
 const OFFSET_MASK: u64 = (1 << v::VFIO_PCI_OFFSET_SHIFT) - 1;
 
@@ -95,6 +96,32 @@ impl Host for FrontHost {
         let va = self.translate(iova, data.len() as u64, true)?;
         barmap::os::copy_to_user(data, va as *mut u8).map_err(|_| IommuFault::Gone { iova })
     }
+
+    /// In place: both IOVAs translated, then one copy by the kernel from
+    /// the source's pages to the destination's (no bounce buffer). If the
+    /// kernel refuses it (memory behind a mapping gone), the bounce finds
+    /// out which side it was.
+    fn dma_copy(&self, src: u64, dst: u64, len: u64) -> Result<(), (DmaSide, IommuFault)> {
+        if len == 0 {
+            return Ok(());
+        }
+        let from = self
+            .translate(src, len, false)
+            .map_err(|f| (DmaSide::Read, f))?;
+        let to = self
+            .translate(dst, len, true)
+            .map_err(|f| (DmaSide::Write, f))?;
+        match barmap::os::probe(to as usize, from as *mut u8, len as usize, true) {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                let mut buf = vec![0u8; len as usize];
+                self.dma_read(src, &mut buf)
+                    .map_err(|f| (DmaSide::Read, f))?;
+                self.dma_write(dst, &buf).map_err(|f| (DmaSide::Write, f))?;
+                Ok(())
+            }
+        }
+    }
 }
 
 impl EmuDevice {
@@ -139,6 +166,29 @@ impl EmuDevice {
     /// A device model's DMA write of `data` at `iova`.
     pub fn dma_write(&self, iova: u64, data: &[u8]) -> Result<(), IommuFault> {
         self.host().dma_write(iova, data)
+    }
+
+    /// Config space's size: 256 bytes, or 4096 for a model with extended
+    /// config space.
+    pub fn config_size(&self) -> u64 {
+        self.model.config_size()
+    }
+
+    /// `VFIO_DEVICE_SET_IRQS`: the eventfds, and, for MSI-X, the emulated
+    /// table's mask bits as the host kernel leaves them (a vector with an
+    /// eventfd unmasked, one without masked).
+    pub fn set_irqs(&self, arg: usize) -> Result<i64, Errno> {
+        let mut irqs = self.irqs.lock().unwrap();
+        let r = irqs.set(arg)?;
+        let n = irqs.count(v::VFIO_PCI_MSIX_IRQ_INDEX);
+        let on: Vec<bool> = (0..n)
+            .map(|k| irqs.has_trigger(v::VFIO_PCI_MSIX_IRQ_INDEX, k))
+            .collect();
+        drop(irqs);
+        for (k, enabled) in on.into_iter().enumerate() {
+            self.model.set_msix_masked(k as u32, !enabled);
+        }
+        Ok(r)
     }
 
     fn host(&self) -> FrontHost {
@@ -197,7 +247,7 @@ pub fn get_region_info(dev: &EmuDevice, arg: usize) -> Result<i64, Errno> {
     let mut caps: Vec<u8> = Vec::new();
     match info.index {
         v::VFIO_PCI_CONFIG_REGION_INDEX => {
-            info.size = CONFIG_SIZE;
+            info.size = dev.config_size();
             info.flags = v::VFIO_REGION_INFO_FLAG_READ | v::VFIO_REGION_INFO_FLAG_WRITE;
         }
         i if i < 6 => match dev.device().region_info(i) {
@@ -291,12 +341,13 @@ pub fn reset(dev: &EmuDevice) -> Result<i64, Errno> {
 pub fn pread(dev: &EmuDevice, buf: usize, len: usize, off: u64) -> Result<i64, Errno> {
     let (index, at) = region_of(off);
     if index == v::VFIO_PCI_CONFIG_REGION_INDEX {
-        if at >= CONFIG_SIZE {
+        let size = dev.config_size();
+        if at >= size {
             return Ok(0);
         }
-        let n = len.min((CONFIG_SIZE - at) as usize);
+        let n = len.min((size - at) as usize);
         let mut tmp = vec![0u8; n];
-        dev.device()
+        dev.model
             .read_config(at, &mut tmp)
             .map_err(|e| errno_of(&e))?;
         user::write(buf, &tmp)?;
@@ -328,10 +379,11 @@ pub fn pread(dev: &EmuDevice, buf: usize, len: usize, off: u64) -> Result<i64, E
 pub fn pwrite(dev: &EmuDevice, buf: usize, len: usize, off: u64) -> Result<i64, Errno> {
     let (index, at) = region_of(off);
     if index == v::VFIO_PCI_CONFIG_REGION_INDEX {
-        if at >= CONFIG_SIZE {
+        let size = dev.config_size();
+        if at >= size {
             return Ok(0);
         }
-        let n = len.min((CONFIG_SIZE - at) as usize);
+        let n = len.min((size - at) as usize);
         let data = user::read(buf, n)?;
         dev.model
             .write_config(at, &data)

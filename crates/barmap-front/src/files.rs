@@ -256,7 +256,7 @@ impl DeviceFile {
             v::VFIO_DEVICE_GET_INFO => device::get_info(arg),
             v::VFIO_DEVICE_GET_REGION_INFO => device::get_region_info(dev, arg),
             v::VFIO_DEVICE_GET_IRQ_INFO => device::get_irq_info(dev, arg),
-            v::VFIO_DEVICE_SET_IRQS => dev.irqs.lock().unwrap().set(arg),
+            v::VFIO_DEVICE_SET_IRQS => dev.set_irqs(arg),
             v::VFIO_DEVICE_RESET => device::reset(dev),
             _ => Err(Errno::ENOTTY),
         }

@@ -138,6 +138,14 @@ impl Irqs {
         *self = Irqs::new(self.counts);
     }
 
+    /// Whether vector `vector` of `index` has a trigger eventfd.
+    pub fn has_trigger(&self, index: u32, vector: u32) -> bool {
+        self.triggers
+            .get(index as usize)
+            .and_then(|t| t.get(vector as usize))
+            .is_some_and(Option::is_some)
+    }
+
     /// `VFIO_DEVICE_SET_IRQS`, with the kernel's checks; `arg` points at
     /// the program's `struct vfio_irq_set`.
     pub fn set(&mut self, arg: usize) -> Result<i64, Errno> {

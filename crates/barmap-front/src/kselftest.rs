@@ -54,6 +54,84 @@ pub fn parse_totals(output: &str) -> Option<Totals> {
         })
 }
 
+/// The IOMMU modes the selftests' fixtures take as variants
+/// (`FIXTURE_VARIANT_ADD_ALL_IOMMU_MODES`), in the library's order.
+pub const IOMMU_MODES: [&str; 5] = [
+    "vfio_type1_iommu",
+    "vfio_type1v2_iommu",
+    "iommufd_compat_type1",
+    "iommufd_compat_type1v2",
+    "iommufd",
+];
+
+/// One IOMMU mode's share of a binary's results.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ModeTotals {
+    /// The mode ([`IOMMU_MODES`]), or `-` for tests without one.
+    pub mode: String,
+    /// Passed, failed and skipped tests of the mode (`pass`, `fail`,
+    /// `skip`; the other counts stay 0).
+    pub totals: Totals,
+}
+
+/// The IOMMU mode a variant name stands for: the mode itself or the mode
+/// followed by `_` and more (`iommufd_anonymous_hugetlb_2mb`), the
+/// longest that fits.
+fn mode_of(variant: &str) -> Option<&'static str> {
+    IOMMU_MODES
+        .iter()
+        .filter(|m| {
+            variant == **m
+                || variant
+                    .strip_prefix(**m)
+                    .is_some_and(|r| r.starts_with('_'))
+        })
+        .max_by_key(|m| m.len())
+        .copied()
+}
+
+/// Counts the harness's `ok N name` / `not ok N name` lines per IOMMU
+/// mode, the mode read from the test's variant (`fixture.mode[_more].test`); `ok`
+/// with `# SKIP` is a skip. Modes in [`IOMMU_MODES`] order, then `-`.
+pub fn per_mode(output: &str) -> Vec<ModeTotals> {
+    let mut out: Vec<ModeTotals> = Vec::new();
+    for line in output.lines() {
+        let line = line.trim();
+        let (passed, rest) = if let Some(r) = line.strip_prefix("ok ") {
+            (true, r)
+        } else if let Some(r) = line.strip_prefix("not ok ") {
+            (false, r)
+        } else {
+            continue;
+        };
+        let Some(name) = rest.split_whitespace().nth(1) else {
+            continue;
+        };
+        let mode = name.split('.').find_map(mode_of).unwrap_or("-");
+        let i = match out.iter().position(|m| m.mode == mode) {
+            Some(i) => i,
+            None => {
+                out.push(ModeTotals {
+                    mode: mode.to_string(),
+                    totals: Totals::default(),
+                });
+                out.len() - 1
+            }
+        };
+        let t = &mut out[i].totals;
+        if !passed {
+            t.fail += 1;
+        } else if line.contains("# SKIP") {
+            t.skip += 1;
+        } else {
+            t.pass += 1;
+        }
+    }
+    let rank = |m: &str| IOMMU_MODES.iter().position(|x| *x == m).unwrap_or(99);
+    out.sort_by_key(|m| rank(&m.mode));
+    out
+}
+
 /// Lines of the output that say why tests skipped or failed.
 pub fn notable_lines(output: &str) -> Vec<String> {
     output
@@ -74,6 +152,8 @@ pub struct BinaryResult {
     pub exit_code: Option<i32>,
     /// Failed and skipped test lines.
     pub notes: Vec<String>,
+    /// Passes, failures and skips per IOMMU mode.
+    pub modes: Vec<ModeTotals>,
     /// BUG events barmap reported.
     pub bugs: u64,
     /// Seconds.
@@ -106,6 +186,7 @@ pub fn run_binary(spec: &RunSpec, binary: &Path, log: &Path) -> Result<BinaryRes
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let mut totals = parse_totals(&text);
     let mut notes = notable_lines(&text);
+    let modes = per_mode(&text);
     if totals.is_none() && out.exit_code == Some(4) {
         // KSFT_SKIP before the harness started: the binary said why.
         totals = Some(Totals {
@@ -119,6 +200,7 @@ pub fn run_binary(spec: &RunSpec, binary: &Path, log: &Path) -> Result<BinaryRes
         totals,
         exit_code: out.exit_code,
         notes,
+        modes,
         bugs: out.bugs,
         elapsed_s: out.elapsed_s,
     })
@@ -148,5 +230,29 @@ mod tests {
             })
         );
         assert_eq!(parse_totals("crashed\n"), None);
+    }
+
+    #[test]
+    fn results_are_counted_per_iommu_mode() {
+        let out = "ok 1 t.vfio_type1_iommu.a\nnot ok 2 t.iommufd.a\n\
+                   ok 3 t.iommufd.b # SKIP no\nok 4 t.iommufd_compat_type1_anonymous.c\n\
+                   ok 5 plain\nok 6 t.iommufd_compat_type1v2_x.d\n";
+        let m = per_mode(out);
+        let names: Vec<&str> = m.iter().map(|m| m.mode.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "vfio_type1_iommu",
+                "iommufd_compat_type1",
+                "iommufd_compat_type1v2",
+                "iommufd",
+                "-"
+            ]
+        );
+        assert_eq!(
+            (m[3].totals.pass, m[3].totals.fail, m[3].totals.skip),
+            (0, 1, 1)
+        );
+        assert_eq!(m[0].totals.pass, 1);
     }
 }

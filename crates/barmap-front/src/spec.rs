@@ -33,9 +33,10 @@ impl DeviceSpec {
     /// Reads a device description from a TOML file:
     ///
     /// ```toml
-    /// model = "default"   # or "edu"
+    /// model = "default"   # or "edu", "ioat"
     /// memory = "64M"      # the default model's memory BAR (BAR2)
     /// policy = "page"     # optional: the run's --policy otherwise
+    /// xfercap = 20        # ioat only: copies of up to 2^N bytes
     /// ```
     pub fn from_toml(text: &str, default_policy: Policy) -> Result<DeviceSpec, String> {
         #[derive(serde::Deserialize)]
@@ -44,6 +45,7 @@ impl DeviceSpec {
             model: Option<String>,
             memory: Option<String>,
             policy: Option<String>,
+            xfercap: Option<u32>,
         }
         let f: File = toml::from_str(text).map_err(|e| e.to_string())?;
         let mut short = f.model.unwrap_or_else(|| "default".into());
@@ -52,6 +54,9 @@ impl DeviceSpec {
         }
         if let Some(p) = f.policy {
             short += &format!(",policy={p}");
+        }
+        if let Some(x) = f.xfercap {
+            short += &format!(",xfercap={x}");
         }
         Self::parse(&short, default_policy)
     }
@@ -204,5 +209,10 @@ mod tests {
         let edu = DeviceSpec::parse("edu,policy=page", Policy::Prefault).unwrap();
         assert_eq!((edu.model.as_str(), edu.policy.as_str()), ("edu", "page"));
         assert!(DeviceSpec::parse("default,memory=3M", Policy::Prefault).is_err());
+        let ioat = DeviceSpec::parse("ioat,xfercap=20", Policy::Prefault).unwrap();
+        let toml = DeviceSpec::from_toml("model = \"ioat\"\nxfercap = 20\n", Policy::Prefault);
+        assert_eq!(toml.unwrap(), ioat);
+        assert!(DeviceSpec::parse("ioat,xfercap=40", Policy::Prefault).is_err());
+        assert!(DeviceSpec::parse("ioat,memory=16M", Policy::Prefault).is_err());
     }
 }

@@ -454,6 +454,7 @@ mod tests {
             }),
             exit_code: Some(0),
             notes: vec![],
+            modes: vec![],
             bugs: 0,
             elapsed_s: 0.1,
         };

@@ -278,15 +278,96 @@ impl ModelDevice {
         })
     }
 
-    /// Writes config space, as [`Device::write_config`] does; clearing the
-    /// MSI-X function mask delivers the vectors that became pending while
-    /// it was set.
-    pub fn write_config(&self, offset: u64, data: &[u8]) -> Result<()> {
-        self.shared.device.write_config(offset, data)?;
-        if self.shared.layout.interrupts.msix_vectors > 0 {
-            self.shared.deliver_pending();
+    /// Bytes of config space: 256, or 4096 with
+    /// [`Layout::extended_config`].
+    pub fn config_size(&self) -> u64 {
+        self.shared.layout.config_size
+    }
+
+    /// Reads config space: the header and capabilities as
+    /// [`Device::read_config`] does, extended config space (0x100 and up)
+    /// from the model, in naturally aligned accesses.
+    pub fn read_config(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let end = self.config_end(offset, buf.len())?;
+        let std_end = end.min(STD_CONFIG);
+        if offset < STD_CONFIG {
+            let n = (std_end - offset) as usize;
+            self.shared.device.read_config(offset, &mut buf[..n])?;
+        }
+        let ext = offset.max(STD_CONFIG);
+        if ext < end {
+            let skip = (ext - offset) as usize;
+            let mut model = self.shared.model();
+            let mut ctx = Ctx {
+                dev: &self.shared,
+                kicked: false,
+            };
+            for (at, w) in split(ext, (end - ext) as usize) {
+                let v = model.config_read(&mut ctx, at, w) & w.mask();
+                let i = skip + (at - ext) as usize;
+                buf[i..i + w.bytes()].copy_from_slice(&v.to_le_bytes()[..w.bytes()]);
+            }
+            let kicked = ctx.kicked;
+            drop(model);
+            if kicked {
+                self.shared.kick();
+            }
         }
         Ok(())
+    }
+
+    /// Writes config space, as [`Device::write_config`] does (extended
+    /// config space goes to the model); clearing the MSI-X function mask
+    /// delivers the vectors that became pending while it was set.
+    pub fn write_config(&self, offset: u64, data: &[u8]) -> Result<()> {
+        let end = self.config_end(offset, data.len())?;
+        let std_end = end.min(STD_CONFIG);
+        if offset < STD_CONFIG {
+            let n = (std_end - offset) as usize;
+            self.shared.device.write_config(offset, &data[..n])?;
+            if self.shared.layout.interrupts.msix_vectors > 0 {
+                self.shared.deliver_pending();
+            }
+        }
+        let ext = offset.max(STD_CONFIG);
+        if ext < end {
+            let skip = (ext - offset) as usize;
+            let mut model = self.shared.model();
+            let mut ctx = Ctx {
+                dev: &self.shared,
+                kicked: false,
+            };
+            for (at, w) in split(ext, (end - ext) as usize) {
+                let i = skip + (at - ext) as usize;
+                let mut v = [0u8; 8];
+                v[..w.bytes()].copy_from_slice(&data[i..i + w.bytes()]);
+                model.config_write(&mut ctx, at, w, u64::from_le_bytes(v));
+            }
+            let kicked = ctx.kicked;
+            drop(model);
+            if kicked {
+                self.shared.kick();
+            }
+        }
+        Ok(())
+    }
+
+    fn config_end(&self, offset: u64, len: usize) -> Result<u64> {
+        match offset.checked_add(len as u64) {
+            Some(end) if end <= self.config_size() && len > 0 => Ok(end),
+            _ => Err(Error::ConfigRange { offset, len }),
+        }
+    }
+
+    /// Masks or unmasks MSI-X vector `vector` in the emulated table, as the
+    /// host kernel does when the program enables or disables the vector
+    /// through `VFIO_DEVICE_SET_IRQS` (the program never writes the table
+    /// itself under vfio-pci); unmasking delivers it if it was pending.
+    pub fn set_msix_masked(&self, vector: u32, masked: bool) {
+        self.shared.msix.lock().unwrap().set_masked(vector, masked);
+        if !masked {
+            self.shared.deliver_pending();
+        }
     }
 
     /// Function-level reset (`VFIO_DEVICE_RESET` too): every mapping
@@ -338,6 +419,10 @@ impl ModelDevice {
     }
 }
 
+/// The standard config space's size: the header and capabilities that
+/// barmap's [`Device`] keeps.
+const STD_CONFIG: u64 = 256;
+
 /// Naturally aligned accesses of at most 8 bytes covering `len` bytes at
 /// `offset`, in order.
 fn split(offset: u64, len: usize) -> Vec<(u64, Width)> {
@@ -380,7 +465,7 @@ impl Shared {
         }
     }
 
-    fn kick(&self) {
+    pub(crate) fn kick(&self) {
         self.worker.state.lock().unwrap().0 = true;
         self.worker.cond.notify_all();
     }

@@ -47,6 +47,18 @@ pub enum IommuFault {
     BusMasterDisabled,
 }
 
+/// The side of a memory-to-memory copy that the IOMMU refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DmaSide {
+    /// Reading the source.
+    Read,
+    /// Writing the destination.
+    Write,
+}
+
+/// Bytes a [`Host::dma_copy`] moves per bounce through the model's buffer.
+pub const COPY_CHUNK: usize = 1 << 20;
+
 /// The interrupt and DMA side of a device's surroundings. barmap's VFIO
 /// front end implements it over the eventfds of `VFIO_DEVICE_SET_IRQS` and
 /// the IOMMU tables of its containers and IOASes.
@@ -69,6 +81,24 @@ pub trait Host: Send + Sync {
 
     /// Writes the program's memory at `iova`.
     fn dma_write(&self, iova: u64, data: &[u8]) -> Result<(), IommuFault>;
+
+    /// Copies `len` bytes of the program's memory at `src` to `dst`. The
+    /// default bounces through a buffer in chunks of [`COPY_CHUNK`] with
+    /// [`Host::dma_read`] and [`Host::dma_write`]; a host that can copy
+    /// in place overrides it.
+    fn dma_copy(&self, src: u64, dst: u64, len: u64) -> Result<(), (DmaSide, IommuFault)> {
+        let mut buf = vec![0u8; (len as usize).min(COPY_CHUNK)];
+        let mut done = 0u64;
+        while done < len {
+            let n = ((len - done) as usize).min(COPY_CHUNK);
+            self.dma_read(src + done, &mut buf[..n])
+                .map_err(|f| (DmaSide::Read, f))?;
+            self.dma_write(dst + done, &buf[..n])
+                .map_err(|f| (DmaSide::Write, f))?;
+            done += n as u64;
+        }
+        Ok(())
+    }
 }
 
 /// No surroundings: interrupts go nowhere, DMA has no domain. What a

@@ -57,21 +57,24 @@ pub mod bench;
 pub mod device;
 pub mod edu;
 pub mod host;
+pub mod ioat;
 pub mod model;
 mod msix;
 pub mod passive;
 pub mod trap;
 
 pub use device::{ModelDevice, ModelDeviceBuilder, ModelMapping};
-pub use host::{Host, IommuFault, IrqIndex, NoHost};
+pub use host::{DmaSide, Host, IommuFault, IrqIndex, NoHost};
 pub use model::{Ctx, DeviceModel, IrqMode, Layout, RegionKind, Width};
 
 /// The models `barmap run --device NAME[,options]` knows.
-pub const MODELS: &[&str] = &["default", "edu"];
+pub const MODELS: &[&str] = &["default", "edu", "ioat"];
 
 /// The model called `name`, configured by `options` (`key=value` pairs):
 /// `default` (barmap's default device: options `memory=SIZE`, the memory
-/// BAR's size in bytes) or `edu` (QEMU's educational device, no options).
+/// BAR's size in bytes), `edu` (QEMU's educational device, no options) or
+/// `ioat` (an Intel I/OAT DMA channel: option `xfercap=N`, copies of up to
+/// 2^N bytes per descriptor, 12..=30, default 16).
 pub fn by_name(name: &str, options: &[(String, String)]) -> Result<Box<dyn DeviceModel>, String> {
     let unknown = |k: &str| Err(format!("unknown option {k:?} for device model {name:?}"));
     match name {
@@ -93,6 +96,22 @@ pub fn by_name(name: &str, options: &[(String, String)]) -> Result<Box<dyn Devic
             Some((k, _)) => unknown(k),
             None => Ok(Box::new(edu::Edu::default())),
         },
+        "ioat" => {
+            let mut xfercap = ioat::DEFAULT_XFERCAP;
+            for (k, v) in options {
+                match k.as_str() {
+                    "xfercap" => {
+                        xfercap = v
+                            .parse()
+                            .ok()
+                            .filter(|n| (12..=30).contains(n))
+                            .ok_or_else(|| format!("xfercap={v}: not a number from 12 to 30"))?
+                    }
+                    _ => return unknown(k),
+                }
+            }
+            Ok(Box::new(ioat::Ioat::new(xfercap)))
+        }
         _ => Err(format!(
             "unknown device model {name:?} (known: {})",
             MODELS.join(", ")

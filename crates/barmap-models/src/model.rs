@@ -4,7 +4,7 @@
 
 use barmap::{Interrupts, RegionSpec};
 
-use crate::host::{IommuFault, IrqIndex};
+use crate::host::{DmaSide, IommuFault, IrqIndex};
 
 /// The width of one register access, in bytes: 1, 2, 4 or 8.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -85,6 +85,10 @@ pub struct Layout {
     /// register BAR are emulated by barmap (masking, pending bits): the
     /// model never sees accesses to them.
     pub interrupts: Interrupts,
+    /// Config space size: 256 bytes, or 4096 for a PCI Express function
+    /// whose extended config space (from 0x100) is the model's
+    /// ([`DeviceModel::config_read`], [`DeviceModel::config_write`]).
+    pub config_size: u64,
 }
 
 impl Layout {
@@ -99,7 +103,15 @@ impl Layout {
             intx: false,
             regions: Vec::new(),
             interrupts: Interrupts::default(),
+            config_size: 256,
         }
+    }
+
+    /// A 4096-byte config space: accesses from 0x100 on reach
+    /// [`DeviceModel::config_read`] and [`DeviceModel::config_write`].
+    pub fn extended_config(mut self) -> Layout {
+        self.config_size = 4096;
+        self
     }
 
     /// Sets the class code.
@@ -196,6 +208,20 @@ pub trait DeviceModel: Send + 'static {
     /// `VFIO_DEVICE_RESET`). Called with the memory gate held, so no
     /// access runs meanwhile.
     fn reset(&mut self);
+
+    /// A read of `width` bytes at `offset` of extended config space
+    /// (0x100 and up, with [`Layout::extended_config`]; `offset` is a
+    /// multiple of the width). The default reads zero.
+    fn config_read(&mut self, ctx: &mut Ctx<'_>, offset: u64, width: Width) -> u64 {
+        let _ = (ctx, offset, width);
+        0
+    }
+
+    /// A write of `value` at `offset` of extended config space. The
+    /// default ignores it.
+    fn config_write(&mut self, ctx: &mut Ctx<'_>, offset: u64, width: Width, value: u64) {
+        let _ = (ctx, offset, width, value);
+    }
 
     /// Deferred work, after [`Ctx::kick`]: runs on the device's worker
     /// thread, with the model's state locked like any callback. The
@@ -296,6 +322,18 @@ impl Ctx<'_> {
             return Err(IommuFault::BusMasterDisabled);
         }
         self.dev.host().dma_write(iova, data)
+    }
+
+    /// Copies `len` bytes of the program's memory from `src` to `dst`, both
+    /// by IOVA (a memory-to-memory DMA engine's transfer): `src` needs read
+    /// permission, `dst` write permission. On a fault, the side the IOMMU
+    /// refused is returned with it; bytes before the fault may have been
+    /// copied, as on hardware.
+    pub fn dma_copy(&mut self, src: u64, dst: u64, len: u64) -> Result<(), (DmaSide, IommuFault)> {
+        if !self.bus_master() {
+            return Err((DmaSide::Read, IommuFault::BusMasterDisabled));
+        }
+        self.dev.host().dma_copy(src, dst, len)
     }
 
     /// Asks for [`DeviceModel::work`] to run soon on the device's worker

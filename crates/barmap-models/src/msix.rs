@@ -56,6 +56,14 @@ impl Msix {
         self.table[at..at + 4].copy_from_slice(&value.to_le_bytes());
     }
 
+    /// Sets or clears vector `v`'s mask bit (out of range: ignored).
+    pub(crate) fn set_masked(&mut self, v: u32, masked: bool) {
+        if v < self.vectors {
+            let c = self.control(v);
+            self.set_control(v, if masked { c | MASKED } else { c & !MASKED });
+        }
+    }
+
     pub(crate) fn pending(&self, v: u32) -> bool {
         v < self.vectors && self.pending[v as usize / 64] & (1 << (v % 64)) != 0
     }

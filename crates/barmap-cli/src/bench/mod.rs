@@ -41,6 +41,10 @@
 //! - `plain_load`, `trap_load`, `trap_store`, `register_api_read`
 //!   ([`trap`]): one register access of a device model through an mmap of
 //!   its BAR (trapped and emulated) vs a plain load, and through the API.
+//! - `memcpy_1m`, `ioat_copy_1m`, `memcpy_64k`, `ioat_copy_64k` ([`ioat`]):
+//!   the I/OAT channel model's copy throughput through descriptors (GB/s,
+//!   the front end's IOMMU table and in-place copy) vs a plain memcpy of
+//!   the same buffers.
 //! - `populate_sweep` ([`size_sweep`], with `--plot` only): populate vs
 //!   mapping size, per policy and native, drawn as an SVG ([`plot`]).
 //!
@@ -61,8 +65,8 @@
 //!    and `ratio_to` to the figure it is judged against, measured in the same
 //!    family so that both see the same machine load. Call
 //!    [`Bench::progress`] before each long step.
-//! 2. Add `mod <family>;` below and one line to [`FAMILIES`], where it should
-//!    run. The text table and the JSON `measurements` list show the new
+//! 2. Add `mod <family>;` below and one line to [`FAMILIES`] (its name for
+//!    `--family`, and the struct), where it should run. The text table and the JSON `measurements` list show the new
 //!    entries as they are; nothing else needs to change.
 //!
 //! A family that measures on the populate family's devices (already holding
@@ -82,6 +86,7 @@ mod fault_rtt;
 mod hist;
 mod huge;
 mod hugetlb;
+mod ioat;
 mod native;
 mod plot;
 mod populate;
@@ -101,17 +106,19 @@ use report::{HugeReport, HugetlbReport, Measurement, Report};
 const PAGE: usize = 4096;
 const MIB: usize = 1 << 20;
 
-/// The measurement families, in the order they run.
-const FAMILIES: &[&dyn Family] = &[
-    &fault_rtt::FaultRtt,
-    &populate::Populate,
-    &storm::Storm,
-    &huge::Huge,
-    &hugetlb::Hugetlb,
-    &service_sweep::ServiceSweep,
-    &zap::Zap,
-    &size_sweep::SizeSweep,
-    &trap::Trap,
+/// The measurement families, in the order they run, by the name
+/// `--family` selects them with.
+const FAMILIES: &[(&str, &dyn Family)] = &[
+    ("fault_rtt", &fault_rtt::FaultRtt),
+    ("populate", &populate::Populate),
+    ("storm", &storm::Storm),
+    ("huge", &huge::Huge),
+    ("hugetlb", &hugetlb::Hugetlb),
+    ("service_sweep", &service_sweep::ServiceSweep),
+    ("zap", &zap::Zap),
+    ("size_sweep", &size_sweep::SizeSweep),
+    ("trap", &trap::Trap),
+    ("ioat", &ioat::IoatCopy),
 ];
 
 /// One family of measurements: what it runs, and what it adds to the
@@ -154,6 +161,11 @@ pub struct BenchArgs {
     /// Measured repetitions per figure (after one warm-up).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=100))]
     pub reps: u16,
+    /// Run only these families (repeatable; default: all). A family
+    /// measured on another's devices (the storm on populate's) needs that
+    /// one too.
+    #[arg(long = "family", value_name = "NAME")]
+    pub families: Vec<String>,
 }
 
 /// Parses `64M`, `1G`, `1GiB`, `512k` or a plain byte count.
@@ -217,6 +229,8 @@ struct Bench {
     plot: Option<PathBuf>,
     /// The size `page` populates at (one fault per page).
     small: usize,
+    /// The families to run (empty: all).
+    families: Vec<String>,
 }
 
 /// What the families found so far: the measurements in the order they were
@@ -258,6 +272,15 @@ impl Results {
 
 impl Bench {
     fn new(args: &BenchArgs) -> Result<Bench, String> {
+        for f in &args.families {
+            if !FAMILIES.iter().any(|(name, _)| name == f) {
+                let known: Vec<&str> = FAMILIES.iter().map(|(n, _)| *n).collect();
+                return Err(format!(
+                    "unknown family {f:?} (known: {})",
+                    known.join(", ")
+                ));
+            }
+        }
         Ok(Bench {
             size: args.size,
             threads: args.threads as usize,
@@ -265,7 +288,21 @@ impl Bench {
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             plot: args.plot.clone(),
             small: args.size.min(64 * MIB),
+            families: args.families.clone(),
         })
+    }
+
+    /// The families this run measures, in [`FAMILIES`] order.
+    fn selected(&self) -> impl Iterator<Item = &'static (&'static str, &'static dyn Family)> + '_ {
+        FAMILIES
+            .iter()
+            .filter(|(name, _)| self.families.is_empty() || self.families.iter().any(|f| f == name))
+    }
+
+    /// Whether the family called `name` runs (a target of the report is
+    /// shown only if the families it is made of ran).
+    fn runs(&self, name: &str) -> bool {
+        self.selected().any(|(n, _)| *n == name)
     }
 
     /// Says on stderr what runs next.
@@ -275,7 +312,7 @@ impl Bench {
 
     fn run(&self) -> Result<Report, String> {
         let mut results = Results::default();
-        for family in FAMILIES {
+        for (_, family) in self.selected() {
             family.run(self, &mut results)?;
         }
         Ok(Report::new(self, results))

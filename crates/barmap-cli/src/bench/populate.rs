@@ -7,7 +7,7 @@ use barmap::{Policy, WaitMode};
 use super::dev::{device, path_errors, populate_dev};
 use super::native::{populate_native, Native};
 use super::report::timing;
-use super::{Bench, Family, Results, FAMILIES};
+use super::{Bench, Family, Results};
 
 /// Populate per policy vs native. Makes the native memfd the families after
 /// it measure against, sets the default policy's 1-thread figures, and hands
@@ -58,7 +58,7 @@ impl Family for Populate {
                 }
                 r.measurements.push(m);
             }
-            for family in FAMILIES {
+            for (_, family) in b.selected() {
                 family.after_populate(b, r, policy, &dev)?;
             }
         }
