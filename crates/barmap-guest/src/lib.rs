@@ -14,6 +14,7 @@
 pub mod apt;
 pub mod args;
 pub mod console;
+pub mod faults;
 mod guest;
 mod host;
 pub mod initramfs;
