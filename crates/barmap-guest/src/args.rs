@@ -8,9 +8,16 @@ use std::path::PathBuf;
 /// QEMU guests and report.
 #[derive(Debug, Clone, clap::Args)]
 pub struct GuestArgs {
-    /// Kernel to boot: 6.1, 6.12, seed-bug or a directory with a bzImage and
-    /// its modules. Repeat for several; default: 6.1, 6.12 and seed-bug.
-    #[arg(long = "kernel", value_name = "6.1|6.12|seed-bug|PATH")]
+    /// Kernel to boot: 6.1 (bookworm), 6.12 (bookworm-backports), 7.2
+    /// (forky), 7.3 (trixie-backports), latest (the newest of forky and
+    /// trixie-backports), seed-bug, or PATH: an unpacked kernel package
+    /// (since 7.x unpack linux-binary-<release> and linux-modules-<release>
+    /// into one directory), a usr/lib/modules/<release> directory, a
+    /// vmlinuz file with its modules beside it, or a build tree with
+    /// arch/x86/boot/bzImage. The VFIO modules (vfio, vfio_iommu_type1,
+    /// vfio-pci-core, vfio-pci and what they depend on) must be there or
+    /// built in. Repeat for several; default: 6.1, 6.12, latest and seed-bug.
+    #[arg(long = "kernel", value_name = "6.1|6.12|7.2|7.3|latest|seed-bug|PATH")]
     pub kernels: Vec<KernelChoice>,
     /// Run only this scenario (repeatable); default: all.
     #[arg(long = "scenario", value_name = "NAME")]

@@ -4,7 +4,7 @@
 
 use crate::args::GuestRunArgs;
 use crate::protocol::{kind, line, ScenarioLine};
-use barmap_target::scenario::{self, Options, Scenario};
+use barmap_target::scenario::{self, Case, Options, Scenario};
 use barmap_vfio::VfioDevice;
 use serde_json::json;
 use std::io::Write;
@@ -214,13 +214,13 @@ fn run_programs(args: &GuestRunArgs, devices: &[String]) -> i32 {
 /// The in-guest entry point: returns the process exit code (0: every
 /// scenario passed).
 pub fn guest_run(args: &GuestRunArgs) -> i32 {
-    let scenarios: Vec<Scenario> = if args.scenarios.is_empty() {
-        Scenario::ALL.to_vec()
+    let scenarios: Vec<Case> = if args.scenarios.is_empty() {
+        scenario::all_cases()
     } else {
         let mut v = Vec::new();
         for name in &args.scenarios {
-            match Scenario::from_name(name) {
-                Some(s) => v.push(s),
+            match scenario::select_cases(name) {
+                Some(s) => v.extend(s),
                 None => {
                     emit(kind::SETUP_ERROR, json!({"step": "scenario", "name": name}));
                     emit(kind::DONE, json!({"exit": 2}));
@@ -244,7 +244,7 @@ pub fn guest_run(args: &GuestRunArgs) -> i32 {
         json!({
             "kernel": kernel_release(),
             "devices": described,
-            "scenarios": scenarios.iter().map(|s| s.name()).collect::<Vec<_>>(),
+            "scenarios": scenarios.iter().map(|&c| scenario::case_name(c)).collect::<Vec<_>>(),
             "rounds": args.rounds,
             "threads": args.threads,
             "programs": args.programs,
@@ -263,6 +263,29 @@ pub fn guest_run(args: &GuestRunArgs) -> i32 {
             json!({"step": "devices", "error": "no device bound to vfio-pci"}),
         );
     }
+    // Fault counting for whole-bar, where the kernel lets us probe.
+    let probe = if scenarios.iter().any(|(s, _)| *s == Scenario::WholeBar) {
+        match crate::faults::Kprobes::set_up() {
+            Ok(k) => {
+                emit(
+                    kind::SETUP_ERROR,
+                    json!({"step": "kprobes", "severity": "info",
+                           "error": format!("counting {}", k.kinds().join(", "))}),
+                );
+                Some(Arc::new(k))
+            }
+            Err(e) => {
+                emit(
+                    kind::SETUP_ERROR,
+                    json!({"step": "kprobes", "severity": "info", "error": e}),
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let release = kernel_release();
     let mut ran = 0;
     if !args.programs.is_empty() {
         exit = exit.max(run_programs(args, &devices));
@@ -292,16 +315,17 @@ pub fn guest_run(args: &GuestRunArgs) -> i32 {
             );
             continue;
         }
-        for &s in &scenarios {
+        for &(s, placement) in &scenarios {
+            let case = scenario::case_name((s, placement));
             let head = ScenarioLine {
                 device: bdf.clone(),
-                scenario: s.name().into(),
+                scenario: case.clone(),
                 round: None,
                 report: None,
             };
             emit(kind::START, json!(head));
             // Each round is announced, so a kernel failure is placed in it.
-            let (device, name) = (bdf.clone(), s.name().to_string());
+            let (device, name) = (bdf.clone(), case.clone());
             let announce = Options {
                 on_round: Some(Arc::new(move |round| {
                     emit(
@@ -314,18 +338,42 @@ pub fn guest_run(args: &GuestRunArgs) -> i32 {
                         }),
                     )
                 })),
+                placement,
+                fault_probe: probe.clone().map(|p| p as Arc<dyn scenario::FaultProbe>),
                 ..opts.clone()
             };
-            let report = scenario::run(dev.clone(), s, &announce);
+            let mut report = scenario::run(dev.clone(), s, &announce);
+            // whole-bar: did the kernel take the fault path intended?
+            let mut path = json!({});
+            if s == Scenario::WholeBar && report.skipped.is_none() {
+                let took = crate::faults::fault_path(&report.faults, report.pages.unwrap_or(0));
+                let meant = crate::faults::intended_path(&release, placement);
+                if let (Some(took), Some(meant)) = (took, meant) {
+                    if took != meant {
+                        report.passed = false;
+                        report.errors.push(format!(
+                            "fault path: the kernel took {took} faults, {meant} intended \
+                             for a {} mapping on {release} ({:?})",
+                            placement.name(),
+                            report.faults
+                        ));
+                    }
+                }
+                path = json!({"fault_path": took, "intended_path": meant});
+            }
             ran += 1;
             if !report.passed {
                 exit = 1;
             }
             let hung = report.errors.iter().any(|e| e.starts_with("hang"));
+            let mut value = json!(report);
+            if let (Some(v), Some(p)) = (value.as_object_mut(), path.as_object()) {
+                v.extend(p.clone());
+            }
             emit(
                 kind::RESULT,
                 json!(ScenarioLine {
-                    report: Some(json!(report)),
+                    report: Some(value),
                     ..head
                 }),
             );

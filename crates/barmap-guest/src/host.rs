@@ -94,6 +94,7 @@ pub fn host_main_side_by_side(
         vec![
             KernelChoice::Stock61,
             KernelChoice::Stock612,
+            KernelChoice::Latest,
             KernelChoice::SeedBug,
         ]
     } else {
@@ -148,7 +149,17 @@ fn add_emulated(results: &mut [KernelResult], args: &GuestArgs, emulate: Emulate
                 Some(r) => r,
                 None => {
                     eprintln!("barmap guest: {} on barmap's emulated device", s.scenario);
-                    let r = Scenario::from_name(&s.scenario).and_then(|sc| emulate(sc, &opts));
+                    let r = barmap_target::scenario::parse_case(&s.scenario).and_then(
+                        |(sc, placement)| {
+                            emulate(
+                                sc,
+                                &Options {
+                                    placement,
+                                    ..opts.clone()
+                                },
+                            )
+                        },
+                    );
                     done.push((s.scenario.clone(), r.clone()));
                     r
                 }

@@ -211,9 +211,12 @@ while kill -0 $pid 2>/dev/null; do
   usleep 200000
 done
 sync
+[ -e /dev/port ] || mknod /dev/port c 1 4
+printf '\001' | dd of=/dev/port bs=1 seek={port} count=1 2>/dev/null
 poweroff -f
 "#,
-        args = args.join(" ")
+        args = args.join(" "),
+        port = crate::qemu::EXIT_PORT,
     )
 }
 
@@ -253,5 +256,8 @@ mod tests {
         assert!(s.contains(r#"/barmap guest-run '--scenario' 'it'\''s' &"#));
         assert!(s.contains("limit=$((60 * 5))"));
         assert!(s.contains("$((t & 128))"));
+        // Leaves through isa-debug-exit (port 0xf4 = 244) before poweroff.
+        let exit = s.find("dd of=/dev/port bs=1 seek=244").unwrap();
+        assert!(exit < s.find("poweroff -f").unwrap());
     }
 }

@@ -1,6 +1,6 @@
 //! `barmap guest`: the scenario suite against the kernel's real vfio-pci.
 //!
-//! On the host ([`host_main`]): fetch a Debian cloud kernel (6.1, 6.12) with
+//! On the host ([`host_main`]): fetch a Debian cloud kernel (6.1, 6.12, 7.x) with
 //! apt into a cache, or rebuild 6.1's vfio-pci with the seed's bug
 //! (`seed-bug`, patch under `guest/patches/`), build a static barmap, make
 //! an initramfs, boot QEMU (TCG, emulated VT-d, edu and ivshmem-plain), and
@@ -14,6 +14,7 @@
 pub mod apt;
 pub mod args;
 pub mod console;
+pub mod faults;
 mod guest;
 mod host;
 pub mod initramfs;

@@ -55,6 +55,16 @@ pub fn cpu_model() -> String {
     std::env::var("BARMAP_QEMU_CPU").unwrap_or_else(|_| "qemu64,-cx16".into())
 }
 
+/// The guest kernel's command line. `oops=panic panic=-1`: an oops (the
+/// seed's BUG) panics and the panic restarts at once, which `-no-reboot`
+/// turns into QEMU's exit: the report is on the console and the guest is
+/// gone, instead of a power-off that a task killed while holding a
+/// page-table lock can wedge.
+pub const CMDLINE: &str = "console=ttyS0 intel_iommu=on loglevel=5 oops=panic panic=-1";
+
+/// The I/O port of QEMU's isa-debug-exit device (a write exits QEMU).
+pub const EXIT_PORT: u16 = 0xf4;
+
 /// The QEMU command line for `cfg`.
 pub fn command(cfg: &VmConfig) -> Command {
     let mut c = Command::new("qemu-system-x86_64");
@@ -66,7 +76,14 @@ pub fn command(cfg: &VmConfig) -> Command {
         .arg(&cfg.bzimage)
         .arg("-initrd")
         .arg(&cfg.initrd)
-        .args(["-append", "console=ttyS0 intel_iommu=on loglevel=5 panic=1"])
+        .args(["-append", CMDLINE])
+        // The guest's init leaves through this port (QEMU exits at once),
+        // so that a guest whose CPUs a dead task wedged cannot hang at
+        // power-off.
+        .args([
+            "-device",
+            &format!("isa-debug-exit,iobase={EXIT_PORT:#x},iosize=0x04"),
+        ])
         .args(["-device", "edu"])
         .args([
             "-object",

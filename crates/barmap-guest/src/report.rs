@@ -39,6 +39,18 @@ pub struct ScenarioResult {
     pub emulated: Option<barmap_target::scenario::Report>,
     /// Where the kernel's and barmap's observable results differ.
     pub differs: Option<String>,
+    /// Where the mappings were placed (`aligned`, `misaligned`).
+    pub placement: Option<String>,
+    /// whole-bar: the whole BAR's first touch, ms.
+    pub first_touch_ms: Option<f64>,
+    /// whole-bar: the same, in the round whose faults were counted, ms.
+    pub counted_first_touch_ms: Option<f64>,
+    /// whole-bar: the kernel's fault handlers' hits during one first touch.
+    pub faults: std::collections::BTreeMap<String, u64>,
+    /// whole-bar: the fault path the counts show (`huge`, `page`, `whole`).
+    pub fault_path: Option<String>,
+    /// whole-bar: the fault path this kernel is meant to take.
+    pub intended_path: Option<String>,
 }
 
 /// How a kernel's run ended.
@@ -100,6 +112,10 @@ fn u64_field(v: &Value, k: &str) -> u64 {
     v.get(k).and_then(Value::as_u64).unwrap_or(0)
 }
 
+fn str_field(v: &Value, k: &str) -> Option<String> {
+    v.get(k).and_then(Value::as_str).map(str::to_string)
+}
+
 /// Whether an event is the seed's bug: the remap BUG from the fault handler.
 pub fn is_seed_bug(e: &KernelEvent) -> bool {
     matches!(e.kind, KernelEventKind::Bug | KernelEventKind::Oops)
@@ -144,6 +160,20 @@ pub fn scenario_results(t: &Transcript) -> Vec<ScenarioResult> {
                 kernel_failures: events,
                 emulated: None,
                 differs: None,
+                placement: str_field(&r, "placement"),
+                first_touch_ms: r.get("first_touch_ms").and_then(Value::as_f64),
+                counted_first_touch_ms: r.get("counted_first_touch_ms").and_then(Value::as_f64),
+                faults: r
+                    .get("faults")
+                    .and_then(Value::as_object)
+                    .map(|o| {
+                        o.iter()
+                            .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                fault_path: str_field(&r, "fault_path"),
+                intended_path: str_field(&r, "intended_path"),
             }
         })
         .collect()
@@ -214,7 +244,7 @@ pub fn differences(
 pub fn print_table(results: &[KernelResult]) {
     if results.iter().any(|k| !k.scenarios.is_empty()) {
         println!(
-            "{:<10} {:<14} {:<22} {:<8} {:>8} {:>7} {:>6} {:>10}  note",
+            "{:<10} {:<14} {:<32} {:<8} {:>8} {:>7} {:>6} {:>10}  note",
             "kernel", "device", "scenario", "result", "touches", "sigbus", "wrong", "ms"
         );
     }
@@ -243,7 +273,7 @@ pub fn print_table(results: &[KernelResult]) {
                 s.errors.first().cloned().unwrap_or_default()
             };
             println!(
-                "{:<10} {:<14} {:<22} {:<8} {:>8} {:>7} {:>6} {:>10.1}  {}",
+                "{:<10} {:<14} {:<32} {:<8} {:>8} {:>7} {:>6} {:>10.1}  {}",
                 k.kernel,
                 s.device,
                 s.scenario,
@@ -263,7 +293,7 @@ pub fn print_table(results: &[KernelResult]) {
                     "FAIL"
                 };
                 println!(
-                    "{:<10} {:<14} {:<22} {:<8} {:>8} {:>7} {:>6} {:>10.1}  {}",
+                    "{:<10} {:<14} {:<32} {:<8} {:>8} {:>7} {:>6} {:>10.1}  {}",
                     "",
                     "barmap",
                     s.scenario,
@@ -279,6 +309,29 @@ pub fn print_table(results: &[KernelResult]) {
             }
         }
         crate::programs::print_rows(&k.kernel, &k.programs);
+        for s in k.scenarios.iter().filter(|s| s.first_touch_ms.is_some()) {
+            let faults: Vec<String> = s.faults.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            println!(
+                "{:<10} whole-BAR first touch, {}: {:.1} ms (counted round {}), fault path {} \
+                 (intended {}), faults: {}{}",
+                k.kernel,
+                s.placement.as_deref().unwrap_or("?"),
+                s.first_touch_ms.unwrap_or(0.0),
+                s.counted_first_touch_ms
+                    .map_or("?".into(), |m| format!("{m:.1} ms")),
+                s.fault_path.as_deref().unwrap_or("?"),
+                s.intended_path.as_deref().unwrap_or("?"),
+                if faults.is_empty() {
+                    "not counted".to_string()
+                } else {
+                    faults.join(", ")
+                },
+                s.emulated
+                    .as_ref()
+                    .and_then(|e| e.first_touch_ms)
+                    .map_or(String::new(), |m| format!("; barmap {m:.1} ms")),
+            );
+        }
         let verdict = if k.as_expected {
             "as expected"
         } else {

@@ -8,4 +8,6 @@ pub mod scenario;
 pub mod target;
 pub mod touch;
 
-pub use target::{ErrorClass, Layout, Prot, Target, TargetError, TargetMapping};
+pub use target::{
+    ErrorClass, Layout, Placement, Prot, Reservation, Target, TargetError, TargetMapping,
+};

@@ -6,11 +6,12 @@
 //! SIGSEGV is counted, not fatal. Data checks write a pattern through the
 //! region interface (pwrite on the kernel) and read it back through mappings.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::target::{ErrorClass, Prot, Target, TargetMapping};
+use crate::target::{ErrorClass, Placement, Prot, Target, TargetMapping};
 use crate::touch::{self, Fault};
 
 const PAGE: usize = 4096;
@@ -22,6 +23,16 @@ pub enum Scenario {
     /// N threads touch a fresh mapping at the same instant, many rounds:
     /// every read returns the device's data, no thread gets a signal.
     FirstTouch,
+    /// 16 threads first-touch every page of a fresh mapping of the whole
+    /// memory BAR, each its own contiguous slice, at the same instant; the
+    /// first touch is timed and (where the target can count them) its
+    /// faults counted by kind.
+    WholeBar,
+    /// 16 threads write every page of a whole-BAR mapping through it; the
+    /// words read back through the region interface (pread on the kernel)
+    /// and through a second mapping at the other placement, and words
+    /// written through the second read back through the first.
+    WriteThrough,
     /// Memory disabled: every touching thread gets SIGBUS and region reads
     /// fail; re-enabled: touches work and the data written before is intact.
     DisableSigbus,
@@ -38,8 +49,10 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in the order the suite runs them.
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::FirstTouch,
+        Scenario::WholeBar,
+        Scenario::WriteThrough,
         Scenario::DisableSigbus,
         Scenario::ToggleStorm,
         Scenario::ResetWhileFaulting,
@@ -51,6 +64,8 @@ impl Scenario {
     pub fn name(self) -> &'static str {
         match self {
             Scenario::FirstTouch => "first-touch",
+            Scenario::WholeBar => "whole-bar",
+            Scenario::WriteThrough => "write-through",
             Scenario::DisableSigbus => "disable-sigbus",
             Scenario::ToggleStorm => "toggle-storm",
             Scenario::ResetWhileFaulting => "reset-while-faulting",
@@ -63,7 +78,79 @@ impl Scenario {
     pub fn from_name(name: &str) -> Option<Scenario> {
         Scenario::ALL.into_iter().find(|s| s.name() == name)
     }
+
+    /// Whether the mapping's placement changes the kernel's fault path in
+    /// this scenario (its mappings are at least 2 MiB): such scenarios run
+    /// at both placements.
+    pub fn placement_matters(self) -> bool {
+        !matches!(self, Scenario::MmapValidation | Scenario::PartialUnmap)
+    }
+
+    /// The placements this scenario runs at.
+    pub fn placements(self) -> &'static [Placement] {
+        if self.placement_matters() {
+            &Placement::BOTH
+        } else {
+            &Placement::BOTH[..1]
+        }
+    }
 }
+
+/// One scenario at one placement: what a runner runs and reports.
+pub type Case = (Scenario, Placement);
+
+/// The name of a case: `first-touch@aligned`, `first-touch@misaligned`, or
+/// the bare name of a scenario whose placement does not matter.
+pub fn case_name((scenario, placement): Case) -> String {
+    if scenario.placement_matters() {
+        format!("{}@{}", scenario.name(), placement.name())
+    } else {
+        scenario.name().to_string()
+    }
+}
+
+/// Every case, in the order the suite runs them.
+pub fn all_cases() -> Vec<Case> {
+    Scenario::ALL
+        .into_iter()
+        .flat_map(|s| s.placements().iter().map(move |&p| (s, p)))
+        .collect()
+}
+
+/// The cases a name selects: a bare scenario name selects it at every
+/// placement, `NAME@aligned` or `NAME@misaligned` one.
+pub fn select_cases(name: &str) -> Option<Vec<Case>> {
+    let (base, placement) = match name.split_once('@') {
+        Some((b, p)) => (b, Some(p)),
+        None => (name, None),
+    };
+    let s = Scenario::from_name(base)?;
+    match placement {
+        None => Some(s.placements().iter().map(|&p| (s, p)).collect()),
+        Some(p) => {
+            let p = *s.placements().iter().find(|x| x.name() == p)?;
+            Some(vec![(s, p)])
+        }
+    }
+}
+
+/// The case with exactly this name ([`case_name`]).
+pub fn parse_case(name: &str) -> Option<Case> {
+    all_cases().into_iter().find(|&c| case_name(c) == name)
+}
+
+/// Counts the target's faults by kind (the guest counts the kernel's
+/// vfio-pci fault handlers with kprobes; barmap has its own counters).
+pub trait FaultProbe: Send + Sync {
+    /// Starts (or stops) counting; counting may cost time, so timed rounds
+    /// run without it.
+    fn enable(&self, on: bool);
+    /// The counts so far, by kind.
+    fn counts(&self) -> BTreeMap<String, u64>;
+}
+
+/// Threads of the whole-BAR scenarios.
+pub const WHOLE_BAR_THREADS: usize = 16;
 
 /// Called with the 1-based round number as each round starts.
 pub type RoundHook = Arc<dyn Fn(usize) + Send + Sync>;
@@ -82,6 +169,10 @@ pub struct Options {
     /// Announces each round (first-touch and reset rounds, toggles), so
     /// that a runner can place a kernel failure in its round.
     pub on_round: Option<RoundHook>,
+    /// Where mappings are placed.
+    pub placement: Placement,
+    /// Counts faults in the first round of whole-bar, if the target can.
+    pub fault_probe: Option<Arc<dyn FaultProbe>>,
 }
 
 impl std::fmt::Debug for Options {
@@ -92,6 +183,8 @@ impl std::fmt::Debug for Options {
             .field("map_len", &self.map_len)
             .field("watchdog", &self.watchdog)
             .field("on_round", &self.on_round.is_some())
+            .field("placement", &self.placement)
+            .field("fault_probe", &self.fault_probe.is_some())
             .finish()
     }
 }
@@ -104,6 +197,8 @@ impl Default for Options {
             map_len: 2 << 20,
             watchdog: Duration::from_secs(60),
             on_round: None,
+            placement: Placement::Aligned,
+            fault_probe: None,
         }
     }
 }
@@ -133,6 +228,22 @@ pub struct Report {
     pub elapsed_ms: f64,
     /// What went wrong (at most 16 lines).
     pub errors: Vec<String>,
+    /// Where the mappings were placed (scenarios where it matters).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
+    /// whole-bar: the first touch of the whole BAR, ms (the median of the
+    /// rounds that ran without fault counting, else the counted round).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_touch_ms: Option<f64>,
+    /// whole-bar: the first touch of the round whose faults were counted, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counted_first_touch_ms: Option<f64>,
+    /// whole-bar: faults by kind during one whole-BAR first touch.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub faults: BTreeMap<String, u64>,
+    /// Pages of the mapping (whole-bar, write-through).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pages: Option<u64>,
 }
 
 /// Shared tallies of a run.
@@ -165,6 +276,23 @@ impl Tally {
             Ok(_) => 0,
         };
         r
+    }
+
+    /// Stores `value` at `addr` through the mapping; a signal is a failure.
+    fn write(&self, addr: usize, value: u64, what: &str) {
+        self.touches.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: as for `read`: an aligned word of a live writable mapping;
+        // the accessor recovers any fault.
+        match unsafe { touch::write_u64(addr as *mut u64, value) } {
+            Ok(()) => {}
+            Err(f) => {
+                match f {
+                    Fault::Sigbus => self.sigbus.fetch_add(1, Ordering::Relaxed),
+                    Fault::Sigsegv => self.sigsegv.fetch_add(1, Ordering::Relaxed),
+                };
+                self.fail(format!("{what}: unexpected {f:?} at {addr:#x}"));
+            }
+        }
     }
 
     /// Touches `addr` and checks it holds `expect`; a signal is a failure.
@@ -204,7 +332,7 @@ pub fn run<T: Target + 'static>(target: Arc<T>, scenario: Scenario, options: &Op
     match rx.recv_timeout(options.watchdog) {
         Ok(report) => report,
         Err(_) => Report {
-            scenario: scenario.name().into(),
+            scenario: case_name((scenario, options.placement)),
             target: name,
             passed: false,
             errors: vec![format!(
@@ -230,8 +358,14 @@ pub fn run_here<T: Target>(target: &T, scenario: Scenario, options: &Options) ->
         map_len,
     };
     let mut rounds = options.rounds;
+    let mut whole = WholeBar::default();
     let skipped = match scenario {
         Scenario::FirstTouch => ctx.first_touch().err(),
+        Scenario::WholeBar => ctx.whole_bar(&mut whole).err(),
+        Scenario::WriteThrough => {
+            rounds = 1;
+            ctx.write_through().err()
+        }
         Scenario::DisableSigbus => {
             rounds = 1;
             ctx.disable_sigbus().err()
@@ -253,7 +387,7 @@ pub fn run_here<T: Target>(target: &T, scenario: Scenario, options: &Options) ->
     }
     let errors = tally.errors.into_inner().unwrap_or_else(|e| e.into_inner());
     Report {
-        scenario: scenario.name().into(),
+        scenario: case_name((scenario, options.placement)),
         target: target.name(),
         passed: errors.is_empty(),
         skipped,
@@ -264,7 +398,27 @@ pub fn run_here<T: Target>(target: &T, scenario: Scenario, options: &Options) ->
         wrong_values: tally.wrong.into_inner(),
         elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
         errors,
+        placement: scenario.placement_matters().then_some(options.placement),
+        first_touch_ms: whole.first_touch_ms,
+        counted_first_touch_ms: whole.counted_ms,
+        faults: whole.faults,
+        pages: whole.pages,
     }
+}
+
+/// What whole-bar and write-through measure.
+#[derive(Default)]
+struct WholeBar {
+    first_touch_ms: Option<f64>,
+    counted_ms: Option<f64>,
+    faults: BTreeMap<String, u64>,
+    pages: Option<u64>,
+}
+
+/// The median of `v` (None if empty).
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    (!v.is_empty()).then(|| v[v.len() / 2])
 }
 
 struct Ctx<'a, T: Target> {
@@ -305,9 +459,13 @@ impl<T: Target> Ctx<'_, T> {
     }
 
     fn map(&self) -> Option<T::Mapping> {
+        self.map_len_at(self.map_len, self.options.placement)
+    }
+
+    fn map_len_at(&self, len: usize, placement: Placement) -> Option<T::Mapping> {
         match self
             .target
-            .map(self.region, 0, self.map_len, Prot::ReadWrite)
+            .map_placed(self.region, 0, len, Prot::ReadWrite, placement)
         {
             Ok(m) => Some(m),
             Err(e) => {
@@ -349,6 +507,186 @@ impl<T: Target> Ctx<'_, T> {
                     });
                 }
             });
+        }
+        Ok(())
+    }
+
+    /// The whole memory BAR, in bytes (whole pages).
+    fn bar_len(&self) -> usize {
+        (self.target.layout().memory_size as usize) & !(PAGE - 1)
+    }
+
+    /// Writes `pattern(round, page)` into every page of the whole BAR.
+    fn write_bar_pattern(&self, round: usize) -> bool {
+        for page in 0..self.bar_len() / PAGE {
+            let v = pattern(round, page).to_le_bytes();
+            if let Err(e) = self
+                .target
+                .write_region(self.region, (page * PAGE) as u64, &v)
+            {
+                self.tally.fail(format!("region write: {e}"));
+                return false;
+            }
+        }
+        true
+    }
+
+    fn whole_bar(&self, out: &mut WholeBar) -> Outcome {
+        let len = self.bar_len();
+        let pages = len / PAGE;
+        if pages < WHOLE_BAR_THREADS {
+            return Err("memory region smaller than 16 pages".into());
+        }
+        out.pages = Some(pages as u64);
+        if !self.write_bar_pattern(7) {
+            return Ok(());
+        }
+        let n = WHOLE_BAR_THREADS;
+        let per = pages.div_ceil(n);
+        let mut timed = Vec::new();
+        for round in 0..self.options.rounds.max(1) {
+            self.round(round);
+            let Some(m) = self.map_len_at(len, self.options.placement) else {
+                return Ok(());
+            };
+            // The first round counts faults (where the target can).
+            let probe = self.options.fault_probe.as_ref().filter(|_| round == 0);
+            let before = probe.map(|p| {
+                p.enable(true);
+                p.counts()
+            });
+            let barrier = Barrier::new(n + 1);
+            let mut start = Instant::now();
+            std::thread::scope(|s| {
+                for t in 0..n {
+                    let (m, barrier) = (&m, &barrier);
+                    s.spawn(move || {
+                        barrier.wait();
+                        for page in (t * per..((t + 1) * per).min(pages)).rev() {
+                            self.tally.expect(
+                                m.addr() + page * PAGE,
+                                pattern(7, page),
+                                "whole-BAR first touch",
+                            );
+                        }
+                    });
+                }
+                barrier.wait();
+                start = Instant::now();
+            });
+            let ms = start.elapsed().as_secs_f64() * 1e3;
+            match (probe, before) {
+                (Some(p), Some(before)) => {
+                    let after = p.counts();
+                    p.enable(false);
+                    out.faults = after
+                        .into_iter()
+                        .map(|(k, v)| {
+                            let b = before.get(&k).copied().unwrap_or(0);
+                            (k, v.saturating_sub(b))
+                        })
+                        .collect();
+                    out.counted_ms = Some(ms);
+                }
+                _ => timed.push(ms),
+            }
+        }
+        out.first_touch_ms = median(timed).or(out.counted_ms);
+        Ok(())
+    }
+
+    /// The word write-through stores at word `word` of page `page`.
+    fn written(page: usize, word: usize) -> u64 {
+        0x57e1_7e00_0000_0000 ^ ((word as u64) << 40) ^ page as u64
+    }
+
+    fn write_through(&self) -> Outcome {
+        let len = self.bar_len();
+        let pages = len / PAGE;
+        if pages < WHOLE_BAR_THREADS {
+            return Err("memory region smaller than 16 pages".into());
+        }
+        let placement = self.options.placement;
+        let Some(a) = self.map_len_at(len, placement) else {
+            return Ok(());
+        };
+        let n = WHOLE_BAR_THREADS;
+        let per = pages.div_ceil(n);
+        let barrier = Barrier::new(n);
+        std::thread::scope(|s| {
+            for t in 0..n {
+                let (a, barrier) = (&a, &barrier);
+                s.spawn(move || {
+                    barrier.wait();
+                    for page in t * per..((t + 1) * per).min(pages) {
+                        self.tally
+                            .write(a.addr() + page * PAGE, Self::written(page, 0), "write");
+                    }
+                });
+            }
+        });
+        let mut pread_wrong = 0u64;
+        let mut buf = [0u8; 8];
+        for page in 0..pages {
+            match self
+                .target
+                .read_region(self.region, (page * PAGE) as u64, &mut buf)
+            {
+                Ok(()) if u64::from_le_bytes(buf) == Self::written(page, 0) => {}
+                Ok(()) => {
+                    pread_wrong += 1;
+                    if pread_wrong <= 4 {
+                        self.tally.fail(format!(
+                            "pread of page {page} after a write through the mapping: {:#x}, \
+                             expected {:#x}",
+                            u64::from_le_bytes(buf),
+                            Self::written(page, 0)
+                        ));
+                    }
+                }
+                Err(e) => {
+                    self.tally.fail(format!("pread of page {page}: {e}"));
+                    break;
+                }
+            }
+        }
+        self.tally.wrong.fetch_add(pread_wrong, Ordering::Relaxed);
+        // A second mapping, at the other placement, sees what was written,
+        // and what it writes is seen through the first and by pread.
+        let Some(b) = self.map_len_at(len, placement.other()) else {
+            return Ok(());
+        };
+        for page in 0..pages {
+            self.tally.expect(
+                b.addr() + page * PAGE,
+                Self::written(page, 0),
+                "read through a second mapping",
+            );
+            self.tally
+                .write(b.addr() + page * PAGE + 8, Self::written(page, 1), "write");
+        }
+        for page in 0..pages {
+            self.tally.expect(
+                a.addr() + page * PAGE + 8,
+                Self::written(page, 1),
+                "read through the first mapping",
+            );
+        }
+        for page in (0..pages).step_by(97) {
+            match self
+                .target
+                .read_region(self.region, (page * PAGE + 8) as u64, &mut buf)
+            {
+                Ok(()) if u64::from_le_bytes(buf) == Self::written(page, 1) => {}
+                other => {
+                    self.tally.wrong.fetch_add(1, Ordering::Relaxed);
+                    self.tally.fail(format!(
+                        "pread of page {page} word 1 after a write through the second \
+                         mapping: {other:?} {:#x}",
+                        u64::from_le_bytes(buf)
+                    ));
+                }
+            }
         }
         Ok(())
     }

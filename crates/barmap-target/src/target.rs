@@ -21,6 +21,115 @@ impl Prot {
     }
 }
 
+/// Where a scenario places a mapping in the address space: what decides
+/// whether the kernel can map it with huge (PMD) entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Placement {
+    /// At a 2 MiB boundary: 6.12+ fills 2 MiB chunks with one PMD fault.
+    #[default]
+    Aligned,
+    /// 4 KiB past a 2 MiB boundary: no 2 MiB chunk of the mapping lines up
+    /// with the BAR, so the kernel takes one fault per 4 KiB page.
+    Misaligned,
+}
+
+impl Placement {
+    /// Both placements, aligned first.
+    pub const BOTH: [Placement; 2] = [Placement::Aligned, Placement::Misaligned];
+
+    /// The boundary mappings are aligned to.
+    pub const ALIGN: usize = 2 << 20;
+
+    /// How far past [`Placement::ALIGN`] a mapping starts.
+    pub fn skew(self) -> usize {
+        match self {
+            Placement::Aligned => 0,
+            Placement::Misaligned => 4096,
+        }
+    }
+
+    /// The name used in scenario names and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Placement::Aligned => "aligned",
+            Placement::Misaligned => "misaligned",
+        }
+    }
+
+    /// The other placement.
+    pub fn other(self) -> Placement {
+        match self {
+            Placement::Aligned => Placement::Misaligned,
+            Placement::Misaligned => Placement::Aligned,
+        }
+    }
+}
+
+/// A PROT_NONE reservation an address for a placed mapping is chosen in;
+/// the mapping then goes over it with MAP_FIXED, and dropping the
+/// reservation releases whatever of it the mapping did not replace.
+#[derive(Debug)]
+pub struct Reservation {
+    base: usize,
+    span: usize,
+    /// Where the mapping goes.
+    pub addr: usize,
+    len: usize,
+}
+
+impl Reservation {
+    /// Reserves room for `len` bytes at `placement` (one boundary of slack).
+    pub fn new(len: usize, placement: Placement) -> std::io::Result<Self> {
+        let span = len
+            .checked_add(Placement::ALIGN + placement.skew())
+            .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOMEM))?;
+        // SAFETY: a fresh anonymous reservation; no MAP_FIXED.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                span,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let base = base as usize;
+        let addr = base.next_multiple_of(Placement::ALIGN) + placement.skew();
+        Ok(Reservation {
+            base,
+            span,
+            addr,
+            len,
+        })
+    }
+
+    /// Releases the slack around `addr..addr+len` (the mapping placed
+    /// there is kept); without a mapping, the whole reservation goes.
+    pub fn release(self, mapped: bool) {
+        let end = self.base + self.span;
+        let keep = if mapped {
+            (self.addr, self.addr + self.len)
+        } else {
+            (self.addr, self.addr)
+        };
+        // SAFETY: the ranges lie inside our own reservation and are used by
+        // nothing (the mapping, if any, is outside them).
+        unsafe {
+            if keep.0 > self.base {
+                libc::munmap(self.base as *mut _, keep.0 - self.base);
+            }
+            if end > keep.1 {
+                libc::munmap(keep.1 as *mut _, end - keep.1);
+            }
+        }
+    }
+}
+
 /// The class of a failure, comparable across targets: the kernel answers with
 /// an errno, barmap with a typed error, and scenarios compare the classes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -98,6 +207,20 @@ pub trait Target: Send + Sync {
         len: usize,
         prot: Prot,
     ) -> Result<Self::Mapping, TargetError>;
+
+    /// [`Target::map`] at an address placed as `placement` says. A target
+    /// that cannot choose the address maps anywhere (the default).
+    fn map_placed(
+        &self,
+        region: u32,
+        offset: u64,
+        len: usize,
+        prot: Prot,
+        placement: Placement,
+    ) -> Result<Self::Mapping, TargetError> {
+        let _ = placement;
+        self.map(region, offset, len, prot)
+    }
 
     /// Sets or clears COMMAND.MEM through config space.
     fn set_memory_enabled(&self, enabled: bool) -> Result<(), TargetError>;

@@ -176,6 +176,23 @@ impl VfioDevice {
         BarMapping::new(&self.fd, file_offset, len, writable, align)
     }
 
+    /// As [`VfioDevice::map`] at an address placed on a 2 MiB boundary or
+    /// deliberately 4 KiB past one (whatever the configured alignment).
+    pub fn map_placed(
+        &self,
+        index: u32,
+        offset: u64,
+        len: usize,
+        writable: bool,
+        placement: barmap_target::Placement,
+    ) -> io::Result<BarMapping> {
+        let file_offset = self
+            .region_offset(index)
+            .checked_add(offset)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        BarMapping::placed(&self.fd, file_offset, len, writable, placement)
+    }
+
     /// Reads region bytes with `pread`; a short read is an error.
     pub fn read_region(&self, index: u32, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let at = self.region_offset(index) + offset;

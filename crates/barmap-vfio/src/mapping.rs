@@ -120,6 +120,39 @@ impl BarMapping {
         })
     }
 
+    /// Maps `len` bytes of `fd` at `file_offset` at an address placed as
+    /// `placement` says (a 2 MiB boundary, or 4 KiB past one), over a
+    /// reservation of its own.
+    pub(crate) fn placed(
+        fd: &OwnedFd,
+        file_offset: u64,
+        len: usize,
+        writable: bool,
+        placement: barmap_target::Placement,
+    ) -> io::Result<Self> {
+        let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
+        let r = barmap_target::Reservation::new(len, placement)?;
+        let at = r.addr;
+        // SAFETY: at..at+len lies inside the reservation made above.
+        let mapped = unsafe {
+            mmap(
+                at,
+                len,
+                prot,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                fd.as_raw_fd(),
+                file_offset,
+            )
+        };
+        r.release(mapped.is_ok());
+        let addr = mapped?;
+        Ok(BarMapping {
+            addr,
+            len,
+            live: vec![(addr, addr + len)],
+        })
+    }
+
     /// Start address.
     pub fn addr(&self) -> usize {
         self.addr
@@ -203,6 +236,21 @@ mod tests {
         unsafe {
             *(m.addr() as *mut u64) = 5;
             assert_eq!(*(m.addr() as *const u64), 5);
+        }
+    }
+
+    #[test]
+    fn placed_mappings_land_on_or_just_past_the_boundary() {
+        use barmap_target::Placement;
+        let fd = memfd(4 << 20);
+        for p in Placement::BOTH {
+            let m = BarMapping::placed(&fd, 0, 2 << 20, true, p).unwrap();
+            assert_eq!(m.addr() % (2 << 20), p.skew());
+            // SAFETY: the mapping is live and writable.
+            unsafe {
+                *((m.addr() + 4096) as *mut u64) = 7;
+                assert_eq!(*((m.addr() + 4096) as *const u64), 7);
+            }
         }
     }
 

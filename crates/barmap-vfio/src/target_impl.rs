@@ -3,7 +3,7 @@
 use crate::device::VfioDevice;
 use crate::mapping::BarMapping;
 use crate::uapi::{VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX};
-use barmap_target::{ErrorClass, Layout, Prot, Target, TargetError, TargetMapping};
+use barmap_target::{ErrorClass, Layout, Placement, Prot, Target, TargetError, TargetMapping};
 use std::io;
 
 /// The comparable class of a kernel error: EINVAL is a bad argument,
@@ -72,6 +72,18 @@ impl Target for VfioDevice {
         prot: Prot,
     ) -> Result<BarMapping, TargetError> {
         VfioDevice::map(self, region, offset, len, prot.writable())
+            .map_err(|e| target_error("mmap", e))
+    }
+
+    fn map_placed(
+        &self,
+        region: u32,
+        offset: u64,
+        len: usize,
+        prot: Prot,
+        placement: Placement,
+    ) -> Result<BarMapping, TargetError> {
+        VfioDevice::map_placed(self, region, offset, len, prot.writable(), placement)
             .map_err(|e| target_error("mmap", e))
     }
 
