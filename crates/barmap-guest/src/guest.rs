@@ -270,7 +270,7 @@ pub fn guest_run(args: &GuestRunArgs) -> i32 {
                 emit(
                     kind::SETUP_ERROR,
                     json!({"step": "kprobes", "severity": "info",
-                           "error": format!("counting {}", k.kinds().join(", "))}),
+                           "note": format!("counting vfio-pci's {} handler hits", k.kinds().join(", "))}),
                 );
                 Some(Arc::new(k))
             }
