@@ -443,9 +443,16 @@ impl<T: Target> Ctx<'_, T> {
         self.map_len / PAGE
     }
 
-    /// Writes `pattern(round, page)` into the first word of every page.
+    /// Writes `pattern(round, page)` into the first word of every page of
+    /// the mapping's length.
     fn write_pattern(&self, round: usize) -> bool {
-        for page in 0..self.pages() {
+        self.write_pattern_pages(round, self.pages())
+    }
+
+    /// Writes `pattern(round, page)` into the first word of pages
+    /// `0..pages` of the region.
+    fn write_pattern_pages(&self, round: usize, pages: usize) -> bool {
+        for page in 0..pages {
             let v = pattern(round, page).to_le_bytes();
             if let Err(e) = self
                 .target
@@ -518,17 +525,7 @@ impl<T: Target> Ctx<'_, T> {
 
     /// Writes `pattern(round, page)` into every page of the whole BAR.
     fn write_bar_pattern(&self, round: usize) -> bool {
-        for page in 0..self.bar_len() / PAGE {
-            let v = pattern(round, page).to_le_bytes();
-            if let Err(e) = self
-                .target
-                .write_region(self.region, (page * PAGE) as u64, &v)
-            {
-                self.tally.fail(format!("region write: {e}"));
-                return false;
-            }
-        }
-        true
+        self.write_pattern_pages(round, self.bar_len() / PAGE)
     }
 
     fn whole_bar(&self, out: &mut WholeBar) -> Outcome {
