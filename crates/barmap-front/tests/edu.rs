@@ -3,24 +3,13 @@
 //! pread/pwrite and a trapped mmap, an MSI through the program's eventfd,
 //! and DMA through the container's IOMMU table with its permissions.
 
-use std::path::PathBuf;
-
 use barmap::Policy;
 use barmap_front::spec::{DeviceSpec, RunSpec};
 use barmap_front::{testbed, Errno, Front};
 use barmap_vfio::uapi as v;
 
-struct Dir(PathBuf);
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn p<T>(v: &mut T) -> usize {
-    v as *mut T as usize
-}
+mod common;
+use common::{eventfd_count, p, trigger_eventfd, Dir};
 
 /// A front end with one edu, its container (type1v2) and device fd.
 fn edu() -> (Front, Dir, i32, i32) {
@@ -141,34 +130,8 @@ fn edu_registers_answer_through_pread_pwrite_and_the_mapping() {
 #[test]
 fn edu_interrupts_reach_the_programs_eventfd_and_dma_honours_the_iommu_table() {
     let (f, _dir, c, d) = edu();
-    // SAFETY: a plain eventfd for the test.
-    let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK) };
-    #[repr(C)]
-    struct SetOne {
-        hdr: v::VfioIrqSet,
-        fd: i32,
-    }
-    let mut set = SetOne {
-        hdr: v::VfioIrqSet {
-            argsz: 24,
-            flags: v::VFIO_IRQ_SET_DATA_EVENTFD | v::VFIO_IRQ_SET_ACTION_TRIGGER,
-            index: v::VFIO_PCI_MSI_IRQ_INDEX,
-            start: 0,
-            count: 1,
-        },
-        fd: efd,
-    };
-    f.ioctl(d, v::VFIO_DEVICE_SET_IRQS, p(&mut set)).unwrap();
-    let count = || {
-        let mut n = 0u64;
-        // SAFETY: reads 8 bytes into a u64 from our eventfd.
-        let r = unsafe { libc::read(efd, p(&mut n) as *mut _, 8) };
-        if r == 8 {
-            n
-        } else {
-            0
-        }
-    };
+    let efd = trigger_eventfd(&f, d, v::VFIO_PCI_MSI_IRQ_INDEX);
+    let count = || eventfd_count(efd);
     wr(&f, d, BAR0 + 0x60, 0x40, 4);
     assert_eq!(count(), 1, "MSI delivered");
     wr(&f, d, BAR0 + 0x64, 0x40, 4);

@@ -4,7 +4,6 @@
 //! container's IOMMU table (in place) with its completion interrupt, and a
 //! copy to a read-only IOVA halting the channel.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use barmap::Policy;
@@ -13,17 +12,8 @@ use barmap_front::{testbed, Front};
 use barmap_models::ioat::{self, cfg, chan, Descriptor};
 use barmap_vfio::uapi as v;
 
-struct Dir(PathBuf);
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn p<T>(v: &mut T) -> usize {
-    v as *mut T as usize
-}
+mod common;
+use common::{eventfd_count, p, trigger_eventfd, Dir};
 
 /// A front end with one ioat, its container (type1v2) and device fd.
 fn ioat_dev() -> (Front, Dir, i32, i32) {
@@ -94,34 +84,8 @@ fn ioat_copies_through_the_iommu_table_and_interrupts_by_msix() {
     assert_eq!(rd(&f, d, CONFIG + cfg::CHANERR_INT as i64, 4), 0);
     assert_eq!(rd(&f, d, BAR0 + ioat::reg::VER as i64, 1), 0x33);
     // MSI-X vector 0 with an eventfd: the host unmasks it in the table.
-    // SAFETY: a plain eventfd for the test.
-    let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK) };
-    #[repr(C)]
-    struct SetOne {
-        hdr: v::VfioIrqSet,
-        fd: i32,
-    }
-    let mut set = SetOne {
-        hdr: v::VfioIrqSet {
-            argsz: 24,
-            flags: v::VFIO_IRQ_SET_DATA_EVENTFD | v::VFIO_IRQ_SET_ACTION_TRIGGER,
-            index: v::VFIO_PCI_MSIX_IRQ_INDEX,
-            start: 0,
-            count: 1,
-        },
-        fd: efd,
-    };
-    f.ioctl(d, v::VFIO_DEVICE_SET_IRQS, p(&mut set)).unwrap();
-    let count = || {
-        let mut n = 0u64;
-        // SAFETY: reads 8 bytes into a u64 from our eventfd.
-        let r = unsafe { libc::read(efd, p(&mut n) as *mut _, 8) };
-        if r == 8 {
-            n
-        } else {
-            0
-        }
-    };
+    let efd = trigger_eventfd(&f, d, v::VFIO_PCI_MSIX_IRQ_INDEX);
+    let count = || eventfd_count(efd);
     // Memory and bus master on; a read-write window and a read-only page.
     wr(&f, d, CONFIG + 4, 0x6, 2);
     let mut buf = vec![0u8; 5 * 4096];

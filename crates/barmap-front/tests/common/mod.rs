@@ -1,0 +1,58 @@
+//! Helpers shared by the front end's device tests.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::path::PathBuf;
+
+use barmap_front::Front;
+use barmap_vfio::uapi as v;
+
+/// A testbed directory, removed at drop.
+pub struct Dir(pub PathBuf);
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The address of `v`, as an ioctl argument.
+pub fn p<T>(v: &mut T) -> usize {
+    v as *mut T as usize
+}
+
+/// Gives vector 0 of IRQ `index` of device fd `d` a fresh non-blocking
+/// eventfd (`VFIO_DEVICE_SET_IRQS`, DATA_EVENTFD | ACTION_TRIGGER) and
+/// returns it.
+pub fn trigger_eventfd(f: &Front, d: i32, index: u32) -> i32 {
+    // SAFETY: a plain eventfd for the test.
+    let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK) };
+    #[repr(C)]
+    struct SetOne {
+        hdr: v::VfioIrqSet,
+        fd: i32,
+    }
+    let mut set = SetOne {
+        hdr: v::VfioIrqSet {
+            argsz: 24,
+            flags: v::VFIO_IRQ_SET_DATA_EVENTFD | v::VFIO_IRQ_SET_ACTION_TRIGGER,
+            index,
+            start: 0,
+            count: 1,
+        },
+        fd: efd,
+    };
+    f.ioctl(d, v::VFIO_DEVICE_SET_IRQS, p(&mut set)).unwrap();
+    efd
+}
+
+/// Takes the eventfd's count (0 if it was not signalled).
+pub fn eventfd_count(efd: i32) -> u64 {
+    let mut n = 0u64;
+    // SAFETY: reads 8 bytes into a u64 from the test's eventfd.
+    let r = unsafe { libc::read(efd, p(&mut n) as *mut _, 8) };
+    if r == 8 {
+        n
+    } else {
+        0
+    }
+}
