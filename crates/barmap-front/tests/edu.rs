@@ -3,9 +3,7 @@
 //! pread/pwrite and a trapped mmap, an MSI through the program's eventfd,
 //! and DMA through the container's IOMMU table with its permissions.
 
-use barmap::Policy;
-use barmap_front::spec::{DeviceSpec, RunSpec};
-use barmap_front::{testbed, Errno, Front};
+use barmap_front::{Errno, Front};
 use barmap_vfio::uapi as v;
 
 mod common;
@@ -13,31 +11,7 @@ use common::{eventfd_count, p, trigger_eventfd, Dir};
 
 /// A front end with one edu, its container (type1v2) and device fd.
 fn edu() -> (Front, Dir, i32, i32) {
-    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "barmap-front-edu-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let spec = RunSpec::new(vec![DeviceSpec::parse("edu", Policy::Prefault).unwrap()]);
-    testbed::create(&dir, &spec).unwrap();
-    let f = Front::new(&dir).unwrap();
-    let c = f.open("/dev/vfio/vfio", 0).unwrap();
-    let g = f.open("/dev/vfio/42", 0).unwrap();
-    let mut cfd = c;
-    f.ioctl(g, v::VFIO_GROUP_SET_CONTAINER, p(&mut cfd))
-        .unwrap();
-    f.ioctl(c, v::VFIO_SET_IOMMU, v::VFIO_TYPE1V2_IOMMU as usize)
-        .unwrap();
-    let d = f
-        .ioctl(
-            g,
-            v::VFIO_GROUP_GET_DEVICE_FD,
-            c"0000:ba:00.0".as_ptr() as usize,
-        )
-        .unwrap() as i32;
-    (f, Dir(dir), c, d)
+    common::one_device("edu")
 }
 
 const BAR0: i64 = 0;

@@ -6,9 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use barmap::Policy;
-use barmap_front::spec::{DeviceSpec, RunSpec};
-use barmap_front::{testbed, Front};
+use barmap_front::Front;
 use barmap_models::ioat::{self, cfg, chan, Descriptor};
 use barmap_vfio::uapi as v;
 
@@ -17,26 +15,7 @@ use common::{eventfd_count, p, trigger_eventfd, Dir};
 
 /// A front end with one ioat, its container (type1v2) and device fd.
 fn ioat_dev() -> (Front, Dir, i32, i32) {
-    let dir = std::env::temp_dir().join(format!("barmap-front-ioat-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let spec = RunSpec::new(vec![DeviceSpec::parse("ioat", Policy::Prefault).unwrap()]);
-    testbed::create(&dir, &spec).unwrap();
-    let f = Front::new(&dir).unwrap();
-    let c = f.open("/dev/vfio/vfio", 0).unwrap();
-    let g = f.open("/dev/vfio/42", 0).unwrap();
-    let mut cfd = c;
-    f.ioctl(g, v::VFIO_GROUP_SET_CONTAINER, p(&mut cfd))
-        .unwrap();
-    f.ioctl(c, v::VFIO_SET_IOMMU, v::VFIO_TYPE1V2_IOMMU as usize)
-        .unwrap();
-    let d = f
-        .ioctl(
-            g,
-            v::VFIO_GROUP_GET_DEVICE_FD,
-            c"0000:ba:00.0".as_ptr() as usize,
-        )
-        .unwrap() as i32;
-    (f, Dir(dir), c, d)
+    common::one_device("ioat")
 }
 
 const BAR0: i64 = 0;

@@ -3,7 +3,9 @@
 
 use std::path::PathBuf;
 
-use barmap_front::Front;
+use barmap::Policy;
+use barmap_front::spec::{DeviceSpec, RunSpec};
+use barmap_front::{testbed, Front};
 use barmap_vfio::uapi as v;
 
 /// A testbed directory, removed at drop.
@@ -18,6 +20,36 @@ impl Drop for Dir {
 /// The address of `v`, as an ioctl argument.
 pub fn p<T>(v: &mut T) -> usize {
     v as *mut T as usize
+}
+
+/// A front end with one device of `model` (a `--device` spec), its
+/// container (type1v2) and device fd: `(front, dir, container, device)`.
+pub fn one_device(model: &str) -> (Front, Dir, i32, i32) {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "barmap-front-{model}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = RunSpec::new(vec![DeviceSpec::parse(model, Policy::Prefault).unwrap()]);
+    testbed::create(&dir, &spec).unwrap();
+    let f = Front::new(&dir).unwrap();
+    let c = f.open("/dev/vfio/vfio", 0).unwrap();
+    let g = f.open("/dev/vfio/42", 0).unwrap();
+    let mut cfd = c;
+    f.ioctl(g, v::VFIO_GROUP_SET_CONTAINER, p(&mut cfd))
+        .unwrap();
+    f.ioctl(c, v::VFIO_SET_IOMMU, v::VFIO_TYPE1V2_IOMMU as usize)
+        .unwrap();
+    let d = f
+        .ioctl(
+            g,
+            v::VFIO_GROUP_GET_DEVICE_FD,
+            c"0000:ba:00.0".as_ptr() as usize,
+        )
+        .unwrap() as i32;
+    (f, Dir(dir), c, d)
 }
 
 /// Gives vector 0 of IRQ `index` of device fd `d` a fresh non-blocking
