@@ -135,6 +135,8 @@ pub struct Report {
     /// were taken by another thread's mapping before the explorer could
     /// place its foreign memory there (see [`model::Obs::Lost`]).
     pub lost: u64,
+    /// Why the first lost episode was lost (what took the addresses).
+    pub lost_reason: Option<String>,
     /// 0, or 1 (a run stops at its first failure).
     pub failures: u64,
     /// The run's seed.
@@ -169,6 +171,7 @@ struct Outcome {
     generated: u64,
     skipped: u64,
     lost: u64,
+    lost_reason: Option<String>,
     per_kind: BTreeMap<&'static str, u64>,
     mismatch: Option<Mismatch>,
     /// The operations run, the failing one last if it failed.
@@ -217,6 +220,7 @@ fn execute(cfg: &Config, source: Source, shared: &Shared) -> Outcome {
         generated: 0,
         skipped: 0,
         lost: 0,
+        lost_reason: None,
         per_kind: BTreeMap::new(),
         mismatch: None,
         ops: Vec::new(),
@@ -259,8 +263,9 @@ fn execute(cfg: &Config, source: Source, shared: &Shared) -> Outcome {
         let expected = model.step(&plan);
         let observed = sut.exec(&plan);
         shared.done.fetch_add(1, Ordering::Relaxed);
-        if observed.iter().any(|o| matches!(o, Obs::Lost(_))) {
+        if let Some(Obs::Lost(why)) = observed.iter().find(|o| matches!(o, Obs::Lost(_))) {
             out.lost += 1;
+            out.lost_reason = Some(why.clone());
             return out;
         }
         let observed = match sut.breach() {
@@ -294,6 +299,7 @@ fn broken(journal: &Mutex<Vec<Op>>, what: String) -> Outcome {
         generated: ops.len() as u64,
         skipped: 0,
         lost: 0,
+        lost_reason: None,
         per_kind: BTreeMap::new(),
         mismatch: Some(Mismatch {
             index,
@@ -327,6 +333,7 @@ fn supervise(cfg: &Config, source: Source, mut tick: impl FnMut(u64)) -> Outcome
             generated: 0,
             skipped: 0,
             lost: 0,
+            lost_reason: None,
             per_kind: BTreeMap::new(),
             mismatch: Some(Mismatch {
                 index: 0,
@@ -381,6 +388,7 @@ pub fn run(cfg: &Config, mut progress: impl FnMut(Progress)) -> Report {
         ops: 0,
         skipped: 0,
         lost: 0,
+        lost_reason: None,
         failures: 0,
         seed: cfg.seed,
         policy: cfg.policy.to_string(),
@@ -406,6 +414,9 @@ pub fn run(cfg: &Config, mut progress: impl FnMut(Progress)) -> Report {
         report.ops += out.generated;
         report.skipped += out.skipped;
         report.lost += out.lost;
+        if report.lost_reason.is_none() {
+            report.lost_reason = out.lost_reason;
+        }
         report.episodes += 1;
         for (k, v) in &out.per_kind {
             *report.per_kind.entry(k.to_string()).or_default() += v;

@@ -7,12 +7,12 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Once};
 use std::time::{Duration, Instant};
 
 use barmap::touch::{self, Fault};
-use barmap::{Device, Error, Mapping, Policy, PowerState, Prot};
+use barmap::{Device, Error, Mapping, Placement, Policy, PowerState, Prot};
 
 use crate::model::{marker, ChildPlan, Obs, Plan, ThreadMode, TouchObs, Val, PAGE, T1};
 use crate::op::{ProtOp, Toggle};
@@ -174,20 +174,53 @@ fn maps_at(addr: usize) -> String {
         .map_or_else(|| "unmapped".to_string(), str::to_string)
 }
 
-/// Anonymous PROT_NONE reservation of `len` bytes (an mremap target).
+/// Where the explorer places its views and mremap targets: far below the
+/// area where the kernel places mappings of its own choosing (top-down,
+/// under the stack), so that a hole the process freed in a view is never
+/// taken meanwhile by a mapping of some other thread (a new thread's stack
+/// or signal stack, a malloc arena). Freed holes then stay free for the
+/// foreign memory the explorer places there, and a run of a given seed
+/// runs the same operations every time.
+const ARENA: Range<usize> = 0x1000_0000_0000..0x3000_0000_0000;
+
+/// The next address [`reserve`] tries (shared by every `Sut` of the
+/// process, so no two ever hand out the same range).
+static ARENA_NEXT: AtomicUsize = AtomicUsize::new(ARENA.start);
+
+/// Anonymous PROT_NONE reservation of `len` bytes in the [`ARENA`], 2 MiB
+/// aligned and at least 2 MiB away from any other: a view is mapped over
+/// one (as DPDK maps BARs over its own reservation), and so is an mremap
+/// target. Replaces nothing (`MAP_FIXED_NOREPLACE`).
 fn reserve(len: usize) -> Option<usize> {
-    // SAFETY: a fresh anonymous mapping anywhere.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_NONE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    (p != libc::MAP_FAILED).then_some(p as usize)
+    const ALIGN: usize = 2 << 20;
+    let stride = len.next_multiple_of(ALIGN) + ALIGN;
+    for _ in 0..64 {
+        let mut at = ARENA_NEXT.fetch_add(stride, Ordering::Relaxed);
+        if at + stride > ARENA.end {
+            // Wrapped: start over; NOREPLACE skips what is still mapped.
+            ARENA_NEXT.store(ARENA.start + stride, Ordering::Relaxed);
+            at = ARENA.start;
+        }
+        // SAFETY: a fresh anonymous mapping at an address that holds
+        // nothing (MAP_FIXED_NOREPLACE fails with EEXIST otherwise).
+        let p = unsafe {
+            libc::mmap(
+                at as *mut libc::c_void,
+                len,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        if p != libc::MAP_FAILED {
+            return Some(p as usize);
+        }
+        if errno() != libc::EEXIST {
+            return None;
+        }
+    }
+    None
 }
 
 fn munmap(r: &Range<usize>) {
@@ -402,7 +435,23 @@ impl Sut {
                 uid,
             } => {
                 let prot = if *write { Prot::ReadWrite } else { Prot::Read };
-                match self.dev().map(*region, *offset, *len, prot) {
+                // A length no reservation can take (zero, or past any
+                // region) fails barmap's checks first: map it anywhere.
+                let mapped = match reserve(*len) {
+                    Some(at) => {
+                        let m =
+                            self.dev()
+                                .map_at(*region, *offset, *len, prot, Placement::Fixed(at));
+                        if m.is_err() {
+                            // The reservation, or the hole a failed
+                            // MAP_FIXED left.
+                            munmap(&(at..at + *len));
+                        }
+                        m
+                    }
+                    None => self.dev().map(*region, *offset, *len, prot),
+                };
+                match mapped {
                     Ok(m) => {
                         let base = m.addr();
                         self.maps.insert(
