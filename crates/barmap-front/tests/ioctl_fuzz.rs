@@ -5,11 +5,11 @@
 //! failed call changes nothing observable (the front end's digest).
 //! `BARMAP_IOCTL_FUZZ_ITERS` sets the number of calls (default 100000).
 
-use barmap::Policy;
-use barmap_front::spec::{DeviceSpec, RunSpec};
-use barmap_front::{testbed, Errno, Front};
+use barmap_front::Errno;
 use barmap_vfio::iommufd as ifd;
 use barmap_vfio::uapi as v;
+
+mod common;
 
 /// xorshift64*: small, seeded, reproducible.
 struct Rng(u64);
@@ -84,15 +84,7 @@ fn random_ioctls_get_the_kernels_errnos_and_failures_change_nothing() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0x5eed);
-    let dir = std::env::temp_dir().join(format!("barmap-ioctl-fuzz-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let spec = RunSpec::new(vec![DeviceSpec::parse(
-        "default,memory=4M",
-        Policy::Prefault,
-    )
-    .unwrap()]);
-    testbed::create(&dir, &spec).unwrap();
-    let f = Front::new(&dir).unwrap();
+    let (f, _dir) = common::front("default,memory=4M");
     let mut fds = vec![
         f.open("/dev/vfio/vfio", 0).unwrap(),
         f.open("/dev/vfio/42", 0).unwrap(),
@@ -100,8 +92,8 @@ fn random_ioctls_get_the_kernels_errnos_and_failures_change_nothing() {
         f.open("/dev/vfio/devices/vfio0", 0).unwrap(),
         9999, // not an fd
     ];
-    // SAFETY: a plain eventfd, so that some SET_IRQS calls can succeed.
-    let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK) };
+    // So that some SET_IRQS calls can succeed.
+    let efd = common::eventfd();
     let memory = vec![0u8; 1 << 20];
     let va = (memory.as_ptr() as u64).next_multiple_of(4096);
     let mut rng = Rng(seed | 1);
@@ -171,5 +163,4 @@ fn random_ioctls_get_the_kernels_errnos_and_failures_change_nothing() {
         ok > 0 && failed > 0,
         "both outcomes seen: {ok} ok, {failed} failed"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

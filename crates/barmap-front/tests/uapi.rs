@@ -3,65 +3,16 @@
 //! points, in this process): good requests work, bad ones get the errno
 //! the kernel's vfio-pci, type1 and iommufd give, and change nothing.
 
-use std::path::PathBuf;
-
-use barmap::Policy;
-use barmap_front::spec::{DeviceSpec, RunSpec};
-use barmap_front::{testbed, Errno, Front};
+use barmap_front::{Errno, Front};
 use barmap_vfio::iommufd as ifd;
 use barmap_vfio::uapi as v;
 
-/// The testbed directory, removed when the test ends.
-struct Dir(PathBuf);
+mod common;
+use common::{eventfd, eventfd_count, legacy, p, set_one, Dir};
 
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-impl std::ops::Deref for Dir {
-    type Target = PathBuf;
-    fn deref(&self) -> &PathBuf {
-        &self.0
-    }
-}
-
+/// A front end with one default device of 4 MiB of memory.
 fn front() -> (Front, Dir) {
-    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "barmap-front-test-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let spec = RunSpec::new(vec![DeviceSpec::parse(
-        "default,memory=4M",
-        Policy::Prefault,
-    )
-    .unwrap()]);
-    testbed::create(&dir, &spec).unwrap();
-    (Front::new(&dir).unwrap(), Dir(dir))
-}
-
-fn p<T>(v: &mut T) -> usize {
-    v as *mut T as usize
-}
-
-/// container + group + type1v2 + device fd, the legacy way.
-fn legacy(f: &Front) -> (i32, i32, i32) {
-    let c = f.open("/dev/vfio/vfio", 0).unwrap();
-    let g = f.open("/dev/vfio/42", 0).unwrap();
-    let mut cfd = c;
-    f.ioctl(g, v::VFIO_GROUP_SET_CONTAINER, p(&mut cfd))
-        .unwrap();
-    f.ioctl(c, v::VFIO_SET_IOMMU, v::VFIO_TYPE1V2_IOMMU as usize)
-        .unwrap();
-    let name = c"0000:ba:00.0";
-    let d = f
-        .ioctl(g, v::VFIO_GROUP_GET_DEVICE_FD, name.as_ptr() as usize)
-        .unwrap() as i32;
-    (c, g, d)
+    common::front("default,memory=4M")
 }
 
 #[test]
@@ -394,23 +345,8 @@ fn device_fd_regions_irqs_and_region_access() {
         f.ioctl(d, v::VFIO_DEVICE_GET_IRQ_INFO, p(&mut irq)),
         Err(Errno::EINVAL)
     );
-    // SAFETY: a plain eventfd for the test.
-    let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK) };
-    #[repr(C)]
-    struct SetOne {
-        hdr: v::VfioIrqSet,
-        fd: i32,
-    }
-    let mut set = SetOne {
-        hdr: v::VfioIrqSet {
-            argsz: 24,
-            flags: v::VFIO_IRQ_SET_DATA_EVENTFD | v::VFIO_IRQ_SET_ACTION_TRIGGER,
-            index: v::VFIO_PCI_MSIX_IRQ_INDEX,
-            start: 0,
-            count: 1,
-        },
-        fd: efd,
-    };
+    let efd = eventfd();
+    let mut set = set_one(v::VFIO_PCI_MSIX_IRQ_INDEX, efd);
     f.ioctl(d, v::VFIO_DEVICE_SET_IRQS, p(&mut set)).unwrap();
     // MSI while MSI-X is enabled: refused.
     set.hdr.index = v::VFIO_PCI_MSI_IRQ_INDEX;
@@ -441,12 +377,9 @@ fn device_fd_regions_irqs_and_region_access() {
         count: 1,
     };
     f.ioctl(d, v::VFIO_DEVICE_SET_IRQS, p(&mut set)).unwrap();
-    let mut n = 0u64;
-    // SAFETY: reads 8 bytes into a u64 from our eventfd.
-    let got = unsafe { libc::read(efd, (&mut n as *mut u64).cast(), 8) };
     assert_eq!(
-        (got, n),
-        (8, 1),
+        eventfd_count(efd),
+        1,
         "the eventfd fired before the ioctl returned"
     );
     assert_eq!(f.ioctl(d, v::VFIO_DEVICE_RESET, 0), Ok(0));
