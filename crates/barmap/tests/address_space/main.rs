@@ -142,6 +142,17 @@ fn free_range(len: usize) -> usize {
     start
 }
 
+/// A device of `policy` with a read-write mapping of `len` bytes of its
+/// memory BAR, every page written with a value derived from `seed`.
+fn filled(policy: Policy, len: usize, seed: u64) -> (Device, Mapping) {
+    let dev = device(policy);
+    let m = dev
+        .map(DEFAULT_MEMORY_BAR, 0, len, Prot::ReadWrite)
+        .unwrap();
+    fill(&m, seed);
+    (dev, m)
+}
+
 fn fill(m: &Mapping, seed: u64) {
     for off in (0..m.len()).step_by(PAGE) {
         m.write_u64(off, seed ^ off as u64);

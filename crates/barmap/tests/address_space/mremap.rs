@@ -77,11 +77,7 @@ fn mremap_grown_part_gets_sigbus_never_device_memory() {
 fn mremap_moved_mapping_stays_served_and_revocable_and_the_old_range_is_forgotten() {
     let _serial = serial();
     for policy in CORRECT {
-        let dev = device(policy);
-        let m = dev
-            .map(DEFAULT_MEMORY_BAR, 0, 2 * MIB, Prot::ReadWrite)
-            .unwrap();
-        fill(&m, 11);
+        let (dev, m) = filled(policy, 2 * MIB, 11);
         let old = m.addr();
         let to = free_range(2 * MIB);
         let new = mremap(

@@ -7,11 +7,7 @@ use super::*;
 fn munmap_by_the_process_is_forgotten_and_reused_memory_is_never_touched() {
     let _serial = serial();
     for policy in CORRECT {
-        let dev = device(policy);
-        let m = dev
-            .map(DEFAULT_MEMORY_BAR, 0, 4 * MIB, Prot::ReadWrite)
-            .unwrap();
-        fill(&m, 3);
+        let (dev, m) = filled(policy, 4 * MIB, 3);
         let a = m.addr();
         let hole = a + MIB..a + 2 * MIB + 5 * PAGE;
         libc_munmap(hole.clone());

@@ -17,11 +17,7 @@ fn mprotect(range: std::ops::Range<usize>, prot: i32) -> Result<(), i32> {
 fn mprotect_split_mapping_fills_across_the_split_with_memory_on() {
     let _serial = serial();
     for policy in CORRECT {
-        let dev = device(policy);
-        let m = dev
-            .map(DEFAULT_MEMORY_BAR, 0, 4 * MIB, Prot::ReadWrite)
-            .unwrap();
-        fill(&m, 5);
+        let (dev, m) = filled(policy, 4 * MIB, 5);
         dev.set_memory_enabled(false);
         dev.set_memory_enabled(true);
         let a = m.addr();
@@ -78,11 +74,7 @@ fn read_only_bar_made_writable_never_changes_the_device() {
 fn madvise_by_the_process_only_causes_refaults_and_never_destroys_device_memory() {
     let _serial = serial();
     for policy in CORRECT {
-        let dev = device(policy);
-        let m = dev
-            .map(DEFAULT_MEMORY_BAR, 0, 2 * MIB, Prot::ReadWrite)
-            .unwrap();
-        fill(&m, 21);
+        let (dev, m) = filled(policy, 2 * MIB, 21);
         let a = m.addr();
         let part = a + 4 * PAGE..a + MIB;
         for advice in [
@@ -154,11 +146,7 @@ fn mappings_are_left_out_of_core_dumps() {
 fn mlocked_mapping_is_revoked_by_a_disable() {
     let _serial = serial();
     for policy in CORRECT {
-        let dev = device(policy);
-        let m = dev
-            .map(DEFAULT_MEMORY_BAR, 0, 2 * MIB, Prot::ReadWrite)
-            .unwrap();
-        fill(&m, 8);
+        let (dev, m) = filled(policy, 2 * MIB, 8);
         // SAFETY: locks the test's own mapping (populating it through faults).
         let rc = unsafe { libc::mlock(m.addr() as *const _, 2 * MIB) };
         assert_eq!(rc, 0, "mlock: {}", std::io::Error::last_os_error());
