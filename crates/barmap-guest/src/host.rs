@@ -109,7 +109,25 @@ pub fn host_main_side_by_side(
     };
     let mut results = Vec::new();
     for k in &kernels {
-        results.push(run_kernel(k, args, &cache, &common, &progs, &extra));
+        let mut result = run_kernel(k, args, &cache, &common, &progs, &extra);
+        if result.silent_stop {
+            let wall = result.wall_s.unwrap_or(0.0);
+            eprintln!(
+                "barmap guest: {} stopped after {wall:.1} s with no kernel message \
+                 (a silent guest reset); booting it once more",
+                k.label()
+            );
+            let mut again = run_kernel(k, args, &cache, &common, &progs, &extra);
+            again.notes.insert(
+                0,
+                format!(
+                    "the first boot stopped after {wall:.1} s with no kernel message, \
+                     deadline or kill (a silent guest reset); this is the second boot"
+                ),
+            );
+            result = again;
+        }
+        results.push(result);
     }
     if let Some(emulate) = emulate {
         add_emulated(&mut results, args, emulate);
@@ -311,6 +329,7 @@ fn run_kernel(
         other_kernel_failures: Vec::new(),
         notes: Vec::new(),
         console_log: None,
+        silent_stop: false,
     };
     eprintln!("barmap guest: preparing kernel {}", choice.label());
     let prepared = match kernel::prepare(choice, cache) {
@@ -395,6 +414,12 @@ fn run_kernel(
         let _ = fs::write(&log, p.output.join("\n") + "\n");
     }
     result.outcome = report::outcome(t, &result.scenarios, &result.programs);
+    result.silent_stop = result.outcome == Outcome::Incomplete
+        && t.kernel_events.is_empty()
+        && t.hello.is_some()
+        && t.taint.is_none()
+        && !t.guest_timeout
+        && vm.killed.is_none();
     for e in &t.setup_errors {
         result.notes.push(format!("guest: {e}"));
     }
