@@ -111,6 +111,20 @@ impl Transcript {
         self.done.is_none()
     }
 
+    /// Whether the guest stopped by itself: the runner started and never
+    /// said it was done, and the console shows no kernel failure, no
+    /// TAINT_DIE and no passed deadline. A silent reset of the guest
+    /// (which `-no-reboot` turns into QEMU's exit) looks like this; TCG
+    /// guests show one now and then, and such a run says nothing about
+    /// the kernel under test.
+    pub fn stopped_silently(&self) -> bool {
+        self.hello.is_some()
+            && self.truncated()
+            && self.kernel_events.is_empty()
+            && self.taint.is_none()
+            && !self.guest_timeout
+    }
+
     /// Kernel events attributed to no scenario.
     pub fn unattributed_events(&self) -> impl Iterator<Item = &KernelEvent> {
         self.kernel_events.iter().filter(|e| e.scenario.is_none())
@@ -421,7 +435,25 @@ mod tests {
         assert!(t.kernel_events.is_empty());
         assert_eq!(t.done, Some(0));
         assert!(!t.truncated());
+        assert!(!t.stopped_silently());
         assert!(t.protocol_errors.is_empty());
+    }
+
+    #[test]
+    fn a_guest_that_stops_mid_scenario_without_a_word_stopped_silently() {
+        let log = [
+            HELLO,
+            r#"@@barmap@@ start {"device":"0000:00:02.0","scenario":"reset-while-faulting@aligned"}"#,
+            r#"@@barmap@@ round {"device":"0000:00:02.0","scenario":"reset-while-faulting@aligned","round":1}"#,
+            "[    6.508573] vfio-pci 0000:00:02.0: resetting",
+        ]
+        .join("\r\n");
+        assert!(parse(&log).stopped_silently());
+        let timed_out = log.clone() + "\r\n@@barmap@@ guest_timeout {}";
+        let t = parse(&timed_out);
+        assert!(t.guest_timeout, "the deadline line is recognised");
+        assert!(!t.stopped_silently(), "a passed deadline is not silent");
+        assert!(!parse("[    0.500000] Linux version 6.1.0").stopped_silently());
     }
 
     /// The seed's BUG as 6.1 prints it on x86 (abridged), in the middle of

@@ -109,15 +109,15 @@ pub fn host_main_side_by_side(
     };
     let mut results = Vec::new();
     for k in &kernels {
-        let mut result = run_kernel(k, args, &cache, &common, &progs, &extra);
-        if result.silent_stop {
+        let (mut result, silent_stop) = run_kernel(k, args, &cache, &common, &progs, &extra);
+        if silent_stop {
             let wall = result.wall_s.unwrap_or(0.0);
             eprintln!(
                 "barmap guest: {} stopped after {wall:.1} s with no kernel message \
                  (a silent guest reset); booting it once more",
                 k.label()
             );
-            let mut again = run_kernel(k, args, &cache, &common, &progs, &extra);
+            let (mut again, _) = run_kernel(k, args, &cache, &common, &progs, &extra);
             again.notes.insert(
                 0,
                 format!(
@@ -304,6 +304,9 @@ fn build_barmap() -> Result<PathBuf> {
     Ok(target_dir.join(triple).join("release").join("barmap"))
 }
 
+/// Boots one kernel and collects its results; the flag says whether the
+/// guest stopped silently ([`crate::console::Transcript::stopped_silently`], and QEMU was
+/// not killed), so that the caller may boot it once more.
 fn run_kernel(
     choice: &KernelChoice,
     args: &GuestArgs,
@@ -311,7 +314,7 @@ fn run_kernel(
     common: &Common,
     progs: &[HostProgram],
     extra: &[(String, PathBuf)],
-) -> KernelResult {
+) -> (KernelResult, bool) {
     let started = Instant::now();
     let mut result = KernelResult {
         kernel: choice.label(),
@@ -329,7 +332,6 @@ fn run_kernel(
         other_kernel_failures: Vec::new(),
         notes: Vec::new(),
         console_log: None,
-        silent_stop: false,
     };
     eprintln!("barmap guest: preparing kernel {}", choice.label());
     let prepared = match kernel::prepare(choice, cache) {
@@ -338,7 +340,7 @@ fn run_kernel(
             result
                 .notes
                 .push(format!("preparing the kernel failed: {e}"));
-            return result;
+            return (result, false);
         }
     };
     result.release = prepared.release.clone();
@@ -368,7 +370,7 @@ fn run_kernel(
         result
             .notes
             .push(format!("writing the initramfs failed: {e}"));
-        return result;
+        return (result, false);
     }
     result.prepare_s = started.elapsed().as_secs_f64();
     let console_log = runs.join(format!("{label_file}.console.log"));
@@ -388,7 +390,7 @@ fn run_kernel(
         Ok(vm) => vm,
         Err(e) => {
             result.notes.push(format!("booting failed: {e}"));
-            return result;
+            return (result, false);
         }
     };
     let t = &vm.transcript;
@@ -414,12 +416,7 @@ fn run_kernel(
         let _ = fs::write(&log, p.output.join("\n") + "\n");
     }
     result.outcome = report::outcome(t, &result.scenarios, &result.programs);
-    result.silent_stop = result.outcome == Outcome::Incomplete
-        && t.kernel_events.is_empty()
-        && t.hello.is_some()
-        && t.taint.is_none()
-        && !t.guest_timeout
-        && vm.killed.is_none();
+    let silent_stop = t.stopped_silently() && vm.killed.is_none();
     for e in &t.setup_errors {
         result.notes.push(format!("guest: {e}"));
     }
@@ -453,5 +450,5 @@ fn run_kernel(
         Expectation::Pass => result.outcome == Outcome::Pass,
         Expectation::CaughtBug => result.outcome == Outcome::KernelFailure && seed.is_some(),
     };
-    result
+    (result, silent_stop)
 }

@@ -106,13 +106,6 @@ pub struct KernelResult {
     pub notes: Vec<String>,
     /// Where the full console log is.
     pub console_log: Option<String>,
-    /// The guest stopped by itself before the runner finished, with no
-    /// kernel message, no deadline passed and no kill: a silent reset of
-    /// the guest (`-no-reboot` turns it into QEMU's exit), which TCG
-    /// guests show now and then. Such a run says nothing about vfio-pci,
-    /// so the host boots that kernel once more.
-    #[serde(skip)]
-    pub silent_stop: bool,
 }
 
 fn u64_field(v: &Value, k: &str) -> u64 {
