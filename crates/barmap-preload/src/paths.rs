@@ -1,0 +1,192 @@
+//! Wrappers of the calls that name a path: the open family opens VFIO
+//! nodes through the front end; lookups of sysfs paths are redirected into
+//! the testbed.
+
+use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
+
+use crate::{front, guarded, set_errno};
+
+/// `path` as a string, if it is a valid C string in UTF-8.
+pub(crate) unsafe fn path_str<'a>(path: *const c_char) -> Option<&'a str> {
+    if path.is_null() {
+        return None;
+    }
+    // SAFETY: the caller passed a NUL-terminated path.
+    unsafe { CStr::from_ptr(path) }.to_str().ok()
+}
+
+/// The redirected path for a lookup, if any.
+unsafe fn redirected(path: *const c_char) -> Option<CString> {
+    // SAFETY: `path` is the caller's NUL-terminated path (or null, which is checked).
+    let p = unsafe { path_str(path) }?;
+    let f = front()?;
+    let to = guarded(|| f.redirect(p)).flatten()?;
+    CString::new(to.into_os_string().into_encoded_bytes()).ok()
+}
+
+/// open(2) of a served node: Some(fd or -1).
+unsafe fn open_node(path: *const c_char, flags: c_int) -> Option<c_int> {
+    // SAFETY: `path` is the caller's NUL-terminated path (or null, which is checked).
+    let p = unsafe { path_str(path) }?;
+    let f = front()?;
+    if !guarded(|| f.serves(p))? {
+        return None;
+    }
+    Some(match guarded(|| f.open(p, flags))? {
+        Ok(fd) => fd,
+        Err(e) => {
+            set_errno(e);
+            -1
+        }
+    })
+}
+
+macro_rules! open_like {
+    ($($sym:ident = $lit:literal),* $(,)?) => { $(
+        #[no_mangle]
+        pub unsafe extern "C" fn $sym(path: *const c_char, flags: c_int, mode: c_uint) -> c_int {
+            // SAFETY: `path` is the caller's NUL-terminated path (or null, which is checked).
+            if let Some(fd) = unsafe { open_node(path, flags) } {
+                return fd;
+            }
+            // SAFETY: `path` is the caller's NUL-terminated path (or null, which is checked).
+            let to = unsafe { redirected(path) };
+            let p = to.as_ref().map_or(path, |c| c.as_ptr());
+            let real = real!($lit as fn(*const c_char, c_int, c_uint) -> c_int);
+            // SAFETY: the caller's arguments, unchanged, to libc's definition of the same function.
+            unsafe { real(p, flags, mode) }
+        }
+    )* };
+}
+open_like!(open = c"open", open64 = c"open64");
+
+macro_rules! open_2_like {
+    ($($sym:ident = $lit:literal),* $(,)?) => { $(
+        #[no_mangle]
+        pub unsafe extern "C" fn $sym(path: *const c_char, flags: c_int) -> c_int {
+            // SAFETY: `path` is the caller's NUL-terminated path (or null, which is checked).
+            if let Some(fd) = unsafe { open_node(path, flags) } {
+                return fd;
+            }
+            // SAFETY: `path` is the caller's NUL-terminated path (or null, which is checked).
+            let to = unsafe { redirected(path) };
+            let p = to.as_ref().map_or(path, |c| c.as_ptr());
+            let real = real!($lit as fn(*const c_char, c_int) -> c_int);
+            // SAFETY: the caller's arguments, unchanged, to libc's definition of the same function.
+            unsafe { real(p, flags) }
+        }
+    )* };
+}
+open_2_like!(__open_2 = c"__open_2", __open64_2 = c"__open64_2");
+
+macro_rules! openat_like {
+    ($($sym:ident = $lit:literal),* $(,)?) => { $(
+        #[no_mangle]
+        pub unsafe extern "C" fn $sym(
+            dirfd: c_int,
+            path: *const c_char,
+            flags: c_int,
+            mode: c_uint,
+        ) -> c_int {
+            // SAFETY: `path` is the caller's NUL-terminated path (or null, which is checked).
+            if let Some(fd) = unsafe { open_node(path, flags) } {
+                return fd;
+            }
+            // SAFETY: `path` is the caller's NUL-terminated path (or null, which is checked).
+            let to = unsafe { redirected(path) };
+            let p = to.as_ref().map_or(path, |c| c.as_ptr());
+            let real = real!($lit as fn(c_int, *const c_char, c_int, c_uint) -> c_int);
+            // SAFETY: the caller's arguments, unchanged, to libc's definition of the same function.
+            unsafe { real(dirfd, p, flags, mode) }
+        }
+    )* };
+}
+openat_like!(openat = c"openat", openat64 = c"openat64");
+
+macro_rules! openat_2_like {
+    ($($sym:ident = $lit:literal),* $(,)?) => { $(
+        #[no_mangle]
+        pub unsafe extern "C" fn $sym(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int {
+            // SAFETY: `path` is the caller's NUL-terminated path (or null, which is checked).
+            if let Some(fd) = unsafe { open_node(path, flags) } {
+                return fd;
+            }
+            // SAFETY: `path` is the caller's NUL-terminated path (or null, which is checked).
+            let to = unsafe { redirected(path) };
+            let p = to.as_ref().map_or(path, |c| c.as_ptr());
+            let real = real!($lit as fn(c_int, *const c_char, c_int) -> c_int);
+            // SAFETY: the caller's arguments, unchanged, to libc's definition of the same function.
+            unsafe { real(dirfd, p, flags) }
+        }
+    )* };
+}
+openat_2_like!(__openat_2 = c"__openat_2", __openat64_2 = c"__openat64_2");
+
+/// Wrappers whose first argument is a path to redirect, the rest passed on.
+macro_rules! path_first {
+    ($($sym:ident = $lit:literal ($($arg:ident: $t:ty),*) -> $r:ty),* $(,)?) => { $(
+        #[no_mangle]
+        pub unsafe extern "C" fn $sym(path: *const c_char, $($arg: $t),*) -> $r {
+            // SAFETY: `path` is the caller's NUL-terminated path (or null, which is checked).
+            let to = unsafe { redirected(path) };
+            let p = to.as_ref().map_or(path, |c| c.as_ptr());
+            let real = real!($lit as fn(*const c_char $(, $t)*) -> $r);
+            // SAFETY: the caller's arguments, unchanged, to libc's definition of the same function.
+            unsafe { real(p $(, $arg)*) }
+        }
+    )* };
+}
+path_first!(
+    fopen = c"fopen"(mode: *const c_char) -> *mut c_void,
+    fopen64 = c"fopen64"(mode: *const c_char) -> *mut c_void,
+    stat = c"stat"(buf: *mut c_void) -> c_int,
+    stat64 = c"stat64"(buf: *mut c_void) -> c_int,
+    lstat = c"lstat"(buf: *mut c_void) -> c_int,
+    lstat64 = c"lstat64"(buf: *mut c_void) -> c_int,
+    access = c"access"(mode: c_int) -> c_int,
+    euidaccess = c"euidaccess"(mode: c_int) -> c_int,
+    readlink = c"readlink"(buf: *mut c_char, len: usize) -> isize,
+    opendir = c"opendir"() -> *mut c_void,
+    realpath = c"realpath"(resolved: *mut c_char) -> *mut c_char,
+    statfs = c"statfs"(buf: *mut c_void) -> c_int,
+    scandir = c"scandir"(list: *mut c_void, filter: *mut c_void, cmp: *mut c_void) -> c_int,
+    scandir64 = c"scandir64"(list: *mut c_void, filter: *mut c_void, cmp: *mut c_void) -> c_int,
+);
+
+/// Wrappers whose second argument is a path (after a dirfd).
+macro_rules! path_second {
+    ($($sym:ident = $lit:literal ($($arg:ident: $t:ty),*) -> $r:ty),* $(,)?) => { $(
+        #[no_mangle]
+        pub unsafe extern "C" fn $sym(dirfd: c_int, path: *const c_char, $($arg: $t),*) -> $r {
+            // SAFETY: `path` is the caller's NUL-terminated path (or null, which is checked).
+            let to = unsafe { redirected(path) };
+            let p = to.as_ref().map_or(path, |c| c.as_ptr());
+            let real = real!($lit as fn(c_int, *const c_char $(, $t)*) -> $r);
+            // SAFETY: the caller's arguments, unchanged, to libc's definition of the same function.
+            unsafe { real(dirfd, p $(, $arg)*) }
+        }
+    )* };
+}
+path_second!(
+    fstatat = c"fstatat"(buf: *mut c_void, flags: c_int) -> c_int,
+    fstatat64 = c"fstatat64"(buf: *mut c_void, flags: c_int) -> c_int,
+    faccessat = c"faccessat"(mode: c_int, flags: c_int) -> c_int,
+    readlinkat = c"readlinkat"(buf: *mut c_char, len: usize) -> isize,
+    statx = c"statx"(flags: c_int, mask: c_uint, buf: *mut c_void) -> c_int,
+);
+
+/// `__readlinkat_chk`/`__readlink_chk` (fortified readlink).
+#[no_mangle]
+pub unsafe extern "C" fn __readlink_chk(
+    path: *const c_char,
+    buf: *mut c_char,
+    len: usize,
+    buflen: usize,
+) -> isize {
+    // SAFETY: `path` is the caller's NUL-terminated path (or null, which is checked).
+    let to = unsafe { redirected(path) };
+    let p = to.as_ref().map_or(path, |c| c.as_ptr());
+    let real = real!(c"__readlink_chk" as fn(*const c_char, *mut c_char, usize, usize) -> isize);
+    // SAFETY: the caller's arguments, unchanged, to libc's definition of the same function.
+    unsafe { real(p, buf, len, buflen) }
+}
