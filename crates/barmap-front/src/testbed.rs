@@ -10,9 +10,9 @@
 //! the program in [`TOKEN_ENV`]. A directory is used as a testbed only if
 //! it passes [`check`]: it is not a symbolic link, it is owned by the
 //! process's effective user (or root), its mode is 0700, and it holds this
-//! run's token, which also names the directory's inode, so that a
-//! directory made again at the same path after the run is refused, even
-//! with a copy of the token. Everything in it is opened relative to the
+//! run's token, which also names the directory (device, inode and birth
+//! time), so that a directory made again at the same path after the run
+//! is refused, even with a copy of the token. Everything in it is opened relative to the
 //! checked directory, without following symbolic links; reports are
 //! created, never overwritten ([`write_report`]). The testbed is removed
 //! when its [`Testbed`] is dropped.
@@ -254,14 +254,36 @@ fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// The directory's identity as the token names it.
-fn identity(st: &libc::stat) -> String {
-    format!("-{:x}-{:x}", st.st_dev, st.st_ino)
+/// The directory's identity as the token names it: device, inode and
+/// birth time (a file system may give a new directory the inode number of
+/// one just removed, as ext4 does; the birth time tells them apart).
+fn identity(dir: &Dir) -> io::Result<String> {
+    // SAFETY: a zeroed statx is a valid out-buffer.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: statx of our open fd itself (empty path, AT_EMPTY_PATH) into
+    // a statx buffer.
+    cvt(unsafe {
+        libc::statx(
+            dir.0.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+            libc::STATX_INO | libc::STATX_BTIME,
+            &mut stx,
+        )
+    })?;
+    let mut id = format!(
+        "-{:x}:{:x}-{:x}",
+        stx.stx_dev_major, stx.stx_dev_minor, stx.stx_ino
+    );
+    if stx.stx_mask & libc::STATX_BTIME != 0 {
+        id += &format!("-{}.{:09}", stx.stx_btime.tv_sec, stx.stx_btime.tv_nsec);
+    }
+    Ok(id)
 }
 
-/// A fresh token for the directory `st`: 128 random bits and the
-/// directory's device and inode.
-fn new_token(st: &libc::stat) -> io::Result<String> {
+/// A fresh token for the directory `dir`: 128 random bits and the
+/// directory's identity.
+fn new_token(dir: &Dir) -> io::Result<String> {
     let mut bytes = [0u8; 16];
     let mut got = 0;
     while got < bytes.len() {
@@ -283,7 +305,7 @@ fn new_token(st: &libc::stat) -> io::Result<String> {
         got += n as usize;
     }
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    Ok(hex + &identity(st))
+    Ok(hex + &identity(dir)?)
 }
 
 /// The token of the testbed at `path`: this process's own, if it made
@@ -316,7 +338,7 @@ fn check_dir(path: &Path, dir: &Dir, token: &str) -> io::Result<()> {
             format_args!("mode {:04o}, not 0700", st.st_mode & 0o7777),
         ));
     }
-    if !token.ends_with(&identity(&st)) {
+    if !token.ends_with(&identity(dir)?) {
         return Err(refuse(path, "another directory than the one the run made"));
     }
     let theirs = dir.read(TOKEN_FILE).map_err(|e| refuse(path, e))?;
@@ -329,12 +351,6 @@ fn check_dir(path: &Path, dir: &Dir, token: &str) -> io::Result<()> {
 /// Opens the testbed at `path` if it is the directory this run made and
 /// still owns ([`check`]).
 fn open_checked(path: &Path) -> io::Result<Dir> {
-    let Some(token) = token_for(path) else {
-        return Err(refuse(
-            path,
-            format_args!("no {TOKEN_ENV} in the environment"),
-        ));
-    };
     let dir = match Dir::open_nofollow(path) {
         Ok(d) => d,
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
@@ -346,10 +362,17 @@ fn open_checked(path: &Path) -> io::Result<Dir> {
                 ),
             ))
         }
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return Err(refuse(path, "a symbolic link"))
+        // O_NOFOLLOW | O_DIRECTORY on a symbolic link: ENOTDIR (or ELOOP).
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
+            return Err(refuse(path, "a symbolic link, or not a directory"))
         }
         Err(e) => return Err(refuse(path, e)),
+    };
+    let Some(token) = token_for(path) else {
+        return Err(refuse(
+            path,
+            format_args!("no {TOKEN_ENV} in the environment"),
+        ));
     };
     check_dir(path, &dir, &token)?;
     Ok(dir)
@@ -454,7 +477,7 @@ impl Testbed {
             return Err(refuse(&path, "replaced after mkdtemp made it"));
         }
         let tb = Testbed {
-            token: new_token(&st)?,
+            token: new_token(&dir)?,
             path,
             dir,
             id: (st.st_dev, st.st_ino),
@@ -644,4 +667,89 @@ fn resource_lines(layout: &Layout) -> String {
         out += "0x0000000000000000 0x0000000000000000 0x0000000000000000\n";
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::DeviceSpec;
+    use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+
+    fn spec() -> RunSpec {
+        RunSpec::new(vec![DeviceSpec::parse(
+            "default,memory=4M",
+            barmap::Policy::Prefault,
+        )
+        .unwrap()])
+    }
+
+    #[test]
+    fn each_testbed_is_a_fresh_private_directory_removed_at_drop() {
+        let (a, b) = (Testbed::new(&spec()).unwrap(), Testbed::new(&spec()).unwrap());
+        assert_ne!(a.path(), b.path());
+        assert_ne!(a.token(), b.token());
+        for t in [&a, &b] {
+            let m = fs::symlink_metadata(t.path()).unwrap();
+            assert!(m.is_dir());
+            assert_eq!(m.permissions().mode() & 0o7777, 0o700);
+            assert_eq!(m.uid(), euid());
+            check(t.path()).unwrap();
+            assert_eq!(RunSpec::load(t.path()).unwrap(), spec());
+        }
+        let path = a.path().to_path_buf();
+        drop(a);
+        assert!(!path.exists());
+        assert_eq!(check(&path).unwrap_err().kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn a_directory_made_again_at_the_path_is_refused_even_with_the_token() {
+        let t = Testbed::new(&spec()).unwrap();
+        let (path, token) = (t.path().to_path_buf(), t.token().to_string());
+        let spec_text = t.dir.read(SPEC_FILE).unwrap();
+        drop(t);
+        fs::create_dir(&path).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o700)).unwrap();
+        fs::write(path.join(TOKEN_FILE), &token).unwrap();
+        fs::write(path.join(SPEC_FILE), spec_text).unwrap();
+        let dir = Dir::open_nofollow(&path).unwrap();
+        let e = check_dir(&path, &dir, &token).unwrap_err();
+        fs::remove_dir_all(&path).unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
+    }
+
+    #[test]
+    fn a_testbed_with_another_mode_token_or_a_symlink_is_refused() {
+        let t = Testbed::new(&spec()).unwrap();
+        let dir = Dir::open_nofollow(t.path()).unwrap();
+        fs::set_permissions(t.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(check(t.path()).is_err());
+        fs::set_permissions(t.path(), fs::Permissions::from_mode(0o700)).unwrap();
+        check(t.path()).unwrap();
+        let other = format!("{}{}", "0".repeat(32), identity(&dir).unwrap());
+        assert!(check_dir(t.path(), &dir, &other).is_err());
+        let link = t.path().with_extension("link");
+        symlink(t.path(), &link).unwrap();
+        let e = check(&link).unwrap_err();
+        fs::remove_file(&link).unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
+    }
+
+    #[test]
+    fn reports_are_created_never_through_a_symlink_nor_over_a_file() {
+        let t = Testbed::new(&spec()).unwrap();
+        let target = t.path().with_extension("target");
+        fs::write(&target, "untouched").unwrap();
+        symlink(&target, t.path().join("report-1.json")).unwrap();
+        let through = write_report(t.path(), "report-1.json", b"{}");
+        let after = fs::read_to_string(&target).unwrap();
+        fs::remove_file(&target).unwrap();
+        assert_eq!(through.unwrap_err().raw_os_error(), Some(libc::EEXIST));
+        assert_eq!(after, "untouched");
+        write_report(t.path(), "report-2.json", br#"{"pid":2}"#).unwrap();
+        let again = write_report(t.path(), "report-2.json", b"{}");
+        assert_eq!(again.unwrap_err().raw_os_error(), Some(libc::EEXIST));
+        assert!(write_report(t.path(), "../report-3.json", b"{}").is_err());
+        assert_eq!(t.reports(), vec![serde_json::json!({ "pid": 2 })]);
+    }
 }
