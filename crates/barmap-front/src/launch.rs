@@ -109,10 +109,11 @@ pub fn run(spec: &RunSpec, program: &str, args: &[String]) -> Result<Outcome, St
 ///
 /// The testbed is a fresh private directory ([`Testbed`]) that is removed
 /// on every way out: when the program has ended, when it cannot be
-/// started, and on a panic. While the program runs, SIGINT, SIGTERM and
-/// SIGHUP sent to this process are forwarded to it, and the run goes on
-/// until it ends (see [`forward`]). A process the program leaves behind
-/// finds the testbed gone, and no other directory is taken for it.
+/// started, and on a panic. From before the testbed is made until it is
+/// removed, SIGINT, SIGTERM and SIGHUP sent to this process are forwarded
+/// to the program, and the run goes on until the program ends
+/// ([`forward`]). A process the program leaves behind finds the testbed
+/// gone, and no other directory is taken for it.
 pub fn run_with(
     spec: &RunSpec,
     program: &str,
@@ -120,13 +121,17 @@ pub fn run_with(
     output: Output<'_>,
 ) -> Result<Outcome, String> {
     let preload = find_preload()?;
+    let forwarding = forward::Forwarding::start();
     let testbed = Testbed::new(spec).map_err(|e| format!("testbed: {e}"))?;
-    run_in(&testbed, &preload, spec, program, args, output)
-    // `testbed` is dropped here, removing the directory.
+    let outcome = run_in(&testbed, &forwarding, &preload, spec, program, args, output);
+    drop(testbed);
+    drop(forwarding);
+    outcome
 }
 
 fn run_in(
     testbed: &Testbed,
+    forwarding: &forward::Forwarding,
     preload: &Path,
     spec: &RunSpec,
     program: &str,
@@ -161,15 +166,17 @@ fn run_in(
             .env("BARMAP_GROUP", first.group.to_string());
     }
     let started = std::time::Instant::now();
-    let forwarding = forward::Forwarding::start();
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("starting {program}: {e}"))?;
     forwarding.to(child.id());
+    // Stop forwarding before the program is reaped: its pid may be reused
+    // at once after.
+    forward::wait_exited(child.id());
+    forwarding.stop();
     let status = child
         .wait()
         .map_err(|e| format!("waiting for {program}: {e}"))?;
-    drop(forwarding);
     let elapsed_s = started.elapsed().as_secs_f64();
     let reports = testbed.reports();
     let bugs = reports
@@ -191,15 +198,19 @@ fn run_in(
 /// SIGINT, SIGTERM and SIGHUP to the launching process, forwarded to the
 /// programs it runs.
 ///
-/// While a [`Forwarding`] lives, these signals do not end this process:
-/// its handler sends each to every program started under a live
-/// `Forwarding` (a signal that arrives before the program is started is
-/// held and sent once it is). The program decides what they mean, as it
-/// would outside barmap; the run ends when the program does, and is
-/// reported as usual. When the last `Forwarding` is dropped, the previous
-/// dispositions come back. SIGKILL cannot be forwarded: a run killed so
-/// leaves its program running and its testbed behind (a private directory
-/// that no later run reuses).
+/// While a [`Forwarding`] lives, these signals do not end this process.
+/// While its program runs, its handler sends each to the program, unless
+/// the kernel sent it (`SI_KERNEL`: a terminal's signal, which went to the
+/// whole foreground process group, the program included, as `sudo` and
+/// shells assume). The program decides what they mean, as it would outside
+/// barmap; the run ends when the program does, and is reported as usual.
+/// A signal that arrives while no program runs (the testbed being made or
+/// removed) is held, and sent to the program once it is started, or, once
+/// the program has ended, to this process again when the last
+/// `Forwarding` is dropped and the previous dispositions are back. At most
+/// 16 programs are forwarded to at once. SIGKILL cannot be forwarded: a
+/// run killed so leaves its program running and its testbed behind (a
+/// private directory that no later run reuses).
 pub mod forward {
     use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
     use std::sync::Mutex;
@@ -208,25 +219,26 @@ pub mod forward {
     pub const SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
     /// Programs forwarded to at once, at most.
     const SLOTS: usize = 16;
-    /// A slot held by a run whose program is not started yet.
-    const STARTING: i32 = -1;
+    /// A slot held by a run whose program is not running: signals are held.
+    const HOLDING: i32 = -1;
     /// A free slot.
     const FREE: i32 = 0;
 
-    /// Pids of the programs (positive), or STARTING, or FREE.
+    /// Pids of the programs (positive), or HOLDING, or FREE.
     static PIDS: [AtomicI32; SLOTS] = [const { AtomicI32::new(FREE) }; SLOTS];
-    /// Signals that arrived while a run's program was not started yet, as
-    /// a bit set per slot.
+    /// Signals held per slot, as bit sets.
     static HELD: [AtomicU32; SLOTS] = [const { AtomicU32::new(0) }; SLOTS];
     /// Live forwardings, and the dispositions to restore after the last.
     static INSTALLED: Mutex<(usize, Vec<libc::sigaction>)> = Mutex::new((0, Vec::new()));
 
-    extern "C" fn on_signal(sig: libc::c_int) {
+    extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+        // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
+        let by_kernel = !info.is_null() && unsafe { (*info).si_code } == libc::SI_KERNEL;
         for (slot, held) in PIDS.iter().zip(&HELD) {
             let pid = slot.load(Ordering::Acquire);
-            if pid > 0 {
+            if pid > 0 && !by_kernel {
                 send(pid, sig);
-            } else if pid == STARTING {
+            } else if pid == HOLDING {
                 held.fetch_or(1 << sig, Ordering::AcqRel);
             }
         }
@@ -235,7 +247,8 @@ pub mod forward {
     /// `kill(pid, sig)`, for a program's pid only (never a group or all).
     fn send(pid: i32, sig: libc::c_int) {
         if pid > 0 {
-            // SAFETY: kill is async-signal-safe; pid is a child we started.
+            // SAFETY: kill is async-signal-safe; pid is a child we started
+            // and have not reaped.
             unsafe { libc::kill(pid, sig) };
         }
     }
@@ -248,18 +261,40 @@ pub mod forward {
         old
     }
 
-    /// Forwarding for one program, from before it is started until it
-    /// ended.
+    /// Waits until the child `pid` has ended, without reaping it (so that
+    /// its pid stays its own until [`Forwarding::stop`]).
+    pub fn wait_exited(pid: u32) {
+        loop {
+            // SAFETY: a zeroed siginfo is a valid out-buffer.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: waitid for one child, WNOWAIT: it stays a zombie.
+            let r = unsafe {
+                libc::waitid(
+                    libc::P_PID,
+                    pid as libc::id_t,
+                    &mut info,
+                    libc::WEXITED | libc::WNOWAIT,
+                )
+            };
+            if r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                return;
+            }
+        }
+    }
+
+    /// Forwarding for one program, from before it is started until after
+    /// it ended.
     #[derive(Debug)]
     pub struct Forwarding {
         slot: Option<usize>,
     }
 
     impl Forwarding {
-        /// Starts holding the signals for a program about to be started.
+        /// Installs the forwarding handler (if no other Forwarding has) and
+        /// holds the signals until [`Forwarding::to`].
         pub fn start() -> Forwarding {
             let slot = PIDS.iter().position(|p| {
-                p.compare_exchange(FREE, STARTING, Ordering::AcqRel, Ordering::Acquire)
+                p.compare_exchange(FREE, HOLDING, Ordering::AcqRel, Ordering::Acquire)
                     .is_ok()
             });
             if let Some(s) = slot {
@@ -269,8 +304,10 @@ pub mod forward {
             if installed.0 == 0 {
                 // SAFETY: a zeroed sigaction is a valid start.
                 let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
-                act.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
-                act.sa_flags = libc::SA_RESTART;
+                act.sa_sigaction = on_signal
+                    as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void)
+                    as usize;
+                act.sa_flags = libc::SA_RESTART | libc::SA_SIGINFO;
                 // SAFETY: sigemptyset of our sigaction's mask.
                 unsafe { libc::sigemptyset(&mut act.sa_mask) };
                 installed.1 = SIGNALS.iter().map(|&s| set_action(s, &act)).collect();
@@ -279,8 +316,8 @@ pub mod forward {
             Forwarding { slot }
         }
 
-        /// The program is `pid`: signals go to it from now on, the held
-        /// ones first.
+        /// The program is `pid` (started, not yet reaped): signals go to it
+        /// from now on, the held ones first.
         pub fn to(&self, pid: u32) {
             let Some(s) = self.slot else { return };
             let Ok(pid) = i32::try_from(pid) else { return };
@@ -295,19 +332,38 @@ pub mod forward {
                 }
             }
         }
+
+        /// The program has ended (call before reaping it): signals are
+        /// held again.
+        pub fn stop(&self) {
+            if let Some(s) = self.slot {
+                PIDS[s].store(HOLDING, Ordering::Release);
+            }
+        }
     }
 
     impl Drop for Forwarding {
         fn drop(&mut self) {
-            if let Some(s) = self.slot {
-                PIDS[s].store(FREE, Ordering::Release);
-            }
+            let held = match self.slot {
+                Some(s) => {
+                    PIDS[s].store(FREE, Ordering::Release);
+                    HELD[s].swap(0, Ordering::AcqRel)
+                }
+                None => 0,
+            };
             let mut installed = INSTALLED.lock().unwrap_or_else(|e| e.into_inner());
             installed.0 -= 1;
             if installed.0 == 0 {
                 let old = std::mem::take(&mut installed.1);
                 for (sig, act) in SIGNALS.iter().zip(&old) {
                     set_action(*sig, act);
+                }
+            }
+            drop(installed);
+            for sig in SIGNALS {
+                if held & (1 << sig) != 0 {
+                    // SAFETY: a signal to this process itself.
+                    unsafe { libc::kill(libc::getpid(), sig) };
                 }
             }
         }
