@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: MIT
 /* A process that outlives `barmap run` finds no testbed. The program
- * opens the device and forks a child, which waits until the run is over
- * (its parent gone, the testbed removed), then opens the container and
+ * opens the device and forks a child, which opens a container while the
+ * run is live (so its front end starts during the run), tells the parent,
+ * waits until the run is over (its parent gone, the testbed removed),
+ * then opens the container and
  * the group and looks up the device's sysfs directory: each is ENOENT, as
  * on a machine without the device. The child then execs a fresh copy of
  * this program, whose front end starts only after the run: it must find
@@ -38,6 +40,8 @@ int main(int argc, char **argv)
 	const char *result = getenv("BT_RESULT");
 	const char *tb = getenv("BARMAP_TESTBED");
 	pid_t parent = getpid(), child;
+	int ready[2];
+	char byte = 0;
 
 	DIE_UNLESS(result != NULL && tb != NULL, "BT_RESULT and BARMAP_TESTBED are set");
 	if (getenv("BT_PHASE")) {
@@ -46,11 +50,15 @@ int main(int argc, char **argv)
 		return bt_exit();
 	}
 	bt_open(&d, argc, argv);
+	DIE_UNLESS(pipe(ready) == 0, "pipe");
 	child = fork();
 	DIE_UNLESS(child >= 0, "fork");
 	if (child == 0) {
 		DIE_UNLESS(freopen(result, "w", stdout) != NULL, "open BT_RESULT");
 		DIE_UNLESS(freopen("/dev/null", "w", stderr) != NULL, "open /dev/null");
+		CHECK(open("/dev/vfio/vfio", O_RDWR) >= 0,
+		      "the child opens a container while the run is live");
+		DIE_UNLESS(write(ready[1], &byte, 1) == 1, "tell the parent");
 		for (int i = 0; i < 2000 && (getppid() == parent || access(tb, F_OK) == 0); i++)
 			usleep(10000);
 		finds_no_device("a child that outlived the run");
@@ -60,6 +68,7 @@ int main(int argc, char **argv)
 		printf("FAIL exec of a fresh copy (errno %d)\nDONE\n", errno);
 		exit(1);
 	}
+	DIE_UNLESS(read(ready[0], &byte, 1) == 1, "the child is ready");
 	printf("testbed %s\n", tb);
 	return bt_exit();
 }

@@ -16,6 +16,7 @@
 static char spec[1 << 16], token[256];
 static ssize_t spec_len, token_len;
 
+/* The file's contents, or 0 bytes if it does not exist. */
 static ssize_t slurp(const char *dir, const char *name, char *buf, size_t len)
 {
 	char path[512];
@@ -24,6 +25,8 @@ static ssize_t slurp(const char *dir, const char *name, char *buf, size_t len)
 
 	snprintf(path, sizeof(path), "%s/%s", dir, name);
 	fd = open(path, O_RDONLY);
+	if (fd < 0 && errno == ENOENT)
+		return 0;
 	DIE_UNLESS(fd >= 0, path);
 	n = read(fd, buf, len);
 	close(fd);
@@ -78,6 +81,7 @@ int main(int argc, char **argv)
 	bt_open(&d, argc, argv);
 	spec_len = slurp(tb, "barmap-run.json", spec, sizeof(spec));
 	token_len = slurp(tb, "barmap-token", token, sizeof(token));
+	CHECK(token_len > 0, "the testbed holds the run's token, and the program can copy it");
 	DIE_UNLESS(pipe(ready) == 0, "pipe");
 	child = fork();
 	DIE_UNLESS(child >= 0, "fork");
@@ -91,7 +95,8 @@ int main(int argc, char **argv)
 			usleep(10000);
 		DIE_UNLESS(mkdir(tb, 0700) == 0, "make the testbed again");
 		put(tb, "barmap-run.json", spec, spec_len);
-		put(tb, "barmap-token", token, token_len);
+		if (token_len > 0)
+			put(tb, "barmap-token", token, token_len);
 		link_report(tb, getpid(), target);
 		fflush(stdout);
 		grandchild = fork();
