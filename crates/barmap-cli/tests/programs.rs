@@ -176,7 +176,11 @@ fn the_testbed_is_private_and_fresh_per_run() {
     let t = tmp.to_str().unwrap();
     let mut seen = Vec::new();
     for _ in 0..2 {
-        let r = run_env("the_testbed_is_private_and_fresh_per_run", &[], &[("TMPDIR", t)]);
+        let r = run_env(
+            "the_testbed_is_private_and_fresh_per_run",
+            &[],
+            &[("TMPDIR", t)],
+        );
         assert!(r.code == Some(0) && r.text.contains("PASS"), "{}", r.text);
         let tb = testbed_of(&r.text);
         assert_eq!(tb.parent(), Some(tmp.as_path()), "made under $TMPDIR");
@@ -221,13 +225,19 @@ fn a_program_that_outlives_the_run_finds_no_testbed() {
         !text.contains("FAIL") && text.contains("PASS"),
         "the process that outlived the run:\n{text}"
     );
-    for who in ["a child that outlived the run", "a program started after the run"] {
+    for who in [
+        "a child that outlived the run",
+        "a program started after the run",
+    ] {
         assert!(
             text.contains(&format!("ok {who}: open /dev/vfio/vfio is ENOENT")),
             "{text}"
         );
     }
-    assert!(!tb.exists(), "a report or anything else recreated the testbed");
+    assert!(
+        !tb.exists(),
+        "a report or anything else recreated the testbed"
+    );
     assert_eq!(entries(&tmp), Vec::<PathBuf>::new(), "left in $TMPDIR");
 }
 
@@ -254,9 +264,12 @@ fn a_recreated_testbed_with_a_report_symlink_is_not_followed() {
         .into_iter()
         .filter(|p| p.to_string_lossy().contains("report-"))
         .collect();
-    let all_links = links
-        .iter()
-        .all(|p| std::fs::symlink_metadata(p).unwrap().file_type().is_symlink());
+    let all_links = links.iter().all(|p| {
+        std::fs::symlink_metadata(p)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    });
     let _ = std::fs::remove_dir_all(&tb);
     assert_eq!(
         written, "untouched\n",
@@ -296,7 +309,10 @@ fn sigterm_to_barmap_run_reaches_the_program_and_removes_the_testbed() {
         }
         text += &line;
     }
-    assert!(text.contains("READY"), "the program never got ready:\n{text}");
+    assert!(
+        text.contains("READY"),
+        "the program never got ready:\n{text}"
+    );
     let tb = testbed_of(&text);
     assert!(tb.is_dir(), "the testbed exists while the program runs");
     let pid = i32::try_from(child.id()).unwrap();

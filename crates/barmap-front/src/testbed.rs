@@ -288,13 +288,7 @@ fn new_token(dir: &Dir) -> io::Result<String> {
     let mut got = 0;
     while got < bytes.len() {
         // SAFETY: getrandom into the unfilled tail of our buffer.
-        let n = unsafe {
-            libc::getrandom(
-                bytes[got..].as_mut_ptr().cast(),
-                bytes.len() - got,
-                0,
-            )
-        };
+        let n = unsafe { libc::getrandom(bytes[got..].as_mut_ptr().cast(), bytes.len() - got, 0) };
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::Interrupted {
@@ -455,7 +449,10 @@ impl Testbed {
     pub fn new(spec: &RunSpec) -> io::Result<Testbed> {
         let root = temp_root();
         let tb = Testbed::make(&root).map_err(|e| {
-            io::Error::new(e.kind(), format!("a private directory in {}: {e}", root.display()))
+            io::Error::new(
+                e.kind(),
+                format!("a private directory in {}: {e}", root.display()),
+            )
         })?;
         lay_out(&tb.dir, spec)?;
         Ok(tb)
@@ -593,8 +590,14 @@ fn lay_out(dir: &Dir, spec: &RunSpec) -> io::Result<()> {
             &format!("{at}/vfio-dev/vfio{}/dev", d.cdev),
             &format!("511:{}\n", d.cdev),
         )?;
-        dir.write(&format!("{at}/vendor"), &format!("0x{:04x}\n", layout.vendor))?;
-        dir.write(&format!("{at}/device"), &format!("0x{:04x}\n", layout.device))?;
+        dir.write(
+            &format!("{at}/vendor"),
+            &format!("0x{:04x}\n", layout.vendor),
+        )?;
+        dir.write(
+            &format!("{at}/device"),
+            &format!("0x{:04x}\n", layout.device),
+        )?;
         dir.write(&format!("{at}/subsystem_vendor"), "0x1af4\n")?;
         dir.write(&format!("{at}/subsystem_device"), "0x1100\n")?;
         dir.write(&format!("{at}/class"), &format!("0x{:06x}\n", layout.class))?;
@@ -685,7 +688,10 @@ mod tests {
 
     #[test]
     fn each_testbed_is_a_fresh_private_directory_removed_at_drop() {
-        let (a, b) = (Testbed::new(&spec()).unwrap(), Testbed::new(&spec()).unwrap());
+        let (a, b) = (
+            Testbed::new(&spec()).unwrap(),
+            Testbed::new(&spec()).unwrap(),
+        );
         assert_ne!(a.path(), b.path());
         assert_ne!(a.token(), b.token());
         for t in [&a, &b] {
