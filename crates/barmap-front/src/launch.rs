@@ -166,9 +166,12 @@ fn run_in(
             .env("BARMAP_GROUP", first.group.to_string());
     }
     let started = std::time::Instant::now();
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("starting {program}: {e}"))?;
+    forwarding.spawning();
+    let spawned = cmd.spawn();
+    if spawned.is_err() {
+        forwarding.stop();
+    }
+    let mut child = spawned.map_err(|e| format!("starting {program}: {e}"))?;
     forwarding.to(child.id());
     // Stop forwarding before the program is reaped: its pid may be reused
     // at once after.
@@ -201,13 +204,16 @@ fn run_in(
 /// While a [`Forwarding`] lives, these signals do not end this process.
 /// While its program runs, its handler sends each to the program, unless
 /// the kernel sent it (`SI_KERNEL`: a terminal's signal, which went to the
-/// whole foreground process group, the program included, as `sudo` and
-/// shells assume). The program decides what they mean, as it would outside
-/// barmap; the run ends when the program does, and is reported as usual.
+/// whole foreground process group) and the program is in our process
+/// group, so that it got the signal already (as `sudo` decides). The
+/// program decides what they mean, as it would outside barmap; the run
+/// ends when the program does, and is reported as usual.
 /// A signal that arrives while no program runs (the testbed being made or
 /// removed) is held, and sent to the program once it is started, or, once
 /// the program has ended, to this process again when the last
-/// `Forwarding` is dropped and the previous dispositions are back. At most
+/// `Forwarding` is dropped and the previous dispositions are back (a
+/// terminal's signal during the start itself is taken to have reached the
+/// program). At most
 /// 16 programs are forwarded to at once. SIGKILL cannot be forwarded: a
 /// run killed so leaves its program running and its testbed behind (a
 /// private directory that no later run reuses).
@@ -221,6 +227,9 @@ pub mod forward {
     const SLOTS: usize = 16;
     /// A slot held by a run whose program is not running: signals are held.
     const HOLDING: i32 = -1;
+    /// A slot whose program is being started: a terminal's signal reaches
+    /// it (it is in our process group), others are held.
+    const SPAWNING: i32 = -2;
     /// A free slot.
     const FREE: i32 = 0;
 
@@ -236,12 +245,20 @@ pub mod forward {
         let by_kernel = !info.is_null() && unsafe { (*info).si_code } == libc::SI_KERNEL;
         for (slot, held) in PIDS.iter().zip(&HELD) {
             let pid = slot.load(Ordering::Acquire);
-            if pid > 0 && !by_kernel {
+            if pid > 0 && !(by_kernel && in_our_group(pid)) {
                 send(pid, sig);
-            } else if pid == HOLDING {
+            } else if pid == HOLDING || (pid == SPAWNING && !by_kernel) {
                 held.fetch_or(1 << sig, Ordering::AcqRel);
             }
         }
+    }
+
+    /// Whether the program `pid` is in this process's group (so that a
+    /// terminal's signal reached it too).
+    fn in_our_group(pid: i32) -> bool {
+        // SAFETY: getpgid and getpgrp are plain system calls, safe in a
+        // signal handler.
+        unsafe { libc::getpgid(pid) == libc::getpgrp() }
     }
 
     /// `kill(pid, sig)`, for a program's pid only (never a group or all).
@@ -314,6 +331,13 @@ pub mod forward {
             }
             installed.0 += 1;
             Forwarding { slot }
+        }
+
+        /// The program is about to be started.
+        pub fn spawning(&self) {
+            if let Some(s) = self.slot {
+                PIDS[s].store(SPAWNING, Ordering::Release);
+            }
         }
 
         /// The program is `pid` (started, not yet reaped): signals go to it

@@ -5,7 +5,7 @@
 //!
 //! The testbed trusts no one. Each run makes its own directory, atomically
 //! and never reusing a name (`mkdtemp` under `$TMPDIR` if that is an
-//! absolute path, else `/tmp`; mode 0700, checked to be owned by the
+//! absolute path to a directory, else `/tmp`; mode 0700, checked to be owned by the
 //! process's user), and writes into it a random token, which it also gives
 //! the program in [`TOKEN_ENV`]. A directory is used as a testbed only if
 //! it passes [`check`]: it is not a symbolic link, it is owned by the
@@ -422,11 +422,11 @@ pub fn refused() -> bool {
     REFUSED.load(Ordering::Relaxed)
 }
 
-/// Where testbeds are made: `$TMPDIR` if it is an absolute path, else
-/// `/tmp`.
+/// Where testbeds are made: `$TMPDIR` if it is an absolute path to a
+/// directory, else `/tmp` (as glibc's temporary files choose).
 fn temp_root() -> PathBuf {
     match std::env::var_os("TMPDIR") {
-        Some(t) if Path::new(&t).is_absolute() => PathBuf::from(t),
+        Some(t) if Path::new(&t).is_absolute() && Path::new(&t).is_dir() => PathBuf::from(t),
         _ => PathBuf::from("/tmp"),
     }
 }
