@@ -285,10 +285,12 @@ fn a_recreated_testbed_with_a_report_symlink_is_not_followed() {
     assert!(all_links, "a report replaced a link");
 }
 
-#[test]
-fn sigterm_to_barmap_run_reaches_the_program_and_removes_the_testbed() {
+/// Runs the signal program under `barmap run`, sends `sig` to the barmap
+/// run process once the program is ready, and requires the program's
+/// handler to see it, the run to end normally and the testbed to be gone.
+fn signal_reaches_the_program(sig: i32) {
     use std::io::BufRead;
-    let tmp = scratch("sigterm");
+    let tmp = scratch(&format!("signal-{sig}"));
     let exe = build("sigterm_to_barmap_run_reaches_the_program_and_removes_the_testbed");
     let mut child = Command::new(barmap())
         .arg("run")
@@ -296,6 +298,7 @@ fn sigterm_to_barmap_run_reaches_the_program_and_removes_the_testbed() {
         .arg(&exe)
         .env("BARMAP_PRELOAD", preload())
         .env("TMPDIR", &tmp)
+        .env("BT_SIGNAL", sig.to_string())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -317,8 +320,8 @@ fn sigterm_to_barmap_run_reaches_the_program_and_removes_the_testbed() {
     assert!(tb.is_dir(), "the testbed exists while the program runs");
     let pid = i32::try_from(child.id()).unwrap();
     assert!(pid > 0);
-    // SAFETY: SIGTERM to the barmap run process this test started.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    // SAFETY: a signal to the barmap run process this test started.
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
     let status = child.wait().unwrap();
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
@@ -326,11 +329,23 @@ fn sigterm_to_barmap_run_reaches_the_program_and_removes_the_testbed() {
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
     text += &rest;
     assert!(
-        text.contains("ok the program's SIGTERM handler ran") && text.contains("PASS"),
+        text.contains(&format!("ok the program's handler of signal {sig} ran"))
+            && text.contains("PASS"),
         "{text}{err}"
     );
     assert_eq!(status.code(), Some(0), "{text}{err}");
     assert!(err.contains("exited with status 0"), "{err}");
     assert!(!tb.exists(), "{} left behind", tb.display());
     assert_eq!(entries(&tmp), Vec::<PathBuf>::new(), "left in $TMPDIR");
+}
+
+#[test]
+fn sigterm_to_barmap_run_reaches_the_program_and_removes_the_testbed() {
+    signal_reaches_the_program(libc::SIGTERM);
+}
+
+#[test]
+fn sigint_and_sighup_to_barmap_run_reach_the_program_and_remove_the_testbed() {
+    signal_reaches_the_program(libc::SIGINT);
+    signal_reaches_the_program(libc::SIGHUP);
 }
