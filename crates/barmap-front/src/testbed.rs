@@ -431,6 +431,35 @@ fn temp_root() -> PathBuf {
     }
 }
 
+/// Makes the directory `dir` (opened from `path`, owned by this process's
+/// user) exactly mode 0700 (mkdtemp's mode less the umask may be less),
+/// gives it `token`, and registers the token in this process.
+fn make_private(path: &Path, dir: &Dir, token: &str) -> io::Result<()> {
+    // SAFETY: fchmod of our open directory.
+    cvt(unsafe { libc::fchmod(dir.0.as_raw_fd(), 0o700) })?;
+    dir.create(TOKEN_FILE, token.as_bytes(), 0o600)?;
+    MADE.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((path.to_path_buf(), token.to_string()));
+    check_dir(path, dir, token)
+}
+
+/// Lays out `spec` in the existing empty directory `dir`, which must be
+/// owned by this process's user and not a symbolic link: it is made
+/// private (mode 0700) and given a token that only this process knows,
+/// so that front ends in this process (tests) take it for a testbed, and
+/// no program does. The caller removes it. `barmap run` uses
+/// [`Testbed::new`].
+pub fn create(dir: &Path, spec: &RunSpec) -> io::Result<()> {
+    let d = Dir::open_nofollow(dir)?;
+    let st = d.stat()?;
+    if st.st_uid != euid() {
+        return Err(refuse(dir, "owned by another user"));
+    }
+    make_private(dir, &d, &new_token(&d)?)?;
+    lay_out(&d, spec)
+}
+
 /// A testbed this process made: a private directory, laid out for a
 /// [`RunSpec`], removed when dropped.
 #[derive(Debug)]
@@ -479,14 +508,7 @@ impl Testbed {
             dir,
             id: (st.st_dev, st.st_ino),
         };
-        // mkdtemp's mode 0700 less the umask: make it exactly 0700.
-        // SAFETY: fchmod of our open directory.
-        cvt(unsafe { libc::fchmod(tb.dir.0.as_raw_fd(), 0o700) })?;
-        tb.dir.create(TOKEN_FILE, tb.token.as_bytes(), 0o600)?;
-        MADE.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((tb.path.clone(), tb.token.clone()));
-        check_dir(&tb.path, &tb.dir, &tb.token)?;
+        make_private(&tb.path, &tb.dir, &tb.token)?;
         Ok(tb)
     }
 
@@ -706,6 +728,20 @@ mod tests {
         drop(a);
         assert!(!path.exists());
         assert_eq!(check(&path).unwrap_err().kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn a_directory_laid_out_in_place_is_private_and_known_to_this_process_only() {
+        let path = temp_root().join(format!("barmap-create-{}", std::process::id()));
+        fs::create_dir(&path).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        let made = create(&path, &spec());
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+        let loaded = RunSpec::load(&path);
+        fs::remove_dir_all(&path).unwrap();
+        made.unwrap();
+        assert_eq!(mode, 0o700);
+        assert_eq!(loaded.unwrap(), spec());
     }
 
     #[test]

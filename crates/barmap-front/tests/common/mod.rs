@@ -5,12 +5,17 @@ use std::path::PathBuf;
 
 use barmap::Policy;
 use barmap_front::spec::{DeviceSpec, RunSpec};
-use barmap_front::testbed::Testbed;
-use barmap_front::Front;
+use barmap_front::{testbed, Front};
 use barmap_vfio::uapi as v;
 
-/// A testbed directory (its path), removed at drop.
-pub struct Dir(pub PathBuf, #[allow(dead_code)] Testbed);
+/// A testbed directory, removed at drop.
+pub struct Dir(pub PathBuf);
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 /// The address of `v`, as an ioctl argument.
 pub fn p<T>(v: &mut T) -> usize {
@@ -27,10 +32,17 @@ impl std::ops::Deref for Dir {
 /// A front end over a fresh testbed with one device of `model` (a
 /// `--device` spec), and the testbed's directory.
 pub fn front(model: &str) -> (Front, Dir) {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "barmap-front-{}-{}-{}",
+        model.split(',').next().unwrap_or(model),
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
     let spec = RunSpec::new(vec![DeviceSpec::parse(model, Policy::Prefault).unwrap()]);
-    let tb = Testbed::new(&spec).unwrap();
-    let f = Front::new(tb.path()).unwrap();
-    (f, Dir(tb.path().to_path_buf(), tb))
+    testbed::create(&dir, &spec).unwrap();
+    (Front::new(&dir).unwrap(), Dir(dir))
 }
 
 /// Container, group (set to the container, type1v2) and device fd, the
