@@ -406,13 +406,16 @@ pub fn write_report(path: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
 /// the path `/proc/self/fd/N` that names the checked directory, and its fd
 /// `N` (keep it open until the lookup is done). A lookup under that path
 /// reaches this directory, never one made at the same path after the
-/// check.
+/// check. Without /proc, the base is `path` itself.
 pub fn lookup_base(path: &Path) -> io::Result<(PathBuf, OwnedFd)> {
+    static PROC: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let dir = open_checked(path)?;
-    Ok((
-        PathBuf::from(format!("/proc/self/fd/{}", dir.0.as_raw_fd())),
-        dir.0,
-    ))
+    let base = if *PROC.get_or_init(|| Path::new("/proc/self/fd").is_dir()) {
+        PathBuf::from(format!("/proc/self/fd/{}", dir.0.as_raw_fd()))
+    } else {
+        path.to_path_buf()
+    };
+    Ok((base, dir.0))
 }
 
 /// Whether a testbed named to this process (by [`crate::spec::RunSpec::load`])
