@@ -186,8 +186,12 @@ impl RunSpec {
     /// directory that is gone, or that fails a check, is an error, and the
     /// process then sees no devices ([`crate::testbed::refused`]).
     pub fn load(dir: &Path) -> std::io::Result<RunSpec> {
-        let text = crate::testbed::read_file(dir, SPEC_FILE)?;
-        serde_json::from_slice(&text).map_err(std::io::Error::other)
+        let spec = crate::testbed::read_file(dir, SPEC_FILE)
+            .and_then(|text| serde_json::from_slice(&text).map_err(std::io::Error::other));
+        if spec.is_err() {
+            crate::testbed::mark_refused();
+        }
+        spec
     }
 }
 

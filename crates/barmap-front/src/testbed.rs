@@ -384,11 +384,12 @@ pub fn check(path: &Path) -> io::Result<()> {
 /// The contents of the regular file `name` of the testbed at `path`,
 /// after [`check`], without following a symbolic link.
 pub fn read_file(path: &Path, name: &str) -> io::Result<Vec<u8>> {
-    let r = open_checked(path).and_then(|d| d.read(name));
-    if r.is_err() {
-        REFUSED.store(true, Ordering::Relaxed);
-    }
-    r
+    open_checked(path)?.read(name)
+}
+
+/// The testbed named to this process is refused ([`refused`]).
+pub(crate) fn mark_refused() {
+    REFUSED.store(true, Ordering::Relaxed);
 }
 
 /// Writes `bytes` as the new file `name` (mode 0600) of the testbed at
