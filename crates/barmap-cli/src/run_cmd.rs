@@ -26,7 +26,10 @@ pub struct RunArgs {
 
 /// Runs the command; the exit status is the program's (128 + signal if a
 /// signal ended it), or 1 if it exited 0 but barmap recorded BUG events
-/// (each would have crashed the kernel).
+/// (each would have crashed the kernel), or 2 if the run could not start.
+/// The program runs on a private testbed that is removed however the run
+/// ends; SIGINT, SIGTERM and SIGHUP sent to `barmap run` are forwarded to
+/// it ([`launch::run_with`]).
 pub fn run(args: &RunArgs) -> i32 {
     let texts = if args.devices.is_empty() {
         vec!["default".to_string()]

@@ -154,3 +154,228 @@ fn a_closed_vfio_fd_number_reused_by_another_file_is_that_file() {
         &[],
     );
 }
+
+// --- the testbed ---
+
+/// A fresh empty scratch directory for one test, to serve as `$TMPDIR`.
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("testbed-scratch")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The testbed a program printed (`testbed <path>`).
+fn testbed_of(text: &str) -> PathBuf {
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("testbed "))
+        .unwrap_or_else(|| panic!("no testbed line in\n{text}"));
+    PathBuf::from(line.trim())
+}
+
+/// The entries of `dir`.
+fn entries(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect()
+}
+
+/// Waits up to 30 s for the file `path` to contain `DONE`; its text.
+fn wait_for_done(path: &Path) -> String {
+    for _ in 0..300 {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains("DONE") {
+            return text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!(
+        "{} never said DONE:\n{}",
+        path.display(),
+        std::fs::read_to_string(path).unwrap_or_default()
+    );
+}
+
+#[test]
+fn the_testbed_is_private_and_fresh_per_run() {
+    let tmp = scratch("private");
+    let t = tmp.to_str().unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let r = run_env(
+            "the_testbed_is_private_and_fresh_per_run",
+            &[],
+            &[("TMPDIR", t)],
+        );
+        assert!(r.code == Some(0) && r.text.contains("PASS"), "{}", r.text);
+        let tb = testbed_of(&r.text);
+        assert_eq!(tb.parent(), Some(tmp.as_path()), "made under $TMPDIR");
+        assert!(!tb.exists(), "{} left behind", tb.display());
+        seen.push(tb);
+    }
+    assert_ne!(seen[0], seen[1], "two runs share a testbed");
+    assert_eq!(entries(&tmp), Vec::<PathBuf>::new(), "left in $TMPDIR");
+}
+
+#[test]
+fn a_program_that_cannot_be_started_leaves_no_testbed() {
+    let tmp = scratch("cannot-start");
+    let out = Command::new(barmap())
+        .args(["run", "--", "/nonexistent/program"])
+        .env("BARMAP_PRELOAD", preload())
+        .env("TMPDIR", &tmp)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("starting /nonexistent/program"));
+    assert_eq!(entries(&tmp), Vec::<PathBuf>::new(), "left in $TMPDIR");
+}
+
+#[test]
+fn a_program_that_outlives_the_run_finds_no_testbed() {
+    let tmp = scratch("outlives");
+    let result = tmp.with_extension("result");
+    let _ = std::fs::remove_file(&result);
+    let r = run_env(
+        "a_program_that_outlives_the_run_finds_no_testbed",
+        &[],
+        &[
+            ("TMPDIR", tmp.to_str().unwrap()),
+            ("BT_RESULT", result.to_str().unwrap()),
+        ],
+    );
+    assert!(r.code == Some(0) && r.text.contains("PASS"), "{}", r.text);
+    let tb = testbed_of(&r.text);
+    let text = wait_for_done(&result);
+    assert!(
+        !text.contains("FAIL") && text.contains("PASS"),
+        "the process that outlived the run:\n{text}"
+    );
+    for who in [
+        "a child that outlived the run",
+        "a program started after the run",
+    ] {
+        assert!(
+            text.contains(&format!("ok {who}: open /dev/vfio/vfio is ENOENT")),
+            "{text}"
+        );
+    }
+    assert!(
+        !tb.exists(),
+        "a report or anything else recreated the testbed"
+    );
+    assert_eq!(entries(&tmp), Vec::<PathBuf>::new(), "left in $TMPDIR");
+}
+
+#[test]
+fn a_recreated_testbed_with_a_report_symlink_is_not_followed() {
+    let tmp = scratch("recreated");
+    let result = tmp.with_extension("result");
+    let target = tmp.with_extension("target");
+    let _ = std::fs::remove_file(&result);
+    std::fs::write(&target, "untouched\n").unwrap();
+    let r = run_env(
+        "a_recreated_testbed_with_a_report_symlink_is_not_followed",
+        &[],
+        &[
+            ("TMPDIR", tmp.to_str().unwrap()),
+            ("BT_RESULT", result.to_str().unwrap()),
+            ("BT_TARGET", target.to_str().unwrap()),
+        ],
+    );
+    let tb = testbed_of(&r.text);
+    let text = wait_for_done(&result);
+    let written = std::fs::read_to_string(&target).unwrap();
+    let links: Vec<PathBuf> = entries(&tb)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("report-"))
+        .collect();
+    let all_links = links.iter().all(|p| {
+        std::fs::symlink_metadata(p)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    });
+    let _ = std::fs::remove_dir_all(&tb);
+    assert_eq!(
+        written, "untouched\n",
+        "a report was written through the link"
+    );
+    assert!(r.code == Some(0) && r.text.contains("PASS"), "{}", r.text);
+    assert!(!text.contains("FAIL") && text.contains("PASS"), "{text}");
+    assert!(
+        text.contains("ok the child whose front end started during the run: the testbed made again is refused"),
+        "{text}"
+    );
+    assert_eq!(links.len(), 2, "{text}");
+    assert!(all_links, "a report replaced a link");
+}
+
+/// Runs the signal program under `barmap run`, sends `sig` to the barmap
+/// run process once the program is ready, and requires the program's
+/// handler to see it, the run to end normally and the testbed to be gone.
+fn signal_reaches_the_program(sig: i32) {
+    use std::io::BufRead;
+    let tmp = scratch(&format!("signal-{sig}"));
+    let exe = build("sigterm_to_barmap_run_reaches_the_program_and_removes_the_testbed");
+    let mut child = Command::new(barmap())
+        .arg("run")
+        .arg("--")
+        .arg(&exe)
+        .env("BARMAP_PRELOAD", preload())
+        .env("TMPDIR", &tmp)
+        .env("BT_SIGNAL", sig.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("barmap run starts");
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut text = String::new();
+    while !text.contains("READY") {
+        let mut line = String::new();
+        if out.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        text += &line;
+    }
+    assert!(
+        text.contains("READY"),
+        "the program never got ready:\n{text}"
+    );
+    let tb = testbed_of(&text);
+    assert!(tb.is_dir(), "the testbed exists while the program runs");
+    let pid = i32::try_from(child.id()).unwrap();
+    assert!(pid > 0);
+    // SAFETY: a signal to the barmap run process this test started.
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    text += &rest;
+    assert!(
+        text.contains(&format!("ok the program's handler of signal {sig} ran"))
+            && text.contains("PASS"),
+        "{text}{err}"
+    );
+    assert_eq!(status.code(), Some(0), "{text}{err}");
+    assert!(err.contains("exited with status 0"), "{err}");
+    assert!(!tb.exists(), "{} left behind", tb.display());
+    assert_eq!(entries(&tmp), Vec::<PathBuf>::new(), "left in $TMPDIR");
+}
+
+#[test]
+fn sigterm_to_barmap_run_reaches_the_program_and_removes_the_testbed() {
+    signal_reaches_the_program(libc::SIGTERM);
+}
+
+#[test]
+fn sigint_and_sighup_to_barmap_run_reach_the_program_and_remove_the_testbed() {
+    signal_reaches_the_program(libc::SIGINT);
+    signal_reaches_the_program(libc::SIGHUP);
+}

@@ -1,13 +1,14 @@
-//! `barmap run`: lays out a testbed, starts the program with the preload
-//! library and the environment VFIO programs honour, waits for it, and
-//! collects the devices' counters that the program's front end wrote at
-//! exit.
+//! `barmap run`: lays out a private testbed, starts the program with the
+//! preload library and the environment VFIO programs honour, forwards
+//! SIGINT, SIGTERM and SIGHUP to it, waits for it, collects the devices'
+//! counters that the program's front end wrote at exit, and removes the
+//! testbed.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::spec::{RunSpec, TESTBED_ENV};
-use crate::testbed;
+use crate::testbed::{Testbed, TOKEN_ENV};
 
 /// File name of the preload library.
 pub const PRELOAD_NAME: &str = "libbarmap_preload.so";
@@ -105,6 +106,14 @@ pub fn run(spec: &RunSpec, program: &str, args: &[String]) -> Result<Outcome, St
 }
 
 /// Like [`run`], with the program's output sent to `output`.
+///
+/// The testbed is a fresh private directory ([`Testbed`]) that is removed
+/// on every way out: when the program has ended, when it cannot be
+/// started, and on a panic. From before the testbed is made until it is
+/// removed, SIGINT, SIGTERM and SIGHUP sent to this process are forwarded
+/// to the program, and the run goes on until the program ends
+/// ([`forward`]). A process the program leaves behind finds the testbed
+/// gone, and no other directory is taken for it.
 pub fn run_with(
     spec: &RunSpec,
     program: &str,
@@ -112,28 +121,24 @@ pub fn run_with(
     output: Output<'_>,
 ) -> Result<Outcome, String> {
     let preload = find_preload()?;
-    let dir = std::env::temp_dir().join(format!(
-        "barmap-run-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos())
-    ));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("testbed {}: {e}", dir.display()))?;
-    let result = run_in(&dir, &preload, spec, program, args, output);
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    let forwarding = forward::Forwarding::start();
+    let testbed = Testbed::new(spec).map_err(|e| format!("testbed: {e}"))?;
+    let outcome = run_in(&testbed, &forwarding, &preload, spec, program, args, output);
+    drop(testbed);
+    drop(forwarding);
+    outcome
 }
 
 fn run_in(
-    dir: &Path,
+    testbed: &Testbed,
+    forwarding: &forward::Forwarding,
     preload: &Path,
     spec: &RunSpec,
     program: &str,
     args: &[String],
     output: Output<'_>,
 ) -> Result<Outcome, String> {
-    testbed::create(dir, spec).map_err(|e| format!("testbed: {e}"))?;
+    let dir = testbed.path();
     let mut cmd = Command::new(program);
     cmd.args(args);
     match output {
@@ -153,6 +158,7 @@ fn run_in(
     }
     cmd.env("LD_PRELOAD", ld)
         .env(TESTBED_ENV, dir)
+        .env(TOKEN_ENV, testbed.token())
         .env("SYSFS_PCI_DEVICES", dir.join("sys/bus/pci/devices"));
     if let Some(first) = spec.devices.first() {
         cmd.env("BARMAP_BDF", &first.bdf)
@@ -160,36 +166,27 @@ fn run_in(
             .env("BARMAP_GROUP", first.group.to_string());
     }
     let started = std::time::Instant::now();
-    let status = cmd
-        .status()
-        .map_err(|e| format!("starting {program}: {e}"))?;
-    let elapsed_s = started.elapsed().as_secs_f64();
-    let mut reports = Vec::new();
-    let mut bugs = 0;
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        let mut names: Vec<PathBuf> = entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("report-"))
-            })
-            .collect();
-        names.sort();
-        for p in names {
-            let Ok(text) = std::fs::read_to_string(&p) else {
-                continue;
-            };
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
-                continue;
-            };
-            for d in v["devices"].as_array().into_iter().flatten() {
-                bugs += d["stats"]["bugs"].as_u64().unwrap_or(0);
-            }
-            reports.push(v);
-        }
+    forwarding.spawning();
+    let spawned = cmd.spawn();
+    if spawned.is_err() {
+        forwarding.stop();
     }
+    let mut child = spawned.map_err(|e| format!("starting {program}: {e}"))?;
+    forwarding.to(child.id());
+    // Stop forwarding before the program is reaped: its pid may be reused
+    // at once after.
+    forward::wait_exited(child.id());
+    forwarding.stop();
+    let status = child
+        .wait()
+        .map_err(|e| format!("waiting for {program}: {e}"))?;
+    let elapsed_s = started.elapsed().as_secs_f64();
+    let reports = testbed.reports();
+    let bugs = reports
+        .iter()
+        .flat_map(|v| v["devices"].as_array().into_iter().flatten())
+        .map(|d| d["stats"]["bugs"].as_u64().unwrap_or(0))
+        .sum();
     use std::os::unix::process::ExitStatusExt;
     Ok(Outcome {
         devices: spec.devices.clone(),
@@ -199,4 +196,200 @@ fn run_in(
         bugs,
         elapsed_s,
     })
+}
+
+/// SIGINT, SIGTERM and SIGHUP to the launching process, forwarded to the
+/// programs it runs.
+///
+/// While a [`Forwarding`] lives, these signals do not end this process.
+/// While its program runs, its handler sends each to the program, unless
+/// the kernel sent it (`SI_KERNEL`: a terminal's signal, which went to the
+/// whole foreground process group) and the program is in our process
+/// group, so that it got the signal already (as `sudo` decides). The
+/// program decides what they mean, as it would outside barmap; the run
+/// ends when the program does, and is reported as usual.
+/// A signal that arrives while no program runs (the testbed being made or
+/// removed) is held, and sent to the program once it is started, or, once
+/// the program has ended, to this process again when the last
+/// `Forwarding` is dropped and the previous dispositions are back (a
+/// terminal's signal during the start itself is taken to have reached the
+/// program). At most
+/// 16 programs are forwarded to at once. SIGKILL cannot be forwarded: a
+/// run killed so leaves its program running and its testbed behind (a
+/// private directory that no later run reuses).
+pub mod forward {
+    use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+    use std::sync::Mutex;
+
+    /// The signals forwarded.
+    pub const SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+    /// Programs forwarded to at once, at most.
+    const SLOTS: usize = 16;
+    /// A slot held by a run whose program is not running: signals are held.
+    const HOLDING: i32 = -1;
+    /// A slot whose program is being started: a terminal's signal reaches
+    /// it (it is in our process group), others are held.
+    const SPAWNING: i32 = -2;
+    /// A free slot.
+    const FREE: i32 = 0;
+
+    /// Pids of the programs (positive), or HOLDING, or FREE.
+    static PIDS: [AtomicI32; SLOTS] = [const { AtomicI32::new(FREE) }; SLOTS];
+    /// Signals held per slot, as bit sets.
+    static HELD: [AtomicU32; SLOTS] = [const { AtomicU32::new(0) }; SLOTS];
+    /// Live forwardings, and the dispositions to restore after the last.
+    static INSTALLED: Mutex<(usize, Vec<libc::sigaction>)> = Mutex::new((0, Vec::new()));
+
+    extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+        // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
+        let by_kernel = !info.is_null() && unsafe { (*info).si_code } == libc::SI_KERNEL;
+        for (slot, held) in PIDS.iter().zip(&HELD) {
+            let pid = slot.load(Ordering::Acquire);
+            if pid > 0 && !(by_kernel && in_our_group(pid)) {
+                send(pid, sig);
+            } else if pid == HOLDING || (pid == SPAWNING && !by_kernel) {
+                held.fetch_or(1 << sig, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Whether the program `pid` is in this process's group (so that a
+    /// terminal's signal reached it too).
+    fn in_our_group(pid: i32) -> bool {
+        // SAFETY: getpgid and getpgrp are plain system calls, safe in a
+        // signal handler.
+        unsafe { libc::getpgid(pid) == libc::getpgrp() }
+    }
+
+    /// `kill(pid, sig)`, for a program's pid only (never a group or all).
+    fn send(pid: i32, sig: libc::c_int) {
+        if pid > 0 {
+            // SAFETY: kill is async-signal-safe; pid is a child we started
+            // and have not reaped.
+            unsafe { libc::kill(pid, sig) };
+        }
+    }
+
+    fn set_action(sig: libc::c_int, new: &libc::sigaction) -> libc::sigaction {
+        // SAFETY: a zeroed sigaction is a valid out-buffer.
+        let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: sigaction with valid in and out buffers.
+        unsafe { libc::sigaction(sig, new, &mut old) };
+        old
+    }
+
+    /// Waits until the child `pid` has ended, without reaping it (so that
+    /// its pid stays its own until [`Forwarding::stop`]).
+    pub fn wait_exited(pid: u32) {
+        loop {
+            // SAFETY: a zeroed siginfo is a valid out-buffer.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: waitid for one child, WNOWAIT: it stays a zombie.
+            let r = unsafe {
+                libc::waitid(
+                    libc::P_PID,
+                    pid as libc::id_t,
+                    &mut info,
+                    libc::WEXITED | libc::WNOWAIT,
+                )
+            };
+            if r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                return;
+            }
+        }
+    }
+
+    /// Forwarding for one program, from before it is started until after
+    /// it ended.
+    #[derive(Debug)]
+    pub struct Forwarding {
+        slot: Option<usize>,
+    }
+
+    impl Forwarding {
+        /// Installs the forwarding handler (if no other Forwarding has) and
+        /// holds the signals until [`Forwarding::to`].
+        pub fn start() -> Forwarding {
+            let slot = PIDS.iter().position(|p| {
+                p.compare_exchange(FREE, HOLDING, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            });
+            if let Some(s) = slot {
+                HELD[s].store(0, Ordering::Release);
+            }
+            let mut installed = INSTALLED.lock().unwrap_or_else(|e| e.into_inner());
+            if installed.0 == 0 {
+                // SAFETY: a zeroed sigaction is a valid start.
+                let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+                act.sa_sigaction = on_signal
+                    as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void)
+                    as usize;
+                act.sa_flags = libc::SA_RESTART | libc::SA_SIGINFO;
+                // SAFETY: sigemptyset of our sigaction's mask.
+                unsafe { libc::sigemptyset(&mut act.sa_mask) };
+                installed.1 = SIGNALS.iter().map(|&s| set_action(s, &act)).collect();
+            }
+            installed.0 += 1;
+            Forwarding { slot }
+        }
+
+        /// The program is about to be started.
+        pub fn spawning(&self) {
+            if let Some(s) = self.slot {
+                PIDS[s].store(SPAWNING, Ordering::Release);
+            }
+        }
+
+        /// The program is `pid` (started, not yet reaped): signals go to it
+        /// from now on, the held ones first.
+        pub fn to(&self, pid: u32) {
+            let Some(s) = self.slot else { return };
+            let Ok(pid) = i32::try_from(pid) else { return };
+            if pid <= 0 {
+                return;
+            }
+            PIDS[s].store(pid, Ordering::Release);
+            let held = HELD[s].swap(0, Ordering::AcqRel);
+            for sig in SIGNALS {
+                if held & (1 << sig) != 0 {
+                    send(pid, sig);
+                }
+            }
+        }
+
+        /// The program has ended (call before reaping it): signals are
+        /// held again.
+        pub fn stop(&self) {
+            if let Some(s) = self.slot {
+                PIDS[s].store(HOLDING, Ordering::Release);
+            }
+        }
+    }
+
+    impl Drop for Forwarding {
+        fn drop(&mut self) {
+            let held = match self.slot {
+                Some(s) => {
+                    PIDS[s].store(FREE, Ordering::Release);
+                    HELD[s].swap(0, Ordering::AcqRel)
+                }
+                None => 0,
+            };
+            let mut installed = INSTALLED.lock().unwrap_or_else(|e| e.into_inner());
+            installed.0 -= 1;
+            if installed.0 == 0 {
+                let old = std::mem::take(&mut installed.1);
+                for (sig, act) in SIGNALS.iter().zip(&old) {
+                    set_action(*sig, act);
+                }
+            }
+            drop(installed);
+            for sig in SIGNALS {
+                if held & (1 << sig) != 0 {
+                    // SAFETY: a signal to this process itself.
+                    unsafe { libc::kill(libc::getpid(), sig) };
+                }
+            }
+        }
+    }
 }

@@ -181,10 +181,17 @@ impl RunSpec {
         RunSpec { devices }
     }
 
-    /// Reads the spec of the testbed at `dir`.
+    /// Reads the spec of the testbed at `dir`, if `dir` is the testbed
+    /// this run made and still owns ([`crate::testbed::check`]): a
+    /// directory that is gone, or that fails a check, is an error, and the
+    /// process then sees no devices ([`crate::testbed::refused`]).
     pub fn load(dir: &Path) -> std::io::Result<RunSpec> {
-        let text = std::fs::read_to_string(dir.join(SPEC_FILE))?;
-        serde_json::from_str(&text).map_err(std::io::Error::other)
+        let spec = crate::testbed::read_file(dir, SPEC_FILE)
+            .and_then(|text| serde_json::from_slice(&text).map_err(std::io::Error::other));
+        if spec.is_err() {
+            crate::testbed::mark_refused();
+        }
+        spec
     }
 }
 

@@ -1,10 +1,15 @@
 //! Wrappers of the calls that name a path: the open family opens VFIO
 //! nodes through the front end; lookups of sysfs paths are redirected into
-//! the testbed.
+//! the testbed. Both check first that the testbed is still this run's; a
+//! process whose testbed is gone (it outlived the run) or was refused sees
+//! no VFIO devices: those paths are ENOENT.
 
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
+use std::os::fd::OwnedFd;
+use std::path::Path;
 
-use barmap_front::{Errno, Task};
+use barmap_front::paths::Route;
+use barmap_front::{testbed, Errno, Task};
 
 use crate::{guarded, set_errno, task};
 
@@ -17,18 +22,56 @@ pub(crate) unsafe fn path_str<'a>(path: *const c_char) -> Option<&'a str> {
     unsafe { CStr::from_ptr(path) }.to_str().ok()
 }
 
-/// The redirected path for a lookup, if any.
-unsafe fn redirected(path: *const c_char) -> Option<CString> {
-    // SAFETY: `path` is the caller's NUL-terminated path (or null, which is checked).
-    let p = unsafe { path_str(path) }?;
-    let f = match task()? {
-        Task::Own(f) | Task::Borrowed(f) => f, // a lookup changes nothing
-    };
-    let to = guarded(|| f.redirect(p)).flatten()?;
-    CString::new(to.into_os_string().into_encoded_bytes()).ok()
+/// A lookup redirected into the testbed: the path to use, and the checked
+/// testbed directory it is resolved through (held open until the call is
+/// made, so the lookup reaches that directory and no other).
+pub(crate) struct Redirect {
+    path: CString,
+    _dir: Option<OwnedFd>,
 }
 
-/// open(2) of a served node: Some(fd or -1).
+impl Redirect {
+    fn under(p: &str, base: &Path, dir: Option<OwnedFd>) -> Option<Redirect> {
+        match barmap_front::paths::route(p, base, false) {
+            Route::Redirect(to) => Some(Redirect {
+                path: CString::new(to.into_os_string().into_encoded_bytes()).ok()?,
+                _dir: dir,
+            }),
+            _ => None,
+        }
+    }
+
+    fn as_ptr(&self) -> *const c_char {
+        self.path.as_ptr()
+    }
+}
+
+/// The redirected path for a lookup, if any: into the testbed, after
+/// checking that it is still this run's; into nothing ([`testbed::GONE`],
+/// ENOENT) if the testbed is gone or was refused.
+unsafe fn redirected(path: *const c_char) -> Option<Redirect> {
+    // SAFETY: `path` is the caller's NUL-terminated path (or null, which is checked).
+    let p = unsafe { path_str(path) }?;
+    // A lookup changes nothing: a task sharing the parent's memory may
+    // use the parent's front end for it.
+    let Some(Task::Own(f) | Task::Borrowed(f)) = task() else {
+        if crate::BUSY.with(|b| b.get()) || !testbed::refused() {
+            return None;
+        }
+        return Redirect::under(p, Path::new(testbed::GONE), None);
+    };
+    guarded(|| {
+        f.redirect(p)?;
+        match testbed::lookup_base(f.testbed()) {
+            Ok((base, dir)) => Redirect::under(p, &base, Some(dir)),
+            Err(_) => Redirect::under(p, Path::new(testbed::GONE), None),
+        }
+    })
+    .flatten()
+}
+
+/// open(2) of a served node: Some(fd or -1). ENOENT once the testbed is
+/// gone.
 unsafe fn open_node(path: *const c_char, flags: c_int) -> Option<c_int> {
     // SAFETY: `path` is the caller's NUL-terminated path (or null, which is checked).
     let p = unsafe { path_str(path) }?;
@@ -46,6 +89,10 @@ unsafe fn open_node(path: *const c_char, flags: c_int) -> Option<c_int> {
     };
     if !guarded(|| f.serves(p))? {
         return None;
+    }
+    if guarded(|| testbed::check(f.testbed()).is_err())? {
+        set_errno(Errno::ENOENT);
+        return Some(-1);
     }
     Some(match guarded(|| f.open(p, flags))? {
         Ok(fd) => fd,
