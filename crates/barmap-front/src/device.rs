@@ -66,6 +66,10 @@ impl FrontHost {
         let table = dma.as_ref().ok_or(IommuFault::NoDomain)?.lock().unwrap();
         match table.translate(iova, len, write) {
             Some(va) => Ok(va),
+            // Private memory the program unmapped after mapping it for
+            // DMA: the kernel would still reach the pinned pages; barmap
+            // has none to reach (see crate::dma).
+            None if table.is_gone(iova, len) => Err(IommuFault::Gone { iova }),
             None if table.translate(iova, len, !write).is_some() => {
                 Err(IommuFault::Permission { iova, write })
             }
@@ -293,11 +297,13 @@ pub fn get_region_info(dev: &EmuDevice, arg: usize) -> Result<i64, Errno> {
                 info.flags = 0;
             }
         },
-        _ => {
-            // No ROM, no VGA.
+        v::VFIO_PCI_ROM_REGION_INDEX => {
+            // No ROM.
             info.size = 0;
             info.flags = 0;
         }
+        // The VGA region of a device that is no VGA device.
+        _ => return Err(Errno::EINVAL),
     }
     let head = std::mem::size_of::<v::VfioRegionInfo>();
     if !caps.is_empty() {

@@ -350,6 +350,7 @@ impl Front {
     /// barmap forgot the range through its userfaultfd's UNMAP events):
     /// drops the records of mappings with nothing left.
     pub fn munmapped(&self, addr: usize, len: usize) {
+        dma::process_unmapped(addr, len);
         let end = addr.saturating_add(len);
         let gone: Vec<BarMap> = {
             let mut maps = self.maps.lock().unwrap();
