@@ -399,6 +399,7 @@ impl Front {
                     "policy": d.spec.policy,
                     "model": d.spec.model,
                     "stats": d.device().stats(),
+                    "iommu_faults": d.iommu_faults.to_json(),
                     "bug_events": d.device().bug_events(),
                 })
             })
