@@ -37,7 +37,6 @@
 //! valid) holds only for pinned memory.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 
 /// Page size of the emulated IOMMU.
 pub const IOMMU_PAGE: u64 = 4096;
@@ -97,6 +96,9 @@ enum Held {
     /// A BAR mapping (type1 maps pfnmaps): reached at the program's
     /// address, where barmap's fault path serves it.
     Mmio,
+    /// Private memory past the watch table's size: reached at the
+    /// program's address, unwatched.
+    Unwatched,
 }
 
 /// A second mapping of a shared range's pages, made at DMA map time.
@@ -163,52 +165,37 @@ impl Alias {
     }
 }
 
-/// A private range watched for the program's unmaps.
+/// A private range watched for the program's unmaps (see [`watch`]).
 #[derive(Debug)]
 struct Watch {
+    slot: usize,
     id: u64,
+    /// Whether barmap's userfaultfd watches the range too.
+    uffd: bool,
 }
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        WATCHED.lock().unwrap().retain(|w| w.id != self.id);
-    }
-}
-
-/// One watched private range: its addresses and the parts unmapped since.
-#[derive(Debug)]
-struct Watched {
-    id: u64,
-    start: u64,
-    end: u64,
-    gone: Vec<(u64, u64)>,
-}
-
-/// Every watched range of the process (for [`process_unmapped`]).
-static WATCHED: Mutex<Vec<Watched>> = Mutex::new(Vec::new());
-static NEXT_WATCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Watch {
-    fn new(start: u64, end: u64) -> Watch {
-        let id = NEXT_WATCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        WATCHED.lock().unwrap().push(Watched {
-            id,
-            start,
-            end,
-            gone: Vec::new(),
-        });
-        Watch { id }
+    /// Watches `start..end` (private memory just mapped for DMA, for a
+    /// device that may write it if `write`); None if every slot is taken.
+    fn new(start: u64, end: u64, write: bool) -> Option<Watch> {
+        let (slot, id) = watch::take(start, end)?;
+        let uffd = watch::register(start, end, write);
+        Some(Watch { slot, id, uffd })
     }
 
     /// Whether part of `va..va+len` was unmapped by the program.
     fn gone(&self, va: u64, len: u64) -> bool {
-        let end = va.saturating_add(len);
-        WATCHED
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|w| w.id == self.id)
-            .is_some_and(|w| w.gone.iter().any(|&(s, e)| s < end && va < e))
+        watch::gone(self.slot, self.id, va, va.saturating_add(len))
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if let Some((start, end)) = watch::release(self.slot, self.id) {
+            if self.uffd {
+                watch::unregister(start, end);
+            }
+        }
     }
 }
 
@@ -216,11 +203,351 @@ impl Watch {
 /// private DMA-mapped memory in that range is gone, and device DMA to it
 /// is an IOMMU fault from now on (shared memory stays pinned).
 pub fn process_unmapped(addr: usize, len: usize) {
-    let (a, e) = (addr as u64, (addr as u64).saturating_add(len as u64));
-    let mut watched = WATCHED.lock().unwrap();
-    for w in watched.iter_mut() {
-        if w.start < e && a < w.end {
-            w.gone.push((a.max(w.start), e.min(w.end)));
+    watch::mark_gone(addr as u64, (addr as u64).saturating_add(len as u64));
+}
+
+/// Private DMA memory, watched for the program's unmaps.
+///
+/// The watched ranges live in a fixed table ([`SLOTS`] slots), so that
+/// marking a range gone never allocates: the userfaultfd's event thread
+/// does it while the unmapping thread waits for it, and that thread may
+/// hold the allocator's locks (a `free` that trims the heap).
+///
+/// Two ways in:
+/// - the `munmap` wrapper of the preload library ([`process_unmapped`]);
+/// - barmap's own userfaultfd (`UFFD_FEATURE_EVENT_UNMAP`, `EVENT_REMAP`,
+///   `EVENT_REMOVE`), on which each watched range is registered in MISSING
+///   mode after being populated (the kernel faults in every page when it
+///   pins them too). It reports every way the range can go: `munmap`
+///   inside libc or as a raw system call, `mmap(MAP_FIXED)` or `mremap`
+///   over it, `madvise(MADV_DONTNEED)`. Its thread serves the MISSING
+///   faults that follow a `MADV_DONTNEED` or `MADV_FREE` with zero pages,
+///   as the kernel would. It is used where the kernel allows it: a
+///   userfaultfd that takes faults of the kernel too (no
+///   `UFFD_USER_MODE_ONLY`, which would turn the program's own system
+///   calls on such pages into EFAULT), and memory that supports MISSING
+///   registration with zero pages (anonymous or shmem; not hugetlb, not
+///   private file mappings, not ranges the program registered itself).
+mod watch {
+    use std::os::fd::RawFd;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Mutex, OnceLock};
+
+    use linux_raw_sys::general as sys;
+    use linux_raw_sys::ioctl as io;
+
+    /// Watched ranges at most (DMA mappings of private memory).
+    pub const SLOTS: usize = 512;
+    /// Gone parts recorded per range; more, and the whole range is gone.
+    const PARTS: usize = 8;
+    const PAGE: u64 = 4096;
+
+    #[derive(Clone, Copy)]
+    struct Slot {
+        /// 0: free.
+        id: u64,
+        start: u64,
+        end: u64,
+        parts: [(u64, u64); PARTS],
+        nparts: usize,
+        all: bool,
+    }
+
+    const FREE: Slot = Slot {
+        id: 0,
+        start: 0,
+        end: 0,
+        parts: [(0, 0); PARTS],
+        nparts: 0,
+        all: false,
+    };
+
+    static TABLE: Mutex<[Slot; SLOTS]> = Mutex::new([FREE; SLOTS]);
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+    fn table() -> std::sync::MutexGuard<'static, [Slot; SLOTS]> {
+        TABLE.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A free slot for `start..end`: its index and id.
+    pub fn take(start: u64, end: u64) -> Option<(usize, u64)> {
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut t = table();
+        let i = t.iter().position(|s| s.id == 0)?;
+        t[i] = Slot {
+            id,
+            start,
+            end,
+            ..FREE
+        };
+        Some((i, id))
+    }
+
+    /// Frees the slot; returns its range.
+    pub fn release(slot: usize, id: u64) -> Option<(u64, u64)> {
+        let mut t = table();
+        let s = &mut t[slot];
+        (s.id == id).then(|| {
+            let r = (s.start, s.end);
+            *s = FREE;
+            r
+        })
+    }
+
+    /// Set while the event thread holds events it has read (which let the
+    /// unmapping threads go on) and not yet marked.
+    static IN_FLIGHT: AtomicBool = AtomicBool::new(false);
+
+    /// Whether part of `a..e` in the slot's range is gone. Waits for the
+    /// events already read to be marked: an unmap that has returned to the
+    /// program is always seen.
+    pub fn gone(slot: usize, id: u64, a: u64, e: u64) -> bool {
+        while IN_FLIGHT.load(Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        let t = table();
+        let s = &t[slot];
+        s.id == id && (s.all || s.parts[..s.nparts].iter().any(|&(ps, pe)| ps < e && a < pe))
+    }
+
+    /// Marks `a..e` gone in every watched range it meets. Never allocates.
+    pub fn mark_gone(a: u64, e: u64) {
+        let mut t = table();
+        for s in t
+            .iter_mut()
+            .filter(|s| s.id != 0 && s.start < e && a < s.end)
+        {
+            if s.nparts == PARTS {
+                s.all = true;
+            } else {
+                s.parts[s.nparts] = (a.max(s.start), e.min(s.end));
+                s.nparts += 1;
+            }
+        }
+    }
+
+    /// Whether a watched range other than those being released covers
+    /// part of `a..e`: its parts, into `out` (at most its length).
+    fn covered(a: u64, e: u64, out: &mut [(u64, u64)]) -> usize {
+        let t = table();
+        let mut n = 0;
+        for s in t.iter().filter(|s| s.id != 0 && s.start < e && a < s.end) {
+            if n == out.len() {
+                return usize::MAX;
+            }
+            out[n] = (s.start.max(a), s.end.min(e));
+            n += 1;
+        }
+        n
+    }
+
+    /// barmap's userfaultfd for private DMA memory, if the kernel gives
+    /// one that takes the kernel's faults too, and its thread runs.
+    fn uffd() -> Option<RawFd> {
+        static FD: OnceLock<Option<RawFd>> = OnceLock::new();
+        *FD.get_or_init(|| {
+            let flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
+            // SAFETY: the userfaultfd system call; a new fd or -1.
+            let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) } as RawFd;
+            if fd < 0 {
+                return None;
+            }
+            let mut api = sys::uffdio_api {
+                api: sys::UFFD_API as u64,
+                features: (sys::UFFD_FEATURE_EVENT_UNMAP
+                    | sys::UFFD_FEATURE_EVENT_REMAP
+                    | sys::UFFD_FEATURE_EVENT_REMOVE) as u64,
+                ioctls: 0,
+            };
+            let spawned = ioctl(fd, io::UFFDIO_API, &mut api) == 0
+                && std::thread::Builder::new()
+                    .name("barmap-dma-watch".into())
+                    .spawn(move || serve(fd))
+                    .is_ok();
+            if !spawned {
+                // SAFETY: our own fd, used by nothing else.
+                unsafe { libc::close(fd) };
+                return None;
+            }
+            Some(fd)
+        })
+    }
+
+    fn ioctl<T>(fd: RawFd, req: u32, arg: &mut T) -> i32 {
+        // SAFETY: a userfaultfd ioctl with a pointer to its argument
+        // structure, which lives across the call.
+        unsafe { libc::ioctl(fd, req as libc::c_ulong, arg as *mut T) }
+    }
+
+    fn range(a: u64, e: u64) -> sys::uffdio_range {
+        sys::uffdio_range {
+            start: a,
+            len: e - a,
+        }
+    }
+
+    /// Populates `start..end` (the kernel faults in the pages it pins) and
+    /// registers it on barmap's userfaultfd; false if that cannot be done
+    /// (the range then is watched through `munmap` only).
+    pub fn register(start: u64, end: u64, write: bool) -> bool {
+        let Some(fd) = uffd() else {
+            return false;
+        };
+        let advice = if write {
+            sys::MADV_POPULATE_WRITE
+        } else {
+            sys::MADV_POPULATE_READ
+        };
+        // SAFETY: madvise on the program's range, which it just gave for
+        // DMA: faults its pages in, changes nothing else.
+        if unsafe {
+            libc::madvise(
+                start as *mut libc::c_void,
+                (end - start) as usize,
+                advice as i32,
+            )
+        } != 0
+        {
+            return false;
+        }
+        let mut reg = sys::uffdio_register {
+            range: range(start, end),
+            mode: sys::UFFDIO_REGISTER_MODE_MISSING as u64,
+            ioctls: 0,
+        };
+        if ioctl(fd, io::UFFDIO_REGISTER, &mut reg) != 0 {
+            return false;
+        }
+        if reg.ioctls & (1u64 << sys::_UFFDIO_ZEROPAGE) == 0 {
+            // No zero pages for it (hugetlb): its faults could not be served.
+            let mut r = range(start, end);
+            ioctl(fd, io::UFFDIO_UNREGISTER, &mut r);
+            return false;
+        }
+        true
+    }
+
+    /// Unregisters what of `start..end` no other watched range covers,
+    /// mapping by mapping (the program may have replaced parts of it).
+    pub fn unregister(start: u64, end: u64) {
+        let Some(fd) = uffd() else {
+            return;
+        };
+        let mut others = [(0u64, 0u64); 32];
+        let n = covered(start, end, &mut others);
+        if n == usize::MAX {
+            return; // left registered: its faults are still served
+        }
+        let mut keep = others[..n].to_vec();
+        keep.sort_unstable();
+        let mut free = Vec::new();
+        let mut at = start;
+        for (a, e) in keep {
+            if a > at {
+                free.push((at, a));
+            }
+            at = at.max(e);
+        }
+        if at < end {
+            free.push((at, end));
+        }
+        let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+            return;
+        };
+        for line in maps.lines() {
+            let Some((s, e)) = line
+                .split_whitespace()
+                .next()
+                .and_then(|r| r.split_once('-'))
+                .and_then(|(s, e)| {
+                    Some((
+                        u64::from_str_radix(s, 16).ok()?,
+                        u64::from_str_radix(e, 16).ok()?,
+                    ))
+                })
+            else {
+                continue;
+            };
+            for &(fa, fe) in &free {
+                let (a, b) = (s.max(fa), e.min(fe));
+                if a < b {
+                    let mut r = range(a, b);
+                    ioctl(fd, io::UFFDIO_UNREGISTER, &mut r);
+                }
+            }
+        }
+    }
+
+    /// The event thread: unmaps, moves and removals mark ranges gone;
+    /// missing pages get zero pages. Never allocates.
+    fn serve(fd: RawFd) {
+        const MSG: usize = std::mem::size_of::<sys::uffd_msg>();
+        let mut buf = [0u8; MSG * 16];
+        loop {
+            let mut p = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: poll on one pollfd that lives across the call.
+            if unsafe { libc::poll(&mut p, 1, -1) } < 0 {
+                continue;
+            }
+            // Reading an unmap event lets the unmapping thread return:
+            // DMA translations wait until it is marked.
+            IN_FLIGHT.store(true, Ordering::SeqCst);
+            // SAFETY: reads into `buf`, valid for its length.
+            let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                IN_FLIGHT.store(false, Ordering::SeqCst);
+                continue;
+            }
+            let word = |m: &[u8], at: usize| u64::from_ne_bytes(m[at..at + 8].try_into().unwrap());
+            for m in buf[..n as usize].chunks_exact(MSG) {
+                // struct uffd_msg: the event at 0, its arguments from 8:
+                // pagefault {flags, address}, remap {from, to, len},
+                // remove and unmap {start, end}.
+                match u32::from(m[0]) {
+                    sys::UFFD_EVENT_PAGEFAULT => zero_page(fd, word(m, 16) & !(PAGE - 1)),
+                    sys::UFFD_EVENT_REMAP => {
+                        let from = word(m, 8);
+                        mark_gone(from, from.saturating_add(word(m, 24)));
+                    }
+                    sys::UFFD_EVENT_UNMAP | sys::UFFD_EVENT_REMOVE => {
+                        mark_gone(word(m, 8), word(m, 16))
+                    }
+                    _ => {}
+                }
+            }
+            IN_FLIGHT.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Serves a MISSING fault at `page` with a zero page, as the kernel
+    /// would for anonymous or shmem memory.
+    fn zero_page(fd: RawFd, page: u64) {
+        let mut z = sys::uffdio_zeropage {
+            range: range(page, page + PAGE),
+            mode: 0,
+            zeropage: 0,
+        };
+        if ioctl(fd, io::UFFDIO_ZEROPAGE, &mut z) == 0 {
+            return;
+        }
+        let mut r = range(page, page + PAGE);
+        // SAFETY: reads the thread's errno.
+        match unsafe { *libc::__errno_location() } {
+            // Mapped meanwhile: wake the thread that waits for it.
+            libc::EEXIST => {
+                ioctl(fd, io::UFFDIO_WAKE, &mut r);
+            }
+            // The mm is changing (a fork, a remap): the fault is retried.
+            libc::EAGAIN => {}
+            // Anything else: stop watching that page; the unregister wakes
+            // the thread, whose fault then takes the kernel's usual path.
+            _ => {
+                ioctl(fd, io::UFFDIO_UNREGISTER, &mut r);
+            }
         }
     }
 }
@@ -275,7 +602,8 @@ impl DmaTable {
             let spans: Vec<(u64, u64)> = segments.iter().map(|s| (s.0, s.1)).collect();
             match shared.then(|| Alias::of(m.vaddr, m.size, &spans)).flatten() {
                 Some(a) => Held::Pinned(a),
-                None => Held::Watched(Watch::new(m.vaddr, m.vaddr + m.size)),
+                None => Watch::new(m.vaddr, m.vaddr + m.size, m.write)
+                    .map_or(Held::Unwatched, Held::Watched),
             }
         };
         self.maps.insert(m.iova, m);
