@@ -19,18 +19,29 @@
 //!   unmap. The program may unmap, remap or move its own mapping; the
 //!   device keeps reaching the pages it was given, as with the kernel.
 //! - **Private memory** (anonymous `MAP_PRIVATE`, malloc, private file
-//!   mappings): there is no second mapping of private pages to be had,
-//!   so barmap translates through the program's address and watches it.
-//!   When the program's `munmap` covers part of a DMA-mapped range, that
-//!   range is marked gone, and device DMA to it is an IOMMU fault
-//!   ([`barmap_models::IommuFault::Gone`], counted in the device's stats
-//!   and in the run's report), never a write into whatever memory is
-//!   mapped there next. What barmap does not see: an unmap inside libc
-//!   (a `free` that returns a large chunk), a raw `munmap` system call, and
-//!   a `mmap(MAP_FIXED)` or `mremap` over the buffer without a `munmap`;
-//!   DMA then reaches the new memory. Programs that need the kernel's
-//!   exact behaviour in those cases map DMA buffers from shared memory, as
-//!   QEMU and DPDK do for guest memory and hugepages.
+//!   mappings): there is no second mapping of private pages to be had, so
+//!   barmap translates through the program's address and watches it (see
+//!   the `watch` module): populated at map time, registered on a
+//!   userfaultfd of barmap's own whose unmap, remap and remove events
+//!   report every way the range can go (`munmap` through libc, inside
+//!   libc, or as a raw system call, `mmap(MAP_FIXED)` or `mremap` over it,
+//!   `MADV_DONTNEED`), and reported by the preload's `munmap` wrapper too.
+//!   A range that went is marked gone, and device DMA to it is an IOMMU
+//!   fault ([`barmap_models::IommuFault::Gone`], counted in the device's
+//!   `iommu_faults` and in the run's report), never a write into whatever
+//!   memory is mapped there next. Where that userfaultfd cannot be had
+//!   (only `UFFD_USER_MODE_ONLY`, hugetlb, private file mappings, ranges
+//!   the program registered itself), only the `munmap` wrapper reports.
+//!   Programs that need the kernel's exact behaviour map DMA buffers from
+//!   shared memory, as QEMU and DPDK do for guest memory and hugepages.
+//!
+//! Why not more: user space has no way to take a reference to a private
+//! page that outlives the program's mapping (`/proc/self/pagemap` gives
+//! frame numbers but no access, and moving the pages away with
+//! `mremap(MREMAP_DONTUNMAP)` would take them from the program), so the
+//! choice for private memory is between reaching the program's current
+//! memory and refusing; barmap refuses, as an IOMMU fault the device
+//! model sees and the report counts.
 //!
 //! `VFIO_UPDATE_VADDR` is not offered (see [`crate::type1::has_extension`]):
 //! its promise (the device keeps using the pinned pages while no vaddr is
