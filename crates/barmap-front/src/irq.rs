@@ -285,8 +285,9 @@ impl Irqs {
             return Err(Errno::EINVAL);
         }
         if r.data_type == v::VFIO_IRQ_SET_DATA_EVENTFD {
-            if !on && r.count == 0 {
-                // vfio_msi_enable asks for at least 1 and at most 0 vectors.
+            if !on && r.start + r.count == 0 {
+                // vfio_msi_enable(start + count) asks for at least 1 and at
+                // most 0 vectors.
                 return Err(Errno(libc::ERANGE));
             }
             // Every fd is checked before anything changes (the kernel
