@@ -848,4 +848,89 @@ mod tests {
         let next = t.find_free(0x1000, 0x1000).unwrap();
         assert!(next >= at + 0x2000);
     }
+
+    fn rw(iova: u64, size: u64, vaddr: u64) -> DmaMapping {
+        DmaMapping {
+            iova,
+            size,
+            vaddr,
+            read: true,
+            write: true,
+        }
+    }
+
+    #[test]
+    fn v1_unmap_takes_whole_mappings_that_start_in_the_range() {
+        let (_v, a) = buf();
+        let mut t = DmaTable::default();
+        t.map(rw(0x10_0000, 0x4000, a)).unwrap();
+        t.map(rw(0x20_0000, 0x4000, a)).unwrap();
+        assert_eq!(t.unmap_v1(0x10_1000, 0x1000), 0, "starts inside: nothing");
+        assert_eq!(
+            t.unmap_v1(0x10_0000, 0x1000),
+            0x4000,
+            "the first page: all of it"
+        );
+        assert_eq!(t.unmap_v1(0xf_f000, 0x10_2000), 0x4000, "reaches the start");
+        assert!(t.is_empty());
+    }
+
+    fn anon(prot: i32, flags: i32) -> u64 {
+        // SAFETY: a fresh mapping for the test, unmapped by the test.
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), 0x4000, prot, flags, -1, 0) };
+        assert_ne!(p, libc::MAP_FAILED);
+        p as u64
+    }
+
+    #[test]
+    fn maps_are_checked_against_the_memorys_protection() {
+        let ro = anon(libc::PROT_READ, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS);
+        let none = anon(libc::PROT_NONE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS);
+        let mut t = DmaTable::default();
+        assert_eq!(t.map(rw(0x1000, 0x4000, ro)), Err(DmaError::Fault));
+        assert_eq!(t.map(rw(0x1000, 0x4000, none)), Err(DmaError::Fault));
+        let read_only = DmaMapping {
+            write: false,
+            ..rw(0x1000, 0x4000, ro)
+        };
+        assert_eq!(t.map(read_only), Ok(()));
+        assert!(t.translate(0x1000, 8, false).is_some());
+    }
+
+    #[test]
+    fn shared_memory_stays_pinned_and_unmapped_private_memory_is_gone() {
+        let shared = anon(
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+        );
+        let private = anon(
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+        );
+        let mut t = DmaTable::default();
+        t.map(rw(0x10_0000, 0x4000, shared)).unwrap();
+        t.map(rw(0x20_0000, 0x4000, private)).unwrap();
+        let alias = t.translate(0x10_0000, 8, true).unwrap();
+        assert_ne!(alias, shared, "DMA goes through barmap's second mapping");
+        // SAFETY: writes 8 bytes into the test's own shared mapping, then
+        // reads them through the alias of the same pages.
+        unsafe {
+            *(shared as *mut u64) = 0x5eed;
+            assert_eq!(*(alias as *const u64), 0x5eed);
+            libc::munmap(shared as *mut libc::c_void, 0x4000);
+            libc::munmap(private as *mut libc::c_void, 0x4000);
+        }
+        process_unmapped(shared as usize, 0x4000);
+        process_unmapped(private as usize, 0x4000);
+        assert_eq!(
+            t.translate(0x10_0000, 8, false),
+            Some(alias),
+            "the program's unmap leaves the pinned pages"
+        );
+        // SAFETY: the alias is mapped until the DMA unmap.
+        assert_eq!(unsafe { *(alias as *const u64) }, 0x5eed);
+        assert_eq!(t.translate(0x20_0000, 8, true), None);
+        assert!(t.is_gone(0x20_0000, 8), "private memory is gone");
+        assert_eq!(t.unmap(0, 1 << 30, true), Ok(0x8000));
+    }
 }
