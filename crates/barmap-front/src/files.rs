@@ -234,7 +234,8 @@ impl Group {
 
     /// `vfio_group_ioctl_get_device_fd`: the name first (EFAULT, EINVAL
     /// past a page, ENODEV for no such device), then the container
-    /// (EINVAL without one, or without an IOMMU driver).
+    /// (EINVAL without one, or for a legacy container without an IOMMU
+    /// driver).
     fn get_device_fd(
         this: &Arc<Group>,
         arg: usize,
@@ -246,7 +247,10 @@ impl Group {
         }
         let ready = match &*this.container.lock().unwrap() {
             Some(Attached::Legacy(k)) => k.ready(),
-            Some(Attached::Iommufd(i)) => i.compat_type().is_some(),
+            // The compatibility IOAS exists from SET_CONTAINER on: the
+            // device attaches to it (vfio_iommufd_compat_attach_ioas), no
+            // SET_IOMMU needed.
+            Some(Attached::Iommufd(_)) => true,
             None => false,
         };
         if !ready {
