@@ -353,10 +353,17 @@ mod watch {
     }
 
     /// barmap's userfaultfd for private DMA memory, if the kernel gives
-    /// one that takes the kernel's faults too, and its thread runs.
+    /// one that takes the kernel's faults too, and its thread runs. Only
+    /// the process that made it uses it: a userfaultfd acts on the address
+    /// space it was made in, and a forked child has no event thread.
     fn uffd() -> Option<RawFd> {
-        static FD: OnceLock<Option<RawFd>> = OnceLock::new();
-        *FD.get_or_init(|| {
+        static FD: OnceLock<(u32, Option<RawFd>)> = OnceLock::new();
+        let (pid, fd) = *FD.get_or_init(|| (std::process::id(), make()));
+        fd.filter(|_| pid == std::process::id())
+    }
+
+    fn make() -> Option<RawFd> {
+        {
             let flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
             // SAFETY: the userfaultfd system call; a new fd or -1.
             let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) } as RawFd;
@@ -381,7 +388,7 @@ mod watch {
                 return None;
             }
             Some(fd)
-        })
+        }
     }
 
     fn ioctl<T>(fd: RawFd, req: u32, arg: &mut T) -> i32 {

@@ -98,7 +98,9 @@ impl Container {
 #[derive(Debug, Clone)]
 enum Attached {
     Legacy(Arc<Container>),
-    Iommufd(Arc<Iommufd>),
+    /// Holds the iommufd, as the kernel's group holds a reference to its
+    /// context until the unset.
+    Iommufd(#[allow(dead_code)] Arc<Iommufd>),
 }
 
 /// An open group (one device per group).
