@@ -379,3 +379,97 @@ fn sigint_and_sighup_to_barmap_run_reach_the_program_and_remove_the_testbed() {
     signal_reaches_the_program(libc::SIGINT);
     signal_reaches_the_program(libc::SIGHUP);
 }
+
+// --- lifetimes and errnos ---
+
+/// Runs `name` under `barmap run --json` with `args`, requires it to pass,
+/// and returns the run's report of the first device.
+fn passes_with_report(name: &str, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let r = run(name, &all);
+    assert!(
+        r.code == Some(0) && r.text.contains("PASS"),
+        "{name} under barmap run {all:?}: exit {:?}\n{}",
+        r.code,
+        r.text
+    );
+    let line = r
+        .text
+        .lines()
+        .find(|l| l.starts_with('{') && l.contains("\"reports\""))
+        .unwrap_or_else(|| panic!("{name}: no JSON outcome in\n{}", r.text));
+    let out: serde_json::Value = serde_json::from_str(line).unwrap();
+    out["reports"][0]["devices"][0].clone()
+}
+
+#[test]
+fn group_unset_container_with_an_open_device_is_ebusy() {
+    passes("group_unset_container_with_an_open_device_is_ebusy", &[]);
+}
+
+#[test]
+fn closing_the_group_keeps_dma_maps_until_the_last_device_fd_closes() {
+    passes(
+        "closing_the_group_keeps_dma_maps_until_the_last_device_fd_closes",
+        &[],
+    );
+}
+
+#[test]
+fn map_dma_needs_read_or_write_and_a_writable_buffer_for_write() {
+    passes(
+        "map_dma_needs_read_or_write_and_a_writable_buffer_for_write",
+        &[],
+    );
+}
+
+#[test]
+fn type1v1_unmap_of_a_first_page_unmaps_the_whole_mapping() {
+    passes(
+        "type1v1_unmap_of_a_first_page_unmaps_the_whole_mapping",
+        &[],
+    );
+}
+
+#[test]
+fn intx_trigger_while_msix_is_enabled_is_einval() {
+    passes("intx_trigger_while_msix_is_enabled_is_einval", &[]);
+}
+
+#[test]
+fn container_and_group_errnos_follow_the_kernels_order() {
+    passes("container_and_group_errnos_follow_the_kernels_order", &[]);
+}
+
+#[test]
+fn update_vaddr_is_not_offered_and_its_flags_get_the_kernels_answer() {
+    passes(
+        "update_vaddr_is_not_offered_and_its_flags_get_the_kernels_answer",
+        &[],
+    );
+}
+
+#[test]
+fn dma_to_unmapped_private_memory_is_an_iommu_fault_never_a_write_into_new_memory() {
+    let dev = passes_with_report(
+        "dma_to_unmapped_private_memory_is_an_iommu_fault_never_a_write_into_new_memory",
+        &["--device", "edu"],
+    );
+    assert_eq!(
+        dev["iommu_faults"]["gone"], 4,
+        "each DMA after its buffer went is reported as an IOMMU fault: {dev}"
+    );
+}
+
+#[test]
+fn dma_to_remapped_shared_memory_reaches_the_pages_pinned_at_map_time() {
+    let dev = passes_with_report(
+        "dma_to_remapped_shared_memory_reaches_the_pages_pinned_at_map_time",
+        &["--device", "edu"],
+    );
+    assert_eq!(
+        dev["iommu_faults"]["gone"], 0,
+        "pinned pages never fault: {dev}"
+    );
+}

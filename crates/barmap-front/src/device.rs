@@ -2,6 +2,7 @@
 //! capability chain, `GET_IRQ_INFO`, `SET_IRQS`, `RESET`, region access
 //! with `pread`/`pwrite` at `index << 40 | offset`, and `mmap` of BARs.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use barmap::{Device, Error, Placement, Prot};
@@ -41,6 +42,47 @@ pub struct EmuDevice {
     /// A device fd of it is open (vfio-pci allows one open per device
     /// through the group and the cdev together).
     pub open: Mutex<u32>,
+    /// IOMMU faults of its DMA.
+    pub iommu_faults: Arc<FaultCounts>,
+}
+
+/// IOMMU faults of one device's DMA, by kind (the run's report lists
+/// them under `iommu_faults`).
+#[derive(Debug, Default)]
+pub struct FaultCounts {
+    /// DMA with no IOMMU table attached.
+    pub no_domain: AtomicU64,
+    /// DMA to an IOVA no mapping covers.
+    pub unmapped: AtomicU64,
+    /// DMA against a mapping's permissions.
+    pub permission: AtomicU64,
+    /// DMA to private memory the program unmapped after mapping it for
+    /// DMA (see [`crate::dma`]), or whose pages could not be reached.
+    pub gone: AtomicU64,
+}
+
+impl FaultCounts {
+    fn count(&self, f: &IommuFault) {
+        let c = match f {
+            IommuFault::NoDomain => &self.no_domain,
+            IommuFault::Unmapped { .. } => &self.unmapped,
+            IommuFault::Permission { .. } => &self.permission,
+            IommuFault::Gone { .. } => &self.gone,
+            IommuFault::BusMasterDisabled => return,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts as a JSON object.
+    pub fn to_json(&self) -> serde_json::Value {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        serde_json::json!({
+            "no_domain": n(&self.no_domain),
+            "unmapped": n(&self.unmapped),
+            "permission": n(&self.permission),
+            "gone": n(&self.gone),
+        })
+    }
 }
 
 /// The front end as a device model's surroundings: the eventfds of
@@ -50,6 +92,7 @@ pub struct EmuDevice {
 struct FrontHost {
     irqs: Arc<Mutex<Irqs>>,
     dma: DmaSlot,
+    faults: Arc<FaultCounts>,
 }
 
 fn index_of(i: IrqIndex) -> u32 {
@@ -66,6 +109,10 @@ impl FrontHost {
         let table = dma.as_ref().ok_or(IommuFault::NoDomain)?.lock().unwrap();
         match table.translate(iova, len, write) {
             Some(va) => Ok(va),
+            // Private memory the program unmapped after mapping it for
+            // DMA: the kernel would still reach the pinned pages; barmap
+            // has none to reach (see crate::dma).
+            None if table.is_gone(iova, len) => Err(IommuFault::Gone { iova }),
             None if table.translate(iova, len, !write).is_some() => {
                 Err(IommuFault::Permission { iova, write })
             }
@@ -88,11 +135,37 @@ impl Host for FrontHost {
     }
 
     fn dma_read(&self, iova: u64, buf: &mut [u8]) -> Result<(), IommuFault> {
+        let r = self.raw_read(iova, buf);
+        if let Err(f) = &r {
+            self.faults.count(f);
+        }
+        r
+    }
+
+    fn dma_write(&self, iova: u64, data: &[u8]) -> Result<(), IommuFault> {
+        let r = self.raw_write(iova, data);
+        if let Err(f) = &r {
+            self.faults.count(f);
+        }
+        r
+    }
+
+    fn dma_copy(&self, src: u64, dst: u64, len: u64) -> Result<(), (DmaSide, IommuFault)> {
+        let r = self.raw_copy(src, dst, len);
+        if let Err((_, f)) = &r {
+            self.faults.count(f);
+        }
+        r
+    }
+}
+
+impl FrontHost {
+    fn raw_read(&self, iova: u64, buf: &mut [u8]) -> Result<(), IommuFault> {
         let va = self.translate(iova, buf.len() as u64, false)?;
         barmap::os::copy_from_user(va as *const u8, buf).map_err(|_| IommuFault::Gone { iova })
     }
 
-    fn dma_write(&self, iova: u64, data: &[u8]) -> Result<(), IommuFault> {
+    fn raw_write(&self, iova: u64, data: &[u8]) -> Result<(), IommuFault> {
         let va = self.translate(iova, data.len() as u64, true)?;
         barmap::os::copy_to_user(data, va as *mut u8).map_err(|_| IommuFault::Gone { iova })
     }
@@ -101,7 +174,7 @@ impl Host for FrontHost {
     /// the source's pages to the destination's (no bounce buffer). If the
     /// kernel refuses it (memory behind a mapping gone), the bounce finds
     /// out which side it was.
-    fn dma_copy(&self, src: u64, dst: u64, len: u64) -> Result<(), (DmaSide, IommuFault)> {
+    fn raw_copy(&self, src: u64, dst: u64, len: u64) -> Result<(), (DmaSide, IommuFault)> {
         if len == 0 {
             return Ok(());
         }
@@ -115,9 +188,9 @@ impl Host for FrontHost {
             Ok(()) => Ok(()),
             Err(_) => {
                 let mut buf = vec![0u8; len as usize];
-                self.dma_read(src, &mut buf)
+                self.raw_read(src, &mut buf)
                     .map_err(|f| (DmaSide::Read, f))?;
-                self.dma_write(dst, &buf).map_err(|f| (DmaSide::Write, f))?;
+                self.raw_write(dst, &buf).map_err(|f| (DmaSide::Write, f))?;
                 Ok(())
             }
         }
@@ -139,9 +212,11 @@ impl EmuDevice {
             1,
         ])));
         let dma: DmaSlot = Arc::default();
+        let iommu_faults: Arc<FaultCounts> = Arc::default();
         model.set_host(Arc::new(FrontHost {
             irqs: irqs.clone(),
             dma: dma.clone(),
+            faults: iommu_faults.clone(),
         }));
         Ok(EmuDevice {
             model,
@@ -149,6 +224,7 @@ impl EmuDevice {
             irqs,
             dma,
             open: Mutex::new(0),
+            iommu_faults,
         })
     }
 
@@ -195,6 +271,7 @@ impl EmuDevice {
         FrontHost {
             irqs: self.irqs.clone(),
             dma: self.dma.clone(),
+            faults: self.iommu_faults.clone(),
         }
     }
 }
@@ -293,11 +370,13 @@ pub fn get_region_info(dev: &EmuDevice, arg: usize) -> Result<i64, Errno> {
                 info.flags = 0;
             }
         },
-        _ => {
-            // No ROM, no VGA.
+        v::VFIO_PCI_ROM_REGION_INDEX => {
+            // No ROM.
             info.size = 0;
             info.flags = 0;
         }
+        // The VGA region of a device that is no VGA device.
+        _ => return Err(Errno::EINVAL),
     }
     let head = std::mem::size_of::<v::VfioRegionInfo>();
     if !caps.is_empty() {

@@ -1,6 +1,51 @@
 //! IOMMU tables: what a container or an IOAS maps, IOVA to process memory,
 //! with permissions. Device models do DMA through them (an access outside
 //! them, or against their permissions, is an IOMMU fault).
+//!
+//! # Pinning
+//!
+//! The kernel pins the pages behind a DMA map at `MAP_DMA` time: from then
+//! on the device reaches those pages, whatever the program does to its
+//! address space. If the program unmaps the buffer and maps new memory at
+//! the same address, the device still writes the old pages, and the new
+//! memory stays untouched. barmap cannot pin pages from user space, so it
+//! does two things, by the kind of memory:
+//!
+//! - **Shared memory** (memfd, `MAP_SHARED|MAP_ANONYMOUS`, shmem files,
+//!   any `MAP_SHARED` mapping): pinning is emulated exactly. At map time
+//!   barmap makes a second mapping of the same pages (`mremap` with an old
+//!   size of 0, which the kernel allows for shared mappings only), marked
+//!   `MADV_DONTFORK`, and the device's DMA goes through it until the DMA
+//!   unmap. The program may unmap, remap or move its own mapping; the
+//!   device keeps reaching the pages it was given, as with the kernel.
+//! - **Private memory** (anonymous `MAP_PRIVATE`, malloc, private file
+//!   mappings): there is no second mapping of private pages to be had, so
+//!   barmap translates through the program's address and watches it (see
+//!   the `watch` module): populated at map time, registered on a
+//!   userfaultfd of barmap's own whose unmap, remap and remove events
+//!   report every way the range can go (`munmap` through libc, inside
+//!   libc, or as a raw system call, `mmap(MAP_FIXED)` or `mremap` over it,
+//!   `MADV_DONTNEED`), and reported by the preload's `munmap` wrapper too.
+//!   A range that went is marked gone, and device DMA to it is an IOMMU
+//!   fault ([`barmap_models::IommuFault::Gone`], counted in the device's
+//!   `iommu_faults` and in the run's report), never a write into whatever
+//!   memory is mapped there next. Where that userfaultfd cannot be had
+//!   (only `UFFD_USER_MODE_ONLY`, hugetlb, private file mappings, ranges
+//!   the program registered itself), only the `munmap` wrapper reports.
+//!   Programs that need the kernel's exact behaviour map DMA buffers from
+//!   shared memory, as QEMU and DPDK do for guest memory and hugepages.
+//!
+//! Why not more: user space has no way to take a reference to a private
+//! page that outlives the program's mapping (`/proc/self/pagemap` gives
+//! frame numbers but no access, and moving the pages away with
+//! `mremap(MREMAP_DONTUNMAP)` would take them from the program), so the
+//! choice for private memory is between reaching the program's current
+//! memory and refusing; barmap refuses, as an IOMMU fault the device
+//! model sees and the report counts.
+//!
+//! `VFIO_UPDATE_VADDR` is not offered (see [`crate::type1::has_extension`]):
+//! its promise (the device keeps using the pinned pages while no vaddr is
+//! valid) holds only for pinned memory.
 
 use std::collections::BTreeMap;
 
@@ -47,6 +92,482 @@ pub enum DmaError {
 #[derive(Debug, Default)]
 pub struct DmaTable {
     maps: BTreeMap<u64, DmaMapping>,
+    /// By mapping IOVA: how the mapping's pages are held.
+    held: BTreeMap<u64, Held>,
+}
+
+/// How the pages of one mapping are held.
+#[derive(Debug)]
+enum Held {
+    /// Shared memory, pinned by a second mapping of the same pages.
+    Pinned(Alias),
+    /// Private memory, reached at the program's address and watched for
+    /// unmaps.
+    Watched(Watch),
+    /// A BAR mapping (type1 maps pfnmaps): reached at the program's
+    /// address, where barmap's fault path serves it.
+    Mmio,
+    /// Private memory past the watch table's size: reached at the
+    /// program's address, unwatched.
+    Unwatched,
+}
+
+/// A second mapping of a shared range's pages, made at DMA map time.
+#[derive(Debug)]
+struct Alias {
+    addr: usize,
+    len: usize,
+}
+
+impl Drop for Alias {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping, made by `Alias::of`; nothing else uses it.
+        unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len) };
+    }
+}
+
+impl Alias {
+    /// A second mapping of `vaddr..vaddr+len`, all of it shared memory
+    /// (`segments`: the program's mappings that cover it, in order), or
+    /// None if the kernel refuses one of them.
+    fn of(vaddr: u64, len: u64, segments: &[(u64, u64)]) -> Option<Alias> {
+        let len = len as usize;
+        // SAFETY: a fresh anonymous reservation, placed by the kernel.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return None;
+        }
+        let alias = Alias {
+            addr: base as usize,
+            len,
+        };
+        for &(start, end) in segments {
+            let (from, to) = (start.max(vaddr), end.min(vaddr + len as u64));
+            let at = alias.addr + (from - vaddr) as usize;
+            // SAFETY: mremap with an old size of 0 maps the same shared
+            // pages again, here over our own reservation (MREMAP_FIXED);
+            // the program's mapping is left as it is.
+            let r = unsafe {
+                libc::mremap(
+                    from as *mut libc::c_void,
+                    0,
+                    (to - from) as usize,
+                    libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                    at as *mut libc::c_void,
+                )
+            };
+            if r == libc::MAP_FAILED {
+                return None; // `alias` unmaps what was made
+            }
+        }
+        // SAFETY: madvise on our own mapping: a forked child does not get
+        // it (the kernel's pinned pages are not the child's either).
+        unsafe { libc::madvise(base, len, libc::MADV_DONTFORK) };
+        Some(alias)
+    }
+}
+
+/// A private range watched for the program's unmaps (see [`watch`]).
+#[derive(Debug)]
+struct Watch {
+    slot: usize,
+    id: u64,
+    /// Whether barmap's userfaultfd watches the range too.
+    uffd: bool,
+}
+
+impl Watch {
+    /// Watches `start..end` (private memory just mapped for DMA, for a
+    /// device that may write it if `write`); None if every slot is taken.
+    fn new(start: u64, end: u64, write: bool) -> Option<Watch> {
+        let (slot, id) = watch::take(start, end)?;
+        let uffd = watch::register(start, end, write);
+        Some(Watch { slot, id, uffd })
+    }
+
+    /// Whether part of `va..va+len` was unmapped by the program.
+    fn gone(&self, va: u64, len: u64) -> bool {
+        watch::gone(self.slot, self.id, va, va.saturating_add(len))
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if let Some((start, end)) = watch::release(self.slot, self.id) {
+            if self.uffd {
+                watch::unregister(start, end);
+            }
+        }
+    }
+}
+
+/// The program unmapped `addr..addr+len` (its `munmap` returned 0): the
+/// private DMA-mapped memory in that range is gone, and device DMA to it
+/// is an IOMMU fault from now on (shared memory stays pinned).
+pub fn process_unmapped(addr: usize, len: usize) {
+    watch::mark_gone(addr as u64, (addr as u64).saturating_add(len as u64));
+}
+
+/// Private DMA memory, watched for the program's unmaps.
+///
+/// The watched ranges live in a fixed table ([`SLOTS`] slots), so that
+/// marking a range gone never allocates: the userfaultfd's event thread
+/// does it while the unmapping thread waits for it, and that thread may
+/// hold the allocator's locks (a `free` that trims the heap).
+///
+/// Two ways in:
+/// - the `munmap` wrapper of the preload library ([`process_unmapped`]);
+/// - barmap's own userfaultfd (`UFFD_FEATURE_EVENT_UNMAP`, `EVENT_REMAP`,
+///   `EVENT_REMOVE`), on which each watched range is registered in MISSING
+///   mode after being populated (the kernel faults in every page when it
+///   pins them too). It reports every way the range can go: `munmap`
+///   inside libc or as a raw system call, `mmap(MAP_FIXED)` or `mremap`
+///   over it, `madvise(MADV_DONTNEED)`. Its thread serves the MISSING
+///   faults that follow a `MADV_DONTNEED` or `MADV_FREE` with zero pages,
+///   as the kernel would. It is used where the kernel allows it: a
+///   userfaultfd that takes faults of the kernel too (no
+///   `UFFD_USER_MODE_ONLY`, which would turn the program's own system
+///   calls on such pages into EFAULT), and memory that supports MISSING
+///   registration with zero pages (anonymous or shmem; not hugetlb, not
+///   private file mappings, not ranges the program registered itself).
+mod watch {
+    use std::os::fd::RawFd;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Mutex, OnceLock};
+
+    use linux_raw_sys::general as sys;
+    use linux_raw_sys::ioctl as io;
+
+    /// Watched ranges at most (DMA mappings of private memory).
+    pub const SLOTS: usize = 512;
+    /// Gone parts recorded per range; more, and the whole range is gone.
+    const PARTS: usize = 8;
+    const PAGE: u64 = 4096;
+
+    #[derive(Clone, Copy)]
+    struct Slot {
+        /// 0: free.
+        id: u64,
+        start: u64,
+        end: u64,
+        parts: [(u64, u64); PARTS],
+        nparts: usize,
+        all: bool,
+    }
+
+    const FREE: Slot = Slot {
+        id: 0,
+        start: 0,
+        end: 0,
+        parts: [(0, 0); PARTS],
+        nparts: 0,
+        all: false,
+    };
+
+    static TABLE: Mutex<[Slot; SLOTS]> = Mutex::new([FREE; SLOTS]);
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+    fn table() -> std::sync::MutexGuard<'static, [Slot; SLOTS]> {
+        TABLE.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A free slot for `start..end`: its index and id.
+    pub fn take(start: u64, end: u64) -> Option<(usize, u64)> {
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut t = table();
+        let i = t.iter().position(|s| s.id == 0)?;
+        t[i] = Slot {
+            id,
+            start,
+            end,
+            ..FREE
+        };
+        Some((i, id))
+    }
+
+    /// Frees the slot; returns its range.
+    pub fn release(slot: usize, id: u64) -> Option<(u64, u64)> {
+        let mut t = table();
+        let s = &mut t[slot];
+        (s.id == id).then(|| {
+            let r = (s.start, s.end);
+            *s = FREE;
+            r
+        })
+    }
+
+    /// Set while the event thread holds events it has read (which let the
+    /// unmapping threads go on) and not yet marked.
+    static IN_FLIGHT: AtomicBool = AtomicBool::new(false);
+
+    /// Whether part of `a..e` in the slot's range is gone. Waits for the
+    /// events already read to be marked: an unmap that has returned to the
+    /// program is always seen.
+    pub fn gone(slot: usize, id: u64, a: u64, e: u64) -> bool {
+        while IN_FLIGHT.load(Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        let t = table();
+        let s = &t[slot];
+        s.id == id && (s.all || s.parts[..s.nparts].iter().any(|&(ps, pe)| ps < e && a < pe))
+    }
+
+    /// Marks `a..e` gone in every watched range it meets. Never allocates.
+    pub fn mark_gone(a: u64, e: u64) {
+        let mut t = table();
+        for s in t
+            .iter_mut()
+            .filter(|s| s.id != 0 && s.start < e && a < s.end)
+        {
+            if s.nparts == PARTS {
+                s.all = true;
+            } else {
+                s.parts[s.nparts] = (a.max(s.start), e.min(s.end));
+                s.nparts += 1;
+            }
+        }
+    }
+
+    /// Whether a watched range other than those being released covers
+    /// part of `a..e`: its parts, into `out` (at most its length).
+    fn covered(a: u64, e: u64, out: &mut [(u64, u64)]) -> usize {
+        let t = table();
+        let mut n = 0;
+        for s in t.iter().filter(|s| s.id != 0 && s.start < e && a < s.end) {
+            if n == out.len() {
+                return usize::MAX;
+            }
+            out[n] = (s.start.max(a), s.end.min(e));
+            n += 1;
+        }
+        n
+    }
+
+    /// barmap's userfaultfd for private DMA memory, if the kernel gives
+    /// one that takes the kernel's faults too, and its thread runs. Only
+    /// the process that made it uses it: a userfaultfd acts on the address
+    /// space it was made in, and a forked child has no event thread.
+    fn uffd() -> Option<RawFd> {
+        static FD: OnceLock<(u32, Option<RawFd>)> = OnceLock::new();
+        let (pid, fd) = *FD.get_or_init(|| (std::process::id(), make()));
+        fd.filter(|_| pid == std::process::id())
+    }
+
+    fn make() -> Option<RawFd> {
+        {
+            let flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
+            // SAFETY: the userfaultfd system call; a new fd or -1.
+            let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) } as RawFd;
+            if fd < 0 {
+                return None;
+            }
+            let mut api = sys::uffdio_api {
+                api: sys::UFFD_API as u64,
+                features: (sys::UFFD_FEATURE_EVENT_UNMAP
+                    | sys::UFFD_FEATURE_EVENT_REMAP
+                    | sys::UFFD_FEATURE_EVENT_REMOVE) as u64,
+                ioctls: 0,
+            };
+            let spawned = ioctl(fd, io::UFFDIO_API, &mut api) == 0
+                && std::thread::Builder::new()
+                    .name("barmap-dma-watch".into())
+                    .spawn(move || serve(fd))
+                    .is_ok();
+            if !spawned {
+                // SAFETY: our own fd, used by nothing else.
+                unsafe { libc::close(fd) };
+                return None;
+            }
+            Some(fd)
+        }
+    }
+
+    fn ioctl<T>(fd: RawFd, req: u32, arg: &mut T) -> i32 {
+        // SAFETY: a userfaultfd ioctl with a pointer to its argument
+        // structure, which lives across the call.
+        unsafe { libc::ioctl(fd, req as libc::c_ulong, arg as *mut T) }
+    }
+
+    fn range(a: u64, e: u64) -> sys::uffdio_range {
+        sys::uffdio_range {
+            start: a,
+            len: e - a,
+        }
+    }
+
+    /// Populates `start..end` (the kernel faults in the pages it pins) and
+    /// registers it on barmap's userfaultfd; false if that cannot be done
+    /// (the range then is watched through `munmap` only).
+    pub fn register(start: u64, end: u64, write: bool) -> bool {
+        let Some(fd) = uffd() else {
+            return false;
+        };
+        let advice = if write {
+            sys::MADV_POPULATE_WRITE
+        } else {
+            sys::MADV_POPULATE_READ
+        };
+        // SAFETY: madvise on the program's range, which it just gave for
+        // DMA: faults its pages in, changes nothing else.
+        if unsafe {
+            libc::madvise(
+                start as *mut libc::c_void,
+                (end - start) as usize,
+                advice as i32,
+            )
+        } != 0
+        {
+            return false;
+        }
+        let mut reg = sys::uffdio_register {
+            range: range(start, end),
+            mode: sys::UFFDIO_REGISTER_MODE_MISSING as u64,
+            ioctls: 0,
+        };
+        if ioctl(fd, io::UFFDIO_REGISTER, &mut reg) != 0 {
+            return false;
+        }
+        if reg.ioctls & (1u64 << sys::_UFFDIO_ZEROPAGE) == 0 {
+            // No zero pages for it (hugetlb): its faults could not be served.
+            let mut r = range(start, end);
+            ioctl(fd, io::UFFDIO_UNREGISTER, &mut r);
+            return false;
+        }
+        true
+    }
+
+    /// Unregisters what of `start..end` no other watched range covers,
+    /// mapping by mapping (the program may have replaced parts of it).
+    pub fn unregister(start: u64, end: u64) {
+        let Some(fd) = uffd() else {
+            return;
+        };
+        let mut others = [(0u64, 0u64); 32];
+        let n = covered(start, end, &mut others);
+        if n == usize::MAX {
+            return; // left registered: its faults are still served
+        }
+        let mut keep = others[..n].to_vec();
+        keep.sort_unstable();
+        let mut free = Vec::new();
+        let mut at = start;
+        for (a, e) in keep {
+            if a > at {
+                free.push((at, a));
+            }
+            at = at.max(e);
+        }
+        if at < end {
+            free.push((at, end));
+        }
+        let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+            return;
+        };
+        for line in maps.lines() {
+            let Some((s, e)) = line
+                .split_whitespace()
+                .next()
+                .and_then(|r| r.split_once('-'))
+                .and_then(|(s, e)| {
+                    Some((
+                        u64::from_str_radix(s, 16).ok()?,
+                        u64::from_str_radix(e, 16).ok()?,
+                    ))
+                })
+            else {
+                continue;
+            };
+            for &(fa, fe) in &free {
+                let (a, b) = (s.max(fa), e.min(fe));
+                if a < b {
+                    let mut r = range(a, b);
+                    ioctl(fd, io::UFFDIO_UNREGISTER, &mut r);
+                }
+            }
+        }
+    }
+
+    /// The event thread: unmaps, moves and removals mark ranges gone;
+    /// missing pages get zero pages. Never allocates.
+    fn serve(fd: RawFd) {
+        const MSG: usize = std::mem::size_of::<sys::uffd_msg>();
+        let mut buf = [0u8; MSG * 16];
+        loop {
+            let mut p = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: poll on one pollfd that lives across the call.
+            if unsafe { libc::poll(&mut p, 1, -1) } < 0 {
+                continue;
+            }
+            // Reading an unmap event lets the unmapping thread return:
+            // DMA translations wait until it is marked.
+            IN_FLIGHT.store(true, Ordering::SeqCst);
+            // SAFETY: reads into `buf`, valid for its length.
+            let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                IN_FLIGHT.store(false, Ordering::SeqCst);
+                continue;
+            }
+            let word = |m: &[u8], at: usize| u64::from_ne_bytes(m[at..at + 8].try_into().unwrap());
+            for m in buf[..n as usize].chunks_exact(MSG) {
+                // struct uffd_msg: the event at 0, its arguments from 8:
+                // pagefault {flags, address}, remap {from, to, len},
+                // remove and unmap {start, end}.
+                match u32::from(m[0]) {
+                    sys::UFFD_EVENT_PAGEFAULT => zero_page(fd, word(m, 16) & !(PAGE - 1)),
+                    sys::UFFD_EVENT_REMAP => {
+                        let from = word(m, 8);
+                        mark_gone(from, from.saturating_add(word(m, 24)));
+                    }
+                    sys::UFFD_EVENT_UNMAP | sys::UFFD_EVENT_REMOVE => {
+                        mark_gone(word(m, 8), word(m, 16))
+                    }
+                    _ => {}
+                }
+            }
+            IN_FLIGHT.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Serves a MISSING fault at `page` with a zero page, as the kernel
+    /// would for anonymous or shmem memory.
+    fn zero_page(fd: RawFd, page: u64) {
+        let mut z = sys::uffdio_zeropage {
+            range: range(page, page + PAGE),
+            mode: 0,
+            zeropage: 0,
+        };
+        if ioctl(fd, io::UFFDIO_ZEROPAGE, &mut z) == 0 {
+            return;
+        }
+        let mut r = range(page, page + PAGE);
+        // SAFETY: reads the thread's errno.
+        match unsafe { *libc::__errno_location() } {
+            // Mapped meanwhile: wake the thread that waits for it.
+            libc::EEXIST => {
+                ioctl(fd, io::UFFDIO_WAKE, &mut r);
+            }
+            // The mm is changing (a fork, a remap): the fault is retried.
+            libc::EAGAIN => {}
+            // Anything else: stop watching that page; the unregister wakes
+            // the thread, whose fault then takes the kernel's usual path.
+            _ => {
+                ioctl(fd, io::UFFDIO_UNREGISTER, &mut r);
+            }
+        }
+    }
 }
 
 impl DmaTable {
@@ -65,19 +586,10 @@ impl DmaTable {
         self.maps.is_empty()
     }
 
-    fn overlaps(&self, iova: u64, size: u64) -> bool {
-        let end = iova + size;
-        if self.maps.range(iova..end).next().is_some() {
-            return true;
-        }
-        self.maps
-            .range(..iova)
-            .next_back()
-            .is_some_and(|(_, m)| m.iova + m.size > iova)
-    }
-
     /// Checks a map request the way the kernel does (alignment, windows,
-    /// overlap, that the memory is mapped in the process) and records it.
+    /// overlap, then that the memory can be pinned: mapped in the process,
+    /// readable, and writable for a map the device may write) and records
+    /// it, holding its pages (see the module's notes on pinning).
     pub fn map(&mut self, m: DmaMapping) -> Result<(), DmaError> {
         if m.size == 0 || m.iova % IOMMU_PAGE != 0 || m.size % IOMMU_PAGE != 0 {
             return Err(DmaError::Invalid);
@@ -100,11 +612,56 @@ impl DmaTable {
         if self.overlaps(m.iova, m.size) {
             return Err(DmaError::Exists);
         }
-        if !process_owns(m.vaddr, m.size) {
-            return Err(DmaError::Fault);
-        }
+        let held = if crate::is_bar_memory(m.vaddr, m.size) {
+            Held::Mmio
+        } else {
+            let segments = pinnable(m.vaddr, m.size, m.write).ok_or(DmaError::Fault)?;
+            let shared = segments.iter().all(|s| s.2);
+            let spans: Vec<(u64, u64)> = segments.iter().map(|s| (s.0, s.1)).collect();
+            match shared.then(|| Alias::of(m.vaddr, m.size, &spans)).flatten() {
+                Some(a) => Held::Pinned(a),
+                None => Watch::new(m.vaddr, m.vaddr + m.size, m.write)
+                    .map_or(Held::Unwatched, Held::Watched),
+            }
+        };
         self.maps.insert(m.iova, m);
+        self.held.insert(m.iova, held);
         Ok(())
+    }
+
+    /// Whether any mapping meets `iova..iova+size`.
+    pub fn overlaps(&self, iova: u64, size: u64) -> bool {
+        let end = iova.saturating_add(size);
+        if self.maps.range(iova..end).next().is_some() {
+            return true;
+        }
+        self.maps
+            .range(..iova)
+            .next_back()
+            .is_some_and(|(_, m)| m.iova + m.size > iova)
+    }
+
+    fn remove(&mut self, iova: u64) -> u64 {
+        self.held.remove(&iova);
+        self.maps.remove(&iova).map_or(0, |m| m.size)
+    }
+
+    /// type1 v1 unmap (`vfio_dma_do_unmap` without `v2`): every mapping
+    /// whose first IOVA lies in `iova..iova+size` goes, whole (even where
+    /// it extends past the range); if the range starts inside a mapping,
+    /// nothing is unmapped. Returns the bytes unmapped.
+    pub fn unmap_v1(&mut self, iova: u64, size: u64) -> u64 {
+        let last = iova.saturating_add(size - 1);
+        let starts_inside = self
+            .maps
+            .range(..iova)
+            .next_back()
+            .is_some_and(|(_, m)| m.iova + m.size > iova);
+        if starts_inside {
+            return 0;
+        }
+        let inside: Vec<u64> = self.maps.range(iova..=last).map(|(k, _)| *k).collect();
+        inside.into_iter().map(|k| self.remove(k)).sum()
     }
 
     /// Unmaps every mapping inside `iova..iova+size` (a mapping that only
@@ -133,17 +690,14 @@ impl DmaTable {
             .filter(|(_, m)| m.iova + m.size <= end)
             .map(|(k, _)| *k)
             .collect();
-        let mut bytes = 0;
-        for k in inside {
-            bytes += self.maps.remove(&k).map_or(0, |m| m.size);
-        }
-        Ok(bytes)
+        Ok(inside.into_iter().map(|k| self.remove(k)).sum())
     }
 
     /// Unmaps everything; returns the bytes unmapped.
     pub fn clear(&mut self) -> u64 {
         let bytes = self.maps.values().map(|m| m.size).sum();
         self.maps.clear();
+        self.held.clear();
         bytes
     }
 
@@ -151,13 +705,34 @@ impl DmaTable {
     /// device write): the process address, or None for an IOMMU fault
     /// (unmapped, crossing the end of a mapping, or against its
     /// permissions).
+    /// A pinned mapping translates to barmap's second mapping of its
+    /// pages; private memory that the program unmapped translates to
+    /// nothing ([`DmaTable::is_gone`] tells that fault apart).
     pub fn translate(&self, iova: u64, len: u64, write: bool) -> Option<u64> {
         let (_, m) = self.maps.range(..=iova).next_back()?;
         let end = iova.checked_add(len)?;
         if end > m.iova + m.size || (write && !m.write) || (!write && !m.read) {
             return None;
         }
-        Some(m.vaddr + (iova - m.iova))
+        let off = iova - m.iova;
+        match self.held.get(&m.iova) {
+            Some(Held::Pinned(a)) => Some(a.addr as u64 + off),
+            Some(Held::Watched(w)) if w.gone(m.vaddr + off, len) => None,
+            _ => Some(m.vaddr + off),
+        }
+    }
+
+    /// Whether a DMA access of `len` bytes at `iova` meets private memory
+    /// that the program unmapped after mapping it for DMA.
+    pub fn is_gone(&self, iova: u64, len: u64) -> bool {
+        let Some((_, m)) = self.maps.range(..=iova).next_back() else {
+            return false;
+        };
+        if iova >= m.iova + m.size {
+            return false;
+        }
+        let off = iova - m.iova;
+        matches!(self.held.get(&m.iova), Some(Held::Watched(w)) if w.gone(m.vaddr + off, len))
     }
 
     /// A free, `align`-aligned IOVA range of `size` bytes in the windows
@@ -185,15 +760,40 @@ impl DmaTable {
     }
 }
 
-/// Whether every page of `vaddr..vaddr+size` is mapped in this process
-/// (the kernel pins them; an unmapped page makes the map fail with EFAULT).
-fn process_owns(vaddr: u64, size: u64) -> bool {
-    let pages = size.div_ceil(IOMMU_PAGE) as usize;
-    let mut vec = vec![0u8; pages];
-    // SAFETY: mincore writes one byte per page of the range into `vec`,
-    // which has exactly that many; it fails with ENOMEM for unmapped pages.
-    let rc = unsafe { libc::mincore(vaddr as *mut libc::c_void, size as usize, vec.as_mut_ptr()) };
-    rc == 0
+/// The program's mappings that cover `vaddr..vaddr+size`, as
+/// `(start, end, shared)`, if the kernel could pin the range: every page
+/// mapped (no hole), readable, and writable too when the device may write
+/// (the kernel pins with `FOLL_WRITE` then). None means EFAULT.
+fn pinnable(vaddr: u64, size: u64, write: bool) -> Option<Vec<(u64, u64, bool)>> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    let end = vaddr + size;
+    let mut at = vaddr;
+    let mut out = Vec::new();
+    for line in maps.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
+            continue;
+        };
+        let Some((s, e)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(s), Ok(e)) = (u64::from_str_radix(s, 16), u64::from_str_radix(e, 16)) else {
+            continue;
+        };
+        if e <= at || s >= end {
+            continue;
+        }
+        let p = perms.as_bytes();
+        if s > at || p.len() < 4 || p[0] != b'r' || (write && p[1] != b'w') {
+            return None;
+        }
+        out.push((s, e, p[3] == b's'));
+        at = e;
+        if at >= end {
+            return Some(out);
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -254,5 +854,90 @@ mod tests {
         .unwrap();
         let next = t.find_free(0x1000, 0x1000).unwrap();
         assert!(next >= at + 0x2000);
+    }
+
+    fn rw(iova: u64, size: u64, vaddr: u64) -> DmaMapping {
+        DmaMapping {
+            iova,
+            size,
+            vaddr,
+            read: true,
+            write: true,
+        }
+    }
+
+    #[test]
+    fn v1_unmap_takes_whole_mappings_that_start_in_the_range() {
+        let (_v, a) = buf();
+        let mut t = DmaTable::default();
+        t.map(rw(0x10_0000, 0x4000, a)).unwrap();
+        t.map(rw(0x20_0000, 0x4000, a)).unwrap();
+        assert_eq!(t.unmap_v1(0x10_1000, 0x1000), 0, "starts inside: nothing");
+        assert_eq!(
+            t.unmap_v1(0x10_0000, 0x1000),
+            0x4000,
+            "the first page: all of it"
+        );
+        assert_eq!(t.unmap_v1(0xf_f000, 0x10_2000), 0x4000, "reaches the start");
+        assert!(t.is_empty());
+    }
+
+    fn anon(prot: i32, flags: i32) -> u64 {
+        // SAFETY: a fresh mapping for the test, unmapped by the test.
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), 0x4000, prot, flags, -1, 0) };
+        assert_ne!(p, libc::MAP_FAILED);
+        p as u64
+    }
+
+    #[test]
+    fn maps_are_checked_against_the_memorys_protection() {
+        let ro = anon(libc::PROT_READ, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS);
+        let none = anon(libc::PROT_NONE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS);
+        let mut t = DmaTable::default();
+        assert_eq!(t.map(rw(0x1000, 0x4000, ro)), Err(DmaError::Fault));
+        assert_eq!(t.map(rw(0x1000, 0x4000, none)), Err(DmaError::Fault));
+        let read_only = DmaMapping {
+            write: false,
+            ..rw(0x1000, 0x4000, ro)
+        };
+        assert_eq!(t.map(read_only), Ok(()));
+        assert!(t.translate(0x1000, 8, false).is_some());
+    }
+
+    #[test]
+    fn shared_memory_stays_pinned_and_unmapped_private_memory_is_gone() {
+        let shared = anon(
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+        );
+        let private = anon(
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+        );
+        let mut t = DmaTable::default();
+        t.map(rw(0x10_0000, 0x4000, shared)).unwrap();
+        t.map(rw(0x20_0000, 0x4000, private)).unwrap();
+        let alias = t.translate(0x10_0000, 8, true).unwrap();
+        assert_ne!(alias, shared, "DMA goes through barmap's second mapping");
+        // SAFETY: writes 8 bytes into the test's own shared mapping, then
+        // reads them through the alias of the same pages.
+        unsafe {
+            *(shared as *mut u64) = 0x5eed;
+            assert_eq!(*(alias as *const u64), 0x5eed);
+            libc::munmap(shared as *mut libc::c_void, 0x4000);
+            libc::munmap(private as *mut libc::c_void, 0x4000);
+        }
+        process_unmapped(shared as usize, 0x4000);
+        process_unmapped(private as usize, 0x4000);
+        assert_eq!(
+            t.translate(0x10_0000, 8, false),
+            Some(alias),
+            "the program's unmap leaves the pinned pages"
+        );
+        // SAFETY: the alias is mapped until the DMA unmap.
+        assert_eq!(unsafe { *(alias as *const u64) }, 0x5eed);
+        assert_eq!(t.translate(0x20_0000, 8, true), None);
+        assert!(t.is_gone(0x20_0000, 8), "private memory is gone");
+        assert_eq!(t.unmap(0, 1 << 30, true), Ok(0x8000));
     }
 }

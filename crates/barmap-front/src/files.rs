@@ -37,15 +37,27 @@ struct ContainerState {
 }
 
 impl Container {
-    /// Serves an ioctl on the container.
+    /// Serves an ioctl on the container, as `vfio_fops_unl_ioctl` does:
+    /// the version, extensions and `SET_IOMMU` itself, everything else
+    /// passed to the IOMMU driver once one is set (before that, EINVAL).
     pub fn ioctl(&self, req: u64, arg: usize) -> Result<i64, Errno> {
         match req as libc::c_ulong {
             v::VFIO_GET_API_VERSION => Ok(i64::from(v::VFIO_API_VERSION)),
-            v::VFIO_CHECK_EXTENSION => Ok(i64::from(type1::has_extension(arg as u64))),
+            v::VFIO_CHECK_EXTENSION => {
+                let set = self.ready();
+                Ok(i64::from(type1::has_extension(arg as u64, set)))
+            }
             v::VFIO_SET_IOMMU => {
                 let mut s = self.state.lock().unwrap();
                 let t = arg as u64;
+                // vfio_ioctl_set_iommu: no group, or a driver already set.
                 if s.groups == 0 || s.iommu.is_some() {
+                    return Err(Errno::EINVAL);
+                }
+                // The driver that claims the extension opens it: type1
+                // claims VFIO_UNMAP_ALL too but cannot open it (EINVAL);
+                // no driver claims anything else (ENODEV).
+                if t == v::VFIO_UNMAP_ALL {
                     return Err(Errno::EINVAL);
                 }
                 if t != v::VFIO_TYPE1_IOMMU && t != v::VFIO_TYPE1V2_IOMMU {
@@ -54,21 +66,26 @@ impl Container {
                 s.iommu = Some(t);
                 Ok(0)
             }
-            req @ (v::VFIO_IOMMU_GET_INFO | v::VFIO_IOMMU_MAP_DMA | v::VFIO_IOMMU_UNMAP_DMA) => {
+            req => {
                 let (iommu, dma) = {
                     let s = self.state.lock().unwrap();
                     (s.iommu, s.dma.clone())
                 };
+                // No driver yet: vfio_fops_unl_ioctl's default -EINVAL.
                 let Some(t) = iommu else {
                     return Err(Errno::EINVAL);
                 };
                 match req {
                     v::VFIO_IOMMU_GET_INFO => type1::get_info(&dma, arg),
                     v::VFIO_IOMMU_MAP_DMA => type1::map_dma(&dma, arg, true),
-                    _ => type1::unmap_dma(&dma, arg, t == v::VFIO_TYPE1V2_IOMMU),
+                    v::VFIO_IOMMU_UNMAP_DMA => {
+                        type1::unmap_dma(&dma, arg, t == v::VFIO_TYPE1V2_IOMMU)
+                    }
+                    // VFIO_IOMMU_DIRTY_PAGES (dirty tracking) is not
+                    // emulated: ENOTTY, as for any other request.
+                    _ => Err(Errno::ENOTTY),
                 }
             }
-            _ => Err(Errno::ENOTTY),
         }
     }
 
@@ -81,14 +98,26 @@ impl Container {
 #[derive(Debug, Clone)]
 enum Attached {
     Legacy(Arc<Container>),
-    Iommufd(Arc<Iommufd>),
+    /// Holds the iommufd, as the kernel's group holds a reference to its
+    /// context until the unset.
+    Iommufd(#[allow(dead_code)] Arc<Iommufd>),
 }
 
 /// An open group (one device per group).
+///
+/// Its lifetime is the kernel's: a device fd opened through the group holds
+/// the group's open file (`vfio_group_use_container` takes a reference
+/// to `group->opened_file`), so closing the group fd while a device fd is
+/// open releases nothing. The group stays open (a new `open` of
+/// `/dev/vfio/N` is EBUSY) and attached to its container (the DMA maps
+/// stay) until the last of them is closed ([`Drop`]).
 #[derive(Debug)]
 pub struct Group {
     dev: Arc<EmuDevice>,
     container: Mutex<Option<Attached>>,
+    /// Device fds opened through this group and still open
+    /// (`container_users - 1` in the kernel).
+    users: Mutex<usize>,
 }
 
 impl Group {
@@ -97,103 +126,156 @@ impl Group {
         Group {
             dev,
             container: Mutex::new(None),
+            users: Mutex::new(0),
         }
     }
 
     /// Serves an ioctl on the group; `lookup` finds the file behind an fd
     /// (for SET_CONTAINER), `new_fd` gives a new fd to a device file.
     pub fn ioctl(
-        &self,
+        self: &Arc<Self>,
         req: u64,
         arg: usize,
         lookup: &dyn Fn(i32) -> Option<File>,
         new_fd: &dyn Fn(File) -> Result<i32, Errno>,
     ) -> Result<i64, Errno> {
         match req as libc::c_ulong {
-            v::VFIO_GROUP_GET_STATUS => {
-                let mut st: v::VfioGroupStatus = user::read_struct(arg, 8)?;
-                if st.argsz < 8 {
-                    return Err(Errno::EINVAL);
-                }
-                st.flags = v::VFIO_GROUP_FLAGS_VIABLE;
-                if self.container.lock().unwrap().is_some() {
-                    st.flags |= v::VFIO_GROUP_FLAGS_CONTAINER_SET;
-                }
-                user::write_struct(arg, &st, 8)?;
-                Ok(0)
-            }
-            v::VFIO_GROUP_SET_CONTAINER => {
-                let b = user::read(arg, 4)?;
-                let fd = i32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
-                let mut c = self.container.lock().unwrap();
-                if c.is_some() {
-                    return Err(Errno::EINVAL);
-                }
-                let attached = match lookup(fd) {
-                    Some(File::Container(k)) => {
-                        let mut s = k.state.lock().unwrap();
-                        s.groups += 1;
-                        *self.dev.dma.lock().unwrap() = Some(s.dma.clone());
-                        drop(s);
-                        Attached::Legacy(k)
-                    }
-                    Some(File::Iommufd(i)) => {
-                        *self.dev.dma.lock().unwrap() = Some(i.compat_ioas());
-                        Attached::Iommufd(i)
-                    }
-                    // Any other fd (or none) is not a container.
-                    _ => return Err(Errno::EINVAL),
-                };
-                *c = Some(attached);
-                Ok(0)
-            }
-            v::VFIO_GROUP_UNSET_CONTAINER => {
-                let mut c = self.container.lock().unwrap();
-                match c.take() {
-                    None => Err(Errno::EINVAL),
-                    Some(a) => {
-                        if let Attached::Legacy(k) = &a {
-                            let mut s = k.state.lock().unwrap();
-                            s.groups -= 1;
-                            if s.groups == 0 {
-                                s.iommu = None;
-                                s.dma.lock().unwrap().clear();
-                            }
-                        }
-                        *self.dev.dma.lock().unwrap() = None;
-                        Ok(0)
-                    }
-                }
-            }
-            v::VFIO_GROUP_GET_DEVICE_FD => {
-                let ready = match &*self.container.lock().unwrap() {
-                    Some(Attached::Legacy(k)) => k.ready(),
-                    Some(Attached::Iommufd(i)) => i.compat_type().is_some(),
-                    None => false,
-                };
-                if !ready {
-                    return Err(Errno::EINVAL);
-                }
-                let name = read_cstr(arg, 64)?;
-                if name != self.dev.spec.bdf {
-                    return Err(Errno::ENODEV);
-                }
-                let file = DeviceFile::open(self.dev.clone(), false);
-                new_fd(File::Device(Arc::new(file))).map(i64::from)
-            }
+            v::VFIO_GROUP_GET_STATUS => self.get_status(arg),
+            v::VFIO_GROUP_SET_CONTAINER => self.set_container(arg, lookup),
+            v::VFIO_GROUP_UNSET_CONTAINER => self.unset_container(),
+            v::VFIO_GROUP_GET_DEVICE_FD => Group::get_device_fd(self, arg, new_fd),
             _ => Err(Errno::ENOTTY),
         }
     }
+
+    /// `vfio_group_ioctl_get_status`.
+    fn get_status(&self, arg: usize) -> Result<i64, Errno> {
+        let mut st: v::VfioGroupStatus = user::read_struct(arg, 8)?;
+        if st.argsz < 8 {
+            return Err(Errno::EINVAL);
+        }
+        st.flags = v::VFIO_GROUP_FLAGS_VIABLE;
+        if self.container.lock().unwrap().is_some() {
+            st.flags |= v::VFIO_GROUP_FLAGS_CONTAINER_SET;
+        }
+        user::write_struct(arg, &st, 8)?;
+        Ok(0)
+    }
+
+    /// `vfio_group_ioctl_set_container`: EFAULT, then EBADF for a number
+    /// that is no open fd, EINVAL if a container is set, EBADFD for an fd
+    /// that is neither a container nor an iommufd.
+    fn set_container(
+        &self,
+        arg: usize,
+        lookup: &dyn Fn(i32) -> Option<File>,
+    ) -> Result<i64, Errno> {
+        let b = user::read(arg, 4)?;
+        let fd = i32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+        let file = lookup(fd);
+        if file.is_none() && !is_open_fd(fd) {
+            return Err(Errno::EBADF);
+        }
+        let mut c = self.container.lock().unwrap();
+        if c.is_some() {
+            return Err(Errno::EINVAL);
+        }
+        let attached = match file {
+            Some(File::Container(k)) => {
+                let mut s = k.state.lock().unwrap();
+                s.groups += 1;
+                *self.dev.dma.lock().unwrap() = Some(s.dma.clone());
+                drop(s);
+                Attached::Legacy(k)
+            }
+            Some(File::Iommufd(i)) => {
+                *self.dev.dma.lock().unwrap() = Some(i.compat_ioas());
+                Attached::Iommufd(i)
+            }
+            // "The FD passed is not recognized."
+            _ => return Err(Errno(libc::EBADFD)),
+        };
+        *c = Some(attached);
+        Ok(0)
+    }
+
+    /// `vfio_group_ioctl_unset_container`: EINVAL without a container,
+    /// EBUSY while a device fd opened through the group is open.
+    fn unset_container(&self) -> Result<i64, Errno> {
+        let mut c = self.container.lock().unwrap();
+        match &*c {
+            None => Err(Errno::EINVAL),
+            Some(Attached::Legacy(_)) if *self.users.lock().unwrap() > 0 => Err(Errno::EBUSY),
+            Some(_) => {
+                let users = *self.users.lock().unwrap();
+                self.detach(c.take(), users == 0);
+                Ok(0)
+            }
+        }
+    }
+
+    /// Detaches from a container (`vfio_group_detach_container`): the last
+    /// group out takes the container's IOMMU driver and its DMA maps with
+    /// it. An iommufd keeps serving a device that is still open (the
+    /// device fd holds its own binding).
+    fn detach(&self, attached: Option<Attached>, idle: bool) {
+        match attached {
+            Some(Attached::Legacy(k)) => {
+                let mut s = k.state.lock().unwrap();
+                s.groups -= 1;
+                if s.groups == 0 {
+                    s.iommu = None;
+                    s.dma.lock().unwrap().clear();
+                }
+                *self.dev.dma.lock().unwrap() = None;
+            }
+            Some(Attached::Iommufd(_)) if idle => *self.dev.dma.lock().unwrap() = None,
+            _ => {}
+        }
+    }
+
+    /// `vfio_group_ioctl_get_device_fd`: the name first (EFAULT, EINVAL
+    /// past a page, ENODEV for no such device), then the container
+    /// (EINVAL without one, or for a legacy container without an IOMMU
+    /// driver).
+    fn get_device_fd(
+        this: &Arc<Group>,
+        arg: usize,
+        new_fd: &dyn Fn(File) -> Result<i32, Errno>,
+    ) -> Result<i64, Errno> {
+        let name = read_cstr(arg, 4096)?;
+        if name != this.dev.spec.bdf.as_bytes() {
+            return Err(Errno::ENODEV);
+        }
+        let ready = match &*this.container.lock().unwrap() {
+            Some(Attached::Legacy(k)) => k.ready(),
+            // The compatibility IOAS exists from SET_CONTAINER on: the
+            // device attaches to it (vfio_iommufd_compat_attach_ioas), no
+            // SET_IOMMU needed.
+            Some(Attached::Iommufd(_)) => true,
+            None => false,
+        };
+        if !ready {
+            return Err(Errno::EINVAL);
+        }
+        *this.users.lock().unwrap() += 1;
+        let file = DeviceFile::open_in_group(this.dev.clone(), this.clone());
+        new_fd(File::Device(Arc::new(file))).map(i64::from)
+    }
+}
+
+/// Whether `fd` is an open fd of this process.
+fn is_open_fd(fd: i32) -> bool {
+    // SAFETY: F_GETFD on any number: its flags, or -1 (EBADF).
+    fd >= 0 && unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0
 }
 
 impl Drop for Group {
+    /// `vfio_group_fops_release`: runs when the group fd is closed and the
+    /// last device fd opened through it is closed too.
     fn drop(&mut self) {
-        if self.container.get_mut().unwrap().is_some() {
-            // Closing the group detaches it, as the kernel does.
-            let _ = self.ioctl(v::VFIO_GROUP_UNSET_CONTAINER, 0, &|_| None, &|_| {
-                Err(Errno::EINVAL)
-            });
-        }
+        let attached = self.container.get_mut().unwrap().take();
+        self.detach(attached, true);
         *self.dev.open.lock().unwrap() &= !GROUP_OPEN;
     }
 }
@@ -201,12 +283,14 @@ impl Drop for Group {
 /// The group-open bit of [`EmuDevice::open`].
 pub const GROUP_OPEN: u32 = 1 << 31;
 
-fn read_cstr(addr: usize, max: usize) -> Result<String, Errno> {
+/// `strndup_user(addr, max)`: the string's bytes; EFAULT for memory that
+/// cannot be read, EINVAL for no NUL within `max` bytes.
+fn read_cstr(addr: usize, max: usize) -> Result<Vec<u8>, Errno> {
     let mut out = Vec::new();
     for i in 0..max {
         let b = user::read(addr + i, 1)?[0];
         if b == 0 {
-            return String::from_utf8(out).map_err(|_| Errno::EINVAL);
+            return Ok(out);
         }
         out.push(b);
     }
@@ -221,6 +305,9 @@ pub struct DeviceFile {
     /// Opened as `/dev/vfio/devices/vfioN`: needs `BIND_IOMMUFD` first.
     cdev: bool,
     bound: Mutex<Option<(Arc<Iommufd>, u32)>>,
+    /// The group this fd was opened through: kept open (and attached)
+    /// until this fd is closed.
+    group: Option<Arc<Group>>,
 }
 
 impl DeviceFile {
@@ -231,7 +318,15 @@ impl DeviceFile {
             dev,
             cdev,
             bound: Mutex::new(None),
+            group: None,
         }
+    }
+
+    /// A new device fd of `dev`, opened through `group`.
+    fn open_in_group(dev: Arc<EmuDevice>, group: Arc<Group>) -> DeviceFile {
+        let mut file = DeviceFile::open(dev, false);
+        file.group = Some(group);
+        file
     }
 
     /// Serves an ioctl on the device fd.
@@ -323,5 +418,11 @@ impl Drop for DeviceFile {
             // The last device fd: vfio-pci disables interrupts on release.
             self.dev.irqs.lock().unwrap().clear();
         }
+        drop(open);
+        if let Some(g) = &self.group {
+            *g.users.lock().unwrap() -= 1;
+        }
+        // The group's reference goes with the fields, after this: the last
+        // device fd of a closed group releases the group.
     }
 }

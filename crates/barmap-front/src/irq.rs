@@ -24,6 +24,9 @@ pub struct Irqs {
     /// The device asserts its INTx line (level-triggered: an unmask while
     /// it is asserted fires again).
     intx_level: bool,
+    /// What is enabled: INTx, MSI or MSI-X (vfio-pci's `irq_type`), or
+    /// nothing.
+    irq_type: Option<u32>,
 }
 
 impl Default for Irqs {
@@ -86,6 +89,7 @@ impl Irqs {
             triggers: Default::default(),
             intx_masked: false,
             intx_level: false,
+            irq_type: None,
         }
     }
 
@@ -146,129 +150,236 @@ impl Irqs {
             .is_some_and(Option::is_some)
     }
 
-    /// `VFIO_DEVICE_SET_IRQS`, with the kernel's checks; `arg` points at
-    /// the program's `struct vfio_irq_set`.
+    /// `VFIO_DEVICE_SET_IRQS`, with the kernel's checks in its order
+    /// (`vfio_pci_ioctl_set_irqs`, `vfio_set_irqs_validate_and_prepare`,
+    /// `vfio_pci_set_irqs_ioctl` and its handlers); `arg` points at the
+    /// program's `struct vfio_irq_set`. A failed call changes nothing.
     pub fn set(&mut self, arg: usize) -> Result<i64, Errno> {
         const MINSZ: u32 = 20;
         let hdr: v::VfioIrqSet = user::read_struct(arg, MINSZ as usize)?;
-        if hdr.argsz < MINSZ {
-            return Err(Errno::EINVAL);
-        }
-        let data_type = hdr.flags & v::VFIO_IRQ_SET_DATA_TYPE_MASK;
-        let action = hdr.flags & v::VFIO_IRQ_SET_ACTION_TYPE_MASK;
-        if hdr.flags & !(v::VFIO_IRQ_SET_DATA_TYPE_MASK | v::VFIO_IRQ_SET_ACTION_TYPE_MASK) != 0
-            || data_type.count_ones() != 1
-            || action.count_ones() != 1
+        let max = self.count(hdr.index);
+        if hdr.argsz < MINSZ
             || hdr.index >= v::VFIO_PCI_NUM_IRQS
+            || hdr.count >= u32::MAX - hdr.start
+            || hdr.flags & !(v::VFIO_IRQ_SET_DATA_TYPE_MASK | v::VFIO_IRQ_SET_ACTION_TYPE_MASK) != 0
         {
             return Err(Errno::EINVAL);
         }
-        let max = self.counts[hdr.index as usize];
-        let end = hdr.start.checked_add(hdr.count).ok_or(Errno::EINVAL)?;
-        if max == 0 || end > max || (hdr.count == 0 && data_type != v::VFIO_IRQ_SET_DATA_NONE) {
+        if hdr.start >= max || hdr.start + hdr.count > max {
             return Err(Errno::EINVAL);
         }
+        let data_type = hdr.flags & v::VFIO_IRQ_SET_DATA_TYPE_MASK;
         let per = match data_type {
+            v::VFIO_IRQ_SET_DATA_NONE => 0,
             v::VFIO_IRQ_SET_DATA_BOOL => 1,
             v::VFIO_IRQ_SET_DATA_EVENTFD => 4,
-            _ => 0,
+            _ => return Err(Errno::EINVAL),
         };
         let data_len = per * hdr.count as usize;
-        if (hdr.argsz as usize) < MINSZ as usize + data_len {
+        if per > 0 && ((hdr.argsz - MINSZ) as usize) < data_len {
             return Err(Errno::EINVAL);
         }
         let data = user::read(arg + MINSZ as usize, data_len)?;
         let (start, count) = (hdr.start as usize, hdr.count as usize);
-        match action {
-            v::VFIO_IRQ_SET_ACTION_MASK | v::VFIO_IRQ_SET_ACTION_UNMASK => {
-                // Only INTx can be masked through this interface (MSI and
-                // MSI-X have no mask handler in vfio-pci: the ioctl fails).
-                if hdr.index != v::VFIO_PCI_INTX_IRQ_INDEX {
-                    return Err(Errno::EINVAL);
-                }
-                if data_type == v::VFIO_IRQ_SET_DATA_EVENTFD {
-                    return Err(Errno::EINVAL); // unmask-by-eventfd: not emulated
-                }
-                let on = data_type == v::VFIO_IRQ_SET_DATA_NONE || data.first() == Some(&1);
-                if on {
-                    self.intx_masked = action == v::VFIO_IRQ_SET_ACTION_MASK;
-                    if !self.intx_masked && self.intx_level {
+        let action = hdr.flags & v::VFIO_IRQ_SET_ACTION_TYPE_MASK;
+        let (mask, unmask, trigger) = (
+            v::VFIO_IRQ_SET_ACTION_MASK,
+            v::VFIO_IRQ_SET_ACTION_UNMASK,
+            v::VFIO_IRQ_SET_ACTION_TRIGGER,
+        );
+        let req = Req {
+            index: hdr.index,
+            data_type,
+            start,
+            count,
+            data: &data,
+        };
+        // No handler for the index and action (two action bits, none, or
+        // a mask of MSI, MSI-X, ERR or REQ): ENOTTY.
+        match hdr.index {
+            v::VFIO_PCI_INTX_IRQ_INDEX if action == mask || action == unmask => {
+                self.intx_mask(&req, action == mask)
+            }
+            v::VFIO_PCI_INTX_IRQ_INDEX if action == trigger => self.intx_trigger(&req),
+            v::VFIO_PCI_MSI_IRQ_INDEX | v::VFIO_PCI_MSIX_IRQ_INDEX if action == trigger => {
+                self.msi_trigger(&req)
+            }
+            v::VFIO_PCI_ERR_IRQ_INDEX | v::VFIO_PCI_REQ_IRQ_INDEX if action == trigger => {
+                self.single_trigger(&req)
+            }
+            _ => Err(Errno::ENOTTY),
+        }
+    }
+
+    fn is_intx(&self) -> bool {
+        self.irq_type == Some(v::VFIO_PCI_INTX_IRQ_INDEX)
+    }
+
+    /// `vfio_pci_set_intx_mask` / `vfio_pci_set_intx_unmask`.
+    fn intx_mask(&mut self, r: &Req, mask: bool) -> Result<i64, Errno> {
+        if !self.is_intx() || r.start != 0 || r.count != 1 {
+            return Err(Errno::EINVAL);
+        }
+        match r.data_type {
+            v::VFIO_IRQ_SET_DATA_EVENTFD if mask => Err(Errno::ENOTTY),
+            // Unmask through an eventfd (an irqfd) is not emulated.
+            v::VFIO_IRQ_SET_DATA_EVENTFD => Err(Errno::EINVAL),
+            _ => {
+                if r.data_type == v::VFIO_IRQ_SET_DATA_NONE || r.data[0] != 0 {
+                    self.intx_masked = mask;
+                    if !mask && self.intx_level {
                         // Still asserted: the unmask fires it again.
                         self.raise(v::VFIO_PCI_INTX_IRQ_INDEX, 0);
                     }
                 }
                 Ok(0)
             }
-            _ => self.trigger(hdr.index, data_type, start, count, &data),
         }
     }
 
-    fn trigger(
-        &mut self,
-        index: u32,
-        data_type: u32,
-        start: usize,
-        count: usize,
-        data: &[u8],
-    ) -> Result<i64, Errno> {
-        let i = index as usize;
-        let msi_like = index == v::VFIO_PCI_MSI_IRQ_INDEX || index == v::VFIO_PCI_MSIX_IRQ_INDEX;
-        match data_type {
-            v::VFIO_IRQ_SET_DATA_NONE if count == 0 => {
-                // Disable every vector of the index.
-                self.triggers[i].clear();
-                if index == v::VFIO_PCI_INTX_IRQ_INDEX {
-                    self.intx_masked = false;
+    /// `vfio_pci_set_intx_trigger`: EINVAL while MSI or MSI-X is enabled.
+    fn intx_trigger(&mut self, r: &Req) -> Result<i64, Errno> {
+        let i = v::VFIO_PCI_INTX_IRQ_INDEX as usize;
+        if self.is_intx() && r.count == 0 && r.data_type == v::VFIO_IRQ_SET_DATA_NONE {
+            self.triggers[i].clear();
+            self.intx_masked = false;
+            self.irq_type = None;
+            return Ok(0);
+        }
+        if !(self.is_intx() || self.irq_type.is_none()) || r.start != 0 || r.count != 1 {
+            return Err(Errno::EINVAL);
+        }
+        if r.data_type == v::VFIO_IRQ_SET_DATA_EVENTFD {
+            let fd = r.fd(0);
+            let new = if fd >= 0 { Some(dup(fd)?) } else { None };
+            if !self.is_intx() {
+                self.irq_type = Some(v::VFIO_PCI_INTX_IRQ_INDEX);
+                self.intx_masked = false;
+            }
+            self.triggers[i] = vec![new];
+            return Ok(0);
+        }
+        if !self.is_intx() {
+            return Err(Errno::EINVAL);
+        }
+        if r.data_type == v::VFIO_IRQ_SET_DATA_NONE || r.data[0] != 0 {
+            // Loopback: signals the eventfd, masked or not.
+            if let Some(Some(fd)) = self.triggers[i].first() {
+                signal(fd);
+            }
+        }
+        Ok(0)
+    }
+
+    /// `vfio_pci_set_msi_trigger`: EINVAL while another of INTx, MSI and
+    /// MSI-X is enabled.
+    fn msi_trigger(&mut self, r: &Req) -> Result<i64, Errno> {
+        let i = r.index as usize;
+        let on = self.irq_type == Some(r.index);
+        if on && r.count == 0 && r.data_type == v::VFIO_IRQ_SET_DATA_NONE {
+            self.triggers[i].clear();
+            self.irq_type = None;
+            return Ok(0);
+        }
+        if !(on || self.irq_type.is_none()) {
+            return Err(Errno::EINVAL);
+        }
+        if r.data_type == v::VFIO_IRQ_SET_DATA_EVENTFD {
+            if !on && r.start + r.count == 0 {
+                // vfio_msi_enable(start + count) asks for at least 1 and at
+                // most 0 vectors.
+                return Err(Errno(libc::ERANGE));
+            }
+            // Every fd is checked before anything changes (the kernel
+            // unwinds the block on a bad one).
+            let mut new = Vec::with_capacity(r.count);
+            for k in 0..r.count {
+                let fd = r.fd(k);
+                new.push(if fd < 0 { None } else { Some(dup(fd)?) });
+            }
+            self.irq_type = Some(r.index);
+            let t = &mut self.triggers[i];
+            if t.len() < r.start + r.count {
+                t.resize_with(r.start + r.count, || None);
+            }
+            for (k, fd) in new.into_iter().enumerate() {
+                t[r.start + k] = fd;
+            }
+            return Ok(0);
+        }
+        if !on {
+            return Err(Errno::EINVAL);
+        }
+        // DATA_NONE or DATA_BOOL: fire the vectors now, before the ioctl
+        // returns, as vfio-pci does.
+        for k in 0..r.count {
+            if r.data_type == v::VFIO_IRQ_SET_DATA_BOOL && r.data[k] == 0 {
+                continue;
+            }
+            if let Some(Some(fd)) = self.triggers[i].get(r.start + k) {
+                signal(fd);
+            }
+        }
+        Ok(0)
+    }
+
+    /// `vfio_pci_set_err_trigger` / `vfio_pci_set_req_trigger` through
+    /// `vfio_pci_set_ctx_trigger_single`.
+    fn single_trigger(&mut self, r: &Req) -> Result<i64, Errno> {
+        let i = r.index as usize;
+        if r.start != 0 || r.count > 1 {
+            return Err(Errno::EINVAL);
+        }
+        let current = self.triggers[i].first().and_then(Option::as_ref);
+        match r.data_type {
+            v::VFIO_IRQ_SET_DATA_NONE => {
+                let Some(fd) = current else {
+                    return Err(Errno::EINVAL);
+                };
+                if r.count > 0 {
+                    signal(fd);
+                } else {
+                    self.triggers[i].clear();
                 }
                 Ok(0)
             }
-            v::VFIO_IRQ_SET_DATA_EVENTFD => {
-                // MSI and MSI-X are exclusive, and exclusive with INTx.
-                let other = |j: u32| j != index && self.enabled(j as usize);
-                if msi_like
-                    && (other(v::VFIO_PCI_MSI_IRQ_INDEX)
-                        || other(v::VFIO_PCI_MSIX_IRQ_INDEX)
-                        || other(v::VFIO_PCI_INTX_IRQ_INDEX))
-                {
+            v::VFIO_IRQ_SET_DATA_BOOL => {
+                if r.count == 0 {
                     return Err(Errno::EINVAL);
                 }
-                let fds: Vec<i32> = data
-                    .chunks_exact(4)
-                    .map(|c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect();
-                // Validate every fd before changing anything.
-                let mut new = Vec::with_capacity(fds.len());
-                for fd in &fds {
-                    new.push(if *fd < 0 { None } else { Some(dup(*fd)?) });
-                }
-                let t = &mut self.triggers[i];
-                if t.len() < start + count {
-                    t.resize_with(start + count, || None);
-                }
-                for (k, fd) in new.into_iter().enumerate() {
-                    t[start + k] = fd;
-                }
-                while t.last().is_some_and(Option::is_none) {
-                    t.pop();
+                if let Some(fd) = current.filter(|_| r.data[0] != 0) {
+                    signal(fd);
                 }
                 Ok(0)
             }
             _ => {
-                // DATA_NONE or DATA_BOOL: fire the vectors now, before the
-                // ioctl returns, as vfio-pci does.
-                for k in 0..count {
-                    if data_type == v::VFIO_IRQ_SET_DATA_BOOL && data.get(k) == Some(&0) {
-                        continue;
-                    }
-                    if let Some(Some(fd)) = self.triggers[i].get(start + k) {
-                        signal(fd);
-                        if index == v::VFIO_PCI_INTX_IRQ_INDEX {
-                            self.intx_masked = true;
-                        }
-                    }
+                if r.count == 0 {
+                    return Err(Errno::EINVAL);
+                }
+                match r.fd(0) {
+                    -1 => self.triggers[i].clear(),
+                    fd if fd >= 0 => self.triggers[i] = vec![Some(dup(fd)?)],
+                    _ => return Err(Errno::EINVAL),
                 }
                 Ok(0)
             }
         }
+    }
+}
+
+/// One `SET_IRQS` request, validated.
+struct Req<'a> {
+    index: u32,
+    data_type: u32,
+    start: usize,
+    count: usize,
+    data: &'a [u8],
+}
+
+impl Req<'_> {
+    /// The `k`th eventfd of the data.
+    fn fd(&self, k: usize) -> i32 {
+        let c = &self.data[k * 4..k * 4 + 4];
+        i32::from_ne_bytes([c[0], c[1], c[2], c[3]])
     }
 }

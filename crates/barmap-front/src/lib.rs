@@ -530,6 +530,7 @@ impl Front {
     /// barmap forgot the range through its userfaultfd's UNMAP events):
     /// drops the records of mappings with nothing left.
     pub fn munmapped(&self, addr: usize, len: usize) {
+        dma::process_unmapped(addr, len);
         let end = addr.saturating_add(len);
         let gone: Vec<BarMap> = {
             let mut maps = self.maps.lock().unwrap();
@@ -577,6 +578,7 @@ impl Front {
                     "policy": d.spec.policy,
                     "model": d.spec.model,
                     "stats": d.device().stats(),
+                    "iommu_faults": d.iommu_faults.to_json(),
                     "bug_events": d.device().bug_events(),
                 })
             })

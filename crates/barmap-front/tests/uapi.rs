@@ -60,7 +60,11 @@ fn container_and_group_answer_like_vfio() {
         Err(Errno::EINVAL),
         "no group in the container yet"
     );
-    assert_eq!(f.ioctl(c, 0x3b99, 0), Err(Errno::ENOTTY), "unknown ioctl");
+    assert_eq!(
+        f.ioctl(c, 0x3b99, 0),
+        Err(Errno::EINVAL),
+        "unknown ioctl before SET_IOMMU (vfio_fops_unl_ioctl)"
+    );
     let g = f.open("/dev/vfio/42", 0).unwrap();
     assert_eq!(
         f.open("/dev/vfio/42", 0),
@@ -81,10 +85,21 @@ fn container_and_group_answer_like_vfio() {
         Err(Errno::EINVAL),
         "no container"
     );
+    let bad_name = c"0000:ba:01.0";
+    assert_eq!(
+        f.ioctl(g, v::VFIO_GROUP_GET_DEVICE_FD, bad_name.as_ptr() as usize),
+        Err(Errno::ENODEV),
+        "the name is looked up before the container"
+    );
     let mut not_a_container = g;
     assert_eq!(
         f.ioctl(g, v::VFIO_GROUP_SET_CONTAINER, p(&mut not_a_container)),
-        Err(Errno::EINVAL)
+        Err(Errno(libc::EBADFD))
+    );
+    let mut not_an_fd = 9999;
+    assert_eq!(
+        f.ioctl(g, v::VFIO_GROUP_SET_CONTAINER, p(&mut not_an_fd)),
+        Err(Errno::EBADF)
     );
     assert_eq!(
         f.ioctl(g, v::VFIO_GROUP_UNSET_CONTAINER, 0),

@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+pub mod kernel_errnos;
+
 use barmap::Policy;
 use barmap_front::spec::{DeviceSpec, RunSpec};
 use barmap_front::{testbed, Front};
