@@ -61,7 +61,8 @@ fn add_segv(s: &mut libc::sigset_t) {
 /// SIGSEGV in it.
 static SEGV_IN_MASK: AtomicU64 = AtomicU64::new(0);
 
-type SigactionFn = unsafe extern "C" fn(c_int, *const libc::sigaction, *mut libc::sigaction) -> c_int;
+type SigactionFn =
+    unsafe extern "C" fn(c_int, *const libc::sigaction, *mut libc::sigaction) -> c_int;
 
 unsafe fn program_sigaction(
     sig: c_int,
@@ -341,7 +342,8 @@ pub unsafe extern "C" fn pthread_sigmask(
     set: *const libc::sigset_t,
     old: *mut libc::sigset_t,
 ) -> c_int {
-    let real = real!(c"pthread_sigmask" as fn(c_int, *const libc::sigset_t, *mut libc::sigset_t) -> c_int);
+    let real =
+        real!(c"pthread_sigmask" as fn(c_int, *const libc::sigset_t, *mut libc::sigset_t) -> c_int);
     // SAFETY: the caller's arguments and libc's pthread_sigmask.
     unsafe { program_mask(how, set, old, real) }
 }
@@ -382,7 +384,10 @@ pub unsafe extern "C" fn pthread_create(
     start: StartFn,
     arg: *mut c_void,
 ) -> c_int {
-    let real = real!(c"pthread_create" as fn(*mut libc::pthread_t, *const libc::pthread_attr_t, StartFn, *mut c_void) -> c_int);
+    let real = real!(
+        c"pthread_create"
+            as fn(*mut libc::pthread_t, *const libc::pthread_attr_t, StartFn, *mut c_void) -> c_int
+    );
     if busy() || !trap::program_blocks_sigsegv() {
         // SAFETY: the caller's arguments, unchanged, to libc.
         return unsafe { real(thread, attr, start, arg) };
@@ -396,3 +401,31 @@ pub unsafe extern "C" fn pthread_create(
     }
     rc
 }
+
+/// glibc's `jmp_buf`: the registers, then whether the mask was saved.
+const MASK_WAS_SAVED: usize = 64;
+
+/// A jump that restores a saved mask restores one in which SIGSEGV is
+/// open (barmap never blocks it), and the program's view with it: SIGSEGV
+/// is no longer held (the view at `sigsetjmp` time is not recorded).
+macro_rules! longjmp {
+    ($name:ident, $sym:literal) => {
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(env: *mut c_void, val: c_int) -> ! {
+            // SAFETY: the caller's jmp_buf, which sigsetjmp filled.
+            if unsafe { env.cast::<u8>().add(MASK_WAS_SAVED).cast::<c_int>().read() } != 0 {
+                trap::set_program_blocks_sigsegv(false);
+            }
+            let real = real!($sym as fn(*mut c_void, c_int) -> ());
+            // SAFETY: the caller's arguments, unchanged, to libc; it does
+            // not return.
+            unsafe { real(env, val) };
+            unreachable!("{} returned", stringify!($name));
+        }
+    };
+}
+
+longjmp!(siglongjmp, c"siglongjmp");
+longjmp!(longjmp, c"longjmp");
+longjmp!(_longjmp, c"_longjmp");
+longjmp!(__longjmp_chk, c"__longjmp_chk");

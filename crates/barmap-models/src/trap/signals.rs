@@ -195,8 +195,7 @@ pub(super) fn install() {
             let mut program = program();
             let mut old = zeroed_action();
             // SAFETY: a valid disposition and out-pointer.
-            let rc =
-                unsafe { real_sigaction()(libc::SIGSEGV, &barmap_action(false), &mut old) };
+            let rc = unsafe { real_sigaction()(libc::SIGSEGV, &barmap_action(false), &mut old) };
             assert_eq!(rc, 0, "installing barmap's SIGSEGV handler failed");
             if restarts(&old) {
                 set(libc::SIGSEGV, &barmap_action(true));
@@ -478,8 +477,16 @@ unsafe fn call_handler(
     if held {
         // The mask the program believes it had.
         // SAFETY: the current signal's context.
-        set_bits(unsafe { &mut (*uc).uc_sigmask }, interrupted | bit(libc::SIGSEGV));
+        set_bits(
+            unsafe { &mut (*uc).uc_sigmask },
+            interrupted | bit(libc::SIGSEGV),
+        );
     }
+    // Inside the handler the program sees SIGSEGV blocked where the kernel
+    // would block it (and a fault there kills, as in the kernel).
+    let segv_in_mask = bits(&action.sa_mask) & bit(libc::SIGSEGV) != 0
+        || (sig == libc::SIGSEGV && action.sa_flags & libc::SA_NODEFER == 0);
+    set_program_blocks_sigsegv(held || segv_in_mask);
     let before = sigmask(libc::SIG_SETMASK, mask);
     // SAFETY: the handler address is the program's, of the type its flags
     // say; its arguments are the current signal's.
@@ -494,6 +501,7 @@ unsafe fn call_handler(
         }
     }
     sigmask(libc::SIG_SETMASK, before);
+    set_program_blocks_sigsegv(held);
     if held {
         // SAFETY: the current signal's context.
         let m = unsafe { &mut (*uc).uc_sigmask };
