@@ -18,7 +18,7 @@
 
 use std::cell::Cell;
 use std::ffi::{c_int, c_void};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use barmap_models::trap;
 
@@ -32,6 +32,7 @@ static INSTALL: extern "C" fn() = install;
 
 extern "C" fn install() {
     trap::install_for_program();
+    prefetch();
 }
 
 const SIG_HOLD: libc::sighandler_t = 2;
@@ -409,23 +410,42 @@ const MASK_WAS_SAVED: usize = 64;
 /// open (barmap never blocks it), and the program's view with it: SIGSEGV
 /// is no longer held (the view at `sigsetjmp` time is not recorded).
 macro_rules! longjmp {
-    ($name:ident, $sym:literal) => {
+    ($name:ident, $slot:ident, $sym:literal) => {
+        /// libc's definition, looked up at load time: a jump often leaves
+        /// a handler on a small alternate stack, with no room for dlsym.
+        static $slot: AtomicUsize = AtomicUsize::new(0);
+
         #[no_mangle]
         pub unsafe extern "C" fn $name(env: *mut c_void, val: c_int) -> ! {
             // SAFETY: the caller's jmp_buf, which sigsetjmp filled.
             if unsafe { env.cast::<u8>().add(MASK_WAS_SAVED).cast::<c_int>().read() } != 0 {
                 trap::set_program_blocks_sigsegv(false);
             }
-            let real = real!($sym as fn(*mut c_void, c_int) -> ());
-            // SAFETY: the caller's arguments, unchanged, to libc; it does
-            // not return.
-            unsafe { real(env, val) };
-            unreachable!("{} returned", stringify!($name));
+            let f = crate::next(&$slot, $sym);
+            assert!(
+                f != 0,
+                "barmap-preload: no next definition of a libc function"
+            );
+            // SAFETY: the symbol is libc's function of this signature; it
+            // does not return.
+            unsafe {
+                std::mem::transmute::<usize, unsafe extern "C" fn(*mut c_void, c_int) -> !>(f)(
+                    env, val,
+                )
+            }
         }
     };
 }
 
-longjmp!(siglongjmp, c"siglongjmp");
-longjmp!(longjmp, c"longjmp");
-longjmp!(_longjmp, c"_longjmp");
-longjmp!(__longjmp_chk, c"__longjmp_chk");
+longjmp!(siglongjmp, SIGLONGJMP, c"siglongjmp");
+longjmp!(longjmp, LONGJMP, c"longjmp");
+longjmp!(_longjmp, _LONGJMP, c"_longjmp");
+longjmp!(__longjmp_chk, LONGJMP_CHK, c"__longjmp_chk");
+
+/// Looks up libc's definitions that signal handlers reach, at load time.
+fn prefetch() {
+    crate::next(&SIGLONGJMP, c"siglongjmp");
+    crate::next(&LONGJMP, c"longjmp");
+    crate::next(&_LONGJMP, c"_longjmp");
+    crate::next(&LONGJMP_CHK, c"__longjmp_chk");
+}

@@ -307,21 +307,34 @@ pub(super) extern "C" fn on_sigsegv(
     // SA_SIGINFO handler; only their documented fields are used.
     unsafe {
         // Only a fault the kernel raised can be a register access (a
-        // SIGSEGV sent by kill has no address).
-        if (*info).si_code > 0 {
-            let addr = (*info).si_addr() as usize;
-            if lookup(addr).is_some() {
-                let mut outcome = Outcome::NotOurs;
-                on_interrupted_stack(uc, &mut || outcome = emulate(addr, &mut *uc));
-                match outcome {
-                    Outcome::Done => return,
-                    Outcome::Sigbus(at) => return deliver_sigbus(at, uc),
-                    Outcome::NotOurs => {}
-                }
+        // SIGSEGV sent by kill has no address); a stack overflow is not
+        // looked up (the alternate stack it runs on may be small).
+        if (*info).si_code > 0 && !overflowed(info, uc) {
+            match trapped((*info).si_addr() as usize, uc) {
+                Outcome::Done => return,
+                Outcome::Sigbus(at) => return deliver_sigbus(at, uc),
+                Outcome::NotOurs => {}
             }
         }
         chain(sig, info, uc);
     }
+}
+
+/// A fault at `addr`: emulated if it is a register access, on the stack
+/// the kernel would have used without `SA_ONSTACK` (the alternate stack
+/// may be small).
+///
+/// # Safety
+/// `uc` is the current signal's context.
+#[inline(never)]
+unsafe fn trapped(addr: usize, uc: *mut libc::ucontext_t) -> Outcome {
+    if lookup(addr).is_none() {
+        return Outcome::NotOurs;
+    }
+    let mut outcome = Outcome::NotOurs;
+    // SAFETY: the current signal's context, written only by `emulate`.
+    unsafe { on_interrupted_stack(uc, &mut || outcome = emulate(addr, &mut *uc)) };
+    outcome
 }
 
 /// The stack a handler without `SA_ONSTACK` would have run on, when
@@ -358,6 +371,7 @@ fn overflowed(info: *const libc::siginfo_t, uc: *const libc::ucontext_t) -> bool
 ///
 /// # Safety
 /// `uc` is the current signal's context.
+#[inline(never)]
 unsafe fn on_interrupted_stack(uc: *const libc::ucontext_t, f: &mut dyn FnMut()) {
     match interrupted_stack(uc) {
         None => f(),
@@ -511,6 +525,7 @@ unsafe fn call_handler(
 
 /// `SA_RESETHAND`: the program's disposition of `sig` becomes SIG_DFL
 /// (its flags and mask stay, as in the kernel).
+#[inline(never)]
 fn reset(sig: libc::c_int) {
     if sig == libc::SIGSEGV {
         with_signals_blocked(|| {
@@ -531,6 +546,7 @@ fn reset(sig: libc::c_int) {
 ///
 /// # Safety
 /// `info` is a valid siginfo for `sig`.
+#[inline(never)]
 unsafe fn die(sig: libc::c_int, info: *mut libc::siginfo_t, rerun: bool) {
     DYING.store(true, Ordering::Release);
     set(sig, &zeroed_action());
@@ -557,6 +573,7 @@ unsafe fn die(sig: libc::c_int, info: *mut libc::siginfo_t, rerun: bool) {
 ///
 /// # Safety
 /// `uc` is the current signal's context.
+#[inline(never)]
 unsafe fn deliver_sigbus(addr: usize, uc: *mut libc::ucontext_t) {
     // SAFETY: a zeroed siginfo is plain data; si_addr is at offset 16 in
     // the kernel's x86_64 layout.
