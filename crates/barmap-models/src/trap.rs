@@ -7,16 +7,37 @@
 //! - **Whose fault.** The address is looked up in the live parts of the
 //!   register mappings, after every munmap and mremap the process made has
 //!   reached barmap (`Mapping::region_offset_at`): an address the process
-//!   unmapped and reused is never emulated. A SIGSEGV that is not a
-//!   register access goes to the program's own handler (the one it had
-//!   when the trap was installed, or installed since through `sigaction`
-//!   or `signal`, which `barmap run` wraps so barmap's stays in front); with
-//!   none, the default action.
+//!   unmapped and reused is never emulated. Only a fault the kernel raised
+//!   at such an address is emulated.
+//! - **Signals belong to the program** (module `signals`). barmap owns the
+//!   kernel's SIGSEGV disposition and nothing else; the program's SIGSEGV
+//!   disposition is kept apart ([`program_sigaction`], which `barmap run`
+//!   wraps every libc setter into, so `old` is always the program's), and
+//!   SIGBUS is never touched. A SIGSEGV that is not a register access
+//!   reaches the program's handler with the siginfo and ucontext the kernel
+//!   delivered, its `sa_mask` and flags (`SA_SIGINFO`, `SA_NODEFER`,
+//!   `SA_RESETHAND`, `SA_ONSTACK`: barmap's handler itself runs with
+//!   `SA_ONSTACK`, so a stack overflow is handled on the program's
+//!   alternate stack, and emulates on the interrupted stack), or the
+//!   default action (the process dies of SIGSEGV at the faulting
+//!   instruction). SIGSEGV is never blocked for real (a blocked
+//!   synchronous SIGSEGV kills in the kernel, so a register access could
+//!   not be trapped): the program's view of it is kept per thread
+//!   ([`program_blocks_sigsegv`]), and a genuine fault in a thread that
+//!   holds it kills, as in the kernel. A raw `rt_sigaction` (past libc)
+//!   replaces barmap's handler; the next register mapping puts barmap's
+//!   back in front and keeps the raw one as the program's. Under
+//!   `barmap run` the handler is installed when the program loads
+//!   ([`install_for_program`]); in a Rust process using barmap as a
+//!   library, at the first register mapping, over barmap-target's touch
+//!   exception table, which then serves as the program's handlers.
 //! - **The kernel's semantics.** The access runs under the device's memory
 //!   gate: it waits while a reset runs; while COMMAND.MEM is clear, in low
-//!   power or after the device is gone, the thread gets SIGBUS (its own
-//!   SIGBUS handler is called with `BUS_ADRERR` and the faulting context,
-//!   as the kernel would; with none, the process dies of SIGBUS).
+//!   power or after the device is gone, the thread gets SIGBUS (the
+//!   program's SIGBUS handler is called with `BUS_ADRERR`, the address and
+//!   the faulting context, as the kernel's revoked BAR would; with SIGBUS
+//!   at SIG_DFL or SIG_IGN, or blocked, the process dies of SIGBUS, as the
+//!   kernel forces it).
 //! - **What is emulated.** `mov` loads and stores (register, immediate,
 //!   `moffs`) and `movzx`/`movsx`/`movsxd` loads of 1, 2, 4 or 8 bytes, at
 //!   a naturally aligned address in one mapping. Anything else (a
