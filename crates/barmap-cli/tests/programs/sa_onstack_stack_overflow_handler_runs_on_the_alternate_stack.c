@@ -88,5 +88,15 @@ int main(int argc, char **argv)
 
 	bar[1] = 42;
 	CHECK(bar[1] == ~42u, "registers answer after the overflow was handled");
+
+	/* Without SA_ONSTACK the handler runs on the interrupted stack. */
+	sa.sa_flags = SA_SIGINFO;
+	DIE_UNLESS(sigaction(SIGSEGV, &sa, NULL) == 0, "sigaction");
+	if (sigsetjmp(env, 1) == 0) {
+		(void)*(volatile int *)NULL;
+		CHECK(0, "a NULL dereference completes");
+	}
+	CHECK(count == 2 && !on_alt && fault_addr == 0,
+	      "a handler without SA_ONSTACK runs off the alternate stack (on_alt %d)", (int)on_alt);
 	return bt_exit();
 }
