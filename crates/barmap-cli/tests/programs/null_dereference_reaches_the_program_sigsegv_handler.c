@@ -16,6 +16,7 @@
 static sigjmp_buf env;
 static volatile sig_atomic_t segv_count, segv_code, segv_signo;
 static volatile void *segv_addr;
+static volatile pid_t segv_pid;
 static volatile long long segv_rip;
 
 static void on_sigsegv(int sig, siginfo_t *si, void *ctx)
@@ -26,6 +27,7 @@ static void on_sigsegv(int sig, siginfo_t *si, void *ctx)
 	segv_signo = sig == si->si_signo ? sig : -1;
 	segv_code = si->si_code;
 	segv_addr = si->si_addr;
+	segv_pid = si->si_code == SI_USER ? si->si_pid : 0;
 	segv_rip = uc->uc_mcontext.gregs[REG_RIP];
 	siglongjmp(env, 1);
 }
@@ -83,6 +85,25 @@ int main(int argc, char **argv)
 
 	bar[1] = 7;
 	CHECK(bar[1] == (uint32_t)~7u, "registers still answer after the program's handler ran");
+
+	if (sigsetjmp(env, 1) == 0) {
+		kill(getpid(), SIGSEGV);
+		CHECK(0, "kill(SIGSEGV) returns without the handler");
+	}
+	CHECK(segv_count == 3 && segv_code == SI_USER && segv_pid == getpid(),
+	      "a SIGSEGV sent by kill reaches the handler with SI_USER and the sender's pid");
+	fflush(stdout);
+	if (fork() == 0) {
+		signal(SIGSEGV, SIG_IGN);
+		kill(getpid(), SIGSEGV);
+		_exit(bar == NULL ? 1 : 0);
+	}
+	{
+		int st = 0;
+
+		wait(&st);
+		CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "an ignored SIGSEGV sent by kill is ignored");
+	}
 
 	CHECK(child_dies_of_sigsegv(SIG_DFL), "with SIGSEGV at SIG_DFL a NULL dereference kills with SIGSEGV");
 	CHECK(child_dies_of_sigsegv(SIG_IGN), "with SIGSEGV ignored a NULL dereference kills with SIGSEGV");
