@@ -4,7 +4,8 @@
  * signals go to one thread) touch registers as on the kernel's vfio-pci,
  * where a register access raises no signal: the accesses work, the
  * thread's mask reads back with SIGSEGV blocked, a thread it creates
- * inherits that, and a genuine fault in such a thread kills the process
+ * inherits that, a SIGSEGV sent meanwhile waits until it is unblocked,
+ * and a genuine fault in such a thread kills the process
  * with SIGSEGV, as the kernel does for a blocked synchronous signal.
  */
 #include <pthread.h>
@@ -13,6 +14,13 @@
 #include "barmap_test.h"
 
 static volatile uint32_t *bar;
+static volatile sig_atomic_t sent;
+
+static void on_sent(int sig)
+{
+	(void)sig;
+	sent++;
+}
 
 struct result {
 	int ok, segv_blocked;
@@ -76,8 +84,13 @@ int main(int argc, char **argv)
 	CHECK(sigprocmask(SIG_BLOCK, &seg, NULL) == 0, "the main thread blocks SIGSEGV");
 	bar[1] = 5;
 	CHECK(bar[1] == ~5u, "and touches registers");
+	signal(SIGSEGV, on_sent);
+	raise(SIGSEGV);
+	CHECK(sent == 0, "a SIGSEGV sent while it is blocked waits");
 	CHECK(sigprocmask(SIG_UNBLOCK, &seg, &cur) == 0 && sigismember(&cur, SIGSEGV) == 1,
 	      "unblocking reports SIGSEGV as it was blocked");
+	CHECK(sent == 1, "the waiting SIGSEGV is delivered once it is unblocked");
+	signal(SIGSEGV, SIG_DFL);
 	CHECK(sigprocmask(SIG_BLOCK, NULL, &cur) == 0 && sigismember(&cur, SIGSEGV) == 0,
 	      "and then as unblocked");
 

@@ -48,6 +48,9 @@ unsafe impl Send for Action {}
 thread_local! {
     /// The program believes this thread blocks SIGSEGV.
     static HELD: Cell<bool> = const { Cell::new(false) };
+    /// A SIGSEGV sent (not raised by a fault) while the thread held it:
+    /// pending until the program unblocks it.
+    static PENDING: Cell<Option<libc::siginfo_t>> = const { Cell::new(None) };
 }
 
 /// Signals that the kernel delivers synchronously (faults), never blocked
@@ -72,8 +75,25 @@ pub fn program_blocks_sigsegv() -> bool {
 
 /// Records whether the program believes the calling thread blocks SIGSEGV
 /// (see [`program_blocks_sigsegv`]).
+/// A SIGSEGV sent to the thread while it held it is delivered now, as the
+/// kernel delivers a pending signal when it is unblocked.
 pub fn set_program_blocks_sigsegv(held: bool) {
     HELD.with(|h| h.set(held));
+    if !held {
+        if let Some(mut info) = PENDING.with(Cell::take) {
+            // SAFETY: a signal to this thread with the siginfo it was sent
+            // with (a process may queue any siginfo to itself).
+            unsafe {
+                libc::syscall(
+                    libc::SYS_rt_tgsigqueueinfo,
+                    libc::getpid(),
+                    libc::syscall(libc::SYS_gettid),
+                    libc::SIGSEGV,
+                    &mut info as *mut libc::siginfo_t,
+                );
+            }
+        }
+    }
 }
 
 fn bit(sig: libc::c_int) -> u64 {
@@ -420,10 +440,16 @@ unsafe fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::uco
     // SAFETY: the current signal's siginfo.
     let fault = unsafe { (*info).si_code } > 0;
     let action = program_action();
-    if fault && program_blocks_sigsegv() {
-        // The kernel kills a thread that blocks the fault it raised.
+    if program_blocks_sigsegv() {
+        if fault {
+            // The kernel kills a thread that blocks the fault it raised.
+            // SAFETY: the current signal's siginfo.
+            return unsafe { die(sig, info, true) };
+        }
+        // A sent SIGSEGV waits until the program unblocks it.
         // SAFETY: the current signal's siginfo.
-        return unsafe { die(sig, info, true) };
+        PENDING.with(|p| p.set(Some(unsafe { *info })));
+        return;
     }
     match action.sa_sigaction {
         // SAFETY: the current signal's siginfo.
