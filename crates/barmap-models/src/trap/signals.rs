@@ -624,3 +624,56 @@ unsafe fn deliver_sigbus(addr: usize, uc: *mut libc::ucontext_t) {
     // SAFETY: the current signal's context, a SIGBUS siginfo, a handler.
     unsafe { run_handler(&current, libc::SIGBUS, &mut info, uc) }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_on_stack_runs_the_closure_on_the_given_stack_and_comes_back() {
+        let mut stack = vec![0u8; 64 << 10];
+        let base = stack.as_mut_ptr() as usize;
+        let top = (base + stack.len()) & !15;
+        let mut seen = 0usize;
+        let mut calls = 0;
+        // SAFETY: the closure runs on `stack`, 64 KiB of memory this test owns.
+        unsafe {
+            call_on_stack(top, &mut || {
+                let marker = 0u8;
+                seen = std::ptr::addr_of!(marker) as usize;
+                calls += 1;
+            })
+        };
+        assert_eq!(calls, 1);
+        assert!(
+            (base..top).contains(&seen),
+            "{seen:#x} in {base:#x}..{top:#x}"
+        );
+    }
+
+    #[test]
+    fn a_fault_near_the_stack_pointer_is_an_overflow_and_one_elsewhere_is_not() {
+        // SAFETY: zeroed siginfo and ucontext are plain data.
+        let (mut info, mut uc): (libc::siginfo_t, libc::ucontext_t) =
+            unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+        info.si_code = 1; // SEGV_MAPERR
+        uc.uc_mcontext.gregs[libc::REG_RSP as usize] = 0x7fff_0000_1000;
+        let at = |info: &mut libc::siginfo_t, addr: usize| {
+            // SAFETY: si_addr at offset 16, inside the local siginfo.
+            unsafe {
+                (info as *mut libc::siginfo_t)
+                    .cast::<u8>()
+                    .add(16)
+                    .cast::<usize>()
+                    .write_unaligned(addr)
+            }
+        };
+        at(&mut info, 0x7fff_0000_0ff8);
+        assert!(overflowed(&info, &uc));
+        at(&mut info, 0);
+        assert!(!overflowed(&info, &uc));
+        info.si_code = libc::SI_USER;
+        at(&mut info, 0x7fff_0000_0ff8);
+        assert!(!overflowed(&info, &uc), "a kill is never an overflow");
+    }
+}
