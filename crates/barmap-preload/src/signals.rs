@@ -13,8 +13,9 @@
 //! signal is fatal). `pthread_sigmask`, `sigprocmask`, `sighold`,
 //! `sigrelse` and `sigset(SIG_HOLD)` keep the program's view of SIGSEGV
 //! per thread and report it back; `pthread_create` hands it to the new
-//! thread; `sigaction` leaves SIGSEGV out of the mask the kernel applies
-//! while a handler runs and reports it back in the handler's mask.
+//! thread; `siglongjmp` and its kin restore it with a saved mask;
+//! `sigaction` leaves SIGSEGV out of the mask the kernel applies while a
+//! handler runs and reports it back in the handler's mask.
 
 use std::cell::Cell;
 use std::ffi::{c_int, c_void};
