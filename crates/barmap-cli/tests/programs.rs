@@ -473,3 +473,61 @@ fn dma_to_remapped_shared_memory_reaches_the_pages_pinned_at_map_time() {
         "pinned pages never fault: {dev}"
     );
 }
+
+// --- signals ---
+
+#[test]
+fn program_sigbus_handler_installed_before_mapping_catches_register_access_with_memory_off() {
+    passes(
+        "program_sigbus_handler_installed_before_mapping_catches_register_access_with_memory_off",
+        &["--device", "edu"],
+    );
+}
+
+#[test]
+fn null_dereference_reaches_the_program_sigsegv_handler() {
+    passes(
+        "null_dereference_reaches_the_program_sigsegv_handler",
+        &["--device", "edu"],
+    );
+}
+
+#[test]
+fn signal_and_sigset_after_mapping_keep_the_trap() {
+    passes(
+        "signal_and_sigset_after_mapping_keep_the_trap",
+        &["--device", "edu"],
+    );
+}
+
+#[test]
+fn sa_onstack_stack_overflow_handler_runs_on_the_alternate_stack() {
+    passes(
+        "sa_onstack_stack_overflow_handler_runs_on_the_alternate_stack",
+        &["--device", "edu"],
+    );
+}
+
+#[test]
+fn sa_resethand_handler_runs_once_then_default() {
+    passes(
+        "sa_resethand_handler_runs_once_then_default",
+        &["--device", "edu"],
+    );
+}
+
+#[test]
+fn a_thread_blocking_sigsegv_touches_a_register() {
+    passes(
+        "a_thread_blocking_sigsegv_touches_a_register",
+        &["--device", "edu"],
+    );
+}
+
+#[test]
+fn sigaction_reports_the_program_own_handler_as_old() {
+    passes(
+        "sigaction_reports_the_program_own_handler_as_old",
+        &["--device", "edu"],
+    );
+}

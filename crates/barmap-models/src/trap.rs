@@ -7,16 +7,37 @@
 //! - **Whose fault.** The address is looked up in the live parts of the
 //!   register mappings, after every munmap and mremap the process made has
 //!   reached barmap (`Mapping::region_offset_at`): an address the process
-//!   unmapped and reused is never emulated. A SIGSEGV that is not a
-//!   register access goes to the program's own handler (the one it had
-//!   when the trap was installed, or installed since through `sigaction`
-//!   or `signal`, which `barmap run` wraps so barmap's stays in front); with
-//!   none, the default action.
+//!   unmapped and reused is never emulated. Only a fault the kernel raised
+//!   at such an address is emulated.
+//! - **Signals belong to the program** (module `signals`). barmap owns the
+//!   kernel's SIGSEGV disposition and nothing else; the program's SIGSEGV
+//!   disposition is kept apart ([`program_sigaction`], which `barmap run`
+//!   wraps every libc setter into, so `old` is always the program's), and
+//!   SIGBUS is never touched. A SIGSEGV that is not a register access
+//!   reaches the program's handler with the siginfo and ucontext the kernel
+//!   delivered, its `sa_mask` and flags (`SA_SIGINFO`, `SA_NODEFER`,
+//!   `SA_RESETHAND`, `SA_ONSTACK`: barmap's handler itself runs with
+//!   `SA_ONSTACK`, so a stack overflow is handled on the program's
+//!   alternate stack, and emulates on the interrupted stack), or the
+//!   default action (the process dies of SIGSEGV at the faulting
+//!   instruction). SIGSEGV is never blocked for real (a blocked
+//!   synchronous SIGSEGV kills in the kernel, so a register access could
+//!   not be trapped): the program's view of it is kept per thread
+//!   ([`program_blocks_sigsegv`]), and a genuine fault in a thread that
+//!   holds it kills, as in the kernel. A raw `rt_sigaction` (past libc)
+//!   replaces barmap's handler; the next register mapping puts barmap's
+//!   back in front and keeps the raw one as the program's. Under
+//!   `barmap run` the handler is installed when the program loads
+//!   ([`install_for_program`]); in a Rust process using barmap as a
+//!   library, at the first register mapping, over barmap-target's touch
+//!   exception table, which then serves as the program's handlers.
 //! - **The kernel's semantics.** The access runs under the device's memory
 //!   gate: it waits while a reset runs; while COMMAND.MEM is clear, in low
-//!   power or after the device is gone, the thread gets SIGBUS (its own
-//!   SIGBUS handler is called with `BUS_ADRERR` and the faulting context,
-//!   as the kernel would; with none, the process dies of SIGBUS).
+//!   power or after the device is gone, the thread gets SIGBUS (the
+//!   program's SIGBUS handler is called with `BUS_ADRERR`, the address and
+//!   the faulting context, as the kernel's revoked BAR would; with SIGBUS
+//!   at SIG_DFL or SIG_IGN, or blocked, the process dies of SIGBUS, as the
+//!   kernel forces it).
 //! - **What is emulated.** `mov` loads and stores (register, immediate,
 //!   `moffs`) and `movzx`/`movsx`/`movsxd` loads of 1, 2, 4 or 8 bytes, at
 //!   a naturally aligned address in one mapping. Anything else (a
@@ -24,8 +45,8 @@
 //!   FS/GS-relative access) is reported on stderr with its disassembly and
 //!   gets SIGBUS: never a silent wrong value.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Once, RwLock, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use barmap::Mapping;
 use iced_x86::{
@@ -34,6 +55,12 @@ use iced_x86::{
 
 use crate::device::Shared;
 use crate::model::Width;
+
+mod signals;
+
+pub use signals::{
+    install_for_program, program_blocks_sigsegv, program_sigaction, set_program_blocks_sigsegv,
+};
 
 struct Trap {
     id: u64,
@@ -52,96 +79,9 @@ pub(crate) struct TrapId(u64);
 
 static TRAPS: RwLock<Vec<Trap>> = RwLock::new(Vec::new());
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-static INSTALL: Once = Once::new();
-static INSTALLED: AtomicBool = AtomicBool::new(false);
-
-/// The program's own SIGSEGV disposition, which barmap's handler chains to.
-static PROGRAM_SEGV: Mutex<Option<SavedAction>> = Mutex::new(None);
-
-#[derive(Clone, Copy)]
-struct SavedAction(libc::sigaction);
-// SAFETY: a sigaction is plain data (a handler address, a mask, flags).
-unsafe impl Send for SavedAction {}
 
 /// Reports of accesses that could not be emulated, newest last (at most 16).
 static REPORTS: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-/// libc's `sigaction`, found past any wrapper of it (the preload's).
-fn real_sigaction(
-) -> unsafe extern "C" fn(libc::c_int, *const libc::sigaction, *mut libc::sigaction) -> libc::c_int
-{
-    static SLOT: AtomicU64 = AtomicU64::new(0);
-    let mut f = SLOT.load(Ordering::Relaxed);
-    if f == 0 {
-        // SAFETY: dlsym with RTLD_NEXT and a NUL-terminated name.
-        f = unsafe { libc::dlsym(libc::RTLD_NEXT, c"sigaction".as_ptr()) } as u64;
-        if f == 0 {
-            f = libc::sigaction as *const () as u64;
-        }
-        SLOT.store(f, Ordering::Relaxed);
-    }
-    // SAFETY: the address is libc's sigaction, of exactly this signature.
-    unsafe { std::mem::transmute::<usize, _>(f as usize) }
-}
-
-fn install() {
-    INSTALL.call_once(|| {
-        // barmap's own exception table (barmap-target's touch accessors)
-        // sits underneath, as any handler the program had does.
-        barmap_target::touch::install();
-        let sigaction = real_sigaction();
-        // SAFETY: a zeroed sigaction is valid; handler and flags are set
-        // before it is passed on; the old disposition is written to `old`.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_sigsegv as *const () as usize;
-            // Not SA_ONSTACK: decoding needs more stack than the usual
-            // alternate signal stack has (Rust's is a few KiB), and a
-            // trapped access never comes from an overflowing stack.
-            sa.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER;
-            libc::sigemptyset(&mut sa.sa_mask);
-            let mut old: libc::sigaction = std::mem::zeroed();
-            let mut program = PROGRAM_SEGV.lock().unwrap();
-            let rc = sigaction(libc::SIGSEGV, &sa, &mut old);
-            assert_eq!(rc, 0, "installing barmap's SIGSEGV handler failed");
-            *program = Some(SavedAction(old));
-        }
-        // Make sure the lazily resolved pointer is resolved outside any
-        // signal handler.
-        let _ = real_sigaction();
-        INSTALLED.store(true, Ordering::Release);
-    });
-}
-
-/// The program's `sigaction(SIGSEGV, act, old)` once barmap's trap is
-/// installed: records `act` as the handler barmap chains to and reports
-/// the previous one in `old`, leaving barmap's handler in front. Returns
-/// None (the caller passes the call on) for other signals or before the
-/// trap is installed. For `barmap run`'s `sigaction` wrapper.
-///
-/// # Safety
-/// `act` and `old` are null or valid, as for `sigaction(2)`.
-pub unsafe fn program_sigaction(
-    sig: libc::c_int,
-    act: *const libc::sigaction,
-    old: *mut libc::sigaction,
-) -> Option<libc::c_int> {
-    if sig != libc::SIGSEGV || !INSTALLED.load(Ordering::Acquire) {
-        return None;
-    }
-    let mut program = PROGRAM_SEGV.lock().unwrap();
-    if !old.is_null() {
-        // SAFETY: the caller's valid out-pointer.
-        unsafe {
-            *old = program.map_or_else(|| std::mem::zeroed(), |s| s.0);
-        }
-    }
-    if !act.is_null() {
-        // SAFETY: the caller's valid sigaction.
-        *program = Some(SavedAction(unsafe { *act }));
-    }
-    Some(0)
-}
 
 /// Starts trapping `mapping`'s addresses, for a device: makes its pages
 /// inaccessible. Returns the errno of a failed `mprotect`.
@@ -150,7 +90,8 @@ pub(crate) fn register(
     dev: &Arc<Shared>,
     writable: bool,
 ) -> Result<TrapId, i32> {
-    install();
+    signals::install();
+    signals::reclaim();
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     TRAPS.write().unwrap().push(Trap {
         id,
@@ -190,20 +131,6 @@ enum Outcome {
     NotOurs,
     /// The thread gets SIGBUS at this address.
     Sigbus(usize),
-}
-
-extern "C" fn on_sigsegv(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
-    // SAFETY: the kernel passes a valid siginfo and ucontext to an
-    // SA_SIGINFO handler; only their documented fields are used.
-    unsafe {
-        let addr = (*info).si_addr() as usize;
-        let uc = &mut *(ctx as *mut libc::ucontext_t);
-        match emulate(addr, uc) {
-            Outcome::Done => {}
-            Outcome::NotOurs => chain(sig, info, ctx),
-            Outcome::Sigbus(at) => deliver_sigbus(at, ctx),
-        }
-    }
 }
 
 /// A register mapping's hit: the device, BAR, offset of `addr`, writable.
@@ -454,110 +381,6 @@ fn emulate(addr: usize, uc: &mut libc::ucontext_t) -> Outcome {
     }
     uc.uc_mcontext.gregs[libc::REG_RIP as usize] = insn.next_ip() as i64;
     Outcome::Done
-}
-
-/// Calls `action`'s handler for `sig` as the kernel would, with its mask.
-///
-/// # Safety
-/// `info` and `ctx` are the current signal's; `action` a disposition that
-/// names a handler.
-unsafe fn call_handler(
-    action: &libc::sigaction,
-    sig: libc::c_int,
-    info: *mut libc::siginfo_t,
-    ctx: *mut libc::c_void,
-) {
-    // SAFETY: plain sigset and sigmask calls on local sets; the handler
-    // address is the program's, of the type its flags say.
-    unsafe {
-        if action.sa_flags & libc::SA_RESETHAND != 0 {
-            let mut dfl: libc::sigaction = std::mem::zeroed();
-            dfl.sa_sigaction = libc::SIG_DFL;
-            real_sigaction()(sig, &dfl, std::ptr::null_mut());
-        }
-        let mut mask = action.sa_mask;
-        if action.sa_flags & libc::SA_NODEFER == 0 {
-            libc::sigaddset(&mut mask, sig);
-        }
-        let mut before: libc::sigset_t = std::mem::zeroed();
-        libc::pthread_sigmask(libc::SIG_BLOCK, &mask, &mut before);
-        if action.sa_flags & libc::SA_SIGINFO != 0 {
-            let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
-                std::mem::transmute(action.sa_sigaction);
-            f(sig, info, ctx);
-        } else {
-            let f: extern "C" fn(libc::c_int) = std::mem::transmute(action.sa_sigaction);
-            f(sig);
-        }
-        libc::pthread_sigmask(libc::SIG_SETMASK, &before, std::ptr::null_mut());
-    }
-}
-
-fn is_handler(a: &libc::sigaction) -> bool {
-    a.sa_sigaction != libc::SIG_DFL && a.sa_sigaction != libc::SIG_IGN
-}
-
-/// A SIGSEGV that is not a register access: the program's handler, or the
-/// default action (the instruction runs again and the kernel kills).
-///
-/// # Safety
-/// The arguments are the current signal's.
-unsafe fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
-    let program = PROGRAM_SEGV
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .map(|s| s.0);
-    match program {
-        // SAFETY: the current signal's arguments; a handler disposition.
-        Some(a) if is_handler(&a) => unsafe { call_handler(&a, sig, info, ctx) },
-        _ => {
-            // SAFETY: a zeroed sigaction with SIG_DFL is valid.
-            unsafe {
-                let mut dfl: libc::sigaction = std::mem::zeroed();
-                dfl.sa_sigaction = libc::SIG_DFL;
-                real_sigaction()(libc::SIGSEGV, &dfl, std::ptr::null_mut());
-            }
-        }
-    }
-}
-
-/// The thread gets SIGBUS at `addr`, as the kernel's fault handler gives it
-/// for revoked BAR memory: the program's SIGBUS handler runs with
-/// `BUS_ADRERR` and the faulting context; with none, the process dies.
-///
-/// # Safety
-/// `ctx` is the current signal's context.
-unsafe fn deliver_sigbus(addr: usize, ctx: *mut libc::c_void) {
-    // SAFETY: sigaction queries and a siginfo built in local memory; the
-    // layout of siginfo_t's fault fields (si_addr at offset 16) is the
-    // kernel's on x86_64.
-    unsafe {
-        let mut info: libc::siginfo_t = std::mem::zeroed();
-        info.si_signo = libc::SIGBUS;
-        info.si_code = libc::BUS_ADRERR;
-        let p = (&mut info as *mut libc::siginfo_t).cast::<u8>();
-        p.add(16).cast::<usize>().write_unaligned(addr);
-        let mut current: libc::sigaction = std::mem::zeroed();
-        real_sigaction()(libc::SIGBUS, std::ptr::null(), &mut current);
-        if is_handler(&current) {
-            call_handler(&current, libc::SIGBUS, &mut info, ctx);
-            return;
-        }
-        let mut dfl: libc::sigaction = std::mem::zeroed();
-        dfl.sa_sigaction = libc::SIG_DFL;
-        real_sigaction()(libc::SIGBUS, &dfl, std::ptr::null_mut());
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGBUS);
-        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
-        libc::syscall(
-            libc::SYS_rt_tgsigqueueinfo,
-            libc::getpid(),
-            libc::syscall(libc::SYS_gettid),
-            libc::SIGBUS,
-            &mut info as *mut libc::siginfo_t,
-        );
-    }
 }
 
 #[cfg(test)]

@@ -4,11 +4,12 @@
 //! paths and fds (open and its fortified and 64-bit variants, fopen, the
 //! stat family, access, readlink, opendir, scandir, realpath, ioctl, mmap,
 //! munmap, pread/pwrite and their variants, close, dup, fcntl) and hands
-//! them to the process's [`barmap_front::Front`]; `sigaction` and `signal`
-//! for SIGSEGV, once a register BAR is mapped, set the handler that
-//! barmap's trap chains to, so that barmap's stays in front
-//! ([`barmap_models::trap`]); everything else goes to
-//! the next definition (libc's), found with `dlsym(RTLD_NEXT)`. Calls that
+//! them to the process's [`barmap_front::Front`]; the libc setters of
+//! SIGSEGV dispositions and signal masks (`sigaction`, `signal`, `sigset`,
+//! `pthread_sigmask`, ... in `signals`) keep the program's SIGSEGV
+//! disposition and its view of SIGSEGV apart from barmap's register trap,
+//! whose handler stays in front ([`barmap_models::trap`]); everything else
+//! goes to the next definition (libc's), found with `dlsym(RTLD_NEXT)`. Calls that
 //! the front end itself makes while serving a call pass straight through
 //! (a per-thread guard), so nothing recurses.
 //!
