@@ -168,12 +168,13 @@ fn after_dup(old: c_int, new: c_int) {
         return;
     }
     if let Some(f) = front() {
+        // One step, as the kernel's dup2 is: `new` names the old file or
+        // the new one, never nothing, for a thread that uses it meanwhile.
         guarded(|| {
-            if f.owns(new) {
-                f.close(new); // dup2 closed what was there
-            }
             if f.owns(old) {
-                f.dup(old, new);
+                f.dup(old, new); // replaces what was there
+            } else if f.owns(new) {
+                f.close(new); // dup2 closed what was there
             }
         });
     }
