@@ -155,5 +155,8 @@ fn eight_threads_mapping_windows_never_get_sigbus() {
 
 #[test]
 fn dup2_over_a_device_fd_while_threads_map_never_gets_sigbus() {
-    passes_on_every_policy("dup2_over_a_device_fd_while_threads_map_never_gets_sigbus", &[]);
+    passes_on_every_policy(
+        "dup2_over_a_device_fd_while_threads_map_never_gets_sigbus",
+        &[],
+    );
 }

@@ -908,6 +908,9 @@ impl Sut {
                         .iter()
                         .flat_map(|r| churn_round(&dev, offset, pages, r))
                         .collect();
+                    // Before the report: once every thread has reported, the
+                    // device is the SUT's alone again (a drop checks that).
+                    drop(dev);
                     let _ = tx.send((i, got));
                 });
             if let Err(e) = spawned {
