@@ -531,3 +531,39 @@ fn sigaction_reports_the_program_own_handler_as_old() {
         &["--device", "edu"],
     );
 }
+
+// ----- Concurrent mappings: threads mapping, unmapping and dup2'ing at once -----
+
+/// Runs `name` with `env` on every correct policy and requires it to pass.
+fn passes_on_every_policy_with(name: &str, env: &[(&str, &str)]) {
+    for p in POLICIES {
+        let r = run_env(name, &["--policy", p], env);
+        assert!(
+            r.code == Some(0) && r.text.contains("PASS"),
+            "{name} under barmap run --policy {p} with {env:?}: exit {:?}\n{}",
+            r.code,
+            r.text
+        );
+    }
+}
+
+#[test]
+fn two_threads_mapping_windows_never_get_sigbus() {
+    passes_on_every_policy("two_threads_mapping_windows_never_get_sigbus", &[]);
+}
+
+#[test]
+fn eight_threads_mapping_windows_never_get_sigbus() {
+    passes_on_every_policy_with(
+        "two_threads_mapping_windows_never_get_sigbus",
+        &[("BT_THREADS", "8"), ("BT_MS", "1000")],
+    );
+}
+
+#[test]
+fn dup2_over_a_device_fd_while_threads_map_never_gets_sigbus() {
+    passes_on_every_policy(
+        "dup2_over_a_device_fd_while_threads_map_never_gets_sigbus",
+        &[],
+    );
+}

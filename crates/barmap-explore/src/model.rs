@@ -233,6 +233,29 @@ pub enum ChildPlan {
     DropAll,
 }
 
+/// How a [`Plan::MapChurn`] thread unmaps its window at the end of a round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ChurnUnmap {
+    /// libc `munmap` of the whole view (an UNMAP event), then the
+    /// `Mapping` is dropped with nothing left to undo.
+    Munmap,
+    /// libc `munmap` of the first page, then of the rest (two events).
+    MunmapHalves,
+    /// Dropping the `Mapping`: barmap's own unmap (no event).
+    Drop,
+}
+
+/// One round of one [`Plan::MapChurn`] thread.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChurnRound {
+    /// The word written and read back in every page of the window.
+    pub word: usize,
+    /// Per page, the value written.
+    pub values: Vec<u64>,
+    /// How the window is unmapped.
+    pub unmap: ChurnUnmap,
+}
+
 /// An operation resolved against the state: concrete targets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum Plan {
@@ -430,6 +453,17 @@ pub enum Plan {
     },
     /// `mapping_count()`.
     MappingCount,
+    /// Threads at once, each looping over its rounds: `Device::map` of
+    /// its window of BAR2 (read-write, at an address the kernel chooses),
+    /// a write then a read of `word` in every page, the unmap.
+    MapChurn {
+        /// Per thread, the BAR2 offset of its window.
+        windows: Vec<u64>,
+        /// Window length in pages.
+        pages: usize,
+        /// Per thread, its rounds.
+        rounds: Vec<Vec<ChurnRound>>,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -1168,6 +1202,46 @@ impl Model {
                 self.dev?;
                 Plan::MappingCount
             }
+            Op::MapChurn {
+                threads,
+                rounds,
+                pages,
+                seed,
+            } => {
+                self.dev?;
+                let mem_pages = (self.cfg.memory as usize / PAGE).max(1);
+                let n = (threads as usize).clamp(2, crate::op::COLUMNS as usize);
+                if mem_pages < n {
+                    return None;
+                }
+                let pages = 1 + pick((mem_pages / n).clamp(1, 4), pages);
+                let mut rng = Rng::new(seed);
+                let first = rng.below((mem_pages - n * pages + 1) as u64) as usize;
+                let windows = (0..n)
+                    .map(|t| ((first + t * pages) * PAGE) as u64)
+                    .collect();
+                let rounds = (0..n)
+                    .map(|_| {
+                        (0..rounds.max(1))
+                            .map(|_| ChurnRound {
+                                word: word_of(rng.below(crate::op::COLUMNS as u64) as u8),
+                                values: (0..pages).map(|_| rng.next_u64()).collect(),
+                                unmap: match rng.below(4) {
+                                    0 | 1 => ChurnUnmap::Munmap,
+                                    2 if pages > 1 => ChurnUnmap::MunmapHalves,
+                                    2 => ChurnUnmap::Munmap,
+                                    _ => ChurnUnmap::Drop,
+                                },
+                            })
+                            .collect()
+                    })
+                    .collect();
+                Plan::MapChurn {
+                    windows,
+                    pages,
+                    rounds,
+                }
+            }
         })
     }
 
@@ -1562,7 +1636,52 @@ impl Model {
                 // land first, so a mapping cut away entirely is not counted.
                 vec![Exp::Is(Obs::Api(Ok(Val::U64(n))))]
             }
+            Plan::MapChurn {
+                windows,
+                pages,
+                rounds,
+            } => self.step_churn(windows, *pages, rounds),
         }
+    }
+
+    /// Every thread's rounds in order: the map, then per page the write
+    /// and the read back (SIGBUS both while memory is not accessible),
+    /// then what the unmap returns. No thread touches another's window,
+    /// so each round is exact.
+    fn step_churn(
+        &mut self,
+        windows: &[u64],
+        pages: usize,
+        rounds: &[Vec<ChurnRound>],
+    ) -> Vec<Exp> {
+        let accessible = self.accessible();
+        let mut out = Vec::new();
+        for (base, mine) in windows.iter().zip(rounds) {
+            for r in mine {
+                out.push(Exp::Is(Obs::Api(Ok(Val::Unit))));
+                for (p, v) in r.values.iter().enumerate() {
+                    let loc = Loc::Dev(2, base + (p * PAGE) as u64 + 8 * r.word as u64);
+                    if accessible {
+                        self.set(loc, *v);
+                        out.push(Exp::Is(Obs::Touch(TouchObs::Wrote)));
+                        out.push(Exp::Is(Obs::Touch(TouchObs::Value(*v))));
+                    } else {
+                        out.push(Exp::Is(Obs::Touch(TouchObs::Sigbus)));
+                        out.push(Exp::Is(Obs::Touch(TouchObs::Sigbus)));
+                    }
+                }
+                let unmaps = match r.unmap {
+                    ChurnUnmap::Munmap => 1,
+                    ChurnUnmap::MunmapHalves if pages > 1 => 2,
+                    ChurnUnmap::MunmapHalves => 1,
+                    ChurnUnmap::Drop => 0,
+                };
+                for _ in 0..unmaps {
+                    out.push(Exp::Is(Obs::Sys(Ok(()))));
+                }
+            }
+        }
+        out
     }
 
     fn step_threads(

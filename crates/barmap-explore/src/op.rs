@@ -349,6 +349,22 @@ pub enum Op {
     },
     /// `Device::mapping_count`.
     MappingCount,
+    /// Several threads at once, each in a loop: map its own window of the
+    /// memory BAR at an address the kernel chooses, write and read back
+    /// every page, unmap it (libc munmap whole or in two halves, or
+    /// barmap's own unmap). The kernel hands the addresses one thread just
+    /// unmapped to the next thread's mapping, so the process's unmap
+    /// events race new mappings at the same addresses.
+    MapChurn {
+        /// Threads (at least two run).
+        threads: u8,
+        /// Map/touch/unmap rounds per thread.
+        rounds: u8,
+        /// Window length selector (pages).
+        pages: u32,
+        /// Seed of the windows, the values and the ways of unmapping.
+        seed: u64,
+    },
 }
 
 impl Op {
@@ -384,6 +400,7 @@ impl Op {
             Op::RegionWrite { .. } => "region_write",
             Op::RegionViaMapping { .. } => "region_via_mapping",
             Op::MappingCount => "mapping_count",
+            Op::MapChurn { .. } => "map_churn",
         }
     }
 }
@@ -437,6 +454,16 @@ impl Op {
                 *pages = 0;
             }
             Op::Concurrent { threads, .. } | Op::Signals { threads, .. } => *threads = 1,
+            Op::MapChurn {
+                threads,
+                rounds,
+                pages,
+                ..
+            } => {
+                *threads = 2;
+                *rounds = (*rounds).min(4);
+                *pages = 0;
+            }
             Op::ToggleWhileTouching {
                 threads, toggles, ..
             } => {
@@ -678,7 +705,7 @@ pub fn generate(rng: &mut Rng, model: &Model, threads: u8) -> Op {
                 0
             },
         },
-        88..=95 => Op::RegionViaMapping {
+        88..=93 => Op::RegionViaMapping {
             read: rng.chance(1, 2),
             region: rng.below(8) as u8,
             word: rng.next_u32(),
@@ -686,6 +713,12 @@ pub fn generate(rng: &mut Rng, model: &Model, threads: u8) -> Op {
             page,
             at: rng.below(512) as u16,
             words: 1 + rng.below(64) as u16,
+        },
+        94..=96 => Op::MapChurn {
+            threads: threads.max(2),
+            rounds: 1 + rng.below(16) as u8,
+            pages,
+            seed,
         },
         _ => Op::MappingCount,
     }

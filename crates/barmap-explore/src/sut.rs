@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use barmap::touch::{self, Fault};
 use barmap::{Device, Error, Mapping, Placement, Policy, PowerState, Prot};
 
-use crate::model::{marker, ChildPlan, Obs, Plan, ThreadMode, TouchObs, Val, PAGE, T1};
+use crate::model::{
+    marker, ChildPlan, ChurnRound, ChurnUnmap, Obs, Plan, ThreadMode, TouchObs, Val, PAGE, T1,
+};
 use crate::op::{ProtOp, Toggle};
 
 /// How the device under test is built and how long a step may take.
@@ -227,6 +229,38 @@ fn munmap(r: &Range<usize>) {
     // SAFETY: unmaps memory the explorer itself mapped (foreign memory, a
     // grown part, a reservation).
     unsafe { libc::munmap(r.start as *mut libc::c_void, r.end - r.start) };
+}
+
+/// One round of a [`Plan::MapChurn`] thread: map the window anywhere,
+/// write and read back `r.word` in every page, unmap as `r.unmap` says.
+fn churn_round(dev: &Device, offset: u64, pages: usize, r: &ChurnRound) -> Vec<Obs> {
+    let len = pages * PAGE;
+    let m = match dev.map(2, offset, len, Prot::ReadWrite) {
+        Ok(m) => m,
+        Err(e) => return vec![Obs::Api(Err(err_name(&e)))],
+    };
+    let base = m.addr();
+    let mut out = vec![Obs::Api(Ok(Val::Unit))];
+    for (p, v) in r.values.iter().enumerate() {
+        let at = base + p * PAGE + r.word * 8;
+        out.push(Obs::Touch(raw_touch(at, Some(*v))));
+        out.push(Obs::Touch(raw_touch(at, None)));
+    }
+    let unmap = |r: Range<usize>| {
+        // SAFETY: unmaps this thread's own view (or part of it), as a
+        // program may; nothing touches it afterwards.
+        sys(unsafe { libc::munmap(r.start as *mut libc::c_void, r.end - r.start) })
+    };
+    match r.unmap {
+        ChurnUnmap::MunmapHalves if pages > 1 => {
+            out.push(unmap(base..base + PAGE));
+            out.push(unmap(base + PAGE..base + len));
+        }
+        ChurnUnmap::Munmap | ChurnUnmap::MunmapHalves => out.push(unmap(base..base + len)),
+        ChurnUnmap::Drop => {}
+    }
+    drop(m);
+    out
 }
 
 /// One `Mapping` and what the explorer knows of its view.
@@ -707,6 +741,11 @@ impl Sut {
                 })]
             }
             Plan::MappingCount => vec![Obs::Api(Ok(Val::U64(self.dev().mapping_count() as u64)))],
+            Plan::MapChurn {
+                windows,
+                pages,
+                rounds,
+            } => self.churn(windows, *pages, rounds),
         }
     }
 
@@ -846,6 +885,55 @@ impl Sut {
         out.extend(fins);
         out.extend(tail);
         out
+    }
+
+    /// [`Plan::MapChurn`]: one thread per window, released together, each
+    /// looping over its rounds; the observations thread by thread.
+    fn churn(&self, windows: &[u64], pages: usize, rounds: &[Vec<ChurnRound>]) -> Vec<Obs> {
+        let deadline = Instant::now() + self.cfg.timeout;
+        let go = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel::<(usize, Vec<Obs>)>();
+        for (i, (&offset, mine)) in windows.iter().zip(rounds).enumerate() {
+            let dev = self.dev().clone();
+            let mine = mine.clone();
+            let (tx, flag) = (tx.clone(), go.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("explore-churn-{i}"))
+                .stack_size(64 << 10)
+                .spawn(move || {
+                    while !flag.load(Ordering::Acquire) && Instant::now() < deadline {
+                        std::hint::spin_loop();
+                    }
+                    let got: Vec<Obs> = mine
+                        .iter()
+                        .flat_map(|r| churn_round(&dev, offset, pages, r))
+                        .collect();
+                    // Before the report: once every thread has reported, the
+                    // device is the SUT's alone again (a drop checks that).
+                    drop(dev);
+                    let _ = tx.send((i, got));
+                });
+            if let Err(e) = spawned {
+                go.store(true, Ordering::Release);
+                return vec![Obs::Broken(format!("spawning a mapping thread: {e}"))];
+            }
+        }
+        drop(tx);
+        go.store(true, Ordering::Release);
+        let mut results: Vec<Vec<Obs>> = vec![Vec::new(); windows.len()];
+        for _ in 0..windows.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok((i, got)) => results[i] = got,
+                Err(_) => {
+                    return vec![Obs::Broken(format!(
+                        "a mapping thread did not finish within {:?} (a hang)",
+                        self.cfg.timeout
+                    ))]
+                }
+            }
+        }
+        results.into_iter().flatten().collect()
     }
 
     /// What the child runs: its action on its copy of everything.

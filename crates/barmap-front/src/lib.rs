@@ -540,10 +540,15 @@ impl Front {
             *maps = kept;
             gone
         };
-        BAR_RANGES
-            .lock()
-            .unwrap()
-            .retain(|&(s, l)| !gone.iter().any(|m| m.start == s && m.len == l));
+        // One entry per record: another thread's new mapping may already
+        // have the same addresses, and its entry stays.
+        let mut ranges = BAR_RANGES.lock().unwrap();
+        for m in &gone {
+            if let Some(i) = ranges.iter().position(|&r| r == (m.start, m.len)) {
+                ranges.swap_remove(i);
+            }
+        }
+        drop(ranges);
         drop(gone);
     }
 

@@ -367,6 +367,9 @@ fn after_dup(old: c_int, new: c_int) {
         return;
     }
     if let Some(f) = front() {
+        // One step, as the kernel's dup2 is (one table update under its
+        // lock): `new` names the old file or the new one, never nothing,
+        // for a thread that uses it meanwhile.
         guarded(|| f.dup(old, new));
     }
 }

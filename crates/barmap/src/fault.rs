@@ -266,8 +266,10 @@ impl<B: Mm> Core<B> {
     /// registered; `info.id` is assigned here. Returns its entry.
     pub fn register(&self, mut info: MapInfo) -> Arc<MapEntry> {
         // A range the process just unmapped may be the one being mapped
-        // again: its forget must land first, not cut the new mapping.
-        self.mm.quiesce();
+        // again: its forget must land first, not cut the new mapping. Its
+        // munmap may still be in the kernel with the event not yet queued
+        // (another thread's), so settle, not just quiesce.
+        self.mm.settle();
         let unit = info.page_size;
         assert!(unit >= PAGE_SIZE && unit.is_power_of_two());
         assert!(info.start % unit == 0 && info.len % unit == 0 && info.offset % unit as u64 == 0);
@@ -297,9 +299,10 @@ impl<B: Mm> Core<B> {
     /// part) of `entry`.
     /// Returns whether the whole mapping is now gone.
     pub fn unmap(&self, entry: &Arc<MapEntry>, range: Range<usize>) -> Result<bool, MmError> {
-        // The process may have moved or unmapped part of it a moment ago:
-        // never unmap addresses that are no longer the mapping's.
-        self.mm.quiesce();
+        // The process may have moved or unmapped part of it a moment ago
+        // (in another thread, its event maybe not yet queued): never unmap
+        // addresses that are no longer the mapping's.
+        self.mm.settle();
         let mut live = entry.live.write();
         let idx = live
             .iter()

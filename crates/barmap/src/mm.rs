@@ -171,6 +171,19 @@ pub trait Mm: Send + Sync + 'static {
     /// Backends without such events have nothing to wait for.
     fn quiesce(&self) {}
 
+    /// Returns once every unmap or remap event of a munmap or mremap that
+    /// started before this call has been handed to the core, including
+    /// those the kernel has not queued or a service thread has not read
+    /// yet (which [`Mm::quiesce`] does not wait for). A munmap's event is
+    /// queued after the range is free, so another thread may map the same
+    /// addresses first: a mapping tracked there before its event lands
+    /// would be cut by it. Called by threads of the program (before a new
+    /// mapping is tracked, before barmap unmaps one), never by a service
+    /// thread: the events it waits for are read by those threads.
+    fn settle(&self) {
+        self.quiesce();
+    }
+
     /// Runs `f` (a zap that walks the core's registry) with the process's
     /// unmap and remap events held back: every event the process has been
     /// told about is handed to the core first (as [`Mm::quiesce`]), and no

@@ -198,6 +198,31 @@ impl SpaceShared {
         }
     }
 
+    /// Returns once every unmap or remap that the process started before
+    /// this call has reached the cores: first until the kernel has no such
+    /// event unread ([`Uffd::events_pending`]), then until the readers have
+    /// handed over what they read ([`SpaceShared::quiesce`]). Never called
+    /// on a service thread, which would wait for itself.
+    ///
+    /// A munmap's event is queued only after the kernel has dropped the
+    /// range and released mmap_lock, so another thread's mmap can get the
+    /// same addresses first: a mapping tracked there before that event
+    /// lands would be cut by it (see [`crate::mm::Mm::settle`]).
+    pub(crate) fn settle(&self) {
+        let mut spins = 0u32;
+        while self.uffd.events_pending() {
+            spins += 1;
+            if spins < 16 {
+                std::hint::spin_loop();
+            } else if spins < 256 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(std::time::Duration::from_micros(50));
+            }
+        }
+        self.quiesce();
+    }
+
     /// Runs `f` while no reader reads or holds events (see
     /// [`crate::mm::Mm::with_events_held`]): readers take `reader` before
     /// they read and keep it until the cores have the events.

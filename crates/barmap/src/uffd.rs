@@ -262,6 +262,25 @@ impl Uffd {
             .map_err(|e| (e, arg.mapped.max(0) as usize))
     }
 
+    /// Whether an unmap or remap event of the process is still unread: the
+    /// kernel counts such events from the moment the munmap or mremap
+    /// starts (`userfaultfd_unmap_prep`, `mremap_userfaultfd_prep`, under
+    /// mmap_lock) until a reader has read them (`mmap_changing`), and
+    /// refuses UFFDIO_CONTINUE with EAGAIN meanwhile before it looks at the
+    /// range. A zero-length CONTINUE therefore answers EAGAIN while one is
+    /// pending and EINVAL otherwise, and maps nothing either way.
+    pub fn events_pending(&self) -> bool {
+        let mut arg = sys::uffdio_continue {
+            range: sys::uffdio_range { start: 0, len: 0 },
+            mode: 0,
+            mapped: 0,
+        };
+        matches!(
+            ioctl(self.raw(), linux_raw_sys::ioctl::UFFDIO_CONTINUE, &mut arg),
+            Err(libc::EAGAIN)
+        )
+    }
+
     /// UFFDIO_POISON over `range`.
     pub fn poison_range(&self, range: Range<usize>) -> Result<(), (i32, usize)> {
         let mut arg = sys::uffdio_poison {
@@ -526,6 +545,10 @@ impl Mm for UffdMm {
 
     fn quiesce(&self) {
         self.space.quiesce();
+    }
+
+    fn settle(&self) {
+        self.space.settle();
     }
 
     fn with_events_held(&self, f: &mut dyn FnMut()) {

@@ -242,3 +242,101 @@ fn mapping_count_does_not_count_a_mapping_the_process_just_unmapped() {
         drop(m);
     }
 }
+
+/// What the fix for threads that map and munmap at once rests on: the
+/// kernel counts a munmap's UNMAP event from the moment the munmap starts
+/// until a reader has read it, and a zero-length UFFDIO_CONTINUE answers
+/// EAGAIN for that whole time (`Uffd::events_pending`), so barmap can wait
+/// for an event that is not even queued yet.
+#[test]
+fn a_munmap_whose_event_is_unread_is_pending_until_it_is_read() {
+    use barmap::mm::SpaceId;
+    use barmap::uffd::{Event, Uffd};
+
+    let _serial = serial();
+    let uffd = Uffd::open().expect("userfaultfd");
+    let fd = barmap::os::memfd("pending", MIB as u64).expect("memfd");
+    let view = barmap::os::map_shared(&fd, 0, MIB).expect("view");
+    uffd.register(view..view + MIB).expect("UFFDIO_REGISTER");
+    assert!(!uffd.events_pending(), "nothing pending before the munmap");
+    // Nobody reads the userfaultfd: the munmap waits in the kernel.
+    let unmapper = std::thread::spawn(move || libc_munmap(view..view + MIB));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !uffd.events_pending() {
+        assert!(
+            Instant::now() < deadline,
+            "the munmap's event never pending"
+        );
+        std::thread::yield_now();
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(uffd.events_pending(), "still pending while unread");
+    let mut events = Vec::new();
+    while events.is_empty() {
+        assert!(Instant::now() < deadline, "the UNMAP event never came");
+        uffd.read_events(SpaceId(0), &mut events).expect("read");
+    }
+    assert!(
+        matches!(&events[0], Event::Unmap { range, .. } if *range == (view..view + MIB)),
+        "{events:?}"
+    );
+    unmapper.join().unwrap();
+    assert!(!uffd.events_pending(), "nothing pending once read");
+}
+
+/// Threads that each loop: map a window of the memory BAR (the kernel
+/// chooses the address, and gives one thread the addresses another has
+/// just unmapped), write and read back every page, munmap it, on every
+/// correct policy. The munmap's event used to land after the next mapping
+/// at those addresses was tracked and cut it: SIGBUS with memory on.
+#[test]
+fn threads_mapping_and_munmapping_windows_at_once_never_get_sigbus() {
+    let _serial = serial();
+    const THREADS: usize = 4;
+    const WINDOW: usize = 16 * PAGE;
+    for policy in CORRECT {
+        let dev = Arc::new(device(policy));
+        let rounds = within("threads mapping windows", {
+            let dev = dev.clone();
+            move || {
+                let workers: Vec<_> = (0..THREADS)
+                    .map(|t| {
+                        let dev = dev.clone();
+                        std::thread::spawn(move || {
+                            let offset = (t * WINDOW) as u64;
+                            for round in 0..200u64 {
+                                let m = dev
+                                    .map(2, offset, WINDOW, Prot::ReadWrite)
+                                    .expect("map a window");
+                                let a = m.addr();
+                                for p in 0..WINDOW / PAGE {
+                                    let v = round << 32 | (t * 64 + p) as u64;
+                                    let at = a + p * PAGE;
+                                    if let Err(f) = write_at(at, v) {
+                                        return Err(format!("round {round} page {p}: {f:?}"));
+                                    }
+                                    if read_at(at) != Ok(v) {
+                                        return Err(format!(
+                                            "round {round} page {p}: read {:?}",
+                                            read_at(at)
+                                        ));
+                                    }
+                                }
+                                libc_munmap(a..a + WINDOW);
+                                drop(m);
+                            }
+                            Ok(200u64)
+                        })
+                    })
+                    .collect();
+                workers
+                    .into_iter()
+                    .map(|w| w.join().unwrap())
+                    .collect::<Result<Vec<_>, _>>()
+            }
+        });
+        let rounds = rounds.unwrap_or_else(|e| panic!("{policy}: {e}"));
+        assert_eq!(rounds.iter().sum::<u64>(), 200 * THREADS as u64);
+        assert_eq!(dev.mapping_count(), 0, "{policy}: every window forgotten");
+    }
+}
