@@ -140,12 +140,20 @@ struct World {
 }
 
 const MAP_PAGES: usize = 4;
+/// Pages of the region resident before a scenario starts.
+const RESIDENT_PAGES: usize = 3;
 
 impl World {
     fn new(policy: Policy, mutation: Option<Mutation>) -> Arc<World> {
+        let sim = SimMm::new(mutation);
+        // Device memory is committed on demand: the region's first three
+        // pages hold data already, the rest is a hole until a fill commits
+        // it, so `prefault`'s walk both maps committed memory and skips a
+        // hole (left to its own fault).
+        sim.make_resident(2, 0..RESIDENT_PAGES as u64 * PAGE_SIZE as u64);
         Arc::new(World {
             core: Core::new(
-                SimMm::new(mutation),
+                sim,
                 CoreConfig {
                     populate: false,
                     policy,
