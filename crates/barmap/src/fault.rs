@@ -610,6 +610,13 @@ impl<B: Mm> Core<B> {
                 tracked.push(entry.info.id);
                 Answer::Filled
             }
+            // Past the memory limit nothing was mapped (the backend commits
+            // the whole range first): nothing to undo, and no zap may clear
+            // the SIGBUS answer before the thread sees it.
+            Err(MmError::OverLimit) => {
+                drop(tracked);
+                self.answer_over_limit(entry, part, page)
+            }
             // A failed fill is undone (5.14 zaps the vma under vma_lock):
             // no other fill starts before the zap, which runs once this
             // fault has released the mapping's parts (undo_fill).
