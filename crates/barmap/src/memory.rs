@@ -163,44 +163,75 @@ const PAGES_PER_BLOCK: u64 = (HUGE_SIZE / PAGE_SIZE) as u64;
 /// bit per 4 KiB page.
 type PageMap = BTreeMap<u64, [u64; (PAGES_PER_BLOCK / 64) as usize]>;
 
-fn is_set(map: &PageMap, page: u64) -> bool {
-    let bit = page % PAGES_PER_BLOCK;
-    map.get(&(page / PAGES_PER_BLOCK))
-        .is_some_and(|b| b[(bit / 64) as usize] & (1 << (bit % 64)) != 0)
+/// The first page in `page..end` whose bit is `want`, or `end`: a word of
+/// 64 pages at a time, a missing block at once.
+fn find(map: &PageMap, mut page: u64, end: u64, want: bool) -> u64 {
+    while page < end {
+        let block = page / PAGES_PER_BLOCK;
+        match map.get(&block) {
+            None if !want => return page,
+            None => match map.range(block + 1..).next() {
+                Some((&next, _)) => page = next * PAGES_PER_BLOCK,
+                None => return end,
+            },
+            Some(bits) => {
+                let i = page % PAGES_PER_BLOCK;
+                let word = bits[(i / 64) as usize];
+                let word = if want { word } else { !word } >> (i % 64);
+                if word != 0 {
+                    return (page + u64::from(word.trailing_zeros())).min(end);
+                }
+                page = (page / 64 + 1) * 64;
+            }
+        }
+    }
+    end
 }
 
-fn set(map: &mut PageMap, pages: Range<u64>, on: bool) {
+/// Sets the bits of `pages` (a range of pages being committed, which the
+/// budget bounds).
+fn set(map: &mut PageMap, pages: Range<u64>) {
     for page in pages {
         let bit = page % PAGES_PER_BLOCK;
         let block = map.entry(page / PAGES_PER_BLOCK).or_default();
-        if on {
-            block[(bit / 64) as usize] |= 1 << (bit % 64);
-        } else {
-            block[(bit / 64) as usize] &= !(1 << (bit % 64));
+        block[(bit / 64) as usize] |= 1 << (bit % 64);
+    }
+}
+
+/// Clears the bits of `pages` and returns how many were set; visits only
+/// the blocks that have any.
+fn clear(map: &mut PageMap, pages: Range<u64>) -> u64 {
+    let blocks = pages.start / PAGES_PER_BLOCK..pages.end.div_ceil(PAGES_PER_BLOCK);
+    let keys: Vec<u64> = map.range(blocks).map(|(k, _)| *k).collect();
+    let mut cleared = 0;
+    for k in keys {
+        let bits = map.get_mut(&k).expect("listed");
+        let base = k * PAGES_PER_BLOCK;
+        for i in 0..PAGES_PER_BLOCK {
+            if pages.contains(&(base + i)) && bits[(i / 64) as usize] & (1 << (i % 64)) != 0 {
+                bits[(i / 64) as usize] &= !(1 << (i % 64));
+                cleared += 1;
+            }
+        }
+        if bits.iter().all(|w| *w == 0) {
+            map.remove(&k);
         }
     }
-    map.retain(|_, b| b.iter().any(|w| *w != 0));
+    cleared
 }
 
 /// Runs of uncommitted pages in `pages`.
 fn holes(map: &PageMap, pages: Range<u64>) -> Vec<Range<u64>> {
-    let mut out: Vec<Range<u64>> = Vec::new();
+    let mut out = Vec::new();
     let mut page = pages.start;
     while page < pages.end {
-        // A block with no entry is a hole in one piece.
-        let block = page / PAGES_PER_BLOCK;
-        let step_end = if map.contains_key(&block) {
-            page + 1
-        } else {
-            ((block + 1) * PAGES_PER_BLOCK).min(pages.end)
-        };
-        if !is_set(map, page) {
-            match out.last_mut() {
-                Some(last) if last.end == page => last.end = step_end,
-                _ => out.push(page..step_end),
-            }
+        let start = find(map, page, pages.end, false);
+        if start >= pages.end {
+            break;
         }
-        page = step_end;
+        let end = find(map, start, pages.end, true);
+        out.push(start..end);
+        page = end;
     }
     out
 }
@@ -282,7 +313,7 @@ impl Store {
                     errno,
                 });
             }
-            set(&mut map, h.clone(), true);
+            set(&mut map, h.clone());
         }
         self.committed.fetch_add(needed, Ordering::Relaxed);
         Ok(())
@@ -307,8 +338,7 @@ impl Store {
             (pages.end - pages.start) << PAGE_SHIFT,
         )
         .map_err(Error::os("punching BAR memory"))?;
-        let freed: u64 = pages.clone().filter(|&p| is_set(&map, p)).count() as u64 * PAGE_SIZE as u64;
-        set(&mut map, pages, false);
+        let freed = clear(&mut map, pages) * PAGE_SIZE as u64;
         self.committed.fetch_sub(freed, Ordering::Relaxed);
         self.budget.uncharge(freed);
         Ok(())
@@ -319,30 +349,12 @@ impl Store {
     pub fn next_committed(&self, range: Range<u64>) -> Option<Range<u64>> {
         let map = self.lock();
         let (first, end) = (range.start >> PAGE_SHIFT, range.end >> PAGE_SHIFT);
-        let mut start = None;
-        for (&block, bits) in map.range(first / PAGES_PER_BLOCK..end.div_ceil(PAGES_PER_BLOCK)) {
-            let base = block * PAGES_PER_BLOCK;
-            for i in 0..PAGES_PER_BLOCK {
-                let page = base + i;
-                if page < first || page >= end {
-                    continue;
-                }
-                let on = bits[(i / 64) as usize] & (1 << (i % 64)) != 0;
-                match (start, on) {
-                    (None, true) => start = Some(page),
-                    (Some(s), false) => return Some(s << PAGE_SHIFT..page << PAGE_SHIFT),
-                    _ => {}
-                }
-            }
-            // A run continues only into the next block.
-            if let Some(s) = start {
-                if !map.contains_key(&(block + 1)) {
-                    let stop = ((block + 1) * PAGES_PER_BLOCK).min(end);
-                    return Some(s << PAGE_SHIFT..stop << PAGE_SHIFT);
-                }
-            }
+        let start = find(&map, first, end, true);
+        if start >= end {
+            return None;
         }
-        start.map(|s| s << PAGE_SHIFT..end << PAGE_SHIFT)
+        let stop = find(&map, start, end, false);
+        Some(start << PAGE_SHIFT..stop << PAGE_SHIFT)
     }
 }
 
@@ -359,12 +371,19 @@ mod tests {
     #[test]
     fn holes_and_runs_follow_the_page_map() {
         let mut map = PageMap::new();
-        set(&mut map, 3..5, true);
-        set(&mut map, 510..515, true);
+        set(&mut map, 3..5);
+        set(&mut map, 510..515);
+        set(&mut map, 2000..2100);
         assert_eq!(holes(&map, 0..8), vec![0..3, 5..8]);
         assert_eq!(holes(&map, 500..1100), vec![500..510, 515..1100]);
+        assert_eq!(holes(&map, 1990..2200), vec![1990..2000, 2100..2200]);
         assert!(holes(&map, 511..514).is_empty());
-        set(&mut map, 3..5, false);
+        assert_eq!(find(&map, 0, 1 << 40, true), 3);
+        assert_eq!(find(&map, 515, 1 << 40, true), 2000);
+        assert_eq!(find(&map, 2000, 1 << 40, false), 2100);
+        assert_eq!(find(&map, 2100, 1 << 40, true), 1 << 40);
+        assert_eq!(clear(&mut map, 0..1 << 40), 2 + 5 + 100);
+        assert!(map.is_empty());
         assert_eq!(holes(&map, 0..8), vec![0..8]);
     }
 
