@@ -222,10 +222,19 @@ mod tests {
         let edu = DeviceSpec::parse("edu,policy=page", Policy::Prefault).unwrap();
         assert_eq!((edu.model.as_str(), edu.policy.as_str()), ("edu", "page"));
         assert!(DeviceSpec::parse("default,memory=3M", Policy::Prefault).is_err());
-        assert_eq!(DeviceSpec::parse("default", Policy::Prefault).unwrap().memory, 256 << 20);
+        assert_eq!(
+            DeviceSpec::parse("default", Policy::Prefault)
+                .unwrap()
+                .memory,
+            256 << 20
+        );
         let big = DeviceSpec::parse("default,memory=1T", Policy::Prefault).unwrap();
         assert_eq!(big.memory, 1 << 40);
-        for bad in ["default,memory=128T", "default,memory=8388608T", "default,memory=0"] {
+        for bad in [
+            "default,memory=128T",
+            "default,memory=8388608T",
+            "default,memory=0",
+        ] {
             let e = DeviceSpec::parse(bad, Policy::Prefault).unwrap_err();
             assert!(e.contains("BAR2"), "{bad}: {e}");
         }

@@ -796,7 +796,12 @@ impl<B: Mm> Core<B> {
                 let n = (part.end() - base).div_ceil(chunk);
                 if rest < n {
                     let c = base + rest * chunk;
-                    claimed = Some((part, base, first + n, c.max(part.start)..(c + chunk).min(part.end())));
+                    claimed = Some((
+                        part,
+                        base,
+                        first + n,
+                        c.max(part.start)..(c + chunk).min(part.end()),
+                    ));
                     break;
                 }
                 rest -= n;
@@ -820,9 +825,7 @@ impl<B: Mm> Core<B> {
                     let mut run = run.start..run.end.min(r.end);
                     loop {
                         match self.insert_all(part, run.clone()) {
-                            Ok(mapped) => {
-                                Counters::add(&self.counters.pages_filled, mapped as u64)
-                            }
+                            Ok(mapped) => Counters::add(&self.counters.pages_filled, mapped as u64),
                             // Not the faulting page: leave it to its own fault.
                             Err(e) => {
                                 tracing::debug!(map = %entry.info.id, error = %e, "prefault chunk skipped");
@@ -830,7 +833,9 @@ impl<B: Mm> Core<B> {
                             }
                         }
                         match self.mm.next_resident(part, run.end) {
-                            Some(next) if next.start < r.end => run = next.start..next.end.min(r.end),
+                            Some(next) if next.start < r.end => {
+                                run = next.start..next.end.min(r.end)
+                            }
                             _ => break,
                         }
                     }

@@ -65,7 +65,13 @@ pub fn check_bar_size(region: u32, size: u64, bits64: bool) -> Result<()> {
 /// `bytes` in the largest binary unit that divides it (`64 MiB`, `1 TiB`),
 /// else in bytes.
 pub fn human(bytes: u64) -> String {
-    for (shift, unit) in [(50, "PiB"), (40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
+    for (shift, unit) in [
+        (50, "PiB"),
+        (40, "TiB"),
+        (30, "GiB"),
+        (20, "MiB"),
+        (10, "KiB"),
+    ] {
         if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
             return format!("{} {unit}", bytes >> shift);
         }
@@ -306,8 +312,7 @@ impl Store {
                     .map(|h| (h.end - h.start) << PAGE_SHIFT)
                     .sum();
                 self.budget.uncharge(undone);
-                self.committed
-                    .fetch_add(needed - undone, Ordering::Relaxed);
+                self.committed.fetch_add(needed - undone, Ordering::Relaxed);
                 return Err(Error::Os {
                     op: "fallocate of BAR memory",
                     errno,
@@ -396,7 +401,10 @@ mod tests {
         assert_eq!(store.committed(), 12288);
         assert_eq!(budget.committed(), 12288);
         let e = store.commit(1 << 20..(1 << 20) + (64 << 10)).unwrap_err();
-        assert!(matches!(e, Error::MemoryLimit { needed, committed: 12288, limit } if needed == 64 << 10 && limit == 64 << 10), "{e}");
+        assert!(
+            matches!(e, Error::MemoryLimit { needed, committed: 12288, limit } if needed == 64 << 10 && limit == 64 << 10),
+            "{e}"
+        );
         assert_eq!(budget.committed(), 12288);
         assert_eq!(crate::os::allocated_bytes(store.fd()).unwrap(), 12288);
         assert_eq!(store.next_committed(0..1 << 30), Some(0..12288));

@@ -60,14 +60,8 @@ pub fn memfd_sparse(name: &str, size: u64) -> Result<OwnedFd, i32> {
 /// On failure shmem gives back what this call allocated.
 pub fn allocate(fd: &OwnedFd, offset: u64, len: u64) -> Result<(), i32> {
     // SAFETY: a plain syscall on an fd the caller owns; no memory is passed.
-    let rc = unsafe {
-        libc::fallocate(
-            fd.as_raw_fd(),
-            0,
-            offset as libc::off_t,
-            len as libc::off_t,
-        )
-    };
+    let rc =
+        unsafe { libc::fallocate(fd.as_raw_fd(), 0, offset as libc::off_t, len as libc::off_t) };
     if rc < 0 {
         Err(errno())
     } else {

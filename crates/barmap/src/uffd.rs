@@ -524,7 +524,10 @@ impl Mm for UffdMm {
             // process is unmapping): one unit alone tells which (a present
             // page, or Gone/Again from `?`).
             let stop = at + ins.mapped * PAGE_SIZE;
-            if self.commit_and_fill(map, stop..stop + unit)?.stopped_at_present {
+            if self
+                .commit_and_fill(map, stop..stop + unit)?
+                .stopped_at_present
+            {
                 return Err(MmError::Exists {
                     done: (stop - range.start) / PAGE_SIZE,
                 });

@@ -78,10 +78,16 @@ fn memory_is_committed_as_it_is_used_and_holes_read_zeros() {
         let base = dev.committed_memory();
         assert_eq!(base, 3 * 4096, "{policy}");
         let mut buf = [0xffu8; 64];
-        dev.read_region(DEFAULT_MEMORY_BAR, 512 * MIB, &mut buf).unwrap();
+        dev.read_region(DEFAULT_MEMORY_BAR, 512 * MIB, &mut buf)
+            .unwrap();
         assert_eq!(buf, [0u8; 64], "{policy}: a hole reads zeros");
-        assert_eq!(dev.committed_memory(), base, "{policy}: a read commits nothing");
-        dev.write_region(DEFAULT_MEMORY_BAR, 768 * MIB + 8, &[7u8; 8]).unwrap();
+        assert_eq!(
+            dev.committed_memory(),
+            base,
+            "{policy}: a read commits nothing"
+        );
+        dev.write_region(DEFAULT_MEMORY_BAR, 768 * MIB + 8, &[7u8; 8])
+            .unwrap();
         assert_eq!(dev.committed_memory(), base + 4096, "{policy}");
         // A 2 MiB window: whole and legacy fill it whole, the others the
         // touched chunk or page.
@@ -106,7 +112,11 @@ fn memory_is_committed_as_it_is_used_and_holes_read_zeros() {
         let budget = dev.memory_budget().unwrap();
         assert_eq!(budget.committed(), dev.committed_memory());
         drop(dev);
-        assert_eq!(budget.committed(), 0, "{policy}: a dropped device gives its memory back");
+        assert_eq!(
+            budget.committed(),
+            0,
+            "{policy}: a dropped device gives its memory back"
+        );
     }
 }
 
@@ -204,7 +214,11 @@ fn the_default_budget_is_half_the_available_memory_and_shared() {
     let avail = barmap::os::mem_available().unwrap();
     // Measured when the process first built a device: within a wide margin
     // of half of what is available now.
-    assert!(ba.limit() > avail / 8 && ba.limit() <= avail, "{} vs {avail}", ba.limit());
+    assert!(
+        ba.limit() > avail / 8 && ba.limit() <= avail,
+        "{} vs {avail}",
+        ba.limit()
+    );
 }
 
 // ----- huge BARs, in a memory cgroup -------------------------------------
@@ -221,7 +235,13 @@ fn in_memory_cgroup(name: &str, limit: u64, here: fn()) -> bool {
     };
     let procs = std::ffi::CString::new(format!("{}/cgroup.procs", dir.display())).unwrap();
     let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", name, "--ignored", "--nocapture", "--test-threads=1"]);
+    cmd.args([
+        "--exact",
+        name,
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
     // SAFETY: the closure runs in the forked child before exec and calls
     // only async-signal-safe functions (open, write, close) on data
     // prepared before the fork.
@@ -253,7 +273,10 @@ fn make_cgroup(limit: u64) -> Option<std::path::PathBuf> {
     let path = own.lines().find_map(|l| {
         let mut f = l.splitn(3, ':');
         let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
-        controllers.split(',').any(|c| c == "memory").then(|| path.to_string())
+        controllers
+            .split(',')
+            .any(|c| c == "memory")
+            .then(|| path.to_string())
     })?;
     let root = std::path::Path::new("/sys/fs/cgroup/memory");
     let dir = root
@@ -280,11 +303,7 @@ fn rss_shmem() -> u64 {
 
 #[test]
 fn a_1_tib_bar_mapped_whole_and_touched_sparsely_costs_what_it_touches() {
-    in_memory_cgroup(
-        "sparse_1_tib_inner",
-        GIB,
-        sparse_1_tib_inner,
-    );
+    in_memory_cgroup("sparse_1_tib_inner", GIB, sparse_1_tib_inner);
 }
 
 #[test]
@@ -314,11 +333,18 @@ fn sparse_1_tib_inner() {
         assert!(dev.wait_idle(std::time::Duration::from_secs(10)));
         // A read is a touch too: `page` commits the written page and the
         // page read 8 KiB further, the others the 2 MiB chunk of both.
-        let per_touch = if policy == Policy::Page { 2 * 4096 } else { 2 << 20 };
+        let per_touch = if policy == Policy::Page {
+            2 * 4096
+        } else {
+            2 << 20
+        };
         let committed = dev.committed_memory() - base;
         assert_eq!(committed, touched as u64 * per_touch, "{policy}");
         let rss = rss_shmem().saturating_sub(before);
-        assert!(rss <= committed + (1 << 20), "{policy}: RssShmem grew {rss}");
+        assert!(
+            rss <= committed + (1 << 20),
+            "{policy}: RssShmem grew {rss}"
+        );
         // A revocation and a re-enable: nothing more committed.
         dev.set_memory_enabled(false);
         dev.set_memory_enabled(true);
@@ -350,7 +376,12 @@ fn largest_bar_inner() {
     dev.write_region(DEFAULT_MEMORY_BAR, off, &42u64.to_le_bytes())
         .unwrap();
     let map = dev
-        .map(DEFAULT_MEMORY_BAR, off - (2 << 20) + 4096, 2 << 20, Prot::Read)
+        .map(
+            DEFAULT_MEMORY_BAR,
+            off - (2 << 20) + 4096,
+            2 << 20,
+            Prot::Read,
+        )
         .unwrap();
     assert_eq!(map.read_u64((2 << 20) - 4096), 42);
     assert!(dev.wait_idle(std::time::Duration::from_secs(10)));
