@@ -19,7 +19,10 @@
 //!   allocates the range of a fill before its UFFDIO_CONTINUE, which maps
 //!   only pages that exist), or if the scenario made it so
 //!   ([`SimMm::make_resident`], a region write); `next_resident` reports
-//!   exactly those, and zap, poison and unmap never drop them.
+//!   exactly those, and zap, poison and unmap never drop them. With a limit
+//!   on resident pages ([`SimMm::limit_resident`]), a fill that would need
+//!   more is refused whole, mapping nothing ([`MmError::OverLimit`]), as the
+//!   backend's commit is checked before its CONTINUE.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Range;
@@ -77,6 +80,8 @@ struct State {
     trace: Vec<String>,
     /// Resident device pages: (region, page offset).
     resident: BTreeSet<(u32, u64)>,
+    /// At most this many resident pages (the memory limit).
+    resident_limit: Option<usize>,
 }
 
 /// The simulated MM.
@@ -150,6 +155,12 @@ impl SimMm {
         for off in offsets.step_by(PAGE_SIZE) {
             s.resident.insert((region, off));
         }
+    }
+
+    /// Lets at most `pages` device pages be resident: a fill that would
+    /// need more fails with [`MmError::OverLimit`] and maps nothing.
+    pub fn limit_resident(&self, pages: usize) {
+        self.state.lock().resident_limit = Some(pages);
     }
 
     /// Makes the next fill (remap or insert) fail after mapping half of it.
@@ -258,6 +269,20 @@ impl SimMm {
             s.trace
                 .push(format!("[{}] {verb} {range:#x?}: not mapped", me()));
             return Err(MmError::Gone);
+        }
+        if let Some(limit) = s.resident_limit {
+            let new = range
+                .clone()
+                .step_by(PAGE_SIZE)
+                .filter(|&p| !s.resident.contains(&(map.region, map.offset_of(p))))
+                .count();
+            if s.resident.len() + new > limit {
+                s.trace.push(format!(
+                    "[{}] {verb} {range:#x?}: {new} more resident pages would pass the limit",
+                    me()
+                ));
+                return Err(MmError::OverLimit);
+            }
         }
         let mut end = range.end;
         let injected = std::mem::take(&mut s.fail_next_fill);
