@@ -14,6 +14,10 @@ pub struct DemoArgs {
     /// Touching threads.
     #[arg(long, default_value_t = 16)]
     threads: usize,
+    /// Limit on the device memory the demo's device may commit (K, M, G
+    /// suffixes; default: half of MemAvailable; the demo commits 64 MiB).
+    #[arg(long, value_parser = crate::util::parse_size)]
+    memory_limit: Option<u64>,
     /// Print one JSON object instead of a report.
     #[arg(long)]
     json: bool,
@@ -94,7 +98,11 @@ fn touch_all(map: &Arc<barmap::Mapping>, threads: usize) -> (u64, u64, u64) {
 fn demo(args: &DemoArgs) -> barmap::Result<DemoResult> {
     let started = Instant::now();
     let threads = args.threads.max(2);
-    let device = Device::new_default()?;
+    let mut builder = Device::default_builder();
+    if let Some(limit) = args.memory_limit {
+        builder = builder.memory_limit(limit);
+    }
+    let device = builder.build()?;
     let mut steps = Vec::new();
     let mut errors = 0u64;
     let mut step = |name: &'static str, ok: bool, detail: String| {

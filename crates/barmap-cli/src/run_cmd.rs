@@ -16,6 +16,11 @@ pub struct RunArgs {
     /// Fault policy of devices that do not name one.
     #[arg(long, default_value = "prefault")]
     policy: Policy,
+    /// Limit on the device memory the program's devices may commit
+    /// together (K, M, G, T suffixes; default: half of MemAvailable when
+    /// the first device is built). A fault past it gets SIGBUS.
+    #[arg(long, value_parser = barmap_front::spec::parse_size)]
+    memory_limit: Option<u64>,
     /// Print the outcome as one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -39,7 +44,10 @@ pub fn run(args: &RunArgs) -> i32 {
     let mut devices = Vec::new();
     for t in &texts {
         match DeviceSpec::parse(t, args.policy) {
-            Ok(d) => devices.push(d),
+            Ok(mut d) => {
+                d.memory_limit = args.memory_limit;
+                devices.push(d)
+            }
             Err(e) => {
                 eprintln!("barmap run: --device {t}: {e}");
                 return 2;

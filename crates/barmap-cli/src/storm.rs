@@ -34,6 +34,11 @@ pub struct StormArgs {
     /// A round still running after this many seconds is a hang.
     #[arg(long, default_value_t = 30)]
     watchdog: u64,
+    /// Limit on the device memory the storm's device may commit (K, M, G
+    /// suffixes; default: half of MemAvailable). A fault past it gets
+    /// SIGBUS.
+    #[arg(long, value_parser = parse_size)]
+    memory_limit: Option<u64>,
     /// Print one JSON object instead of a report.
     #[arg(long)]
     json: bool,
@@ -97,6 +102,9 @@ fn storm(args: &StormArgs) -> barmap::Result<StormResult> {
     let mut builder = Device::builder_with_memory(size.next_power_of_two()).policy(args.policy);
     if let Some(n) = args.service_threads {
         builder = builder.service_threads(n);
+    }
+    if let Some(limit) = args.memory_limit {
+        builder = builder.memory_limit(limit);
     }
     let device = Arc::new(builder.build()?);
     let len = size as usize;

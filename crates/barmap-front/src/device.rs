@@ -283,6 +283,9 @@ pub fn errno_of(e: &Error) -> Errno {
         Error::BadBuffer { .. } | Error::Fault { .. } => Errno::EFAULT,
         Error::ReadOnly(_) => Errno::EACCES,
         Error::DeviceGone => Errno::ENODEV,
+        // The device memory limit: what shmem answers when it cannot
+        // allocate (the kernel's vfio-pci never needs to).
+        Error::MemoryLimit { .. } => Errno(libc::ENOMEM),
         Error::Os { errno, .. } => Errno(*errno),
         _ => Errno::EINVAL,
     }

@@ -578,6 +578,11 @@ impl Front {
             .devices()
             .iter()
             .map(|d| {
+                // A fault answered with SIGBUS is counted right after the
+                // answer: let the faults in flight finish, so the counters
+                // add up (bounded: a thread blocked in a fault at exit is
+                // not waited for).
+                d.device().wait_idle(std::time::Duration::from_millis(200));
                 serde_json::json!({
                     "bdf": d.spec.bdf,
                     "policy": d.spec.policy,

@@ -21,6 +21,11 @@ pub struct DeviceSpec {
     pub memory: u64,
     /// Fault policy.
     pub policy: String,
+    /// The limit on device memory committed by the program's devices
+    /// together (`barmap run --memory-limit`), bytes; `None`: barmap's
+    /// default ([`barmap::MemoryBudget::process`]).
+    #[serde(default)]
+    pub memory_limit: Option<u64>,
     /// PCI address, `DDDD:BB:DD.F`.
     pub bdf: String,
     /// IOMMU group number.
@@ -81,8 +86,9 @@ impl DeviceSpec {
         let mut spec = DeviceSpec {
             model,
             options: Vec::new(),
-            memory: 64 << 20,
+            memory: DEFAULT_MEMORY,
             policy: default_policy.to_string(),
+            memory_limit: None,
             bdf: String::new(),
             group: 0,
             cdev: 0,
@@ -102,12 +108,10 @@ impl DeviceSpec {
         }
         // The model checks its own options.
         spec.model()?;
-        if !spec.memory.is_power_of_two() || spec.memory < 4096 {
-            return Err(format!(
-                "memory BAR size {} is not a power of two of at least 4 KiB",
-                spec.memory
-            ));
-        }
+        // As barmap's device builder will: a power of two, at most what a
+        // 64-bit BAR may be (barmap::Error::BarSizeNotPowerOfTwo, BarTooLarge).
+        barmap::memory::check_bar_size(barmap::DEFAULT_MEMORY_BAR, spec.memory, true)
+            .map_err(|e| format!("memory={}: {e}", spec.memory))?;
         Ok(spec)
     }
 
@@ -120,18 +124,26 @@ impl DeviceSpec {
         barmap_models::by_name(&self.model, &options)
     }
 
-    /// Builds the emulated device.
+    /// Builds the emulated device, charging its memory to the process's
+    /// budget (whose limit [`DeviceSpec::memory_limit`] sets).
     pub fn build(&self) -> barmap::Result<ModelDevice> {
         let policy: Policy = self
             .policy
             .parse()
             .map_err(|_| barmap::Error::InvalidSpec(format!("policy {}", self.policy)))?;
         let model = self.model().map_err(barmap::Error::InvalidSpec)?;
+        if let Some(limit) = self.memory_limit {
+            barmap::MemoryBudget::process().set_limit(limit);
+        }
         ModelDevice::builder_boxed(model).policy(policy).build()
     }
 }
 
-/// Parses sizes like `4096`, `64K`, `16M`, `1G`, `2MiB` (binary units).
+/// The default model's memory BAR (BAR2): 256 MiB, as barmap's default
+/// device has it.
+pub const DEFAULT_MEMORY: u64 = 256 << 20;
+
+/// Parses sizes like `4096`, `64K`, `16M`, `1G`, `1T`, `2MiB` (binary units).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let s = s
@@ -144,7 +156,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
                 'K' => 1 << 10,
                 'M' => 1 << 20,
                 'G' => 1 << 30,
-                _ => return Err(format!("unknown size suffix in {s:?} (use K, M or G)")),
+                'T' => 1 << 40,
+                _ => return Err(format!("unknown size suffix in {s:?} (use K, M, G or T)")),
             };
             (&s[..i], m)
         }
@@ -216,6 +229,24 @@ mod tests {
         let edu = DeviceSpec::parse("edu,policy=page", Policy::Prefault).unwrap();
         assert_eq!((edu.model.as_str(), edu.policy.as_str()), ("edu", "page"));
         assert!(DeviceSpec::parse("default,memory=3M", Policy::Prefault).is_err());
+        assert_eq!(
+            DeviceSpec::parse("default", Policy::Prefault)
+                .unwrap()
+                .memory,
+            256 << 20
+        );
+        let big = DeviceSpec::parse("default,memory=1T", Policy::Prefault).unwrap();
+        assert_eq!(big.memory, 1 << 40);
+        for bad in [
+            "default,memory=128T",
+            "default,memory=8388608T",
+            "default,memory=0",
+        ] {
+            let e = DeviceSpec::parse(bad, Policy::Prefault).unwrap_err();
+            assert!(e.contains("BAR2"), "{bad}: {e}");
+        }
+        let toml = DeviceSpec::from_toml("memory = \"3M\"\n", Policy::Prefault).unwrap_err();
+        assert!(toml.contains("not a power of two"), "{toml}");
         let ioat = DeviceSpec::parse("ioat,xfercap=20", Policy::Prefault).unwrap();
         let toml = DeviceSpec::from_toml("model = \"ioat\"\nxfercap = 20\n", Policy::Prefault);
         assert_eq!(toml.unwrap(), ioat);

@@ -72,14 +72,14 @@ pub const MODELS: &[&str] = &["default", "edu", "ioat"];
 
 /// The model called `name`, configured by `options` (`key=value` pairs):
 /// `default` (barmap's default device: options `memory=SIZE`, the memory
-/// BAR's size in bytes), `edu` (QEMU's educational device, no options) or
+/// BAR's size in bytes, 256 MiB if not given), `edu` (QEMU's educational device, no options) or
 /// `ioat` (an Intel I/OAT DMA channel: option `xfercap=N`, copies of up to
 /// 2^N bytes per descriptor, 12..=30, default 16).
 pub fn by_name(name: &str, options: &[(String, String)]) -> Result<Box<dyn DeviceModel>, String> {
     let unknown = |k: &str| Err(format!("unknown option {k:?} for device model {name:?}"));
     match name {
         "default" => {
-            let mut memory = 64 << 20;
+            let mut memory = 256 << 20;
             for (k, v) in options {
                 match k.as_str() {
                     "memory" => {

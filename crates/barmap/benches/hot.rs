@@ -49,6 +49,9 @@ impl Mm for NullMm {
     fn unmap(&self, _: &MapInfo, _: Range<usize>) -> Result<(), MmError> {
         Ok(())
     }
+    fn next_resident(&self, map: &MapInfo, from: usize) -> Option<Range<usize>> {
+        (from < map.end()).then(|| from.max(map.start)..map.end())
+    }
 }
 
 /// Mappings of 1 MiB, 2 MiB apart from this address on.

@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::fault::{BugEvent, Core, CoreConfig};
 use crate::mapping::Mapping;
+use crate::memory::{MemoryBudget, Store};
 use crate::mm::{MapId, MapInfo, HUGE_SIZE, PAGE_SIZE};
 use crate::policy::Policy;
 use crate::service::WaitMode;
@@ -52,7 +53,10 @@ pub struct RegionFlags {
 /// How to build one BAR.
 #[derive(Debug, Clone)]
 pub struct RegionSpec {
-    /// Size in bytes (a power of two, at least 16).
+    /// Size in bytes: a power of two, at least 16 (PCI's minimum), at most
+    /// 2 GiB for a 32-bit BAR and [`crate::memory::MAX_BAR64_SIZE`] for a
+    /// 64-bit one (see [`crate::memory::check_bar_size`]). Memory is
+    /// committed as it is used, not up front.
     pub size: u64,
     /// Permissions.
     pub flags: RegionFlags,
@@ -69,7 +73,9 @@ pub struct RegionSpec {
 }
 
 impl RegionSpec {
-    /// A read-write, mmappable memory BAR of `size` bytes.
+    /// A read-write, mmappable memory BAR of `size` bytes (64-bit if larger
+    /// than 1 GiB). Nothing of it is committed until it is used: a fault
+    /// commits what its fill maps, a region write what it writes.
     pub fn memory(size: u64) -> Self {
         RegionSpec {
             size,
@@ -184,6 +190,19 @@ struct Region {
 struct Backing {
     fd: Arc<OwnedFd>,
     base: u64,
+    /// The shmem store whose pages are committed on demand; `None` for a
+    /// huge-page BAR, allocated whole from the hugetlbfs pool at build.
+    store: Option<Arc<Store>>,
+}
+
+impl Backing {
+    /// Commits `len` bytes at `at` of the region (whole pages).
+    fn commit(&self, at: u64, len: u64) -> Result<()> {
+        match &self.store {
+            Some(store) => store.commit(self.base + at..self.base + at + len),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Holes between the regions in a device's memfd (and the alignment of
@@ -220,8 +239,9 @@ impl Region {
         }
     }
 
-    /// Writes BAR bytes at `at` (bounds checked by the caller).
-    fn write_at(&self, at: u64, data: &[u8]) -> std::result::Result<(), i32> {
+    /// Writes BAR bytes at `at` (bounds checked by the caller), committing
+    /// the memory first ([`Error::MemoryLimit`] past the limit).
+    fn write_at(&self, at: u64, data: &[u8]) -> Result<()> {
         match &self.view {
             Some(v) => {
                 assert!(at as usize + data.len() <= v.len);
@@ -229,8 +249,55 @@ impl Region {
                 unsafe { crate::os::view_write(v.addr, at as usize, data) };
                 Ok(())
             }
-            None => crate::os::pwrite_all(&self.memfd.fd, self.memfd.base + at, data),
+            None => write_backing(&self.memfd, at, data),
         }
+    }
+}
+
+/// Writes `data` at `at` of a shmem backing, committing it first.
+fn write_backing(b: &Backing, at: u64, data: &[u8]) -> Result<()> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    b.commit(at, data.len() as u64)?;
+    crate::os::pwrite_all(&b.fd, b.base + at, data).map_err(Error::os("BAR write"))
+}
+
+impl Region {
+    /// Read-only regions: puts the shadow back to the region's contents,
+    /// copying only what is committed (a hole reads as zeros in both). No
+    /// mapping may hold shadow pages (the caller zapped them).
+    fn restore_shadow(&self) -> Result<()> {
+        let Some(shadow) = &self.shadow else {
+            return Ok(());
+        };
+        let len = self.spec.size.next_multiple_of(PAGE_SIZE as u64);
+        match &shadow.store {
+            Some(store) => store.punch(shadow.base..shadow.base + len)?,
+            None => return Ok(()),
+        }
+        let Some(store) = &self.memfd.store else {
+            return Ok(());
+        };
+        let base = self.memfd.base;
+        let mut at = base;
+        let mut buf = vec![0u8; BOUNCE];
+        while let Some(run) = store.next_committed(at..base + len) {
+            let mut off = run.start;
+            while off < run.end {
+                let n = (BOUNCE as u64).min(run.end - off) as usize;
+                let b = &mut buf[..n];
+                crate::os::pread_all(store.fd(), off, b).map_err(Error::os("reset"))?;
+                let rel = off - base;
+                let rel_end = (rel + n as u64).min(self.spec.size);
+                if rel < rel_end {
+                    write_backing(shadow, rel, &b[..(rel_end - rel) as usize])?;
+                }
+                off += n as u64;
+            }
+            at = run.end;
+        }
+        Ok(())
     }
 }
 
@@ -325,6 +392,7 @@ pub struct DeviceBuilder {
     reset_time: Duration,
     memory_enabled: bool,
     user_mode_only: bool,
+    budget: Option<Arc<MemoryBudget>>,
 }
 
 impl Default for DeviceBuilder {
@@ -343,6 +411,7 @@ impl Default for DeviceBuilder {
             reset_time: Duration::from_millis(5),
             memory_enabled: true,
             user_mode_only: false,
+            budget: None,
         }
     }
 }
@@ -421,12 +490,33 @@ impl DeviceBuilder {
         self
     }
 
+    /// Charges the device's memory to a budget of its own of `bytes` (see
+    /// [`DeviceBuilder::memory_budget`]).
+    pub fn memory_limit(self, bytes: u64) -> Self {
+        self.memory_budget(MemoryBudget::new(bytes))
+    }
+    /// Charges the device's committed memory to `budget` (default:
+    /// [`MemoryBudget::process`], half of `MemAvailable`). Memory is
+    /// committed as it is used; what would pass the budget's limit is
+    /// refused: [`Error::MemoryLimit`] from [`DeviceBuilder::build`] (initial
+    /// contents) and region writes, SIGBUS for a fault whose fill would need
+    /// it (counted in [`Stats::over_limit`]). Huge-page BARs come from the
+    /// hugetlbfs pool, which is reserved memory already, and are not charged.
+    pub fn memory_budget(mut self, budget: Arc<MemoryBudget>) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
     /// Validates the description, allocates every BAR's memory and joins
     /// the process's address space (opening its userfaultfd and starting
     /// its service threads if this is its first device).
     ///
     /// A BAR with [`RegionSpec::huge_pages`] fails the build with a typed
     /// error if it cannot get them; nothing falls back to small pages.
+    /// Memory BARs are not committed here, only their initial contents
+    /// ([`Error::MemoryLimit`] if those pass the limit); a size that is not
+    /// a power of two or too large for the BAR's type is
+    /// [`Error::BarSizeNotPowerOfTwo`] or [`Error::BarTooLarge`].
     pub fn build(self) -> Result<Device> {
         for (i, spec) in self.regions.iter().enumerate() {
             if let Some(spec) = spec {
@@ -471,22 +561,23 @@ impl DeviceBuilder {
                 end = base + len + REGION_GAP;
             }
         }
+        let budget = self.budget.clone().unwrap_or_else(MemoryBudget::process);
         let shared = if layout.is_empty() {
             None
         } else {
-            let ranges: Vec<(u64, u64)> = layout.iter().map(|&(_, _, b, l)| (b, l)).collect();
-            Some(Arc::new(
-                crate::os::memfd_ranges("barmap-device", end, &ranges)
-                    .map_err(Error::os("memfd for BAR memory"))?,
-            ))
+            Some(Arc::new(Store::new("barmap-device", end, budget)?))
         };
         let backing = |i: usize, shadow: bool| {
             layout
                 .iter()
                 .find(|&&(r, s, _, _)| r == i && s == shadow)
-                .map(|&(_, _, base, _)| Backing {
-                    fd: shared.clone().expect("laid out"),
-                    base,
+                .map(|&(_, _, base, _)| {
+                    let store = shared.clone().expect("laid out");
+                    Backing {
+                        fd: store.fd().clone(),
+                        base,
+                        store: Some(store),
+                    }
                 })
         };
         let mut regions = Vec::new();
@@ -501,6 +592,7 @@ impl DeviceBuilder {
                     Backing {
                         fd: Arc::new(fd),
                         base: 0,
+                        store: None,
                     },
                     view,
                 )
@@ -509,8 +601,7 @@ impl DeviceBuilder {
             };
             let shadow = backing(i, true);
             if let Some(shadow) = &shadow {
-                crate::os::pwrite_all(&shadow.fd, shadow.base, &spec.init)
-                    .map_err(Error::os("BAR init"))?;
+                write_backing(shadow, 0, &spec.init)?;
             }
             let areas = spec
                 .mmap_areas
@@ -529,14 +620,22 @@ impl DeviceBuilder {
                 shadow,
                 view,
             };
-            region
-                .write_at(0, &spec.init)
-                .map_err(Error::os("BAR init"))?;
+            region.write_at(0, &spec.init)?;
             regions.push(Some(region));
         }
         let minor_hugetlbfs = space.minor_hugetlbfs();
+        // What each BAR's mappings view: the shadow of a read-only BAR,
+        // else the BAR's own range.
+        let stores = regions
+            .iter()
+            .map(|r| {
+                let r = r.as_ref()?;
+                let b = r.shadow.as_ref().unwrap_or(&r.memfd);
+                Some((b.store.clone()?, b.base))
+            })
+            .collect();
         let core = Arc::new(Core::new(
-            UffdMm::new(space.shared_state().clone()),
+            UffdMm::new(space.shared_state().clone(), stores),
             CoreConfig {
                 policy: self.policy,
                 // A userfaultfd that sees only user-mode faults cannot serve
@@ -555,6 +654,7 @@ impl DeviceBuilder {
             inner: Arc::new(Inner {
                 core,
                 space,
+                store: shared,
                 regions,
                 config: Mutex::new(config),
                 access,
@@ -588,9 +688,7 @@ fn raise_fd_limit() {
 
 fn validate_spec(i: usize, spec: &RegionSpec, all: &[Option<RegionSpec>]) -> Result<()> {
     let bad = |why: String| Err(Error::InvalidSpec(format!("BAR{i}: {why}")));
-    if !spec.size.is_power_of_two() || spec.size < 16 {
-        return bad(format!("size {:#x} is not a power of two >= 16", spec.size));
-    }
+    crate::memory::check_bar_size(i as u32, spec.size, spec.is_64bit)?;
     if spec.init.len() as u64 > spec.size {
         return bad("initial contents larger than the BAR".into());
     }
@@ -734,6 +832,8 @@ pub(crate) struct Inner {
     /// The address space whose service serves the device's faults; it
     /// lives as long as the device or one of its mappings.
     space: Arc<AddressSpace>,
+    /// The shmem store of the device's BARs (not of huge-page ones).
+    store: Option<Arc<Store>>,
     regions: Vec<Option<Region>>,
     /// Config space; taken before the gate (lock order: config -> gate).
     config: Mutex<ConfigSpace>,
@@ -1031,17 +1131,10 @@ impl Device {
         let config = self.inner.config.lock().unwrap_or_else(|e| e.into_inner());
         let result = self.inner.core.reset(|| -> Result<()> {
             for r in self.inner.regions.iter().flatten() {
-                if !r.spec.init.is_empty() {
-                    r.write_at(0, &r.spec.init).map_err(Error::os("reset"))?;
-                }
-                if let Some(shadow) = &r.shadow {
-                    // Read-only: the whole shadow back to the region's
-                    // contents (whatever a writable-made mapping wrote).
-                    let mut contents = vec![0u8; r.spec.size as usize];
-                    r.read_at(0, &mut contents).map_err(Error::os("reset"))?;
-                    crate::os::pwrite_all(&shadow.fd, shadow.base, &contents)
-                        .map_err(Error::os("reset"))?;
-                }
+                r.write_at(0, &r.spec.init)?;
+                // Read-only: the whole shadow back to the region's
+                // contents (whatever a writable-made mapping wrote).
+                r.restore_shadow()?;
             }
             hook();
             std::thread::sleep(self.inner.reset_time);
@@ -1171,10 +1264,20 @@ impl Device {
             self.inner
                 .core
                 .with_memory(|| r.write_at(offset + at as u64, b))
-                .map_err(|_| Error::MemoryDisabled)?
-                .map_err(Error::os("region write"))?;
+                .map_err(|_| Error::MemoryDisabled)??;
         }
         Ok(())
+    }
+
+    /// Bytes of BAR memory this device has committed (huge-page BARs not
+    /// counted): what its faults and writes used, not its BARs' sizes.
+    pub fn committed_memory(&self) -> u64 {
+        self.inner.store.as_ref().map_or(0, |s| s.committed())
+    }
+
+    /// The budget the device's memory is charged to.
+    pub fn memory_budget(&self) -> Option<Arc<MemoryBudget>> {
+        self.inner.store.as_ref().map(|s| s.budget().clone())
     }
 
     /// The fault-path counters.

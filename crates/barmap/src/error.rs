@@ -111,6 +111,48 @@ pub enum Error {
     /// 2 MiB hugetlbfs pool, or no userfaultfd MINOR mode on hugetlbfs.
     #[error("huge-page BAR memory is not supported here: {0}")]
     HugePagesUnsupported(String),
+    /// A memory BAR whose size is not a power of two of at least 16 bytes
+    /// (PCI sizes a BAR by the address bits it leaves writable).
+    #[error("BAR{region}: size {size:#x} is not a power of two of at least 16 bytes")]
+    BarSizeNotPowerOfTwo {
+        /// BAR index.
+        region: u32,
+        /// The size asked for.
+        size: u64,
+    },
+    /// A memory BAR larger than its type allows: 2 GiB for a 32-bit BAR,
+    /// [`crate::memory::MAX_BAR64_SIZE`] for a 64-bit one.
+    #[error(
+        "BAR{region}: size {size:#x} is larger than a {bits}-bit memory BAR may be here ({})",
+        crate::memory::human(*max)
+    )]
+    BarTooLarge {
+        /// BAR index.
+        region: u32,
+        /// The size asked for.
+        size: u64,
+        /// 32 or 64.
+        bits: u32,
+        /// The largest size allowed.
+        max: u64,
+    },
+    /// Committing `needed` more bytes of device memory would pass the
+    /// memory limit ([`crate::memory::MemoryBudget`]): nothing was committed.
+    #[error(
+        "device memory limit: {} more would pass the limit of {} ({} committed); \
+         raise it with barmap run --memory-limit or DeviceBuilder::memory_limit",
+        crate::memory::human(*needed),
+        crate::memory::human(*limit),
+        crate::memory::human(*committed)
+    )]
+    MemoryLimit {
+        /// Bytes the request needed.
+        needed: u64,
+        /// Bytes committed when it was refused.
+        committed: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// An invalid device description.
     #[error("invalid device description: {0}")]
     InvalidSpec(String),
@@ -163,13 +205,15 @@ impl Error {
             | Error::NotMapped { .. }
             | Error::ConfigRange { .. }
             | Error::InvalidSpec(_)
+            | Error::BarSizeNotPowerOfTwo { .. }
+            | Error::BarTooLarge { .. }
             | Error::HugePageSize { .. } => ErrorClass::InvalidArgument,
             Error::ReadOnly(_) | Error::NotReadable(_) | Error::UffdUnavailable(_) => {
                 ErrorClass::Permission
             }
             Error::MemoryDisabled => ErrorClass::MemoryDisabled,
             Error::HugePagesUnsupported(_) => ErrorClass::Unsupported,
-            Error::HugePagesUnavailable { .. } => ErrorClass::Other,
+            Error::HugePagesUnavailable { .. } | Error::MemoryLimit { .. } => ErrorClass::Other,
             Error::DeviceGone
             | Error::Fault { .. }
             | Error::BadBuffer { .. }

@@ -600,7 +600,7 @@ impl<B: Mm> Core<B> {
             // kernel refuses that madvise on a vfio-pci mapping. Map the
             // faulting page (it stops at a present one, so a lost race costs
             // one call), never answer "present" over an absent page.
-            return self.map_unit(part, page);
+            return self.map_unit(entry, part, page);
         }
         let _ = entry.first_filler.compare_exchange(
             0,
@@ -612,6 +612,13 @@ impl<B: Mm> Core<B> {
             Ok(()) => {
                 tracked.push(entry.info.id);
                 Answer::Filled
+            }
+            // Past the memory limit nothing was mapped (the backend commits
+            // the whole range first): nothing to undo, and no zap may clear
+            // the SIGBUS answer before the thread sees it.
+            Err(MmError::OverLimit) => {
+                drop(tracked);
+                self.answer_over_limit(entry, part, page)
             }
             // A failed fill is undone (5.14 zaps the vma under vma_lock):
             // no other fill starts before the zap, which runs once this
@@ -645,9 +652,10 @@ impl<B: Mm> Core<B> {
     /// Maps the unit at `page` alone, stopping at a present page: `Filled`
     /// if this call mapped it, `Present` if it already was (the thread is
     /// woken either way).
-    fn map_unit(&self, part: &MapInfo, page: usize) -> Answer {
+    fn map_unit(&self, entry: &MapEntry, part: &MapInfo, page: usize) -> Answer {
         let unit = part.unit_at(page);
         match self.mm.insert(part, unit.clone()) {
+            Err(MmError::OverLimit) => self.answer_over_limit(entry, part, page),
             Ok(ins) if ins.mapped > 0 => {
                 Counters::add(&self.counters.pages_filled, ins.mapped as u64);
                 Answer::Filled
@@ -686,7 +694,14 @@ impl<B: Mm> Core<B> {
         page: usize,
     ) -> Answer {
         let fill = |r: Range<usize>| self.mm.insert(part, r);
-        let result = fill(range.clone()).and_then(|ins| {
+        let unit = part.unit_at(page);
+        // Near the memory limit a chunk may not fit where its faulting
+        // unit still does: commit that alone.
+        let first = match fill(range.clone()) {
+            Err(MmError::OverLimit) if range != unit => fill(unit.clone()).map(|ins| (unit, ins)),
+            other => other.map(|ins| (range, ins)),
+        };
+        let result = first.and_then(|(range, ins)| {
             let reached = range.start + ins.mapped * PAGE_SIZE;
             if page < reached {
                 Ok((ins.mapped, true))
@@ -759,11 +774,15 @@ impl<B: Mm> Core<B> {
         start.max(part.start)..(start + chunk).min(part.end())
     }
 
-    /// `prefault`: after the faulting chunk, fill the rest of the mapping
-    /// chunk by chunk. Chunks (aligned, clipped to each live part, in part
-    /// order) are claimed through the entry's cursor, so any number of
-    /// service threads share the work; each chunk re-takes the gate, so a
-    /// zap waits for one chunk at most and stops the walk.
+    /// `prefault`: after the faulting chunk, map the rest of the mapping
+    /// chunk by chunk, where device memory exists: memory is committed on
+    /// demand, so a hole (never filled or written) is left to its own fault
+    /// instead of being committed now, and a mapping of a huge, sparsely
+    /// used BAR costs what is used. Chunks (aligned, clipped to each live
+    /// part, in part order) are claimed through the entry's cursor, so any
+    /// number of service threads share the work, and a run of chunks with no
+    /// committed memory is skipped in one step; each chunk re-takes the
+    /// gate, so a zap waits for one chunk at most and stops the walk.
     fn prefault_rest(&self, entry: &MapEntry) {
         let chunk = self.chunk_of(entry);
         loop {
@@ -772,26 +791,57 @@ impl<B: Mm> Core<B> {
                 return;
             }
             let live = entry.live.read();
-            let mut index = entry.cursor.fetch_add(1, Ordering::Relaxed);
+            let index = entry.cursor.fetch_add(1, Ordering::Relaxed);
+            let (mut rest, mut first) = (index, 0);
             let mut claimed = None;
             for part in live.iter() {
                 let base = part.start & !(chunk - 1);
                 let n = (part.end() - base).div_ceil(chunk);
-                if index < n {
-                    let c = base + index * chunk;
-                    claimed = Some((part, c.max(part.start)..(c + chunk).min(part.end())));
+                if rest < n {
+                    let c = base + rest * chunk;
+                    claimed = Some((
+                        part,
+                        base,
+                        first + n,
+                        c.max(part.start)..(c + chunk).min(part.end()),
+                    ));
                     break;
                 }
-                index -= n;
+                rest -= n;
+                first += n;
             }
-            let Some((part, r)) = claimed else {
+            let Some((part, base, next_part, r)) = claimed else {
                 return;
             };
-            match self.insert_all(part, r) {
-                Ok(mapped) => Counters::add(&self.counters.pages_filled, mapped as u64),
-                // Not the faulting page: leave it to its own fault.
-                Err(e) => {
-                    tracing::debug!(map = %entry.info.id, error = %e, "prefault chunk skipped")
+            let part_first = next_part - (part.end() - base).div_ceil(chunk);
+            match self.mm.next_resident(part, r.start) {
+                // Nothing committed in the rest of this part.
+                None => {
+                    entry.cursor.fetch_max(next_part, Ordering::Relaxed);
+                }
+                // Nothing committed before the chunk of `run`.
+                Some(run) if run.start >= r.end => {
+                    let to = part_first + (run.start - base) / chunk;
+                    entry.cursor.fetch_max(to, Ordering::Relaxed);
+                }
+                Some(run) => {
+                    let mut run = run.start..run.end.min(r.end);
+                    loop {
+                        match self.insert_all(part, run.clone()) {
+                            Ok(mapped) => Counters::add(&self.counters.pages_filled, mapped as u64),
+                            // Not the faulting page: leave it to its own fault.
+                            Err(e) => {
+                                tracing::debug!(map = %entry.info.id, error = %e, "prefault chunk skipped");
+                                break;
+                            }
+                        }
+                        match self.mm.next_resident(part, run.end) {
+                            Some(next) if next.start < r.end => {
+                                run = next.start..next.end.min(r.end)
+                            }
+                            _ => break,
+                        }
+                    }
                 }
             }
         }
@@ -815,6 +865,9 @@ impl<B: Mm> Core<B> {
                 self.mm.wake(part.space, part.unit_at(page));
                 return Answer::Retry;
             }
+            // Committing the memory would pass the limit: SIGBUS at once
+            // (a retry would meet the same limit), never more memory.
+            MmError::OverLimit => return self.answer_over_limit(entry, part, page),
             _ => tracing::warn!(%error, "fill failed"),
         }
         if entry.fail_streak.fetch_add(1, Ordering::Relaxed) + 1 < MAX_FILL_RETRIES {
@@ -824,6 +877,17 @@ impl<B: Mm> Core<B> {
             entry.fail_streak.store(0, Ordering::Relaxed);
             self.answer_sigbus(entry, part, page)
         }
+    }
+
+    /// A fill would have committed device memory past the limit: SIGBUS,
+    /// counted in `over_limit`.
+    fn answer_over_limit(&self, entry: &MapEntry, part: &MapInfo, page: usize) -> Answer {
+        tracing::warn!(map = %entry.info.id, page, "fill refused: device memory limit reached");
+        let answer = self.answer_sigbus(entry, part, page);
+        if answer == Answer::Sigbus {
+            Counters::add(&self.counters.over_limit, 1);
+        }
+        answer
     }
 
     fn report_bug(&self, entry: &MapEntry, part: &MapInfo, fault: &Fault, page: usize) -> Answer {
@@ -851,7 +915,7 @@ impl<B: Mm> Core<B> {
         drop(events);
         // The kernel thread would die here; barmap lets it run on the page
         // (mapped by the other fault, or now by this one).
-        self.map_unit(part, page);
+        self.map_unit(entry, part, page);
         Answer::Bug
     }
 

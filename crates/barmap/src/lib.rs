@@ -33,6 +33,7 @@ pub mod device;
 pub mod error;
 pub mod fault;
 pub mod mapping;
+pub mod memory;
 pub mod mm;
 pub mod os;
 pub mod policy;
@@ -54,6 +55,7 @@ pub use device::{
 pub use error::{Error, Result};
 pub use fault::{Answer, BugEvent, GateState};
 pub use mapping::Mapping;
+pub use memory::MemoryBudget;
 pub use policy::Policy;
 pub use service::WaitMode;
 pub use space::{AddressSpace, SpaceStats};

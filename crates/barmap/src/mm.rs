@@ -110,6 +110,10 @@ pub enum MmError {
     Os(i32),
     /// A failure injected by the simulated backend.
     Injected,
+    /// The device memory behind the range is not committed yet, and
+    /// committing it would pass the memory limit
+    /// ([`crate::memory::MemoryBudget`]): nothing was mapped.
+    OverLimit,
 }
 
 impl fmt::Display for MmError {
@@ -120,6 +124,7 @@ impl fmt::Display for MmError {
             MmError::Again => write!(f, "address space changing, try again"),
             MmError::Os(e) => write!(f, "{}", std::io::Error::from_raw_os_error(*e)),
             MmError::Injected => write!(f, "injected failure"),
+            MmError::OverLimit => write!(f, "device memory limit reached"),
         }
     }
 }
@@ -148,7 +153,19 @@ pub trait Mm: Send + Sync + 'static {
     /// Maps the pages of `range` in order up to the first one that is
     /// already present (or poisoned), which is not an error: a fault that
     /// lost a race (vmf_insert_pfn semantics, and UFFDIO_CONTINUE's).
+    ///
+    /// Device memory is committed on demand: `remap` and `insert` commit
+    /// the device memory behind the whole range first (shmem's page cache:
+    /// UFFDIO_CONTINUE maps only pages that exist, a hole is EFAULT), and
+    /// fail with [`MmError::OverLimit`], mapping nothing, if that would pass
+    /// the memory limit.
     fn insert(&self, map: &MapInfo, range: Range<usize>) -> Result<Inserted, MmError>;
+
+    /// The first run of units in `from..map.end()` whose device memory is
+    /// committed (a fill mapped it before, or a region write reached it),
+    /// if any: what a fill can map without committing memory. Present or
+    /// not in the page tables does not matter.
+    fn next_resident(&self, map: &MapInfo, from: usize) -> Option<Range<usize>>;
 
     /// Marks the absent pages of `range` so that a touch raises SIGBUS, and
     /// wakes threads waiting on them. [`MmError::Exists`] if a page is present.

@@ -34,10 +34,11 @@ pub fn memfd(name: &str, size: u64) -> Result<OwnedFd, i32> {
     Ok(fd)
 }
 
-/// A memfd of `size` bytes of which only the `ranges` (offset, length) are
-/// allocated, up front; the rest are holes that nothing maps (several
-/// regions of one device share one memfd, each in a range of its own).
-pub fn memfd_ranges(name: &str, size: u64, ranges: &[(u64, u64)]) -> Result<OwnedFd, i32> {
+/// A shmem memfd of `size` bytes with nothing allocated: every page is a
+/// hole until [`allocate`] commits it (a `pread` of a hole reads zeros, a
+/// `pwrite` allocates). Device memory is committed on demand this way
+/// ([`crate::memory`]).
+pub fn memfd_sparse(name: &str, size: u64) -> Result<OwnedFd, i32> {
     let cname = std::ffi::CString::new(name).map_err(|_| libc::EINVAL)?;
     // SAFETY: `cname` is a valid NUL-terminated string; the returned fd is new.
     let fd = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) };
@@ -46,19 +47,70 @@ pub fn memfd_ranges(name: &str, size: u64, ranges: &[(u64, u64)]) -> Result<Owne
     }
     // SAFETY: a fresh fd, owned by nobody else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: plain syscalls on an fd we own.
-    if unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) } < 0 {
+    let size = libc::off_t::try_from(size).map_err(|_| libc::EFBIG)?;
+    // SAFETY: a plain syscall on an fd we own.
+    if unsafe { libc::ftruncate(fd.as_raw_fd(), size) } < 0 {
         return Err(errno());
     }
-    for &(at, len) in ranges {
-        // SAFETY: as above.
-        let rc =
-            unsafe { libc::fallocate(fd.as_raw_fd(), 0, at as libc::off_t, len as libc::off_t) };
-        if rc < 0 {
-            return Err(errno());
-        }
-    }
     Ok(fd)
+}
+
+/// Allocates (zero-filled) pages for `len` bytes of `fd` at `offset`
+/// (`fallocate(2)`, mode 0); pages already allocated are kept as they are.
+/// On failure shmem gives back what this call allocated.
+pub fn allocate(fd: &OwnedFd, offset: u64, len: u64) -> Result<(), i32> {
+    // SAFETY: a plain syscall on an fd the caller owns; no memory is passed.
+    let rc =
+        unsafe { libc::fallocate(fd.as_raw_fd(), 0, offset as libc::off_t, len as libc::off_t) };
+    if rc < 0 {
+        Err(errno())
+    } else {
+        Ok(())
+    }
+}
+
+/// Frees the pages of `len` bytes of `fd` at `offset`, leaving a hole
+/// (`FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE`). Mappings of the range
+/// lose their pages: the caller makes sure none is mapped.
+pub fn punch(fd: &OwnedFd, offset: u64, len: u64) -> Result<(), i32> {
+    // SAFETY: as in `allocate`.
+    let rc = unsafe {
+        libc::fallocate(
+            fd.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if rc < 0 {
+        Err(errno())
+    } else {
+        Ok(())
+    }
+}
+
+/// Bytes of `fd` that hold allocated blocks (`st_blocks * 512`).
+pub fn allocated_bytes(fd: &OwnedFd) -> Result<u64, i32> {
+    // SAFETY: fstat writes one `stat` into the zeroed struct we pass.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; the fd is the caller's.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } < 0 {
+        return Err(errno());
+    }
+    Ok(st.st_blocks as u64 * 512)
+}
+
+/// The machine's `MemAvailable` (/proc/meminfo), bytes.
+pub fn mem_available() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    kib.checked_mul(1024)
 }
 
 /// A memfd of `size` bytes backed by 2 MiB huge pages (hugetlbfs,

@@ -11,6 +11,7 @@ pub struct Counters {
     pub(crate) pages_filled: AtomicU64,
     pub(crate) eexist: AtomicU64,
     pub(crate) sigbus: AtomicU64,
+    pub(crate) over_limit: AtomicU64,
     pub(crate) stale: AtomicU64,
     pub(crate) retries: AtomicU64,
     pub(crate) bugs: AtomicU64,
@@ -34,6 +35,7 @@ impl Counters {
             pages_filled: self.pages_filled.load(Relaxed),
             eexist: self.eexist.load(Relaxed),
             sigbus: self.sigbus.load(Relaxed),
+            over_limit: self.over_limit.load(Relaxed),
             stale: self.stale.load(Relaxed),
             retries: self.retries.load(Relaxed),
             bugs: self.bugs.load(Relaxed),
@@ -62,8 +64,11 @@ pub struct Stats {
     /// Faults whose page another fault had already mapped (the EEXIST race).
     pub eexist: u64,
     /// Faults answered with SIGBUS (memory disabled, low power, device gone,
-    /// or a fill that kept failing).
+    /// a fill that kept failing, or one past the memory limit).
     pub sigbus: u64,
+    /// Of those, faults whose fill would have committed device memory past
+    /// the memory limit ([`crate::MemoryBudget`]).
+    pub over_limit: u64,
     /// Faults on an address no longer mapped: the thread was woken to retry.
     pub stale: u64,
     /// Fills that failed, were undone, and had the thread retry.
@@ -99,6 +104,7 @@ impl Stats {
             pages_filled: self.pages_filled - earlier.pages_filled,
             eexist: self.eexist - earlier.eexist,
             sigbus: self.sigbus - earlier.sigbus,
+            over_limit: self.over_limit - earlier.over_limit,
             stale: self.stale - earlier.stale,
             retries: self.retries - earlier.retries,
             bugs: self.bugs - earlier.bugs,

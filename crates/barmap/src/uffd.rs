@@ -7,12 +7,18 @@
 //!
 //! | verb     | userfaultfd                                   |
 //! |----------|-----------------------------------------------|
-//! | remap    | UFFDIO_CONTINUE over the range, EEXIST stops   |
-//! | insert   | UFFDIO_CONTINUE up to a page that EEXISTs      |
+//! | remap    | commit, UFFDIO_CONTINUE over the range, EEXIST stops |
+//! | insert   | commit, UFFDIO_CONTINUE up to a page that EEXISTs |
 //! | poison   | UFFDIO_POISON (the toucher gets SIGBUS)        |
 //! | zap      | MADV_DONTNEED (also clears poison markers)     |
 //! | wake     | UFFDIO_WAKE                                   |
 //! | unmap    | mprotect(PROT_NONE), UFFDIO_UNREGISTER, munmap |
+//! | next_resident | the store's page map                     |
+//!
+//! "Commit" allocates the device memory behind the range in the BAR's
+//! memfd ([`crate::memory::Store::commit`]) unless it is already: BAR
+//! memory is committed on demand, and UFFDIO_CONTINUE cannot map a hole
+//! (EFAULT).
 //!
 //! The userfaultfd also reports what the process itself does to a
 //! registered range (`UFFD_FEATURE_EVENT_UNMAP` and `EVENT_REMAP`): a
@@ -33,6 +39,7 @@ use linux_raw_sys::general as sys;
 use crate::error::Error;
 use std::sync::Arc;
 
+use crate::memory::Store;
 use crate::mm::{Fault, Inserted, MapInfo, Mm, MmError, SpaceId, PAGE_SIZE};
 use crate::space::SpaceShared;
 
@@ -380,16 +387,58 @@ pub struct UffdMm {
     /// The core this backend serves, for the routes (set once, when the
     /// device joins its space).
     core: std::sync::OnceLock<std::sync::Weak<crate::fault::Core<UffdMm>>>,
+    /// Per BAR index: the store its mappings view and the offset of the
+    /// BAR's range in it; `None` for a BAR whose memory is all allocated
+    /// up front (huge pages) or that the device does not have.
+    stores: Vec<Option<(Arc<Store>, u64)>>,
 }
 
 impl UffdMm {
     /// A backend for a new device of `space`.
-    pub(crate) fn new(space: Arc<SpaceShared>) -> Self {
+    /// `stores`: per BAR index, the store its mappings view and the BAR's
+    /// offset in it (see [`UffdMm`]).
+    pub(crate) fn new(space: Arc<SpaceShared>, stores: Vec<Option<(Arc<Store>, u64)>>) -> Self {
         let key = space.new_device_key();
         UffdMm {
             space,
             key,
             core: std::sync::OnceLock::new(),
+            stores,
+        }
+    }
+
+    /// The store behind `map` and the file range behind `range` of it.
+    fn backing(&self, map: &MapInfo, range: &Range<usize>) -> Option<(&Store, Range<u64>)> {
+        let (store, base) = self.stores.get(map.region as usize)?.as_ref()?;
+        let at = base + map.offset_of(range.start);
+        Some((store, at..at + (range.end - range.start) as u64))
+    }
+
+    /// Commits the device memory behind `range` of `map`.
+    fn commit(&self, map: &MapInfo, range: &Range<usize>) -> Result<(), MmError> {
+        let Some((store, file)) = self.backing(map, range) else {
+            return Ok(());
+        };
+        store.commit(file).map_err(|e| match e {
+            Error::MemoryLimit { .. } => MmError::OverLimit,
+            Error::Os { errno, .. } => MmError::Os(errno),
+            _ => MmError::Os(libc::EIO),
+        })
+    }
+
+    /// Commits, then fills. A hole where the store counts committed memory
+    /// (the process punched it through a mapping with `MADV_REMOVE`) is
+    /// EFAULT: allocated again once, uncharged.
+    fn commit_and_fill(&self, map: &MapInfo, range: Range<usize>) -> Result<Inserted, MmError> {
+        self.commit(map, &range)?;
+        match self.fill(range.clone(), map.page_size) {
+            Err(MmError::Os(libc::EFAULT)) => {
+                if let Some((store, file)) = self.backing(map, &range) {
+                    store.recommit(file).map_err(MmError::Os)?;
+                }
+                self.fill(range, map.page_size)
+            }
+            other => other,
         }
     }
 
@@ -480,9 +529,12 @@ impl UffdMm {
 impl Mm for UffdMm {
     fn remap(&self, map: &MapInfo, range: Range<usize>) -> Result<(), MmError> {
         let unit = map.page_size;
+        // All of it, before anything is mapped: a whole-mapping fill past
+        // the limit maps nothing.
+        self.commit(map, &range)?;
         let mut at = range.start;
         while at < range.end {
-            let ins = self.fill(at..range.end, unit)?;
+            let ins = self.commit_and_fill(map, at..range.end)?;
             if !ins.stopped_at_present {
                 return Ok(());
             }
@@ -491,7 +543,10 @@ impl Mm for UffdMm {
             // process is unmapping): one unit alone tells which (a present
             // page, or Gone/Again from `?`).
             let stop = at + ins.mapped * PAGE_SIZE;
-            if self.fill(stop..stop + unit, unit)?.stopped_at_present {
+            if self
+                .commit_and_fill(map, stop..stop + unit)?
+                .stopped_at_present
+            {
                 return Err(MmError::Exists {
                     done: (stop - range.start) / PAGE_SIZE,
                 });
@@ -502,7 +557,23 @@ impl Mm for UffdMm {
     }
 
     fn insert(&self, map: &MapInfo, range: Range<usize>) -> Result<Inserted, MmError> {
-        self.fill(range, map.page_size)
+        self.commit_and_fill(map, range)
+    }
+
+    fn next_resident(&self, map: &MapInfo, from: usize) -> Option<Range<usize>> {
+        let from = from.max(map.start);
+        if from >= map.end() {
+            return None;
+        }
+        let Some((store, file)) = self.backing(map, &(from..map.end())) else {
+            return Some(from..map.end()); // allocated up front
+        };
+        let run = store.next_committed(file.clone())?;
+        // Back to addresses, in whole units of the mapping.
+        let unit = map.page_size as u64;
+        let start = from + (run.start - file.start) as usize;
+        let end = from + (run.end - file.start).next_multiple_of(unit) as usize;
+        Some(map.unit_at(start).start..end.min(map.end()))
     }
 
     fn poison(&self, _map: &MapInfo, range: Range<usize>) -> Result<(), MmError> {

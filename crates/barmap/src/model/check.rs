@@ -10,7 +10,9 @@
 //! - every value read is the device's value;
 //! - the tracking list holds only live, filled mappings, each once;
 //! - no deadlock, and every fault is answered (shuttle's deadlock detector:
-//!   a toucher never woken leaves every thread blocked).
+//!   a toucher never woken leaves every thread blocked);
+//! - past the memory limit a touch gets SIGBUS, counted, and only a touch
+//!   whose fill would pass the limit does.
 
 use std::panic::{self, AssertUnwindSafe};
 use std::time::Instant;
@@ -39,11 +41,15 @@ pub enum CheckScenario {
     FailedFill,
     /// Two service threads serve faults on one mapping.
     TwoServices,
+    /// Device memory is at its limit: touches of committed memory get
+    /// their values, a touch that would commit more gets SIGBUS, while
+    /// memory is disabled and enabled meanwhile.
+    PastTheLimit,
 }
 
 impl CheckScenario {
     /// Every scenario.
-    pub const ALL: [CheckScenario; 7] = [
+    pub const ALL: [CheckScenario; 8] = [
         CheckScenario::Seed,
         CheckScenario::FaultVsDisable,
         CheckScenario::FaultVsEnable,
@@ -51,6 +57,7 @@ impl CheckScenario {
         CheckScenario::FaultVsUnmap,
         CheckScenario::FailedFill,
         CheckScenario::TwoServices,
+        CheckScenario::PastTheLimit,
     ];
 
     /// Its command-line name.
@@ -63,6 +70,7 @@ impl CheckScenario {
             CheckScenario::FaultVsUnmap => "fault-vs-unmap",
             CheckScenario::FailedFill => "failed-fill",
             CheckScenario::TwoServices => "two-services",
+            CheckScenario::PastTheLimit => "past-the-limit",
         }
     }
 
@@ -140,12 +148,20 @@ struct World {
 }
 
 const MAP_PAGES: usize = 4;
+/// Pages of the region resident before a scenario starts.
+const RESIDENT_PAGES: usize = 3;
 
 impl World {
     fn new(policy: Policy, mutation: Option<Mutation>) -> Arc<World> {
+        let sim = SimMm::new(mutation);
+        // Device memory is committed on demand: the region's first three
+        // pages hold data already, the rest is a hole until a fill commits
+        // it, so `prefault`'s walk both maps committed memory and skips a
+        // hole (left to its own fault).
+        sim.make_resident(2, 0..RESIDENT_PAGES as u64 * PAGE_SIZE as u64);
         Arc::new(World {
             core: Core::new(
-                SimMm::new(mutation),
+                sim,
                 CoreConfig {
                     populate: false,
                     policy,
@@ -523,6 +539,61 @@ fn run_scenario(policy: Policy, mutation: Option<Mutation>, scenario: CheckScena
             live.retain(|id| *id != m.info().id);
             live.push(m.info().id);
             w.finish(svc, &live);
+        }
+        CheckScenario::PastTheLimit => {
+            // Pages 0-2 are committed, page 3 is a hole that may not be.
+            w.sim().limit_resident(RESIDENT_PAGES);
+            let m = w.map(MAP_PAGES, 0);
+            let svc = services(&w, 2);
+            // Whole-mapping fills need page 3 too: every touch is refused.
+            let whole = matches!(policy, Policy::Legacy | Policy::Whole);
+            let expect = move |p: usize, t: Touch| match t {
+                Touch::Value(_) => !whole && p < RESIDENT_PAGES,
+                Touch::Sigbus => whole || p >= RESIDENT_PAGES,
+                Touch::Segv => false,
+            };
+            let t0 = {
+                let (w, m) = (w.clone(), m.clone());
+                spawn("t0", move || {
+                    for p in [3, 0, 2] {
+                        // Racing t1's disable: SIGBUS is right then too, a
+                        // value never where the limit forbids it.
+                        let t = w.touch(&m, p);
+                        if !expect(p, t) && t != Touch::Sigbus {
+                            w.fail("limit", format!("touch of page {p}: {t:?}"));
+                        }
+                    }
+                })
+            };
+            let t1 = {
+                let (w, m) = (w.clone(), m.clone());
+                spawn("t1", move || {
+                    // Memory is on until t1 disables it.
+                    for p in [1, 3] {
+                        let t = w.touch(&m, p);
+                        if !expect(p, t) {
+                            w.fail("limit", format!("touch of page {p}: {t:?}"));
+                        }
+                    }
+                    w.disable();
+                    w.enable();
+                    for p in [3, 0] {
+                        let t = w.touch(&m, p);
+                        if !expect(p, t) {
+                            w.fail(
+                                "limit",
+                                format!("touch of page {p} after the enable: {t:?}"),
+                            );
+                        }
+                    }
+                })
+            };
+            t0.join().expect("t0");
+            t1.join().expect("t1");
+            if w.core.stats().over_limit == 0 {
+                w.fail("limit", "no fault was counted over the limit".into());
+            }
+            w.finish(svc, &[m.info().id]);
         }
         CheckScenario::FailedFill => {
             let m = w.map(MAP_PAGES, 0);

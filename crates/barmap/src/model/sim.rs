@@ -13,9 +13,18 @@
 //!   fault the core finds stale must be woken by the core;
 //! - poison needs a registered range: an unmapped or not yet registered one
 //!   (reserved PROT_NONE, before the core tracks it) is ENOENT.
-//! - injected failures: the next fill maps half its range and fails.
+//! - injected failures: the next fill maps half its range and fails;
+//! - device memory is committed on demand, as shmem's page cache is: a page
+//!   of the device is *resident* once a fill mapped it (the real backend
+//!   allocates the range of a fill before its UFFDIO_CONTINUE, which maps
+//!   only pages that exist), or if the scenario made it so
+//!   ([`SimMm::make_resident`], a region write); `next_resident` reports
+//!   exactly those, and zap, poison and unmap never drop them. With a limit
+//!   on resident pages ([`SimMm::limit_resident`]), a fill that would need
+//!   more is refused whole, mapping nothing ([`MmError::OverLimit`]), as the
+//!   backend's commit is checked before its CONTINUE.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Range;
 
 use super::sync::{Condvar, Mutex};
@@ -69,6 +78,10 @@ struct State {
     free: Vec<Range<usize>>,
     violations: Vec<String>,
     trace: Vec<String>,
+    /// Resident device pages: (region, page offset).
+    resident: BTreeSet<(u32, u64)>,
+    /// At most this many resident pages (the memory limit).
+    resident_limit: Option<usize>,
 }
 
 /// The simulated MM.
@@ -133,6 +146,21 @@ impl SimMm {
         s.hidden.retain(|r| r.start != start);
         s.trace
             .push(format!("[{}] mprotect {start:#x}: accessible", me()));
+    }
+
+    /// Makes the device pages of `region` at `offsets` resident (written
+    /// before the scenario starts).
+    pub fn make_resident(&self, region: u32, offsets: Range<u64>) {
+        let mut s = self.state.lock();
+        for off in offsets.step_by(PAGE_SIZE) {
+            s.resident.insert((region, off));
+        }
+    }
+
+    /// Lets at most `pages` device pages be resident: a fill that would
+    /// need more fails with [`MmError::OverLimit`] and maps nothing.
+    pub fn limit_resident(&self, pages: usize) {
+        self.state.lock().resident_limit = Some(pages);
     }
 
     /// Makes the next fill (remap or insert) fail after mapping half of it.
@@ -242,6 +270,20 @@ impl SimMm {
                 .push(format!("[{}] {verb} {range:#x?}: not mapped", me()));
             return Err(MmError::Gone);
         }
+        if let Some(limit) = s.resident_limit {
+            let new = range
+                .clone()
+                .step_by(PAGE_SIZE)
+                .filter(|&p| !s.resident.contains(&(map.region, map.offset_of(p))))
+                .count();
+            if s.resident.len() + new > limit {
+                s.trace.push(format!(
+                    "[{}] {verb} {range:#x?}: {new} more resident pages would pass the limit",
+                    me()
+                ));
+                return Err(MmError::OverLimit);
+            }
+        }
         let mut end = range.end;
         let injected = std::mem::take(&mut s.fail_next_fill);
         if injected {
@@ -271,6 +313,7 @@ impl SimMm {
                 });
             }
             let mut offset = map.offset_of(page);
+            s.resident.insert((map.region, offset));
             if self.mutation == Some(Mutation::WrongPfn) {
                 offset += PAGE_SIZE as u64;
             }
@@ -312,6 +355,19 @@ impl Mm for SimMm {
 
     fn insert(&self, map: &MapInfo, range: Range<usize>) -> Result<Inserted, MmError> {
         self.fill(map, range, false)
+    }
+
+    fn next_resident(&self, map: &MapInfo, from: usize) -> Option<Range<usize>> {
+        let s = self.state.lock();
+        let resident = |page: usize| s.resident.contains(&(map.region, map.offset_of(page)));
+        let start = (from.max(map.start)..map.end())
+            .step_by(PAGE_SIZE)
+            .find(|&p| resident(p))?;
+        let end = (start..map.end())
+            .step_by(PAGE_SIZE)
+            .find(|&p| !resident(p))
+            .unwrap_or(map.end());
+        Some(start..end)
     }
 
     fn poison(&self, _map: &MapInfo, range: Range<usize>) -> Result<(), MmError> {
