@@ -1,6 +1,6 @@
 //! Wrappers of the calls that name a path: the open family opens VFIO
 //! nodes through the front end; lookups of sysfs paths are redirected into
-//! the testbed.
+//! the testbed (the stat family is in [`crate::stat`]).
 
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
 
@@ -16,7 +16,7 @@ pub(crate) unsafe fn path_str<'a>(path: *const c_char) -> Option<&'a str> {
 }
 
 /// The redirected path for a lookup, if any.
-unsafe fn redirected(path: *const c_char) -> Option<CString> {
+pub(crate) unsafe fn redirected(path: *const c_char) -> Option<CString> {
     // SAFETY: `path` is the caller's NUL-terminated path (or null, which is checked).
     let p = unsafe { path_str(path) }?;
     let f = front()?;
@@ -139,10 +139,6 @@ macro_rules! path_first {
 path_first!(
     fopen = c"fopen"(mode: *const c_char) -> *mut c_void,
     fopen64 = c"fopen64"(mode: *const c_char) -> *mut c_void,
-    stat = c"stat"(buf: *mut c_void) -> c_int,
-    stat64 = c"stat64"(buf: *mut c_void) -> c_int,
-    lstat = c"lstat"(buf: *mut c_void) -> c_int,
-    lstat64 = c"lstat64"(buf: *mut c_void) -> c_int,
     access = c"access"(mode: c_int) -> c_int,
     euidaccess = c"euidaccess"(mode: c_int) -> c_int,
     readlink = c"readlink"(buf: *mut c_char, len: usize) -> isize,
@@ -168,11 +164,8 @@ macro_rules! path_second {
     )* };
 }
 path_second!(
-    fstatat = c"fstatat"(buf: *mut c_void, flags: c_int) -> c_int,
-    fstatat64 = c"fstatat64"(buf: *mut c_void, flags: c_int) -> c_int,
     faccessat = c"faccessat"(mode: c_int, flags: c_int) -> c_int,
     readlinkat = c"readlinkat"(buf: *mut c_char, len: usize) -> isize,
-    statx = c"statx"(flags: c_int, mask: c_uint, buf: *mut c_void) -> c_int,
 );
 
 /// `__readlinkat_chk`/`__readlink_chk` (fortified readlink).
