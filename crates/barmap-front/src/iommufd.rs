@@ -110,9 +110,14 @@ enum Object {
     Ioas(Ioas),
     /// A paging HWPT over an IOAS; `auto` if attaching a device to the
     /// IOAS made it (it goes away with its last device).
-    Hwpt { ioas: u32, auto: bool },
+    Hwpt {
+        ioas: u32,
+        auto: bool,
+    },
     /// A bound device (kept alive while bound).
-    Device { _dev: Arc<EmuDevice> },
+    Device {
+        _dev: Arc<EmuDevice>,
+    },
 }
 
 #[derive(Debug, Default)]
