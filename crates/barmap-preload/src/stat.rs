@@ -232,7 +232,8 @@ pub unsafe extern "C" fn statx(
     mask: c_uint,
     buf: *mut libc::statx,
 ) -> c_int {
-    let real = real!(c"statx" as fn(c_int, *const c_char, c_int, c_uint, *mut libc::statx) -> c_int);
+    let real =
+        real!(c"statx" as fn(c_int, *const c_char, c_int, c_uint, *mut libc::statx) -> c_int);
     // SAFETY: `path` is the caller's (or null); checked before reading.
     if unsafe { empty_path(path, flags) } {
         // SAFETY: the caller's arguments, to libc's definition of the same function.
