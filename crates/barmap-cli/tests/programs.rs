@@ -124,3 +124,20 @@ fn harness_passes_a_passing_program_and_fails_a_failing_one() {
         r.text
     );
 }
+
+// --- iommufd ---
+
+#[test]
+fn fstat_of_vfio_nodes_reports_char_devices_matching_sysfs() {
+    passes("fstat_of_vfio_nodes_reports_char_devices_matching_sysfs", &[]);
+}
+
+#[test]
+fn iommufd_hwpt_alloc_attach_replace_as_qemu_does() {
+    passes("iommufd_hwpt_alloc_attach_replace_as_qemu_does", &[]);
+}
+
+#[test]
+fn ioas_map_and_unmap_refuse_what_the_kernel_refuses() {
+    passes("ioas_map_and_unmap_refuse_what_the_kernel_refuses", &[]);
+}
