@@ -1,0 +1,118 @@
+#!/bin/sh
+# SPDX-License-Identifier: MIT
+#
+# QEMU's own vfio-pci on a barmap device: Debian's QEMU 10.0
+# (bookworm-backports), run under `barmap run`, passes the default device
+# to a guest, once through iommufd (-object iommufd) and once through the
+# legacy container and group. The guest (Debian's 6.1 cloud kernel and a
+# one-file initramfs, examples/qemu_guest_bar2.c as /init) finds the
+# device, maps its BAR2 through sysfs, writes a pattern, reads it back and
+# powers off. Passes when both guests print "barmap-guest: BAR2 PASS".
+#
+# Usage (as root, from the repository, after
+# `cargo build --release -p barmap-cli -p barmap-preload`):
+#   sh examples/qemu_vfio_pci.sh [iommufd|legacy|both]
+# Environment: BARMAP (the barmap binary, default target/release/barmap),
+# BARMAP_CACHE (default ~/.cache/barmap/guest), BARMAP_DEBIAN_MIRROR
+# (default http://deb.debian.org/debian).
+#
+# QEMU and the kernel are fetched with apt-get into a private apt root in
+# the cache and unpacked there with dpkg-deb; nothing is installed on the
+# host. The host needs apt, dpkg-deb, cc with a static libc, python3.
+set -eu
+
+paths=${1:-both}
+here=$(cd "$(dirname "$0")" && pwd)
+barmap=${BARMAP:-$here/../target/release/barmap}
+cache=${BARMAP_CACHE:-$HOME/.cache/barmap/guest}
+mirror=${BARMAP_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+root=$cache/apt/bookworm-qemu
+qemu=$cache/qemu-10.0
+work=$cache/qemu-vfio-pci
+keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+
+[ -x "$barmap" ] || { echo "no barmap at $barmap: cargo build --release -p barmap-cli -p barmap-preload" >&2; exit 2; }
+mkdir -p "$root/lists/partial" "$root/cache/archives/partial" "$root/debs" "$qemu" "$work"
+cat > "$root/sources.list" <<EOF
+deb [signed-by=$keyring] $mirror bookworm main
+deb [signed-by=$keyring] $mirror bookworm-backports main
+EOF
+apt_opts="-oDir::Etc::SourceList=$root/sources.list -oDir::Etc::SourceParts=/nonexistent \
+-oDir::State::Lists=$root/lists -oDir::Cache=$root/cache -oAPT::Sandbox::User=root -oDebug::NoLocking=1"
+
+if [ ! -f "$qemu/.unpacked" ]; then
+	# shellcheck disable=SC2086
+	apt-get $apt_opts -q update
+	kernel=$(apt-cache $apt_opts depends linux-image-cloud-amd64 |
+		sed -n 's/^ *Depends: \(linux-image-[0-9].*\)$/\1/p' | head -n1)
+	# QEMU 10.0 from bookworm-backports, the libraries it needs that a
+	# Debian 12 host may lack, the firmware, and the guest kernel.
+	(cd "$root/debs" && apt-get $apt_opts -q download \
+		qemu-system-x86/bookworm-backports qemu-system-common/bookworm-backports \
+		qemu-system-data/bookworm-backports seabios \
+		libcapstone4 libpmem1 libfdt1 librdmacm1 libibverbs1 libslirp0 libvdeplug2 \
+		libndctl6 libdaxctl1 libnl-3-200 libnl-route-3-200 "$kernel")
+	for deb in "$root"/debs/*.deb; do dpkg-deb -x "$deb" "$qemu"; done
+	touch "$qemu/.unpacked"
+fi
+export LD_LIBRARY_PATH="$qemu/usr/lib/x86_64-linux-gnu:$qemu/lib/x86_64-linux-gnu"
+bin=$qemu/usr/bin/qemu-system-x86_64
+if ldd "$bin" | grep 'not found'; then
+	echo "QEMU needs the libraries above: add their packages to this script" >&2
+	exit 2
+fi
+vmlinuz=$(ls "$qemu"/boot/vmlinuz-* | head -n1)
+
+# The initramfs: /init and the directories and console it needs.
+cc -static -O1 -Wall -Wextra -Werror -o "$work/init" "$here/qemu_guest_bar2.c"
+python3 - "$work/init" "$work/initrd.cpio" <<'EOF'
+import sys
+out, ino = b"", 1
+def entry(name, mode, data=b"", rdev=(0, 0)):
+    global out, ino
+    n = name.encode() + b"\0"
+    fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(n), 0]
+    h = b"070701" + b"".join(b"%08X" % v for v in fields) + n
+    out += h + b"\0" * (-len(h) % 4) + data + b"\0" * (-len(data) % 4)
+    ino += 1
+entry("dev", 0o40755)
+entry("sys", 0o40755)
+entry("dev/console", 0o20600, rdev=(5, 1))
+entry("init", 0o100755, open(sys.argv[1], "rb").read())
+entry("TRAILER!!!", 0)
+open(sys.argv[2], "wb").write(out + b"\0" * (-len(out) % 512))
+EOF
+
+# boot NAME VFIO_PCI_EXTRA [QEMU ARGS]: one guest; its console in NAME.log.
+boot() {
+	name=$1
+	extra=$2
+	shift 2
+	log=$work/$name.log
+	start=$(date +%s)
+	# shellcheck disable=SC2016
+	timeout 900 "$barmap" run -- sh -c \
+		'extra=$1; shift; exec "$@" -device "vfio-pci,host=$BARMAP_BDF$extra"' qemu "$extra" \
+		"$bin" -L "$qemu/usr/share/qemu" -L "$qemu/usr/share/seabios" \
+		-display none -nic none -no-reboot -machine q35 -accel tcg -m 512 \
+		-kernel "$vmlinuz" -initrd "$work/initrd.cpio" \
+		-append "console=ttyS0 panic=-1 quiet" -serial stdio -monitor none "$@" \
+		>"$log" 2>&1 || true
+	secs=$(($(date +%s) - start))
+	if grep -q '^barmap-guest: BAR2 PASS' "$log"; then
+		echo "$name: $(grep '^barmap-guest: BAR2 PASS' "$log") in ${secs} s"
+	else
+		echo "$name: FAIL after ${secs} s; the last lines of $log:"
+		tail -n 20 "$log"
+		return 1
+	fi
+}
+
+status=0
+if [ "$paths" != legacy ]; then
+	boot iommufd ",iommufd=iommufd0" -object iommufd,id=iommufd0 || status=1
+fi
+if [ "$paths" != iommufd ]; then
+	boot legacy "" || status=1
+fi
+exit $status
