@@ -129,7 +129,10 @@ fn harness_passes_a_passing_program_and_fails_a_failing_one() {
 
 #[test]
 fn fstat_of_vfio_nodes_reports_char_devices_matching_sysfs() {
-    passes("fstat_of_vfio_nodes_reports_char_devices_matching_sysfs", &[]);
+    passes(
+        "fstat_of_vfio_nodes_reports_char_devices_matching_sysfs",
+        &[],
+    );
 }
 
 #[test]
