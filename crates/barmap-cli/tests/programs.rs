@@ -104,7 +104,6 @@ fn passes(name: &str, args: &[&str]) {
 }
 
 /// Runs `name` once per correct policy.
-#[allow(dead_code)]
 fn passes_on_every_policy(name: &str, extra: &[&str]) {
     for p in POLICIES {
         let mut args = vec!["--policy", p];
@@ -122,6 +121,37 @@ fn harness_passes_a_passing_program_and_fails_a_failing_one() {
         r.text.contains("FAIL a check that is told to fail"),
         "{}",
         r.text
+    );
+}
+
+// --- fds and child tasks ---
+
+#[test]
+fn a_vfork_or_clone_vm_child_leaves_the_parents_revocation_working() {
+    passes_on_every_policy(
+        "a_vfork_or_clone_vm_child_leaves_the_parents_revocation_working",
+        &[],
+    );
+}
+
+#[test]
+fn device_fd_read_and_write_use_the_file_position() {
+    passes("device_fd_read_and_write_use_the_file_position", &[]);
+}
+
+#[test]
+fn inherited_and_received_vfio_fds_fail_and_never_report_success() {
+    passes(
+        "inherited_and_received_vfio_fds_fail_and_never_report_success",
+        &[],
+    );
+}
+
+#[test]
+fn a_closed_vfio_fd_number_reused_by_another_file_is_that_file() {
+    passes(
+        "a_closed_vfio_fd_number_reused_by_another_file_is_that_file",
+        &[],
     );
 }
 

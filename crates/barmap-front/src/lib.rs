@@ -25,6 +25,7 @@
 
 pub mod device;
 pub mod dma;
+pub mod fdtable;
 pub mod files;
 pub mod iommufd;
 pub mod irq;
@@ -37,12 +38,12 @@ pub mod testbed;
 pub mod type1;
 pub mod user;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicPtr, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::device::EmuDevice;
+use crate::fdtable::{FdTable, Kind, Slot};
 use crate::files::{Container, DeviceFile, File, Group, GROUP_OPEN};
 use crate::iommufd::Iommufd;
 use crate::paths::{Node, Route};
@@ -62,6 +63,7 @@ impl Errno {
     pub const EBUSY: Errno = Errno(libc::EBUSY);
     pub const EEXIST: Errno = Errno(libc::EEXIST);
     pub const ENODEV: Errno = Errno(libc::ENODEV);
+    pub const ESPIPE: Errno = Errno(libc::ESPIPE);
     pub const EINVAL: Errno = Errno(libc::EINVAL);
     pub const ENOSPC: Errno = Errno(libc::ENOSPC);
     pub const ENOTTY: Errno = Errno(libc::ENOTTY);
@@ -103,7 +105,7 @@ pub struct Front {
     spec: RunSpec,
     pid: u32,
     devices: Mutex<Vec<Option<Arc<EmuDevice>>>>,
-    files: RwLock<HashMap<i32, File>>,
+    files: FdTable,
     maps: Mutex<Vec<BarMap>>,
 }
 
@@ -115,14 +117,38 @@ static ABSENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::ne
 impl Front {
     /// The front end of this process, if the program runs under
     /// `barmap run` (`BARMAP_TESTBED` names a testbed). A forked child gets
-    /// a front end of its own (the parent's objects are the parent's).
+    /// a front end of its own (the parent's objects are the parent's); a
+    /// task that shares the address space of the process whose front end
+    /// this is (a vfork child, a `clone(CLONE_VM)` child) gets none: see
+    /// [`Front::task`].
     pub fn get() -> Option<&'static Front> {
-        let pid = std::process::id();
+        match Front::task()? {
+            Task::Own(f) => Some(f),
+            Task::Borrowed(_) => None,
+        }
+    }
+
+    /// The front end as the calling task sees it.
+    ///
+    /// The front end lives in the memory of the process that made it. A
+    /// child made by `fork()` has a copy of that memory (glibc's fork runs
+    /// the `pthread_atfork` child handler, which marks it): it makes a
+    /// front end of its own, and the fds it inherited are foreign there.
+    /// A child that shares the memory (vfork, `clone(CLONE_VM)`, or any
+    /// child that did not run the fork handlers) must leave the parent's
+    /// front end exactly as it was: it gets [`Task::Borrowed`], on which
+    /// the preload only reads (calls on VFIO fds fail with `ENODEV`, fd
+    /// operations go to the kernel alone).
+    pub fn task() -> Option<Task> {
         let current = FRONT.load(Ordering::Acquire);
         // SAFETY: a published front end is never freed.
         if let Some(f) = unsafe { current.as_ref() } {
+            let pid = fdtable::getpid_raw();
             if f.pid == pid {
-                return Some(f);
+                return Some(Task::Own(f));
+            }
+            if FORKED_CHILD.load(Ordering::Acquire) != pid {
+                return Some(Task::Borrowed(f));
             }
         }
         if ABSENT.load(Ordering::Relaxed) {
@@ -140,16 +166,57 @@ impl Front {
                 return None;
             }
         };
+        watch_forks();
         let fresh = Box::into_raw(Box::new(front));
         match FRONT.compare_exchange(current, fresh, Ordering::AcqRel, Ordering::Acquire) {
             // SAFETY: published, never freed from here on.
-            Ok(_) => Some(unsafe { &*fresh }),
+            Ok(_) => {
+                // SAFETY: just published, never freed.
+                let f = unsafe { &*fresh };
+                f.files.adopt_inherited(&f.testbed);
+                Some(Task::Own(f))
+            }
             Err(other) => {
                 // SAFETY: never published; ours to free.
                 drop(unsafe { Box::from_raw(fresh) });
                 // SAFETY: a published front end is never freed.
-                unsafe { other.as_ref() }
+                unsafe { other.as_ref() }.map(Task::Own)
             }
+        }
+    }
+
+    /// Whether the number `fd` has an entry in the front end's table, if
+    /// there is a front end: a test without any syscall, for the wrappers
+    /// of calls on every fd (close, dup).
+    pub fn known_number(fd: i32) -> bool {
+        let current = FRONT.load(Ordering::Acquire);
+        // SAFETY: a published front end is never freed.
+        unsafe { current.as_ref() }.is_some_and(|f| f.files.has_number(fd))
+    }
+
+    /// Where a call on `fd` goes, as the calling task sees it: the cheap
+    /// test (the number was never a front-end fd) comes first, so calls on
+    /// the program's other fds cost no syscall.
+    pub fn route_fd(fd: i32) -> FdRoute {
+        let current = FRONT.load(Ordering::Acquire);
+        // SAFETY: a published front end is never freed.
+        let known = unsafe { current.as_ref() }.is_some_and(|f| f.files.has_number(fd));
+        if !known && !current.is_null() {
+            return FdRoute::Pass;
+        }
+        match Front::task() {
+            None => FdRoute::Pass,
+            Some(Task::Own(f)) => match f.files.get(fd, true) {
+                None => FdRoute::Pass,
+                Some(Slot::Own(file)) => FdRoute::Serve(f, file),
+                Some(Slot::Foreign(kind)) => FdRoute::Refuse(kind, Errno::ENODEV),
+            },
+            // Read only: the table is the parent's.
+            Some(Task::Borrowed(f)) => match f.files.get(fd, false) {
+                None => FdRoute::Pass,
+                Some(Slot::Own(file)) => FdRoute::Refuse(Kind::of(&file), Errno::ENODEV),
+                Some(Slot::Foreign(kind)) => FdRoute::Refuse(kind, Errno::ENODEV),
+            },
         }
     }
 
@@ -161,7 +228,7 @@ impl Front {
             devices: Mutex::new(vec![None; spec.devices.len()]),
             spec,
             pid: std::process::id(),
-            files: RwLock::new(HashMap::new()),
+            files: FdTable::default(),
             maps: Mutex::new(Vec::new()),
         })
     }
@@ -211,8 +278,8 @@ impl Front {
             .collect()
     }
 
-    fn placeholder(&self, name: &str, cloexec: bool) -> Result<i32, Errno> {
-        let cname = std::ffi::CString::new(name).unwrap();
+    fn placeholder(&self, kind: Kind, cloexec: bool) -> Result<i32, Errno> {
+        let cname = std::ffi::CString::new(kind.memfd_name()).unwrap();
         let flags = if cloexec { libc::MFD_CLOEXEC } else { 0 };
         // SAFETY: memfd_create with a valid C string; a new fd or -1.
         let fd = unsafe { libc::memfd_create(cname.as_ptr(), flags) };
@@ -227,24 +294,38 @@ impl Front {
     }
 
     fn install(&self, file: File, cloexec: bool) -> Result<i32, Errno> {
-        let name = match &file {
-            File::Container(_) => "vfio-container",
-            File::Group(_) => "vfio-group",
-            File::Device(_) => "vfio-device",
-            File::Iommufd(_) => "iommufd",
+        let fd = self.placeholder(Kind::of(&file), cloexec)?;
+        self.install_at(fd, file)
+    }
+
+    /// Records `fd` (open, ours) as standing for `file`.
+    fn install_at(&self, fd: i32, file: File) -> Result<i32, Errno> {
+        let Some(id) = fdtable::identity(fd) else {
+            return Err(Errno::EBADF);
         };
-        let fd = self.placeholder(name, cloexec)?;
-        self.files.write().unwrap().insert(fd, file);
+        self.files.insert(fd, id, Slot::Own(file));
         Ok(fd)
     }
 
-    fn file(&self, fd: i32) -> Option<File> {
-        self.files.read().unwrap().get(&fd).cloned()
+    /// The file `fd` stands for, if it is one of this process's (and
+    /// still the same open file).
+    pub fn file(&self, fd: i32) -> Option<File> {
+        match self.files.get(fd, true)? {
+            Slot::Own(f) => Some(f),
+            Slot::Foreign(_) => None,
+        }
     }
 
-    /// Whether `fd` is one of the front end's.
+    /// Whether `fd` is one of the front end's fds (this process's or
+    /// another's), by the identity of its open file.
     pub fn owns(&self, fd: i32) -> bool {
-        self.files.read().unwrap().contains_key(&fd)
+        self.files.get(fd, true).is_some()
+    }
+
+    /// Records `fd`, received from another process (`SCM_RIGHTS`), as
+    /// foreign if it is a front-end file.
+    pub fn received(&self, fd: i32) {
+        self.files.adopt(fd, &self.testbed);
     }
 
     /// `open(path, flags)` of a VFIO node: a new fd, or the kernel's errno.
@@ -260,14 +341,30 @@ impl Front {
             Node::Container => File::Container(Arc::new(Container::default())),
             Node::Iommufd => File::Iommufd(Arc::new(Iommufd::default())),
             Node::Group(n) => {
-                let dev = self.device(find(&|d| d.group == n)?)?;
-                let mut open = dev.open.lock().unwrap();
-                if *open & GROUP_OPEN != 0 {
-                    return Err(Errno::EBUSY);
-                }
-                *open |= GROUP_OPEN;
-                drop(open);
-                File::Group(Arc::new(Group::new(dev)))
+                let index = find(&|d| d.group == n)?;
+                // The group's single open, across processes: the lock of
+                // the open file this fd names, held while any copy of it
+                // is open anywhere.
+                let lock = self.lock_group(n, cloexec)?;
+                self.files.sweep();
+                let opened = (|| {
+                    let dev = self.device(index)?;
+                    let mut open = dev.open.lock().unwrap();
+                    if *open & GROUP_OPEN != 0 {
+                        return Err(Errno::EBUSY);
+                    }
+                    *open |= GROUP_OPEN;
+                    drop(open);
+                    Ok(File::Group(Arc::new(Group::new(dev))))
+                })();
+                return match opened {
+                    Ok(file) => self.install_at(lock, file),
+                    Err(e) => {
+                        // SAFETY: our own fd, never handed out.
+                        unsafe { libc::close(lock) };
+                        Err(e)
+                    }
+                };
             }
             Node::Cdev(n) => {
                 let dev = self.device(find(&|d| d.cdev == n)?)?;
@@ -277,24 +374,67 @@ impl Front {
         self.install(file, cloexec)
     }
 
-    /// The program closed `fd` (already closed in the kernel).
-    pub fn close(&self, fd: i32) {
-        let file = self.files.write().unwrap().remove(&fd);
-        drop(file); // outside the lock: dropping may release a device
+    /// An open of the lock file of group `n`, locked: EBUSY while any
+    /// process holds the group open.
+    fn lock_group(&self, n: u32, cloexec: bool) -> Result<i32, Errno> {
+        let dir = locks_dir(&self.testbed);
+        let _ = std::fs::create_dir(&dir);
+        let path = std::ffi::CString::new(
+            dir.join(format!("group-{n}"))
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .map_err(|_| Errno::EINVAL)?;
+        let flags = libc::O_RDWR
+            | libc::O_CREAT
+            | libc::O_NOFOLLOW
+            | if cloexec { libc::O_CLOEXEC } else { 0 };
+        // SAFETY: a NUL-terminated path; a new fd or -1.
+        let fd = unsafe { libc::open(path.as_ptr(), flags, 0o600) };
+        if fd < 0 {
+            return Err(last_errno());
+        }
+        // SAFETY: flock on our own fd.
+        if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = last_errno();
+            // SAFETY: our own fd, never handed out.
+            unsafe { libc::close(fd) };
+            return Err(if e.0 == libc::EWOULDBLOCK {
+                Errno::EBUSY
+            } else {
+                e
+            });
+        }
+        Ok(fd)
     }
 
-    /// The program duplicated `old` as `new` (already done in the kernel).
+    /// The program closed `fd` (already closed in the kernel).
+    pub fn close(&self, fd: i32) {
+        drop(self.files.remove(fd)); // dropping may release a device
+    }
+
+    /// The program closed every fd in `first..=last` (`close_range`,
+    /// `closefrom`; already closed in the kernel).
+    pub fn close_range(&self, first: u32, last: u32) {
+        self.files.remove_range(first, last);
+    }
+
+    /// The program duplicated `old` as `new` (already done in the kernel):
+    /// `new` stands for what `old` does, and no longer for what it did.
     pub fn dup(&self, old: i32, new: i32) {
-        if let Some(f) = self.file(old) {
-            let replaced = self.files.write().unwrap().insert(new, f);
-            drop(replaced);
-        }
+        self.files.dup(old, new);
     }
 
     /// `ioctl(fd, req, arg)` on one of the front end's fds.
     pub fn ioctl(&self, fd: i32, req: u64, arg: usize) -> Result<i64, Errno> {
+        let file = self.file(fd).ok_or(Errno::EBADF)?;
+        self.ioctl_file(file, req, arg)
+    }
+
+    /// `ioctl` on `file`.
+    pub fn ioctl_file(&self, file: File, req: u64, arg: usize) -> Result<i64, Errno> {
         let lookup = |fd: i32| self.file(fd);
-        match self.file(fd).ok_or(Errno::EBADF)? {
+        match file {
             File::Container(c) => c.ioctl(req, arg),
             File::Iommufd(i) => i.ioctl(req, arg),
             File::Group(g) => g.ioctl(req, arg, &lookup, &|f| self.install(f, true)),
@@ -307,6 +447,46 @@ impl Front {
             Some(File::Device(d)) => Ok(d),
             Some(_) => Err(Errno::EINVAL),
             None => Err(Errno::EBADF),
+        }
+    }
+
+    /// `read(2)` on a device fd: at the file position, which it advances
+    /// (the position lives in the open file, shared by its duplicates;
+    /// `lseek` on a VFIO fd is `ESPIPE`, as on the kernel). `iov` is a list
+    /// of (address, length), served one after another as `readv` does.
+    pub fn read_at_position(
+        &self,
+        fd: i32,
+        iov: &[(usize, usize)],
+        write: bool,
+    ) -> Result<i64, Errno> {
+        let d = match self.file(fd).ok_or(Errno::EBADF)? {
+            File::Device(d) => d,
+            // No read or write method: vfs_read's EINVAL.
+            _ => return Err(Errno::EINVAL),
+        };
+        // SAFETY: lseek on an fd the table just checked.
+        let pos = unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) };
+        if pos < 0 {
+            return Err(last_errno());
+        }
+        let done = rw_vectored(&d.dev, iov, pos, write)?;
+        // SAFETY: as above.
+        unsafe { libc::lseek(fd, pos + done, libc::SEEK_SET) };
+        Ok(done)
+    }
+
+    /// `preadv`/`pwritev` on a device fd at `off`.
+    pub fn rw_at(
+        &self,
+        fd: i32,
+        iov: &[(usize, usize)],
+        off: i64,
+        write: bool,
+    ) -> Result<i64, Errno> {
+        match self.file(fd).ok_or(Errno::EBADF)? {
+            File::Device(d) => rw_vectored(&d.dev, iov, off, write),
+            _ => Err(Errno::EINVAL),
         }
     }
 
@@ -373,10 +553,9 @@ impl Front {
     pub fn digest(&self) -> String {
         let files: std::collections::BTreeMap<i32, String> = self
             .files
-            .read()
-            .unwrap()
-            .iter()
-            .map(|(fd, f)| (*fd, format!("{f:?}")))
+            .snapshot()
+            .into_iter()
+            .map(|(fd, f)| (fd, format!("{f:?}")))
             .collect();
         let mut out = format!("{files:?}");
         for d in self.devices() {
@@ -405,4 +584,90 @@ impl Front {
             .collect();
         serde_json::json!({ "pid": self.pid, "devices": devices })
     }
+}
+
+/// How the calling task sees the front end ([`Front::task`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Task {
+    /// The process's own front end.
+    Own(&'static Front),
+    /// The front end of the process whose memory this task shares (a vfork
+    /// or `clone(CLONE_VM)` child): to be read, never changed.
+    Borrowed(&'static Front),
+}
+
+/// Where a call on an fd goes ([`Front::route_fd`]).
+#[derive(Debug, Clone)]
+pub enum FdRoute {
+    /// Not a front-end file: the kernel serves it.
+    Pass,
+    /// One of this process's open files.
+    Serve(&'static Front, File),
+    /// A front-end file this task cannot reach (another process's, or a
+    /// task sharing this process's memory): the call fails with the errno.
+    Refuse(Kind, Errno),
+}
+
+/// The pid of this process if it began as a `fork()` child of a process
+/// with a front end (set by the `pthread_atfork` child handler).
+static FORKED_CHILD: AtomicU32 = AtomicU32::new(0);
+
+extern "C" fn after_fork_in_child() {
+    FORKED_CHILD.store(fdtable::getpid_raw(), Ordering::Release);
+}
+
+/// Registers the fork handler, once.
+fn watch_forks() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: registers a plain extern "C" fn without arguments.
+        unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+    });
+}
+
+/// The directory of the groups' lock files in a testbed.
+pub fn locks_dir(testbed: &Path) -> PathBuf {
+    testbed.join("locks")
+}
+
+fn last_errno() -> Errno {
+    Errno(
+        std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO),
+    )
+}
+
+/// Reads or writes the device at `pos`, one buffer after another, as the
+/// kernel's `readv` does with a file that has only `read`: stops at the
+/// first short transfer; an error after some bytes moved returns those.
+fn rw_vectored(
+    dev: &EmuDevice,
+    iov: &[(usize, usize)],
+    pos: i64,
+    write: bool,
+) -> Result<i64, Errno> {
+    if pos < 0 {
+        return Err(Errno::EINVAL);
+    }
+    let mut done: i64 = 0;
+    for &(buf, len) in iov {
+        let at = pos.checked_add(done).ok_or(Errno::EINVAL)?;
+        let r = if write {
+            device::pwrite(dev, buf, len, at as u64)
+        } else {
+            device::pread(dev, buf, len, at as u64)
+        };
+        match r {
+            Ok(n) => {
+                done += n;
+                if (n as usize) < len {
+                    break;
+                }
+            }
+            Err(e) if done == 0 => return Err(e),
+            Err(_) => break,
+        }
+    }
+    Ok(done)
 }

@@ -112,7 +112,12 @@ impl Front {
     /// device fd from `VFIO_GROUP_GET_DEVICE_FD` (an anonymous inode on
     /// the kernel, no device node).
     pub fn stat_of_fd(&self, fd: i32) -> Option<NodeStat> {
-        let node = match self.file(fd)? {
+        self.stat_of_file(&self.file(fd)?)
+    }
+
+    /// What `fstat` reports for an fd of `file` (see [`Front::stat_of_fd`]).
+    pub fn stat_of_file(&self, file: &File) -> Option<NodeStat> {
+        let node = match file {
             File::Container(_) => Node::Container,
             File::Iommufd(_) => Node::Iommufd,
             File::Group(g) => Node::Group(g.device().spec.group),

@@ -18,10 +18,10 @@
 #![allow(clippy::missing_safety_doc)]
 
 use std::cell::Cell;
-use std::ffi::CStr;
+use std::ffi::{c_int, CStr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use barmap_front::{Errno, Front};
+use barmap_front::{Errno, FdRoute, Front, Task};
 
 thread_local! {
     /// This thread is inside the front end: its libc calls pass through.
@@ -39,19 +39,45 @@ pub(crate) fn guarded<R>(f: impl FnOnce() -> R) -> Option<R> {
     Some(r)
 }
 
-/// The front end, unless this thread is inside it already.
+/// The front end, unless this thread is inside it already, or this task
+/// shares the memory of the process whose front end it is (a vfork or
+/// `clone(CLONE_VM)` child: see [`task`]).
 pub(crate) fn front() -> Option<&'static Front> {
+    match task()? {
+        Task::Own(f) => Some(f),
+        Task::Borrowed(_) => None,
+    }
+}
+
+/// How this task sees the front end, unless this thread is inside it.
+pub(crate) fn task() -> Option<Task> {
     if BUSY.with(Cell::get) {
         return None;
     }
     guarded(|| {
-        let f = Front::get();
-        if f.is_some() {
+        let t = Front::task();
+        if let Some(Task::Own(_)) = t {
             register_report();
         }
-        f
+        t
     })
     .flatten()
+}
+
+/// Where a call on `fd` goes; `Pass` while this thread is inside the
+/// front end.
+pub(crate) fn route(fd: c_int) -> FdRoute {
+    if BUSY.with(Cell::get) {
+        return FdRoute::Pass;
+    }
+    guarded(|| {
+        let r = Front::route_fd(fd);
+        if let FdRoute::Serve(..) = r {
+            register_report();
+        }
+        r
+    })
+    .unwrap_or(FdRoute::Pass)
 }
 
 pub(crate) fn set_errno(e: Errno) {

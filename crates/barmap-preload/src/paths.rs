@@ -4,7 +4,9 @@
 
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
 
-use crate::{front, guarded, set_errno};
+use barmap_front::{Errno, Task};
+
+use crate::{guarded, set_errno, task};
 
 /// `path` as a string, if it is a valid C string in UTF-8.
 pub(crate) unsafe fn path_str<'a>(path: *const c_char) -> Option<&'a str> {
@@ -19,7 +21,9 @@ pub(crate) unsafe fn path_str<'a>(path: *const c_char) -> Option<&'a str> {
 pub(crate) unsafe fn redirected(path: *const c_char) -> Option<CString> {
     // SAFETY: `path` is the caller's NUL-terminated path (or null, which is checked).
     let p = unsafe { path_str(path) }?;
-    let f = front()?;
+    let f = match task()? {
+        Task::Own(f) | Task::Borrowed(f) => f, // a lookup changes nothing
+    };
     let to = guarded(|| f.redirect(p)).flatten()?;
     CString::new(to.into_os_string().into_encoded_bytes()).ok()
 }
@@ -28,7 +32,18 @@ pub(crate) unsafe fn redirected(path: *const c_char) -> Option<CString> {
 unsafe fn open_node(path: *const c_char, flags: c_int) -> Option<c_int> {
     // SAFETY: `path` is the caller's NUL-terminated path (or null, which is checked).
     let p = unsafe { path_str(path) }?;
-    let f = front()?;
+    let f = match task()? {
+        Task::Own(f) => f,
+        Task::Borrowed(f) => {
+            // A task sharing the parent's memory must not open anything in
+            // the parent's front end: its opens of VFIO nodes fail.
+            if guarded(|| f.serves(p))? {
+                set_errno(Errno::ENODEV);
+                return Some(-1);
+            }
+            return None;
+        }
+    };
     if !guarded(|| f.serves(p))? {
         return None;
     }

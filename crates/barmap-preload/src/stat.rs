@@ -12,22 +12,30 @@
 use std::ffi::{c_char, c_int, c_uint, CString};
 
 use barmap_front::nodes::NodeStat;
+use barmap_front::{FdRoute, Task};
 
 use crate::paths::{path_str, redirected};
-use crate::{front, guarded};
+use crate::{guarded, route, task};
 
-/// The node that `path` names, if it is one of the front end's.
+/// The node that `path` names, if it is one of the front end's (a
+/// lookup: in a task sharing the process's memory too).
 unsafe fn node_of_path(path: *const c_char) -> Option<NodeStat> {
     // SAFETY: `path` is the caller's NUL-terminated path (or null, which is checked).
     let p = unsafe { path_str(path) }?;
-    let f = front()?;
+    let f = match task()? {
+        Task::Own(f) | Task::Borrowed(f) => f,
+    };
     guarded(|| f.stat_of_node(p)).flatten()
 }
 
-/// The node that `fd` was opened from, if it is one of the front end's.
+/// The node that `fd` was opened from, if it is one of this process's
+/// front-end files. (An fd this task cannot reach, inherited or received,
+/// stays what the kernel says of its placeholder.)
 fn node_of_fd(fd: c_int) -> Option<NodeStat> {
-    let f = front()?;
-    guarded(|| f.stat_of_fd(fd)).flatten()
+    match route(fd) {
+        FdRoute::Serve(f, file) => guarded(|| f.stat_of_file(&file)).flatten(),
+        _ => None,
+    }
 }
 
 fn placeholder(n: &NodeStat) -> Option<CString> {

@@ -71,6 +71,9 @@ impl Family for FaultRtt {
             }
             r.measurements.push(m);
             let mut f = hist_measurement("uffd_floor_rtt", &floors[k]);
+            if k == 0 {
+                r.uffd_floor_p50 = f.median;
+            }
             f.mode = Some(mname.into());
             f.service_threads = Some(1);
             f.ratio = Some(f.median / wakeup_us);

@@ -19,7 +19,9 @@
 //! - `populate` ([`populate`]): first touch (a read) of every page of a
 //!   mapping by 1 and by N threads (contiguous slices), per policy, and
 //!   `native`: the same on a plain MAP_SHARED view of a memfd without
-//!   userfaultfd ([`native`]). `page`, which serves one fault per page, runs
+//!   userfaultfd ([`native`]); `populate_floor`: `MADV_POPULATE_READ` of
+//!   such a view, the kernel filling the page tables by itself, which
+//!   every populate and storm is also stated against (`floor_ratio`). `page`, which serves one fault per page, runs
 //!   at a smaller size (its ratio is to native at that size).
 //! - `storm`, `storm_nice`, `populate_nice` ([`storm`]): N threads released
 //!   at once, touching interleaved pages of one mapping, so that they fault
@@ -255,6 +257,15 @@ struct Results {
     single_default: f64,
     /// Storm / single-thread populate, default policy.
     storm_ratio: f64,
+    /// Storm / the same storm on a native view, default policy.
+    storm_vs_native: f64,
+    /// Default policy, N threads: populate / native N threads.
+    populate_n_ratio: f64,
+    /// `MADV_POPULATE_READ` of a native view, median (ms) by size: the
+    /// floor every populate and storm is also stated against.
+    floor_med: HashMap<usize, f64>,
+    /// Bare userfaultfd loop round trip (poll), p50 (us).
+    uffd_floor_p50: f64,
     huge: HugeReport,
     hugetlb: HugetlbReport,
     /// Zap of 1024 populated mappings, per mapping (us).

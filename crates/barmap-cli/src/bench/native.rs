@@ -63,6 +63,32 @@ impl Native {
     }
 }
 
+/// The floor: `MADV_POPULATE_READ` of a fresh native view of `len` bytes
+/// (the kernel filling the page tables by itself, no touch, no fault
+/// round trip), `reps + 1` times (the first is a warm-up); times in ms.
+pub(super) fn populate_floor(native: &Native, len: usize, reps: usize) -> Result<Vec<f64>, String> {
+    let mut times = Vec::new();
+    for rep in 0..=reps {
+        let v = native.view(len)?;
+        let started = std::time::Instant::now();
+        // SAFETY: madvise on the whole of a view this function owns.
+        let rc =
+            unsafe { libc::madvise(v.0.addr as *mut libc::c_void, len, libc::MADV_POPULATE_READ) };
+        let t = started.elapsed();
+        if rc != 0 {
+            return Err(errno_str(
+                "MADV_POPULATE_READ",
+                std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
+            ));
+        }
+        drop(v);
+        if rep > 0 {
+            times.push(ms(t));
+        }
+    }
+    Ok(times)
+}
+
 /// Touches every page of a fresh native view of `len` bytes with `threads`
 /// threads, `reps + 1` times (the first is a warm-up); returns the times in
 /// ms and the wrong reads.

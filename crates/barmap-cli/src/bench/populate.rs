@@ -5,7 +5,7 @@
 use barmap::{Policy, WaitMode};
 
 use super::dev::{device, path_errors, populate_dev};
-use super::native::{populate_native, Native};
+use super::native::{populate_floor, populate_native, Native};
 use super::report::timing;
 use super::{Bench, Family, Results};
 
@@ -37,6 +37,21 @@ impl Family for Populate {
             r.native_med.insert((len, thr), m.median);
             r.measurements.push(m);
         }
+        for len in [size, b.small] {
+            if r.floor_med.contains_key(&len) {
+                continue;
+            }
+            let t = populate_floor(native, len, reps)?;
+            let mut m = timing("populate_floor", "ms", &t);
+            m.policy = Some("native".into());
+            m.mode = Some("madvise".into());
+            m.threads = Some(1);
+            m.size_bytes = Some(len);
+            m.ratio = Some(m.median / r.native_med[&(len, 1)]);
+            m.ratio_to = Some("native 1 thread(s)".into());
+            r.floor_med.insert(len, m.median);
+            r.measurements.push(m);
+        }
         for policy in Policy::ALL {
             b.progress(&format!("populate: {policy}"));
             let dev = device(size, policy, None, WaitMode::Poll)?;
@@ -52,9 +67,13 @@ impl Family for Populate {
                 m.bug_events = Some(st.bugs);
                 m.ratio = Some(m.median / r.native_med[&(len, thr)]);
                 m.ratio_to = Some(format!("native {} thread(s)", thr));
+                m.floor_ratio = Some(m.median / r.floor_med[&len]);
                 if policy == Policy::default() && thr == 1 {
                     r.populate_ratio = m.ratio.unwrap_or(0.0);
                     r.single_default = m.median;
+                }
+                if policy == Policy::default() && thr == threads {
+                    r.populate_n_ratio = m.ratio.unwrap_or(0.0);
                 }
                 r.measurements.push(m);
             }

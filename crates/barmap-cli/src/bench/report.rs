@@ -35,6 +35,9 @@ pub(super) struct Measurement {
     pub(super) ratio: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) ratio_to: Option<String>,
+    /// Median / `MADV_POPULATE_READ` of a native view of the same size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) floor_ratio: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) p99: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -116,7 +119,10 @@ struct Machine {
 #[derive(Debug, Clone, Serialize, Default)]
 pub(super) struct Report {
     populate_ratio_vs_native: f64,
+    populate_n_ratio_vs_native_n: f64,
     storm_ratio_vs_single: f64,
+    storm_ratio_vs_native_storm: f64,
+    fault_p50_ratio_vs_uffd_floor: f64,
     fault_p50_us: f64,
     fault_p99_us: f64,
     wakeup_rtt_us: f64,
@@ -151,13 +157,21 @@ impl Report {
             fault_p50,
             fault_p99,
             populate_ratio,
+            populate_n_ratio,
             storm_ratio,
+            storm_vs_native,
+            uffd_floor_p50,
             huge,
             hugetlb,
             zap_per_mapping,
             ..
         } = results;
         let fault_ratio = fault_p50 / wakeup_us;
+        let fault_floor_ratio = if uffd_floor_p50 > 0.0 {
+            fault_p50 / uffd_floor_p50
+        } else {
+            0.0
+        };
         let targets = [
             Target {
                 what: "populate default policy 1 thread / native",
@@ -177,15 +191,43 @@ impl Report {
                 limit: 1.0,
                 met: fault_ratio <= 1.0,
             },
+            Target {
+                what: "populate default policy N threads / native N threads",
+                value: populate_n_ratio,
+                limit: 1.0,
+                met: populate_n_ratio <= 1.0,
+            },
+            Target {
+                what: "storm / native storm (same threads)",
+                value: storm_vs_native,
+                limit: 1.0,
+                met: storm_vs_native <= 1.0,
+            },
+            Target {
+                what: "isolated fault p50 (poll) / bare userfaultfd loop p50",
+                value: fault_floor_ratio,
+                limit: 1.05,
+                met: fault_floor_ratio <= 1.05,
+            },
         ]
         .into_iter()
-        .zip([&["populate"][..], &["populate", "storm"], &["fault_rtt"]])
+        .zip([
+            &["populate"][..],
+            &["populate", "storm"],
+            &["fault_rtt"],
+            &["populate"],
+            &["populate", "storm"],
+            &["fault_rtt"],
+        ])
         .filter(|(_, needs)| needs.iter().all(|f| bench.runs(f)))
         .map(|(t, _)| t)
         .collect();
         Report {
             populate_ratio_vs_native: populate_ratio,
+            populate_n_ratio_vs_native_n: populate_n_ratio,
             storm_ratio_vs_single: storm_ratio,
+            storm_ratio_vs_native_storm: storm_vs_native,
+            fault_p50_ratio_vs_uffd_floor: fault_floor_ratio,
             fault_p50_us: fault_p50,
             fault_p99_us: fault_p99,
             wakeup_rtt_us: wakeup_us,
@@ -236,8 +278,23 @@ impl Report {
         );
         let _ = writeln!(
             s,
+            "  populate_n_ratio_vs_native_n {:.3}",
+            self.populate_n_ratio_vs_native_n
+        );
+        let _ = writeln!(
+            s,
             "  storm_ratio_vs_single       {:.3}",
             self.storm_ratio_vs_single
+        );
+        let _ = writeln!(
+            s,
+            "  storm_ratio_vs_native_storm {:.3}",
+            self.storm_ratio_vs_native_storm
+        );
+        let _ = writeln!(
+            s,
+            "  fault_p50_ratio_vs_uffd_floor {:.3}",
+            self.fault_p50_ratio_vs_uffd_floor
         );
         let _ = writeln!(s, "  fault_p50_us                {:.1}", self.fault_p50_us);
         let _ = writeln!(s, "  fault_p99_us                {:.1}", self.fault_p99_us);
@@ -262,6 +319,9 @@ impl Report {
             let mut extra = String::new();
             if let Some(to) = &m.ratio_to {
                 let _ = write!(extra, "vs {to}; ");
+            }
+            if let Some(f) = m.floor_ratio {
+                let _ = write!(extra, "{f:.3}x MADV_POPULATE_READ; ");
             }
             if let (Some(p99), Some(p999)) = (m.p99, m.p999) {
                 let _ = write!(extra, "p99 {p99:.1} p999 {p999:.1}; ");

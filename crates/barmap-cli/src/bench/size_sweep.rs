@@ -1,4 +1,4 @@
-//! `populate_sweep` (with `--plot` only): populate time (1 thread, median of
+//! `populate_sweep` (with `--plot` only): populate time (1 and N threads, median of
 //! up to 3) vs mapping size, per policy and native, drawn as an SVG.
 
 use barmap::{Policy, WaitMode};
@@ -24,7 +24,11 @@ impl Family for SizeSweep {
                 r.measurements.push(Measurement {
                     name: "populate_sweep".into(),
                     policy: Some(name.clone()),
-                    threads: Some(1),
+                    threads: Some(if name.ends_with(&format!(" x{}", b.threads)) {
+                        b.threads
+                    } else {
+                        1
+                    }),
                     size_bytes: Some(len),
                     unit: "ms",
                     median: t,
@@ -41,8 +45,25 @@ impl Family for SizeSweep {
     }
 }
 
-/// Populate time (1 thread, median) vs size, per policy and native.
+/// Populate time (median) vs size, per policy and native, with 1 thread
+/// and with the run's N threads (series named `<policy> xN`).
 fn size_sweep(b: &Bench, native: &Native) -> Result<Series, String> {
+    let mut series = size_sweep_with(b, native, 1)?;
+    if b.threads > 1 {
+        series.extend(size_sweep_with(b, native, b.threads)?);
+    }
+    Ok(series)
+}
+
+/// One thread count's series.
+fn size_sweep_with(b: &Bench, native: &Native, threads: usize) -> Result<Series, String> {
+    let tag = |name: &str| {
+        if threads == 1 {
+            name.to_string()
+        } else {
+            format!("{name} x{threads}")
+        }
+    };
     let reps = b.reps.min(3);
     let mut sizes: Vec<usize> = [4 * MIB, 16 * MIB, 64 * MIB, 256 * MIB]
         .into_iter()
@@ -50,14 +71,17 @@ fn size_sweep(b: &Bench, native: &Native) -> Result<Series, String> {
         .collect();
     sizes.push(b.size);
     let mut series: Series = Vec::new();
-    b.progress("size sweep: native");
+    b.progress(&format!("size sweep: native, {threads} thread(s)"));
     let mut pts = Vec::new();
     for &len in &sizes {
-        pts.push((len, summarize(&populate_native(native, len, 1, reps)?.0).0));
+        pts.push((
+            len,
+            summarize(&populate_native(native, len, threads, reps)?.0).0,
+        ));
     }
-    series.push(("native".into(), pts));
+    series.push((tag("native"), pts));
     for policy in Policy::ALL {
-        b.progress(&format!("size sweep: {policy}"));
+        b.progress(&format!("size sweep: {policy}, {threads} thread(s)"));
         let dev = device(b.size, policy, None, WaitMode::Poll)?;
         let mut pts = Vec::new();
         for &len in sizes
@@ -66,10 +90,10 @@ fn size_sweep(b: &Bench, native: &Native) -> Result<Series, String> {
         {
             pts.push((
                 len,
-                summarize(&populate_dev(&dev, len, 1, false, reps)?.0).0,
+                summarize(&populate_dev(&dev, len, threads, false, reps)?.0).0,
             ));
         }
-        series.push((policy.name().into(), pts));
+        series.push((tag(policy.name()), pts));
     }
     Ok(series)
 }

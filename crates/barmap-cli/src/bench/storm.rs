@@ -38,7 +38,9 @@ impl Family for Storm {
         m.errors = Some(errors + path_errors(&st));
         m.ratio = Some(m.median / r.single_default);
         m.ratio_to = Some("populate 1 thread, same policy".into());
+        m.floor_ratio = Some(m.median / r.floor_med[&size]);
         r.storm_ratio = m.ratio.unwrap_or(0.0);
+        let storm_median = m.median;
         r.measurements.push(m);
         // The same storm without userfaultfd: what 64 threads on
         // this machine's cores cost by themselves.
@@ -57,6 +59,8 @@ impl Family for Storm {
         m.size_bytes = Some(size);
         m.ratio = Some(m.median / r.native_med[&(size, 1)]);
         m.ratio_to = Some("native populate 1 thread".into());
+        m.floor_ratio = Some(m.median / r.floor_med[&size]);
+        r.storm_vs_native = storm_median / m.median;
         r.measurements.push(m);
         // Experiment: service threads at a higher priority than the
         // touching threads (root only; skipped otherwise).

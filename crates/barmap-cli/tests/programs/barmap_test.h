@@ -139,6 +139,44 @@ static inline volatile uint8_t *bt_map(struct bt_dev *d, uint32_t index, uint64_
 }
 
 
+#include <setjmp.h>
+
+static sigjmp_buf bt_jmp;
+static volatile sig_atomic_t bt_jmp_armed;
+
+static void bt_on_sigbus(int sig, siginfo_t *info, void *ctx)
+{
+	(void)sig;
+	(void)info;
+	(void)ctx;
+	if (bt_jmp_armed)
+		siglongjmp(bt_jmp, 1);
+	_exit(99);
+}
+
+/* Installs a SIGBUS handler that bt_read_sigbus recovers from. */
+static inline void bt_catch_sigbus(void)
+{
+	struct sigaction sa = { .sa_sigaction = bt_on_sigbus, .sa_flags = SA_SIGINFO };
+
+	sigemptyset(&sa.sa_mask);
+	DIE_UNLESS(sigaction(SIGBUS, &sa, NULL) == 0, "sigaction SIGBUS");
+}
+
+/* Reads the 64-bit word at `p`: 1 and the value in *out, or 0 if the read
+ * raised SIGBUS (bt_catch_sigbus first). */
+static inline int bt_read_or_sigbus(volatile uint8_t *p, uint64_t *out)
+{
+	if (sigsetjmp(bt_jmp, 1)) {
+		bt_jmp_armed = 0;
+		return 0;
+	}
+	bt_jmp_armed = 1;
+	*out = *(volatile uint64_t *)p;
+	bt_jmp_armed = 0;
+	return 1;
+}
+
 static inline int bt_exit(void)
 {
 	printf("%s: %d failed\n", bt_failures ? "FAIL" : "PASS", bt_failures);
