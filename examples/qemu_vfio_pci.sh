@@ -18,7 +18,9 @@
 #   sh examples/qemu_vfio_pci.sh [iommufd|legacy|both] [ioat]
 # Environment: BARMAP (the barmap binary, default target/release/barmap),
 # BARMAP_CACHE (default ~/.cache/barmap/guest), BARMAP_DEBIAN_MIRROR
-# (default http://deb.debian.org/debian).
+# (default http://deb.debian.org/debian), BARMAP_QEMU: 10.0 (default) or
+# 11.1 (trixie-backports: it needs trixie's glibc, so its whole library
+# closure is unpacked and it runs through trixie's own ld.so).
 #
 # QEMU and the kernels are fetched with apt-get into a private apt root in
 # the cache and unpacked there with dpkg-deb; nothing is installed on the
@@ -76,11 +78,53 @@ if [ -n "$ioat" ] && [ ! -f "$qemu/.generic" ]; then
 fi
 export LD_LIBRARY_PATH="$qemu/usr/lib/x86_64-linux-gnu:$qemu/lib/x86_64-linux-gnu"
 bin=$qemu/usr/bin/qemu-system-x86_64
+firmware=$qemu
 if ldd "$bin" | grep 'not found'; then
 	echo "QEMU needs the libraries above: add their packages to this script" >&2
 	exit 2
 fi
 vmlinuz=$(ls "$qemu"/boot/vmlinuz-*-cloud-amd64 | head -n1)
+
+if [ "${BARMAP_QEMU:-10.0}" = 11.1 ]; then
+	troot=$cache/apt/trixie-qemu
+	q11=$cache/qemu-11.1
+	mkdir -p "$troot/lists/partial" "$troot/cache/archives/partial" "$troot/debs" "$q11"
+	cat > "$troot/sources.list" <<EOF
+deb [signed-by=$keyring] $mirror trixie main
+deb [signed-by=$keyring] $mirror trixie-backports main
+EOF
+	topts="-oDir::Etc::SourceList=$troot/sources.list -oDir::Etc::SourceParts=/nonexistent \
+-oDir::State::Lists=$troot/lists -oDir::Cache=$troot/cache -oAPT::Sandbox::User=root \
+-oDebug::NoLocking=1 -oDir::State::status=/dev/null"
+	if [ ! -f "$q11/.unpacked" ]; then
+		# shellcheck disable=SC2086
+		apt-get $topts -q update
+		# shellcheck disable=SC2086
+		v=$(apt-cache $topts madison qemu-system-x86 | awk -F'|' '/backports/ {gsub(/ /, "", $2); print $2; exit}')
+		# QEMU 11.1 and everything it needs, libc included.
+		# shellcheck disable=SC2086
+		apt-cache $topts depends --recurse --no-recommends --no-suggests --no-conflicts \
+			--no-breaks --no-replaces --no-enhances --no-pre-depends \
+			"qemu-system-x86=$v" "qemu-system-common=$v" "qemu-system-data=$v" |
+			grep -v '^ \|^<\|^qemu-system' | sort -u >"$troot/packages"
+		# shellcheck disable=SC2086
+		(cd "$troot/debs" && xargs apt-get $topts -q download <"$troot/packages" &&
+			apt-get $topts -q download "qemu-system-x86=$v" "qemu-system-common=$v" \
+				"qemu-system-data=$v")
+		for deb in "$troot"/debs/*.deb; do dpkg-deb -x "$deb" "$q11"; done
+		touch "$q11/.unpacked"
+	fi
+	cat >"$work/qemu-11.1" <<EOF
+#!/bin/sh
+exec "$q11/usr/lib64/ld-linux-x86-64.so.2" \
+	--library-path "$q11/usr/lib/x86_64-linux-gnu:$q11/lib/x86_64-linux-gnu" \
+	"$q11/usr/bin/qemu-system-x86_64" "\$@"
+EOF
+	chmod +x "$work/qemu-11.1"
+	unset LD_LIBRARY_PATH
+	bin=$work/qemu-11.1
+	firmware=$q11
+fi
 
 # An initramfs: /init, the directories and console it needs, and modules.
 cc -static -O1 -Wall -Wextra -Werror -o "$work/init" "$here/qemu_guest_bar2.c"
@@ -123,7 +167,7 @@ boot() {
 	# shellcheck disable=SC2016
 	timeout 900 "$barmap" run --device "$device" -- sh -c \
 		'extra=$1; shift; exec "$@" -device "vfio-pci,host=$BARMAP_BDF$extra"' qemu "$extra" \
-		"$bin" -L "$qemu/usr/share/qemu" -L "$qemu/usr/share/seabios" \
+		"$bin" -L "$firmware/usr/share/qemu" -L "$firmware/usr/share/seabios" \
 		-display none -nic none -no-reboot -machine q35 -accel tcg -m 512 \
 		-kernel "$kernel" -initrd "$initrd" \
 		-append "console=ttyS0 panic=-1 quiet" -serial stdio -monitor none "$@" \
