@@ -717,3 +717,23 @@ fn a_touch_past_the_memory_limit_gets_sigbus() {
         );
     }
 }
+
+// --- iommufd ---
+
+#[test]
+fn fstat_of_vfio_nodes_reports_char_devices_matching_sysfs() {
+    passes(
+        "fstat_of_vfio_nodes_reports_char_devices_matching_sysfs",
+        &[],
+    );
+}
+
+#[test]
+fn iommufd_hwpt_alloc_attach_replace_as_qemu_does() {
+    passes("iommufd_hwpt_alloc_attach_replace_as_qemu_does", &[]);
+}
+
+#[test]
+fn ioas_map_and_unmap_refuse_what_the_kernel_refuses() {
+    passes("ioas_map_and_unmap_refuse_what_the_kernel_refuses", &[]);
+}

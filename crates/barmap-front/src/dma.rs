@@ -110,6 +110,25 @@ enum Held {
     /// Private memory past the watch table's size: reached at the
     /// program's address, unwatched.
     Unwatched,
+    /// Not pinned yet: an IOAS without a domain, which no device reaches.
+    Deferred,
+}
+
+/// How the pages of `m` are held once it is pinned: EFAULT-class
+/// [`DmaError::Fault`] if they cannot be.
+fn hold(m: &DmaMapping) -> Result<Held, DmaError> {
+    Ok(if crate::is_bar_memory(m.vaddr, m.size) {
+        Held::Mmio
+    } else {
+        let segments = pinnable(m.vaddr, m.size, m.write).ok_or(DmaError::Fault)?;
+        let shared = segments.iter().all(|s| s.2);
+        let spans: Vec<(u64, u64)> = segments.iter().map(|s| (s.0, s.1)).collect();
+        match shared.then(|| Alias::of(m.vaddr, m.size, &spans)).flatten() {
+            Some(a) => Held::Pinned(a),
+            None => Watch::new(m.vaddr, m.vaddr + m.size, m.write)
+                .map_or(Held::Unwatched, Held::Watched),
+        }
+    })
 }
 
 /// A second mapping of a shared range's pages, made at DMA map time.
@@ -591,6 +610,10 @@ impl DmaTable {
     /// readable, and writable for a map the device may write) and records
     /// it, holding its pages (see the module's notes on pinning).
     pub fn map(&mut self, m: DmaMapping) -> Result<(), DmaError> {
+        self.map_with(m, true)
+    }
+
+    fn map_with(&mut self, m: DmaMapping, pin: bool) -> Result<(), DmaError> {
         if m.size == 0 || m.iova % IOMMU_PAGE != 0 || m.size % IOMMU_PAGE != 0 {
             return Err(DmaError::Invalid);
         }
@@ -612,20 +635,36 @@ impl DmaTable {
         if self.overlaps(m.iova, m.size) {
             return Err(DmaError::Exists);
         }
-        let held = if crate::is_bar_memory(m.vaddr, m.size) {
-            Held::Mmio
-        } else {
-            let segments = pinnable(m.vaddr, m.size, m.write).ok_or(DmaError::Fault)?;
-            let shared = segments.iter().all(|s| s.2);
-            let spans: Vec<(u64, u64)> = segments.iter().map(|s| (s.0, s.1)).collect();
-            match shared.then(|| Alias::of(m.vaddr, m.size, &spans)).flatten() {
-                Some(a) => Held::Pinned(a),
-                None => Watch::new(m.vaddr, m.vaddr + m.size, m.write)
-                    .map_or(Held::Unwatched, Held::Watched),
-            }
-        };
+        let held = if pin { hold(&m)? } else { Held::Deferred };
         self.maps.insert(m.iova, m);
         self.held.insert(m.iova, held);
+        Ok(())
+    }
+
+    /// Records `m` with every check of [`DmaTable::map`] but the pinning:
+    /// an IOAS without a domain pins nothing yet (`iopt_map_user_pages`
+    /// fills only the domains there are), and no device can reach it.
+    pub fn map_deferred(&mut self, m: DmaMapping) -> Result<(), DmaError> {
+        self.map_with(m, false)
+    }
+
+    /// Pins every mapping recorded by [`DmaTable::map_deferred`] (the
+    /// first domain is being filled); EFAULT-class [`DmaError::Fault`] if
+    /// one cannot be, with nothing pinned.
+    pub fn pin_deferred(&mut self) -> Result<(), DmaError> {
+        let deferred: Vec<u64> = self
+            .held
+            .iter()
+            .filter(|(_, h)| matches!(h, Held::Deferred))
+            .map(|(iova, _)| *iova)
+            .collect();
+        let mut holds = Vec::new();
+        for iova in &deferred {
+            holds.push((*iova, hold(&self.maps[iova])?));
+        }
+        for (iova, h) in holds {
+            self.held.insert(iova, h);
+        }
         Ok(())
     }
 

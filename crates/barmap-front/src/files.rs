@@ -130,6 +130,11 @@ impl Group {
         }
     }
 
+    /// The group's device.
+    pub fn device(&self) -> &Arc<EmuDevice> {
+        &self.dev
+    }
+
     /// Serves an ioctl on the group; `lookup` finds the file behind an fd
     /// (for SET_CONTAINER), `new_fd` gives a new fd to a device file.
     pub fn ioctl(
@@ -329,6 +334,11 @@ impl DeviceFile {
         file
     }
 
+    /// Whether the fd was opened as `/dev/vfio/devices/vfioN`.
+    pub fn is_cdev(&self) -> bool {
+        self.cdev
+    }
+
     /// Serves an ioctl on the device fd.
     pub fn ioctl(
         &self,
@@ -386,7 +396,13 @@ impl DeviceFile {
         let Some((i, devid)) = &*bound else {
             return Err(Errno::EINVAL);
         };
-        let table = i.attach(*devid, a.pt_id)?;
+        // Attach, or replace an attachment; pt_id comes back as the HWPT.
+        let (table, hwpt) = i.attach(*devid, a.pt_id)?;
+        if let Err(e) = user::write(arg + 8, &hwpt.to_ne_bytes()) {
+            i.detach(*devid);
+            *self.dev.dma.lock().unwrap() = None;
+            return Err(e);
+        }
         *self.dev.dma.lock().unwrap() = Some(table);
         Ok(0)
     }

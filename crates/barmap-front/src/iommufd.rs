@@ -1,8 +1,25 @@
 //! `/dev/iommu`: IOAS objects (`IOMMU_IOAS_ALLOC`, `MAP`, `UNMAP`,
-//! `IOVA_RANGES`, `IOMMU_DESTROY`), device binding for the vfio cdev, and
+//! `IOVA_RANGES`, `IOMMU_DESTROY`), paging HWPTs (`IOMMU_HWPT_ALLOC`, and
+//! the automatic ones that attaching a device to an IOAS makes), device
+//! binding, attach and replace for the vfio cdev, `IOMMU_GET_HW_INFO`, and
 //! the VFIO type1 compatibility mode (the type1 ioctls on an iommufd).
+//!
+//! Every command is read as `iommufd_fops_ioctl` reads it: the user's
+//! `size` first (EFAULT), an unknown command (ENOTTY), a size below the
+//! command's first version (EINVAL), then bytes past what the kernel
+//! knows must be zero (E2BIG). Object ids are allocated lowest first, as
+//! the kernel's xarray does.
+//!
+//! The emulated IOMMU is modelled as a driver with no `hw_info` op (the
+//! info type is `IOMMU_HW_INFO_TYPE_NONE`), no dirty tracking, no nesting
+//! and no `domain_alloc_paging_flags`: a HWPT allocation with flags or
+//! driver data is EOPNOTSUPP. As on the kernel, an IOAS pins the memory
+//! of its mappings only while it has a domain (a HWPT): `IOAS_MAP` of
+//! memory that cannot be pinned (PROT_NONE, read-only for a writable map,
+//! a BAR mapping) is EFAULT then, and making the first HWPT over an IOAS
+//! that maps such memory is EFAULT.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use barmap_vfio::iommufd as ifd;
@@ -10,14 +27,93 @@ use barmap_vfio::uapi as v;
 
 use crate::device::EmuDevice;
 use crate::dma::{DmaError, DmaMapping, DmaTable, IOMMU_PAGE, IOVA_RANGES};
+use crate::user::Pod;
 use crate::{type1, user, Errno};
 
 /// An IOAS.
 pub type Ioas = Arc<Mutex<DmaTable>>;
 
+/// `IOMMU_HWPT_ALLOC`.
+pub const IOMMU_HWPT_ALLOC: libc::c_ulong = (b';' as libc::c_ulong) << 8 | 0x89;
+/// `IOMMU_GET_HW_INFO`.
+pub const IOMMU_GET_HW_INFO: libc::c_ulong = (b';' as libc::c_ulong) << 8 | 0x8a;
+/// `IOMMU_HW_INFO_FLAG_INPUT_TYPE`.
+pub const IOMMU_HW_INFO_FLAG_INPUT_TYPE: u32 = 1;
+/// `IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED`: the emulated devices have no ATS.
+pub const IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED: u64 = 1 << 3;
+
+/// The first and last command numbers that iommufd's table holds
+/// (`IOMMUFD_CMD_BASE` .. `IOMMUFD_CMD_IOAS_NOIOMMU_GET_PA`); any other
+/// number goes to the VFIO compatibility ioctls.
+const CMD_FIRST: u64 = 0x80;
+const CMD_LAST: u64 = 0x95;
+
+/// `struct iommu_hwpt_alloc`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IommuHwptAlloc {
+    /// Size of the structure.
+    pub size: u32,
+    /// `IOMMU_HWPT_ALLOC_*`.
+    pub flags: u32,
+    /// The device to allocate for.
+    pub dev_id: u32,
+    /// The IOAS (or parent HWPT) to allocate over.
+    pub pt_id: u32,
+    /// The new HWPT's id.
+    pub out_hwpt_id: u32,
+    /// Must be 0.
+    pub reserved: u32,
+    /// `IOMMU_HWPT_DATA_*`.
+    pub data_type: u32,
+    /// Bytes of driver data.
+    pub data_len: u32,
+    /// Driver data.
+    pub data_uptr: u64,
+    /// Fault queue (with `IOMMU_HWPT_FAULT_ID_VALID`).
+    pub fault_id: u32,
+    /// Must be 0.
+    pub reserved2: u32,
+}
+
+/// `struct iommu_hw_info`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IommuHwInfo {
+    /// Size of the structure.
+    pub size: u32,
+    /// `IOMMU_HW_INFO_FLAG_*`.
+    pub flags: u32,
+    /// The device.
+    pub dev_id: u32,
+    /// Bytes at `data_uptr` (out: bytes the driver has).
+    pub data_len: u32,
+    /// Buffer for the driver's data.
+    pub data_uptr: u64,
+    /// In: the type asked for (with the flag); out: the type given.
+    pub data_type: u32,
+    /// Out: log2 of the PASIDs supported.
+    pub out_max_pasid_log2: u8,
+    /// Must be 0.
+    pub reserved: [u8; 3],
+    /// Out: `IOMMU_HW_CAP_*`.
+    pub out_capabilities: u64,
+}
+
+// SAFETY: #[repr(C)] structs of integers from the uAPI header, no padding.
+unsafe impl Pod for IommuHwptAlloc {}
+// SAFETY: as above.
+unsafe impl Pod for IommuHwInfo {}
+
 #[derive(Debug)]
 enum Object {
     Ioas(Ioas),
+    /// A paging HWPT over an IOAS; `auto` if attaching a device to the
+    /// IOAS made it (it goes away with its last device).
+    Hwpt {
+        ioas: u32,
+        auto: bool,
+    },
     /// A bound device (kept alive while bound).
     Device {
         _dev: Arc<EmuDevice>,
@@ -26,9 +122,8 @@ enum Object {
 
 #[derive(Debug, Default)]
 struct State {
-    next_id: u32,
-    objects: HashMap<u32, Object>,
-    /// Device id -> the IOAS id it is attached to.
+    objects: BTreeMap<u32, Object>,
+    /// Device id -> the HWPT it is attached to.
     attached: HashMap<u32, u32>,
     /// The IOAS of the VFIO compatibility mode.
     compat: Option<u32>,
@@ -52,17 +147,136 @@ fn errno_of(e: DmaError) -> Errno {
     }
 }
 
+/// Reads a command as `iommufd_fops_ioctl` does, after the size (read by
+/// the caller): at least `min` bytes (EINVAL), then
+/// `copy_struct_from_user`: what the user passes beyond `T` must be zero
+/// (E2BIG). Returns the command and the user's size.
+fn read_cmd<T: Pod>(arg: usize, size: u32, min: usize) -> Result<T, Errno> {
+    let size = size as usize;
+    if size < min {
+        return Err(Errno::EINVAL);
+    }
+    let known = std::mem::size_of::<T>();
+    if size > known {
+        // The tail is checked a page at a time at most, as the kernel's
+        // check_zeroed_user does.
+        let mut at = known;
+        while at < size {
+            let n = (size - at).min(4096);
+            if user::read(arg + at, n)?.iter().any(|&b| b != 0) {
+                return Err(Errno(libc::E2BIG));
+            }
+            at += n;
+        }
+    }
+    user::read_struct(arg, size.min(known))
+}
+
+/// `iommufd_ucmd_respond`: the command back, as much as the user passed.
+fn respond<T: Pod>(arg: usize, cmd: &T, size: u32) -> Result<(), Errno> {
+    user::write_struct(arg, cmd, size as usize)
+}
+
+/// Whether the process memory `vaddr..vaddr+len` can be pinned for DMA
+/// (`pin_user_pages` with `FOLL_LONGTERM`, and `FOLL_WRITE` for a writable
+/// map): every page in a mapping that is readable, and writable for
+/// `write`, and none of it a BAR mapping (VM_IO/VM_PFNMAP on the kernel).
+pub fn pinnable(vaddr: u64, len: u64, write: bool) -> bool {
+    if crate::is_bar_memory(vaddr, len) {
+        return false;
+    }
+    let Some(end) = vaddr.checked_add(len) else {
+        return false;
+    };
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return false;
+    };
+    let mut vmas: Vec<(u64, u64, bool, bool)> = maps
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let (lo, hi) = it.next()?.split_once('-')?;
+            let perms = it.next()?.as_bytes();
+            Some((
+                u64::from_str_radix(lo, 16).ok()?,
+                u64::from_str_radix(hi, 16).ok()?,
+                perms.first() == Some(&b'r'),
+                perms.get(1) == Some(&b'w'),
+            ))
+        })
+        .collect();
+    vmas.sort_unstable();
+    let mut at = vaddr;
+    for (lo, hi, r, w) in vmas {
+        if at >= end {
+            break;
+        }
+        if hi <= at {
+            continue;
+        }
+        if lo > at || !r || (write && !w) {
+            return false;
+        }
+        at = hi;
+    }
+    at >= end
+}
+
+/// Pins every mapping of `table`, if each can be pinned (a domain is
+/// being added to the IOAS: `iopt_table_add_domain` fills it); false,
+/// with nothing pinned, if one cannot.
+fn table_pinnable(table: &Ioas) -> bool {
+    let mut t = table.lock().unwrap();
+    t.mappings()
+        .iter()
+        .all(|m| pinnable(m.vaddr, m.size, m.write))
+        && t.pin_deferred().is_ok()
+}
+
 impl State {
+    /// The lowest free object id (the kernel's `xa_alloc` from 1).
     fn alloc(&mut self, obj: Object) -> u32 {
-        self.next_id += 1;
-        self.objects.insert(self.next_id, obj);
-        self.next_id
+        let mut id = 1;
+        for &k in self.objects.keys() {
+            if k != id {
+                break;
+            }
+            id += 1;
+        }
+        self.objects.insert(id, obj);
+        id
     }
 
     fn ioas(&self, id: u32) -> Result<Ioas, Errno> {
         match self.objects.get(&id) {
             Some(Object::Ioas(t)) => Ok(t.clone()),
             _ => Err(Errno::ENOENT),
+        }
+    }
+
+    fn is_device(&self, id: u32) -> bool {
+        matches!(self.objects.get(&id), Some(Object::Device { .. }))
+    }
+
+    /// Whether the IOAS `id` has a domain (a HWPT over it).
+    fn has_domain(&self, id: u32) -> bool {
+        self.objects
+            .values()
+            .any(|o| matches!(o, Object::Hwpt { ioas, .. } if *ioas == id))
+    }
+
+    /// Whether a device is attached to HWPT `id`.
+    fn hwpt_in_use(&self, id: u32) -> bool {
+        self.attached.values().any(|&h| h == id)
+    }
+
+    /// Drops HWPT `id` if it is automatic and no device uses it any more
+    /// (`iommufd_hw_pagetable_put`).
+    fn put_hwpt(&mut self, id: u32) {
+        if matches!(self.objects.get(&id), Some(Object::Hwpt { auto: true, .. }))
+            && !self.hwpt_in_use(id)
+        {
+            self.objects.remove(&id);
         }
     }
 
@@ -92,24 +306,66 @@ impl Iommufd {
             .alloc(Object::Device { _dev: dev.clone() })
     }
 
-    /// Unbinds device `devid` (its fd closed).
+    /// Unbinds device `devid` (its fd closed): detaches it first.
     pub fn unbind(&self, devid: u32) {
         let mut s = self.state.lock().unwrap();
+        if let Some(h) = s.attached.remove(&devid) {
+            s.put_hwpt(h);
+        }
         s.objects.remove(&devid);
-        s.attached.remove(&devid);
     }
 
-    /// Attaches device `devid` to `pt_id` (an IOAS): returns its table.
-    pub fn attach(&self, devid: u32, pt_id: u32) -> Result<Ioas, Errno> {
+    /// Attaches device `devid` to `pt_id`, or replaces its attachment if
+    /// it has one (`VFIO_DEVICE_ATTACH_IOMMUFD_PT`: `iommufd_device_attach`
+    /// or `iommufd_device_replace`). `pt_id` names a HWPT, or an IOAS:
+    /// then the IOAS's automatic HWPT is used, made if there is none.
+    /// Returns the IOAS table that the device now translates through and
+    /// the HWPT id (what the kernel writes back to `pt_id`).
+    pub fn attach(&self, devid: u32, pt_id: u32) -> Result<(Ioas, u32), Errno> {
         let mut s = self.state.lock().unwrap();
-        let t = s.ioas(pt_id)?;
-        s.attached.insert(devid, pt_id);
-        Ok(t)
+        let hwpt = match s.objects.get(&pt_id) {
+            None => return Err(Errno::ENOENT),
+            Some(Object::Hwpt { .. }) => pt_id,
+            Some(Object::Ioas(table)) => {
+                let existing = s.objects.iter().find_map(|(&id, o)| match o {
+                    Object::Hwpt { ioas, auto: true } if *ioas == pt_id => Some(id),
+                    _ => None,
+                });
+                match existing {
+                    Some(id) => id,
+                    None => {
+                        // iommufd_hwpt_paging_alloc + iopt_table_add_domain.
+                        if !table_pinnable(table) {
+                            return Err(Errno::EFAULT);
+                        }
+                        s.alloc(Object::Hwpt {
+                            ioas: pt_id,
+                            auto: true,
+                        })
+                    }
+                }
+            }
+            Some(Object::Device { .. }) => return Err(Errno::EINVAL),
+        };
+        let Some(Object::Hwpt { ioas, .. }) = s.objects.get(&hwpt) else {
+            unreachable!("a HWPT id names a HWPT");
+        };
+        let table = s.ioas(*ioas)?;
+        if let Some(old) = s.attached.insert(devid, hwpt) {
+            if old != hwpt {
+                s.put_hwpt(old);
+            }
+        }
+        Ok((table, hwpt))
     }
 
-    /// Detaches device `devid`.
+    /// Detaches device `devid` (`VFIO_DEVICE_DETACH_IOMMUFD_PT`; nothing
+    /// if it is not attached).
     pub fn detach(&self, devid: u32) {
-        self.state.lock().unwrap().attached.remove(&devid);
+        let mut s = self.state.lock().unwrap();
+        if let Some(h) = s.attached.remove(&devid) {
+            s.put_hwpt(h);
+        }
     }
 
     /// The compatibility IOAS that a group set to this iommufd as its
@@ -133,14 +389,23 @@ impl Iommufd {
 
     /// Serves an ioctl on the iommufd; ENOTTY for what it does not know.
     pub fn ioctl(&self, req: u64, arg: usize) -> Result<i64, Errno> {
+        let nr = req & 0xff;
+        if (CMD_FIRST..=CMD_LAST).contains(&nr) {
+            let size = user::read_u32(arg)?;
+            return match req as libc::c_ulong {
+                ifd::IOMMU_DESTROY => self.destroy(arg, size),
+                ifd::IOMMU_IOAS_ALLOC => self.ioas_alloc(arg, size),
+                ifd::IOMMU_IOAS_MAP => self.ioas_map(arg, size),
+                ifd::IOMMU_IOAS_UNMAP => self.ioas_unmap(arg, size),
+                ifd::IOMMU_IOAS_IOVA_RANGES => self.iova_ranges(arg, size),
+                ifd::IOMMU_OPTION => self.option(arg, size),
+                ifd::IOMMU_VFIO_IOAS => self.vfio_ioas(arg, size),
+                IOMMU_HWPT_ALLOC => self.hwpt_alloc(arg, size),
+                IOMMU_GET_HW_INFO => self.hw_info(arg, size),
+                _ => Err(Errno::ENOTTY),
+            };
+        }
         match req as libc::c_ulong {
-            ifd::IOMMU_DESTROY => self.destroy(arg),
-            ifd::IOMMU_IOAS_ALLOC => self.ioas_alloc(arg),
-            ifd::IOMMU_IOAS_MAP => self.ioas_map(arg),
-            ifd::IOMMU_IOAS_UNMAP => self.ioas_unmap(arg),
-            ifd::IOMMU_IOAS_IOVA_RANGES => self.iova_ranges(arg),
-            ifd::IOMMU_OPTION => self.option(arg),
-            ifd::IOMMU_VFIO_IOAS => self.vfio_ioas(arg),
             v::VFIO_GET_API_VERSION => Ok(i64::from(v::VFIO_API_VERSION)),
             v::VFIO_CHECK_EXTENSION => Ok(i64::from(
                 arg as u64 == v::VFIO_TYPE1_IOMMU
@@ -166,123 +431,219 @@ impl Iommufd {
         }
     }
 
-    fn destroy(&self, arg: usize) -> Result<i64, Errno> {
-        let d: ifd::IommuDestroy = user::read_struct(arg, 8)?;
-        if d.size < 8 {
-            return Err(Errno::EINVAL);
-        }
+    /// `IOMMU_DESTROY` (`iommufd_object_remove`): EBUSY while anything
+    /// holds the object (a device attached to a HWPT, a HWPT over an IOAS,
+    /// a device bound: it goes with its fd).
+    fn destroy(&self, arg: usize, size: u32) -> Result<i64, Errno> {
+        let d: ifd::IommuDestroy = read_cmd(arg, size, 8)?;
         let mut s = self.state.lock().unwrap();
-        match s.objects.get(&d.id) {
-            Some(Object::Ioas(_)) if s.attached.values().any(|&i| i == d.id) => Err(Errno::EBUSY),
-            Some(Object::Ioas(_)) => {
-                s.objects.remove(&d.id);
-                if s.compat == Some(d.id) {
-                    s.compat = None;
-                }
-                Ok(0)
-            }
-            // A bound device goes away with its fd, not with DESTROY.
-            Some(Object::Device { .. }) => Err(Errno::EBUSY),
-            None => Err(Errno::ENOENT),
+        let busy = match s.objects.get(&d.id) {
+            None => return Err(Errno::ENOENT),
+            Some(Object::Ioas(_)) => s.has_domain(d.id),
+            Some(Object::Hwpt { .. }) => s.hwpt_in_use(d.id),
+            Some(Object::Device { .. }) => true,
+        };
+        if busy {
+            return Err(Errno::EBUSY);
         }
-    }
-
-    fn ioas_alloc(&self, arg: usize) -> Result<i64, Errno> {
-        let mut a: ifd::IommuIoasAlloc = user::read_struct(arg, 12)?;
-        if a.size < 12 {
-            return Err(Errno::EINVAL);
+        s.objects.remove(&d.id);
+        if s.compat == Some(d.id) {
+            s.compat = None;
         }
-        if a.flags != 0 {
-            return Err(Errno::EOPNOTSUPP);
-        }
-        a.out_ioas_id = self
-            .state
-            .lock()
-            .unwrap()
-            .alloc(Object::Ioas(Arc::default()));
-        user::write_struct(arg, &a, 12)?;
         Ok(0)
     }
 
-    fn ioas_map(&self, arg: usize) -> Result<i64, Errno> {
-        const SIZE: usize = 40;
-        let mut m: ifd::IommuIoasMap = user::read_struct(arg, SIZE)?;
-        if (m.size as usize) < SIZE {
+    /// `IOMMU_HWPT_ALLOC` (`iommufd_hwpt_alloc`): a paging HWPT over an
+    /// IOAS, for a bound device.
+    fn hwpt_alloc(&self, arg: usize, size: u32) -> Result<i64, Errno> {
+        let mut c: IommuHwptAlloc = read_cmd(arg, size, 24)?;
+        if c.reserved != 0 {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        if (c.data_type == 0) != (c.data_len == 0) {
             return Err(Errno::EINVAL);
         }
+        let mut s = self.state.lock().unwrap();
+        if !s.is_device(c.dev_id) {
+            return Err(Errno::ENOENT);
+        }
+        match s.objects.get(&c.pt_id) {
+            // iommufd_get_object fails: EINVAL here (not ENOENT).
+            None => return Err(Errno::EINVAL),
+            Some(Object::Ioas(table)) => {
+                // iommufd_hwpt_paging_alloc: a driver without
+                // domain_alloc_paging_flags takes no flags and no data.
+                if c.flags != 0 || c.data_len != 0 {
+                    return Err(Errno::EOPNOTSUPP);
+                }
+                if !table_pinnable(table) {
+                    return Err(Errno::EFAULT);
+                }
+            }
+            // iommufd_hwpt_nested_alloc: the driver cannot nest.
+            Some(Object::Hwpt { .. }) => return Err(Errno::EOPNOTSUPP),
+            Some(Object::Device { .. }) => return Err(Errno::EINVAL),
+        }
+        let id = s.alloc(Object::Hwpt {
+            ioas: c.pt_id,
+            auto: false,
+        });
+        c.out_hwpt_id = id;
+        if let Err(e) = respond(arg, &c, size) {
+            s.objects.remove(&id);
+            return Err(e);
+        }
+        Ok(0)
+    }
+
+    /// `IOMMU_GET_HW_INFO` (`iommufd_get_hw_info`) for a driver without a
+    /// `hw_info` op: type NONE, no data (the user's buffer is zeroed), no
+    /// dirty tracking, no PASID, no ATS.
+    fn hw_info(&self, arg: usize, size: u32) -> Result<i64, Errno> {
+        let mut c: IommuHwInfo = read_cmd(arg, size, 32)?;
+        if c.flags & !IOMMU_HW_INFO_FLAG_INPUT_TYPE != 0 || c.reserved != [0; 3] {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        if !self.state.lock().unwrap().is_device(c.dev_id) {
+            return Err(Errno::ENOENT);
+        }
+        c.data_type = 0;
+        // clear_user of the whole buffer, a page at a time.
+        let zeros = [0u8; 4096];
+        let mut at = 0usize;
+        while at < c.data_len as usize {
+            let n = (c.data_len as usize - at).min(zeros.len());
+            user::write((c.data_uptr as usize).wrapping_add(at), &zeros[..n])?;
+            at += n;
+        }
+        c.data_len = 0;
+        c.out_capabilities = IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED;
+        c.out_max_pasid_log2 = 0;
+        respond(arg, &c, size)?;
+        Ok(0)
+    }
+
+    fn ioas_alloc(&self, arg: usize, size: u32) -> Result<i64, Errno> {
+        let mut a: ifd::IommuIoasAlloc = read_cmd(arg, size, 12)?;
+        if a.flags != 0 {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let mut s = self.state.lock().unwrap();
+        let id = s.alloc(Object::Ioas(Arc::default()));
+        a.out_ioas_id = id;
+        if let Err(e) = respond(arg, &a, size) {
+            s.objects.remove(&id);
+            return Err(e);
+        }
+        Ok(0)
+    }
+
+    /// `IOMMU_IOAS_MAP` (`iommufd_ioas_map`, `iopt_map_user_pages`), in
+    /// the kernel's order: flags, overflow, permissions, the IOAS, the
+    /// range, the IOVA, then pinning when the IOAS has a domain.
+    fn ioas_map(&self, arg: usize, size: u32) -> Result<i64, Errno> {
+        let mut m: ifd::IommuIoasMap = read_cmd(arg, size, 40)?;
         let known = ifd::IOMMU_IOAS_MAP_FIXED_IOVA
             | ifd::IOMMU_IOAS_MAP_WRITEABLE
             | ifd::IOMMU_IOAS_MAP_READABLE;
         if m.flags & !known != 0 || m.reserved != 0 {
             return Err(Errno::EOPNOTSUPP);
         }
+        if m.iova == u64::MAX || m.length == u64::MAX {
+            return Err(Errno::EOVERFLOW);
+        }
         if m.flags & (ifd::IOMMU_IOAS_MAP_WRITEABLE | ifd::IOMMU_IOAS_MAP_READABLE) == 0 {
             return Err(Errno::EINVAL);
+        }
+        let s = self.state.lock().unwrap();
+        let table = s.ioas(m.ioas_id)?;
+        let domain = s.has_domain(m.ioas_id);
+        // iopt_alloc_user_pages, iopt_alloc_pages.
+        if m.user_va.checked_add(m.length).is_none() {
+            return Err(Errno::EOVERFLOW);
         }
         if m.length == 0 {
             return Err(Errno::EINVAL);
         }
-        let table = self.state.lock().unwrap().ioas(m.ioas_id)?;
-        if crate::is_bar_memory(m.user_va, m.length) {
-            // iommufd pins pages; a BAR mapping has none to pin.
-            return Err(Errno::EFAULT);
-        }
+        let write = m.flags & ifd::IOMMU_IOAS_MAP_WRITEABLE != 0;
         let mut t = table.lock().unwrap();
         if m.flags & ifd::IOMMU_IOAS_MAP_FIXED_IOVA == 0 {
+            // iopt_alloc_iova.
+            if m.length >= u64::MAX / 2 {
+                return Err(Errno::EOVERFLOW);
+            }
             m.iova = t
                 .find_free(m.length.next_multiple_of(IOMMU_PAGE), IOMMU_PAGE)
                 .ok_or(Errno::ENOSPC)?;
-        } else if m.iova.checked_add(m.length).is_none() {
-            return Err(Errno::EOVERFLOW);
         }
-        t.map(DmaMapping {
+        let mapping = DmaMapping {
             iova: m.iova,
             size: m.length,
             vaddr: m.user_va,
             read: m.flags & ifd::IOMMU_IOAS_MAP_READABLE != 0,
-            write: m.flags & ifd::IOMMU_IOAS_MAP_WRITEABLE != 0,
-        })
-        .map_err(errno_of)?;
-        drop(t);
-        user::write_struct(arg, &m, SIZE)?;
+            write,
+        };
+        // iopt_fill_domains_pages: only a domain pins (and never a BAR).
+        if domain {
+            if !pinnable(m.user_va, m.length, write) {
+                return Err(Errno::EFAULT);
+            }
+            t.map(mapping).map_err(errno_of)?;
+        } else {
+            t.map_deferred(mapping).map_err(errno_of)?;
+        }
+        if let Err(e) = respond(arg, &m, size) {
+            let _ = t.unmap(m.iova, m.length, true);
+            return Err(e);
+        }
         Ok(0)
     }
 
-    fn ioas_unmap(&self, arg: usize) -> Result<i64, Errno> {
-        const SIZE: usize = 24;
-        let mut u: ifd::IommuIoasUnmap = user::read_struct(arg, SIZE)?;
-        if (u.size as usize) < SIZE {
-            return Err(Errno::EINVAL);
-        }
+    /// `IOMMU_IOAS_UNMAP` (`iommufd_ioas_unmap`, `iopt_unmap_iova_range`):
+    /// the range must cover whole areas. The kernel walks the areas in
+    /// IOVA order and unmaps each one the range covers; at the first area
+    /// that reaches outside the range it stops with ENOENT (the areas
+    /// before it stay unmapped); no area at all is ENOENT too.
+    fn ioas_unmap(&self, arg: usize, size: u32) -> Result<i64, Errno> {
+        let mut u: ifd::IommuIoasUnmap = read_cmd(arg, size, 24)?;
         let table = self.state.lock().unwrap().ioas(u.ioas_id)?;
         let mut t = table.lock().unwrap();
         let bytes = if u.iova == 0 && u.length == u64::MAX {
             t.clear()
         } else {
+            if u.iova == u64::MAX || u.length == u64::MAX {
+                return Err(Errno::EOVERFLOW);
+            }
             if u.length == 0 {
                 return Err(Errno::EINVAL);
             }
-            if u.iova.checked_add(u.length).is_none() {
-                return Err(Errno::EOVERFLOW);
+            let last = u.iova.checked_add(u.length - 1).ok_or(Errno::EOVERFLOW)?;
+            let mut areas: Vec<DmaMapping> = t
+                .mappings()
+                .into_iter()
+                .filter(|m| m.iova <= last && u.iova <= m.iova + (m.size - 1))
+                .collect();
+            areas.sort_by_key(|m| m.iova);
+            let mut bytes = 0;
+            for m in areas {
+                if m.iova < u.iova || m.iova + (m.size - 1) > last {
+                    return Err(Errno::ENOENT);
+                }
+                bytes += t.unmap(m.iova, m.size, true).map_err(errno_of)?;
             }
-            let n = t.unmap(u.iova, u.length, true).map_err(errno_of)?;
-            if n == 0 {
+            if bytes == 0 {
                 return Err(Errno::ENOENT);
             }
-            n
+            bytes
         };
         u.length = bytes;
         drop(t);
-        user::write_struct(arg, &u, SIZE)?;
+        respond(arg, &u, size)?;
         Ok(0)
     }
 
-    fn iova_ranges(&self, arg: usize) -> Result<i64, Errno> {
-        const SIZE: usize = 32;
-        let mut r: ifd::IommuIoasIovaRanges = user::read_struct(arg, SIZE)?;
-        if (r.size as usize) < SIZE {
-            return Err(Errno::EINVAL);
-        }
+    fn iova_ranges(&self, arg: usize, size: u32) -> Result<i64, Errno> {
+        let mut r: ifd::IommuIoasIovaRanges = read_cmd(arg, size, 32)?;
         if r.reserved != 0 {
             return Err(Errno::EOPNOTSUPP);
         }
@@ -297,43 +658,53 @@ impl Iommufd {
             };
             user::write_struct(r.allowed_iovas as usize + 16 * i, &range, 16)?;
         }
-        user::write_struct(arg, &r, SIZE)?;
+        respond(arg, &r, size)?;
         if room < IOVA_RANGES.len() {
             return Err(Errno::EMSGSIZE);
         }
         Ok(0)
     }
 
-    fn option(&self, arg: usize) -> Result<i64, Errno> {
-        const SIZE: usize = 24;
-        let mut o: ifd::IommuOption = user::read_struct(arg, SIZE)?;
-        if (o.size as usize) < SIZE || o.reserved != 0 {
-            return Err(Errno::EINVAL);
+    fn option(&self, arg: usize, size: u32) -> Result<i64, Errno> {
+        const VAL64: usize = 16;
+        let mut o: ifd::IommuOption = read_cmd(arg, size, 24)?;
+        if o.reserved != 0 {
+            return Err(Errno::EOPNOTSUPP);
         }
         match (o.option_id, o.op) {
             // RLIMIT_MODE (global) and HUGE_PAGES (per IOAS): accepted; a
-            // get reads the default.
-            (0 | 1, 0) => Ok(0),
+            // get reads the default. The kernel writes back val64 only.
+            (0, 0) => Ok(0),
+            (1, 0) => {
+                self.state.lock().unwrap().ioas(o.object_id)?;
+                if o.val64 > 1 {
+                    return Err(Errno::EINVAL);
+                }
+                Ok(0)
+            }
             (0, 1) => {
                 o.val64 = 0;
-                user::write_struct(arg, &o, SIZE)?;
+                user::write(arg + VAL64, &o.val64.to_ne_bytes())?;
                 Ok(0)
             }
             (1, 1) => {
                 self.state.lock().unwrap().ioas(o.object_id)?;
                 o.val64 = 1;
-                user::write_struct(arg, &o, SIZE)?;
+                user::write(arg + VAL64, &o.val64.to_ne_bytes())?;
                 Ok(0)
+            }
+            (1, _) => {
+                self.state.lock().unwrap().ioas(o.object_id)?;
+                Err(Errno::EOPNOTSUPP)
             }
             _ => Err(Errno::EOPNOTSUPP),
         }
     }
 
-    fn vfio_ioas(&self, arg: usize) -> Result<i64, Errno> {
-        const SIZE: usize = 12;
-        let mut c: ifd::IommuVfioIoas = user::read_struct(arg, SIZE)?;
-        if (c.size as usize) < SIZE || c.reserved != 0 {
-            return Err(Errno::EINVAL);
+    fn vfio_ioas(&self, arg: usize, size: u32) -> Result<i64, Errno> {
+        let mut c: ifd::IommuVfioIoas = read_cmd(arg, size, 12)?;
+        if c.reserved != 0 {
+            return Err(Errno::EOPNOTSUPP);
         }
         let mut s = self.state.lock().unwrap();
         match c.op {
@@ -341,7 +712,7 @@ impl Iommufd {
                 s.compat_ioas();
                 c.ioas_id = s.compat.unwrap_or(0);
                 drop(s);
-                user::write_struct(arg, &c, SIZE)?;
+                respond(arg, &c, size)?;
                 Ok(0)
             }
             1 => {

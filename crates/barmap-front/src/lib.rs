@@ -31,6 +31,7 @@ pub mod iommufd;
 pub mod irq;
 pub mod kselftest;
 pub mod launch;
+pub mod nodes;
 pub mod paths;
 pub mod spec;
 pub mod testbed;

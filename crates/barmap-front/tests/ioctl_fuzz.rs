@@ -66,8 +66,10 @@ const REQUESTS: [libc::c_ulong; 24] = [
 ];
 
 /// Errnos of iommufd's ioctls (outside the legacy table).
-const IOMMUFD_ERRNOS: [Errno; 15] = [
+const IOMMUFD_ERRNOS: [Errno; 16] = [
     Errno::EINVAL,
+    // iommufd: bytes past the structure the kernel knows are not zero.
+    Errno(libc::E2BIG),
     Errno::EFAULT,
     Errno::ENOTTY,
     Errno::EEXIST,
@@ -160,6 +162,12 @@ fn random_ioctls_get_the_kernels_errnos_and_failures_change_nothing() {
                     "call {i}: ioctl({fd}, {req:#x}) failed with errno {}",
                     e.0
                 );
+                // The kernel's IOAS_UNMAP unmaps the areas before the
+                // first one that the range only partly covers, then fails
+                // with ENOENT (iopt_unmap_iova_range).
+                if req == ifd::IOMMU_IOAS_UNMAP && e == Errno::ENOENT {
+                    continue;
+                }
                 assert_eq!(
                     before,
                     f.digest(),

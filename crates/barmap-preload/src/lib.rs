@@ -112,5 +112,6 @@ mod fds;
 mod paths;
 mod report;
 mod signals;
+mod stat;
 
 pub(crate) use report::register_report;

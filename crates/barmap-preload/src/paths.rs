@@ -2,7 +2,8 @@
 //! nodes through the front end; lookups of sysfs paths are redirected into
 //! the testbed. Both check first that the testbed is still this run's; a
 //! process whose testbed is gone (it outlived the run) or was refused sees
-//! no VFIO devices: those paths are ENOENT.
+//! no VFIO devices: those paths are ENOENT. The stat family is in
+//! [`crate::stat`].
 
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
 use std::os::fd::OwnedFd;
@@ -41,7 +42,7 @@ impl Redirect {
         }
     }
 
-    fn as_ptr(&self) -> *const c_char {
+    pub(crate) fn as_ptr(&self) -> *const c_char {
         self.path.as_ptr()
     }
 }
@@ -49,7 +50,7 @@ impl Redirect {
 /// The redirected path for a lookup, if any: into the testbed, after
 /// checking that it is still this run's; into nothing ([`testbed::GONE`],
 /// ENOENT) if the testbed is gone or was refused.
-unsafe fn redirected(path: *const c_char) -> Option<Redirect> {
+pub(crate) unsafe fn redirected(path: *const c_char) -> Option<Redirect> {
     // SAFETY: `path` is the caller's NUL-terminated path (or null, which is checked).
     let p = unsafe { path_str(path) }?;
     // A lookup changes nothing: a task sharing the parent's memory may
@@ -201,10 +202,6 @@ macro_rules! path_first {
 path_first!(
     fopen = c"fopen"(mode: *const c_char) -> *mut c_void,
     fopen64 = c"fopen64"(mode: *const c_char) -> *mut c_void,
-    stat = c"stat"(buf: *mut c_void) -> c_int,
-    stat64 = c"stat64"(buf: *mut c_void) -> c_int,
-    lstat = c"lstat"(buf: *mut c_void) -> c_int,
-    lstat64 = c"lstat64"(buf: *mut c_void) -> c_int,
     access = c"access"(mode: c_int) -> c_int,
     euidaccess = c"euidaccess"(mode: c_int) -> c_int,
     readlink = c"readlink"(buf: *mut c_char, len: usize) -> isize,
@@ -230,11 +227,8 @@ macro_rules! path_second {
     )* };
 }
 path_second!(
-    fstatat = c"fstatat"(buf: *mut c_void, flags: c_int) -> c_int,
-    fstatat64 = c"fstatat64"(buf: *mut c_void, flags: c_int) -> c_int,
     faccessat = c"faccessat"(mode: c_int, flags: c_int) -> c_int,
     readlinkat = c"readlinkat"(buf: *mut c_char, len: usize) -> isize,
-    statx = c"statx"(flags: c_int, mask: c_uint, buf: *mut c_void) -> c_int,
 );
 
 /// `__readlinkat_chk`/`__readlink_chk` (fortified readlink).
