@@ -25,9 +25,34 @@ pub(crate) struct Shared {
 }
 
 #[derive(Default)]
-struct WorkerSignal {
+pub(crate) struct WorkerSignal {
     state: Mutex<(bool, bool)>, // (work pending, stop)
     cond: Condvar,
+}
+
+/// Wakes a device's worker from outside the device (see [`Ctx::waker`]):
+/// [`Waker::wake`] asks for [`DeviceModel::work`] to run, as
+/// [`Ctx::kick`] does from inside. It holds no reference to the device;
+/// once the device is gone, waking does nothing.
+///
+/// [`Ctx::waker`]: crate::Ctx::waker
+/// [`Ctx::kick`]: crate::Ctx::kick
+/// [`DeviceModel::work`]: crate::DeviceModel::work
+#[derive(Clone)]
+pub struct Waker(pub(crate) Arc<WorkerSignal>);
+
+impl std::fmt::Debug for Waker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Waker")
+    }
+}
+
+impl Waker {
+    /// Asks for the device's deferred work to run soon on its worker.
+    pub fn wake(&self) {
+        self.0.state.lock().unwrap().0 = true;
+        self.0.cond.notify_all();
+    }
 }
 
 /// Builds a [`ModelDevice`].
@@ -466,8 +491,12 @@ impl Shared {
     }
 
     pub(crate) fn kick(&self) {
-        self.worker.state.lock().unwrap().0 = true;
-        self.worker.cond.notify_all();
+        self.waker().wake();
+    }
+
+    /// A handle that kicks the worker from outside the device.
+    pub(crate) fn waker(&self) -> Waker {
+        Waker(self.worker.clone())
     }
 
     fn bounds(&self, region: u32, offset: u64, len: usize) -> Result<()> {

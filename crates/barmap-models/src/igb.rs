@@ -46,9 +46,14 @@
 //!   write-1-to-clear), EICS, EIMS/EIMC, EIAC (auto-clear on the MSI-X
 //!   message) and EIAM with GPIE.EIAME (auto-mask). Otherwise ICR
 //!   (read-to-clear), ICS, IMS/IMC by MSI or INTx (level).
-//! - **Loopback**: a frame transmitted while RCTL.LBM selects MAC loopback
-//!   or BMCR selects PHY loopback is received by the same port; otherwise
-//!   is counted as sent and dropped (no cable is modelled).
+//! - **Loopback and the wire**: a frame transmitted while RCTL.LBM
+//!   selects MAC loopback or BMCR selects PHY loopback is received by the
+//!   same port; otherwise it goes onto the port's [`Wire`], if any (`barmap
+//!   run --device igb,wire=NAME` twice connects two ports back to back),
+//!   and is received by the other end, or is dropped with no cable. A
+//!   frame that finds no receive descriptor waits on the wire (up to
+//!   [`WIRE_DEPTH`] frames, the packet buffer; beyond that it is missed,
+//!   MPC) until the driver writes RDT.
 //! - **Resets**: CTRL.RST and a function-level reset return every register
 //!   to its power-on value (FLR also the PHY).
 //!
@@ -61,7 +66,10 @@
 //! and packet-buffer space (a frame finding no receive descriptor is
 //! dropped and counted in MPC, RNBC and RQDPC).
 
-use std::sync::OnceLock;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::device::Waker;
 
 use crate::model::{Ctx, DeviceModel, IrqMode, Layout, RegionKind, Width};
 
@@ -380,6 +388,87 @@ type ReadOp = fn(&mut Igb, &mut Ctx<'_>, usize) -> u32;
 /// A write handler: `value` to the dword at `index`.
 type WriteOp = fn(&mut Igb, &mut Ctx<'_>, usize, u32);
 
+/// Frames a wire holds towards one end before it drops them (the far
+/// port's packet buffer).
+pub const WIRE_DEPTH: usize = 1024;
+
+/// A cable between two ports: each end's frames queue towards the other,
+/// whose worker is woken to receive them.
+#[derive(Debug, Default)]
+pub struct Wire {
+    /// Frames in flight towards each end (index: the receiving end).
+    queues: Mutex<[VecDeque<Vec<u8>>; 2]>,
+    /// Frames dropped towards each end because its queue was full.
+    missed: Mutex<[u32; 2]>,
+    /// Each end's worker.
+    wakers: Mutex<[Option<Waker>; 2]>,
+}
+
+impl Wire {
+    /// Sends `frame` (with its FCS) from end `from` to the other end; a
+    /// full queue drops it (counted at the receiver as missed).
+    fn send(&self, from: usize, frame: Vec<u8>) {
+        let to = 1 - from;
+        {
+            let mut q = self.queues.lock().unwrap();
+            if q[to].len() >= WIRE_DEPTH {
+                self.missed.lock().unwrap()[to] += 1;
+                return;
+            }
+            q[to].push_back(frame);
+        }
+        if let Some(w) = &self.wakers.lock().unwrap()[to] {
+            w.wake();
+        }
+    }
+
+    fn take(&self, end: usize) -> Option<Vec<u8>> {
+        self.queues.lock().unwrap()[end].pop_front()
+    }
+
+    fn put_back(&self, end: usize, frame: Vec<u8>) {
+        self.queues.lock().unwrap()[end].push_front(frame);
+    }
+
+    fn pending(&self, end: usize) -> bool {
+        !self.queues.lock().unwrap()[end].is_empty()
+    }
+
+    fn take_missed(&self, end: usize) -> u32 {
+        std::mem::take(&mut self.missed.lock().unwrap()[end])
+    }
+
+    /// Plugs end `end` into a port whose worker `waker` wakes.
+    pub fn attach(&self, end: usize, waker: Waker) {
+        self.wakers.lock().unwrap()[end] = Some(waker);
+    }
+}
+
+/// The process's named wires: the first two ports that name a wire are
+/// its ends 0 and 1 (a third port gets a new wire of the same name).
+pub fn named_wire(name: &str) -> (Arc<Wire>, usize) {
+    static WIRES: OnceLock<Mutex<Vec<(String, Arc<Wire>, usize)>>> = OnceLock::new();
+    let mut all = WIRES.get_or_init(Default::default).lock().unwrap();
+    if let Some(e) = all.iter_mut().find(|(n, _, ends)| n == name && *ends < 2) {
+        e.2 += 1;
+        return (e.1.clone(), e.2 - 1);
+    }
+    let w = Arc::new(Wire::default());
+    all.push((name.to_string(), w.clone(), 1));
+    (w, 0)
+}
+
+/// What became of a received frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rx {
+    /// In a queue's buffers.
+    Delivered,
+    /// Dropped by the receiver (disabled, filtered, malformed) or missed.
+    Dropped,
+    /// No receive descriptor for it: it may wait on the wire.
+    NoDescriptors,
+}
+
 /// The 82576's state.
 pub struct Igb {
     mac: [u8; 6],
@@ -393,6 +482,10 @@ pub struct Igb {
     tx_halted: [bool; QUEUES],
     rx_halted: [bool; QUEUES],
     link: bool,
+    /// The wire this port plugs into when it first runs.
+    wire_name: Option<String>,
+    /// The wire and this port's end of it.
+    port: Option<(Arc<Wire>, usize)>,
     frames_tx: u64,
     frames_rx: u64,
 }
@@ -575,12 +668,38 @@ impl Igb {
             tx_halted: [false; QUEUES],
             rx_halted: [false; QUEUES],
             link: false,
+            wire_name: None,
+            port: None,
             frames_tx: 0,
             frames_rx: 0,
         };
         igb.phy_reset();
         igb.mac_reset();
         igb
+    }
+
+    /// A port plugged into the wire called `name` (see [`named_wire`]):
+    /// it attaches when the device first runs, so that models built only
+    /// to check options take no end.
+    pub fn with_wire(mut self, name: &str) -> Igb {
+        self.wire_name = Some(name.to_string());
+        self
+    }
+
+    /// Plugs the port into end `end` of `wire` now.
+    pub fn connect(&mut self, ctx: &mut Ctx<'_>, wire: Arc<Wire>, end: usize) {
+        wire.attach(end, ctx.waker());
+        self.port = Some((wire, end));
+        self.link_update(ctx);
+    }
+
+    fn plug_in(&mut self, ctx: &mut Ctx<'_>) {
+        if self.port.is_none() {
+            if let Some(name) = self.wire_name.take() {
+                let (wire, end) = named_wire(&name);
+                self.connect(ctx, wire, end);
+            }
+        }
     }
 
     /// The MAC address.
@@ -654,7 +773,7 @@ impl Igb {
     }
 
     fn link_up(&self) -> bool {
-        self.r(reg::CTRL) & CTRL_SLU != 0 || self.phy_loopback()
+        self.r(reg::CTRL) & CTRL_SLU != 0 || self.phy_loopback() || self.port.is_some()
     }
 
     /// Re-evaluates the link; a change sets ICR.LSC.
@@ -803,8 +922,11 @@ impl Igb {
         }
     }
 
-    fn rctl_write(&mut self, _: &mut Ctx<'_>, i: usize, v: u32) {
+    fn rctl_write(&mut self, ctx: &mut Ctx<'_>, i: usize, v: u32) {
         self.regs[i] = v;
+        if self.wire_pending() {
+            ctx.kick();
+        }
     }
 
     /// TDT: the doorbell; the worker transmits up to the new tail.
@@ -813,8 +935,12 @@ impl Igb {
         ctx.kick();
     }
 
-    fn rdt_write(&mut self, _: &mut Ctx<'_>, i: usize, v: u32) {
+    /// RDT: new descriptors; frames waiting on the wire may go in.
+    fn rdt_write(&mut self, ctx: &mut Ctx<'_>, i: usize, v: u32) {
         self.regs[i] = v & 0xffff;
+        if self.wire_pending() {
+            ctx.kick();
+        }
     }
 
     fn txdctl_write(&mut self, ctx: &mut Ctx<'_>, i: usize, v: u32) {
@@ -926,9 +1052,13 @@ impl Igb {
         }
     }
 
-    /// Raises the legacy interrupt (MSI vector 0 or the INTx pin).
+    /// Raises the legacy interrupt: MSI-X vector 0 (MSI-X enabled without
+    /// GPIE's MSI-X mode), MSI, or the INTx pin.
     fn legacy_assert(&mut self, ctx: &mut Ctx<'_>) {
         match ctx.irq_mode() {
+            IrqMode::Msix => {
+                ctx.raise_msix(0);
+            }
             IrqMode::Msi => {
                 ctx.raise(0);
             }
@@ -1123,11 +1253,48 @@ impl Igb {
         }
         let loopback = self.r(reg::RCTL) & RCTL_LBM == RCTL_LBM_MAC || self.phy_loopback();
         if loopback {
-            self.receive_frame(ctx, &frame);
+            if self.receive_frame(ctx, &frame) == Rx::NoDescriptors {
+                self.count_missed(0, 1);
+            }
+        } else if let Some((wire, end)) = &self.port {
+            wire.send(*end, frame);
         }
     }
 
     // --- receive ---
+
+    fn wire_pending(&self) -> bool {
+        self.port.as_ref().is_some_and(|(w, end)| w.pending(*end))
+    }
+
+    /// Frames that found no room: MPC, RNBC and the queue's RQDPC.
+    fn count_missed(&mut self, n: usize, frames: u32) {
+        self.count(stat::MPC, frames);
+        self.count(stat::RNBC, frames);
+        self.count(Self::rxq(n, q::RQDPC), frames);
+    }
+
+    /// Takes frames in from the wire until `budget` went or one finds no
+    /// descriptor (it waits for the next RDT write); returns the budget
+    /// left.
+    fn receive_from_wire(&mut self, ctx: &mut Ctx<'_>, mut budget: usize) -> usize {
+        let Some((wire, end)) = self.port.clone() else {
+            return budget;
+        };
+        let missed = wire.take_missed(end);
+        if missed > 0 {
+            self.count_missed(0, missed);
+        }
+        while budget > 0 {
+            let Some(frame) = wire.take(end) else { break };
+            if self.receive_frame(ctx, &frame) == Rx::NoDescriptors {
+                wire.put_back(end, frame);
+                break;
+            }
+            budget -= 1;
+        }
+        budget
+    }
 
     /// Whether the receive filters take `frame`: broadcast with BAM,
     /// multicast by MPE or the MTA, unicast by UPE or a valid RAL/RAH; then
@@ -1206,7 +1373,7 @@ impl Igb {
             if (tcp || udp) && !frag && l4.len() >= 4 {
                 input.extend_from_slice(&l3[12..20]);
                 input.extend_from_slice(&l4[..4]);
-                rss_type = if tcp { 1 } else { 3 };
+                rss_type = if tcp { 1 } else { 7 };
             } else if mrqc & (1 << 17) != 0 {
                 input.extend_from_slice(&l3[12..20]);
                 rss_type = 2;
@@ -1225,7 +1392,7 @@ impl Igb {
             if (tcp || udp) && l4.len() >= 4 {
                 input.extend_from_slice(&l3[8..40]);
                 input.extend_from_slice(&l4[..4]);
-                rss_type = if tcp { 4 } else { 7 };
+                rss_type = if tcp { 3 } else { 8 };
             } else if mrqc & (1 << 20) != 0 {
                 input.extend_from_slice(&l3[8..40]);
                 rss_type = 5;
@@ -1250,15 +1417,15 @@ impl Igb {
     /// descriptors, buffers and write-backs, the statistics and the
     /// queue's interrupt. A frame that finds no room is dropped and
     /// counted.
-    fn receive_frame(&mut self, ctx: &mut Ctx<'_>, frame: &[u8]) {
+    fn receive_frame(&mut self, ctx: &mut Ctx<'_>, frame: &[u8]) -> Rx {
         let rctl = self.r(reg::RCTL);
         if rctl & RCTL_EN == 0 || frame.len() < 14 + FCS {
-            return;
+            return Rx::Dropped;
         }
         let len = frame.len();
         if len < MIN_FRAME + FCS {
             self.count(stat::RUC, 1);
-            return;
+            return Rx::Dropped;
         }
         let vlan = u16::from_be_bytes([frame[12], frame[13]]) == 0x8100;
         let max = if rctl & RCTL_LPE != 0 {
@@ -1268,10 +1435,10 @@ impl Igb {
         };
         if len > max.max(MIN_FRAME + FCS) {
             self.count(stat::ROC, 1);
-            return;
+            return Rx::Dropped;
         }
         if !self.accept(frame) {
-            return;
+            return Rx::Dropped;
         }
         let (n, hash, rss_type, ptype) = self.select_queue(frame);
         let base = Self::rxq(n, 0);
@@ -1280,14 +1447,13 @@ impl Igb {
         } else {
             frame
         };
-        let dropped = self.r(base + q::DCTL) & DCTL_ENABLE == 0
-            || self.rx_halted[n]
-            || !self.write_rx(ctx, n, data, hash, rss_type, ptype);
-        if dropped {
-            self.count(stat::MPC, 1);
-            self.count(stat::RNBC, 1);
-            self.count(base + q::RQDPC, 1);
-            return;
+        if self.r(base + q::DCTL) & DCTL_ENABLE == 0 || self.rx_halted[n] {
+            self.count_missed(n, 1);
+            return Rx::Dropped;
+        }
+        match self.write_rx(ctx, n, data, hash, rss_type, ptype) {
+            Rx::Delivered => {}
+            other => return other,
         }
         self.frames_rx += 1;
         self.count(stat::GPRC, 1);
@@ -1301,6 +1467,7 @@ impl Igb {
             self.count(stat::MPRC, 1);
         }
         self.queue_interrupt(ctx, n, false);
+        Rx::Delivered
     }
 
     /// The buffer size of receive queue `n`: SRRCTL.BSIZEPACKET (KiB), or
@@ -1320,13 +1487,14 @@ impl Igb {
     }
 
     /// Writes `data` into queue `n`'s buffers, one descriptor each, and
-    /// writes each descriptor back; false (nothing consumed) if the ring
-    /// lacks descriptors, or (queue halted) if the IOMMU refuses.
-    fn write_rx(&mut self, ctx: &mut Ctx<'_>, n: usize, data: &[u8], hash: u32, rss_type: u32, ptype: u32) -> bool {
+    /// writes each descriptor back. Without enough descriptors nothing is
+    /// consumed; if the IOMMU refuses, the frame is dropped and the queue
+    /// halted.
+    fn write_rx(&mut self, ctx: &mut Ctx<'_>, n: usize, data: &[u8], hash: u32, rss_type: u32, ptype: u32) -> Rx {
         let base = Self::rxq(n, 0);
         let (ring, len) = self.ring(base);
         if len == 0 {
-            return false;
+            return Rx::NoDescriptors;
         }
         let bsize = self.rx_buffer_size(n);
         let need = data.len().div_ceil(bsize).max(1) as u64;
@@ -1334,7 +1502,7 @@ impl Igb {
         let tail = u64::from(self.r(base + q::T)) % len;
         let avail = (tail + len - head) % len;
         if avail < need {
-            return false;
+            return Rx::NoDescriptors;
         }
         let advanced = (self.r(base + q::SRRCTL) >> 25) & 7 != 0;
         for (k, chunk) in data.chunks(bsize).enumerate() {
@@ -1343,11 +1511,12 @@ impl Igb {
             if !self.write_rx_descriptor(ctx, at, chunk, eop, advanced, hash, rss_type, ptype) {
                 tracing::debug!(queue = n, "igb: receive DMA refused, queue halted");
                 self.rx_halted[n] = true;
-                return false;
+                self.count_missed(n, 1);
+                return Rx::Dropped;
             }
         }
         self.set(base + q::H, ((head + need) % len) as u32);
-        true
+        Rx::Delivered
     }
 
     /// One receive descriptor: fetch its buffer address, write the data,
@@ -1416,6 +1585,7 @@ impl DeviceModel for Igb {
     }
 
     fn read(&mut self, ctx: &mut Ctx<'_>, region: u32, offset: u64, width: Width) -> u64 {
+        self.plug_in(ctx);
         if region != 0 {
             return 0;
         }
@@ -1433,6 +1603,7 @@ impl DeviceModel for Igb {
     }
 
     fn write(&mut self, ctx: &mut Ctx<'_>, region: u32, offset: u64, width: Width, value: u64) {
+        self.plug_in(ctx);
         if region != 0 {
             return;
         }
@@ -1459,7 +1630,9 @@ impl DeviceModel for Igb {
     }
 
     fn work(&mut self, ctx: &mut Ctx<'_>) {
-        if self.transmit(ctx, BUDGET) == 0 {
+        self.plug_in(ctx);
+        let left = self.transmit(ctx, BUDGET);
+        if self.receive_from_wire(ctx, left) == 0 {
             ctx.kick();
         }
     }

@@ -64,7 +64,7 @@ mod msix;
 pub mod passive;
 pub mod trap;
 
-pub use device::{ModelDevice, ModelDeviceBuilder, ModelMapping};
+pub use device::{ModelDevice, ModelDeviceBuilder, ModelMapping, Waker};
 pub use host::{DmaSide, Host, IommuFault, IrqIndex, NoHost};
 pub use model::{Ctx, DeviceModel, IrqMode, Layout, RegionKind, Width};
 
@@ -77,7 +77,8 @@ pub const MODELS: &[&str] = &["default", "edu", "ioat", "igb"];
 /// `ioat` (an Intel I/OAT DMA channel: option `xfercap=N`, copies of up to
 /// 2^N bytes per descriptor, 12..=30, default 16) or `igb` (an Intel
 /// 82576 Ethernet port: option `mac=XX:XX:XX:XX:XX:XX`, its unicast
-/// address, default 52:54:00:12:34:56).
+/// address, default 52:54:00:12:34:56; option `wire=NAME`, the two ports
+/// naming one wire are connected back to back).
 pub fn by_name(name: &str, options: &[(String, String)]) -> Result<Box<dyn DeviceModel>, String> {
     let unknown = |k: &str| Err(format!("unknown option {k:?} for device model {name:?}"));
     match name {
@@ -117,13 +118,19 @@ pub fn by_name(name: &str, options: &[(String, String)]) -> Result<Box<dyn Devic
         }
         "igb" => {
             let mut mac = igb::DEFAULT_MAC;
+            let mut wire = None;
             for (k, v) in options {
                 match k.as_str() {
                     "mac" => mac = parse_mac(v)?,
+                    "wire" if !v.is_empty() => wire = Some(v.clone()),
                     _ => return unknown(k),
                 }
             }
-            Ok(Box::new(igb::Igb::new(mac)))
+            let port = igb::Igb::new(mac);
+            Ok(Box::new(match wire {
+                Some(name) => port.with_wire(&name),
+                None => port,
+            }))
         }
         _ => Err(format!(
             "unknown device model {name:?} (known: {})",
