@@ -18,8 +18,8 @@
 //! - **NVM**: 64 words read through EERD (start/done, data in 31:16), with
 //!   the MAC address in words 0..3 and the checksum word 0x3f making the
 //!   sum 0xBABA; EECD reports the NVM present, auto-read done (at once
-//!   after a reset) and grants EE_REQ. RAL0/RAH0 load the NVM's MAC at
-//!   reset.
+//!   after a reset) and grants EE_REQ; EEMNGCTL reports the configuration
+//!   cycle done. RAL0/RAH0 load the NVM's MAC at reset.
 //! - **PHY** over MDIC (PHY address 1; others set MDIC.ERROR): an IGP3
 //!   PHY's ID registers, BMCR (reset and restart-autonegotiation complete
 //!   at once, loopback), BMSR (link, autonegotiation complete),
@@ -112,6 +112,8 @@ pub mod reg {
     pub const CTRL_EXT: u64 = 0x0018;
     /// MDI control.
     pub const MDIC: u64 = 0x0020;
+    /// Management EEPROM control.
+    pub const EEMNGCTL: u64 = 0x1010;
     /// Interrupt cause read.
     pub const ICR: u64 = 0x00c0;
     /// Interrupt cause set.
@@ -284,6 +286,8 @@ pub const EECD_PRES: u32 = 1 << 8;
 pub const EECD_AUTO_RD: u32 = 1 << 9;
 /// EECD: the size field's value (64 words: 2^(0 + 6)).
 pub const EECD_SIZE: u32 = 0 << 11;
+/// EEMNGCTL: the port's configuration cycle from the NVM is done.
+pub const EEMNGCTL_CFG_DONE: u32 = 1 << 18;
 /// EERD: start.
 pub const EERD_START: u32 = 1 << 0;
 /// EERD: done.
@@ -581,6 +585,7 @@ fn ops() -> &'static Ops {
         r(reg::EIMC, Igb::zero_read);
         r(reg::EICR, Igb::eicr_read);
         r(reg::SWSM, Igb::swsm_read);
+        r(reg::EEMNGCTL, Igb::eemngctl_read);
         r(reg::FWSM, Igb::zero_read);
         for off in (reg::STATS_FIRST..=reg::STATS_LAST).step_by(4) {
             r(off, Igb::stat_read);
@@ -631,10 +636,7 @@ fn ops() -> &'static Ops {
 /// Queues 0..4's registers at their old offsets (0x2800 + 0x100 n, 0x3800
 /// + 0x100 n) are the same registers as at 0xc000/0xe000 + 0x40 n.
 fn canonical(offset: u64) -> u64 {
-    for (alias, base) in [
-        (reg::RXQ0_ALIAS, reg::RXQ0),
-        (reg::TXQ0_ALIAS, reg::TXQ0),
-    ] {
+    for (alias, base) in [(reg::RXQ0_ALIAS, reg::RXQ0), (reg::TXQ0_ALIAS, reg::TXQ0)] {
         if (alias..alias + 0x400).contains(&offset) && (offset - alias) % 0x100 < 0x40 {
             let n = (offset - alias) / 0x100;
             return base + 0x40 * n + (offset - alias) % 0x100;
@@ -909,6 +911,11 @@ impl Igb {
         }
     }
 
+    /// EEMNGCTL: the configuration cycle completes with the reset.
+    fn eemngctl_read(&mut self, _: &mut Ctx<'_>, i: usize) -> u32 {
+        self.regs[i] | EEMNGCTL_CFG_DONE
+    }
+
     fn swsm_read(&mut self, _: &mut Ctx<'_>, i: usize) -> u32 {
         let v = self.regs[i];
         self.regs[i] |= 1; // SMBI: reading takes the semaphore
@@ -1133,7 +1140,8 @@ impl Igb {
     }
 
     fn ring(&self, base: u64) -> (u64, u64) {
-        let addr = u64::from(self.r(base + q::BAH)) << 32 | u64::from(self.r(base + q::BAL) & !0x7f);
+        let addr =
+            u64::from(self.r(base + q::BAH)) << 32 | u64::from(self.r(base + q::BAL) & !0x7f);
         let len = u64::from(self.r(base + q::LEN) & 0xf_ff80) / DESC;
         (addr, len)
     }
@@ -1180,7 +1188,12 @@ impl Igb {
     /// Fetches one transmit descriptor, gathers its buffer, sends the
     /// frame at EOP and writes DD back if RS asks; returns (a frame was
     /// sent, status was written back).
-    fn process_tx_descriptor(&mut self, ctx: &mut Ctx<'_>, n: usize, at: u64) -> Result<(bool, bool), ()> {
+    fn process_tx_descriptor(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        n: usize,
+        at: u64,
+    ) -> Result<(bool, bool), ()> {
         let mut d = [0u8; DESC as usize];
         ctx.dma_read(at, &mut d).map_err(|_| ())?;
         let addr = u64::from_le_bytes(d[0..8].try_into().expect("8 bytes"));
@@ -1323,7 +1336,11 @@ impl Igb {
 
     fn ra_match(&self, dst: &[u8]) -> bool {
         (0..24u64).any(|e| {
-            let at = if e < 16 { reg::RAL0 + 8 * e } else { reg::RAL16 + 8 * (e - 16) };
+            let at = if e < 16 {
+                reg::RAL0 + 8 * e
+            } else {
+                reg::RAL16 + 8 * (e - 16)
+            };
             let (lo, hi) = (self.r(at), self.r(at + 4));
             hi & (1 << 31) != 0
                 && lo.to_le_bytes() == dst[..4]
@@ -1490,7 +1507,15 @@ impl Igb {
     /// writes each descriptor back. Without enough descriptors nothing is
     /// consumed; if the IOMMU refuses, the frame is dropped and the queue
     /// halted.
-    fn write_rx(&mut self, ctx: &mut Ctx<'_>, n: usize, data: &[u8], hash: u32, rss_type: u32, ptype: u32) -> Rx {
+    fn write_rx(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        n: usize,
+        data: &[u8],
+        hash: u32,
+        rss_type: u32,
+        ptype: u32,
+    ) -> Rx {
         let base = Self::rxq(n, 0);
         let (ring, len) = self.ring(base);
         if len == 0 {

@@ -2,8 +2,9 @@
 //! through EERD with the checksum, the PHY over MDIC, a reset through
 //! CTRL.RST, frames sent and received in MAC and PHY loopback through an
 //! IOMMU window (advanced and legacy descriptors, filtering, MSI-X through
-//! IVAR with auto-clear and auto-mask), read-to-clear statistics, and an
-//! IOMMU fault that stops a queue until a function-level reset.
+//! IVAR with auto-clear and auto-mask), read-to-clear statistics, an
+//! IOMMU fault that stops a queue until a function-level reset, and two
+//! ports on a wire.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -121,7 +122,11 @@ fn nvm_word(dev: &ModelDevice, addr: u32) -> u16 {
 }
 
 fn mdic(dev: &ModelDevice, phy: u32, regnum: u32, op: u32, data: u16) -> u32 {
-    wr(dev, reg::MDIC, op | (phy << 21) | (regnum << 16) | u32::from(data));
+    wr(
+        dev,
+        reg::MDIC,
+        op | (phy << 21) | (regnum << 16) | u32::from(data),
+    );
     rd(dev, reg::MDIC)
 }
 
@@ -130,14 +135,26 @@ fn mdic(dev: &ModelDevice, phy: u32, regnum: u32, op: u32, data: u16) -> u32 {
 /// `rctl`, MSI-X vector 0 for receive queue 0 with auto-clear and
 /// auto-mask.
 fn bring_up(dev: &ModelDevice, srrctl: u32, rctl: u32) {
+    bring_up_port(dev, srrctl, rctl, true);
+}
+
+/// [`bring_up`], with the PHY in loopback or not.
+fn bring_up_port(dev: &ModelDevice, srrctl: u32, rctl: u32, phy_loopback: bool) {
     wr(dev, reg::CTRL, rd(dev, reg::CTRL) | igb::CTRL_RST);
     assert_ne!(rd(dev, reg::EECD) & igb::EECD_AUTO_RD, 0);
     assert_eq!(rd(dev, reg::CTRL) & igb::CTRL_RST, 0, "RST self-clears");
     wr(dev, reg::IMC, !0);
-    let bmcr = igb::BMCR_LOOPBACK | 0x0040 | 0x0100; // loopback, 1000, full duplex
+    let mut bmcr = 0x0040 | 0x0100; // 1000, full duplex
+    if phy_loopback {
+        bmcr |= igb::BMCR_LOOPBACK;
+    }
     let m = mdic(dev, 1, igb::MII_BMCR, igb::MDIC_OP_WRITE, bmcr);
     assert_eq!(m & (igb::MDIC_READY | igb::MDIC_ERROR), igb::MDIC_READY);
-    wr(dev, reg::CTRL, rd(dev, reg::CTRL) | igb::CTRL_SLU | (3 << 11));
+    wr(
+        dev,
+        reg::CTRL,
+        rd(dev, reg::CTRL) | igb::CTRL_SLU | (3 << 11),
+    );
     wr(dev, reg::TXQ0 + q::BAL, TX_RING as u32);
     wr(dev, reg::TXQ0 + q::BAH, 0);
     wr(dev, reg::TXQ0 + q::LEN, RING * 16);
@@ -154,11 +171,7 @@ fn bring_up(dev: &ModelDevice, srrctl: u32, rctl: u32) {
     wr(dev, reg::RXQ0 + q::DCTL, igb::DCTL_ENABLE);
     wr(dev, reg::RCTL, rctl);
     wr(dev, reg::TCTL, igb::TCTL_EN | igb::TCTL_PSP);
-    wr(
-        dev,
-        reg::GPIE,
-        igb::GPIE_MSIX_MODE | igb::GPIE_EIAME,
-    );
+    wr(dev, reg::GPIE, igb::GPIE_MSIX_MODE | igb::GPIE_EIAME);
     wr(dev, reg::EIAC, 1);
     wr(dev, reg::EIAM, 1);
     wr(dev, reg::IVAR0, igb::IVAR_VALID);
@@ -193,7 +206,10 @@ fn send(dev: &ModelDevice, host: &Window, slot: u32, frame: &[u8], advanced: boo
 fn wait_tx_head(dev: &ModelDevice, head: u32) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while rd(dev, reg::TXQ0 + q::H) != head {
-        assert!(Instant::now() < deadline, "the transmit queue did not advance");
+        assert!(
+            Instant::now() < deadline,
+            "the transmit queue did not advance"
+        );
         std::thread::yield_now();
     }
 }
@@ -227,7 +243,9 @@ fn igb_identity_and_bars_are_the_82576s() {
 fn igb_nvm_holds_the_mac_address_and_sums_to_0xbaba() {
     let mac = [0x02, 0x11, 0x22, 0x33, 0x44, 0x55];
     let (dev, _) = igb_device(Igb::new(mac));
-    let words: Vec<u16> = (0..igb::NVM_WORDS as u32).map(|a| nvm_word(&dev, a)).collect();
+    let words: Vec<u16> = (0..igb::NVM_WORDS as u32)
+        .map(|a| nvm_word(&dev, a))
+        .collect();
     assert_eq!(&words[..3], &[0x1102, 0x3322, 0x5544]);
     let sum = words.iter().fold(0u16, |s, w| s.wrapping_add(*w));
     assert_eq!(sum, igb::NVM_SUM);
@@ -237,7 +255,11 @@ fn igb_nvm_holds_the_mac_address_and_sums_to_0xbaba() {
     assert_ne!(eecd & igb::EECD_PRES, 0);
     assert_ne!(eecd & igb::EECD_AUTO_RD, 0);
     wr(&dev, reg::EECD, igb::EECD_REQ);
-    assert_ne!(rd(&dev, reg::EECD) & igb::EECD_GNT, 0, "a request is granted");
+    assert_ne!(
+        rd(&dev, reg::EECD) & igb::EECD_GNT,
+        0,
+        "a request is granted"
+    );
 }
 
 #[test]
@@ -257,7 +279,11 @@ fn igb_phy_answers_over_mdic_and_its_loopback_brings_the_link_up() {
     let bmsr = mdic(&dev, 1, igb::MII_BMSR, igb::MDIC_OP_READ, 0);
     assert_ne!(bmsr & u32::from(igb::BMSR_LSTATUS), 0);
     assert_ne!(rd(&dev, reg::STATUS) & igb::STATUS_LU, 0);
-    assert_ne!(rd(&dev, reg::ICR) & igb::ICR_LSC, 0, "the link change is a cause");
+    assert_ne!(
+        rd(&dev, reg::ICR) & igb::ICR_LSC,
+        0,
+        "the link change is a cause"
+    );
     assert_eq!(rd(&dev, reg::ICR), 0, "ICR clears on read");
 }
 
@@ -274,13 +300,21 @@ fn igb_ctrl_rst_returns_registers_to_their_reset_values() {
     assert_eq!(rd(&dev, reg::EIMS), 0);
     assert_eq!(rd(&dev, reg::RAL0 + 8), 0);
     assert_eq!(rd(&dev, reg::STATUS) & igb::STATUS_LU, 0);
-    assert_eq!(rd(&dev, reg::RAH0), 0x8000_5634, "the NVM's address reloaded");
+    assert_eq!(
+        rd(&dev, reg::RAH0),
+        0x8000_5634,
+        "the NVM's address reloaded"
+    );
 }
 
 #[test]
 fn igb_loopback_frames_arrive_with_write_back_and_interrupt_once() {
     let (dev, host) = igb_device(Igb::default());
-    bring_up(&dev, igb::SRRCTL_DESCTYPE_ADV_ONEBUF, LOOPBACK_RCTL | igb::RCTL_LBM_MAC);
+    bring_up(
+        &dev,
+        igb::SRRCTL_DESCTYPE_ADV_ONEBUF,
+        LOOPBACK_RCTL | igb::RCTL_LBM_MAC,
+    );
     let f = frame([0xff; 6], 100, b'x');
     send(&dev, &host, 0, &f, true);
     wait_tx_head(&dev, 1);
@@ -320,13 +354,21 @@ fn igb_phy_loopback_with_legacy_descriptors_keeps_the_crc_and_pads() {
     assert_eq!(host.get(RX_BUF + 60, 4), fcs.to_le_bytes());
     let len = u16::from_le_bytes(host.get(RX_RING + 8, 2).try_into().unwrap());
     assert_eq!(len, 64, "padded to 60 bytes, plus the FCS");
-    assert_eq!(host.get(RX_RING + 12, 1)[0] & 3, 3, "legacy status: DD, EOP");
+    assert_eq!(
+        host.get(RX_RING + 12, 1)[0] & 3,
+        3,
+        "legacy status: DD, EOP"
+    );
 }
 
 #[test]
 fn igb_filters_unicast_by_receive_address_unless_promiscuous() {
     let (dev, host) = igb_device(Igb::default());
-    bring_up(&dev, igb::SRRCTL_DESCTYPE_ADV_ONEBUF, LOOPBACK_RCTL | igb::RCTL_LBM_MAC);
+    bring_up(
+        &dev,
+        igb::SRRCTL_DESCTYPE_ADV_ONEBUF,
+        LOOPBACK_RCTL | igb::RCTL_LBM_MAC,
+    );
     let other = [0x02, 0, 0, 0, 0, 9];
     send(&dev, &host, 0, &frame(other, 80, 1), true);
     wait_tx_head(&dev, 1);
@@ -335,7 +377,11 @@ fn igb_filters_unicast_by_receive_address_unless_promiscuous() {
     wait_tx_head(&dev, 2);
     assert_eq!(rd(&dev, reg::RXQ0 + q::H), 1, "our address (RAL0/RAH0)");
     assert_eq!(host.get(RX_BUF, 80), frame(igb::DEFAULT_MAC, 80, 2));
-    wr(&dev, reg::RCTL, LOOPBACK_RCTL | igb::RCTL_LBM_MAC | igb::RCTL_UPE);
+    wr(
+        &dev,
+        reg::RCTL,
+        LOOPBACK_RCTL | igb::RCTL_LBM_MAC | igb::RCTL_UPE,
+    );
     send(&dev, &host, 2, &frame(other, 80, 3), true);
     wait_tx_head(&dev, 3);
     assert_eq!(rd(&dev, reg::RXQ0 + q::H), 2, "promiscuous");
@@ -344,7 +390,11 @@ fn igb_filters_unicast_by_receive_address_unless_promiscuous() {
 #[test]
 fn igb_statistics_count_frames_and_clear_on_read() {
     let (dev, host) = igb_device(Igb::default());
-    bring_up(&dev, igb::SRRCTL_DESCTYPE_ADV_ONEBUF, LOOPBACK_RCTL | igb::RCTL_LBM_MAC);
+    bring_up(
+        &dev,
+        igb::SRRCTL_DESCTYPE_ADV_ONEBUF,
+        LOOPBACK_RCTL | igb::RCTL_LBM_MAC,
+    );
     for slot in 0..3 {
         send(&dev, &host, slot, &frame([0xff; 6], 100, 7), true);
     }
@@ -355,9 +405,17 @@ fn igb_statistics_count_frames_and_clear_on_read() {
     assert_eq!(rd(&dev, stat::GPRC), 3);
     assert_eq!(rd(&dev, stat::BPRC), 3);
     assert_eq!(rd(&dev, stat::GORCL), 3 * 104, "octets with the FCS");
-    assert_eq!(rd(&dev, stat::GORCL), 3 * 104, "the low half alone does not clear");
+    assert_eq!(
+        rd(&dev, stat::GORCL),
+        3 * 104,
+        "the low half alone does not clear"
+    );
     assert_eq!(rd(&dev, stat::GORCH), 0);
-    assert_eq!(rd(&dev, stat::GORCL), 0, "the high half's read cleared the pair");
+    assert_eq!(
+        rd(&dev, stat::GORCL),
+        0,
+        "the high half's read cleared the pair"
+    );
     assert_eq!(rd(&dev, stat::GOTCL), 3 * 104);
     // No receive descriptor left: the frame is missed and counted.
     host.put(TX_BUF, &frame([0xff; 6], 100, 8));
@@ -376,7 +434,11 @@ fn igb_statistics_count_frames_and_clear_on_read() {
 #[test]
 fn igb_an_unmapped_buffer_stops_the_queue_until_a_function_reset() {
     let (dev, host) = igb_device(Igb::default());
-    bring_up(&dev, igb::SRRCTL_DESCTYPE_ADV_ONEBUF, LOOPBACK_RCTL | igb::RCTL_LBM_MAC);
+    bring_up(
+        &dev,
+        igb::SRRCTL_DESCTYPE_ADV_ONEBUF,
+        LOOPBACK_RCTL | igb::RCTL_LBM_MAC,
+    );
     let mut d = [0u8; 16];
     d[0..8].copy_from_slice(&UNMAPPED.to_le_bytes());
     let cmd: u32 = 64 | (3 << 20) | (1 << 24) | (1 << 25) | (1 << 27) | (1 << 29);
@@ -385,7 +447,11 @@ fn igb_an_unmapped_buffer_stops_the_queue_until_a_function_reset() {
     wr(&dev, reg::RXQ0 + q::T, 1);
     wr(&dev, reg::TXQ0 + q::T, 1);
     std::thread::sleep(Duration::from_millis(50));
-    assert_eq!(rd(&dev, reg::TXQ0 + q::H), 0, "the queue stopped at the fault");
+    assert_eq!(
+        rd(&dev, reg::TXQ0 + q::H),
+        0,
+        "the queue stopped at the fault"
+    );
     assert_eq!(host.u32_at(TX_RING + 12), 0, "no write-back");
     assert!(host.take().is_empty(), "no interrupt");
     dev.reset().unwrap();
@@ -393,8 +459,61 @@ fn igb_an_unmapped_buffer_stops_the_queue_until_a_function_reset() {
         dev.set_msix_masked(v, false);
     }
     assert_eq!(rd(&dev, reg::TXQ0 + q::T), 0, "FLR cleared the rings");
-    bring_up(&dev, igb::SRRCTL_DESCTYPE_ADV_ONEBUF, LOOPBACK_RCTL | igb::RCTL_LBM_MAC);
+    bring_up(
+        &dev,
+        igb::SRRCTL_DESCTYPE_ADV_ONEBUF,
+        LOOPBACK_RCTL | igb::RCTL_LBM_MAC,
+    );
     send(&dev, &host, 0, &frame([0xff; 6], 64, 5), true);
     wait_tx_head(&dev, 1);
     assert_eq!(host.get(RX_BUF, 64), frame([0xff; 6], 64, 5));
+}
+
+/// Waits for receive queue 0's head of `dev` to reach `head`.
+fn wait_rx_head(dev: &ModelDevice, head: u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rd(dev, reg::RXQ0 + q::H) != head {
+        assert!(
+            Instant::now() < deadline,
+            "the receive queue did not advance"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn igb_two_ports_on_a_wire_exchange_frames_that_wait_for_descriptors() {
+    let mac_b = [0x02, 0, 0, 0, 0, 0x0b];
+    let (a, host_a) = igb_device(Igb::new([0x02, 0, 0, 0, 0, 0x0a]).with_wire("igb-test-wire"));
+    let (b, host_b) = igb_device(Igb::new(mac_b).with_wire("igb-test-wire"));
+    let rctl = igb::RCTL_EN | igb::RCTL_SECRC; // no loopback, exact unicast
+    bring_up_port(&a, igb::SRRCTL_DESCTYPE_ADV_ONEBUF, rctl, false);
+    bring_up_port(&b, igb::SRRCTL_DESCTYPE_ADV_ONEBUF, rctl, false);
+    assert_ne!(
+        rd(&a, reg::STATUS) & igb::STATUS_LU,
+        0,
+        "plugged in: link up"
+    );
+    // B posts one receive descriptor; A sends two frames to B.
+    let mut r = [0u8; 16];
+    r[0..8].copy_from_slice(&RX_BUF.to_le_bytes());
+    host_b.put(RX_RING, &r);
+    wr(&b, reg::RXQ0 + q::T, 1);
+    send(&a, &host_a, 0, &frame(mac_b, 70, 1), true);
+    send(&a, &host_a, 1, &frame(mac_b, 90, 2), true);
+    wait_tx_head(&a, 2);
+    wait_rx_head(&b, 1);
+    assert_eq!(host_b.get(RX_BUF, 70), frame(mac_b, 70, 1));
+    assert_eq!(rd(&a, reg::RXQ0 + q::H), 0, "A itself received nothing");
+    // The second frame waits on the wire until B posts a descriptor.
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(rd(&b, reg::RXQ0 + q::H), 1);
+    r[0..8].copy_from_slice(&(RX_BUF + 0x800).to_le_bytes());
+    host_b.put(RX_RING + 16, &r);
+    wr(&b, reg::RXQ0 + q::T, 2);
+    wait_rx_head(&b, 2);
+    assert_eq!(host_b.get(RX_BUF + 0x800, 90), frame(mac_b, 90, 2));
+    assert_eq!(rd(&b, stat::GPRC), 2);
+    assert_eq!(rd(&b, stat::MPC), 0, "nothing missed");
+    assert_eq!(rd(&a, stat::GPTC), 2);
 }
