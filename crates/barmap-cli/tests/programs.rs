@@ -154,3 +154,13 @@ fn a_closed_vfio_fd_number_reused_by_another_file_is_that_file() {
         &[],
     );
 }
+
+// --- igb ---
+
+#[test]
+fn igb_loopback_frames_arrive_intact_with_an_msix_interrupt() {
+    passes(
+        "igb_loopback_frames_arrive_intact_with_an_msix_interrupt",
+        &["--device", "igb"],
+    );
+}
