@@ -220,7 +220,10 @@ mod tests {
         assert!(DeviceSpec::parse("ioat,xfercap=40", Policy::Prefault).is_err());
         assert!(DeviceSpec::parse("ioat,memory=16M", Policy::Prefault).is_err());
         let igb = DeviceSpec::parse("igb,mac=02:00:00:00:00:01", Policy::Prefault).unwrap();
-        let toml = DeviceSpec::from_toml("model = \"igb\"\nmac = \"02:00:00:00:00:01\"\n", Policy::Prefault);
+        let toml = DeviceSpec::from_toml(
+            "model = \"igb\"\nmac = \"02:00:00:00:00:01\"\n",
+            Policy::Prefault,
+        );
         assert_eq!(toml.unwrap(), igb);
         assert!(DeviceSpec::parse("igb,mac=01:00:00:00:00:01", Policy::Prefault).is_err());
         assert!(DeviceSpec::parse("igb,mac=02:00:00:00:01", Policy::Prefault).is_err());

@@ -451,7 +451,9 @@ impl Wire {
 /// The process's named wires: the first two ports that name a wire are
 /// its ends 0 and 1 (a third port gets a new wire of the same name).
 pub fn named_wire(name: &str) -> (Arc<Wire>, usize) {
-    static WIRES: OnceLock<Mutex<Vec<(String, Arc<Wire>, usize)>>> = OnceLock::new();
+    /// (name, wire, ends taken).
+    type Named = (String, Arc<Wire>, usize);
+    static WIRES: OnceLock<Mutex<Vec<Named>>> = OnceLock::new();
     let mut all = WIRES.get_or_init(Default::default).lock().unwrap();
     if let Some(e) = all.iter_mut().find(|(n, _, ends)| n == name && *ends < 2) {
         e.2 += 1;
