@@ -517,3 +517,91 @@ fn igb_two_ports_on_a_wire_exchange_frames_that_wait_for_descriptors() {
     assert_eq!(rd(&b, stat::MPC), 0, "nothing missed");
     assert_eq!(rd(&a, stat::GPTC), 2);
 }
+
+#[test]
+fn igb_rss_steers_a_udp_frame_by_its_toeplitz_hash_through_reta() {
+    let (dev, host) = igb_device(Igb::default());
+    bring_up(
+        &dev,
+        igb::SRRCTL_DESCTYPE_ADV_ONEBUF,
+        LOOPBACK_RCTL | igb::RCTL_LBM_MAC,
+    );
+    // Queue 1's ring right after queue 0's, one descriptor posted.
+    let ring1 = RX_RING + 0x800;
+    let buf1 = RX_BUF + 0x8000;
+    let mut r = [0u8; 16];
+    r[0..8].copy_from_slice(&buf1.to_le_bytes());
+    host.put(ring1, &r);
+    let q1 = reg::RXQ0 + 0x40;
+    wr(&dev, q1 + q::BAL, ring1 as u32);
+    wr(&dev, q1 + q::LEN, RING * 16);
+    wr(&dev, q1 + q::SRRCTL, igb::SRRCTL_DESCTYPE_ADV_ONEBUF);
+    wr(&dev, q1 + q::DCTL, igb::DCTL_ENABLE);
+    wr(&dev, q1 + q::T, 1);
+    // RSS over IPv4 and UDP ports, the verification suite's key, every
+    // RETA entry pointing at queue 1.
+    let key: [u8; 40] = [
+        0x6d, 0x5a, 0x56, 0xda, 0x25, 0x5b, 0x0e, 0xc2, 0x41, 0x67, 0x25, 0x3d, 0x43, 0xa3, 0x8f,
+        0xb0, 0xd0, 0xca, 0x2b, 0xcb, 0xae, 0x7b, 0x30, 0xb4, 0x77, 0xcb, 0x2d, 0xa3, 0x80, 0x30,
+        0xf2, 0x0c, 0x6a, 0x42, 0xb7, 0x3b, 0xbe, 0xac, 0x01, 0xfa,
+    ];
+    for (i, k) in key.chunks(4).enumerate() {
+        wr(
+            &dev,
+            reg::RSSRK + 4 * i as u64,
+            u32::from_le_bytes(k.try_into().unwrap()),
+        );
+    }
+    for i in 0..32 {
+        wr(&dev, reg::RETA + 4 * i, 0x0101_0101);
+    }
+    wr(&dev, reg::MRQC, 2 | (1 << 17) | (1 << 22));
+    // 66.9.149.187:2794 -> 161.142.100.80:1766, UDP.
+    let mut f = frame([0xff; 6], 80, 0);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    f[14] = 0x45;
+    f[23] = 17;
+    f[26..30].copy_from_slice(&[66, 9, 149, 187]);
+    f[30..34].copy_from_slice(&[161, 142, 100, 80]);
+    f[34..36].copy_from_slice(&2794u16.to_be_bytes());
+    f[36..38].copy_from_slice(&1766u16.to_be_bytes());
+    send(&dev, &host, 0, &f, true);
+    wait_tx_head(&dev, 1);
+    assert_eq!(rd(&dev, q1 + q::H), 1, "steered to queue 1");
+    assert_eq!(rd(&dev, reg::RXQ0 + q::H), 0, "not queue 0");
+    assert_eq!(host.get(buf1, 80), f);
+    assert_eq!(
+        host.u32_at(ring1 + 4),
+        0x51cc_c178,
+        "the RSS hash written back"
+    );
+    let pkt_info = host.u32_at(ring1) & 0xffff;
+    assert_eq!(pkt_info & 0xf, 7, "RSS type: UDP over IPv4");
+    assert_eq!(pkt_info >> 4, 0x21, "packet type: IPv4, UDP");
+    // A frame that is not IP has no hash: queue 0.
+    send(&dev, &host, 1, &frame([0xff; 6], 80, 9), true);
+    wait_tx_head(&dev, 2);
+    assert_eq!(
+        rd(&dev, reg::RXQ0 + q::H),
+        1,
+        "queue 0 took the other frame"
+    );
+    assert_eq!(rd(&dev, q1 + q::H), 1, "queue 1 did not");
+}
+
+#[test]
+fn igb_legacy_causes_interrupt_through_ims_and_icr_clears_on_read() {
+    let (dev, host) = igb_device(Igb::default());
+    // Not in GPIE's MSI-X mode: ICR & IMS raise the one vector.
+    wr(&dev, reg::ICS, igb::ICR_LSC);
+    assert!(host.take().is_empty(), "masked by IMS");
+    wr(&dev, reg::IMS, igb::ICR_LSC);
+    assert_eq!(host.take(), vec![0], "IMS enables the pending cause");
+    let icr = rd(&dev, reg::ICR);
+    assert_eq!(icr, igb::ICR_LSC | igb::ICR_INT_ASSERTED);
+    assert_eq!(rd(&dev, reg::ICR), 0, "read to clear");
+    wr(&dev, reg::IMC, igb::ICR_LSC);
+    wr(&dev, reg::ICS, igb::ICR_LSC);
+    assert!(host.take().is_empty(), "IMC masked it again");
+    assert_eq!(rd(&dev, reg::IMS), 0);
+}
