@@ -382,6 +382,13 @@ const FCS: usize = 4;
 const MIN_FRAME: usize = 60;
 /// The longest frame without RCTL.LPE, with FCS (a VLAN tag allows 4 more).
 const MAX_FRAME: usize = 1518;
+/// The most a transmit queue gathers for one frame (a TSO frame's
+/// 64 KiB); a chain without EOP beyond it is dropped.
+const MAX_TX_FRAME: usize = 64 << 10;
+/// RLPML's reset value: 9728-byte long packets.
+const RLPML_DEFAULT: u32 = 0x2600;
+/// The long-packet maximum length register.
+const RLPML: u64 = 0x5004;
 /// Frames handled per run of the worker before it lets register accesses in.
 const BUDGET: usize = 512;
 /// Dwords of BAR0.
@@ -749,6 +756,7 @@ impl Igb {
             self.set(reg::RXQ0 + 0x40 * n + q::SRRCTL, 2); // 2 KiB buffers
         }
         self.set(reg::RXQ0 + q::DCTL, DCTL_ENABLE);
+        self.set(RLPML, RLPML_DEFAULT);
         self.tx_frame.iter_mut().for_each(Vec::clear);
         self.tx_halted = [false; QUEUES];
         self.rx_halted = [false; QUEUES];
@@ -1210,6 +1218,10 @@ impl Igb {
         if is_data {
             let mut buf = vec![0u8; data_len];
             ctx.dma_read(addr, &mut buf).map_err(|_| ())?;
+            if self.tx_frame[n].len() + buf.len() > MAX_TX_FRAME {
+                tracing::debug!(queue = n, "igb: a frame without EOP grew too long, dropped");
+                self.tx_frame[n].clear();
+            }
             self.tx_frame[n].extend_from_slice(&buf);
             if cmd & TXD_EOP != 0 {
                 let frame = std::mem::take(&mut self.tx_frame[n]);
@@ -1448,7 +1460,7 @@ impl Igb {
         }
         let vlan = u16::from_be_bytes([frame[12], frame[13]]) == 0x8100;
         let max = if rctl & RCTL_LPE != 0 {
-            (self.r(0x5004) & 0x3fff) as usize
+            (self.r(RLPML) & 0x3fff) as usize
         } else {
             MAX_FRAME + if vlan { 4 } else { 0 }
         };
