@@ -1654,7 +1654,14 @@ impl DeviceModel for Igb {
         let i = idx(canonical(offset & !3));
         let shift = 8 * (offset & 3);
         let mask = (width.mask() << shift) as u32;
-        let v = (self.regs[i] & !mask) | ((value << shift) as u32 & mask);
+        let bytes = (value << shift) as u32 & mask;
+        // A narrow write merges into the register, except where a write
+        // names bits to clear (ICR, EICR): there it carries its bytes only.
+        let v = if i == idx(reg::ICR) || i == idx(reg::EICR) {
+            bytes
+        } else {
+            (self.regs[i] & !mask) | bytes
+        };
         match ops().write[i] {
             Some(f) => f(self, ctx, i, v),
             None => self.plain_write(ctx, i, v),

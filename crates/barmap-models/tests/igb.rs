@@ -605,3 +605,12 @@ fn igb_legacy_causes_interrupt_through_ims_and_icr_clears_on_read() {
     assert!(host.take().is_empty(), "IMC masked it again");
     assert_eq!(rd(&dev, reg::IMS), 0);
 }
+
+#[test]
+fn igb_a_one_byte_write_to_eicr_clears_only_the_bits_it_names() {
+    let (dev, _) = igb_device(Igb::default());
+    wr(&dev, reg::EICS, 0x0101);
+    assert_eq!(rd(&dev, reg::EIMS), 0);
+    dev.write_register(0, reg::EICR, Width::B1, 0x01).unwrap();
+    assert_eq!(rd(&dev, reg::EICR), 0x0100, "bit 8 was not written");
+}
