@@ -66,13 +66,14 @@ impl Drop for HugePages {
     }
 }
 
-/// The device a selftest binary runs on: `vfio_pci_driver_test` needs a
-/// device its library has a driver for (the I/OAT channel model); the
-/// others test the VFIO uAPI on barmap's default device.
-pub(crate) fn device_for(binary: &str) -> &'static str {
+/// The devices a selftest binary runs on, each in a run of its own:
+/// `vfio_pci_driver_test` needs a device its library has a driver for, and
+/// runs on each such model (the I/OAT channel, the 82576 NIC); the others
+/// test the VFIO uAPI on barmap's default device.
+pub(crate) fn devices_for(binary: &str) -> &'static [&'static str] {
     match binary {
-        "vfio_pci_driver_test" => "ioat",
-        _ => "default",
+        "vfio_pci_driver_test" => &["ioat", "igb"],
+        _ => &["default"],
     }
 }
 
@@ -93,35 +94,48 @@ pub fn run(args: &SelftestsArgs) -> i32 {
     let _huge = HugePages::reserve();
     let logs = cache.join("selftests-logs");
     let _ = std::fs::create_dir_all(&logs);
-    let mut results: Vec<BinaryResult> = Vec::new();
+    let mut results: Vec<(&str, BinaryResult)> = Vec::new();
     for name in selftests::BINARIES {
         if !args.binaries.is_empty() && !args.binaries.iter().any(|b| b == name) {
             continue;
         }
-        let spec = match DeviceSpec::parse(device_for(name), args.policy) {
-            Ok(d) => RunSpec::new(vec![d]),
-            Err(e) => {
-                eprintln!("barmap selftests: {e}");
-                return 2;
-            }
-        };
-        let log = logs.join(format!("{name}.log"));
-        eprintln!("barmap selftests: running {name} (log {})", log.display());
-        match kselftest::run_binary(&spec, &build.dir.join(name), &log) {
-            Ok(r) => results.push(r),
-            Err(e) => {
-                eprintln!("barmap selftests: {name}: {e}");
-                return 1;
+        for (i, device) in devices_for(name).iter().enumerate() {
+            let spec = match DeviceSpec::parse(device, args.policy) {
+                Ok(d) => RunSpec::new(vec![d]),
+                Err(e) => {
+                    eprintln!("barmap selftests: {e}");
+                    return 2;
+                }
+            };
+            // The first device's log keeps the binary's name.
+            let log = match i {
+                0 => logs.join(format!("{name}.log")),
+                _ => logs.join(format!("{name}-{device}.log")),
+            };
+            eprintln!(
+                "barmap selftests: running {name} on {device} (log {})",
+                log.display()
+            );
+            match kselftest::run_binary(&spec, &build.dir.join(name), &log) {
+                Ok(r) => results.push((device, r)),
+                Err(e) => {
+                    eprintln!("barmap selftests: {name}: {e}");
+                    return 1;
+                }
             }
         }
     }
-    let ok = results.iter().all(BinaryResult::ok);
+    let ok = results.iter().all(|(_, r)| r.ok());
     if args.json {
         let v = serde_json::json!({
             "source": format!("{} {}", selftests::PACKAGE, build.version),
             "policy": args.policy.to_string(),
             "ok": ok,
-            "binaries": results,
+            "binaries": results.iter().map(|(device, r)| {
+                let mut v = serde_json::to_value(r).expect("a result serializes");
+                v["device"] = serde_json::Value::from(*device);
+                v
+            }).collect::<Vec<_>>(),
         });
         println!("{v}");
     } else {
@@ -129,12 +143,12 @@ pub fn run(args: &SelftestsArgs) -> i32 {
             "{:<34} {:<8} {:>5} {:>5} {:>5} {:>6}  verdict",
             "binary", "device", "pass", "fail", "skip", "secs"
         );
-        for r in &results {
+        for (device, r) in &results {
             let t = r.totals.unwrap_or_default();
             println!(
                 "{:<34} {:<8} {:>5} {:>5} {:>5} {:>6.2}  {}",
                 r.name,
-                device_for(&r.name),
+                device,
                 t.pass,
                 t.fail,
                 t.skip,

@@ -737,3 +737,13 @@ fn iommufd_hwpt_alloc_attach_replace_as_qemu_does() {
 fn ioas_map_and_unmap_refuse_what_the_kernel_refuses() {
     passes("ioas_map_and_unmap_refuse_what_the_kernel_refuses", &[]);
 }
+
+// --- igb ---
+
+#[test]
+fn igb_loopback_frames_arrive_intact_with_an_msix_interrupt() {
+    passes(
+        "igb_loopback_frames_arrive_intact_with_an_msix_interrupt",
+        &["--device", "igb"],
+    );
+}

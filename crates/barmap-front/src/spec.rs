@@ -38,10 +38,11 @@ impl DeviceSpec {
     /// Reads a device description from a TOML file:
     ///
     /// ```toml
-    /// model = "default"   # or "edu", "ioat"
+    /// model = "default"   # or "edu", "ioat", "igb"
     /// memory = "64M"      # the default model's memory BAR (BAR2)
     /// policy = "page"     # optional: the run's --policy otherwise
     /// xfercap = 20        # ioat only: copies of up to 2^N bytes
+    /// mac = "52:54:00:12:34:56"  # igb only: the port's address
     /// ```
     pub fn from_toml(text: &str, default_policy: Policy) -> Result<DeviceSpec, String> {
         #[derive(serde::Deserialize)]
@@ -51,6 +52,7 @@ impl DeviceSpec {
             memory: Option<String>,
             policy: Option<String>,
             xfercap: Option<u32>,
+            mac: Option<String>,
         }
         let f: File = toml::from_str(text).map_err(|e| e.to_string())?;
         let mut short = f.model.unwrap_or_else(|| "default".into());
@@ -62,6 +64,9 @@ impl DeviceSpec {
         }
         if let Some(x) = f.xfercap {
             short += &format!(",xfercap={x}");
+        }
+        if let Some(m) = f.mac {
+            short += &format!(",mac={m}");
         }
         Self::parse(&short, default_policy)
     }
@@ -252,5 +257,13 @@ mod tests {
         assert_eq!(toml.unwrap(), ioat);
         assert!(DeviceSpec::parse("ioat,xfercap=40", Policy::Prefault).is_err());
         assert!(DeviceSpec::parse("ioat,memory=16M", Policy::Prefault).is_err());
+        let igb = DeviceSpec::parse("igb,mac=02:00:00:00:00:01", Policy::Prefault).unwrap();
+        let toml = DeviceSpec::from_toml(
+            "model = \"igb\"\nmac = \"02:00:00:00:00:01\"\n",
+            Policy::Prefault,
+        );
+        assert_eq!(toml.unwrap(), igb);
+        assert!(DeviceSpec::parse("igb,mac=01:00:00:00:00:01", Policy::Prefault).is_err());
+        assert!(DeviceSpec::parse("igb,mac=02:00:00:00:01", Policy::Prefault).is_err());
     }
 }

@@ -25,9 +25,34 @@ pub(crate) struct Shared {
 }
 
 #[derive(Default)]
-struct WorkerSignal {
+pub(crate) struct WorkerSignal {
     state: Mutex<(bool, bool)>, // (work pending, stop)
     cond: Condvar,
+}
+
+/// Wakes a device's worker from outside the device (see [`Ctx::waker`]):
+/// [`Waker::wake`] asks for [`DeviceModel::work`] to run, as
+/// [`Ctx::kick`] does from inside. It holds no reference to the device;
+/// once the device is gone, waking does nothing.
+///
+/// [`Ctx::waker`]: crate::Ctx::waker
+/// [`Ctx::kick`]: crate::Ctx::kick
+/// [`DeviceModel::work`]: crate::DeviceModel::work
+#[derive(Clone)]
+pub struct Waker(pub(crate) Arc<WorkerSignal>);
+
+impl std::fmt::Debug for Waker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Waker")
+    }
+}
+
+impl Waker {
+    /// Asks for the device's deferred work to run soon on its worker.
+    pub fn wake(&self) {
+        self.0.state.lock().unwrap().0 = true;
+        self.0.cond.notify_all();
+    }
 }
 
 /// Builds a [`ModelDevice`].
@@ -110,36 +135,63 @@ impl ModelDeviceBuilder {
     }
 }
 
+/// Lets the calling thread run on every CPU the process may use. A
+/// device's worker is the device, not a thread of the program: it must
+/// not inherit the CPU pinning of whichever program thread created the
+/// device (DPDK pins its main thread to one lcore before probing, and the
+/// worker would then share that CPU with a polling thread).
+fn run_on_any_cpu() {
+    // SAFETY: cpu_set_t is plain data; all-ones asks for every CPU, which
+    // the kernel narrows to the CPUs the process's cpuset allows. A failure
+    // leaves the inherited affinity, which still works.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for cpu in 0..libc::CPU_SETSIZE as usize {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
 fn spawn_worker(shared: &Arc<Shared>) -> JoinHandle<()> {
     let weak = Arc::downgrade(shared);
     let signal = shared.worker.clone();
     std::thread::Builder::new()
         .name("barmap-model".into())
-        .spawn(move || loop {
-            {
-                let mut s = signal.state.lock().unwrap();
-                while !s.0 && !s.1 {
-                    s = signal.cond.wait(s).unwrap();
-                }
-                if s.1 {
-                    return;
-                }
-                s.0 = false;
-            }
-            let Some(shared) = weak.upgrade() else { return };
-            let mut model = shared.model();
-            let mut ctx = Ctx {
-                dev: &shared,
-                kicked: false,
-            };
-            model.work(&mut ctx);
-            let again = ctx.kicked;
-            drop(model);
-            if again {
-                shared.kick();
-            }
+        .spawn(move || {
+            run_on_any_cpu();
+            worker_loop(&weak, &signal)
         })
         .expect("spawning a device model's worker thread")
+}
+
+/// The worker: waits for a kick, runs the model's deferred work, until
+/// stopped or the device is gone.
+fn worker_loop(weak: &std::sync::Weak<Shared>, signal: &WorkerSignal) {
+    loop {
+        {
+            let mut s = signal.state.lock().unwrap();
+            while !s.0 && !s.1 {
+                s = signal.cond.wait(s).unwrap();
+            }
+            if s.1 {
+                return;
+            }
+            s.0 = false;
+        }
+        let Some(shared) = weak.upgrade() else { return };
+        let mut model = shared.model();
+        let mut ctx = Ctx {
+            dev: &shared,
+            kicked: false,
+        };
+        model.work(&mut ctx);
+        let again = ctx.kicked;
+        drop(model);
+        if again {
+            shared.kick();
+        }
+    }
 }
 
 /// A barmap [`Device`] whose register BARs are a [`DeviceModel`].
@@ -466,8 +518,12 @@ impl Shared {
     }
 
     pub(crate) fn kick(&self) {
-        self.worker.state.lock().unwrap().0 = true;
-        self.worker.cond.notify_all();
+        self.waker().wake();
+    }
+
+    /// A handle that kicks the worker from outside the device.
+    pub(crate) fn waker(&self) -> Waker {
+        Waker(self.worker.clone())
     }
 
     fn bounds(&self, region: u32, offset: u64, len: usize) -> Result<()> {

@@ -57,24 +57,28 @@ pub mod bench;
 pub mod device;
 pub mod edu;
 pub mod host;
+pub mod igb;
 pub mod ioat;
 pub mod model;
 mod msix;
 pub mod passive;
 pub mod trap;
 
-pub use device::{ModelDevice, ModelDeviceBuilder, ModelMapping};
+pub use device::{ModelDevice, ModelDeviceBuilder, ModelMapping, Waker};
 pub use host::{DmaSide, Host, IommuFault, IrqIndex, NoHost};
 pub use model::{Ctx, DeviceModel, IrqMode, Layout, RegionKind, Width};
 
 /// The models `barmap run --device NAME[,options]` knows.
-pub const MODELS: &[&str] = &["default", "edu", "ioat"];
+pub const MODELS: &[&str] = &["default", "edu", "ioat", "igb"];
 
 /// The model called `name`, configured by `options` (`key=value` pairs):
 /// `default` (barmap's default device: options `memory=SIZE`, the memory
 /// BAR's size in bytes, 256 MiB if not given), `edu` (QEMU's educational device, no options) or
 /// `ioat` (an Intel I/OAT DMA channel: option `xfercap=N`, copies of up to
-/// 2^N bytes per descriptor, 12..=30, default 16).
+/// 2^N bytes per descriptor, 12..=30, default 16) or `igb` (an Intel
+/// 82576 Ethernet port: option `mac=XX:XX:XX:XX:XX:XX`, its unicast
+/// address, default 52:54:00:12:34:56; option `wire=NAME`, the two ports
+/// naming one wire are connected back to back).
 pub fn by_name(name: &str, options: &[(String, String)]) -> Result<Box<dyn DeviceModel>, String> {
     let unknown = |k: &str| Err(format!("unknown option {k:?} for device model {name:?}"));
     match name {
@@ -112,9 +116,43 @@ pub fn by_name(name: &str, options: &[(String, String)]) -> Result<Box<dyn Devic
             }
             Ok(Box::new(ioat::Ioat::new(xfercap)))
         }
+        "igb" => {
+            let mut mac = igb::DEFAULT_MAC;
+            let mut wire = None;
+            for (k, v) in options {
+                match k.as_str() {
+                    "mac" => mac = parse_mac(v)?,
+                    "wire" if !v.is_empty() => wire = Some(v.clone()),
+                    _ => return unknown(k),
+                }
+            }
+            let port = igb::Igb::new(mac);
+            Ok(Box::new(match wire {
+                Some(name) => port.with_wire(&name),
+                None => port,
+            }))
+        }
         _ => Err(format!(
             "unknown device model {name:?} (known: {})",
             MODELS.join(", ")
         )),
     }
+}
+
+/// Parses a unicast MAC address `XX:XX:XX:XX:XX:XX`.
+fn parse_mac(v: &str) -> Result<[u8; 6], String> {
+    let bad = || format!("mac={v}: not a unicast MAC address XX:XX:XX:XX:XX:XX");
+    let mut mac = [0u8; 6];
+    let mut parts = v.split(':');
+    for b in &mut mac {
+        let p = parts.next().ok_or_else(bad)?;
+        if p.len() != 2 {
+            return Err(bad());
+        }
+        *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    if parts.next().is_some() || mac[0] & 1 != 0 || mac == [0; 6] {
+        return Err(bad());
+    }
+    Ok(mac)
 }

@@ -342,4 +342,11 @@ impl Ctx<'_> {
     pub fn kick(&mut self) {
         self.kicked = true;
     }
+
+    /// A handle that asks for [`DeviceModel::work`] from outside any
+    /// callback: for a model whose work arrives from elsewhere (a frame
+    /// from another device over a wire).
+    pub fn waker(&self) -> crate::device::Waker {
+        self.dev.waker()
+    }
 }
