@@ -86,6 +86,8 @@ pub const VFIO_DEVICE_DETACH_IOMMUFD_PT: libc::c_ulong = vfio_io(20);
 pub const VFIO_TYPE1_IOMMU: libc::c_ulong = b::VFIO_TYPE1_IOMMU as libc::c_ulong;
 /// IOMMU model: type1 v2 (preferred).
 pub const VFIO_TYPE1V2_IOMMU: libc::c_ulong = b::VFIO_TYPE1v2_IOMMU as libc::c_ulong;
+/// Extension: DMA is cache coherent (`VFIO_DMA_CC_IOMMU`).
+pub const VFIO_DMA_CC_IOMMU: libc::c_ulong = b::VFIO_DMA_CC_IOMMU as libc::c_ulong;
 /// Extension: no-IOMMU mode (`VFIO_NOIOMMU_IOMMU`).
 pub const VFIO_NOIOMMU_IOMMU: libc::c_ulong = b::VFIO_NOIOMMU_IOMMU as libc::c_ulong;
 /// Extension: unmap of everything (`VFIO_UNMAP_ALL`).
@@ -107,9 +109,9 @@ pub const VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL: u16 = b::VFIO_IOMMU_TYPE1_INFO_DMA_AV
 
 // Flags and indices, with the bindings' own (u32) type.
 pub use b::{
-    VFIO_DEVICE_FLAGS_CAPS, VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET,
-    VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_VADDR, VFIO_DMA_MAP_FLAG_WRITE,
-    VFIO_DMA_UNMAP_FLAG_ALL, VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP, VFIO_DMA_UNMAP_FLAG_VADDR,
+    VFIO_DEVICE_FLAGS_CAPS, VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_DMA_MAP_FLAG_READ,
+    VFIO_DMA_MAP_FLAG_VADDR, VFIO_DMA_MAP_FLAG_WRITE, VFIO_DMA_UNMAP_FLAG_ALL,
+    VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP, VFIO_DMA_UNMAP_FLAG_VADDR,
     VFIO_GROUP_FLAGS_CONTAINER_SET, VFIO_GROUP_FLAGS_VIABLE, VFIO_IOMMU_INFO_CAPS,
     VFIO_IOMMU_INFO_PGSIZES, VFIO_IRQ_INFO_AUTOMASKED, VFIO_IRQ_INFO_EVENTFD,
     VFIO_IRQ_INFO_MASKABLE, VFIO_IRQ_INFO_NORESIZE, VFIO_IRQ_SET_ACTION_MASK,
@@ -232,11 +234,26 @@ mod tests {
     #[test]
     fn kept_heads_have_the_bindings_layout() {
         assert_eq!(size_of::<VfioIrqSet>(), size_of::<b::vfio_irq_set>());
-        assert_eq!(offset_of!(VfioIrqSet, argsz), offset_of!(b::vfio_irq_set, argsz));
-        assert_eq!(offset_of!(VfioIrqSet, flags), offset_of!(b::vfio_irq_set, flags));
-        assert_eq!(offset_of!(VfioIrqSet, index), offset_of!(b::vfio_irq_set, index));
-        assert_eq!(offset_of!(VfioIrqSet, start), offset_of!(b::vfio_irq_set, start));
-        assert_eq!(offset_of!(VfioIrqSet, count), offset_of!(b::vfio_irq_set, count));
+        assert_eq!(
+            offset_of!(VfioIrqSet, argsz),
+            offset_of!(b::vfio_irq_set, argsz)
+        );
+        assert_eq!(
+            offset_of!(VfioIrqSet, flags),
+            offset_of!(b::vfio_irq_set, flags)
+        );
+        assert_eq!(
+            offset_of!(VfioIrqSet, index),
+            offset_of!(b::vfio_irq_set, index)
+        );
+        assert_eq!(
+            offset_of!(VfioIrqSet, start),
+            offset_of!(b::vfio_irq_set, start)
+        );
+        assert_eq!(
+            offset_of!(VfioIrqSet, count),
+            offset_of!(b::vfio_irq_set, count)
+        );
         assert_eq!(offset_of!(b::vfio_irq_set, data), 20);
 
         type U = b::vfio_iommu_type1_dma_unmap;
