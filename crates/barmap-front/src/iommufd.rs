@@ -33,72 +33,16 @@ use crate::{type1, user, Errno};
 /// An IOAS.
 pub type Ioas = Arc<Mutex<DmaTable>>;
 
-/// `IOMMU_HWPT_ALLOC`.
-pub const IOMMU_HWPT_ALLOC: libc::c_ulong = (b';' as libc::c_ulong) << 8 | 0x89;
-/// `IOMMU_GET_HW_INFO`.
-pub const IOMMU_GET_HW_INFO: libc::c_ulong = (b';' as libc::c_ulong) << 8 | 0x8a;
-/// `IOMMU_HW_INFO_FLAG_INPUT_TYPE`.
-pub const IOMMU_HW_INFO_FLAG_INPUT_TYPE: u32 = 1;
-/// `IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED`: the emulated devices have no ATS.
-pub const IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED: u64 = 1 << 3;
+pub use ifd::{
+    IommuHwInfo, IommuHwptAlloc, IOMMU_GET_HW_INFO, IOMMU_HWPT_ALLOC,
+    IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED, IOMMU_HW_INFO_FLAG_INPUT_TYPE,
+};
 
 /// The first and last command numbers that iommufd's table holds
 /// (`IOMMUFD_CMD_BASE` .. `IOMMUFD_CMD_IOAS_NOIOMMU_GET_PA`); any other
 /// number goes to the VFIO compatibility ioctls.
 const CMD_FIRST: u64 = 0x80;
 const CMD_LAST: u64 = 0x95;
-
-/// `struct iommu_hwpt_alloc`.
-#[repr(C)]
-#[derive(Debug, Default, Clone, Copy)]
-pub struct IommuHwptAlloc {
-    /// Size of the structure.
-    pub size: u32,
-    /// `IOMMU_HWPT_ALLOC_*`.
-    pub flags: u32,
-    /// The device to allocate for.
-    pub dev_id: u32,
-    /// The IOAS (or parent HWPT) to allocate over.
-    pub pt_id: u32,
-    /// The new HWPT's id.
-    pub out_hwpt_id: u32,
-    /// Must be 0.
-    pub reserved: u32,
-    /// `IOMMU_HWPT_DATA_*`.
-    pub data_type: u32,
-    /// Bytes of driver data.
-    pub data_len: u32,
-    /// Driver data.
-    pub data_uptr: u64,
-    /// Fault queue (with `IOMMU_HWPT_FAULT_ID_VALID`).
-    pub fault_id: u32,
-    /// Must be 0.
-    pub reserved2: u32,
-}
-
-/// `struct iommu_hw_info`.
-#[repr(C)]
-#[derive(Debug, Default, Clone, Copy)]
-pub struct IommuHwInfo {
-    /// Size of the structure.
-    pub size: u32,
-    /// `IOMMU_HW_INFO_FLAG_*`.
-    pub flags: u32,
-    /// The device.
-    pub dev_id: u32,
-    /// Bytes at `data_uptr` (out: bytes the driver has).
-    pub data_len: u32,
-    /// Buffer for the driver's data.
-    pub data_uptr: u64,
-    /// In: the type asked for (with the flag); out: the type given.
-    pub data_type: u32,
-    /// Out: log2 of the PASIDs supported.
-    pub out_max_pasid_log2: u8,
-    /// Must be 0.
-    pub reserved: [u8; 3],
-    /// Out: `IOMMU_HW_CAP_*`.
-    pub out_capabilities: u64,
-}
 
 // SAFETY: #[repr(C)] structs of integers from the uAPI header, no padding.
 unsafe impl Pod for IommuHwptAlloc {}
@@ -457,7 +401,7 @@ impl Iommufd {
     /// IOAS, for a bound device.
     fn hwpt_alloc(&self, arg: usize, size: u32) -> Result<i64, Errno> {
         let mut c: IommuHwptAlloc = read_cmd(arg, size, 24)?;
-        if c.reserved != 0 {
+        if c.__reserved != 0 {
             return Err(Errno::EOPNOTSUPP);
         }
         if (c.data_type == 0) != (c.data_len == 0) {
@@ -501,13 +445,13 @@ impl Iommufd {
     /// dirty tracking, no PASID, no ATS.
     fn hw_info(&self, arg: usize, size: u32) -> Result<i64, Errno> {
         let mut c: IommuHwInfo = read_cmd(arg, size, 32)?;
-        if c.flags & !IOMMU_HW_INFO_FLAG_INPUT_TYPE != 0 || c.reserved != [0; 3] {
+        if c.flags & !IOMMU_HW_INFO_FLAG_INPUT_TYPE != 0 || c.__reserved != [0; 3] {
             return Err(Errno::EOPNOTSUPP);
         }
         if !self.state.lock().unwrap().is_device(c.dev_id) {
             return Err(Errno::ENOENT);
         }
-        c.data_type = 0;
+        c.__bindgen_anon_1.out_data_type = 0;
         // clear_user of the whole buffer, a page at a time.
         let zeros = [0u8; 4096];
         let mut at = 0usize;
@@ -546,7 +490,7 @@ impl Iommufd {
         let known = ifd::IOMMU_IOAS_MAP_FIXED_IOVA
             | ifd::IOMMU_IOAS_MAP_WRITEABLE
             | ifd::IOMMU_IOAS_MAP_READABLE;
-        if m.flags & !known != 0 || m.reserved != 0 {
+        if m.flags & !known != 0 || m.__reserved != 0 {
             return Err(Errno::EOPNOTSUPP);
         }
         if m.iova == u64::MAX || m.length == u64::MAX {
@@ -644,7 +588,7 @@ impl Iommufd {
 
     fn iova_ranges(&self, arg: usize, size: u32) -> Result<i64, Errno> {
         let mut r: ifd::IommuIoasIovaRanges = read_cmd(arg, size, 32)?;
-        if r.reserved != 0 {
+        if r.__reserved != 0 {
             return Err(Errno::EOPNOTSUPP);
         }
         self.state.lock().unwrap().ioas(r.ioas_id)?;
@@ -668,7 +612,7 @@ impl Iommufd {
     fn option(&self, arg: usize, size: u32) -> Result<i64, Errno> {
         const VAL64: usize = 16;
         let mut o: ifd::IommuOption = read_cmd(arg, size, 24)?;
-        if o.reserved != 0 {
+        if o.__reserved != 0 {
             return Err(Errno::EOPNOTSUPP);
         }
         match (o.option_id, o.op) {
@@ -703,7 +647,7 @@ impl Iommufd {
 
     fn vfio_ioas(&self, arg: usize, size: u32) -> Result<i64, Errno> {
         let mut c: ifd::IommuVfioIoas = read_cmd(arg, size, 12)?;
-        if c.reserved != 0 {
+        if c.__reserved != 0 {
             return Err(Errno::EOPNOTSUPP);
         }
         let mut s = self.state.lock().unwrap();

@@ -12,8 +12,7 @@ use crate::{user, Errno};
 /// How many DMA mappings a container allows (type1's `dma_entry_limit`).
 pub const DMA_ENTRY_LIMIT: usize = 65535;
 
-/// `VFIO_DMA_CC_IOMMU`: the extension that says DMA is cache coherent.
-pub const VFIO_DMA_CC_IOMMU: u64 = 4;
+pub use v::VFIO_DMA_CC_IOMMU;
 
 /// `VFIO_CHECK_EXTENSION` of type1 (`vfio_iommu_type1_check_extension`);
 /// `set` says whether the container has its IOMMU driver (before that the

@@ -29,6 +29,7 @@ fn bound(f: &Front) -> (i32, i32, u32, u32) {
         flags: 0,
         iommufd: i,
         out_devid: 0,
+        ..Default::default()
     };
     f.ioctl(d, v::VFIO_DEVICE_BIND_IOMMUFD, p(&mut bind))
         .unwrap();
@@ -66,6 +67,7 @@ fn attach(f: &Front, d: i32, pt_id: u32) -> Result<u32, Errno> {
         argsz: 12,
         flags: 0,
         pt_id,
+        ..Default::default()
     };
     f.ioctl(d, v::VFIO_DEVICE_ATTACH_IOMMUFD_PT, p(&mut a))?;
     Ok(a.pt_id)
@@ -89,7 +91,7 @@ fn map(
         size: 40,
         flags: flags | ifd::IOMMU_IOAS_MAP_FIXED_IOVA,
         ioas_id: ioas,
-        reserved: 0,
+        __reserved: 0,
         user_va: va,
         length: len,
         iova,
@@ -163,7 +165,9 @@ fn get_hw_info_reports_no_driver_data_and_checks_in_the_kernels_order() {
         ..Default::default()
     };
     f.ioctl(i, IOMMU_GET_HW_INFO, p(&mut c)).unwrap();
-    assert_eq!(c.data_type, 0, "IOMMU_HW_INFO_TYPE_NONE");
+    // SAFETY: a union of two u32s; any value is valid.
+    let out_type = unsafe { c.__bindgen_anon_1.out_data_type };
+    assert_eq!(out_type, 0, "IOMMU_HW_INFO_TYPE_NONE");
     assert_eq!(c.data_len, 0, "the driver has no data");
     assert!(data.iter().all(|&b| b == 0), "the user's buffer is zeroed");
     assert_eq!(c.out_capabilities, IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED);
@@ -196,7 +200,7 @@ fn get_hw_info_reports_no_driver_data_and_checks_in_the_kernels_order() {
     );
     assert_eq!(
         bad(IommuHwInfo {
-            reserved: [0, 1, 0],
+            __reserved: [0, 1, 0],
             ..q
         }),
         Err(Errno::EOPNOTSUPP)
@@ -245,7 +249,7 @@ fn hwpt_alloc_checks_in_the_kernels_order_and_failures_leave_no_object() {
     assert_eq!(bad(IommuHwptAlloc { size: 23, ..ok }), Err(Errno::EINVAL));
     assert_eq!(
         bad(IommuHwptAlloc {
-            reserved: 1,
+            __reserved: 1,
             dev_id: 99,
             ..ok
         }),

@@ -420,6 +420,7 @@ fn iommufd_ioas_and_the_cdev_bind_attach() {
         flags: 0,
         iommufd: d,
         out_devid: 0,
+        ..Default::default()
     };
     assert_eq!(
         f.ioctl(d, v::VFIO_DEVICE_BIND_IOMMUFD, p(&mut bind)),
@@ -444,6 +445,7 @@ fn iommufd_ioas_and_the_cdev_bind_attach() {
         argsz: 12,
         flags: 0,
         pt_id: 999,
+        ..Default::default()
     };
     assert_eq!(
         f.ioctl(d, v::VFIO_DEVICE_ATTACH_IOMMUFD_PT, p(&mut attach)),
@@ -459,7 +461,7 @@ fn iommufd_ioas_and_the_cdev_bind_attach() {
         size: 32,
         ioas_id: ioas,
         num_iovas: 0,
-        reserved: 0,
+        __reserved: 0,
         allowed_iovas: ranges.as_mut_ptr() as u64,
         out_iova_alignment: 0,
     };
@@ -477,7 +479,7 @@ fn iommufd_ioas_and_the_cdev_bind_attach() {
         size: 40,
         flags: ifd::IOMMU_IOAS_MAP_READABLE | ifd::IOMMU_IOAS_MAP_WRITEABLE,
         ioas_id: ioas,
-        reserved: 0,
+        __reserved: 0,
         user_va: va,
         length: 1 << 20,
         iova: 0,
