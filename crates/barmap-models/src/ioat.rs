@@ -666,7 +666,12 @@ impl Ioat {
 
 /// A block fill: `len` bytes at `dst`, the 8 bytes of `pattern` (little
 /// endian, as the descriptor holds it) over and over.
-fn fill(ctx: &mut Ctx<'_>, pattern: u64, dst: u64, len: usize) -> Result<(), (DmaSide, IommuFault)> {
+fn fill(
+    ctx: &mut Ctx<'_>,
+    pattern: u64,
+    dst: u64,
+    len: usize,
+) -> Result<(), (DmaSide, IommuFault)> {
     let bytes = pattern.to_le_bytes();
     let data: Vec<u8> = (0..len).map(|i| bytes[i % 8]).collect();
     ctx.dma_write(dst, &data).map_err(|f| (DmaSide::Write, f))
