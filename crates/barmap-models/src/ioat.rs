@@ -15,7 +15,7 @@
 //! | 0x02 | 1 | RW | GENCTRL |
 //! | 0x03 | 1 | RW | INTRCTRL: 0x01 master enable, 0x02 status (RO), 0x04 interrupt (RO), 0x08 MSI-X vector control |
 //! | 0x04 | 4 | RO | ATTNSTATUS: bit 0 while channel 0's interrupt is outstanding |
-//! | 0x08 | 1 | RO | VER: 0x33 |
+//! | 0x08 | 1 | RO | VER: 0x33 (option: 0x34) |
 //! | 0x0c | 2 | RW | INTRDELAY (14 bits) |
 //! | 0x0e | 2 | RO | DEVICE_STATUS: 0 |
 //! | 0x10 | 4 | RO | DMA_CAP: 0x40 (block fill) |
@@ -86,8 +86,15 @@ use crate::model::{Ctx, DeviceModel, IrqMode, Layout, RegionKind, Width};
 pub const VENDOR: u16 = 0x8086;
 /// PCI_DEVICE_ID_INTEL_IOAT_SKX.
 pub const DEVICE: u16 = 0x2021;
-/// The version register's value: I/OAT 3.3.
+/// The version register's value: I/OAT 3.3 (the default).
 pub const VERSION: u8 = 0x33;
+/// I/OAT 3.4 (Ice Lake's CBDMA): the same channel; DPDK's ioat PMD reports
+/// from this version on that the device handles errors
+/// (`RTE_DMA_CAPA_HANDLES_ERRORS`), so its error tests run.
+pub const VERSION_3_4: u8 = 0x34;
+/// The versions the model presents: 3.3 (the kernel's selftest driver
+/// accepts 3.2 and 3.3 only) and 3.4.
+pub const VERSIONS: [u8; 2] = [VERSION, VERSION_3_4];
 /// BAR0's size.
 pub const BAR0_SIZE: u64 = 16 << 10;
 /// The MSI-X table's offset in BAR0.
@@ -314,6 +321,7 @@ const CFG_REGS: [(u64, u64); 3] = [
 /// The IOAT device's state.
 #[derive(Debug, Clone)]
 pub struct Ioat {
+    version: u8,
     xfercap: u8,
     genctrl: u8,
     intrctrl: u8,
@@ -364,7 +372,15 @@ impl Ioat {
     /// A channel whose copies may be up to `2^xfercap` bytes each
     /// (12..=30; the kernel's drivers read XFERCAP as that log).
     pub fn new(xfercap: u8) -> Ioat {
+        Ioat::with_version(xfercap, VERSION)
+    }
+
+    /// The same channel presenting `version` (one of [`VERSIONS`]: only
+    /// the VER register differs; the error behaviour, a halt with CHANERR
+    /// and the completion written back, is the same on both).
+    pub fn with_version(xfercap: u8, version: u8) -> Ioat {
         Ioat {
+            version,
             xfercap,
             genctrl: 0,
             intrctrl: 0,
@@ -422,7 +438,7 @@ impl Ioat {
             reg::GENCTRL => u64::from(self.genctrl),
             reg::INTRCTRL => u64::from(self.intrctrl()),
             reg::ATTNSTATUS => u64::from(self.attn),
-            reg::VER => u64::from(VERSION),
+            reg::VER => u64::from(self.version),
             reg::INTRDELAY => u64::from(self.intrdelay),
             reg::DEVICE_STATUS => 0,
             reg::DMA_CAP => u64::from(DMA_CAP_FILL_BLOCK),
@@ -755,7 +771,7 @@ impl DeviceModel for Ioat {
     }
 
     fn reset(&mut self) {
-        *self = Ioat::new(self.xfercap);
+        *self = Ioat::with_version(self.xfercap, self.version);
     }
 
     fn work(&mut self, ctx: &mut Ctx<'_>) {

@@ -74,7 +74,8 @@ pub const MODELS: &[&str] = &["default", "edu", "ioat"];
 /// `default` (barmap's default device: options `memory=SIZE`, the memory
 /// BAR's size in bytes, 256 MiB if not given), `edu` (QEMU's educational device, no options) or
 /// `ioat` (an Intel I/OAT DMA channel: option `xfercap=N`, copies of up to
-/// 2^N bytes per descriptor, 12..=30, default 16).
+/// 2^N bytes per descriptor, 12..=30, default 16; option `version=3.3` or
+/// `version=3.4`, default 3.3).
 pub fn by_name(name: &str, options: &[(String, String)]) -> Result<Box<dyn DeviceModel>, String> {
     let unknown = |k: &str| Err(format!("unknown option {k:?} for device model {name:?}"));
     match name {
@@ -98,8 +99,16 @@ pub fn by_name(name: &str, options: &[(String, String)]) -> Result<Box<dyn Devic
         },
         "ioat" => {
             let mut xfercap = ioat::DEFAULT_XFERCAP;
+            let mut version = ioat::VERSION;
             for (k, v) in options {
                 match k.as_str() {
+                    "version" => {
+                        version = match v.as_str() {
+                            "3.3" | "0x33" => ioat::VERSION,
+                            "3.4" | "0x34" => ioat::VERSION_3_4,
+                            _ => return Err(format!("version={v}: not 3.3 or 3.4")),
+                        }
+                    }
                     "xfercap" => {
                         xfercap = v
                             .parse()
@@ -110,7 +119,7 @@ pub fn by_name(name: &str, options: &[(String, String)]) -> Result<Box<dyn Devic
                     _ => return unknown(k),
                 }
             }
-            Ok(Box::new(ioat::Ioat::new(xfercap)))
+            Ok(Box::new(ioat::Ioat::with_version(xfercap, version)))
         }
         _ => Err(format!(
             "unknown device model {name:?} (known: {})",

@@ -730,3 +730,25 @@ fn ioat_an_error_writes_back_the_last_good_descriptor_with_the_halted_status() {
         "DPDK counts the completions up to the failed one from this"
     );
 }
+
+#[test]
+fn ioat_version_3_4_is_an_option_and_3_3_the_default() {
+    let opt = |v: &str| vec![("version".to_string(), v.to_string())];
+    let read_ver = |m: Box<dyn barmap_models::DeviceModel>| {
+        let dev = ModelDevice::builder_boxed(m).build().unwrap();
+        rd(&dev, reg::VER, Width::B1)
+    };
+    assert_eq!(read_ver(barmap_models::by_name("ioat", &[]).unwrap()), 0x33);
+    assert_eq!(
+        read_ver(barmap_models::by_name("ioat", &opt("3.4")).unwrap()),
+        0x34
+    );
+    assert!(barmap_models::by_name("ioat", &opt("3.5")).is_err());
+    let dev = ModelDevice::new(Ioat::with_version(16, ioat::VERSION_3_4)).unwrap();
+    dev.reset().unwrap();
+    assert_eq!(
+        rd(&dev, reg::VER, Width::B1),
+        0x34,
+        "a reset keeps the version"
+    );
+}
