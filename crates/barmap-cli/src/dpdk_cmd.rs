@@ -5,6 +5,8 @@
 //!
 //! - `dpdk-test` with `DPDK_TEST=dmadev_autotest`: the API tests, then every
 //!   device test (copy, stop_start, burst_capacity, fill) must succeed;
+//!   again on version 3.4, where DPDK also runs its error_handling test
+//!   (reported: it can lose a completion, see [`AUTOTEST_3_4_NOTE`]);
 //! - `dpdk-test-dma-perf` with the sample configuration's parameters
 //!   (`app/test-dma-perf/config.ini`: 10 MB, buffers of 64..8192 bytes
 //!   doubling, ring 1024, kick batch 32) on the device, then the same sizes
@@ -52,6 +54,17 @@ pub const DRIVERS: [&str; 5] = [
 ];
 /// The device tests of `dmadev_autotest` that must succeed.
 pub const DEVICE_TESTS: [&str; 4] = ["copy", "stop_start", "burst_capacity", "fill"];
+/// Why `error_handling` may fail on version 3.4 without a fault of the
+/// device: after an error, DPDK's `ioat_completed_status()` called with
+/// `max_ops == 1` both advances past one completion the device already
+/// wrote back and reports the failure in its place, so one completion is
+/// never reported; on hardware the descriptor fetch after re-arming is
+/// slower than the driver's next poll, here the trapped doorbell write is
+/// slower than the model's copy.
+pub const AUTOTEST_3_4_NOTE: &str = "error_handling on 3.4: DPDK's ioat_completed_status() with \
+     max_ops=1 after a recovery consumes one completion the device already wrote back and \
+     reports the failure in its place (test_individual_status_query_with_failure then sees 0 \
+     of 1); only the four device tests are required there";
 /// The buffer sizes of the sample configuration (`buf_size=64,8192,2,MUL`).
 pub const BUF_SIZES: [u32; 8] = [64, 128, 256, 512, 1024, 2048, 4096, 8192];
 /// The DPDK runtime-file prefix, apart from any other DPDK on the host.
@@ -222,6 +235,7 @@ pub struct Outcome {
 /// Runs `script` with `sh -c` under `barmap run --device ioat`, its output
 /// into `log`, stopped (its whole process group) after `limit`.
 fn barmap_run(
+    device: &str,
     policy: Policy,
     script: &str,
     env: &[(&str, &str)],
@@ -235,7 +249,7 @@ fn barmap_run(
     c.args([
         "run",
         "--device",
-        "ioat",
+        device,
         "--policy",
         &policy.to_string(),
         "--",
@@ -391,6 +405,7 @@ pub fn dma_perf_config(dpdk: &Dpdk, seconds: u32) -> String {
 /// dmadev_autotest's verdict.
 #[derive(Debug, Clone, Serialize)]
 pub struct AutotestReport {
+    device: String,
     ok: bool,
     outcome: Outcome,
     cases: Vec<TestCase>,
@@ -439,31 +454,46 @@ fn read(log: &Path) -> String {
     String::from_utf8_lossy(&std::fs::read(log).unwrap_or_default()).into_owned()
 }
 
-fn autotest(dpdk: &Dpdk, policy: Policy, logs: &Path) -> Result<AutotestReport> {
+/// `dmadev_autotest` on `device`: every test in `required` must succeed
+/// (and, when `strict`, the program must pass as a whole).
+fn autotest(
+    dpdk: &Dpdk,
+    device: &str,
+    policy: Policy,
+    required: &[&str],
+    strict: bool,
+    log: &Path,
+) -> Result<AutotestReport> {
     let script = format!(
         "exec {} {} -a $BARMAP_BDF",
         dpdk.command("dpdk-test"),
         dpdk.eal()
     );
     let outcome = barmap_run(
+        device,
         policy,
         &script,
         &[("DPDK_TEST", "dmadev_autotest")],
-        &logs.join("dmadev_autotest.log"),
+        log,
         Duration::from_secs(300),
     )?;
     let text = read(&outcome.log);
     let cases = parse_autotest(&text);
-    let device_ok = DEVICE_TESTS.iter().all(|t| {
+    let device_ok = required.iter().all(|t| {
         cases
             .iter()
             .any(|c| c.name == *t && c.verdict == "succeeded" && c.suite.contains("instance"))
     });
-    let ok = outcome.code == Some(0)
+    let whole = outcome.code == Some(0)
         && text.contains("Test OK")
-        && device_ok
         && !cases.iter().any(|c| c.verdict == "failed");
-    Ok(AutotestReport { ok, outcome, cases })
+    let ok = device_ok && (whole || !strict);
+    Ok(AutotestReport {
+        device: device.to_string(),
+        ok,
+        outcome,
+        cases,
+    })
 }
 
 fn dma_perf(dpdk: &Dpdk, policy: Policy, seconds: u32, logs: &Path) -> Result<PerfReport> {
@@ -479,7 +509,14 @@ fn dma_perf(dpdk: &Dpdk, policy: Policy, seconds: u32, logs: &Path) -> Result<Pe
         logs.join("dma-perf.csv").display()
     );
     let limit = Duration::from_secs(120 + 2 * BUF_SIZES.len() as u64 * (u64::from(seconds) + 10));
-    let outcome = barmap_run(policy, &script, &[], &logs.join("dma-perf.log"), limit)?;
+    let outcome = barmap_run(
+        "ioat",
+        policy,
+        &script,
+        &[],
+        &logs.join("dma-perf.log"),
+        limit,
+    )?;
     let text = read(&outcome.log);
     let lines = parse_dma_perf(&text);
     let find = |case: u32, size: u32| lines.iter().find(|l| l.case == case && l.buf_size == size);
@@ -522,6 +559,7 @@ fn testpmd(dpdk: &Dpdk, policy: Policy, logs: &Path) -> Result<TestpmdReport> {
         dpdk.eal()
     );
     let outcome = barmap_run(
+        "ioat",
         policy,
         &script,
         &[],
@@ -569,27 +607,45 @@ pub fn run(args: &DpdkArgs) -> i32 {
     }
     progress(&format!("DPDK {} in {}", dpdk.version, dpdk.root.display()));
     progress("dmadev_autotest");
-    let auto = autotest(&dpdk, args.policy, &logs);
+    let auto = autotest(
+        &dpdk,
+        "ioat",
+        args.policy,
+        &DEVICE_TESTS,
+        true,
+        &logs.join("dmadev_autotest.log"),
+    );
+    progress("dmadev_autotest on version 3.4 (error handling advertised)");
+    let auto34 = autotest(
+        &dpdk,
+        "ioat,version=3.4",
+        args.policy,
+        &DEVICE_TESTS,
+        false,
+        &logs.join("dmadev_autotest-3.4.log"),
+    );
     progress("dpdk-test-dma-perf");
     let perf = dma_perf(&dpdk, args.policy, args.seconds, &logs);
     progress("dpdk-testpmd");
     let pmd = testpmd(&dpdk, args.policy, &logs);
-    let (auto, perf, pmd) = match (auto, perf, pmd) {
-        (Ok(a), Ok(p), Ok(t)) => (a, p, t),
-        (a, p, t) => {
-            for e in [a.err(), p.err(), t.err()].into_iter().flatten() {
+    let (auto, auto34, perf, pmd) = match (auto, auto34, perf, pmd) {
+        (Ok(a), Ok(b), Ok(p), Ok(t)) => (a, b, p, t),
+        (a, b, p, t) => {
+            for e in [a.err(), b.err(), p.err(), t.err()].into_iter().flatten() {
                 eprintln!("barmap dpdk: {e}");
             }
             return 1;
         }
     };
-    let ok = auto.ok && perf.ok && pmd.ok;
+    let ok = auto.ok && auto34.ok && perf.ok && pmd.ok;
     if args.json {
         let v = serde_json::json!({
             "source": format!("{PACKAGE} {} ({SUITE})", dpdk.version),
             "policy": args.policy.to_string(),
             "ok": ok,
             "dmadev_autotest": auto,
+            "dmadev_autotest_3_4": auto34,
+            "dmadev_autotest_3_4_note": AUTOTEST_3_4_NOTE,
             "dma_perf": perf,
             "testpmd": pmd,
         });
@@ -597,14 +653,18 @@ pub fn run(args: &DpdkArgs) -> i32 {
     } else {
         let mut s = String::new();
         let _ = writeln!(s, "DPDK {} ({SUITE}) on the ioat model", dpdk.version);
-        let _ = writeln!(
-            s,
-            "dmadev_autotest: {} ({:.1} s)",
-            if auto.ok { "ok" } else { "FAIL" },
-            auto.outcome.elapsed_s
-        );
-        for c in auto.cases.iter().filter(|c| c.suite.contains("instance")) {
-            let _ = writeln!(s, "    {:<20} {}", c.name, c.verdict);
+        for a in [&auto, &auto34] {
+            let _ = writeln!(
+                s,
+                "dmadev_autotest on {}: {} ({:.1} s, exit {})",
+                a.device,
+                if a.ok { "ok" } else { "FAIL" },
+                a.outcome.elapsed_s,
+                a.outcome.code.map_or("-".into(), |c| c.to_string())
+            );
+            for c in a.cases.iter().filter(|c| c.suite.contains("instance")) {
+                let _ = writeln!(s, "    {:<20} {}", c.name, c.verdict);
+            }
         }
         let _ = writeln!(
             s,
