@@ -351,8 +351,7 @@ pub fn parse_dma_perf(text: &str) -> Vec<PerfLine> {
     let mut pending: Option<(u32, f64)> = None;
     let mut lines = Vec::new();
     let num = |s: &str| {
-        s.trim()
-            .split_whitespace()
+        s.split_whitespace()
             .next()
             .and_then(|w| w.parse::<f64>().ok())
     };
