@@ -283,6 +283,16 @@ fn barmap_run(
                 unsafe { libc::kill(-pid, libc::SIGKILL) };
             }
             let _ = child.wait();
+            // The program may outlive `barmap run` for a moment (it holds
+            // DPDK's runtime lock until it is gone): wait for the group.
+            let gone = Instant::now();
+            // SAFETY: signal 0 only asks whether the group still exists.
+            while pid > 0
+                && unsafe { libc::kill(-pid, 0) } == 0
+                && gone.elapsed() < Duration::from_secs(10)
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
             return Ok(Outcome {
                 code: None,
                 timed_out: true,
