@@ -6,13 +6,15 @@
 //! - `barmap bench`: the fault path's costs, as ratios to native;
 //! - `barmap fuzz`: the state-machine explorer against a reference model;
 //! - `barmap guest`: the same scenarios against the kernel's vfio-pci;
-//! - `barmap run`: an unmodified VFIO program on barmap's devices.
+//! - `barmap run`: an unmodified VFIO program on barmap's devices;
+//! - `barmap dpdk`: DPDK's own tests on the ioat model.
 
 use clap::{Parser, Subcommand};
 
 mod bench;
 mod check;
 mod demo;
+mod dpdk_cmd;
 mod fuzz;
 mod guest_cmd;
 mod run_cmd;
@@ -57,6 +59,9 @@ enum Command {
     /// Fetch and build the kernel's VFIO selftests into the cache.
     #[command(name = "selftests-build")]
     SelftestsBuild(selftests_cmd::SelftestsBuildArgs),
+    /// DPDK 24.11 (Debian trixie) on the ioat model: dmadev_autotest,
+    /// dma-perf at every size of its sample config, testpmd.
+    Dpdk(dpdk_cmd::DpdkArgs),
     /// Touches revoked device memory without a safety net: dies by SIGBUS.
     #[command(hide = true, name = "sigbus-child")]
     SigbusChild,
@@ -88,6 +93,7 @@ fn main() {
         Command::Run(args) => run_cmd::run(&args),
         Command::SelftestsBuild(args) => selftests_cmd::run(&args),
         Command::Selftests(args) => selftests_run::run(&args),
+        Command::Dpdk(args) => dpdk_cmd::run(&args),
 
         Command::SigbusChild => demo::sigbus_child(),
     };

@@ -9,7 +9,7 @@ use barmap::{Device, Error, Placement, Prot};
 use barmap_models::{DmaSide, Host, IrqIndex, ModelDevice, ModelMapping};
 use barmap_vfio::uapi as v;
 
-use crate::dma::DmaTable;
+use crate::dma::{DmaTable, SpanFault};
 use crate::irq::{self, Irqs};
 use crate::spec::DeviceSpec;
 use crate::{user, Errno};
@@ -104,20 +104,22 @@ fn index_of(i: IrqIndex) -> u32 {
 }
 
 impl FrontHost {
-    fn translate(&self, iova: u64, len: u64, write: bool) -> Result<u64, IommuFault> {
+    /// The process ranges behind a DMA access, which may run across
+    /// IOVA-contiguous mappings (see [`DmaTable::translate_spans`]); a
+    /// fault names the access, as a single-mapping one does.
+    fn translate(&self, iova: u64, len: u64, write: bool) -> Result<Vec<(u64, u64)>, IommuFault> {
         let dma = self.dma.lock().unwrap();
         let table = dma.as_ref().ok_or(IommuFault::NoDomain)?.lock().unwrap();
-        match table.translate(iova, len, write) {
-            Some(va) => Ok(va),
-            // Private memory the program unmapped after mapping it for
-            // DMA: the kernel would still reach the pinned pages; barmap
-            // has none to reach (see crate::dma).
-            None if table.is_gone(iova, len) => Err(IommuFault::Gone { iova }),
-            None if table.translate(iova, len, !write).is_some() => {
-                Err(IommuFault::Permission { iova, write })
-            }
-            None => Err(IommuFault::Unmapped { iova, len }),
-        }
+        table
+            .translate_spans(iova, len, write)
+            .map_err(|f| match f {
+                // Private memory the program unmapped after mapping it for
+                // DMA: the kernel would still reach the pinned pages; barmap
+                // has none to reach (see crate::dma).
+                SpanFault::Gone { .. } => IommuFault::Gone { iova },
+                SpanFault::Permission { .. } => IommuFault::Permission { iova, write },
+                SpanFault::Unmapped { .. } => IommuFault::Unmapped { iova, len },
+            })
     }
 }
 
@@ -161,13 +163,24 @@ impl Host for FrontHost {
 
 impl FrontHost {
     fn raw_read(&self, iova: u64, buf: &mut [u8]) -> Result<(), IommuFault> {
-        let va = self.translate(iova, buf.len() as u64, false)?;
-        barmap::os::copy_from_user(va as *const u8, buf).map_err(|_| IommuFault::Gone { iova })
+        let mut at = 0usize;
+        for (va, n) in self.translate(iova, buf.len() as u64, false)? {
+            let part = &mut buf[at..at + n as usize];
+            barmap::os::copy_from_user(va as *const u8, part)
+                .map_err(|_| IommuFault::Gone { iova })?;
+            at += n as usize;
+        }
+        Ok(())
     }
 
     fn raw_write(&self, iova: u64, data: &[u8]) -> Result<(), IommuFault> {
-        let va = self.translate(iova, data.len() as u64, true)?;
-        barmap::os::copy_to_user(data, va as *mut u8).map_err(|_| IommuFault::Gone { iova })
+        let mut at = 0usize;
+        for (va, n) in self.translate(iova, data.len() as u64, true)? {
+            let part = &data[at..at + n as usize];
+            barmap::os::copy_to_user(part, va as *mut u8).map_err(|_| IommuFault::Gone { iova })?;
+            at += n as usize;
+        }
+        Ok(())
     }
 
     /// In place: both IOVAs translated, then one copy by the kernel from
@@ -184,7 +197,14 @@ impl FrontHost {
         let to = self
             .translate(dst, len, true)
             .map_err(|f| (DmaSide::Write, f))?;
-        match barmap::os::probe(to as usize, from as *mut u8, len as usize, true) {
+        // One range each side: in place; across mappings: the bounce.
+        let direct = match (from.as_slice(), to.as_slice()) {
+            ([(from, _)], [(to, _)]) => {
+                barmap::os::probe(*to as usize, *from as *mut u8, len as usize, true)
+            }
+            _ => Err(0),
+        };
+        match direct {
             Ok(()) => Ok(()),
             Err(_) => {
                 let mut buf = vec![0u8; len as usize];

@@ -88,6 +88,29 @@ pub enum DmaError {
     Fault,
 }
 
+/// Where a DMA access over several mappings faulted
+/// ([`DmaTable::translate_spans`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpanFault {
+    /// Nothing maps `iova` (`len` bytes of the access were left).
+    Unmapped {
+        /// The first IOVA without a mapping.
+        iova: u64,
+        /// The bytes of the access from there on.
+        len: u64,
+    },
+    /// The mapping at `iova` does not allow the access.
+    Permission {
+        /// The first IOVA whose mapping refused.
+        iova: u64,
+    },
+    /// The mapping at `iova` meets private memory the program unmapped.
+    Gone {
+        /// The first IOVA whose memory is gone.
+        iova: u64,
+    },
+}
+
 /// IOVA → mapping.
 #[derive(Debug, Default)]
 pub struct DmaTable {
@@ -761,6 +784,45 @@ impl DmaTable {
         }
     }
 
+    /// Translates a DMA access of `len` bytes at `iova` that may run from
+    /// one mapping into the next, as an IOMMU translates page by page: a
+    /// transfer over IOVA-contiguous mappings (DPDK without huge pages maps
+    /// every 4 KiB page on its own) is one transfer. Each mapping's part is
+    /// translated as [`DmaTable::translate`] does; returns the process
+    /// ranges in order, as (address, bytes), or where the walk faulted.
+    pub fn translate_spans(
+        &self,
+        iova: u64,
+        len: u64,
+        write: bool,
+    ) -> Result<Vec<(u64, u64)>, SpanFault> {
+        let end = iova
+            .checked_add(len)
+            .ok_or(SpanFault::Unmapped { iova, len })?;
+        let mut spans = Vec::new();
+        let mut at = iova;
+        while at < end {
+            let m = self
+                .maps
+                .range(..=at)
+                .next_back()
+                .map(|(_, m)| m)
+                .filter(|m| at < m.iova + m.size)
+                .ok_or(SpanFault::Unmapped {
+                    iova: at,
+                    len: end - at,
+                })?;
+            let n = (m.iova + m.size).min(end) - at;
+            match self.translate(at, n, write) {
+                Some(va) => spans.push((va, n)),
+                None if self.is_gone(at, n) => return Err(SpanFault::Gone { iova: at }),
+                None => return Err(SpanFault::Permission { iova: at }),
+            }
+            at += n;
+        }
+        Ok(spans)
+    }
+
     /// Whether a DMA access of `len` bytes at `iova` meets private memory
     /// that the program unmapped after mapping it for DMA.
     pub fn is_gone(&self, iova: u64, len: u64) -> bool {
@@ -865,6 +927,22 @@ mod tests {
         assert_eq!(t.translate(0x1800, 8, false), Some(a + 0x800));
         assert_eq!(t.translate(0x1800, 8, true), None, "read-only");
         assert_eq!(t.translate(0x2ffc, 8, false), None, "crosses the end");
+        assert_eq!(
+            t.translate_spans(0x1800, 8, false),
+            Ok(vec![(a + 0x800, 8)])
+        );
+        assert_eq!(
+            t.translate_spans(0x2ffc, 8, false),
+            Err(SpanFault::Unmapped {
+                iova: 0x3000,
+                len: 4
+            }),
+            "runs past the last mapping"
+        );
+        assert_eq!(
+            t.translate_spans(0x1800, 8, true),
+            Err(SpanFault::Permission { iova: 0x1800 })
+        );
         assert_eq!(t.unmap(0x1000, 0x1000, true), Err(DmaError::Invalid));
         assert_eq!(t.unmap(0x0, 0x10_0000, true), Ok(0x2000));
         assert!(t.is_empty());
@@ -876,6 +954,47 @@ mod tests {
             }),
             Err(DmaError::Fault)
         );
+    }
+
+    #[test]
+    fn an_access_runs_across_iova_contiguous_mappings_of_scattered_pages() {
+        let (_v, a) = buf();
+        let mut t = DmaTable::default();
+        // Three pages, each mapped on its own; the process pages are not
+        // in IOVA order, and the last one is read-only.
+        for (i, (va, write)) in [(a + 0x3000, true), (a, true), (a + 0x5000, false)]
+            .into_iter()
+            .enumerate()
+        {
+            t.map(DmaMapping {
+                iova: 0x10_0000 + 0x1000 * i as u64,
+                size: 0x1000,
+                vaddr: va,
+                read: true,
+                write,
+            })
+            .unwrap();
+        }
+        assert_eq!(
+            t.translate_spans(0x10_0f00, 0x1200, false),
+            Ok(vec![(a + 0x3f00, 0x100), (a, 0x1000), (a + 0x5000, 0x100)])
+        );
+        assert_eq!(
+            t.translate_spans(0x10_0f00, 0x200, true),
+            Ok(vec![(a + 0x3f00, 0x100), (a, 0x100)])
+        );
+        assert_eq!(
+            t.translate_spans(0x10_0f00, 0x1200, true),
+            Err(SpanFault::Permission { iova: 0x10_2000 })
+        );
+        assert_eq!(
+            t.translate_spans(0x10_2f00, 0x200, false),
+            Err(SpanFault::Unmapped {
+                iova: 0x10_3000,
+                len: 0x100
+            })
+        );
+        assert_eq!(t.translate(0x10_0f00, 0x200, false), None);
     }
 
     #[test]

@@ -601,7 +601,7 @@ fn device_dma_goes_through_the_iommu_table_with_its_permissions() {
     let (f, _dir) = front();
     let (c, _g, _d) = legacy(&f);
     let dev = f.devices().pop().unwrap();
-    let mut buf = vec![0u8; 3 * 4096];
+    let mut buf = vec![0u8; 4 * 4096];
     let va = (buf.as_mut_ptr() as u64).next_multiple_of(4096);
     let mut m = v::VfioDmaMap {
         argsz: 32,
@@ -644,5 +644,31 @@ fn device_dma_goes_through_the_iommu_table_with_its_permissions() {
             len: 6
         }),
         "crosses the end of the mapping"
+    );
+    // The next IOVA page mapped on its own, from a process page that does
+    // not follow: one access runs across both (DPDK without huge pages
+    // maps every page on its own, and its buffers cross pages).
+    m.flags = v::VFIO_DMA_MAP_FLAG_READ | v::VFIO_DMA_MAP_FLAG_WRITE;
+    m.vaddr = va + 2 * 4096;
+    m.iova = 0x10_1000;
+    f.ioctl(c, v::VFIO_IOMMU_MAP_DMA, p(&mut m)).unwrap();
+    dev.dma_write(0x10_0ffd, b"across").unwrap();
+    // SAFETY: as above.
+    let (end, start) = unsafe {
+        (
+            std::slice::from_raw_parts((va + 0xffd) as *const u8, 3),
+            std::slice::from_raw_parts((va + 2 * 4096) as *const u8, 3),
+        )
+    };
+    assert_eq!((end, start), (&b"acr"[..], &b"oss"[..]));
+    dev.dma_read(0x10_0ffd, &mut back).unwrap();
+    assert_eq!(&back, b"across");
+    assert_eq!(
+        dev.dma_read(0x10_1ffc, &mut back),
+        Err(IommuFault::Unmapped {
+            iova: 0x10_1ffc,
+            len: 6
+        }),
+        "runs past the last of the two"
     );
 }

@@ -153,6 +153,42 @@ impl Apt {
             .ok_or_else(|| Error::msg(format!("{meta} has no dependency starting with {prefix}")))
     }
 
+    /// The packages that `packages` depend on (Depends and Pre-Depends,
+    /// every alternative; virtual packages left out), each name once.
+    pub fn depends(&self, packages: &[String]) -> Result<Vec<String>> {
+        let mut c = self.cmd("apt-cache");
+        c.args([
+            "depends",
+            "--no-recommends",
+            "--no-suggests",
+            "--no-conflicts",
+            "--no-breaks",
+            "--no-replaces",
+            "--no-enhances",
+        ])
+        .args(packages);
+        let out = run_output(&mut c)?;
+        let mut found: Vec<String> = Vec::new();
+        for line in out.lines() {
+            let l = line.trim().trim_start_matches('|');
+            let Some(dep) = l
+                .strip_prefix("Depends:")
+                .or_else(|| l.strip_prefix("PreDepends:"))
+            else {
+                continue;
+            };
+            let dep = dep.trim();
+            if dep.starts_with('<') {
+                continue; // virtual
+            }
+            let name = dep.split(':').next().unwrap_or(dep).to_string();
+            if !found.contains(&name) {
+                found.push(name);
+            }
+        }
+        Ok(found)
+    }
+
     /// The candidate version of `package`.
     pub fn candidate_version(&self, package: &str) -> Result<String> {
         let mut c = self.cmd("apt-cache");

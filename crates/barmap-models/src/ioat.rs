@@ -15,15 +15,15 @@
 //! | 0x02 | 1 | RW | GENCTRL |
 //! | 0x03 | 1 | RW | INTRCTRL: 0x01 master enable, 0x02 status (RO), 0x04 interrupt (RO), 0x08 MSI-X vector control |
 //! | 0x04 | 4 | RO | ATTNSTATUS: bit 0 while channel 0's interrupt is outstanding |
-//! | 0x08 | 1 | RO | VER: 0x33 |
+//! | 0x08 | 1 | RO | VER: 0x33 (option: 0x34) |
 //! | 0x0c | 2 | RW | INTRDELAY (14 bits) |
 //! | 0x0e | 2 | RO | DEVICE_STATUS: 0 |
-//! | 0x10 | 4 | RO | DMA_CAP: 0 (plain copies only) |
+//! | 0x10 | 4 | RO | DMA_CAP: 0x40 (block fill) |
 //! | 0x80 | 2 | RW | CHANCTRL: 0x01 rearm the interrupt (reads 0), 0x04 completion write on error, 0x08 abort on any error, 0x10 interrupt on error |
 //! | 0x82 | 2 | RO | DMA_COMP: 0x0002 |
 //! | 0x84 | 1 | WO | CHANCMD: 0x20 reset, 0x10 resume, 0x08 abort, 0x04 suspend (reads 0: every command completes at once) |
 //! | 0x86 | 2 | RW | DMACOUNT: descriptors to have completed since the chain address was written |
-//! | 0x88 | 8 | RO | CHANSTS: last completed descriptor's address (bits 63:6), status (2:0): 0 active, 1 done, 2 suspended, 3 halted |
+//! | 0x88 | 8 | RO | CHANSTS: last completed descriptor's address (bits 63:6), status (2:0): 0 active, 1 done (idle), 2 suspended, 3 halted, 4 armed |
 //! | 0x90 | 8 | RW | CHAINADDR: the next descriptor's IOVA (a write also restarts DMACOUNT's count at 0) |
 //! | 0x98 | 8 | RW | CHANCMP: completion writeback IOVA (CHANSTS is written there) |
 //! | 0xa0 | 8 | RO | CDAR: the descriptor being (or last) processed |
@@ -35,17 +35,34 @@
 //! errors again, as the chipset logs them) and CHANERRMASK_INT (0x184).
 //!
 //! A descriptor is 64 bytes at a 64-byte aligned IOVA: size (u32), control
-//! (u32: bit 0 interrupt when done, bit 3 completion write, bit 5 null,
-//! bits 31:24 the operation, 0 = copy), source and destination IOVAs,
-//! and the next descriptor's IOVA. Writing DMACOUNT starts the channel
-//! (status active) on the descriptor at CHAINADDR; the copies run on the
-//! device's worker thread, following `next`, until as many descriptors
-//! completed since CHAINADDR was written as DMACOUNT says (16 bits,
-//! wrapping), and then the status is done. SUSPEND stops at the next
-//! descriptor boundary (status suspended; RESUME, or a DMACOUNT write
-//! that counts more descriptors, goes on); RESET returns
-//! the channel to halted at once, its errors kept until cleared (the
-//! kernel's drivers clear CHANERR before a reset).
+//! (u32: bit 0 interrupt when done, bit 3 completion write, bit 4 fence,
+//! bit 5 null, bits 31:24 the operation: 0 copy, 1 block fill), source
+//! (for a fill: the 8-byte pattern) and destination IOVAs, and the next
+//! descriptor's IOVA. A null descriptor moves nothing but completes like
+//! any other (write-back, interrupt).
+//!
+//! The channel's states, as CHANSTS shows them:
+//! - **halted** after a reset (CHANCMD reset, or the device's), an abort
+//!   or an error. DMACOUNT writes do nothing; a CHAINADDR write arms the
+//!   channel if CHANERR is clear (with errors it stays halted until they
+//!   are cleared and it is reset). Suspend leaves it halted.
+//! - **armed**: the chain address is known, nothing counted yet. A
+//!   DMACOUNT write that counts descriptors starts it.
+//! - **active**: the copies run on the device's worker thread from the
+//!   descriptor at CHAINADDR, following `next`, until as many descriptors
+//!   completed since CHAINADDR was written as DMACOUNT says (16 bits,
+//!   wrapping); then **done** (idle). A DMACOUNT write that counts more
+//!   goes on from where the chain stopped.
+//! - **suspended** by CHANCMD suspend from active, done or armed, at the
+//!   next descriptor boundary; RESUME, or a DMACOUNT write that counts
+//!   more descriptors, goes on.
+//!
+//! CHANCMD abort halts the channel at the next descriptor boundary,
+//! whatever its state; reset halts it at once, pointers and counts at
+//! zero, its errors kept until cleared (the kernel's and DPDK's drivers
+//! clear CHANERR before a reset). Completion write-back (a descriptor's
+//! bit 3, or an error with CHANCTRL's error-completion bit) writes CHANSTS,
+//! the last completed descriptor's address and the status, to CHANCMP.
 //!
 //! A fault halts the channel: an IOMMU fault reading the descriptor sets
 //! CHANERR's next-address bit (0x4), reading the source its source-address
@@ -62,15 +79,22 @@
 //! by MSI-X (masked: pending), MSI or INTx, as the program enabled. An
 //! error interrupts only with CHANCTRL's interrupt-on-error bit.
 
-use crate::host::DmaSide;
+use crate::host::{DmaSide, IommuFault};
 use crate::model::{Ctx, DeviceModel, IrqMode, Layout, RegionKind, Width};
 
 /// Intel's vendor ID.
 pub const VENDOR: u16 = 0x8086;
 /// PCI_DEVICE_ID_INTEL_IOAT_SKX.
 pub const DEVICE: u16 = 0x2021;
-/// The version register's value: I/OAT 3.3.
+/// The version register's value: I/OAT 3.3 (the default).
 pub const VERSION: u8 = 0x33;
+/// I/OAT 3.4 (Ice Lake's CBDMA): the same channel; DPDK's ioat PMD reports
+/// from this version on that the device handles errors
+/// (`RTE_DMA_CAPA_HANDLES_ERRORS`), so its error tests run.
+pub const VERSION_3_4: u8 = 0x34;
+/// The versions the model presents: 3.3 (the kernel's selftest driver
+/// accepts 3.2 and 3.3 only) and 3.4.
+pub const VERSIONS: [u8; 2] = [VERSION, VERSION_3_4];
 /// BAR0's size.
 pub const BAR0_SIZE: u64 = 16 << 10;
 /// The MSI-X table's offset in BAR0.
@@ -167,12 +191,17 @@ pub const CHANCMD_SUSPEND: u8 = 0x04;
 
 /// CHANSTS status: active.
 pub const CHANSTS_ACTIVE: u64 = 0;
-/// CHANSTS status: done (every counted descriptor completed).
+/// CHANSTS status: done, or idle (every counted descriptor completed).
 pub const CHANSTS_DONE: u64 = 1;
+/// CHANSTS status: idle, DPDK's name for [`CHANSTS_DONE`].
+pub const CHANSTS_IDLE: u64 = CHANSTS_DONE;
 /// CHANSTS status: suspended.
 pub const CHANSTS_SUSPENDED: u64 = 2;
-/// CHANSTS status: halted (after a reset or an error).
+/// CHANSTS status: halted (after a reset, an abort or an error).
 pub const CHANSTS_HALTED: u64 = 3;
+/// CHANSTS status: armed (a halted channel without errors whose chain
+/// address was written: the next DMACOUNT write starts it).
+pub const CHANSTS_ARMED: u64 = 4;
 /// CHANSTS: the status bits.
 pub const CHANSTS_STATUS: u64 = 0x7;
 
@@ -197,8 +226,16 @@ pub const DESC_INT_EN: u32 = 1 << 0;
 pub const DESC_COMPL_WRITE: u32 = 1 << 3;
 /// Descriptor control: a null descriptor (moves nothing).
 pub const DESC_NULL: u32 = 1 << 5;
+/// Descriptor control: fence (the next descriptor waits for this one;
+/// every descriptor here completes in order anyway).
+pub const DESC_FENCE: u32 = 1 << 4;
 /// Descriptor operation: copy.
 pub const OP_COPY: u8 = 0x00;
+/// Descriptor operation: block fill (the source field holds the 8-byte
+/// pattern, repeated over `size` bytes at the destination).
+pub const OP_FILL: u8 = 0x01;
+/// DMA_CAP: block fill.
+pub const DMA_CAP_FILL_BLOCK: u32 = 0x0000_0040;
 /// Bytes per descriptor.
 pub const DESC_SIZE: usize = 64;
 
@@ -284,6 +321,7 @@ const CFG_REGS: [(u64, u64); 3] = [
 /// The IOAT device's state.
 #[derive(Debug, Clone)]
 pub struct Ioat {
+    version: u8,
     xfercap: u8,
     genctrl: u8,
     intrctrl: u8,
@@ -334,7 +372,15 @@ impl Ioat {
     /// A channel whose copies may be up to `2^xfercap` bytes each
     /// (12..=30; the kernel's drivers read XFERCAP as that log).
     pub fn new(xfercap: u8) -> Ioat {
+        Ioat::with_version(xfercap, VERSION)
+    }
+
+    /// The same channel presenting `version` (one of [`VERSIONS`]: only
+    /// the VER register differs; the error behaviour, a halt with CHANERR
+    /// and the completion written back, is the same on both).
+    pub fn with_version(xfercap: u8, version: u8) -> Ioat {
         Ioat {
+            version,
             xfercap,
             genctrl: 0,
             intrctrl: 0,
@@ -392,9 +438,10 @@ impl Ioat {
             reg::GENCTRL => u64::from(self.genctrl),
             reg::INTRCTRL => u64::from(self.intrctrl()),
             reg::ATTNSTATUS => u64::from(self.attn),
-            reg::VER => u64::from(VERSION),
+            reg::VER => u64::from(self.version),
             reg::INTRDELAY => u64::from(self.intrdelay),
-            reg::DEVICE_STATUS | reg::DMA_CAP => 0,
+            reg::DEVICE_STATUS => 0,
+            reg::DMA_CAP => u64::from(DMA_CAP_FILL_BLOCK),
             b if b == CHANNEL + chan::CHANCTRL => u64::from(self.chanctrl),
             b if b == CHANNEL + chan::DMA_COMP => 0x0002,
             b if b == CHANNEL + chan::CHANCMD => 0,
@@ -436,6 +483,11 @@ impl Ioat {
                 self.chainaddr = merge(self.chainaddr);
                 self.next = self.chainaddr;
                 self.completed = 0;
+                // A halted channel whose errors were cleared is armed by
+                // its chain address; one with errors stays halted.
+                if self.status == CHANSTS_HALTED && self.chanerr == 0 {
+                    self.status = CHANSTS_ARMED;
+                }
             }
             b if b == CHANNEL + chan::CHANCMP => self.chancmp = merge(self.chancmp),
             b if b == CHANNEL + chan::CHANERR => self.chanerr &= !((value & mask) as u32),
@@ -462,10 +514,15 @@ impl Ioat {
             return;
         }
         if cmd & CHANCMD_ABORT != 0 {
+            // Stops at once (the worker is between descriptors whenever a
+            // register access runs): halted, no error of its own.
             self.status = CHANSTS_HALTED;
             return;
         }
         if cmd & CHANCMD_SUSPEND != 0 && self.status != CHANSTS_HALTED {
+            // Active, idle or armed: suspended at this descriptor
+            // boundary. A halted channel has nothing to suspend and stays
+            // halted (its drivers then reset it).
             self.status = CHANSTS_SUSPENDED;
         }
         if cmd & CHANCMD_RESUME != 0 && self.status == CHANSTS_SUSPENDED {
@@ -491,14 +548,15 @@ impl Ioat {
     }
 
     /// After a DMACOUNT write (or a resume): active if descriptors remain
-    /// (a suspended channel too: new descriptors wake it), the work left
-    /// to the worker.
+    /// (a suspended or armed channel too: new descriptors wake it), the
+    /// work left to the worker. A halted channel stays halted: it needs a
+    /// chain address (which arms it) first.
     fn start(&mut self, ctx: &mut Ctx<'_>) {
-        if self.status == CHANSTS_HALTED && self.chanerr != 0 {
-            return; // a halted channel stays so until reset
+        if self.status == CHANSTS_HALTED {
+            return;
         }
         if self.completed == self.dmacount {
-            if self.status != CHANSTS_HALTED {
+            if self.status != CHANSTS_ARMED {
                 self.status = CHANSTS_DONE;
             }
             return;
@@ -531,7 +589,7 @@ impl Ioat {
                 return false;
             }
             let d = Descriptor::from_bytes(&raw);
-            if d.op() != OP_COPY {
+            if d.op() != OP_COPY && d.op() != OP_FILL {
                 self.fail(ctx, CHANERR_CONTROL);
                 return false;
             }
@@ -540,17 +598,19 @@ impl Ioat {
                 return false;
             }
             if d.ctl & DESC_NULL == 0 && d.size > 0 {
-                match ctx.dma_copy(d.src, d.dst, u64::from(d.size)) {
-                    Ok(()) => {}
-                    Err((side, fault)) => {
-                        tracing::debug!(%fault, ?side, "ioat: copy refused");
-                        let bit = match side {
-                            DmaSide::Read => CHANERR_SRC_ADDR,
-                            DmaSide::Write => CHANERR_DEST_ADDR,
-                        };
-                        self.fail(ctx, bit);
-                        return false;
-                    }
+                let done = if d.op() == OP_FILL {
+                    fill(ctx, d.src, d.dst, d.size as usize)
+                } else {
+                    ctx.dma_copy(d.src, d.dst, u64::from(d.size))
+                };
+                if let Err((side, fault)) = done {
+                    tracing::debug!(%fault, ?side, op = d.op(), "ioat: transfer refused");
+                    let bit = match side {
+                        DmaSide::Read => CHANERR_SRC_ADDR,
+                        DmaSide::Write => CHANERR_DEST_ADDR,
+                    };
+                    self.fail(ctx, bit);
+                    return false;
                 }
                 moved += u64::from(d.size);
                 self.copied += u64::from(d.size);
@@ -618,6 +678,19 @@ impl Ioat {
             _ => 0,
         }
     }
+}
+
+/// A block fill: `len` bytes at `dst`, the 8 bytes of `pattern` (little
+/// endian, as the descriptor holds it) over and over.
+fn fill(
+    ctx: &mut Ctx<'_>,
+    pattern: u64,
+    dst: u64,
+    len: usize,
+) -> Result<(), (DmaSide, IommuFault)> {
+    let bytes = pattern.to_le_bytes();
+    let data: Vec<u8> = (0..len).map(|i| bytes[i % 8]).collect();
+    ctx.dma_write(dst, &data).map_err(|f| (DmaSide::Write, f))
 }
 
 /// Reads the bytes `(off, n)` of the registers `regs` with `value`.
@@ -698,7 +771,7 @@ impl DeviceModel for Ioat {
     }
 
     fn reset(&mut self) {
-        *self = Ioat::new(self.xfercap);
+        *self = Ioat::with_version(self.xfercap, self.version);
     }
 
     fn work(&mut self, ctx: &mut Ctx<'_>) {

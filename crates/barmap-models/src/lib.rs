@@ -75,10 +75,11 @@ pub const MODELS: &[&str] = &["default", "edu", "ioat", "igb"];
 /// `default` (barmap's default device: options `memory=SIZE`, the memory
 /// BAR's size in bytes, 256 MiB if not given), `edu` (QEMU's educational device, no options) or
 /// `ioat` (an Intel I/OAT DMA channel: option `xfercap=N`, copies of up to
-/// 2^N bytes per descriptor, 12..=30, default 16) or `igb` (an Intel
-/// 82576 Ethernet port: option `mac=XX:XX:XX:XX:XX:XX`, its unicast
-/// address, default 52:54:00:12:34:56; option `wire=NAME`, the two ports
-/// naming one wire are connected back to back).
+/// 2^N bytes per descriptor, 12..=30, default 16; option `version=3.3` or
+/// `version=3.4`, default 3.3) or `igb` (an Intel 82576 Ethernet port:
+/// option `mac=XX:XX:XX:XX:XX:XX`, its unicast address, default
+/// 52:54:00:12:34:56; option `wire=NAME`, the two ports naming one wire
+/// are connected back to back).
 pub fn by_name(name: &str, options: &[(String, String)]) -> Result<Box<dyn DeviceModel>, String> {
     let unknown = |k: &str| Err(format!("unknown option {k:?} for device model {name:?}"));
     match name {
@@ -102,8 +103,16 @@ pub fn by_name(name: &str, options: &[(String, String)]) -> Result<Box<dyn Devic
         },
         "ioat" => {
             let mut xfercap = ioat::DEFAULT_XFERCAP;
+            let mut version = ioat::VERSION;
             for (k, v) in options {
                 match k.as_str() {
+                    "version" => {
+                        version = match v.as_str() {
+                            "3.3" | "0x33" => ioat::VERSION,
+                            "3.4" | "0x34" => ioat::VERSION_3_4,
+                            _ => return Err(format!("version={v}: not 3.3 or 3.4")),
+                        }
+                    }
                     "xfercap" => {
                         xfercap = v
                             .parse()
@@ -114,7 +123,7 @@ pub fn by_name(name: &str, options: &[(String, String)]) -> Result<Box<dyn Devic
                     _ => return unknown(k),
                 }
             }
-            Ok(Box::new(ioat::Ioat::new(xfercap)))
+            Ok(Box::new(ioat::Ioat::with_version(xfercap, version)))
         }
         "igb" => {
             let mut mac = igb::DEFAULT_MAC;

@@ -483,3 +483,272 @@ fn ioat_function_reset_restores_the_reset_values() {
     assert_eq!(cfg32(&dev, cfg::CHANERR_INT), 0);
     assert_eq!(cfg32(&dev, cfg::CHANERRMASK_INT), 0);
 }
+
+// The channel as DPDK's ioat PMD and Linux's ioatdma drive it: the armed
+// state, suspend and abort, block fill, descriptor rings with null
+// descriptors, and completion write-back to CHANCMP.
+
+fn chansts(dev: &ModelDevice) -> u64 {
+    rd(dev, ch(chan::CHANSTS), Width::B8)
+}
+
+fn command(dev: &ModelDevice, cmd: u8) {
+    wr(dev, ch(chan::CHANCMD), Width::B1, u64::from(cmd));
+}
+
+fn completion(host: &Window) -> u64 {
+    u64::from_le_bytes(host.get(CMP, 8).try_into().unwrap())
+}
+
+/// A ring of `descs` at DESC, each pointing at the next and the last back
+/// at the first, as DPDK lays its ring out.
+fn ring(host: &Window, descs: &[Descriptor]) {
+    for (i, d) in descs.iter().enumerate() {
+        let next = DESC + 64 * ((i as u64 + 1) % descs.len() as u64);
+        host.put(DESC + 64 * i as u64, &Descriptor { next, ..*d }.to_bytes());
+    }
+}
+
+/// DPDK's start: chain address, completion address, control (abort on
+/// any error, write the completion on one).
+fn dpdk_start(dev: &ModelDevice) {
+    wr(dev, ch(chan::CHAINADDR), Width::B8, DESC);
+    wr(dev, ch(chan::CHANCMP), Width::B8, CMP);
+    let ctl = ioat::CHANCTRL_ANY_ERR_ABORT_EN | ioat::CHANCTRL_ERR_COMPLETION_EN;
+    wr(dev, ch(chan::CHANCTRL), Width::B2, u64::from(ctl));
+}
+
+#[test]
+fn ioat_a_chain_address_arms_a_halted_channel_and_a_count_starts_it() {
+    let (dev, host) = ioat_device();
+    channel_reset(&dev);
+    assert_eq!(chansts(&dev), ioat::CHANSTS_HALTED, "halted, no address");
+    host.put(SRC, &[9; 64]);
+    ring(&host, &[copy(SRC, DST, 64, ioat::DESC_COMPL_WRITE)]);
+    wr(&dev, ch(chan::DMACOUNT), Width::B2, 1);
+    assert_eq!(
+        status(&dev),
+        ioat::CHANSTS_HALTED,
+        "a count alone does not start a halted channel"
+    );
+    assert_eq!(host.get(DST, 64), vec![0; 64]);
+    dpdk_start(&dev);
+    assert_eq!(
+        chansts(&dev),
+        ioat::CHANSTS_ARMED,
+        "the whole register reads 4: DPDK compares all 64 bits"
+    );
+    wr(&dev, ch(chan::DMACOUNT), Width::B2, 0);
+    assert_eq!(
+        status(&dev),
+        ioat::CHANSTS_ARMED,
+        "nothing counted: still armed"
+    );
+    wr(&dev, ch(chan::DMACOUNT), Width::B2, 1);
+    assert_eq!(wait(&dev), ioat::CHANSTS_DONE);
+    assert_eq!(host.get(DST, 64), vec![9; 64]);
+    assert_eq!(completion(&host), DESC | ioat::CHANSTS_DONE);
+}
+
+#[test]
+fn ioat_a_halted_channel_with_errors_is_armed_only_after_they_are_cleared_and_it_is_reset() {
+    let (dev, host) = ioat_device();
+    channel_reset(&dev);
+    ring(
+        &host,
+        &[copy(SRC, DST, 64, ioat::DESC_COMPL_WRITE | (0x7f << 24))],
+    );
+    dpdk_start(&dev);
+    wr(&dev, ch(chan::DMACOUNT), Width::B2, 1);
+    assert_eq!(wait(&dev), ioat::CHANSTS_HALTED);
+    let err = rd(&dev, ch(chan::CHANERR), Width::B4);
+    assert_eq!(
+        err,
+        u64::from(ioat::CHANERR_CONTROL),
+        "an unknown operation"
+    );
+    wr(&dev, ch(chan::CHAINADDR), Width::B8, DESC);
+    assert_eq!(
+        status(&dev),
+        ioat::CHANSTS_HALTED,
+        "errors pending: not armed"
+    );
+    // DPDK's recovery: clear CHANERR, reset, chain address, poll for armed.
+    wr(&dev, ch(chan::CHANERR), Width::B4, err);
+    channel_reset(&dev);
+    ring(&host, &[copy(SRC, DST, 64, ioat::DESC_COMPL_WRITE)]);
+    dpdk_start(&dev);
+    assert_eq!(chansts(&dev), ioat::CHANSTS_ARMED);
+    wr(&dev, ch(chan::DMACOUNT), Width::B2, 1);
+    assert_eq!(wait(&dev), ioat::CHANSTS_DONE);
+}
+
+#[test]
+fn ioat_suspend_stops_an_armed_or_idle_channel_and_leaves_a_halted_one_halted() {
+    let (dev, host) = ioat_device();
+    channel_reset(&dev);
+    command(&dev, ioat::CHANCMD_SUSPEND);
+    assert_eq!(status(&dev), ioat::CHANSTS_HALTED, "nothing to suspend");
+    ring(&host, &[copy(SRC, DST, 64, ioat::DESC_COMPL_WRITE); 4]);
+    dpdk_start(&dev);
+    command(&dev, ioat::CHANCMD_SUSPEND);
+    assert_eq!(
+        status(&dev),
+        ioat::CHANSTS_SUSPENDED,
+        "armed, then suspended"
+    );
+    command(&dev, ioat::CHANCMD_RESUME);
+    assert_eq!(
+        status(&dev),
+        ioat::CHANSTS_IDLE,
+        "resumed with nothing counted"
+    );
+    wr(&dev, ch(chan::DMACOUNT), Width::B2, 2);
+    assert_eq!(wait(&dev), ioat::CHANSTS_IDLE);
+    // DPDK's stop: suspend an idle channel; its start then writes the
+    // chain address again, which leaves a suspended channel suspended,
+    // and counts from there.
+    command(&dev, ioat::CHANCMD_SUSPEND);
+    assert_eq!(status(&dev), ioat::CHANSTS_SUSPENDED);
+    dpdk_start(&dev);
+    assert_eq!(status(&dev), ioat::CHANSTS_SUSPENDED);
+    wr(&dev, ch(chan::DMACOUNT), Width::B2, 3);
+    assert_eq!(wait(&dev), ioat::CHANSTS_IDLE);
+    assert_eq!(
+        completion(&host),
+        (DESC + 128) | ioat::CHANSTS_IDLE,
+        "the third of the ring"
+    );
+}
+
+#[test]
+fn ioat_abort_halts_the_channel_without_an_error_and_a_chain_address_rearms_it() {
+    let (dev, host) = ioat_device();
+    channel_reset(&dev);
+    ring(&host, &[copy(SRC, DST, 64, ioat::DESC_COMPL_WRITE); 2]);
+    dpdk_start(&dev);
+    wr(&dev, ch(chan::DMACOUNT), Width::B2, 1);
+    assert_eq!(wait(&dev), ioat::CHANSTS_DONE);
+    command(&dev, ioat::CHANCMD_ABORT);
+    assert_eq!(status(&dev), ioat::CHANSTS_HALTED);
+    assert_eq!(
+        rd(&dev, ch(chan::CHANERR), Width::B4),
+        0,
+        "an abort is no error"
+    );
+    wr(&dev, ch(chan::DMACOUNT), Width::B2, 2);
+    assert_eq!(
+        status(&dev),
+        ioat::CHANSTS_HALTED,
+        "an aborted channel runs nothing"
+    );
+    wr(&dev, ch(chan::CHAINADDR), Width::B8, DESC + 64);
+    assert_eq!(status(&dev), ioat::CHANSTS_ARMED);
+    wr(&dev, ch(chan::DMACOUNT), Width::B2, 1);
+    assert_eq!(wait(&dev), ioat::CHANSTS_DONE);
+    assert_eq!(completion(&host), (DESC + 64) | ioat::CHANSTS_DONE);
+}
+
+#[test]
+fn ioat_fill_writes_the_pattern_of_the_source_field_over_the_destination() {
+    let (dev, host) = ioat_device();
+    assert_eq!(
+        rd(&dev, reg::DMA_CAP, Width::B4),
+        u64::from(ioat::DMA_CAP_FILL_BLOCK),
+        "block fill is advertised"
+    );
+    channel_reset(&dev);
+    host.put(DST, &[0xee; 128]);
+    let pattern = 0x1122_3344_5566_7788u64;
+    let ctl = ioat::DESC_COMPL_WRITE | (u32::from(ioat::OP_FILL) << 24);
+    ring(&host, &[copy(pattern, DST + 4, 100, ctl)]);
+    dpdk_start(&dev);
+    wr(&dev, ch(chan::DMACOUNT), Width::B2, 1);
+    assert_eq!(wait(&dev), ioat::CHANSTS_DONE);
+    assert_eq!(rd(&dev, ch(chan::CHANERR), Width::B4), 0);
+    let got = host.get(DST, 128);
+    let want: Vec<u8> = (0..100).map(|i| pattern.to_le_bytes()[i % 8]).collect();
+    assert_eq!(&got[4..104], &want[..]);
+    assert_eq!(&got[..4], &[0xee; 4], "nothing before");
+    assert_eq!(&got[104..], &[0xee; 24], "nothing after");
+}
+
+#[test]
+fn ioat_a_ring_with_a_null_descriptor_completes_in_order_and_wraps() {
+    let (dev, host) = ioat_device();
+    channel_reset(&dev);
+    host.put(SRC, &(0..=255u8).collect::<Vec<_>>());
+    let w = ioat::DESC_COMPL_WRITE;
+    let null = Descriptor {
+        size: 1,
+        ctl: w | ioat::DESC_NULL,
+        src: UNMAPPED,
+        dst: UNMAPPED,
+        next: 0,
+    };
+    ring(
+        &host,
+        &[copy(SRC, DST, 64, w), null, copy(SRC + 64, DST + 64, 64, w)],
+    );
+    dpdk_start(&dev);
+    wr(&dev, ch(chan::DMACOUNT), Width::B2, 2);
+    assert_eq!(wait(&dev), ioat::CHANSTS_DONE);
+    assert_eq!(
+        completion(&host),
+        (DESC + 64) | ioat::CHANSTS_DONE,
+        "the null descriptor completes (its IOVAs are never touched)"
+    );
+    assert_eq!(host.get(DST + 64, 64), vec![0; 64], "the third has not run");
+    // More counted: on from the third, around the ring to the first.
+    wr(&dev, ch(chan::DMACOUNT), Width::B2, 4);
+    assert_eq!(wait(&dev), ioat::CHANSTS_DONE);
+    assert_eq!(completion(&host), DESC | ioat::CHANSTS_DONE);
+    assert_eq!(
+        chansts(&dev),
+        DESC | ioat::CHANSTS_DONE,
+        "CHANSTS is what was written back"
+    );
+    assert_eq!(host.get(DST, 128), (0..128u8).collect::<Vec<_>>());
+}
+
+#[test]
+fn ioat_an_error_writes_back_the_last_good_descriptor_with_the_halted_status() {
+    let (dev, host) = ioat_device();
+    channel_reset(&dev);
+    let w = ioat::DESC_COMPL_WRITE;
+    ring(&host, &[copy(SRC, DST, 64, w), copy(UNMAPPED, DST, 64, w)]);
+    dpdk_start(&dev);
+    wr(&dev, ch(chan::DMACOUNT), Width::B2, 2);
+    assert_eq!(wait(&dev), ioat::CHANSTS_HALTED);
+    assert_eq!(
+        rd(&dev, ch(chan::CHANERR), Width::B4),
+        u64::from(ioat::CHANERR_SRC_ADDR)
+    );
+    assert_eq!(
+        completion(&host),
+        DESC | ioat::CHANSTS_HALTED,
+        "DPDK counts the completions up to the failed one from this"
+    );
+}
+
+#[test]
+fn ioat_version_3_4_is_an_option_and_3_3_the_default() {
+    let opt = |v: &str| vec![("version".to_string(), v.to_string())];
+    let read_ver = |m: Box<dyn barmap_models::DeviceModel>| {
+        let dev = ModelDevice::builder_boxed(m).build().unwrap();
+        rd(&dev, reg::VER, Width::B1)
+    };
+    assert_eq!(read_ver(barmap_models::by_name("ioat", &[]).unwrap()), 0x33);
+    assert_eq!(
+        read_ver(barmap_models::by_name("ioat", &opt("3.4")).unwrap()),
+        0x34
+    );
+    assert!(barmap_models::by_name("ioat", &opt("3.5")).is_err());
+    let dev = ModelDevice::new(Ioat::with_version(16, ioat::VERSION_3_4)).unwrap();
+    dev.reset().unwrap();
+    assert_eq!(
+        rd(&dev, reg::VER, Width::B1),
+        0x34,
+        "a reset keeps the version"
+    );
+}
