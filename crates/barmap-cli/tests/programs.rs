@@ -747,3 +747,13 @@ fn igb_loopback_frames_arrive_intact_with_an_msix_interrupt() {
         &["--device", "igb"],
     );
 }
+
+// --- DMA maps at scale ---
+
+#[test]
+fn per_page_dma_maps_of_one_shared_segment_add_one_alias_not_one_per_page() {
+    passes(
+        "per_page_dma_maps_of_one_shared_segment_add_one_alias_not_one_per_page",
+        &[],
+    );
+}

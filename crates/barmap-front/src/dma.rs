@@ -48,6 +48,7 @@
 //! valid) holds only for pinned memory.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, Weak};
 
 /// Page size of the emulated IOMMU.
 pub const IOMMU_PAGE: u64 = 4096;
@@ -143,10 +144,21 @@ fn hold(m: &DmaMapping) -> Result<Held, DmaError> {
     Ok(if crate::is_bar_memory(m.vaddr, m.size) {
         Held::Mmio
     } else {
-        let segments = pinnable(m.vaddr, m.size, m.write).ok_or(DmaError::Fault)?;
-        let shared = segments.iter().all(|s| s.2);
-        let spans: Vec<(u64, u64)> = segments.iter().map(|s| (s.0, s.1)).collect();
-        match shared.then(|| Alias::of(m.vaddr, m.size, &spans)).flatten() {
+        let segments = segments_of(m.vaddr, m.size, m.write).ok_or(DmaError::Fault)?;
+        let shared = segments.iter().all(|s| s.shared);
+        let alias = match segments.as_slice() {
+            // The common case (DPDK maps every page of one shared segment on
+            // its own): one alias of the program's whole mapping, shared by
+            // every DMA map inside it, so the aliases stay as few as the
+            // program's mappings.
+            [one] if shared => Alias::within(one, m.vaddr, m.size),
+            _ if shared => {
+                let spans: Vec<(u64, u64)> = segments.iter().map(|s| (s.start, s.end)).collect();
+                Alias::of(m.vaddr, m.size, &spans)
+            }
+            _ => None,
+        };
+        match alias {
             Some(a) => Held::Pinned(a),
             None => Watch::new(m.vaddr, m.vaddr + m.size, m.write)
                 .map_or(Held::Unwatched, Held::Watched),
@@ -154,21 +166,95 @@ fn hold(m: &DmaMapping) -> Result<Held, DmaError> {
     })
 }
 
-/// A second mapping of a shared range's pages, made at DMA map time.
+/// A second mapping of a shared range's pages, made at DMA map time: of
+/// its own ([`Alias::of`]), or a window of the alias of the whole program
+/// mapping it lies in ([`Alias::within`]).
 #[derive(Debug)]
 struct Alias {
     addr: usize,
     len: usize,
+    /// The alias of a whole program mapping this one is a window of, kept
+    /// alive while the window is; None if this alias is a mapping of its own.
+    whole: Option<Arc<VmaAlias>>,
 }
 
 impl Drop for Alias {
     fn drop(&mut self) {
-        // SAFETY: our own mapping, made by `Alias::of`; nothing else uses it.
+        if self.whole.is_none() {
+            // SAFETY: our own mapping, made by `Alias::of`; nothing else uses it.
+            unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len) };
+        }
+    }
+}
+
+/// A second mapping of one whole shared mapping of the program, shared by
+/// every DMA map inside it; unmapped when the last of them goes.
+#[derive(Debug)]
+struct VmaAlias {
+    addr: usize,
+    len: usize,
+}
+
+impl Drop for VmaAlias {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping, made by `Alias::within`; only windows
+        // that are gone (this is their last reference) used it.
         unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len) };
     }
 }
 
+/// The program mapping an alias was made of: its range and the identity of
+/// what it maps (device, inode, offset), so that a mapping the program
+/// replaced at the same addresses gets an alias of its own.
+type VmaKey = (u64, u64, u64, u64, u64);
+
+/// Aliases of whole program mappings, by the mapping they were made of.
+static VMA_ALIASES: Mutex<BTreeMap<VmaKey, Weak<VmaAlias>>> = Mutex::new(BTreeMap::new());
+
 impl Alias {
+    /// A window `vaddr..vaddr+len` of the alias of `seg`, the program's
+    /// shared mapping that holds it (made on first use); None if the
+    /// kernel refuses the alias.
+    fn within(seg: &Segment, vaddr: u64, len: u64) -> Option<Alias> {
+        let key = (seg.start, seg.end, seg.dev, seg.ino, seg.offset);
+        let mut cache = VMA_ALIASES.lock().unwrap();
+        cache.retain(|_, w| w.strong_count() > 0);
+        let whole = match cache.get(&key).and_then(Weak::upgrade) {
+            Some(a) => a,
+            None => {
+                let vlen = (seg.end - seg.start) as usize;
+                // SAFETY: mremap with an old size of 0 maps the same shared
+                // pages again at a place the kernel picks; the program's
+                // mapping is left as it is.
+                let r = unsafe {
+                    libc::mremap(
+                        seg.start as *mut libc::c_void,
+                        0,
+                        vlen,
+                        libc::MREMAP_MAYMOVE,
+                    )
+                };
+                if r == libc::MAP_FAILED {
+                    return None;
+                }
+                // SAFETY: madvise on our own new mapping (a forked child
+                // does not get it, as it does not get the kernel's pins).
+                unsafe { libc::madvise(r, vlen, libc::MADV_DONTFORK) };
+                let a = Arc::new(VmaAlias {
+                    addr: r as usize,
+                    len: vlen,
+                });
+                cache.insert(key, Arc::downgrade(&a));
+                a
+            }
+        };
+        Some(Alias {
+            addr: whole.addr + (vaddr - seg.start) as usize,
+            len: len as usize,
+            whole: Some(whole),
+        })
+    }
+
     /// A second mapping of `vaddr..vaddr+len`, all of it shared memory
     /// (`segments`: the program's mappings that cover it, in order), or
     /// None if the kernel refuses one of them.
@@ -191,6 +277,7 @@ impl Alias {
         let alias = Alias {
             addr: base as usize,
             len,
+            whole: None,
         };
         for &(start, end) in segments {
             let (from, to) = (start.max(vaddr), end.min(vaddr + len as u64));
@@ -861,11 +948,22 @@ impl DmaTable {
     }
 }
 
-/// The program's mappings that cover `vaddr..vaddr+size`, as
-/// `(start, end, shared)`, if the kernel could pin the range: every page
-/// mapped (no hole), readable, and writable too when the device may write
-/// (the kernel pins with `FOLL_WRITE` then). None means EFAULT.
-fn pinnable(vaddr: u64, size: u64, write: bool) -> Option<Vec<(u64, u64, bool)>> {
+/// One of the program's mappings, as `/proc/self/maps` lists it.
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    start: u64,
+    end: u64,
+    shared: bool,
+    offset: u64,
+    dev: u64,
+    ino: u64,
+}
+
+/// The program's mappings that cover `vaddr..vaddr+size`, in order, if
+/// the kernel could pin the range: every page mapped (no hole), readable,
+/// and writable too when the device may write (the kernel pins with
+/// `FOLL_WRITE` then). None means EFAULT.
+fn segments_of(vaddr: u64, size: u64, write: bool) -> Option<Vec<Segment>> {
     let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
     let end = vaddr + size;
     let mut at = vaddr;
@@ -888,7 +986,26 @@ fn pinnable(vaddr: u64, size: u64, write: bool) -> Option<Vec<(u64, u64, bool)>>
         if s > at || p.len() < 4 || p[0] != b'r' || (write && p[1] != b'w') {
             return None;
         }
-        out.push((s, e, p[3] == b's'));
+        let offset = f
+            .next()
+            .and_then(|o| u64::from_str_radix(o, 16).ok())
+            .unwrap_or(0);
+        let dev = f
+            .next()
+            .and_then(|d| d.split_once(':'))
+            .and_then(|(a, b)| {
+                Some((u64::from_str_radix(a, 16).ok()? << 20) | u64::from_str_radix(b, 16).ok()?)
+            })
+            .unwrap_or(0);
+        let ino = f.next().and_then(|i| i.parse().ok()).unwrap_or(0);
+        out.push(Segment {
+            start: s,
+            end: e,
+            shared: p[3] == b's',
+            offset,
+            dev,
+            ino,
+        });
         at = e;
         if at >= end {
             return Some(out);
