@@ -28,7 +28,8 @@ mod tests {
         assert_eq!(parse_size("16M"), Ok(16 << 20));
         assert_eq!(parse_size("1G"), Ok(1 << 30));
         assert_eq!(parse_size("2GiB"), Ok(2 << 30));
-        assert!(parse_size("3T").is_err());
+        assert_eq!(parse_size("3T"), Ok(3 << 40));
+        assert!(parse_size("3X").is_err());
         assert!(parse_size("x").is_err());
     }
 }
