@@ -35,8 +35,9 @@ pub const PACKAGE: &str = "dpdk-dev";
 /// The packages whose dependency closure is unpacked: the programs, the
 /// drivers passed with `-d`, and the C library (trixie's programs need a
 /// newer one than the host may have; they run through its loader).
-const ROOTS: [&str; 7] = [
+const ROOTS: [&str; 8] = [
     PACKAGE,
+    "librte-net-e1000-25",
     "librte-bus-pci25",
     "librte-bus-vdev25",
     "librte-mempool-ring25",
@@ -45,7 +46,8 @@ const ROOTS: [&str; 7] = [
     "libc6",
 ];
 /// The drivers DPDK loads from the `-d` directory.
-pub const DRIVERS: [&str; 5] = [
+pub const DRIVERS: [&str; 6] = [
+    "net_e1000",
     "bus_pci",
     "bus_vdev",
     "mempool_ring",
@@ -147,12 +149,17 @@ fn sanitize(version: &str) -> String {
 fn complete(base: &Path, version: &str) -> Option<Dpdk> {
     let dir = base.join(sanitize(version));
     let root = dir.join("root");
+    let drivers = dir.join("drivers");
+    // An unpack made before a driver joined the list is not complete.
     let ok = std::fs::read_to_string(dir.join(".barmap-complete")).ok()? == version
-        && root.join("usr/bin/dpdk-test").is_file();
+        && root.join("usr/bin/dpdk-test").is_file()
+        && DRIVERS
+            .iter()
+            .all(|d| drivers.join(format!("librte_{d}.so")).exists());
     ok.then(|| Dpdk {
         version: version.to_string(),
         root,
-        drivers: dir.join("drivers"),
+        drivers,
     })
 }
 
@@ -235,7 +242,7 @@ pub struct Outcome {
 /// Runs `script` with `sh -c` under `barmap run --device ioat`, its output
 /// into `log`, stopped (its whole process group) after `limit`.
 fn barmap_run(
-    device: &str,
+    devices: &[&str],
     policy: Policy,
     script: &str,
     env: &[(&str, &str)],
@@ -246,21 +253,15 @@ fn barmap_run(
     let exe = std::env::current_exe()?;
     let out = std::fs::File::create(log)?;
     let mut c = Command::new(exe);
-    c.args([
-        "run",
-        "--device",
-        device,
-        "--policy",
-        &policy.to_string(),
-        "--",
-        "sh",
-        "-c",
-        script,
-    ])
-    .stdin(Stdio::null())
-    .stdout(out.try_clone()?)
-    .stderr(out)
-    .process_group(0);
+    c.arg("run");
+    for d in devices {
+        c.args(["--device", d]);
+    }
+    c.args(["--policy", &policy.to_string(), "--", "sh", "-c", script])
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .process_group(0);
     for (k, v) in env {
         c.env(k, v);
     }
@@ -479,7 +480,7 @@ fn autotest(
         dpdk.eal()
     );
     let outcome = barmap_run(
-        device,
+        &[device],
         policy,
         &script,
         &[("DPDK_TEST", "dmadev_autotest")],
@@ -519,7 +520,7 @@ fn dma_perf(dpdk: &Dpdk, policy: Policy, seconds: u32, logs: &Path) -> Result<Pe
     );
     let limit = Duration::from_secs(120 + 2 * BUF_SIZES.len() as u64 * (u64::from(seconds) + 10));
     let outcome = barmap_run(
-        "ioat",
+        &["ioat"],
         policy,
         &script,
         &[],
@@ -568,7 +569,7 @@ fn testpmd(dpdk: &Dpdk, policy: Policy, logs: &Path) -> Result<TestpmdReport> {
         dpdk.eal()
     );
     let outcome = barmap_run(
-        "ioat",
+        &["ioat"],
         policy,
         &script,
         &[],
@@ -583,6 +584,50 @@ fn testpmd(dpdk: &Dpdk, policy: Policy, logs: &Path) -> Result<TestpmdReport> {
         && text.contains("ioat_dmadev_probe")
         && rx_packets.is_some_and(|n| n > 0)
         && rx_packets == tx_packets;
+    Ok(TestpmdReport {
+        ok,
+        outcome,
+        rx_packets,
+        tx_packets,
+    })
+}
+
+/// The seed's own client: `dpdk-testpmd` with DPDK's igb PMD on two
+/// barmap igb ports joined by a wire, io forwarding with `--tx-first` on
+/// two forwarding lcores for `seconds`; the frames each port sent are the
+/// ones the other received, but for what is still on the wire or in a ring
+/// when testpmd stops.
+fn testpmd_igb(dpdk: &Dpdk, policy: Policy, seconds: u64, logs: &Path) -> Result<TestpmdReport> {
+    // testpmd forwards until its stdin reaches EOF, `seconds` from now.
+    let script = format!(
+        "sleep {seconds} | exec {} --no-huge -m 128 --lcores 0@0,1@1,2@0 --file-prefix {FILE_PREFIX} \
+         --no-telemetry -d {} -a 0000:ba:00.0 -a 0000:ba:01.0 -- --forward-mode=io --tx-first \
+         --nb-cores=2 --total-num-mbufs=16384",
+        dpdk.command("dpdk-testpmd"),
+        dpdk.drivers.display()
+    );
+    let outcome = barmap_run(
+        &[
+            "igb,wire=testpmd,mac=02:00:00:00:00:01",
+            "igb,wire=testpmd,mac=02:00:00:00:00:02",
+        ],
+        policy,
+        &script,
+        &[],
+        &logs.join("testpmd-igb.log"),
+        Duration::from_secs(seconds + 120),
+    )?;
+    let text = read(&outcome.log);
+    let rx_packets = accumulated(&text, "RX-packets:");
+    let tx_packets = accumulated(&text, "TX-packets:");
+    // In flight at the stop: at most a ring (1024 descriptors) per port
+    // and the wire's queue (1024 frames) per direction.
+    let in_flight = |rx: u64, tx: u64| rx <= tx && tx - rx <= 4 * 1024;
+    let ok = outcome.code == Some(0)
+        && text.contains("Bye...")
+        && text.matches("Link up").count() >= 2
+        && rx_packets.is_some_and(|n| n > 0)
+        && matches!((rx_packets, tx_packets), (Some(r), Some(t)) if in_flight(r, t));
     Ok(TestpmdReport {
         ok,
         outcome,
@@ -637,16 +682,21 @@ pub fn run(args: &DpdkArgs) -> i32 {
     let perf = dma_perf(&dpdk, args.policy, args.seconds, &logs);
     progress("dpdk-testpmd");
     let pmd = testpmd(&dpdk, args.policy, &logs);
-    let (auto, auto34, perf, pmd) = match (auto, auto34, perf, pmd) {
-        (Ok(a), Ok(b), Ok(p), Ok(t)) => (a, b, p, t),
-        (a, b, p, t) => {
-            for e in [a.err(), b.err(), p.err(), t.err()].into_iter().flatten() {
+    progress("dpdk-testpmd on two igb ports joined by a wire");
+    let igb = testpmd_igb(&dpdk, args.policy, 20, &logs);
+    let (auto, auto34, perf, pmd, igb) = match (auto, auto34, perf, pmd, igb) {
+        (Ok(a), Ok(b), Ok(p), Ok(t), Ok(i)) => (a, b, p, t, i),
+        (a, b, p, t, i) => {
+            for e in [a.err(), b.err(), p.err(), t.err(), i.err()]
+                .into_iter()
+                .flatten()
+            {
                 eprintln!("barmap dpdk: {e}");
             }
             return 1;
         }
     };
-    let ok = auto.ok && auto34.ok && perf.ok && pmd.ok;
+    let ok = auto.ok && auto34.ok && perf.ok && pmd.ok && igb.ok;
     if args.json {
         let v = serde_json::json!({
             "source": format!("{PACKAGE} {} ({SUITE})", dpdk.version),
@@ -657,6 +707,7 @@ pub fn run(args: &DpdkArgs) -> i32 {
             "dmadev_autotest_3_4_note": AUTOTEST_3_4_NOTE,
             "dma_perf": perf,
             "testpmd": pmd,
+            "testpmd_igb": igb,
         });
         println!("{v}");
     } else {
@@ -703,6 +754,13 @@ pub fn run(args: &DpdkArgs) -> i32 {
             if pmd.ok { "ok" } else { "FAIL" },
             pmd.rx_packets.map_or("-".into(), |n| n.to_string()),
             pmd.tx_packets.map_or("-".into(), |n| n.to_string())
+        );
+        let _ = writeln!(
+            s,
+            "testpmd (igb PMD, two igb ports on a wire, io forwarding): {} (rx {} tx {} packets)",
+            if igb.ok { "ok" } else { "FAIL" },
+            igb.rx_packets.map_or("-".into(), |n| n.to_string()),
+            igb.tx_packets.map_or("-".into(), |n| n.to_string())
         );
         let _ = writeln!(s, "logs: {}", logs.display());
         print!("{s}");
