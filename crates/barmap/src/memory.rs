@@ -366,7 +366,9 @@ impl Store {
         if start >= end {
             return None;
         }
-        let cap = start.saturating_add((max_len >> PAGE_SHIFT).max(1)).min(end);
+        let cap = start
+            .saturating_add((max_len >> PAGE_SHIFT).max(1))
+            .min(end);
         let stop = find(&map, start, cap, false);
         Some(start << PAGE_SHIFT..stop << PAGE_SHIFT)
     }

@@ -167,7 +167,9 @@ impl Stats {
             prefault_runs: self.prefault_runs.saturating_sub(earlier.prefault_runs),
             prefault_chunks: self.prefault_chunks.saturating_sub(earlier.prefault_chunks),
             prefault_pages: self.prefault_pages.saturating_sub(earlier.prefault_pages),
-            prefault_skipped: self.prefault_skipped.saturating_sub(earlier.prefault_skipped),
+            prefault_skipped: self
+                .prefault_skipped
+                .saturating_sub(earlier.prefault_skipped),
             prefault_peak: self.prefault_peak,
             serve_ns: self.serve_ns.saturating_sub(earlier.serve_ns),
             fill_ns: self.fill_ns.saturating_sub(earlier.fill_ns),
