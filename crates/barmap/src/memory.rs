@@ -352,13 +352,24 @@ impl Store {
     /// The first run of committed bytes in `range` (file offsets, whole
     /// pages), if any.
     pub fn next_committed(&self, range: Range<u64>) -> Option<Range<u64>> {
+        self.next_committed_within(range, u64::MAX)
+    }
+
+    /// [`Store::next_committed`], but a run is reported no longer than
+    /// `max_len` bytes (whole pages): what is past that is asked for again
+    /// from the run's end. The search for the run's end then costs a few
+    /// words, not a walk to the end of a large committed range.
+    pub fn next_committed_within(&self, range: Range<u64>, max_len: u64) -> Option<Range<u64>> {
         let map = self.lock();
         let (first, end) = (range.start >> PAGE_SHIFT, range.end >> PAGE_SHIFT);
         let start = find(&map, first, end, true);
         if start >= end {
             return None;
         }
-        let stop = find(&map, start, end, false);
+        let cap = start
+            .saturating_add((max_len >> PAGE_SHIFT).max(1))
+            .min(end);
+        let stop = find(&map, start, cap, false);
         Some(start << PAGE_SHIFT..stop << PAGE_SHIFT)
     }
 }

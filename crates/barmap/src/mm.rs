@@ -164,7 +164,8 @@ pub trait Mm: Send + Sync + 'static {
     /// The first run of units in `from..map.end()` whose device memory is
     /// committed (a fill mapped it before, or a region write reached it),
     /// if any: what a fill can map without committing memory. Present or
-    /// not in the page tables does not matter.
+    /// not in the page tables does not matter. A long run may be reported
+    /// in pieces (each ending at a unit boundary): ask again from its end.
     fn next_resident(&self, map: &MapInfo, from: usize) -> Option<Range<usize>>;
 
     /// Marks the absent pages of `range` so that a touch raises SIGBUS, and

@@ -20,11 +20,30 @@ pub struct Counters {
     pub(crate) zap_failures: AtomicU64,
     pub(crate) unmap_events: AtomicU64,
     pub(crate) remap_events: AtomicU64,
+    pub(crate) wakes: AtomicU64,
+    pub(crate) fault_pages: AtomicU64,
+    pub(crate) prefault_runs: AtomicU64,
+    pub(crate) prefault_chunks: AtomicU64,
+    pub(crate) prefault_pages: AtomicU64,
+    pub(crate) prefault_skipped: AtomicU64,
+    pub(crate) prefault_peak: AtomicU64,
+    pub(crate) serve_ns: AtomicU64,
+    pub(crate) fill_ns: AtomicU64,
+    pub(crate) prefault_ns: AtomicU64,
 }
 
 impl Counters {
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Relaxed);
+    }
+
+    pub(crate) fn max(counter: &AtomicU64, n: u64) {
+        counter.fetch_max(n, Relaxed);
+    }
+
+    /// Adds the nanoseconds since `since`.
+    pub(crate) fn add_ns(counter: &AtomicU64, since: std::time::Instant) {
+        counter.fetch_add(since.elapsed().as_nanos() as u64, Relaxed);
     }
 
     /// A copy of every counter.
@@ -44,6 +63,16 @@ impl Counters {
             zap_failures: self.zap_failures.load(Relaxed),
             unmap_events: self.unmap_events.load(Relaxed),
             remap_events: self.remap_events.load(Relaxed),
+            wakes: self.wakes.load(Relaxed),
+            fault_pages: self.fault_pages.load(Relaxed),
+            prefault_runs: self.prefault_runs.load(Relaxed),
+            prefault_chunks: self.prefault_chunks.load(Relaxed),
+            prefault_pages: self.prefault_pages.load(Relaxed),
+            prefault_skipped: self.prefault_skipped.load(Relaxed),
+            prefault_peak: self.prefault_peak.load(Relaxed),
+            serve_ns: self.serve_ns.load(Relaxed),
+            fill_ns: self.fill_ns.load(Relaxed),
+            prefault_ns: self.prefault_ns.load(Relaxed),
         }
     }
 }
@@ -88,6 +117,26 @@ pub struct Stats {
     pub unmap_events: u64,
     /// Moves of mapping ranges by the process itself (mremap).
     pub remap_events: u64,
+    /// UFFDIO_WAKEs the fault path issued (to threads whose page another fill mapped, or that retry).
+    pub wakes: u64,
+    /// Of `pages_filled`, pages mapped by the faulting path itself (its chunk or page).
+    pub fault_pages: u64,
+    /// `prefault`: walks of the rest of a mapping started after a fault (one per service thread that joined).
+    pub prefault_runs: u64,
+    /// `prefault`: chunks those walks claimed and filled.
+    pub prefault_chunks: u64,
+    /// `prefault`: pages those walks mapped (the rest of `pages_filled`).
+    pub prefault_pages: u64,
+    /// `prefault`: chunks those walks skipped because a fault had filled them whole.
+    pub prefault_skipped: u64,
+    /// `prefault`: the most walks that ran at once (a high-water mark, not a count).
+    pub prefault_peak: u64,
+    /// Nanoseconds service threads spent serving faults (lookup, fill, answer, prefault).
+    pub serve_ns: u64,
+    /// Of `serve_ns`, nanoseconds in the faulting path's fills.
+    pub fill_ns: u64,
+    /// Of `serve_ns`, nanoseconds in `prefault` walks.
+    pub prefault_ns: u64,
 }
 
 impl Stats {
@@ -113,6 +162,18 @@ impl Stats {
             zap_failures: self.zap_failures - earlier.zap_failures,
             unmap_events: self.unmap_events - earlier.unmap_events,
             remap_events: self.remap_events - earlier.remap_events,
+            wakes: self.wakes.saturating_sub(earlier.wakes),
+            fault_pages: self.fault_pages.saturating_sub(earlier.fault_pages),
+            prefault_runs: self.prefault_runs.saturating_sub(earlier.prefault_runs),
+            prefault_chunks: self.prefault_chunks.saturating_sub(earlier.prefault_chunks),
+            prefault_pages: self.prefault_pages.saturating_sub(earlier.prefault_pages),
+            prefault_skipped: self
+                .prefault_skipped
+                .saturating_sub(earlier.prefault_skipped),
+            prefault_peak: self.prefault_peak,
+            serve_ns: self.serve_ns.saturating_sub(earlier.serve_ns),
+            fill_ns: self.fill_ns.saturating_sub(earlier.fill_ns),
+            prefault_ns: self.prefault_ns.saturating_sub(earlier.prefault_ns),
         }
     }
 }

@@ -568,7 +568,10 @@ impl Mm for UffdMm {
         let Some((store, file)) = self.backing(map, &(from..map.end())) else {
             return Some(from..map.end()); // allocated up front
         };
-        let run = store.next_committed(file.clone())?;
+        // A run longer than a chunk is reported a chunk at a time: the
+        // prefault walk asks once per chunk, and a search to the end of a
+        // fully committed BAR on every ask costs more than the fill.
+        let run = store.next_committed_within(file.clone(), crate::mm::HUGE_SIZE as u64)?;
         // Back to addresses, in whole units of the mapping.
         let unit = map.page_size as u64;
         let start = from + (run.start - file.start) as usize;

@@ -322,3 +322,76 @@ fn config_space_lists_msi_and_msix_capabilities_a_driver_can_walk() {
     assert_eq!(cfg[0x73] & 0xc0, 0xc0);
     assert_eq!((cfg[0x70], cfg[0x71]), (0x11, 0));
 }
+
+// ---- prefault: the walk after a mapping's first touches ----
+
+/// A prefault device of `size` bytes of BAR memory, all written (committed),
+/// served by `service` threads.
+fn prefault_device(size: usize, service: usize) -> Device {
+    let dev = Device::builder_with_memory(size as u64)
+        .policy(Policy::Prefault)
+        .service_threads(service)
+        .build()
+        .unwrap();
+    let data: Vec<u8> = (0..size).map(|i| (i / 4096) as u8).collect();
+    dev.write_region(DEFAULT_MEMORY_BAR, 0, &data).unwrap();
+    dev
+}
+
+#[test]
+fn prefault_walk_skips_the_chunk_its_fault_filled_and_maps_every_other_page_once() {
+    const CHUNK: usize = 2 << 20;
+    let dev = prefault_device(4 * CHUNK, 1);
+    let m = dev
+        .map(DEFAULT_MEMORY_BAR, 0, 4 * CHUNK, Prot::ReadWrite)
+        .unwrap();
+    let before = dev.stats();
+    // A touch in the third chunk: its fault maps that chunk whole, the walk
+    // the other three.
+    let page = 2 * CHUNK / 4096 + 5;
+    assert_eq!(m.touch_u64(page * 4096).unwrap() & 0xff, page as u64 & 0xff);
+    assert!(dev.wait_idle(Duration::from_secs(10)));
+    let s = dev.stats().since(&before);
+    assert_eq!(s.faults, 1);
+    assert_eq!(s.fault_pages, (CHUNK / 4096) as u64);
+    assert_eq!(
+        s.prefault_skipped, 1,
+        "the fault's chunk is not probed again"
+    );
+    assert_eq!(s.prefault_chunks, 3);
+    assert_eq!(s.pages_filled, (4 * CHUNK / 4096) as u64, "each page once");
+    // Everything is mapped: no touch faults any more.
+    for p in (0..4 * CHUNK / 4096).step_by(7) {
+        assert_eq!(m.touch_u64(p * 4096).unwrap() & 0xff, p as u64 & 0xff);
+    }
+    assert_eq!(dev.stats().since(&before).faults, 1);
+}
+
+#[test]
+fn every_prefault_fault_answered_filled_or_present_joins_the_walk() {
+    let dev = prefault_device(16 << 20, 2);
+    let threads = 16;
+    for _ in 0..3 {
+        let m = dev
+            .map(DEFAULT_MEMORY_BAR, 0, 16 << 20, Prot::ReadWrite)
+            .unwrap();
+        let before = dev.stats();
+        let barrier = Barrier::new(threads);
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                let (barrier, m) = (&barrier, &m);
+                s.spawn(move || {
+                    barrier.wait();
+                    for p in (t..(16 << 20) / 4096).step_by(threads) {
+                        assert_eq!(m.touch_u64(p * 4096).unwrap() & 0xff, p as u64 & 0xff);
+                    }
+                });
+            }
+        });
+        assert!(dev.wait_idle(Duration::from_secs(10)));
+        let s = dev.stats().since(&before);
+        assert_eq!(s.prefault_runs, s.fills + s.eexist, "{s:?}");
+        assert_eq!(s.wakes, s.eexist, "one wake per Present answer: {s:?}");
+        assert_eq!(s.pages_filled, ((16 << 20) / 4096) as u64, "{s:?}");
+    }
+}

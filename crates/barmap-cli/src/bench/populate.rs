@@ -63,6 +63,8 @@ impl Family for Populate {
                 m.threads = Some(thr);
                 m.size_bytes = Some(len);
                 m.faults = Some(st.faults / (reps as u64 + 1));
+                m.counters = Some(st);
+                m.rounds = Some(reps + 1);
                 m.errors = Some(errors + path_errors(&st));
                 m.bug_events = Some(st.bugs);
                 m.ratio = Some(m.median / r.native_med[&(len, thr)]);

@@ -57,6 +57,12 @@ pub(super) struct Measurement {
     /// present page: the kernel would have crashed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) bug_events: Option<u64>,
+    /// The fault path's counters over all rounds, the warm-up included
+    /// (`rounds` of them): where a storm's time goes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) counters: Option<barmap::Stats>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) rounds: Option<usize>,
 }
 
 /// What /proc/self/smaps says about one mapping (kB).

@@ -36,6 +36,8 @@ impl Family for Storm {
         m.size_bytes = Some(size);
         m.faults = Some(st.faults / (reps as u64 + 1));
         m.errors = Some(errors + path_errors(&st));
+        m.counters = Some(st);
+        m.rounds = Some(reps + 1);
         m.ratio = Some(m.median / r.single_default);
         m.ratio_to = Some("populate 1 thread, same policy".into());
         m.floor_ratio = Some(m.median / r.floor_med[&size]);
