@@ -964,6 +964,16 @@ struct Segment {
 /// and writable too when the device may write (the kernel pins with
 /// `FOLL_WRITE` then). None means EFAULT.
 fn segments_of(vaddr: u64, size: u64, write: bool) -> Option<Vec<Segment>> {
+    match procmap::segments_of(vaddr, size, write) {
+        Ok(found) => found,
+        // A kernel without PROCMAP_QUERY (before 6.11): read the whole list.
+        Err(()) => segments_of_listed(vaddr, size, write),
+    }
+}
+
+/// [`segments_of`] by reading all of `/proc/self/maps` (a walk of every
+/// mapping of the process: the fallback, costly with many mappings).
+fn segments_of_listed(vaddr: u64, size: u64, write: bool) -> Option<Vec<Segment>> {
     let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
     let end = vaddr + size;
     let mut at = vaddr;
@@ -1012,6 +1022,180 @@ fn segments_of(vaddr: u64, size: u64, write: bool) -> Option<Vec<Segment>> {
         }
     }
     None
+}
+
+/// The mapping that holds an address, asked of the kernel one at a time
+/// with `PROCMAP_QUERY` (Linux 6.11) on `/proc/self/maps`: a DMA map costs
+/// a lookup, not a walk of the process's mappings (DPDK without huge pages
+/// makes tens of thousands of maps).
+mod procmap {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::sync::Mutex;
+
+    use super::Segment;
+
+    /// `struct procmap_query` of `linux/fs.h`.
+    #[repr(C)]
+    #[derive(Default)]
+    struct Query {
+        size: u64,
+        query_flags: u64,
+        query_addr: u64,
+        vma_start: u64,
+        vma_end: u64,
+        vma_flags: u64,
+        vma_page_size: u64,
+        vma_offset: u64,
+        inode: u64,
+        dev_major: u32,
+        dev_minor: u32,
+        vma_name_size: u32,
+        build_id_size: u32,
+        vma_name_addr: u64,
+        build_id_addr: u64,
+    }
+
+    /// `_IOWR('f', 17, struct procmap_query)`.
+    const PROCMAP_QUERY: u64 =
+        (3 << 30) | ((std::mem::size_of::<Query>() as u64) << 16) | (0x66 << 8) | 17;
+    const READABLE: u64 = 0x01;
+    const WRITABLE: u64 = 0x02;
+    const SHARED: u64 = 0x08;
+
+    /// An open `/proc/self/maps` of this process (reopened in a forked
+    /// child, whose own list it must be).
+    static MAPS: Mutex<Option<(u32, OwnedFd)>> = Mutex::new(None);
+
+    /// The covering mappings, Ok(None) for EFAULT; Err if the kernel
+    /// cannot be asked.
+    pub(super) fn segments_of(
+        vaddr: u64,
+        size: u64,
+        write: bool,
+    ) -> Result<Option<Vec<Segment>>, ()> {
+        let mut maps = MAPS.lock().unwrap();
+        let pid = std::process::id();
+        if maps.as_ref().is_none_or(|(p, _)| *p != pid) {
+            // SAFETY: a NUL-terminated path; a new fd or -1.
+            let fd = unsafe {
+                libc::open(
+                    c"/proc/self/maps".as_ptr(),
+                    libc::O_RDONLY | libc::O_CLOEXEC,
+                )
+            };
+            if fd < 0 {
+                return Err(());
+            }
+            // SAFETY: `fd` was just opened and is ours alone.
+            *maps = Some((pid, unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+        let fd = maps.as_ref().map(|(_, f)| f.as_raw_fd()).ok_or(())?;
+        let end = vaddr.checked_add(size).ok_or(())?;
+        let (mut at, mut out) = (vaddr, Vec::new());
+        while at < end {
+            let mut q = Query {
+                size: std::mem::size_of::<Query>() as u64,
+                query_addr: at,
+                ..Query::default()
+            };
+            // SAFETY: PROCMAP_QUERY reads and writes one `Query`, whose size
+            // it is told; no name or build id buffer is given.
+            if unsafe { libc::ioctl(fd, PROCMAP_QUERY as _, &mut q as *mut Query) } != 0 {
+                return match std::io::Error::last_os_error().raw_os_error() {
+                    Some(libc::ENOENT) => Ok(None), // a hole
+                    _ => Err(()),
+                };
+            }
+            if q.vma_start > at
+                || q.vma_flags & READABLE == 0
+                || (write && q.vma_flags & WRITABLE == 0)
+            {
+                return Ok(None);
+            }
+            out.push(Segment {
+                start: q.vma_start,
+                end: q.vma_end,
+                shared: q.vma_flags & SHARED != 0,
+                offset: q.vma_offset,
+                dev: (u64::from(q.dev_major) << 20) | u64::from(q.dev_minor),
+                ino: q.inode,
+            });
+            at = q.vma_end;
+        }
+        Ok(Some(out))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn the_kernels_answer_is_the_listed_one() {
+            let page = 4096usize;
+            // SAFETY: fresh anonymous mappings of our own, unmapped below.
+            let (rw, sh) = unsafe {
+                (
+                    libc::mmap(
+                        std::ptr::null_mut(),
+                        4 * page,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                        -1,
+                        0,
+                    ),
+                    libc::mmap(
+                        std::ptr::null_mut(),
+                        4 * page,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                        -1,
+                        0,
+                    ),
+                )
+            };
+            assert!(rw != libc::MAP_FAILED && sh != libc::MAP_FAILED);
+            // SAFETY: our own mapping: one read-only page, one hole.
+            unsafe {
+                libc::mprotect(
+                    (rw as usize + page) as *mut libc::c_void,
+                    page,
+                    libc::PROT_READ,
+                );
+                libc::munmap((rw as usize + 3 * page) as *mut libc::c_void, page);
+            }
+            let key = |v: Option<Vec<super::Segment>>| {
+                v.map(|v| {
+                    v.iter()
+                        .map(|s| (s.start, s.end, s.shared, s.offset, s.dev, s.ino))
+                        .collect::<Vec<_>>()
+                })
+            };
+            for (addr, len, write) in [
+                (rw as u64, page as u64, true),
+                (rw as u64, 2 * page as u64, true),
+                (rw as u64, 3 * page as u64, false),
+                (rw as u64, 4 * page as u64, false),
+                (sh as u64 + page as u64, 2 * page as u64, true),
+            ] {
+                let asked =
+                    super::segments_of(addr, len, write).expect("PROCMAP_QUERY (Linux 6.11)");
+                assert_eq!(
+                    key(asked),
+                    key(super::super::segments_of_listed(addr, len, write)),
+                    "{addr:#x}+{len:#x} write {write}"
+                );
+            }
+            // SAFETY: our own mappings.
+            unsafe {
+                libc::munmap(rw, 3 * page);
+                libc::munmap(sh, 4 * page);
+            }
+        }
+
+        #[test]
+        fn the_query_has_the_kernels_size_and_number() {
+            assert_eq!(std::mem::size_of::<super::Query>(), 104);
+            assert_eq!(super::PROCMAP_QUERY, 0xC068_6611);
+        }
+    }
 }
 
 #[cfg(test)]
