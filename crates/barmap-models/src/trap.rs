@@ -54,7 +54,7 @@ use iced_x86::{
 };
 
 use crate::device::Shared;
-use crate::model::Width;
+use crate::model::{Store64, Width};
 
 mod signals;
 
@@ -235,16 +235,24 @@ fn fetch(rip: usize) -> ([u8; 15], usize) {
     (buf, in_page)
 }
 
-/// Decodes the access at the saved RIP, or explains why it cannot.
-fn decode(uc: &libc::ucontext_t) -> Result<(Instruction, Access), (Option<Instruction>, String)> {
+/// The instruction at the saved RIP, or the bytes that do not decode.
+fn instruction_at_rip(uc: &libc::ucontext_t) -> Result<Instruction, String> {
     let rip = uc.uc_mcontext.gregs[libc::REG_RIP as usize] as u64;
     let (bytes, n) = fetch(rip as usize);
     let bytes = &bytes[..n];
     let mut decoder = Decoder::with_ip(64, bytes, rip, DecoderOptions::NONE);
     let insn = decoder.decode();
     if insn.is_invalid() {
-        return Err((None, format!("undecodable bytes {bytes:02x?}")));
+        return Err(format!("undecodable bytes {bytes:02x?}"));
     }
+    Ok(insn)
+}
+
+/// Decodes the access `insn` makes, or explains why it cannot.
+fn decode(
+    uc: &libc::ucontext_t,
+    insn: Instruction,
+) -> Result<(Instruction, Access), (Option<Instruction>, String)> {
     let fail = |why: &str| Err((Some(insn), why.to_string()));
     let mem_op = (0..insn.op_count()).find(|&i| insn.op_kind(i) == OpKind::Memory);
     let Some(mem_op) = mem_op else {
@@ -326,7 +334,17 @@ fn emulate(addr: usize, uc: &mut libc::ucontext_t) -> Outcome {
     let Some((dev, region, offset, writable)) = lookup(addr) else {
         return Outcome::NotOurs;
     };
-    let (insn, access) = match decode(uc) {
+    let insn = match instruction_at_rip(uc) {
+        Ok(insn) => insn,
+        Err(why) => {
+            report(addr, uc, None, &why);
+            return Outcome::Sigbus(addr);
+        }
+    };
+    if let Some(submit) = submit_operands(&insn, |r| get_reg(uc, r)) {
+        return emulate_submit(addr, uc, &insn, submit);
+    }
+    let (insn, access) = match decode(uc, insn) {
         Ok(d) => d,
         Err((insn, why)) => {
             report(addr, uc, insn, &why);
@@ -381,6 +399,148 @@ fn emulate(addr: usize, uc: &mut libc::ucontext_t) -> Outcome {
     }
     uc.uc_mcontext.gregs[libc::REG_RIP as usize] = insn.next_ip() as i64;
     Outcome::Done
+}
+
+/// A 64-byte store by MOVDIR64B, ENQCMD or ENQCMDS: the destination
+/// address (the register operand, ModRM.reg, at the address size: a 32-bit
+/// register with the 0x67 prefix) and the source's (the memory operand,
+/// with its ModRM, SIB, displacement or RIP-relative form).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Submit {
+    dest: u64,
+    src: u64,
+    how: Store64,
+}
+
+/// The operands of `insn` if it is MOVDIR64B, ENQCMD or ENQCMDS (None
+/// otherwise), with the general registers `reg` gives; an `Err` names why
+/// they cannot be known (an FS- or GS-relative source).
+fn submit_operands(
+    insn: &Instruction,
+    reg: impl Fn(Register) -> Option<u64>,
+) -> Option<Result<Submit, &'static str>> {
+    let how = match insn.mnemonic() {
+        Mnemonic::Movdir64b => Store64::Movdir64b,
+        Mnemonic::Enqcmd => Store64::Enqcmd,
+        Mnemonic::Enqcmds => Store64::Enqcmds,
+        _ => return None,
+    };
+    if insn.op_count() != 2
+        || insn.op_kind(0) != OpKind::Register
+        || insn.op_kind(1) != OpKind::Memory
+    {
+        return Some(Err("operands that are not a register and a memory operand"));
+    }
+    let Some(dest) = reg(insn.op0_register()) else {
+        return Some(Err("a destination that is not a general register"));
+    };
+    let src = insn.virtual_address(1, 0, |r, _, _| match r {
+        Register::ES | Register::CS | Register::SS | Register::DS => Some(0),
+        r => reg(r),
+    });
+    Some(match src {
+        Some(src) => Ok(Submit { dest, src, how }),
+        None => Err("a source relative to FS or GS"),
+    })
+}
+
+/// RFLAGS bits ENQCMD and ENQCMDS write: ZF set means "retry", the
+/// others are cleared.
+const ENQCMD_FLAGS: i64 = 0x1 | 0x4 | 0x10 | 0x40 | 0x80 | 0x800; // CF PF AF ZF SF OF
+const ZF: i64 = 0x40;
+
+/// Emulates a 64-byte store whose destination is in a register mapping
+/// (`addr` is the faulting address on the SIGSEGV path, the destination on
+/// the SIGILL path): reads the 64 source bytes, hands them to the model in
+/// one call, sets ENQCMD's flags and steps over the instruction.
+fn emulate_submit(
+    addr: usize,
+    uc: &mut libc::ucontext_t,
+    insn: &Instruction,
+    submit: Result<Submit, &'static str>,
+) -> Outcome {
+    let s = match submit {
+        Ok(s) => s,
+        Err(why) => {
+            report(addr, uc, Some(*insn), why);
+            return Outcome::Sigbus(addr);
+        }
+    };
+    let Some((dev, region, offset, writable)) = lookup(s.dest as usize) else {
+        // The faulting address is the source's (a 64-byte read of a
+        // register mapping), not a portal.
+        report(
+            addr,
+            uc,
+            Some(*insn),
+            "a 64-byte store whose source is a register mapping",
+        );
+        return Outcome::Sigbus(addr);
+    };
+    if s.dest % 64 != 0 {
+        report(addr, uc, Some(*insn), "a destination not 64-byte aligned");
+        return Outcome::Sigbus(addr);
+    }
+    let last = s.dest + 63;
+    if !lookup(last as usize).is_some_and(|(_, r, o, _)| r == region && o == offset + 63) {
+        report(
+            addr,
+            uc,
+            Some(*insn),
+            "the store crosses the end of the register mapping",
+        );
+        return Outcome::Sigbus(addr);
+    }
+    if !writable {
+        return Outcome::NotOurs;
+    }
+    let mut data = [0u8; 64];
+    if barmap::os::copy_from_user(s.src as *const u8, &mut data).is_err() {
+        report(addr, uc, Some(*insn), "an unreadable 64-byte source");
+        return Outcome::Sigbus(addr);
+    }
+    if s.how == Store64::Enqcmd {
+        // The CPU puts the process's PASID (none here) and a clear
+        // privilege bit in the first dword.
+        data[..4].fill(0);
+    }
+    let Some(dev) = dev.upgrade() else {
+        return Outcome::Sigbus(addr);
+    };
+    let result = dev
+        .device
+        .with_memory(|| dev.store64_locked(region, offset, &data, s.how));
+    let Ok(accepted) = result else {
+        return Outcome::Sigbus(s.dest as usize);
+    };
+    let gregs = &mut uc.uc_mcontext.gregs;
+    if s.how != Store64::Movdir64b {
+        let flags = gregs[libc::REG_EFL as usize] & !ENQCMD_FLAGS;
+        gregs[libc::REG_EFL as usize] = if accepted { flags } else { flags | ZF };
+    }
+    gregs[libc::REG_RIP as usize] = insn.next_ip() as i64;
+    Outcome::Done
+}
+
+/// The SIGILL path: a CPU without MOVDIR64B or ENQCMD(S) raises #UD
+/// before the store reaches memory. The instruction at RIP is emulated if
+/// it is one of them and its destination lies in a register mapping;
+/// anything else is not ours (the program's SIGILL).
+fn emulate_undefined(uc: &mut libc::ucontext_t) -> Outcome {
+    let Ok(insn) = instruction_at_rip(uc) else {
+        return Outcome::NotOurs;
+    };
+    let Some(submit) = submit_operands(&insn, |r| get_reg(uc, r)) else {
+        return Outcome::NotOurs;
+    };
+    let dest = match submit {
+        Ok(s) => s.dest as usize,
+        Err(_) => return Outcome::NotOurs,
+    };
+    if lookup(dest).is_none() {
+        return Outcome::NotOurs;
+    }
+    emulate_submit(dest, uc, &insn, submit)
 }
 
 #[cfg(test)]
