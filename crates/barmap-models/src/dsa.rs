@@ -757,7 +757,9 @@ impl Dsa {
         if let Some(d) = d {
             w |= 1 << 2 | u64::from(d.opcode) << 32;
         }
-        self.swerr = [w, 0, d.map_or(0, |d| d.completion), 0];
+        let cra = error == status::CRA_XLAT || error == status::CRA_ALIGN;
+        let fault_addr = d.filter(|_| cra).map_or(0, |d| d.completion);
+        self.swerr = [w, 0, fault_addr, 0];
         self.intcause |= INTC_ERR;
         if self.genctrl & GENCTRL_SOFTERR_INT != 0 {
             ctx.raise_msix(0);
