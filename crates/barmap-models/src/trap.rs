@@ -552,6 +552,131 @@ mod tests {
         unsafe { std::mem::zeroed() }
     }
 
+    /// The 64-byte store `bytes` encodes at RIP 0x40_0000, with rax =
+    /// 0x7f00_0000_1000, rbx = 0x2000, rcx = 3, rdx = 0x5000, r9 =
+    /// 0x9000, r12 = 0xc000, r13 = 0xd000 and every other register 0.
+    fn submit(bytes: &[u8]) -> Option<Result<Submit, &'static str>> {
+        let regs = |r: Register| match r {
+            Register::RAX => 0x7f00_0000_1000u64,
+            Register::RBX => 0x2000,
+            Register::RCX => 3,
+            Register::RDX => 0x5000,
+            Register::R9 => 0x9000,
+            Register::R12 => 0xc000,
+            Register::R13 => 0xd000,
+            _ => 0,
+        };
+        let insn = Decoder::with_ip(64, bytes, 0x40_0000, DecoderOptions::NONE).decode();
+        assert!(!insn.is_invalid(), "{bytes:02x?} decodes");
+        assert_eq!(insn.len(), bytes.len(), "{bytes:02x?} is one instruction");
+        let mut uc = context();
+        for (r, i) in [
+            (Register::RAX, libc::REG_RAX),
+            (Register::RBX, libc::REG_RBX),
+            (Register::RCX, libc::REG_RCX),
+            (Register::RDX, libc::REG_RDX),
+            (Register::R9, libc::REG_R9),
+            (Register::R12, libc::REG_R12),
+            (Register::R13, libc::REG_R13),
+        ] {
+            uc.uc_mcontext.gregs[i as usize] = regs(r) as i64;
+        }
+        submit_operands(&insn, |r| get_reg(&uc, r))
+    }
+
+    fn ok(dest: u64, src: u64, how: Store64) -> Option<Result<Submit, &'static str>> {
+        Some(Ok(Submit { dest, src, how }))
+    }
+
+    #[test]
+    fn movdir64b_takes_its_destination_from_modrm_reg_and_its_source_from_a_register_base() {
+        // movdir64b rax, [rdx]: the encoding Linux's movdir64b() uses.
+        let m = Store64::Movdir64b;
+        assert_eq!(
+            submit(&[0x66, 0x0f, 0x38, 0xf8, 0x02]),
+            ok(0x7f00_0000_1000, 0x5000, m)
+        );
+        // movdir64b rdx, [rax]: the operands the other way round.
+        assert_eq!(
+            submit(&[0x66, 0x0f, 0x38, 0xf8, 0x10]),
+            ok(0x5000, 0x7f00_0000_1000, m)
+        );
+    }
+
+    #[test]
+    fn movdir64b_sources_with_sib_displacements_and_rip_relative_forms_decode() {
+        let m = Store64::Movdir64b;
+        // [rbx+rcx*4+0x40]: SIB with a scaled index and a disp8.
+        assert_eq!(
+            submit(&[0x66, 0x0f, 0x38, 0xf8, 0x44, 0x8b, 0x40]),
+            ok(0x7f00_0000_1000, 0x2000 + 12 + 0x40, m)
+        );
+        // [rbx+0x12345678]: a disp32.
+        assert_eq!(
+            submit(&[0x66, 0x0f, 0x38, 0xf8, 0x83, 0x78, 0x56, 0x34, 0x12]),
+            ok(0x7f00_0000_1000, 0x2000 + 0x1234_5678, m)
+        );
+        // [rip+0x100]: relative to the next instruction (9 bytes on).
+        assert_eq!(
+            submit(&[0x66, 0x0f, 0x38, 0xf8, 0x05, 0x00, 0x01, 0x00, 0x00]),
+            ok(0x7f00_0000_1000, 0x40_0009 + 0x100, m)
+        );
+        // [0x3000]: SIB with neither base nor index, a disp32 alone.
+        assert_eq!(
+            submit(&[0x66, 0x0f, 0x38, 0xf8, 0x04, 0x25, 0x00, 0x30, 0x00, 0x00]),
+            ok(0x7f00_0000_1000, 0x3000, m)
+        );
+    }
+
+    #[test]
+    fn movdir64b_with_rex_reaches_r8_to_r15_in_both_operands() {
+        let m = Store64::Movdir64b;
+        // REX.RB: movdir64b r9, [r12] (r12 as a base needs a SIB byte).
+        assert_eq!(
+            submit(&[0x66, 0x45, 0x0f, 0x38, 0xf8, 0x0c, 0x24]),
+            ok(0x9000, 0xc000, m)
+        );
+        // REX.B: movdir64b rax, [r13-0x10] (r13 as a base needs a disp).
+        assert_eq!(
+            submit(&[0x66, 0x41, 0x0f, 0x38, 0xf8, 0x45, 0xf0]),
+            ok(0x7f00_0000_1000, 0xd000 - 0x10, m)
+        );
+    }
+
+    #[test]
+    fn the_address_size_prefix_makes_both_addresses_32_bit() {
+        // 0x67: movdir64b eax, [edx+0x10]: rax's upper half is not used.
+        assert_eq!(
+            submit(&[0x67, 0x66, 0x0f, 0x38, 0xf8, 0x42, 0x10]),
+            ok(0x1000, 0x5010, Store64::Movdir64b)
+        );
+    }
+
+    #[test]
+    fn enqcmd_and_enqcmds_differ_from_movdir64b_by_their_prefix_only() {
+        assert_eq!(
+            submit(&[0xf2, 0x0f, 0x38, 0xf8, 0x02]),
+            ok(0x7f00_0000_1000, 0x5000, Store64::Enqcmd)
+        );
+        assert_eq!(
+            submit(&[0xf3, 0x0f, 0x38, 0xf8, 0x02]),
+            ok(0x7f00_0000_1000, 0x5000, Store64::Enqcmds)
+        );
+    }
+
+    #[test]
+    fn other_instructions_are_not_submissions_and_fs_sources_are_refused() {
+        // mov eax, [rdx]
+        assert_eq!(submit(&[0x8b, 0x02]), None);
+        // ud2
+        assert_eq!(submit(&[0x0f, 0x0b]), None);
+        // movdir64b rax, fs:[rdx]
+        assert!(matches!(
+            submit(&[0x64, 0x66, 0x0f, 0x38, 0xf8, 0x02]),
+            Some(Err(_))
+        ));
+    }
+
     #[test]
     fn narrow_register_writes_keep_the_other_bits_and_32_bit_ones_clear_them() {
         let mut uc = context();
