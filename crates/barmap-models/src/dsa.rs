@@ -559,12 +559,7 @@ impl Dsa {
                 self.cmd = low(merge(self.cmd.into()));
                 self.command(ctx, self.cmd);
             }
-            reg::SWERR => {
-                self.swerr[0] &= !(value & mask & SWERR_ACK);
-                if self.swerr[0] & 1 == 0 {
-                    self.swerr = [self.swerr[0], 0, 0, 0];
-                }
-            }
+            reg::SWERR => self.swerr[0] &= !(value & mask & SWERR_ACK),
             q if (GRPCFG..GRPCFG + 64 * NUM_GROUPS as u64).contains(&q) => {
                 if self.enabled {
                     return; // configuration is fixed while enabled
