@@ -40,10 +40,30 @@
 //!   kernel forces it).
 //! - **What is emulated.** `mov` loads and stores (register, immediate,
 //!   `moffs`) and `movzx`/`movsx`/`movsxd` loads of 1, 2, 4 or 8 bytes, at
-//!   a naturally aligned address in one mapping. Anything else (a
+//!   a naturally aligned address in one mapping; and the 64-byte stores
+//!   MOVDIR64B, ENQCMD and ENQCMDS (below). Anything else (a
 //!   read-modify-write, a string or vector instruction, an unaligned or
 //!   FS/GS-relative access) is reported on stderr with its disassembly and
 //!   gets SIGBUS: never a silent wrong value.
+//! - **64-byte stores** (a DSA portal's descriptors): MOVDIR64B
+//!   (`66 0F 38 F8 /r`), ENQCMD (`F2 ..`) and ENQCMDS (`F3 ..`) store the
+//!   64 bytes at their memory operand (any ModRM, SIB, displacement or
+//!   RIP-relative form, REX and the 0x67 address-size prefix) to the
+//!   64-byte aligned address in their register operand (ModRM.reg). On a
+//!   CPU that has them, the store to the inaccessible page faults
+//!   (SIGSEGV); on one that lacks them (AMD's), the CPU raises SIGILL
+//!   before touching memory, so barmap also owns the kernel's SIGILL
+//!   disposition, keeps the program's apart as for SIGSEGV, and emulates
+//!   only an instruction whose destination is in a live register mapping;
+//!   every other SIGILL reaches the program's handler, or kills the
+//!   process by SIGILL at the instruction as before. The model gets the 64
+//!   bytes in one [`DeviceModel::write64`](crate::DeviceModel::write64)
+//!   call; ENQCMD and ENQCMDS clear ZF when it accepts and set it for
+//!   "retry" (CF, PF, AF, SF and OF cleared), as the SDM says. ENQCMD's
+//!   first dword carries the process's PASID, which barmap does not give
+//!   (zero); ENQCMDS, privileged on hardware (#GP in user mode), is
+//!   emulated for the program all the same, its PASID and privilege bit as
+//!   written.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};

@@ -1,5 +1,12 @@
-//! The program's SIGSEGV and SIGBUS dispositions, with barmap's SIGSEGV
-//! handler in front of the program's.
+//! The program's SIGSEGV, SIGILL and SIGBUS dispositions, with barmap's
+//! SIGSEGV and SIGILL handlers in front of the program's.
+//!
+//! SIGILL is owned like SIGSEGV (the program's disposition kept here,
+//! reported back, reclaimed after a raw `rt_sigaction`) so that a
+//! MOVDIR64B or ENQCMD this CPU lacks can be emulated on a register
+//! mapping; any other SIGILL goes to the program's disposition. Unlike
+//! SIGSEGV, SIGILL's mask is the real one: a thread that blocks it dies at
+//! an illegal instruction, in the kernel, as without barmap.
 //!
 //! barmap owns the kernel's SIGSEGV disposition and nothing else: the
 //! program's SIGSEGV disposition is kept here (set through
