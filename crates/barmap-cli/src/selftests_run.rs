@@ -68,11 +68,11 @@ impl Drop for HugePages {
 
 /// The devices a selftest binary runs on, each in a run of its own:
 /// `vfio_pci_driver_test` needs a device its library has a driver for, and
-/// runs on each such model (the I/OAT channel, the 82576 NIC); the others
+/// runs on each such model (the I/OAT channel, the 82576 NIC, the DSA); the others
 /// test the VFIO uAPI on barmap's default device.
 pub(crate) fn devices_for(binary: &str) -> &'static [&'static str] {
     match binary {
-        "vfio_pci_driver_test" => &["ioat", "igb"],
+        "vfio_pci_driver_test" => &["ioat", "igb", "dsa"],
         _ => &["default"],
     }
 }

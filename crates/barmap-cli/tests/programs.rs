@@ -721,3 +721,36 @@ fn per_page_dma_maps_of_one_shared_segment_add_one_alias_not_one_per_page() {
         &[],
     );
 }
+
+// DSA and the SIGILL path
+
+#[test]
+fn movdir64b_and_enqcmd_to_dsa_portals_are_emulated_as_one_64_byte_store() {
+    passes(
+        "movdir64b_and_enqcmd_to_dsa_portals_are_emulated_as_one_64_byte_store",
+        &["--device", "dsa"],
+    );
+}
+
+#[test]
+fn a_sigill_elsewhere_reaches_the_program_sigill_handler() {
+    passes(
+        "a_sigill_elsewhere_reaches_the_program_sigill_handler",
+        &["--device", "edu"],
+    );
+}
+
+#[test]
+fn a_sigill_without_a_handler_kills_the_program_by_sigill() {
+    let r = run(
+        "a_sigill_without_a_handler_kills_the_program_by_sigill",
+        &["--device", "edu"],
+    );
+    assert!(
+        r.code == Some(128 + libc::SIGILL) && r.text.contains("ok about to execute ud2"),
+        "exit {:?}\n{}",
+        r.code,
+        r.text
+    );
+    assert!(!r.text.contains("FAIL"), "{}", r.text);
+}
