@@ -757,3 +757,13 @@ fn per_page_dma_maps_of_one_shared_segment_add_one_alias_not_one_per_page() {
         &[],
     );
 }
+
+// NVIDIA falcon
+
+#[test]
+fn nv_falcon_dma_to_a_read_only_or_unmapped_iova_never_completes_and_writes_nothing() {
+    passes(
+        "nv_falcon_dma_to_a_read_only_or_unmapped_iova_never_completes_and_writes_nothing",
+        &["--device", "nv_falcon"],
+    );
+}
