@@ -735,7 +735,10 @@ impl NvFalcon {
     fn fsp_command(&mut self, c: usize) {
         let (head, tail) = self.queue[c];
         let words: Vec<u32> = if tail >= head && tail - head < FSP_CHANNEL_SIZE {
-            (head..=tail).step_by(4).map(|o| word(&self.emem, o)).collect()
+            (head..=tail)
+                .step_by(4)
+                .map(|o| word(&self.emem, o))
+                .collect()
         } else {
             Vec::new()
         };
@@ -784,7 +787,12 @@ impl NvFalcon {
                 self.bytes += n;
             }
             Err(e) => {
-                tracing::debug!(?e, cmd, addr = self.dma_address(), "nv_falcon: transfer stalled");
+                tracing::debug!(
+                    ?e,
+                    cmd,
+                    addr = self.dma_address(),
+                    "nv_falcon: transfer stalled"
+                );
                 self.errors += 1;
                 self.last_error = Some(e);
             }

@@ -8,7 +8,7 @@
 use std::sync::{Arc, Mutex};
 
 use barmap::device::pci;
-use barmap_models::nv_falcon::{self, fbif, falcon, reg, Arch, Chip, NvFalcon, CHIPS};
+use barmap_models::nv_falcon::{self, falcon, fbif, reg, Arch, Chip, NvFalcon, CHIPS};
 use barmap_models::{Host, IommuFault, IrqIndex, ModelDevice, Width};
 
 /// The IOVA of the test's one window of memory.
@@ -224,9 +224,7 @@ impl Gpu {
         if self.arch >= Arch::Hopper {
             return;
         }
-        if self.arch == Arch::Ada
-            && self.rd(self.f(falcon::MAILBOX_TEST)) == nv_falcon::PRI_ERROR
-        {
+        if self.arch == Arch::Ada && self.rd(self.f(falcon::MAILBOX_TEST)) == nv_falcon::PRI_ERROR {
             self.wr(self.f(falcon::ENGINE_RESET), 1);
         }
         if self.pmc_mask() != 0 {
@@ -295,7 +293,11 @@ fn nv_falcon_identity_is_what_the_driver_probes_on_every_chip() {
         assert_eq!(u16::from_le_bytes([b[2], b[3]]), c.device, "{}", c.name);
         let mut rev = [0u8; 1];
         g.dev.read_config(0x08, &mut rev).unwrap();
-        assert_eq!(rev[0], c.boot0 as u8, "{}: revision is PMC_BOOT_0's", c.name);
+        assert_eq!(
+            rev[0], c.boot0 as u8,
+            "{}: revision is PMC_BOOT_0's",
+            c.name
+        );
         assert_eq!(g.probe(), Some(g.arch), "{}", c.name);
         assert_eq!(g.rd(reg::PMC_BOOT_0), c.boot0);
     }
@@ -344,7 +346,10 @@ fn nv_falcon_a_falcon_reset_scrubs_dmem_and_clears_the_dma_setup() {
     g.wr(g.f(falcon::DMATRFBASE), 0x1234); // dropped while in reset
     g.wr(g.f(falcon::ENGINE_RESET), 0);
     let dmactl = g.rd(g.f(falcon::DMACTL));
-    assert_eq!(dmactl, nv_falcon::DMACTL_SCRUBBING | nv_falcon::DMACTL_REQUIRE_CTX);
+    assert_eq!(
+        dmactl,
+        nv_falcon::DMACTL_SCRUBBING | nv_falcon::DMACTL_REQUIRE_CTX
+    );
     assert_eq!(g.rd(g.f(falcon::DMACTL)), nv_falcon::DMACTL_REQUIRE_CTX);
     assert_eq!(g.rd(g.f(falcon::DMATRFBASE)), 0);
     assert_eq!(g.rd(g.fbif + fbif::CTL), 0);
@@ -356,7 +361,10 @@ fn nv_falcon_a_falcon_reset_scrubs_dmem_and_clears_the_dma_setup() {
 fn nv_falcon_pmc_enable_gates_the_falcon_up_to_gp100() {
     let g = gpu(nv_falcon::chip_by_device(0x118a).unwrap()); // Kepler
     g.init();
-    assert_eq!(g.pmc_mask(), nv_falcon::PMC_ENABLE_PWR | nv_falcon::PMC_ENABLE_HUB);
+    assert_eq!(
+        g.pmc_mask(),
+        nv_falcon::PMC_ENABLE_PWR | nv_falcon::PMC_ENABLE_HUB
+    );
     let on = g.rd(reg::PMC_ENABLE);
     g.wr(reg::PMC_ENABLE, on & !nv_falcon::PMC_ENABLE_HUB);
     assert_eq!(g.rd(g.f(falcon::DMACTL)), nv_falcon::PRI_ERROR, "HUB too");
@@ -379,7 +387,10 @@ fn nv_falcon_each_missing_init_step_stalls_the_transfer() {
     assert!(g.dma(SRC, 64, false));
     // Each FBIF step, alone undone.
     g.wr(g.fbif + fbif::CTL, 0x10);
-    assert!(!g.dma(SRC, 64, false), "FBIF_CTL does not allow physical DMA");
+    assert!(
+        !g.dma(SRC, 64, false),
+        "FBIF_CTL does not allow physical DMA"
+    );
     g.wr(g.fbif + fbif::CTL, 0x90);
     assert!(g.dma(SRC, 64, false));
     g.wr(g.fbif + fbif::TRANSCFG, 4);
@@ -417,7 +428,9 @@ fn nv_falcon_iommu_faults_stall_the_transfer_and_touch_nothing() {
     assert_eq!(g.host.get(DST, 256), pattern(256, 2));
     // Bus mastering off: every transfer stalls.
     let cmd = g.dev.device().command() & !pci::COMMAND_MASTER;
-    g.dev.write_config(pci::COMMAND, &cmd.to_le_bytes()).unwrap();
+    g.dev
+        .write_config(pci::COMMAND, &cmd.to_le_bytes())
+        .unwrap();
     g.host.put(SRC, &pattern(256, 5));
     assert!(!g.memcpy(SRC, DST, 256));
     assert_eq!(g.host.get(DST, 256), pattern(256, 2));
