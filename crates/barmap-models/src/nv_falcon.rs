@@ -42,7 +42,7 @@
 //! | B+0x3c0 | engine reset | RW bit 0, from Pascal's GP10x on: the falcon is held in reset while it is set |
 //! | B+0x40c | mailbox | RW scratch |
 //! | B+0x1668 | core select | RW (the RISC-V/falcon core choice; the falcon core is the only one) |
-//! | F+4n (n 0..7) | FBIF_TRANSCFG[n] | RW: context n's target (bits 1:0: 0 video memory, 1 coherent and 2 non-coherent system memory) and memory type (bit 2: physical) |
+//! | F+4n (n 0..7) | FBIF_TRANSCFG(n) | RW: context n's target (bits 1:0: 0 video memory, 1 coherent and 2 non-coherent system memory) and memory type (bit 2: physical) |
 //! | F+0x24 | FBIF_CTL | RW: bit 7 allows physical DMA without a context |
 //! | F+0x84 | FBIF_CTL2 | RW |
 //! | 0x8f2ac0 + 8c, 0x8f2ac4 + 8c | FSP EMEMC, EMEMD (Hopper) | the FSP's 4 KiB message memory by port, as DMEMC/DMEMD |
