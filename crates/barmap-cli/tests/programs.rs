@@ -754,3 +754,13 @@ fn a_sigill_without_a_handler_kills_the_program_by_sigill() {
     );
     assert!(!r.text.contains("FAIL"), "{}", r.text);
 }
+
+// NVIDIA falcon
+
+#[test]
+fn nv_falcon_dma_to_a_read_only_or_unmapped_iova_never_completes_and_writes_nothing() {
+    passes(
+        "nv_falcon_dma_to_a_read_only_or_unmapped_iova_never_completes_and_writes_nothing",
+        &["--device", "nv_falcon"],
+    );
+}
