@@ -56,6 +56,7 @@
 pub mod bench;
 pub mod device;
 pub mod dsa;
+pub mod nv_falcon;
 pub mod edu;
 pub mod host;
 pub mod igb;
@@ -70,7 +71,7 @@ pub use host::{DmaSide, Host, IommuFault, IrqIndex, NoHost};
 pub use model::{Ctx, DeviceModel, IrqMode, Layout, RegionKind, Store64, Width};
 
 /// The models `barmap run --device NAME[,options]` knows.
-pub const MODELS: &[&str] = &["default", "edu", "ioat", "igb", "dsa"];
+pub const MODELS: &[&str] = &["default", "edu", "ioat", "igb", "dsa", "nv_falcon"];
 
 /// The model called `name`, configured by `options` (`key=value` pairs):
 /// `default` (barmap's default device: options `memory=SIZE`, the memory
@@ -82,7 +83,9 @@ pub const MODELS: &[&str] = &["default", "edu", "ioat", "igb", "dsa"];
 /// 52:54:00:12:34:56; option `wire=NAME`, the two ports naming one wire
 /// are connected back to back) or `dsa` (an Intel DSA: option `id=HHHH`,
 /// its device id, 0b25 (default), 11fb or 1212; option `xfer=N`, transfers
-/// of up to 2^N bytes per descriptor, 12..=31, default 16).
+/// of up to 2^N bytes per descriptor, 12..=31, default 16) or `nv_falcon`
+/// (an NVIDIA GPU's falcon DMA engine: option `id=0xDDDD`, the PCI device
+/// ID of one of [`nv_falcon::CHIPS`], default 0x1eb8, the Tesla T4).
 pub fn by_name(name: &str, options: &[(String, String)]) -> Result<Box<dyn DeviceModel>, String> {
     let unknown = |k: &str| Err(format!("unknown option {k:?} for device model {name:?}"));
     match name {
@@ -166,6 +169,32 @@ pub fn by_name(name: &str, options: &[(String, String)]) -> Result<Box<dyn Devic
                 }
             }
             Ok(Box::new(dsa::Dsa::new(id, xfer)))
+        }
+        "nv_falcon" => {
+            let mut chip = nv_falcon::chip_by_device(nv_falcon::DEFAULT_DEVICE);
+            for (k, v) in options {
+                match k.as_str() {
+                    "id" => {
+                        let hex = v.strip_prefix("0x").unwrap_or(v);
+                        chip = u16::from_str_radix(hex, 16)
+                            .ok()
+                            .and_then(nv_falcon::chip_by_device);
+                        if chip.is_none() {
+                            let known: Vec<String> = nv_falcon::CHIPS
+                                .iter()
+                                .map(|c| format!("{:#06x} ({})", c.device, c.name))
+                                .collect();
+                            return Err(format!(
+                                "id={v}: not a GPU the model knows ({})",
+                                known.join(", ")
+                            ));
+                        }
+                    }
+                    _ => return unknown(k),
+                }
+            }
+            let chip = chip.expect("the default chip is listed");
+            Ok(Box::new(nv_falcon::NvFalcon::new(chip)))
         }
         _ => Err(format!(
             "unknown device model {name:?} (known: {})",
