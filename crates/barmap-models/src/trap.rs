@@ -697,6 +697,118 @@ mod tests {
         ));
     }
 
+    /// A register BAR that records its 64-byte stores and accepts them
+    /// if `accept`.
+    struct Portal {
+        seen: Arc<Mutex<Vec<(u64, [u8; 64], Store64)>>>,
+        accept: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl crate::DeviceModel for Portal {
+        fn layout(&self) -> crate::Layout {
+            crate::Layout::new(0x1234, 0x5678).registers(0, 4096)
+        }
+        fn read(&mut self, _: &mut crate::Ctx<'_>, _: u32, _: u64, _: Width) -> u64 {
+            0
+        }
+        fn write(&mut self, _: &mut crate::Ctx<'_>, _: u32, _: u64, _: Width, _: u64) {}
+        fn reset(&mut self) {}
+        fn write64(
+            &mut self,
+            _: &mut crate::Ctx<'_>,
+            _: u32,
+            offset: u64,
+            data: &[u8; 64],
+            how: Store64,
+        ) -> bool {
+            self.seen.lock().unwrap().push((offset, *data, how));
+            self.accept.load(Ordering::Relaxed)
+        }
+    }
+
+    static MOVDIR64B: [u8; 5] = [0x66, 0x0f, 0x38, 0xf8, 0x02]; // movdir64b rax, [rdx]
+    static ENQCMD: [u8; 5] = [0xf2, 0x0f, 0x38, 0xf8, 0x02]; // enqcmd rax, [rdx]
+
+    /// A context about to run `code` with rax = `dest`, rdx = `src` and
+    /// ZF and CF set.
+    fn at(code: &[u8], dest: usize, src: &[u8; 64]) -> libc::ucontext_t {
+        let mut uc = context();
+        let g = &mut uc.uc_mcontext.gregs;
+        g[libc::REG_RIP as usize] = code.as_ptr() as i64;
+        g[libc::REG_RAX as usize] = dest as i64;
+        g[libc::REG_RDX as usize] = src.as_ptr() as i64;
+        g[libc::REG_EFL as usize] = 0x202 | ZF | 0x1;
+        uc
+    }
+
+    #[test]
+    fn a_64_byte_store_to_a_register_mapping_is_one_write64_on_either_signal_path() {
+        use barmap::device::pci;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let accept = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let dev = crate::ModelDevice::new(Portal {
+            seen: seen.clone(),
+            accept: accept.clone(),
+        })
+        .unwrap();
+        let cmd = dev.device().command() | pci::COMMAND_MEMORY;
+        dev.write_config(pci::COMMAND, &cmd.to_le_bytes()).unwrap();
+        let m = dev
+            .map(
+                0,
+                0,
+                4096,
+                barmap::Prot::ReadWrite,
+                barmap::Placement::Anywhere,
+            )
+            .unwrap();
+        let src: [u8; 64] = std::array::from_fn(|i| i as u8 ^ 0x5a);
+        let rip = |uc: &libc::ucontext_t| uc.uc_mcontext.gregs[libc::REG_RIP as usize] as usize;
+        let flags = |uc: &libc::ucontext_t| uc.uc_mcontext.gregs[libc::REG_EFL as usize];
+
+        // The SIGSEGV path (a CPU with MOVDIR64B): the store faulted at
+        // the portal; flags untouched.
+        let mut uc = at(&MOVDIR64B, m.addr() + 0x40, &src);
+        assert!(matches!(emulate(m.addr() + 0x40, &mut uc), Outcome::Done));
+        assert_eq!(rip(&uc), MOVDIR64B.as_ptr() as usize + 5);
+        assert_eq!(flags(&uc), 0x202 | ZF | 0x1);
+        assert_eq!(
+            seen.lock().unwrap().pop(),
+            Some((0x40, src, Store64::Movdir64b))
+        );
+
+        // The SIGILL path (a CPU without ENQCMD): accepted clears ZF and
+        // CF; the first dword (the PASID) arrives as zero.
+        let mut uc = at(&ENQCMD, m.addr() + 0x80, &src);
+        assert!(matches!(emulate_undefined(&mut uc), Outcome::Done));
+        assert_eq!(rip(&uc), ENQCMD.as_ptr() as usize + 5);
+        assert_eq!(flags(&uc), 0x202);
+        let mut pasid_zero = src;
+        pasid_zero[..4].fill(0);
+        assert_eq!(
+            seen.lock().unwrap().pop(),
+            Some((0x80, pasid_zero, Store64::Enqcmd))
+        );
+
+        // Refused: ZF set ("retry").
+        accept.store(false, Ordering::Relaxed);
+        let mut uc = at(&ENQCMD, m.addr(), &src);
+        assert!(matches!(emulate_undefined(&mut uc), Outcome::Done));
+        assert_eq!(flags(&uc), 0x202 | ZF);
+
+        // Not a register mapping, or not 64-byte aligned: not emulated.
+        let mut uc = at(&MOVDIR64B, src.as_ptr() as usize, &src);
+        assert!(matches!(emulate_undefined(&mut uc), Outcome::NotOurs));
+        assert_eq!(rip(&uc), MOVDIR64B.as_ptr() as usize, "RIP stays");
+        let mut uc = at(&MOVDIR64B, m.addr() + 8, &src);
+        assert!(matches!(emulate_undefined(&mut uc), Outcome::Sigbus(_)));
+        assert_eq!(
+            seen.lock().unwrap().len(),
+            1,
+            "only the refused ENQCMD since"
+        );
+    }
+
     #[test]
     fn narrow_register_writes_keep_the_other_bits_and_32_bit_ones_clear_them() {
         let mut uc = context();
