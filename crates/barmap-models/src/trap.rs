@@ -697,10 +697,13 @@ mod tests {
         ));
     }
 
+    /// The 64-byte stores a [`Portal`] saw: offset, bytes, instruction.
+    type Seen = Arc<Mutex<Vec<(u64, [u8; 64], Store64)>>>;
+
     /// A register BAR that records its 64-byte stores and accepts them
     /// if `accept`.
     struct Portal {
-        seen: Arc<Mutex<Vec<(u64, [u8; 64], Store64)>>>,
+        seen: Seen,
         accept: Arc<std::sync::atomic::AtomicBool>,
     }
 
@@ -744,7 +747,7 @@ mod tests {
     #[test]
     fn a_64_byte_store_to_a_register_mapping_is_one_write64_on_either_signal_path() {
         use barmap::device::pci;
-        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen: Seen = Arc::default();
         let accept = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let dev = crate::ModelDevice::new(Portal {
             seen: seen.clone(),
