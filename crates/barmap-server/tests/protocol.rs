@@ -294,22 +294,27 @@ fn a_killed_client_leaves_the_server_serving_others() {
     let (s, path) = server("killed", &["edu"], false);
     let mut survivor = Client::connect(&path);
     survivor.version();
-    // SAFETY: the child connects, handshakes and waits to be killed.
+    let mut ready = [0i32; 2];
+    // SAFETY: a pipe into a local array.
+    assert_eq!(unsafe { libc::pipe(ready.as_mut_ptr()) }, 0);
+    // SAFETY: the child connects, handshakes, writes, says so and waits to
+    // be killed.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
         let mut c = Client::connect(&path);
         c.version();
         c.write(0, 4, &7u32.to_ne_bytes()).unwrap();
-        // SAFETY: sleeps until killed.
+        // SAFETY: one byte to our pipe, then sleep until killed.
         unsafe {
+            libc::write(ready[1], b"r".as_ptr().cast(), 1);
             libc::pause();
             libc::_exit(0)
         };
     }
+    let mut b = 0u8;
+    // SAFETY: one byte from our pipe.
+    unsafe { libc::read(ready[0], (&mut b as *mut u8).cast(), 1) };
     let t0 = std::time::Instant::now();
-    while s.devices()[0].clients().len() < 2 && t0.elapsed().as_secs() < 10 {
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
     let pids: Vec<i32> = s.devices()[0].clients().iter().map(|c| c.pid).collect();
     assert!(pids.contains(&pid), "SO_PEERCRED names the child: {pids:?}");
     // SAFETY: kill and reap our own child.
@@ -452,5 +457,111 @@ fn msi_raised_by_the_model_signals_the_clients_eventfd() {
     // SAFETY: reading 8 bytes from our eventfd.
     let n = unsafe { libc::read(efd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
     assert_eq!((n, v), (8, 1));
+    s.stop();
+}
+
+fn ctl(s: &Server, cmd: &str, on: Option<bool>) -> serde_json::Value {
+    let req = barmap_server::control::Request {
+        cmd: cmd.into(),
+        device: 0,
+        on,
+    };
+    barmap_server::control::request(s.control(), &req).unwrap()
+}
+
+/// Whether touching `p` SIGBUSes, tried in a forked child.
+fn touch_sigbuses(p: *mut u8) -> bool {
+    // SAFETY: the child touches one byte and exits; the parent reaps it.
+    unsafe {
+        let pid = libc::fork();
+        if pid == 0 {
+            p.write_volatile(1);
+            libc::_exit(0);
+        }
+        let mut st = 0;
+        libc::waitpid(pid, &mut st, 0);
+        libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGBUS
+    }
+}
+
+#[test]
+fn control_socket_lists_clients_and_d3hot_reset_and_command_mem_revoke_every_mapping() {
+    let (s, path) = server("control", &["default"], false);
+    let mut c = Client::connect(&path);
+    c.version();
+    let info = c.region_info(2);
+    let fd = info.fds.into_iter().next().unwrap();
+    let p = map(fd.as_raw_fd(), 1 << 20);
+    let list = ctl(&s, "list", None);
+    let pid = std::process::id() as i64;
+    assert_eq!(list["devices"][0]["clients"][0]["pid"].as_i64(), Some(pid));
+    assert!(!touch_sigbuses(p), "live before");
+    for (cmd, on, back, back_on) in [
+        ("command-mem", Some(false), "command-mem", Some(true)),
+        ("d3hot", None, "d0", None),
+    ] {
+        let a = ctl(&s, cmd, on);
+        assert_eq!(a["ok"], true, "{a}");
+        assert_eq!(a["revoked"], true, "{a}");
+        assert!(touch_sigbuses(p), "{cmd}: revoked");
+        assert_eq!(
+            c.read32(2, 0),
+            Err(libc::EIO as u32),
+            "{cmd}: by message, EIO"
+        );
+        assert_eq!(ctl(&s, back, back_on)["ok"], true);
+        assert!(!touch_sigbuses(p), "{back}: restored");
+    }
+    assert_eq!(ctl(&s, "reset", None)["ok"], true);
+    assert!(!touch_sigbuses(p), "live again after the reset");
+    let stats = ctl(&s, "stats", None);
+    assert!(
+        stats["device"]["revocations"].as_u64().unwrap() >= 3,
+        "{stats}"
+    );
+    assert_eq!(stats["bugs"].as_array().map(Vec::len), Some(0));
+    s.stop();
+}
+
+#[test]
+fn removal_signals_req_revokes_and_disconnects_and_refuses_new_clients() {
+    let (s, path) = server("remove", &["default"], false);
+    let mut c = Client::connect(&path);
+    c.version();
+    let fd = c.region_info(2).fds.into_iter().next().unwrap();
+    let p = map(fd.as_raw_fd(), 1 << 20);
+    // SAFETY: a new eventfd, owned here.
+    let req = unsafe { OwnedFd::from_raw_fd(libc::eventfd(0, libc::EFD_NONBLOCK)) };
+    let mut m = Vec::new();
+    proto::put_u32(&mut m, 24);
+    proto::put_u32(
+        &mut m,
+        proto::IRQ_SET_DATA_EVENTFD | proto::IRQ_SET_ACTION_TRIGGER,
+    );
+    proto::put_u32(&mut m, proto::IRQ_REQ);
+    proto::put_u32(&mut m, 0);
+    proto::put_u32(&mut m, 1);
+    assert_eq!(
+        c.call(proto::DEVICE_SET_IRQS, &m, &[req.as_raw_fd()])
+            .header
+            .flags
+            & proto::FLAG_ERROR,
+        0
+    );
+    let a = ctl(&s, "remove", None);
+    assert_eq!(a["req_signalled"], 1, "{a}");
+    let mut v = 0u64;
+    // SAFETY: reading 8 bytes from our eventfd.
+    assert_eq!(
+        unsafe { libc::read(req.as_raw_fd(), (&mut v as *mut u64).cast(), 8) },
+        8
+    );
+    assert!(touch_sigbuses(p), "the BAR is gone from every mapping");
+    // The connection was shut down: end of file.
+    assert!(matches!(
+        proto::recv(c.sock.as_raw_fd()),
+        Err(proto::RecvError::Closed)
+    ));
+    assert!(UnixStream::connect(&path).is_err(), "the socket is gone");
     s.stop();
 }
