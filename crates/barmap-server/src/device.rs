@@ -237,7 +237,7 @@ impl ServedDevice {
         let mut total = Cost::default();
         let mut changed = false;
         for (bar, _) in self.bars.iter().flatten() {
-            if bar.is_revoked() == !live {
+            if bar.is_revoked() != live {
                 continue;
             }
             changed = true;
