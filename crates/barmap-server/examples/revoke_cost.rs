@@ -61,7 +61,7 @@ fn touch_all(maps: &[*mut u8]) {
 /// (revoke, restore, repopulate) medians for M mappings of `bar`.
 fn truncation(m: usize, shared: bool) -> (Duration, Duration, Duration, u64) {
     let size = if shared { MIB } else { m * MIB };
-    let bar = MemBar::new("bench", size as u64, &[]).unwrap();
+    let bar = MemBar::new("bench", size as u64, &[], true).unwrap();
     let maps: Vec<*mut u8> = (0..m)
         .map(|i| map_shared(bar.fd().as_raw_fd(), if shared { 0 } else { i * MIB }))
         .collect();

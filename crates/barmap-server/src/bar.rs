@@ -19,6 +19,10 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub struct MemBar {
     fd: OwnedFd,
+    /// What clients get: the memfd itself, or for a read-only BAR an
+    /// `O_RDONLY` reopen of it (no writable shared mapping, no `pwrite`,
+    /// no `ftruncate` through it).
+    client_fd: OwnedFd,
     size: u64,
     /// The contents while revoked (a memfd, so that saving costs no copy
     /// through user space and holes stay holes); `None` while live.
@@ -46,6 +50,13 @@ pub fn memfd(name: &str, size: u64) -> io::Result<OwnedFd> {
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     truncate(fd.as_raw_fd(), size)?;
     Ok(fd)
+}
+
+/// An `O_RDONLY` open of the file behind `fd` (through /proc/self/fd).
+fn reopen_read_only(fd: &OwnedFd) -> io::Result<OwnedFd> {
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let f = std::fs::OpenOptions::new().read(true).open(path)?;
+    Ok(OwnedFd::from(f))
 }
 
 fn truncate(fd: RawFd, size: u64) -> io::Result<()> {
@@ -105,10 +116,18 @@ fn copy_data(from: RawFd, to: RawFd, size: u64) -> io::Result<u64> {
 }
 
 impl MemBar {
-    /// A BAR of `size` bytes (all zero) whose first bytes are `init`.
-    pub fn new(name: &str, size: u64, init: &[u8]) -> io::Result<MemBar> {
+    /// A BAR of `size` bytes (all zero) whose first bytes are `init`;
+    /// `writable` says whether clients may write it.
+    pub fn new(name: &str, size: u64, init: &[u8], writable: bool) -> io::Result<MemBar> {
+        let fd = memfd(name, size)?;
+        let client_fd = if writable {
+            fd.try_clone()?
+        } else {
+            reopen_read_only(&fd)?
+        };
         let bar = MemBar {
-            fd: memfd(name, size)?,
+            fd,
+            client_fd,
             size,
             saved: Mutex::new(None),
         };
@@ -126,9 +145,9 @@ impl MemBar {
         pwrite_all(fd.as_raw_fd(), init, 0)
     }
 
-    /// The memfd clients map.
+    /// The fd clients map: the memfd, or a read-only reopen of it.
     pub fn fd(&self) -> &OwnedFd {
-        &self.fd
+        &self.client_fd
     }
 
     /// Size in bytes.

@@ -120,10 +120,13 @@ impl ServedDevice {
         let mut bars: Vec<Option<(MemBar, Vec<u8>)>> = (0..6).map(|_| None).collect();
         for (index, kind) in &model.layout().regions {
             if let RegionKind::Memory(spec) = kind {
-                let bar = MemBar::new(&format!("barmap-bar{index}"), spec.size, &spec.init)
-                    .map_err(|e| Error::Os {
-                        op: "memfd of a served BAR",
-                        errno: e.raw_os_error().unwrap_or(libc::EIO),
+                let name = format!("barmap-bar{index}");
+                let bar =
+                    MemBar::new(&name, spec.size, &spec.init, spec.flags.write).map_err(|e| {
+                        Error::Os {
+                            op: "memfd of a served BAR",
+                            errno: e.raw_os_error().unwrap_or(libc::EIO),
+                        }
                     })?;
                 bars[*index as usize] = Some((bar, spec.init.clone()));
             }
@@ -357,6 +360,7 @@ impl ServedDevice {
                 r
             }
             i => match dev.mem_bar(i) {
+                Some(_) if !dev.writable(i) => Err(libc::EINVAL),
                 Some(bar) => dev.bar_access(|| bar.write(offset, data)),
                 None => dev.model.write(i, offset, data).map_err(|e| errno_of(&e)),
             },
@@ -384,6 +388,15 @@ impl ServedDevice {
             return Err(libc::ENODEV);
         }
         f(self)
+    }
+
+    /// Whether region `index` may be written (a read-only memory BAR, say
+    /// an information page, may not).
+    fn writable(&self, index: u32) -> bool {
+        self.model
+            .device()
+            .region_info(index)
+            .is_none_or(|i| i.flags.write)
     }
 
     /// A memory BAR access under the device's memory gate: EIO while

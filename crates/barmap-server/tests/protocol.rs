@@ -565,3 +565,48 @@ fn removal_signals_req_revokes_and_disconnects_and_refuses_new_clients() {
     assert!(UnixStream::connect(&path).is_err(), "the socket is gone");
     s.stop();
 }
+
+#[test]
+fn a_read_only_bar_comes_as_a_read_only_fd_and_refuses_writes_by_message() {
+    let (s, path) = server("readonly", &["default"], false);
+    let mut c = Client::connect(&path);
+    c.version();
+    let info = c.region_info(4);
+    assert_eq!(
+        info.payload.u32_at(4).unwrap() & proto::REGION_FLAG_WRITE,
+        0
+    );
+    let fd = info.fds.into_iter().next().expect("mappable read-only");
+    // SAFETY: trying a writable shared mapping of the fd we were given.
+    let w = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    assert_eq!(w, libc::MAP_FAILED, "no writable view of a read-only BAR");
+    // SAFETY: ftruncate of the fd we were given must fail: it is O_RDONLY.
+    assert_ne!(unsafe { libc::ftruncate(fd.as_raw_fd(), 0) }, 0);
+    // SAFETY: a read-only shared mapping, checked.
+    let r = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(r, libc::MAP_FAILED);
+    // SAFETY: 16 bytes of the 4 KiB mapping.
+    let head = unsafe { std::slice::from_raw_parts(r as *const u8, 16) };
+    assert_eq!(head, b"barmap info page");
+    assert_eq!(c.write(4, 0, &[0; 4]), Err(libc::EINVAL as u32));
+    assert_eq!(c.read32(4, 0), Ok(u32::from_ne_bytes(*b"barm")));
+    s.stop();
+}
