@@ -63,7 +63,12 @@ fn truncation(m: usize, shared: bool) -> (Duration, Duration, Duration, u64) {
     let size = if shared { MIB } else { m * MIB };
     let bar = MemBar::new("bench", size as u64, &[], true).unwrap();
     let maps: Vec<*mut u8> = (0..m)
-        .map(|i| map_shared(bar.fd().as_raw_fd(), if shared { 0 } else { i * MIB }))
+        .map(|i| {
+            map_shared(
+                bar.client_fd().as_raw_fd(),
+                if shared { 0 } else { i * MIB },
+            )
+        })
         .collect();
     touch_all(&maps);
     let (mut rv, mut rs, mut rp) = (Vec::new(), Vec::new(), Vec::new());

@@ -146,7 +146,7 @@ impl MemBar {
     }
 
     /// The fd clients map: the memfd, or a read-only reopen of it.
-    pub fn fd(&self) -> &OwnedFd {
+    pub fn client_fd(&self) -> &OwnedFd {
         &self.client_fd
     }
 

@@ -321,7 +321,7 @@ fn region_info(dev: &ServedDevice, m: &Message) -> Result<(Vec<u8>, Option<i32>)
         }
         if info.flags.mmap {
             flags |= proto::REGION_FLAG_MMAP;
-            fd = Some(bar.fd().as_raw_fd());
+            fd = Some(bar.client_fd().as_raw_fd());
             let whole = info.mmap_areas.len() == 1 && info.mmap_areas[0] == (0..size);
             if !whole {
                 // struct vfio_region_info_cap_sparse_mmap after the info.
