@@ -7,12 +7,15 @@
 //! - `barmap fuzz`: the state-machine explorer against a reference model;
 //! - `barmap guest`: the same scenarios against the kernel's vfio-pci;
 //! - `barmap run`: an unmodified VFIO program on barmap's devices;
-//! - `barmap dpdk`: DPDK's own tests on the ioat model.
+//! - `barmap dpdk`: DPDK's own tests on the ioat model;
+//! - `barmap serve`, `barmap ctl`: devices served over vfio-user, driven
+//!   from outside.
 
 use clap::{Parser, Subcommand};
 
 mod bench;
 mod check;
+mod ctl_cmd;
 mod demo;
 mod dpdk_cmd;
 mod fuzz;
@@ -20,6 +23,7 @@ mod guest_cmd;
 mod run_cmd;
 mod selftests_cmd;
 mod selftests_run;
+mod serve_cmd;
 mod storm;
 mod util;
 
@@ -62,6 +66,12 @@ enum Command {
     /// DPDK 24.11 (Debian trixie) on the ioat model: dmadev_autotest,
     /// dma-perf at every size of its sample config, testpmd.
     Dpdk(dpdk_cmd::DpdkArgs),
+    /// Serve barmap's devices over vfio-user (QEMU's vfio-user-pci, any
+    /// vfio-user client), memory BARs revocable in every client.
+    Serve(serve_cmd::ServeArgs),
+    /// Drive a `barmap serve` from outside: list, command-mem on|off,
+    /// reset, d3hot, d0, remove, stats.
+    Ctl(ctl_cmd::CtlArgs),
     /// Touches revoked device memory without a safety net: dies by SIGBUS.
     #[command(hide = true, name = "sigbus-child")]
     SigbusChild,
@@ -94,6 +104,8 @@ fn main() {
         Command::SelftestsBuild(args) => selftests_cmd::run(&args),
         Command::Selftests(args) => selftests_run::run(&args),
         Command::Dpdk(args) => dpdk_cmd::run(&args),
+        Command::Serve(args) => serve_cmd::run(&args),
+        Command::Ctl(args) => ctl_cmd::run(&args),
 
         Command::SigbusChild => demo::sigbus_child(),
     };
