@@ -6,7 +6,10 @@
  * alias of the program's whole mapping, shared by every map inside it,
  * so the process's mappings do not grow with the maps (one per page
  * would approach vm.max_map_count and make each map cost a walk of
- * them all). Counted, not timed: /proc/self/maps before and after.
+ * them all). Counted, not timed: /proc/self/maps before and after. The
+ * bound leaves room for what appears meanwhile and is not per map (a
+ * thread's stack and guard, a malloc arena: a few lines each), and is
+ * still far below one line per page.
  */
 #include "barmap_test.h"
 
@@ -49,7 +52,7 @@ int main(int argc, char **argv)
 	}
 	after = maps_lines();
 	CHECK(mapped == pages, "%zu per-page DMA maps of one shared segment succeed", mapped);
-	CHECK(after - before <= 4, "the process's mappings grew by %d (from %d), not by one per page",
+	CHECK(after - before <= 32, "the process's mappings grew by %d (from %d), not by one per page",
 	      after - before, before);
 	return bt_exit();
 }
