@@ -34,6 +34,7 @@ pub mod launch;
 pub mod nodes;
 pub mod paths;
 pub mod spec;
+pub mod sriov;
 pub mod testbed;
 pub mod type1;
 pub mod user;
@@ -259,12 +260,78 @@ impl Front {
         if let Some(d) = slot {
             return Ok(d.clone());
         }
-        let d = Arc::new(EmuDevice::new(self.spec.devices[i].clone()).map_err(|e| {
+        let spec = &self.spec.devices[i];
+        if spec.total_vfs > 0 {
+            sriov::set_numvfs(&spec.bdf, sriov::numvfs(&self.testbed, &spec.bdf));
+        }
+        let d = Arc::new(EmuDevice::new(spec.clone()).map_err(|e| {
             tracing::error!(error = %e, "building the emulated device failed");
             Errno::ENODEV
         })?);
+        let _ = d.testbed.set(self.testbed.clone());
         *slot = Some(d.clone());
         Ok(d)
+    }
+
+    /// Whether the function `d` exists now: always, but for an SR-IOV VF,
+    /// which exists while its PF's `sriov_numvfs` covers it.
+    fn present(&self, d: &spec::DeviceSpec) -> bool {
+        match &d.physfn {
+            Some((pf, k)) => *k < sriov::numvfs(&self.testbed, pf),
+            None => true,
+        }
+    }
+
+    /// The program opened `path` (redirected into the testbed) as `fd`
+    /// with `flags`: an SR-IOV PF's `sriov_numvfs` opened for writing is
+    /// recorded, so that its writes reach [`sriov::store_numvfs`].
+    pub fn opened_sysfs(&self, path: &str, fd: i32, flags: i32) {
+        if fd < 0 || flags & libc::O_ACCMODE == libc::O_RDONLY {
+            return;
+        }
+        let mut clean = String::new();
+        for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
+            clean.push('/');
+            clean.push_str(part);
+        }
+        let Some(bdf) = sriov::numvfs_attr_of(&clean) else {
+            return;
+        };
+        let Some(pf) = self
+            .spec
+            .devices
+            .iter()
+            .position(|d| d.bdf == bdf && d.total_vfs > 0)
+        else {
+            return;
+        };
+        if let Some(id) = fdtable::identity(fd) {
+            let attr = Arc::new(sriov::NumVfsAttr { pf });
+            self.files.insert(fd, id, Slot::Own(File::NumVfs(attr)));
+        }
+    }
+
+    /// A write of `buf` to the `sriov_numvfs` of the PF at `pf`: its
+    /// length, or the kernel's errno.
+    fn write_numvfs(&self, pf: usize, buf: &[u8]) -> Result<i64, Errno> {
+        let spec = &self.spec.devices[pf];
+        let vfs: Vec<&spec::DeviceSpec> = self
+            .spec
+            .devices
+            .iter()
+            .filter(|d| d.physfn.as_ref().is_some_and(|(p, _)| *p == spec.bdf))
+            .collect();
+        let change = sriov::store_numvfs(&self.testbed, spec, &vfs, buf)?;
+        if change == sriov::Change::Disabled {
+            // Removed functions: a later enable makes new ones.
+            let mut devices = self.devices.lock().unwrap();
+            for (i, d) in self.spec.devices.iter().enumerate() {
+                if d.physfn.as_ref().is_some_and(|(p, _)| *p == spec.bdf) {
+                    devices[i] = None;
+                }
+            }
+        }
+        Ok(buf.len() as i64)
     }
 
     /// Every device built so far.
@@ -335,7 +402,11 @@ impl Front {
             return Err(Errno::ENOENT);
         };
         let find = |f: &dyn Fn(&spec::DeviceSpec) -> bool| {
-            self.spec.devices.iter().position(f).ok_or(Errno::ENOENT)
+            self.spec
+                .devices
+                .iter()
+                .position(|d| f(d) && self.present(d))
+                .ok_or(Errno::ENOENT)
         };
         let file = match node {
             Node::Container => File::Container(Arc::new(Container::default())),
@@ -439,6 +510,8 @@ impl Front {
             File::Iommufd(i) => i.ioctl(req, arg),
             File::Group(g) => g.ioctl(req, arg, &lookup, &|f| self.install(f, true)),
             File::Device(d) => d.ioctl(req, arg, &lookup),
+            // A sysfs attribute: inappropriate ioctl for a regular file.
+            File::NumVfs(_) => Err(Errno::ENOTTY),
         }
     }
 
@@ -462,6 +535,7 @@ impl Front {
     ) -> Result<i64, Errno> {
         let d = match self.file(fd).ok_or(Errno::EBADF)? {
             File::Device(d) => d,
+            File::NumVfs(a) => return self.numvfs_rw(fd, &a, iov, write),
             // No read or write method: vfs_read's EINVAL.
             _ => return Err(Errno::EINVAL),
         };
@@ -476,6 +550,36 @@ impl Front {
         Ok(done)
     }
 
+    /// `read` or `write` on an open `sriov_numvfs`: a read is the file's
+    /// (the testbed keeps it current), a write is the store (the whole of
+    /// the first buffer, as sysfs takes one write whole).
+    fn numvfs_rw(
+        &self,
+        fd: i32,
+        a: &sriov::NumVfsAttr,
+        iov: &[(usize, usize)],
+        write: bool,
+    ) -> Result<i64, Errno> {
+        if write {
+            let &(buf, len) = iov.first().ok_or(Errno::EINVAL)?;
+            let bytes = user::read(buf, len.min(4096))?;
+            return self.write_numvfs(a.pf, &bytes);
+        }
+        let mut done = 0i64;
+        for &(buf, len) in iov {
+            // SAFETY: read into the program's own buffer, as it asked.
+            let n = unsafe { libc::read(fd, buf as *mut libc::c_void, len) };
+            if n < 0 {
+                return if done > 0 { Ok(done) } else { Err(last_errno()) };
+            }
+            done += n as i64;
+            if (n as usize) < len {
+                break;
+            }
+        }
+        Ok(done)
+    }
+
     /// `preadv`/`pwritev` on a device fd at `off`.
     pub fn rw_at(
         &self,
@@ -486,18 +590,29 @@ impl Front {
     ) -> Result<i64, Errno> {
         match self.file(fd).ok_or(Errno::EBADF)? {
             File::Device(d) => rw_vectored(&d.dev, iov, off, write),
+            File::NumVfs(a) if write => self.numvfs_rw(fd, &a, iov, true),
             _ => Err(Errno::EINVAL),
         }
     }
 
-    /// `pread(fd, buf, len, off)` on a device fd.
+    /// `pread(fd, buf, len, off)` on a device fd (or an open
+    /// `sriov_numvfs`, read from its file).
     pub fn pread(&self, fd: i32, buf: usize, len: usize, off: i64) -> Result<i64, Errno> {
+        if let Some(File::NumVfs(_)) = self.file(fd) {
+            // SAFETY: pread into the program's own buffer, as it asked.
+            let n = unsafe { libc::pread(fd, buf as *mut libc::c_void, len, off) };
+            return if n < 0 { Err(last_errno()) } else { Ok(n as i64) };
+        }
         let d = self.device_file(fd)?;
         device::pread(&d.dev, buf, len, off as u64)
     }
 
-    /// `pwrite(fd, buf, len, off)` on a device fd.
+    /// `pwrite(fd, buf, len, off)` on a device fd (or the store of an
+    /// open `sriov_numvfs`).
     pub fn pwrite(&self, fd: i32, buf: usize, len: usize, off: i64) -> Result<i64, Errno> {
+        if let Some(File::NumVfs(a)) = self.file(fd) {
+            return self.numvfs_rw(fd, &a, &[(buf, len)], true);
+        }
         let d = self.device_file(fd)?;
         device::pwrite(&d.dev, buf, len, off as u64)
     }

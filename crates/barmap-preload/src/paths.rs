@@ -104,6 +104,22 @@ unsafe fn open_node(path: *const c_char, flags: c_int) -> Option<c_int> {
     })
 }
 
+/// After an open redirected into the testbed: tells the front end, which
+/// serves the writes of some sysfs attributes (an SR-IOV PF's
+/// `sriov_numvfs`).
+unsafe fn after_open(to: Option<&Redirect>, path: *const c_char, fd: c_int, flags: c_int) {
+    if to.is_none() || fd < 0 {
+        return;
+    }
+    // SAFETY: the caller's NUL-terminated path.
+    let Some(p) = (unsafe { path_str(path) }) else {
+        return;
+    };
+    if let Some(f) = crate::front() {
+        guarded(|| f.opened_sysfs(p, fd, flags));
+    }
+}
+
 macro_rules! open_like {
     ($($sym:ident = $lit:literal),* $(,)?) => { $(
         #[no_mangle]
@@ -117,7 +133,10 @@ macro_rules! open_like {
             let p = to.as_ref().map_or(path, |c| c.as_ptr());
             let real = real!($lit as fn(*const c_char, c_int, c_uint) -> c_int);
             // SAFETY: the caller's arguments, unchanged, to libc's definition of the same function.
-            unsafe { real(p, flags, mode) }
+            let fd = unsafe { real(p, flags, mode) };
+            // SAFETY: `path` is the caller's NUL-terminated path.
+            unsafe { after_open(to.as_ref(), path, fd, flags) };
+            fd
         }
     )* };
 }
@@ -136,7 +155,10 @@ macro_rules! open_2_like {
             let p = to.as_ref().map_or(path, |c| c.as_ptr());
             let real = real!($lit as fn(*const c_char, c_int) -> c_int);
             // SAFETY: the caller's arguments, unchanged, to libc's definition of the same function.
-            unsafe { real(p, flags) }
+            let fd = unsafe { real(p, flags) };
+            // SAFETY: `path` is the caller's NUL-terminated path.
+            unsafe { after_open(to.as_ref(), path, fd, flags) };
+            fd
         }
     )* };
 }
@@ -160,7 +182,10 @@ macro_rules! openat_like {
             let p = to.as_ref().map_or(path, |c| c.as_ptr());
             let real = real!($lit as fn(c_int, *const c_char, c_int, c_uint) -> c_int);
             // SAFETY: the caller's arguments, unchanged, to libc's definition of the same function.
-            unsafe { real(dirfd, p, flags, mode) }
+            let fd = unsafe { real(dirfd, p, flags, mode) };
+            // SAFETY: `path` is the caller's NUL-terminated path.
+            unsafe { after_open(to.as_ref(), path, fd, flags) };
+            fd
         }
     )* };
 }
@@ -179,7 +204,10 @@ macro_rules! openat_2_like {
             let p = to.as_ref().map_or(path, |c| c.as_ptr());
             let real = real!($lit as fn(c_int, *const c_char, c_int) -> c_int);
             // SAFETY: the caller's arguments, unchanged, to libc's definition of the same function.
-            unsafe { real(dirfd, p, flags) }
+            let fd = unsafe { real(dirfd, p, flags) };
+            // SAFETY: `path` is the caller's NUL-terminated path.
+            unsafe { after_open(to.as_ref(), path, fd, flags) };
+            fd
         }
     )* };
 }
