@@ -757,3 +757,37 @@ fn per_page_dma_maps_of_one_shared_segment_add_one_alias_not_one_per_page() {
         &[],
     );
 }
+
+// SR-IOV and the VF token
+
+#[test]
+fn sriov_numvfs_creates_and_removes_vfs_with_the_kernels_errnos() {
+    passes(
+        "sriov_numvfs_creates_and_removes_vfs_with_the_kernels_errnos",
+        &["--device", "igb,sriov=2"],
+    );
+}
+
+#[test]
+fn a_vf_opened_without_the_pfs_token_is_eacces() {
+    passes(
+        "a_vf_opened_without_the_pfs_token_is_eacces",
+        &["--device", "igb,sriov=2"],
+    );
+}
+
+#[test]
+fn a_pf_with_an_open_vf_opens_only_with_the_current_token() {
+    passes(
+        "a_pf_with_an_open_vf_opens_only_with_the_current_token",
+        &["--device", "igb,sriov=2"],
+    );
+}
+
+#[test]
+fn the_vf_token_feature_sets_only_on_a_pf() {
+    passes(
+        "the_vf_token_feature_sets_only_on_a_pf",
+        &["--device", "igb,sriov=2", "--device", "default"],
+    );
+}
