@@ -67,7 +67,10 @@ pub fn run(args: &RunArgs) -> i32 {
     }
     for d in spec.devices.iter().filter(|d| !d.is_vf()) {
         let sriov = if d.total_vfs > 0 {
-            format!(", SR-IOV TotalVFs {} (VF id {:04x})", d.total_vfs, d.vf_device)
+            format!(
+                ", SR-IOV TotalVFs {} (VF id {:04x})",
+                d.total_vfs, d.vf_device
+            )
         } else {
             String::new()
         };

@@ -570,7 +570,11 @@ impl Front {
             // SAFETY: read into the program's own buffer, as it asked.
             let n = unsafe { libc::read(fd, buf as *mut libc::c_void, len) };
             if n < 0 {
-                return if done > 0 { Ok(done) } else { Err(last_errno()) };
+                return if done > 0 {
+                    Ok(done)
+                } else {
+                    Err(last_errno())
+                };
             }
             done += n as i64;
             if (n as usize) < len {
@@ -601,7 +605,11 @@ impl Front {
         if let Some(File::NumVfs(_)) = self.file(fd) {
             // SAFETY: pread into the program's own buffer, as it asked.
             let n = unsafe { libc::pread(fd, buf as *mut libc::c_void, len, off) };
-            return if n < 0 { Err(last_errno()) } else { Ok(n as i64) };
+            return if n < 0 {
+                Err(last_errno())
+            } else {
+                Ok(n as i64)
+            };
         }
         let d = self.device_file(fd)?;
         device::pread(&d.dev, buf, len, off as u64)

@@ -131,10 +131,11 @@ pub struct PhysFn {
     total: u16,
     offset: u16,
     vf_device: u16,
+    /// Whether the model has extended config space of its own.
+    has_ext: bool,
     /// Where the capability is, and whether it follows the model's own
-    /// extended capabilities.
-    at: u64,
-    chained: bool,
+    /// extended capabilities (decided at the first config read).
+    at: Option<(u64, bool)>,
 }
 
 impl std::fmt::Debug for PhysFn {
@@ -149,16 +150,34 @@ impl std::fmt::Debug for PhysFn {
 impl PhysFn {
     /// `inner` as the PF that `spec` describes.
     pub fn new(inner: Box<dyn DeviceModel>, spec: &DeviceSpec) -> PhysFn {
-        let chained = inner.layout().config_size > 256;
+        let has_ext = inner.layout().config_size > 256;
         PhysFn {
             inner,
             bdf: spec.bdf.clone(),
             total: spec.total_vfs,
             offset: vf_offset(pf_position(&spec.bdf)),
             vf_device: spec.vf_device,
-            at: if chained { CAP_AT_AFTER } else { CAP_AT },
-            chained,
+            has_ext,
+            at: None,
         }
+    }
+
+    /// Where the capability sits: at 0x100 when the model has no
+    /// extended capability list (no extended config space, or a zero
+    /// header at 0x100: the capability then takes 0x100..0x140 of it),
+    /// else at 0x300, linked from the model's last capability.
+    fn placement(&mut self, ctx: &mut Ctx<'_>) -> (u64, bool) {
+        if let Some(p) = self.at {
+            return p;
+        }
+        let listed = self.has_ext && self.inner.config_read(ctx, CAP_AT, Width::B4) != 0;
+        let p = if listed {
+            (CAP_AT_AFTER, true)
+        } else {
+            (CAP_AT, false)
+        };
+        self.at = Some(p);
+        p
     }
 
     /// The capability's dword at `off` (from its start).
@@ -227,20 +246,21 @@ impl DeviceModel for PhysFn {
     }
 
     fn config_read(&mut self, ctx: &mut Ctx<'_>, offset: u64, width: Width) -> u64 {
-        if (self.at..self.at + CAP_LEN).contains(&offset) {
-            let rel = offset - self.at;
+        let (at, chained) = self.placement(ctx);
+        if (at..at + CAP_LEN).contains(&offset) {
+            let rel = offset - at;
             let dword = u64::from(self.cap_dword(rel & !3));
             return (dword >> ((rel & 3) * 8)) & width_mask(width);
         }
-        if !self.chained {
+        if !self.has_ext {
             return 0;
         }
         let v = self.inner.config_read(ctx, offset, width);
         // The model's last extended capability links to the SR-IOV one.
         let head = offset & !3;
-        if offset + width.bytes() as u64 > head + 2 && self.is_last_header(ctx, head) {
+        if chained && offset + width.bytes() as u64 > head + 2 && self.is_last_header(ctx, head) {
             let h = self.inner.config_read(ctx, head, Width::B4) as u32;
-            let linked = u64::from((h & 0x000f_ffff) | (self.at as u32) << 20);
+            let linked = u64::from((h & 0x000f_ffff) | (at as u32) << 20);
             return (linked >> ((offset & 3) * 8)) & width_mask(width);
         }
         v
@@ -248,7 +268,8 @@ impl DeviceModel for PhysFn {
 
     fn config_write(&mut self, ctx: &mut Ctx<'_>, offset: u64, width: Width, value: u64) {
         // The capability is read-only to the user, as vfio-pci presents it.
-        if self.chained && !(self.at..self.at + CAP_LEN).contains(&offset) {
+        let (at, _) = self.placement(ctx);
+        if self.has_ext && !(at..at + CAP_LEN).contains(&offset) {
             self.inner.config_write(ctx, offset, width, value)
         }
     }

@@ -691,13 +691,22 @@ fn lay_out_function(dir: &Dir, d: &crate::spec::DeviceSpec) -> io::Result<()> {
 /// open VFs hold locked shared, the lock of `sriov_numvfs` changes.
 fn lay_out_sriov(dir: &Dir, d: &crate::spec::DeviceSpec) -> io::Result<()> {
     let at = format!("sys/bus/pci/devices/{}", d.bdf);
-    let pos = d.bdf.get(8..10).and_then(|x| u32::from_str_radix(x, 16).ok());
+    let pos = d
+        .bdf
+        .get(8..10)
+        .and_then(|x| u32::from_str_radix(x, 16).ok());
     let offset = crate::sriov::vf_offset(pos.unwrap_or(0));
-    dir.write(&format!("{at}/sriov_totalvfs"), &format!("{}\n", d.total_vfs))?;
+    dir.write(
+        &format!("{at}/sriov_totalvfs"),
+        &format!("{}\n", d.total_vfs),
+    )?;
     dir.write(&format!("{at}/sriov_numvfs"), "0\n")?;
     dir.write(&format!("{at}/sriov_offset"), &format!("{offset}\n"))?;
     dir.write(&format!("{at}/sriov_stride"), "1\n")?;
-    dir.write(&format!("{at}/sriov_vf_device"), &format!("{:x}\n", d.vf_device))?;
+    dir.write(
+        &format!("{at}/sriov_vf_device"),
+        &format!("{:x}\n", d.vf_device),
+    )?;
     dir.write(&format!("{at}/sriov_drivers_autoprobe"), "1\n")?;
     dir.mkdir_all("sriov")?;
     let state = |what: &str| format!("sriov/{}.{what}", d.bdf);
