@@ -336,4 +336,43 @@ mod tests {
         assert!(DeviceSpec::parse("igb,mac=01:00:00:00:00:01", Policy::Prefault).is_err());
         assert!(DeviceSpec::parse("igb,mac=02:00:00:00:01", Policy::Prefault).is_err());
     }
+
+    #[test]
+    fn an_sriov_pf_brings_its_vfs_with_groups_and_cdevs_after_the_pfs() {
+        let pf = DeviceSpec::parse("igb,sriov=2,wire=w", Policy::Prefault).unwrap();
+        assert_eq!((pf.total_vfs, pf.vf_device), (2, 0x10ca));
+        let toml = DeviceSpec::from_toml("model = \"igb\"\nsriov = 2\n", Policy::Prefault);
+        assert_eq!(toml.unwrap().total_vfs, 2);
+        let ioat = DeviceSpec::parse("ioat,sriov=1", Policy::Prefault).unwrap();
+        assert_eq!(ioat.vf_device, ioat.model().unwrap().layout().device);
+        for bad in ["igb,sriov=0", "igb,sriov=65", "igb,sriov=x"] {
+            assert!(DeviceSpec::parse(bad, Policy::Prefault).is_err(), "{bad}");
+        }
+        let edu = DeviceSpec::parse("edu", Policy::Prefault).unwrap();
+        let run = RunSpec::new(vec![pf, edu]);
+        let names: Vec<(&str, u32, u32)> = run
+            .devices
+            .iter()
+            .map(|d| (d.bdf.as_str(), d.group, d.cdev))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("0000:ba:00.0", 42, 0),
+                ("0000:ba:01.0", 43, 1),
+                ("0000:bb:00.0", 44, 2),
+                ("0000:bb:00.1", 45, 3),
+            ]
+        );
+        let vf = &run.devices[2];
+        assert_eq!(vf.physfn, Some(("0000:ba:00.0".to_string(), 0)));
+        assert!(
+            vf.options.iter().all(|(k, _)| k != "wire"),
+            "a VF joins no wire"
+        );
+        let layout = vf.model().unwrap().layout();
+        assert_eq!((layout.device, layout.intx), (0x10ca, false));
+        // Laid out again (a spec read back), the VFs are not doubled.
+        assert_eq!(RunSpec::new(run.devices.clone()).devices.len(), 4);
+    }
 }

@@ -186,13 +186,7 @@ impl PhysFn {
         match off {
             0x00 => CAP_ID_SRIOV | 1 << 16,
             // SR-IOV Control: VF Enable and VF MSE while VFs exist.
-            0x08 => {
-                if numvfs > 0 {
-                    0x9
-                } else {
-                    0
-                }
-            }
+            0x08 if numvfs > 0 => 0x9,
             0x0c => u32::from(self.total) | u32::from(self.total) << 16,
             0x10 => u32::from(numvfs),
             0x14 => u32::from(self.offset) | 1 << 16,
