@@ -39,6 +39,7 @@ pub mod testbed;
 pub mod type1;
 pub mod user;
 
+use std::os::fd::FromRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -282,38 +283,55 @@ impl Front {
         }
     }
 
-    /// The program opened `path` (redirected into the testbed) as `fd`
-    /// with `flags`: an SR-IOV PF's `sriov_numvfs` opened for writing is
-    /// recorded, so that its writes reach [`sriov::store_numvfs`].
-    pub fn opened_sysfs(&self, path: &str, fd: i32, flags: i32) {
-        if fd < 0 || flags & libc::O_ACCMODE == libc::O_RDONLY {
-            return;
+    /// `open(path, flags)` of a sysfs attribute whose writes the front
+    /// end serves (an SR-IOV PF's `sriov_numvfs`) for writing: Some(new
+    /// fd or errno), or None for any other path or a read-only open
+    /// (which reads the testbed's file).
+    ///
+    /// The fd is a memfd that the front end knows as the attribute: a
+    /// `write` through libc is the attribute's store (with its errno), a
+    /// `read` its current value. Writes that do not reach the wrappers
+    /// (stdio's, inside libc: `fprintf`, a shell's `echo > file`) land in
+    /// the memfd and are stored when its last fd is closed (their errors
+    /// are reported on stderr, having no caller left to return them to).
+    pub fn open_attr(&self, path: &str, flags: i32) -> Option<Result<i32, Errno>> {
+        if flags & libc::O_ACCMODE == libc::O_RDONLY {
+            return None;
         }
         let mut clean = String::new();
         for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
             clean.push('/');
             clean.push_str(part);
         }
-        let Some(bdf) = sriov::numvfs_attr_of(&clean) else {
-            return;
-        };
-        let Some(pf) = self
+        let bdf = sriov::numvfs_attr_of(&clean)?;
+        let pf = self
             .spec
             .devices
             .iter()
-            .position(|d| d.bdf == bdf && d.total_vfs > 0)
-        else {
-            return;
-        };
-        if let Some(id) = fdtable::identity(fd) {
-            let attr = Arc::new(sriov::NumVfsAttr { pf });
-            self.files.insert(fd, id, Slot::Own(File::NumVfs(attr)));
+            .position(|d| d.bdf == bdf && d.total_vfs > 0)?;
+        if testbed::check(&self.testbed).is_err() {
+            return Some(Err(Errno::ENOENT));
         }
+        Some((|| {
+            let fd = self.placeholder(Kind::NumVfs, flags & libc::O_CLOEXEC != 0)?;
+            // SAFETY: F_DUPFD_CLOEXEC of the fd just made; a new fd or -1.
+            let own = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+            if own < 0 {
+                let e = last_errno();
+                // SAFETY: our own fd, never handed out.
+                unsafe { libc::close(fd) };
+                return Err(e);
+            }
+            // SAFETY: the dup is new and ours alone.
+            let own = unsafe { std::os::fd::OwnedFd::from_raw_fd(own) };
+            let attr = Arc::new(sriov::NumVfsAttr::new(pf, own));
+            self.install_at(fd, File::NumVfs(attr))
+        })())
     }
 
     /// A write of `buf` to the `sriov_numvfs` of the PF at `pf`: its
     /// length, or the kernel's errno.
-    fn write_numvfs(&self, pf: usize, buf: &[u8]) -> Result<i64, Errno> {
+    pub fn write_numvfs(&self, pf: usize, buf: &[u8]) -> Result<i64, Errno> {
         let spec = &self.spec.devices[pf];
         let vfs: Vec<&spec::DeviceSpec> = self
             .spec
@@ -565,23 +583,33 @@ impl Front {
             let bytes = user::read(buf, len.min(4096))?;
             return self.write_numvfs(a.pf, &bytes);
         }
-        let mut done = 0i64;
+        // SAFETY: lseek on an fd the table just checked.
+        let pos = unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) };
+        let n = self.read_numvfs(a.pf, iov, pos.max(0) as usize)?;
+        // SAFETY: as above.
+        unsafe { libc::lseek(fd, pos + n, libc::SEEK_SET) };
+        Ok(n)
+    }
+
+    /// The current `sriov_numvfs` of the PF at `pf` from `pos`, into the
+    /// program's buffers.
+    fn read_numvfs(&self, pf: usize, iov: &[(usize, usize)], pos: usize) -> Result<i64, Errno> {
+        let text = format!(
+            "{}\n",
+            sriov::numvfs(&self.testbed, &self.spec.devices[pf].bdf)
+        );
+        let mut left = text.as_bytes().get(pos..).unwrap_or_default();
+        let mut done = 0usize;
         for &(buf, len) in iov {
-            // SAFETY: read into the program's own buffer, as it asked.
-            let n = unsafe { libc::read(fd, buf as *mut libc::c_void, len) };
-            if n < 0 {
-                return if done > 0 {
-                    Ok(done)
-                } else {
-                    Err(last_errno())
-                };
-            }
-            done += n as i64;
-            if (n as usize) < len {
+            let n = len.min(left.len());
+            user::write(buf, &left[..n])?;
+            done += n;
+            left = &left[n..];
+            if left.is_empty() {
                 break;
             }
         }
-        Ok(done)
+        Ok(done as i64)
     }
 
     /// `preadv`/`pwritev` on a device fd at `off`.

@@ -633,12 +633,49 @@ pub enum Change {
     Disabled,
 }
 
-/// An open `sriov_numvfs` of a PF (the program's fd on the testbed's
-/// file: reads are the file's, writes are [`store_numvfs`]).
+/// An open `sriov_numvfs` of a PF, for writing (see
+/// [`crate::Front::open_attr`]): the front end's own copy of the memfd
+/// the program got, which collects what stdio wrote past the wrappers.
 #[derive(Debug)]
 pub struct NumVfsAttr {
     /// The PF's position in the run's devices.
     pub pf: usize,
+    memfd: OwnedFd,
+}
+
+impl NumVfsAttr {
+    /// The attribute of the PF at `pf`, over `memfd`.
+    pub fn new(pf: usize, memfd: OwnedFd) -> NumVfsAttr {
+        NumVfsAttr { pf, memfd }
+    }
+}
+
+impl Drop for NumVfsAttr {
+    /// The last fd is closed: what stdio wrote into the memfd is stored.
+    fn drop(&mut self) {
+        let mut buf = [0u8; 64];
+        // SAFETY: pread of our own fd into our buffer.
+        let n = unsafe {
+            libc::pread(
+                self.memfd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                0,
+            )
+        };
+        if n <= 0 {
+            return;
+        }
+        let Some(f) = crate::Front::get() else {
+            return;
+        };
+        if let Err(e) = f.write_numvfs(self.pf, &buf[..n as usize]) {
+            eprintln!(
+                "barmap: a buffered write to sriov_numvfs failed: {}",
+                std::io::Error::from_raw_os_error(e.0)
+            );
+        }
+    }
 }
 
 /// The PF address whose `sriov_numvfs` `path` names, if it does.
