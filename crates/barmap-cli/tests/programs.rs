@@ -791,3 +791,11 @@ fn the_vf_token_feature_sets_only_on_a_pf() {
         &["--device", "igb,sriov=2", "--device", "default"],
     );
 }
+
+#[test]
+fn sriov_numvfs_written_through_stdio_is_stored_at_close() {
+    passes(
+        "sriov_numvfs_written_through_stdio_is_stored_at_close",
+        &["--device", "igb,sriov=2"],
+    );
+}
