@@ -68,11 +68,12 @@ impl Drop for HugePages {
 
 /// The devices a selftest binary runs on, each in a run of its own:
 /// `vfio_pci_driver_test` needs a device its library has a driver for, and
-/// runs on each such model (the I/OAT channel, the 82576 NIC); the others
-/// test the VFIO uAPI on barmap's default device.
+/// runs on each such model (the I/OAT channel, the 82576 NIC, the DSA, the
+/// NVIDIA falcon DMA engine); the others test the VFIO uAPI on barmap's
+/// default device.
 pub(crate) fn devices_for(binary: &str) -> &'static [&'static str] {
     match binary {
-        "vfio_pci_driver_test" => &["ioat", "igb"],
+        "vfio_pci_driver_test" => &["ioat", "igb", "dsa", "nv_falcon"],
         // An SR-IOV physical function (the 82576 with two VFs).
         "vfio_pci_sriov_uapi_test" => &["igb,sriov=2"],
         _ => &["default"],
@@ -142,13 +143,13 @@ pub fn run(args: &SelftestsArgs) -> i32 {
         println!("{v}");
     } else {
         println!(
-            "{:<34} {:<8} {:>5} {:>5} {:>5} {:>6}  verdict",
+            "{:<34} {:<9} {:>5} {:>5} {:>5} {:>6}  verdict",
             "binary", "device", "pass", "fail", "skip", "secs"
         );
         for (device, r) in &results {
             let t = r.totals.unwrap_or_default();
             println!(
-                "{:<34} {:<8} {:>5} {:>5} {:>5} {:>6.2}  {}",
+                "{:<34} {:<9} {:>5} {:>5} {:>5} {:>6.2}  {}",
                 r.name,
                 device,
                 t.pass,
@@ -159,7 +160,7 @@ pub fn run(args: &SelftestsArgs) -> i32 {
             );
             for m in r.modes.iter().filter(|m| m.mode != "-") {
                 println!(
-                    "    {:<30} {:<8} {:>5} {:>5} {:>5}",
+                    "    {:<30} {:<9} {:>5} {:>5} {:>5}",
                     m.mode, "", m.totals.pass, m.totals.fail, m.totals.skip
                 );
             }

@@ -9,6 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+#[path = "../../barmap/tests/common/memory_cgroup.rs"]
+mod memory_cgroup;
+use memory_cgroup::MemoryCgroup;
+
 const POLICIES: [&str; 4] = ["whole", "page", "huge", "prefault"];
 
 fn source_dir() -> PathBuf {
@@ -583,29 +587,13 @@ fn run_in_memory_cgroup(name: &str, args: &[&str]) -> Run {
         .arg("--")
         .arg(&exe)
         .env("BARMAP_PRELOAD", preload());
-    let cgroup = memory_cgroup(1 << 30);
-    if let Some(dir) = &cgroup {
-        let procs = std::ffi::CString::new(format!("{}/cgroup.procs", dir.display())).unwrap();
-        // SAFETY: the closure runs in the forked child before exec and
-        // calls only async-signal-safe functions (open, write, close) on
-        // data prepared before the fork.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-                if fd < 0 || libc::write(fd, b"0\n".as_ptr().cast(), 2) != 2 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                libc::close(fd);
-                Ok(())
-            });
-        }
-    } else {
-        eprintln!("no memory cgroup: {name} runs bounded by --memory-limit only");
+    let cgroup = MemoryCgroup::new("barmap-programs", 1 << 30);
+    match &cgroup {
+        Some(cgroup) => cgroup.confine(&mut cmd),
+        None => eprintln!("no memory cgroup: {name} runs bounded by --memory-limit only"),
     }
     let out = cmd.output().expect("barmap run starts");
-    if let Some(dir) = cgroup {
-        let _ = std::fs::remove_dir(dir);
-    }
+    drop(cgroup);
     Run {
         code: out.status.code(),
         text: format!(
@@ -614,30 +602,6 @@ fn run_in_memory_cgroup(name: &str, args: &[&str]) -> Run {
             String::from_utf8_lossy(&out.stderr)
         ),
     }
-}
-
-/// A fresh cgroup-v1 memory cgroup of `limit` bytes below this process's.
-fn memory_cgroup(limit: u64) -> Option<PathBuf> {
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let path = own.lines().find_map(|l| {
-        let mut f = l.splitn(3, ':');
-        let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
-        controllers
-            .split(',')
-            .any(|c| c == "memory")
-            .then(|| path.to_string())
-    })?;
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = Path::new("/sys/fs/cgroup/memory")
-        .join(path.trim_start_matches('/'))
-        .join(format!("barmap-programs-{}-{n}", std::process::id()));
-    std::fs::create_dir(&dir).ok()?;
-    if std::fs::write(dir.join("memory.limit_in_bytes"), limit.to_string()).is_err() {
-        let _ = std::fs::remove_dir(&dir);
-        return None;
-    }
-    Some(dir)
 }
 
 #[test]
@@ -755,6 +719,49 @@ fn per_page_dma_maps_of_one_shared_segment_add_one_alias_not_one_per_page() {
     passes(
         "per_page_dma_maps_of_one_shared_segment_add_one_alias_not_one_per_page",
         &[],
+    );
+}
+
+// DSA and the SIGILL path
+
+#[test]
+fn movdir64b_and_enqcmd_to_dsa_portals_are_emulated_as_one_64_byte_store() {
+    passes(
+        "movdir64b_and_enqcmd_to_dsa_portals_are_emulated_as_one_64_byte_store",
+        &["--device", "dsa"],
+    );
+}
+
+#[test]
+fn a_sigill_elsewhere_reaches_the_program_sigill_handler() {
+    passes(
+        "a_sigill_elsewhere_reaches_the_program_sigill_handler",
+        &["--device", "edu"],
+    );
+}
+
+#[test]
+fn a_sigill_without_a_handler_kills_the_program_by_sigill() {
+    let r = run(
+        "a_sigill_without_a_handler_kills_the_program_by_sigill",
+        &["--device", "edu"],
+    );
+    assert!(
+        r.code == Some(128 + libc::SIGILL) && r.text.contains("ok about to execute ud2"),
+        "exit {:?}\n{}",
+        r.code,
+        r.text
+    );
+    assert!(!r.text.contains("FAIL"), "{}", r.text);
+}
+
+// NVIDIA falcon
+
+#[test]
+fn nv_falcon_dma_to_a_read_only_or_unmapped_iova_never_completes_and_writes_nothing() {
+    passes(
+        "nv_falcon_dma_to_a_read_only_or_unmapped_iova_never_completes_and_writes_nothing",
+        &["--device", "nv_falcon"],
     );
 }
 

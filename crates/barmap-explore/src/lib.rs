@@ -24,7 +24,9 @@
 #![warn(missing_docs)]
 
 pub mod model;
+pub mod obs;
 pub mod op;
+pub mod plan;
 pub mod rng;
 pub mod shrink;
 pub mod sut;
@@ -38,7 +40,8 @@ use serde::Serialize;
 
 pub use barmap::Policy;
 pub use model::Mutation;
-use model::{Exp, Model, ModelConfig, Obs};
+use model::{Model, ModelConfig};
+use obs::{Exp, Obs};
 pub use op::Op;
 use sut::{Sut, SutConfig};
 
@@ -133,7 +136,7 @@ pub struct Report {
     pub skipped: u64,
     /// Episodes ended early because addresses the process had just freed
     /// were taken by another thread's mapping before the explorer could
-    /// place its foreign memory there (see [`model::Obs::Lost`]).
+    /// place its foreign memory there (see [`obs::Obs::Lost`]).
     pub lost: u64,
     /// Why the first lost episode was lost (what took the addresses).
     pub lost_reason: Option<String>,
@@ -231,7 +234,7 @@ fn execute(cfg: &Config, source: Source, shared: &Shared) -> Outcome {
             out.mismatch = Some(Mismatch {
                 index: 0,
                 op: Op::Rebuild,
-                expected: vec![Exp::Is(Obs::Api(Ok(model::Val::Unit)))],
+                expected: vec![Exp::Is(Obs::Api(Ok(obs::Val::Unit)))],
                 observed: vec![Obs::Api(Err(sut::err_name(&e)))],
             });
             return out;

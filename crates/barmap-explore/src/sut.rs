@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use barmap::touch::{self, Fault};
 use barmap::{Device, Error, Mapping, Placement, Policy, PowerState, Prot};
 
-use crate::model::{
-    marker, ChildPlan, ChurnRound, ChurnUnmap, Obs, Plan, ThreadMode, TouchObs, Val, PAGE, T1,
-};
+use crate::model::{marker, PAGE};
+use crate::obs::{Obs, TouchObs, Val};
 use crate::op::{ProtOp, Toggle};
+use crate::plan::{ChildPlan, ChurnRound, ChurnUnmap, Plan, ThreadMode, T1};
 
 /// How the device under test is built and how long a step may take.
 #[derive(Debug, Clone, Copy)]

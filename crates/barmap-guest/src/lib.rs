@@ -10,6 +10,7 @@
 //! ([`protocol`]).
 
 #![cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#![warn(missing_docs)]
 
 pub mod apt;
 pub mod args;

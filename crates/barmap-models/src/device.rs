@@ -11,7 +11,7 @@ use barmap::device::caps;
 use barmap::{Device, DeviceBuilder, Error, Mapping, Placement, Policy, Prot, RegionSpec, Result};
 
 use crate::host::{Host, IrqIndex, NoHost};
-use crate::model::{Ctx, DeviceModel, IrqMode, Layout, RegionKind, Width};
+use crate::model::{Ctx, DeviceModel, IrqMode, Layout, RegionKind, Store64, Width};
 use crate::msix::Msix;
 
 /// The state a device shares with its trapped mappings and worker.
@@ -293,6 +293,21 @@ impl ModelDevice {
         self.shared
             .access(region, offset, width, Some(value))
             .map(|_| ())
+    }
+
+    /// A 64-byte store to register BAR `region` at `offset` (64-byte
+    /// aligned, inside the BAR) made by `how`, as the trap emulates one:
+    /// returns whether the model accepted it ([`DeviceModel::write64`]).
+    pub fn write64(&self, region: u32, offset: u64, data: &[u8; 64], how: Store64) -> Result<bool> {
+        self.shared.bounds(region, offset, 64)?;
+        if offset % 64 != 0 {
+            return Err(Error::InvalidSpec(format!(
+                "a 64-byte store at {offset:#x} is not 64-byte aligned"
+            )));
+        }
+        self.shared
+            .device
+            .with_memory(|| self.shared.store64_locked(region, offset, data, how))
     }
 
     /// Reads `buf.len()` bytes of BAR `region` at `offset`. A register BAR
@@ -601,6 +616,40 @@ impl Shared {
             self.kick();
         }
         v
+    }
+
+    /// A 64-byte store ([`DeviceModel::write64`]); the caller holds the
+    /// gate. One that meets the emulated MSI-X table or PBA is dropped
+    /// (refused), as those take accesses of up to 8 bytes.
+    pub(crate) fn store64_locked(
+        &self,
+        region: u32,
+        offset: u64,
+        data: &[u8; 64],
+        how: Store64,
+    ) -> bool {
+        let irqs = &self.layout.interrupts;
+        if irqs.msix_vectors > 0 && u32::from(irqs.msix_bar) == region {
+            let vectors = u64::from(irqs.msix_vectors);
+            let table = (u64::from(irqs.msix_table), vectors * 16);
+            let pba = (u64::from(irqs.msix_pba), vectors.div_ceil(64) * 8);
+            let meets = |(at, len): (u64, u64)| offset < at + len && at < offset + 64;
+            if meets(table) || meets(pba) {
+                return false;
+            }
+        }
+        let mut model = self.model();
+        let mut ctx = Ctx {
+            dev: self,
+            kicked: false,
+        };
+        let accepted = model.write64(&mut ctx, region, offset, data, how);
+        let kicked = ctx.kicked;
+        drop(model);
+        if kicked {
+            self.kick();
+        }
+        accepted
     }
 
     fn msix_function_masked(&self) -> bool {

@@ -55,6 +55,8 @@
 
 pub mod bench;
 pub mod device;
+pub mod dsa;
+pub mod nv_falcon;
 pub mod edu;
 pub mod host;
 pub mod igb;
@@ -66,10 +68,10 @@ pub mod trap;
 
 pub use device::{ModelDevice, ModelDeviceBuilder, ModelMapping, Waker};
 pub use host::{DmaSide, Host, IommuFault, IrqIndex, NoHost};
-pub use model::{Ctx, DeviceModel, IrqMode, Layout, RegionKind, Width};
+pub use model::{Ctx, DeviceModel, IrqMode, Layout, RegionKind, Store64, Width};
 
 /// The models `barmap run --device NAME[,options]` knows.
-pub const MODELS: &[&str] = &["default", "edu", "ioat", "igb"];
+pub const MODELS: &[&str] = &["default", "edu", "ioat", "igb", "dsa", "nv_falcon"];
 
 /// The model called `name`, configured by `options` (`key=value` pairs):
 /// `default` (barmap's default device: options `memory=SIZE`, the memory
@@ -79,7 +81,11 @@ pub const MODELS: &[&str] = &["default", "edu", "ioat", "igb"];
 /// `version=3.4`, default 3.3) or `igb` (an Intel 82576 Ethernet port:
 /// option `mac=XX:XX:XX:XX:XX:XX`, its unicast address, default
 /// 52:54:00:12:34:56; option `wire=NAME`, the two ports naming one wire
-/// are connected back to back).
+/// are connected back to back) or `dsa` (an Intel DSA: option `id=HHHH`,
+/// its device id, 0b25 (default), 11fb or 1212; option `xfer=N`, transfers
+/// of up to 2^N bytes per descriptor, 12..=31, default 16) or `nv_falcon`
+/// (an NVIDIA GPU's falcon DMA engine: option `id=0xDDDD`, the PCI device
+/// ID of one of [`nv_falcon::CHIPS`], default 0x1eb8, the Tesla T4).
 pub fn by_name(name: &str, options: &[(String, String)]) -> Result<Box<dyn DeviceModel>, String> {
     let unknown = |k: &str| Err(format!("unknown option {k:?} for device model {name:?}"));
     match name {
@@ -140,6 +146,55 @@ pub fn by_name(name: &str, options: &[(String, String)]) -> Result<Box<dyn Devic
                 Some(name) => port.with_wire(&name),
                 None => port,
             }))
+        }
+        "dsa" => {
+            let mut id = dsa::DEVICE_SPR0;
+            let mut xfer = dsa::DEFAULT_XFER_SHIFT;
+            for (k, v) in options {
+                match k.as_str() {
+                    "id" => {
+                        id = u16::from_str_radix(v.trim_start_matches("0x"), 16)
+                            .ok()
+                            .filter(|d| dsa::DEVICES.contains(d))
+                            .ok_or_else(|| format!("id={v}: not 0b25, 11fb or 1212"))?
+                    }
+                    "xfer" => {
+                        xfer = v
+                            .parse()
+                            .ok()
+                            .filter(|n| (12..=31).contains(n))
+                            .ok_or_else(|| format!("xfer={v}: not a number from 12 to 31"))?
+                    }
+                    _ => return unknown(k),
+                }
+            }
+            Ok(Box::new(dsa::Dsa::new(id, xfer)))
+        }
+        "nv_falcon" => {
+            let mut chip = nv_falcon::chip_by_device(nv_falcon::DEFAULT_DEVICE);
+            for (k, v) in options {
+                match k.as_str() {
+                    "id" => {
+                        let hex = v.strip_prefix("0x").unwrap_or(v);
+                        chip = u16::from_str_radix(hex, 16)
+                            .ok()
+                            .and_then(nv_falcon::chip_by_device);
+                        if chip.is_none() {
+                            let known: Vec<String> = nv_falcon::CHIPS
+                                .iter()
+                                .map(|c| format!("{:#06x} ({})", c.device, c.name))
+                                .collect();
+                            return Err(format!(
+                                "id={v}: not a GPU the model knows ({})",
+                                known.join(", ")
+                            ));
+                        }
+                    }
+                    _ => return unknown(k),
+                }
+            }
+            let chip = chip.expect("the default chip is listed");
+            Ok(Box::new(nv_falcon::NvFalcon::new(chip)))
         }
         _ => Err(format!(
             "unknown device model {name:?} (known: {})",

@@ -223,12 +223,49 @@ pub trait DeviceModel: Send + 'static {
         let _ = (ctx, offset, width, value);
     }
 
+    /// A 64-byte store to `offset` of register BAR `region` (64-byte
+    /// aligned), made atomically by one instruction, `how`: MOVDIR64B (a
+    /// posted write: the return value is ignored), ENQCMD or ENQCMDS (a
+    /// non-posted request: return whether the device accepted it; the
+    /// program sees ZF clear if it did, set for "retry"). The instruction
+    /// is emulated by the trap, whether the CPU has it (the store to the
+    /// inaccessible page faults) or not (it raises SIGILL before touching
+    /// memory). The default drops the data and refuses (ENQCMD and ENQCMDS
+    /// report "retry"): a register BAR that does not expect 64-byte stores
+    /// takes none of its registers from one.
+    fn write64(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        region: u32,
+        offset: u64,
+        data: &[u8; 64],
+        how: Store64,
+    ) -> bool {
+        let _ = (ctx, region, offset, data, how);
+        false
+    }
+
     /// Deferred work, after [`Ctx::kick`]: runs on the device's worker
     /// thread, with the model's state locked like any callback. The
     /// default does nothing.
     fn work(&mut self, ctx: &mut Ctx<'_>) {
         let _ = ctx;
     }
+}
+
+/// The instruction that made a 64-byte store ([`DeviceModel::write64`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store64 {
+    /// MOVDIR64B: a posted 64-byte direct store; nothing comes back.
+    Movdir64b,
+    /// ENQCMD: a user-mode enqueue command. The CPU replaces the first
+    /// four bytes with the process's PASID (bits 19:0) and a clear
+    /// privilege bit (31); barmap gives the process no PASID, so they
+    /// arrive as zero.
+    Enqcmd,
+    /// ENQCMDS: the supervisor form, whose PASID and privilege bit come
+    /// from the source as the program wrote them.
+    Enqcmds,
 }
 
 /// Which interrupt mechanism the program enabled.

@@ -40,10 +40,30 @@
 //!   kernel forces it).
 //! - **What is emulated.** `mov` loads and stores (register, immediate,
 //!   `moffs`) and `movzx`/`movsx`/`movsxd` loads of 1, 2, 4 or 8 bytes, at
-//!   a naturally aligned address in one mapping. Anything else (a
+//!   a naturally aligned address in one mapping; and the 64-byte stores
+//!   MOVDIR64B, ENQCMD and ENQCMDS (below). Anything else (a
 //!   read-modify-write, a string or vector instruction, an unaligned or
 //!   FS/GS-relative access) is reported on stderr with its disassembly and
 //!   gets SIGBUS: never a silent wrong value.
+//! - **64-byte stores** (a DSA portal's descriptors): MOVDIR64B
+//!   (`66 0F 38 F8 /r`), ENQCMD (`F2 ..`) and ENQCMDS (`F3 ..`) store the
+//!   64 bytes at their memory operand (any ModRM, SIB, displacement or
+//!   RIP-relative form, REX and the 0x67 address-size prefix) to the
+//!   64-byte aligned address in their register operand (ModRM.reg). On a
+//!   CPU that has them, the store to the inaccessible page faults
+//!   (SIGSEGV); on one that lacks them (AMD's), the CPU raises SIGILL
+//!   before touching memory, so barmap also owns the kernel's SIGILL
+//!   disposition, keeps the program's apart as for SIGSEGV, and emulates
+//!   only an instruction whose destination is in a live register mapping;
+//!   every other SIGILL reaches the program's handler, or kills the
+//!   process by SIGILL at the instruction as before. The model gets the 64
+//!   bytes in one [`DeviceModel::write64`](crate::DeviceModel::write64)
+//!   call; ENQCMD and ENQCMDS clear ZF when it accepts and set it for
+//!   "retry" (CF, PF, AF, SF and OF cleared), as the SDM says. ENQCMD's
+//!   first dword carries the process's PASID, which barmap does not give
+//!   (zero); ENQCMDS, privileged on hardware (#GP in user mode), is
+//!   emulated for the program all the same, its PASID and privilege bit as
+//!   written.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -54,7 +74,7 @@ use iced_x86::{
 };
 
 use crate::device::Shared;
-use crate::model::Width;
+use crate::model::{Store64, Width};
 
 mod signals;
 
@@ -235,16 +255,24 @@ fn fetch(rip: usize) -> ([u8; 15], usize) {
     (buf, in_page)
 }
 
-/// Decodes the access at the saved RIP, or explains why it cannot.
-fn decode(uc: &libc::ucontext_t) -> Result<(Instruction, Access), (Option<Instruction>, String)> {
+/// The instruction at the saved RIP, or the bytes that do not decode.
+fn instruction_at_rip(uc: &libc::ucontext_t) -> Result<Instruction, String> {
     let rip = uc.uc_mcontext.gregs[libc::REG_RIP as usize] as u64;
     let (bytes, n) = fetch(rip as usize);
     let bytes = &bytes[..n];
     let mut decoder = Decoder::with_ip(64, bytes, rip, DecoderOptions::NONE);
     let insn = decoder.decode();
     if insn.is_invalid() {
-        return Err((None, format!("undecodable bytes {bytes:02x?}")));
+        return Err(format!("undecodable bytes {bytes:02x?}"));
     }
+    Ok(insn)
+}
+
+/// Decodes the access `insn` makes, or explains why it cannot.
+fn decode(
+    uc: &libc::ucontext_t,
+    insn: Instruction,
+) -> Result<(Instruction, Access), (Option<Instruction>, String)> {
     let fail = |why: &str| Err((Some(insn), why.to_string()));
     let mem_op = (0..insn.op_count()).find(|&i| insn.op_kind(i) == OpKind::Memory);
     let Some(mem_op) = mem_op else {
@@ -326,7 +354,17 @@ fn emulate(addr: usize, uc: &mut libc::ucontext_t) -> Outcome {
     let Some((dev, region, offset, writable)) = lookup(addr) else {
         return Outcome::NotOurs;
     };
-    let (insn, access) = match decode(uc) {
+    let insn = match instruction_at_rip(uc) {
+        Ok(insn) => insn,
+        Err(why) => {
+            report(addr, uc, None, &why);
+            return Outcome::Sigbus(addr);
+        }
+    };
+    if let Some(submit) = submit_operands(&insn, |r| get_reg(uc, r)) {
+        return emulate_submit(addr, uc, &insn, submit);
+    }
+    let (insn, access) = match decode(uc, insn) {
         Ok(d) => d,
         Err((insn, why)) => {
             report(addr, uc, insn, &why);
@@ -383,6 +421,148 @@ fn emulate(addr: usize, uc: &mut libc::ucontext_t) -> Outcome {
     Outcome::Done
 }
 
+/// A 64-byte store by MOVDIR64B, ENQCMD or ENQCMDS: the destination
+/// address (the register operand, ModRM.reg, at the address size: a 32-bit
+/// register with the 0x67 prefix) and the source's (the memory operand,
+/// with its ModRM, SIB, displacement or RIP-relative form).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Submit {
+    dest: u64,
+    src: u64,
+    how: Store64,
+}
+
+/// The operands of `insn` if it is MOVDIR64B, ENQCMD or ENQCMDS (None
+/// otherwise), with the general registers `reg` gives; an `Err` names why
+/// they cannot be known (an FS- or GS-relative source).
+fn submit_operands(
+    insn: &Instruction,
+    reg: impl Fn(Register) -> Option<u64>,
+) -> Option<Result<Submit, &'static str>> {
+    let how = match insn.mnemonic() {
+        Mnemonic::Movdir64b => Store64::Movdir64b,
+        Mnemonic::Enqcmd => Store64::Enqcmd,
+        Mnemonic::Enqcmds => Store64::Enqcmds,
+        _ => return None,
+    };
+    if insn.op_count() != 2
+        || insn.op_kind(0) != OpKind::Register
+        || insn.op_kind(1) != OpKind::Memory
+    {
+        return Some(Err("operands that are not a register and a memory operand"));
+    }
+    let Some(dest) = reg(insn.op0_register()) else {
+        return Some(Err("a destination that is not a general register"));
+    };
+    let src = insn.virtual_address(1, 0, |r, _, _| match r {
+        Register::ES | Register::CS | Register::SS | Register::DS => Some(0),
+        r => reg(r),
+    });
+    Some(match src {
+        Some(src) => Ok(Submit { dest, src, how }),
+        None => Err("a source relative to FS or GS"),
+    })
+}
+
+/// RFLAGS bits ENQCMD and ENQCMDS write: ZF set means "retry", the
+/// others are cleared.
+const ENQCMD_FLAGS: i64 = 0x1 | 0x4 | 0x10 | 0x40 | 0x80 | 0x800; // CF PF AF ZF SF OF
+const ZF: i64 = 0x40;
+
+/// Emulates a 64-byte store whose destination is in a register mapping
+/// (`addr` is the faulting address on the SIGSEGV path, the destination on
+/// the SIGILL path): reads the 64 source bytes, hands them to the model in
+/// one call, sets ENQCMD's flags and steps over the instruction.
+fn emulate_submit(
+    addr: usize,
+    uc: &mut libc::ucontext_t,
+    insn: &Instruction,
+    submit: Result<Submit, &'static str>,
+) -> Outcome {
+    let s = match submit {
+        Ok(s) => s,
+        Err(why) => {
+            report(addr, uc, Some(*insn), why);
+            return Outcome::Sigbus(addr);
+        }
+    };
+    let Some((dev, region, offset, writable)) = lookup(s.dest as usize) else {
+        // The faulting address is the source's (a 64-byte read of a
+        // register mapping), not a portal.
+        report(
+            addr,
+            uc,
+            Some(*insn),
+            "a 64-byte store whose source is a register mapping",
+        );
+        return Outcome::Sigbus(addr);
+    };
+    if s.dest % 64 != 0 {
+        report(addr, uc, Some(*insn), "a destination not 64-byte aligned");
+        return Outcome::Sigbus(addr);
+    }
+    let last = s.dest + 63;
+    if !lookup(last as usize).is_some_and(|(_, r, o, _)| r == region && o == offset + 63) {
+        report(
+            addr,
+            uc,
+            Some(*insn),
+            "the store crosses the end of the register mapping",
+        );
+        return Outcome::Sigbus(addr);
+    }
+    if !writable {
+        return Outcome::NotOurs;
+    }
+    let mut data = [0u8; 64];
+    if barmap::os::copy_from_user(s.src as *const u8, &mut data).is_err() {
+        report(addr, uc, Some(*insn), "an unreadable 64-byte source");
+        return Outcome::Sigbus(addr);
+    }
+    if s.how == Store64::Enqcmd {
+        // The CPU puts the process's PASID (none here) and a clear
+        // privilege bit in the first dword.
+        data[..4].fill(0);
+    }
+    let Some(dev) = dev.upgrade() else {
+        return Outcome::Sigbus(addr);
+    };
+    let result = dev
+        .device
+        .with_memory(|| dev.store64_locked(region, offset, &data, s.how));
+    let Ok(accepted) = result else {
+        return Outcome::Sigbus(s.dest as usize);
+    };
+    let gregs = &mut uc.uc_mcontext.gregs;
+    if s.how != Store64::Movdir64b {
+        let flags = gregs[libc::REG_EFL as usize] & !ENQCMD_FLAGS;
+        gregs[libc::REG_EFL as usize] = if accepted { flags } else { flags | ZF };
+    }
+    gregs[libc::REG_RIP as usize] = insn.next_ip() as i64;
+    Outcome::Done
+}
+
+/// The SIGILL path: a CPU without MOVDIR64B or ENQCMD(S) raises #UD
+/// before the store reaches memory. The instruction at RIP is emulated if
+/// it is one of them and its destination lies in a register mapping;
+/// anything else is not ours (the program's SIGILL).
+fn emulate_undefined(uc: &mut libc::ucontext_t) -> Outcome {
+    let Ok(insn) = instruction_at_rip(uc) else {
+        return Outcome::NotOurs;
+    };
+    let Some(submit) = submit_operands(&insn, |r| get_reg(uc, r)) else {
+        return Outcome::NotOurs;
+    };
+    let dest = match submit {
+        Ok(s) => s.dest as usize,
+        Err(_) => return Outcome::NotOurs,
+    };
+    if lookup(dest).is_none() {
+        return Outcome::NotOurs;
+    }
+    emulate_submit(dest, uc, &insn, submit)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,6 +570,131 @@ mod tests {
     fn context() -> libc::ucontext_t {
         // SAFETY: a zeroed ucontext is plain data.
         unsafe { std::mem::zeroed() }
+    }
+
+    /// The 64-byte store `bytes` encodes at RIP 0x40_0000, with rax =
+    /// 0x7f00_0000_1000, rbx = 0x2000, rcx = 3, rdx = 0x5000, r9 =
+    /// 0x9000, r12 = 0xc000, r13 = 0xd000 and every other register 0.
+    fn submit(bytes: &[u8]) -> Option<Result<Submit, &'static str>> {
+        let regs = |r: Register| match r {
+            Register::RAX => 0x7f00_0000_1000u64,
+            Register::RBX => 0x2000,
+            Register::RCX => 3,
+            Register::RDX => 0x5000,
+            Register::R9 => 0x9000,
+            Register::R12 => 0xc000,
+            Register::R13 => 0xd000,
+            _ => 0,
+        };
+        let insn = Decoder::with_ip(64, bytes, 0x40_0000, DecoderOptions::NONE).decode();
+        assert!(!insn.is_invalid(), "{bytes:02x?} decodes");
+        assert_eq!(insn.len(), bytes.len(), "{bytes:02x?} is one instruction");
+        let mut uc = context();
+        for (r, i) in [
+            (Register::RAX, libc::REG_RAX),
+            (Register::RBX, libc::REG_RBX),
+            (Register::RCX, libc::REG_RCX),
+            (Register::RDX, libc::REG_RDX),
+            (Register::R9, libc::REG_R9),
+            (Register::R12, libc::REG_R12),
+            (Register::R13, libc::REG_R13),
+        ] {
+            uc.uc_mcontext.gregs[i as usize] = regs(r) as i64;
+        }
+        submit_operands(&insn, |r| get_reg(&uc, r))
+    }
+
+    fn ok(dest: u64, src: u64, how: Store64) -> Option<Result<Submit, &'static str>> {
+        Some(Ok(Submit { dest, src, how }))
+    }
+
+    #[test]
+    fn movdir64b_takes_its_destination_from_modrm_reg_and_its_source_from_a_register_base() {
+        // movdir64b rax, [rdx]: the encoding Linux's movdir64b() uses.
+        let m = Store64::Movdir64b;
+        assert_eq!(
+            submit(&[0x66, 0x0f, 0x38, 0xf8, 0x02]),
+            ok(0x7f00_0000_1000, 0x5000, m)
+        );
+        // movdir64b rdx, [rax]: the operands the other way round.
+        assert_eq!(
+            submit(&[0x66, 0x0f, 0x38, 0xf8, 0x10]),
+            ok(0x5000, 0x7f00_0000_1000, m)
+        );
+    }
+
+    #[test]
+    fn movdir64b_sources_with_sib_displacements_and_rip_relative_forms_decode() {
+        let m = Store64::Movdir64b;
+        // [rbx+rcx*4+0x40]: SIB with a scaled index and a disp8.
+        assert_eq!(
+            submit(&[0x66, 0x0f, 0x38, 0xf8, 0x44, 0x8b, 0x40]),
+            ok(0x7f00_0000_1000, 0x2000 + 12 + 0x40, m)
+        );
+        // [rbx+0x12345678]: a disp32.
+        assert_eq!(
+            submit(&[0x66, 0x0f, 0x38, 0xf8, 0x83, 0x78, 0x56, 0x34, 0x12]),
+            ok(0x7f00_0000_1000, 0x2000 + 0x1234_5678, m)
+        );
+        // [rip+0x100]: relative to the next instruction (9 bytes on).
+        assert_eq!(
+            submit(&[0x66, 0x0f, 0x38, 0xf8, 0x05, 0x00, 0x01, 0x00, 0x00]),
+            ok(0x7f00_0000_1000, 0x40_0009 + 0x100, m)
+        );
+        // [0x3000]: SIB with neither base nor index, a disp32 alone.
+        assert_eq!(
+            submit(&[0x66, 0x0f, 0x38, 0xf8, 0x04, 0x25, 0x00, 0x30, 0x00, 0x00]),
+            ok(0x7f00_0000_1000, 0x3000, m)
+        );
+    }
+
+    #[test]
+    fn movdir64b_with_rex_reaches_r8_to_r15_in_both_operands() {
+        let m = Store64::Movdir64b;
+        // REX.RB: movdir64b r9, [r12] (r12 as a base needs a SIB byte).
+        assert_eq!(
+            submit(&[0x66, 0x45, 0x0f, 0x38, 0xf8, 0x0c, 0x24]),
+            ok(0x9000, 0xc000, m)
+        );
+        // REX.B: movdir64b rax, [r13-0x10] (r13 as a base needs a disp).
+        assert_eq!(
+            submit(&[0x66, 0x41, 0x0f, 0x38, 0xf8, 0x45, 0xf0]),
+            ok(0x7f00_0000_1000, 0xd000 - 0x10, m)
+        );
+    }
+
+    #[test]
+    fn the_address_size_prefix_makes_both_addresses_32_bit() {
+        // 0x67: movdir64b eax, [edx+0x10]: rax's upper half is not used.
+        assert_eq!(
+            submit(&[0x67, 0x66, 0x0f, 0x38, 0xf8, 0x42, 0x10]),
+            ok(0x1000, 0x5010, Store64::Movdir64b)
+        );
+    }
+
+    #[test]
+    fn enqcmd_and_enqcmds_differ_from_movdir64b_by_their_prefix_only() {
+        assert_eq!(
+            submit(&[0xf2, 0x0f, 0x38, 0xf8, 0x02]),
+            ok(0x7f00_0000_1000, 0x5000, Store64::Enqcmd)
+        );
+        assert_eq!(
+            submit(&[0xf3, 0x0f, 0x38, 0xf8, 0x02]),
+            ok(0x7f00_0000_1000, 0x5000, Store64::Enqcmds)
+        );
+    }
+
+    #[test]
+    fn other_instructions_are_not_submissions_and_fs_sources_are_refused() {
+        // mov eax, [rdx]
+        assert_eq!(submit(&[0x8b, 0x02]), None);
+        // ud2
+        assert_eq!(submit(&[0x0f, 0x0b]), None);
+        // movdir64b rax, fs:[rdx]
+        assert!(matches!(
+            submit(&[0x64, 0x66, 0x0f, 0x38, 0xf8, 0x02]),
+            Some(Err(_))
+        ));
     }
 
     #[test]

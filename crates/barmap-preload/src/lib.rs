@@ -17,6 +17,7 @@
 
 #![cfg(all(target_os = "linux", target_arch = "x86_64"))]
 #![allow(clippy::missing_safety_doc)]
+#![warn(missing_docs)]
 
 use std::cell::Cell;
 use std::ffi::{c_int, CStr};

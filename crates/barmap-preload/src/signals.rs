@@ -1,12 +1,16 @@
 //! Signal dispositions and masks as the program sets them.
 //!
-//! barmap's trap owns the kernel's SIGSEGV disposition from the moment
-//! the library is loaded ([`barmap_models::trap::install_for_program`]);
-//! every libc way of setting a SIGSEGV disposition (`sigaction`,
+//! barmap's trap owns the kernel's SIGSEGV and SIGILL dispositions from
+//! the moment the library is loaded
+//! ([`barmap_models::trap::install_for_program`]; SIGILL for the 64-byte
+//! stores, MOVDIR64B and ENQCMD, that a CPU without them refuses); every
+//! libc way of setting a SIGSEGV or SIGILL disposition (`sigaction`,
 //! `__sigaction`, `signal`, `bsd_signal`, `ssignal`, `sysv_signal`,
 //! `__sysv_signal`, `sigset`, `sigignore`, `siginterrupt`) sets the
 //! program's instead and reports the program's previous one. SIGBUS and
-//! every other signal go to libc unchanged.
+//! every other signal go to libc unchanged. SIGILL's mask is the real one
+//! (a thread that blocks it dies at an illegal instruction, as without
+//! barmap).
 //!
 //! SIGSEGV is never blocked for real: a register access by a thread that
 //! blocked it would kill the process in the kernel (a blocked synchronous
@@ -55,8 +59,17 @@ fn without_segv(s: &libc::sigset_t) -> libc::sigset_t {
 }
 
 fn add_segv(s: &mut libc::sigset_t) {
+    add_signal(s, libc::SIGSEGV);
+}
+
+fn add_signal(s: &mut libc::sigset_t, sig: c_int) {
     // SAFETY: a valid sigset.
-    unsafe { libc::sigaddset(s, libc::SIGSEGV) };
+    unsafe { libc::sigaddset(s, sig) };
+}
+
+/// The signals whose disposition the trap keeps for the program.
+fn owned(sig: c_int) -> bool {
+    sig == libc::SIGSEGV || sig == libc::SIGILL
 }
 
 /// Signals (bit `sig - 1`) whose handler mask the program gave with
@@ -134,24 +147,44 @@ pub unsafe extern "C" fn __sigaction(
     unsafe { program_sigaction(sig, act, old, real) }
 }
 
-/// The program's SIGSEGV disposition: `act` set (if not null), the
-/// previous one in `old` (if not null).
-fn segv_action(act: Option<&libc::sigaction>, old: Option<&mut libc::sigaction>) -> c_int {
+/// The program's disposition of `sig` (SIGSEGV or SIGILL): `act` set (if
+/// not null), the previous one in `old` (if not null).
+fn owned_action(
+    sig: c_int,
+    act: Option<&libc::sigaction>,
+    old: Option<&mut libc::sigaction>,
+) -> c_int {
     let act = act.map_or(std::ptr::null(), |a| a as *const _);
     let old = old.map_or(std::ptr::null_mut(), |a| a as *mut _);
     // SAFETY: null or valid local sigactions.
-    if let Some(rc) = unsafe { trap::program_sigaction(libc::SIGSEGV, act, old) } {
+    if let Some(rc) = unsafe { trap::program_sigaction(sig, act, old) } {
         return rc;
     }
     let real =
         real!(c"sigaction" as fn(c_int, *const libc::sigaction, *mut libc::sigaction) -> c_int);
     // SAFETY: as above, to libc.
-    unsafe { real(libc::SIGSEGV, act, old) }
+    unsafe { real(sig, act, old) }
+}
+
+fn segv_action(act: Option<&libc::sigaction>, old: Option<&mut libc::sigaction>) -> c_int {
+    owned_action(libc::SIGSEGV, act, old)
 }
 
 /// Sets the program's SIGSEGV handler as libc's `signal` family does;
 /// returns the previous one, or SIG_ERR with errno EINVAL.
 fn segv_handler(handler: libc::sighandler_t, flags: c_int, mask_self: bool) -> libc::sighandler_t {
+    owned_handler(libc::SIGSEGV, handler, flags, mask_self)
+}
+
+/// Sets the program's handler of `sig` (SIGSEGV or SIGILL) as libc's
+/// `signal` family does; returns the previous one, or SIG_ERR with errno
+/// EINVAL.
+fn owned_handler(
+    sig: c_int,
+    handler: libc::sighandler_t,
+    flags: c_int,
+    mask_self: bool,
+) -> libc::sighandler_t {
     if handler == libc::SIG_ERR {
         // SAFETY: this thread's errno.
         unsafe { *libc::__errno_location() = libc::EINVAL };
@@ -162,11 +195,11 @@ fn segv_handler(handler: libc::sighandler_t, flags: c_int, mask_self: bool) -> l
     act.sa_sigaction = handler;
     act.sa_flags = flags;
     if mask_self {
-        add_segv(&mut act.sa_mask);
+        add_signal(&mut act.sa_mask, sig);
     }
     // SAFETY: as above.
     let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
-    if segv_action(Some(&act), Some(&mut old)) != 0 {
+    if owned_action(sig, Some(&act), Some(&mut old)) != 0 {
         return libc::SIG_ERR;
     }
     old.sa_sigaction
@@ -181,8 +214,8 @@ macro_rules! bsd_signal {
             sig: c_int,
             handler: libc::sighandler_t,
         ) -> libc::sighandler_t {
-            if sig == libc::SIGSEGV && !busy() {
-                return segv_handler(handler, libc::SA_RESTART, true);
+            if owned(sig) && !busy() {
+                return owned_handler(sig, handler, libc::SA_RESTART, true);
             }
             let real = real!($sym as fn(c_int, libc::sighandler_t) -> libc::sighandler_t);
             // SAFETY: the caller's arguments, unchanged, to libc.
@@ -204,8 +237,8 @@ macro_rules! sysv_signal {
             sig: c_int,
             handler: libc::sighandler_t,
         ) -> libc::sighandler_t {
-            if sig == libc::SIGSEGV && !busy() {
-                return segv_handler(handler, libc::SA_RESETHAND | libc::SA_NODEFER, false);
+            if owned(sig) && !busy() {
+                return owned_handler(sig, handler, libc::SA_RESETHAND | libc::SA_NODEFER, false);
             }
             let real = real!($sym as fn(c_int, libc::sighandler_t) -> libc::sighandler_t);
             // SAFETY: the caller's arguments, unchanged, to libc.
@@ -219,6 +252,9 @@ sysv_signal!(__sysv_signal, c"__sysv_signal");
 
 #[no_mangle]
 pub unsafe extern "C" fn sigset(sig: c_int, disp: libc::sighandler_t) -> libc::sighandler_t {
+    if sig == libc::SIGILL && !busy() {
+        return sigset_sigill(disp);
+    }
     if sig != libc::SIGSEGV || busy() {
         let real = real!(c"sigset" as fn(c_int, libc::sighandler_t) -> libc::sighandler_t);
         // SAFETY: the caller's arguments, unchanged, to libc.
@@ -247,10 +283,41 @@ pub unsafe extern "C" fn sigset(sig: c_int, disp: libc::sighandler_t) -> libc::s
     }
 }
 
+/// `sigset(SIGILL, disp)`: the program's disposition, with SIGILL's real
+/// mask (SIG_HOLD blocks it, anything else unblocks it).
+fn sigset_sigill(disp: libc::sighandler_t) -> libc::sighandler_t {
+    let real =
+        real!(c"pthread_sigmask" as fn(c_int, *const libc::sigset_t, *mut libc::sigset_t) -> c_int);
+    // SAFETY: an empty sigset in local memory.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    add_signal(&mut set, libc::SIGILL);
+    // SAFETY: as above.
+    let mut before: libc::sigset_t = unsafe { std::mem::zeroed() };
+    let how = if disp == SIG_HOLD {
+        libc::SIG_BLOCK
+    } else {
+        let prev = owned_handler(libc::SIGILL, disp, 0, false);
+        if prev == libc::SIG_ERR {
+            return prev;
+        }
+        libc::SIG_UNBLOCK
+    };
+    // SAFETY: valid local sigsets, to libc's pthread_sigmask.
+    unsafe { real(how, &set, &mut before) };
+    // SAFETY: a valid sigset.
+    if unsafe { libc::sigismember(&before, libc::SIGILL) } == 1 {
+        return SIG_HOLD;
+    }
+    // SAFETY: a zeroed sigaction is valid.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    owned_action(libc::SIGILL, None, Some(&mut old));
+    old.sa_sigaction
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn sigignore(sig: c_int) -> c_int {
-    if sig == libc::SIGSEGV && !busy() {
-        return if segv_handler(libc::SIG_IGN, 0, false) == libc::SIG_ERR {
+    if owned(sig) && !busy() {
+        return if owned_handler(sig, libc::SIG_IGN, 0, false) == libc::SIG_ERR {
             -1
         } else {
             0
@@ -263,16 +330,16 @@ pub unsafe extern "C" fn sigignore(sig: c_int) -> c_int {
 
 #[no_mangle]
 pub unsafe extern "C" fn siginterrupt(sig: c_int, interrupt: c_int) -> c_int {
-    if sig == libc::SIGSEGV && !busy() {
+    if owned(sig) && !busy() {
         // SAFETY: a zeroed sigaction is valid.
         let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
-        segv_action(None, Some(&mut act));
+        owned_action(sig, None, Some(&mut act));
         if interrupt != 0 {
             act.sa_flags &= !libc::SA_RESTART;
         } else {
             act.sa_flags |= libc::SA_RESTART;
         }
-        return segv_action(Some(&act), None);
+        return owned_action(sig, Some(&act), None);
     }
     let real = real!(c"siginterrupt" as fn(c_int, c_int) -> c_int);
     // SAFETY: the caller's arguments, unchanged, to libc.

@@ -3,6 +3,7 @@
 //! device and the kernel's vfio-pci are both measured with.
 
 #![cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#![warn(missing_docs)]
 
 pub mod scenario;
 pub mod target;

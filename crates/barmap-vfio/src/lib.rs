@@ -21,6 +21,7 @@
 //! neither, and its 6.12 cloud flavour builds without `CONFIG_IOMMUFD`.
 
 #![cfg(target_os = "linux")]
+#![warn(missing_docs)]
 
 pub mod caps;
 mod container;

@@ -14,6 +14,15 @@ fn errno() -> i32 {
         .unwrap_or(libc::EIO)
 }
 
+/// `Ok` for a syscall's 0, the errno for its -1.
+fn zero_or_errno(rc: libc::c_int) -> Result<(), i32> {
+    if rc < 0 {
+        Err(errno())
+    } else {
+        Ok(())
+    }
+}
+
 /// A memfd of `size` bytes, every byte allocated up front, so that no hole
 /// can ever be mapped behind the memory gate (UFFDIO_CONTINUE over a hole
 /// fails with EFAULT).
@@ -62,11 +71,7 @@ pub fn allocate(fd: &OwnedFd, offset: u64, len: u64) -> Result<(), i32> {
     // SAFETY: a plain syscall on an fd the caller owns; no memory is passed.
     let rc =
         unsafe { libc::fallocate(fd.as_raw_fd(), 0, offset as libc::off_t, len as libc::off_t) };
-    if rc < 0 {
-        Err(errno())
-    } else {
-        Ok(())
-    }
+    zero_or_errno(rc)
 }
 
 /// Frees the pages of `len` bytes of `fd` at `offset`, leaving a hole
@@ -82,11 +87,7 @@ pub fn punch(fd: &OwnedFd, offset: u64, len: u64) -> Result<(), i32> {
             len as libc::off_t,
         )
     };
-    if rc < 0 {
-        Err(errno())
-    } else {
-        Ok(())
-    }
+    zero_or_errno(rc)
 }
 
 /// Bytes of `fd` that hold allocated blocks (`st_blocks * 512`).
@@ -330,11 +331,7 @@ fn mprotect(range: Range<usize>, prot: i32) -> Result<(), i32> {
             prot,
         )
     };
-    if rc < 0 {
-        Err(errno())
-    } else {
-        Ok(())
-    }
+    zero_or_errno(rc)
 }
 
 /// Drops every page and poison marker in `range`, locked (mlock) or not;
@@ -360,11 +357,7 @@ pub fn advise(range: Range<usize>, advice: i32) -> Result<(), i32> {
             advice,
         )
     };
-    if rc < 0 {
-        Err(errno())
-    } else {
-        Ok(())
-    }
+    zero_or_errno(rc)
 }
 
 /// Locks `range` on fault (`mlock2(MLOCK_ONFAULT)`): nothing is populated,
@@ -382,11 +375,7 @@ pub fn lock_on_fault(range: Range<usize>) -> Result<(), i32> {
             MLOCK_ONFAULT,
         )
     };
-    if rc < 0 {
-        Err(errno())
-    } else {
-        Ok(())
-    }
+    zero_or_errno(rc)
 }
 
 /// Copies `dst.len()` bytes from the process's memory at `src` into `dst`
@@ -408,11 +397,7 @@ pub fn unmap(range: Range<usize>) -> Result<(), i32> {
     // SAFETY: callers pass only ranges of mappings barmap created and owns;
     // no Rust reference points into them.
     let rc = unsafe { libc::munmap(range.start as *mut libc::c_void, range.end - range.start) };
-    if rc < 0 {
-        Err(errno())
-    } else {
-        Ok(())
-    }
+    zero_or_errno(rc)
 }
 
 /// Reads `buf.len()` bytes of `fd` at `offset`.

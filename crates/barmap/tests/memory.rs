@@ -14,6 +14,10 @@ use barmap::memory::{MAX_BAR32_SIZE, MAX_BAR64_SIZE};
 use barmap::touch::Fault;
 use barmap::{Device, Error, MemoryBudget, Policy, Prot, RegionSpec, DEFAULT_MEMORY_BAR};
 
+#[path = "common/memory_cgroup.rs"]
+mod memory_cgroup;
+use memory_cgroup::MemoryCgroup;
+
 const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
 
@@ -228,12 +232,11 @@ fn the_default_budget_is_half_the_available_memory_and_shared() {
 /// v1), when that can be made; else runs it here. Returns whether a cgroup
 /// held it.
 fn in_memory_cgroup(name: &str, limit: u64, here: fn()) -> bool {
-    let Some(dir) = make_cgroup(limit) else {
+    let Some(cgroup) = MemoryCgroup::new("barmap-memory-test", limit) else {
         eprintln!("no memory cgroup available: running {name} bounded by its memory limit only");
         here();
         return false;
     };
-    let procs = std::ffi::CString::new(format!("{}/cgroup.procs", dir.display())).unwrap();
     let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
     cmd.args([
         "--exact",
@@ -242,21 +245,9 @@ fn in_memory_cgroup(name: &str, limit: u64, here: fn()) -> bool {
         "--nocapture",
         "--test-threads=1",
     ]);
-    // SAFETY: the closure runs in the forked child before exec and calls
-    // only async-signal-safe functions (open, write, close) on data
-    // prepared before the fork.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-            if fd < 0 || libc::write(fd, b"0\n".as_ptr().cast(), 2) != 2 {
-                return Err(std::io::Error::last_os_error());
-            }
-            libc::close(fd);
-            Ok(())
-        });
-    }
+    cgroup.confine(&mut cmd);
     let out = cmd.output().unwrap();
-    let _ = std::fs::remove_dir(&dir);
+    drop(cgroup);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && text.contains("1 passed"),
@@ -265,29 +256,6 @@ fn in_memory_cgroup(name: &str, limit: u64, here: fn()) -> bool {
         String::from_utf8_lossy(&out.stderr)
     );
     true
-}
-
-/// A fresh cgroup-v1 memory cgroup of `limit` bytes below this process's.
-fn make_cgroup(limit: u64) -> Option<std::path::PathBuf> {
-    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let path = own.lines().find_map(|l| {
-        let mut f = l.splitn(3, ':');
-        let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
-        controllers
-            .split(',')
-            .any(|c| c == "memory")
-            .then(|| path.to_string())
-    })?;
-    let root = std::path::Path::new("/sys/fs/cgroup/memory");
-    let dir = root
-        .join(path.trim_start_matches('/'))
-        .join(format!("barmap-memory-test-{}", std::process::id()));
-    std::fs::create_dir(&dir).ok()?;
-    if std::fs::write(dir.join("memory.limit_in_bytes"), limit.to_string()).is_err() {
-        let _ = std::fs::remove_dir(&dir);
-        return None;
-    }
-    Some(dir)
 }
 
 /// Resident shmem of this process, bytes (`RssShmem`).

@@ -177,6 +177,39 @@ static inline int bt_read_or_sigbus(volatile uint8_t *p, uint64_t *out)
 	return 1;
 }
 
+#include <time.h>
+
+/* Milliseconds of CLOCK_MONOTONIC. */
+static inline long bt_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void bt_on_unexpected_sigbus(int sig, siginfo_t *si, void *ctx)
+{
+	char msg[96];
+	int n;
+
+	(void)sig;
+	(void)ctx;
+	n = snprintf(msg, sizeof(msg), "FAIL SIGBUS at %p while memory is enabled\n", si->si_addr);
+	if (write(1, msg, n) < 0)
+		_exit(3);
+	_exit(1);
+}
+
+/* Makes any SIGBUS a failure: the program says where and exits 1. */
+static inline void bt_sigbus_fails(void)
+{
+	struct sigaction sa = { .sa_sigaction = bt_on_unexpected_sigbus, .sa_flags = SA_SIGINFO };
+
+	sigemptyset(&sa.sa_mask);
+	DIE_UNLESS(sigaction(SIGBUS, &sa, NULL) == 0, "sigaction SIGBUS");
+}
+
 static inline int bt_exit(void)
 {
 	printf("%s: %d failed\n", bt_failures ? "FAIL" : "PASS", bt_failures);

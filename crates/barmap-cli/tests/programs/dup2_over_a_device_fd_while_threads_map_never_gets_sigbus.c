@@ -37,27 +37,6 @@ struct worker {
 	unsigned long map_failures;
 };
 
-static void on_sigbus(int sig, siginfo_t *si, void *ctx)
-{
-	char msg[96];
-	int n;
-
-	(void)sig;
-	(void)ctx;
-	n = snprintf(msg, sizeof(msg), "FAIL SIGBUS at %p while memory is enabled\n", si->si_addr);
-	if (write(1, msg, n) < 0)
-		_exit(3);
-	_exit(1);
-}
-
-static long now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static unsigned long fill_and_check(volatile uint32_t *p, uint32_t tag)
 {
 	unsigned long bad = 0;
@@ -128,7 +107,6 @@ static void *close_loop(void *arg)
 
 int main(int argc, char **argv)
 {
-	struct sigaction sa = { .sa_sigaction = on_sigbus, .sa_flags = SA_SIGINFO };
 	struct worker workers[MAX_THREADS + 2];
 	pthread_t tid[MAX_THREADS + 2];
 	void *(*role[3])(void *) = { swap_loop, close_loop, map_loop };
@@ -139,7 +117,7 @@ int main(int argc, char **argv)
 	run_ms = getenv("BT_MS") ? atol(getenv("BT_MS")) : 1500;
 	if (mappers < 1 || mappers > MAX_THREADS)
 		mappers = 2;
-	DIE_UNLESS(sigaction(SIGBUS, &sa, NULL) == 0, "sigaction SIGBUS");
+	bt_sigbus_fails();
 	bt_open(&dev, argc, argv);
 	bt_memory(&dev, 1);
 	DIE_UNLESS(dev.bar[2].size >= (uint64_t)(mappers + 2) * WINDOW,
@@ -153,8 +131,8 @@ int main(int argc, char **argv)
 		DIE_UNLESS(pthread_create(&tid[i], NULL, role[i < 2 ? i : 2], &workers[i]) == 0,
 			   "pthread_create");
 	}
-	end = now_ms() + run_ms;
-	while (now_ms() < end)
+	end = bt_now_ms() + run_ms;
+	while (bt_now_ms() < end)
 		usleep(10000);
 	stop = 1;
 	for (unsigned int i = 0; i < mappers + 2; i++) {

@@ -26,34 +26,13 @@ struct worker {
 	unsigned long bad;
 };
 
-static void on_sigbus(int sig, siginfo_t *si, void *ctx)
-{
-	char msg[96];
-	int n;
-
-	(void)sig;
-	(void)ctx;
-	n = snprintf(msg, sizeof(msg), "FAIL SIGBUS at %p while memory is enabled\n", si->si_addr);
-	if (write(1, msg, n) < 0)
-		_exit(3);
-	_exit(1);
-}
-
-static long now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static void *work(void *arg)
 {
 	struct worker *w = arg;
 	uint64_t off = (uint64_t)w->index * WINDOW;
-	long end = now_ms() + run_ms;
+	long end = bt_now_ms() + run_ms;
 
-	while (now_ms() < end) {
+	while (bt_now_ms() < end) {
 		volatile uint32_t *p = (volatile uint32_t *)bt_map(&dev, 2, off, WINDOW);
 		uint32_t tag = (w->index << 24) ^ (uint32_t)w->rounds;
 
@@ -70,7 +49,6 @@ static void *work(void *arg)
 
 int main(int argc, char **argv)
 {
-	struct sigaction sa = { .sa_sigaction = on_sigbus, .sa_flags = SA_SIGINFO };
 	struct worker workers[MAX_THREADS];
 	pthread_t tid[MAX_THREADS];
 	unsigned int threads = getenv("BT_THREADS") ? atoi(getenv("BT_THREADS")) : 2;
@@ -79,7 +57,7 @@ int main(int argc, char **argv)
 	run_ms = getenv("BT_MS") ? atol(getenv("BT_MS")) : 1500;
 	if (threads < 2 || threads > MAX_THREADS)
 		threads = 2;
-	DIE_UNLESS(sigaction(SIGBUS, &sa, NULL) == 0, "sigaction SIGBUS");
+	bt_sigbus_fails();
 	bt_open(&dev, argc, argv);
 	bt_memory(&dev, 1);
 	DIE_UNLESS(dev.bar[2].size >= (uint64_t)threads * WINDOW, "BAR2 holds a window per thread");

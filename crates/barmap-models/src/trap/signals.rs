@@ -1,5 +1,12 @@
-//! The program's SIGSEGV and SIGBUS dispositions, with barmap's SIGSEGV
-//! handler in front of the program's.
+//! The program's SIGSEGV, SIGILL and SIGBUS dispositions, with barmap's
+//! SIGSEGV and SIGILL handlers in front of the program's.
+//!
+//! SIGILL is owned like SIGSEGV (the program's disposition kept here,
+//! reported back, reclaimed after a raw `rt_sigaction`) so that a
+//! MOVDIR64B or ENQCMD this CPU lacks can be emulated on a register
+//! mapping; any other SIGILL goes to the program's disposition. Unlike
+//! SIGSEGV, SIGILL's mask is the real one: a thread that blocks it dies at
+//! an illegal instruction, in the kernel, as without barmap.
 //!
 //! barmap owns the kernel's SIGSEGV disposition and nothing else: the
 //! program's SIGSEGV disposition is kept here (set through
@@ -21,7 +28,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, Once};
 
-use super::{emulate, lookup, Outcome};
+use super::{emulate, emulate_undefined, lookup, Outcome};
 
 static INSTALL: Once = Once::new();
 static INSTALLED: AtomicBool = AtomicBool::new(false);
@@ -39,6 +46,13 @@ const SA_RESTORER: libc::c_int = 0x0400_0000;
 
 /// The program's own SIGSEGV disposition (Some once barmap's is installed).
 static PROGRAM_SEGV: Mutex<Option<Action>> = Mutex::new(None);
+/// The program's own SIGILL disposition (Some once barmap's is installed).
+static PROGRAM_ILL: Mutex<Option<Action>> = Mutex::new(None);
+
+/// The signals whose kernel disposition is barmap's: SIGSEGV (register
+/// accesses, and 64-byte stores on CPUs that have MOVDIR64B and ENQCMD)
+/// and SIGILL (64-byte stores on CPUs that lack them).
+const OWNED: [libc::c_int; 2] = [libc::SIGSEGV, libc::SIGILL];
 
 #[derive(Clone, Copy)]
 struct Action(libc::sigaction);
@@ -137,8 +151,14 @@ fn with_signals_blocked<R>(f: impl FnOnce() -> R) -> R {
     r
 }
 
-fn program() -> MutexGuard<'static, Option<Action>> {
-    PROGRAM_SEGV.lock().unwrap_or_else(|e| e.into_inner())
+/// The program's disposition of `sig` (one of [`OWNED`]).
+fn program(sig: libc::c_int) -> MutexGuard<'static, Option<Action>> {
+    let slot = if sig == libc::SIGILL {
+        &PROGRAM_ILL
+    } else {
+        &PROGRAM_SEGV
+    };
+    slot.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 type SigactionFn =
@@ -177,15 +197,19 @@ fn set(sig: libc::c_int, a: &libc::sigaction) {
     unsafe { real_sigaction()(sig, a, std::ptr::null_mut()) };
 }
 
-fn handler_addr() -> usize {
-    on_sigsegv as *const () as usize
+fn handler_addr(sig: libc::c_int) -> usize {
+    if sig == libc::SIGILL {
+        on_sigill as *const () as usize
+    } else {
+        on_sigsegv as *const () as usize
+    }
 }
 
-/// barmap's disposition for SIGSEGV, restarting system calls as the
-/// program's handler asked (an asynchronous SIGSEGV may interrupt one).
-fn barmap_action(restart: bool) -> libc::sigaction {
+/// barmap's disposition for `sig` (SIGSEGV or SIGILL), restarting system
+/// calls as the program's handler asked (a sent signal may interrupt one).
+fn barmap_action(sig: libc::c_int, restart: bool) -> libc::sigaction {
     let mut sa = zeroed_action();
-    sa.sa_sigaction = handler_addr();
+    sa.sa_sigaction = handler_addr(sig);
     sa.sa_flags = libc::SA_SIGINFO
         | libc::SA_ONSTACK
         | libc::SA_NODEFER
@@ -212,20 +236,22 @@ pub(super) fn install() {
             barmap_target::touch::install();
         }
         with_signals_blocked(|| {
-            let mut program = program();
-            let mut old = zeroed_action();
-            // SAFETY: a valid disposition and out-pointer.
-            let rc = unsafe { real_sigaction()(libc::SIGSEGV, &barmap_action(false), &mut old) };
-            assert_eq!(rc, 0, "installing barmap's SIGSEGV handler failed");
-            if restarts(&old) {
-                set(libc::SIGSEGV, &barmap_action(true));
+            for sig in OWNED {
+                let mut program = program(sig);
+                let mut old = zeroed_action();
+                // SAFETY: a valid disposition and out-pointer.
+                let rc = unsafe { real_sigaction()(sig, &barmap_action(sig, false), &mut old) };
+                assert_eq!(rc, 0, "installing barmap's handler of signal {sig} failed");
+                if restarts(&old) {
+                    set(sig, &barmap_action(sig, true));
+                }
+                let mine = query(sig);
+                RESTORER.store(
+                    mine.sa_restorer.map_or(0, |f| f as usize),
+                    Ordering::Relaxed,
+                );
+                *program = Some(Action(old));
             }
-            let mine = query(libc::SIGSEGV);
-            RESTORER.store(
-                mine.sa_restorer.map_or(0, |f| f as usize),
-                Ordering::Relaxed,
-            );
-            *program = Some(Action(old));
         });
         INSTALLED.store(true, Ordering::Release);
     });
@@ -239,33 +265,38 @@ pub fn install_for_program() {
     install();
 }
 
-/// If a disposition set past libc (a raw `rt_sigaction` system call)
-/// replaced barmap's handler, takes it as the program's and puts barmap's
-/// back in front. Called with the program's disposition locked.
-fn adopt(program: &mut Option<Action>) {
+/// If a disposition of `sig` set past libc (a raw `rt_sigaction` system
+/// call) replaced barmap's handler, takes it as the program's and puts
+/// barmap's back in front. Called with the program's disposition locked.
+fn adopt(sig: libc::c_int, program: &mut Option<Action>) {
     if DYING.load(Ordering::Acquire) {
         return;
     }
-    let current = query(libc::SIGSEGV);
-    if current.sa_sigaction != handler_addr() {
-        set(libc::SIGSEGV, &barmap_action(restarts(&current)));
+    let current = query(sig);
+    if current.sa_sigaction != handler_addr(sig) {
+        set(sig, &barmap_action(sig, restarts(&current)));
         *program = Some(Action(current));
     }
 }
 
-/// Puts barmap's handler back in front of one that a raw `rt_sigaction`
+/// Puts barmap's handlers back in front of ones that a raw `rt_sigaction`
 /// installed since (at each register mapping).
 pub(super) fn reclaim() {
     if INSTALLED.load(Ordering::Acquire) {
-        with_signals_blocked(|| adopt(&mut program()));
+        with_signals_blocked(|| {
+            for sig in OWNED {
+                adopt(sig, &mut program(sig));
+            }
+        });
     }
 }
 
-/// The program's `sigaction(SIGSEGV, act, old)` once barmap's handler is
-/// installed: `act` becomes the disposition barmap delivers to, and `old`
-/// is the program's previous one (never barmap's). Returns None (the
-/// caller passes the call on to libc) for other signals or before barmap's
-/// handler is installed. For `barmap run`'s `sigaction` wrapper.
+/// The program's `sigaction(sig, act, old)` for SIGSEGV or SIGILL once
+/// barmap's handlers are installed: `act` becomes the disposition barmap
+/// delivers to, and `old` is the program's previous one (never barmap's).
+/// Returns None (the caller passes the call on to libc) for other signals
+/// or before barmap's handlers are installed. For `barmap run`'s
+/// `sigaction` wrapper.
 ///
 /// # Safety
 /// `act` and `old` are null or valid, as for `sigaction(2)`.
@@ -274,15 +305,15 @@ pub unsafe fn program_sigaction(
     act: *const libc::sigaction,
     old: *mut libc::sigaction,
 ) -> Option<libc::c_int> {
-    if sig != libc::SIGSEGV || !INSTALLED.load(Ordering::Acquire) {
+    if !OWNED.contains(&sig) || !INSTALLED.load(Ordering::Acquire) {
         return None;
     }
     // SAFETY: the caller's valid sigaction, read before `old` (which may
     // be the same memory) is written.
     let new = (!act.is_null()).then(|| unsafe { *act });
     let prev = with_signals_blocked(|| {
-        let mut program = program();
-        adopt(&mut program);
+        let mut program = program(sig);
+        adopt(sig, &mut program);
         let prev = *program;
         if let Some(mut a) = new {
             // As the kernel and libc report it back: SIGKILL and SIGSTOP
@@ -297,7 +328,7 @@ pub unsafe fn program_sigaction(
                     RESTORER.load(Ordering::Relaxed),
                 )
             };
-            set(libc::SIGSEGV, &barmap_action(restarts(&a)));
+            set(sig, &barmap_action(sig, restarts(&a)));
             *program = Some(Action(a));
         }
         prev
@@ -309,8 +340,8 @@ pub unsafe fn program_sigaction(
     Some(0)
 }
 
-fn program_action() -> libc::sigaction {
-    program().map_or_else(zeroed_action, |a| a.0)
+fn program_action(sig: libc::c_int) -> libc::sigaction {
+    program(sig).map_or_else(zeroed_action, |a| a.0)
 }
 
 fn is_handler(a: &libc::sigaction) -> bool {
@@ -337,6 +368,57 @@ pub(super) extern "C" fn on_sigsegv(
             }
         }
         chain(sig, info, uc);
+    }
+}
+
+/// barmap's SIGILL handler: a MOVDIR64B, ENQCMD or ENQCMDS that this CPU
+/// lacks, whose destination is a register mapping, is emulated; every
+/// other SIGILL reaches the program's disposition as the kernel would have
+/// delivered it (its handler, or death by SIGILL at the instruction).
+pub(super) extern "C" fn on_sigill(
+    sig: libc::c_int,
+    info: *mut libc::siginfo_t,
+    ctx: *mut libc::c_void,
+) {
+    let uc = ctx.cast::<libc::ucontext_t>();
+    // SAFETY: the kernel passes a valid siginfo and ucontext to an
+    // SA_SIGINFO handler; only their documented fields are used.
+    unsafe {
+        if (*info).si_code > 0 {
+            let mut outcome = Outcome::NotOurs;
+            // SAFETY: the current signal's context, written only by
+            // `emulate_undefined`.
+            on_interrupted_stack(uc, &mut || outcome = emulate_undefined(&mut *uc));
+            match outcome {
+                Outcome::Done => return,
+                Outcome::Sigbus(at) => return deliver_sigbus(at, uc),
+                Outcome::NotOurs => {}
+            }
+        }
+        chain_sigill(sig, info, uc);
+    }
+}
+
+/// A SIGILL that is not a 64-byte store to a register mapping: the
+/// program's handler, or the kernel's default (a fault reruns the
+/// instruction with the default disposition, so the process dies of
+/// SIGILL there, with its core dump). A thread that blocks SIGILL never
+/// gets here for a fault: the kernel kills it first, as without barmap.
+///
+/// # Safety
+/// The arguments are the current signal's.
+unsafe fn chain_sigill(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::ucontext_t) {
+    // SAFETY: the current signal's siginfo.
+    let fault = unsafe { (*info).si_code } > 0;
+    let action = program_action(sig);
+    match action.sa_sigaction {
+        // SAFETY: the current signal's siginfo.
+        libc::SIG_DFL => unsafe { die(sig, info, fault) },
+        // SAFETY: the current signal's siginfo.
+        libc::SIG_IGN if fault => unsafe { die(sig, info, true) },
+        libc::SIG_IGN => {}
+        // SAFETY: the current signal's arguments; a handler disposition.
+        _ => unsafe { run_handler(&action, sig, info, uc) },
     }
 }
 
@@ -439,7 +521,7 @@ unsafe fn call_on_stack(sp: usize, mut f: &mut dyn FnMut()) {
 unsafe fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::ucontext_t) {
     // SAFETY: the current signal's siginfo.
     let fault = unsafe { (*info).si_code } > 0;
-    let action = program_action();
+    let action = program_action(sig);
     if program_blocks_sigsegv() {
         if fault {
             // The kernel kills a thread that blocks the fault it raised.
@@ -553,9 +635,9 @@ unsafe fn call_handler(
 /// (its flags and mask stay, as in the kernel).
 #[inline(never)]
 fn reset(sig: libc::c_int) {
-    if sig == libc::SIGSEGV {
+    if OWNED.contains(&sig) {
         with_signals_blocked(|| {
-            if let Some(a) = program().as_mut() {
+            if let Some(a) = program(sig).as_mut() {
                 a.0.sa_sigaction = libc::SIG_DFL;
             }
         });
