@@ -736,4 +736,64 @@ mod tests {
             assert_eq!(rid, vf_rid(pf, 0));
         }
     }
+
+    /// A model with two extended capabilities of its own (0x100 -> 0x140)
+    /// and a register at 0x180.
+    struct Listed(u32);
+
+    impl DeviceModel for Listed {
+        fn layout(&self) -> Layout {
+            Layout::new(0x1234, 0x5678)
+                .registers(0, 4096)
+                .extended_config()
+        }
+        fn read(&mut self, _: &mut Ctx<'_>, _: u32, _: u64, _: Width) -> u64 {
+            0
+        }
+        fn write(&mut self, _: &mut Ctx<'_>, _: u32, _: u64, _: Width, _: u64) {}
+        fn reset(&mut self) {}
+        fn config_read(&mut self, _: &mut Ctx<'_>, offset: u64, width: Width) -> u64 {
+            let dword: u32 = match offset & !3 {
+                0x100 => 0x0001 | 1 << 16 | 0x140 << 20,
+                0x140 => 0x000b | 1 << 16,
+                0x180 => self.0,
+                _ => 0,
+            };
+            (u64::from(dword) >> ((offset & 3) * 8)) & width.mask()
+        }
+        fn config_write(&mut self, _: &mut Ctx<'_>, offset: u64, _: Width, value: u64) {
+            if offset == 0x180 {
+                self.0 = value as u32;
+            }
+        }
+    }
+
+    #[test]
+    fn the_capability_is_linked_after_a_models_own_list() {
+        let spec = DeviceSpec::parse("edu,sriov=3", barmap::Policy::Prefault).unwrap();
+        let dev = barmap_models::ModelDevice::new(PhysFn::new(Box::new(Listed(7)), &spec)).unwrap();
+        let rd = |off: u64| {
+            let mut b = [0u8; 4];
+            dev.read_config(off, &mut b).unwrap();
+            u32::from_le_bytes(b)
+        };
+        let mut chain = Vec::new();
+        let mut at = 0x100u64;
+        while at >= 0x100 && chain.len() < 8 {
+            let h = rd(at);
+            chain.push((at, h & 0xffff));
+            at = u64::from(h >> 20);
+        }
+        assert_eq!(chain, [(0x100, 1), (0x140, 0xb), (0x300, 0x10)]);
+        assert_eq!(rd(0x300 + 0x0c), 3 << 16 | 3);
+        // A two-byte read of the last header's upper half sees the link too.
+        let mut half = [0u8; 2];
+        dev.read_config(0x142, &mut half).unwrap();
+        assert_eq!(u16::from_le_bytes(half) >> 4, 0x300);
+        // The model's own register is the model's, the capability read-only.
+        dev.write_config(0x180, &9u32.to_le_bytes()).unwrap();
+        assert_eq!(rd(0x180), 9);
+        dev.write_config(0x30c, &0u32.to_le_bytes()).unwrap();
+        assert_eq!(rd(0x30c), 3 << 16 | 3);
+    }
 }

@@ -56,13 +56,13 @@
 pub mod bench;
 pub mod device;
 pub mod dsa;
-pub mod nv_falcon;
 pub mod edu;
 pub mod host;
 pub mod igb;
 pub mod ioat;
 pub mod model;
 mod msix;
+pub mod nv_falcon;
 pub mod passive;
 pub mod trap;
 
