@@ -21,8 +21,8 @@ pub enum File {
     Device(Arc<DeviceFile>),
     /// `/dev/iommu`.
     Iommufd(Arc<Iommufd>),
-    /// An SR-IOV PF's `sriov_numvfs`, open for writing (the fd is the
-    /// testbed's file).
+    /// An SR-IOV PF's `sriov_numvfs`, open for writing (the fd is a
+    /// memfd, see [`crate::Front::open_attr`]).
     NumVfs(Arc<crate::sriov::NumVfsAttr>),
 }
 

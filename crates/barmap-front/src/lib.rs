@@ -568,9 +568,9 @@ impl Front {
         Ok(done)
     }
 
-    /// `read` or `write` on an open `sriov_numvfs`: a read is the file's
-    /// (the testbed keeps it current), a write is the store (the whole of
-    /// the first buffer, as sysfs takes one write whole).
+    /// `read` or `write` on an open `sriov_numvfs`: a read gives the
+    /// current count at the file position, a write is the store (the
+    /// whole of the first buffer, as sysfs takes one write whole).
     fn numvfs_rw(
         &self,
         fd: i32,
@@ -623,21 +623,20 @@ impl Front {
         match self.file(fd).ok_or(Errno::EBADF)? {
             File::Device(d) => rw_vectored(&d.dev, iov, off, write),
             File::NumVfs(a) if write => self.numvfs_rw(fd, &a, iov, true),
+            File::NumVfs(a) => {
+                let off = usize::try_from(off).map_err(|_| Errno::EINVAL)?;
+                self.read_numvfs(a.pf, iov, off)
+            }
             _ => Err(Errno::EINVAL),
         }
     }
 
     /// `pread(fd, buf, len, off)` on a device fd (or an open
-    /// `sriov_numvfs`, read from its file).
+    /// `sriov_numvfs`: its current count).
     pub fn pread(&self, fd: i32, buf: usize, len: usize, off: i64) -> Result<i64, Errno> {
-        if let Some(File::NumVfs(_)) = self.file(fd) {
-            // SAFETY: pread into the program's own buffer, as it asked.
-            let n = unsafe { libc::pread(fd, buf as *mut libc::c_void, len, off) };
-            return if n < 0 {
-                Err(last_errno())
-            } else {
-                Ok(n as i64)
-            };
+        if let Some(File::NumVfs(a)) = self.file(fd) {
+            let off = usize::try_from(off).map_err(|_| Errno::EINVAL)?;
+            return self.read_numvfs(a.pf, &[(buf, len)], off);
         }
         let d = self.device_file(fd)?;
         device::pread(&d.dev, buf, len, off as u64)
