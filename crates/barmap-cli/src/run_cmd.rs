@@ -65,14 +65,22 @@ pub fn run(args: &RunArgs) -> i32 {
             );
         }
     }
-    for d in &spec.devices {
+    for d in spec.devices.iter().filter(|d| !d.is_vf()) {
+        let sriov = if d.total_vfs > 0 {
+            format!(
+                ", SR-IOV TotalVFs {} (VF id {:04x})",
+                d.total_vfs, d.vf_device
+            )
+        } else {
+            String::new()
+        };
         let memory = if d.model == "default" {
             format!(", {} MiB memory BAR", d.memory >> 20)
         } else {
             String::new()
         };
         eprintln!(
-            "barmap run: {} group {} (/dev/vfio/{}, /dev/vfio/devices/vfio{}), {} device{memory}, \
+            "barmap run: {} group {} (/dev/vfio/{}, /dev/vfio/devices/vfio{}), {} device{memory}{sriov}, \
              policy {}",
             d.bdf, d.group, d.group, d.cdev, d.model, d.policy
         );

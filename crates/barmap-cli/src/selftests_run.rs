@@ -74,6 +74,8 @@ impl Drop for HugePages {
 pub(crate) fn devices_for(binary: &str) -> &'static [&'static str] {
     match binary {
         "vfio_pci_driver_test" => &["ioat", "igb", "dsa", "nv_falcon"],
+        // An SR-IOV physical function (the 82576 with two VFs).
+        "vfio_pci_sriov_uapi_test" => &["igb,sriov=2"],
         _ => &["default"],
     }
 }
@@ -111,7 +113,7 @@ pub fn run(args: &SelftestsArgs) -> i32 {
             // The first device's log keeps the binary's name.
             let log = match i {
                 0 => logs.join(format!("{name}.log")),
-                _ => logs.join(format!("{name}-{device}.log")),
+                _ => logs.join(format!("{name}-{}.log", device.replace(',', "-"))),
             };
             eprintln!(
                 "barmap selftests: running {name} on {device} (log {})",

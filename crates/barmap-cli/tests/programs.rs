@@ -764,3 +764,45 @@ fn nv_falcon_dma_to_a_read_only_or_unmapped_iova_never_completes_and_writes_noth
         &["--device", "nv_falcon"],
     );
 }
+
+// SR-IOV and the VF token
+
+#[test]
+fn sriov_numvfs_creates_and_removes_vfs_with_the_kernels_errnos() {
+    passes(
+        "sriov_numvfs_creates_and_removes_vfs_with_the_kernels_errnos",
+        &["--device", "igb,sriov=2"],
+    );
+}
+
+#[test]
+fn a_vf_opened_without_the_pfs_token_is_eacces() {
+    passes(
+        "a_vf_opened_without_the_pfs_token_is_eacces",
+        &["--device", "igb,sriov=2"],
+    );
+}
+
+#[test]
+fn a_pf_with_an_open_vf_opens_only_with_the_current_token() {
+    passes(
+        "a_pf_with_an_open_vf_opens_only_with_the_current_token",
+        &["--device", "igb,sriov=2"],
+    );
+}
+
+#[test]
+fn the_vf_token_feature_sets_only_on_a_pf() {
+    passes(
+        "the_vf_token_feature_sets_only_on_a_pf",
+        &["--device", "igb,sriov=2", "--device", "default"],
+    );
+}
+
+#[test]
+fn sriov_numvfs_written_through_stdio_is_stored_at_close() {
+    passes(
+        "sriov_numvfs_written_through_stdio_is_stored_at_close",
+        &["--device", "igb,sriov=2"],
+    );
+}

@@ -44,6 +44,9 @@ pub struct EmuDevice {
     pub open: Mutex<u32>,
     /// IOMMU faults of its DMA.
     pub iommu_faults: Arc<FaultCounts>,
+    /// The testbed of the run that presents it (SR-IOV state: the VF
+    /// token, open VFs), once the front end has built it.
+    pub testbed: std::sync::OnceLock<std::path::PathBuf>,
 }
 
 /// IOMMU faults of one device's DMA, by kind (the run's report lists
@@ -245,6 +248,7 @@ impl EmuDevice {
             dma,
             open: Mutex::new(0),
             iommu_faults,
+            testbed: std::sync::OnceLock::new(),
         })
     }
 

@@ -40,6 +40,8 @@ pub enum Kind {
     Device,
     /// `/dev/iommu`.
     Iommufd,
+    /// An SR-IOV PF's `sriov_numvfs` (a testbed file, no memfd).
+    NumVfs,
 }
 
 impl Kind {
@@ -50,6 +52,7 @@ impl Kind {
             Kind::Group => "barmap:vfio-group",
             Kind::Device => "barmap:vfio-device",
             Kind::Iommufd => "barmap:vfio-iommufd",
+            Kind::NumVfs => "barmap:sysfs-sriov-numvfs",
         }
     }
 
@@ -60,6 +63,7 @@ impl Kind {
             File::Group(_) => Kind::Group,
             File::Device(_) => Kind::Device,
             File::Iommufd(_) => Kind::Iommufd,
+            File::NumVfs(_) => Kind::NumVfs,
         }
     }
 }

@@ -8,7 +8,7 @@ use barmap_vfio::uapi as v;
 use crate::device::{self, EmuDevice};
 use crate::dma::DmaTable;
 use crate::iommufd::Iommufd;
-use crate::{type1, user, Errno};
+use crate::{sriov, type1, user, Errno};
 
 /// What an fd of the program is.
 #[derive(Debug, Clone)]
@@ -21,6 +21,9 @@ pub enum File {
     Device(Arc<DeviceFile>),
     /// `/dev/iommu`.
     Iommufd(Arc<Iommufd>),
+    /// An SR-IOV PF's `sriov_numvfs`, open for writing (the fd is a
+    /// memfd, see [`crate::Front::open_attr`]).
+    NumVfs(Arc<crate::sriov::NumVfsAttr>),
 }
 
 /// A legacy VFIO container.
@@ -249,9 +252,12 @@ impl Group {
         new_fd: &dyn Fn(File) -> Result<i32, Errno>,
     ) -> Result<i64, Errno> {
         let name = read_cstr(arg, 4096)?;
-        if name != this.dev.spec.bdf.as_bytes() {
-            return Err(Errno::ENODEV);
-        }
+        // vfio_pci_core_match: the name, its options, the VF token.
+        let token = match sriov::match_name(&name, &this.dev.spec.bdf)? {
+            None => return Err(Errno::ENODEV),
+            Some(t) => t,
+        };
+        let vf_user = check_token(&this.dev, token.as_ref())?;
         let ready = match &*this.container.lock().unwrap() {
             Some(Attached::Legacy(k)) => k.ready(),
             // The compatibility IOAS exists from SET_CONTAINER on: the
@@ -265,7 +271,55 @@ impl Group {
         }
         *this.users.lock().unwrap() += 1;
         let file = DeviceFile::open_in_group(this.dev.clone(), this.clone());
+        *file.vf_user.lock().unwrap() = vf_user;
         new_fd(File::Device(Arc::new(file))).map(i64::from)
+    }
+}
+
+/// `VFIO_DEVICE_BIND_FLAG_TOKEN`.
+const BIND_FLAG_TOKEN: u32 = 1;
+
+/// vfio-pci's `match_token_uuid` for opening `dev` with `token`: for a VF,
+/// the hold that counts it among its PF's open VFs.
+fn check_token(
+    dev: &EmuDevice,
+    token: Option<&sriov::Uuid>,
+) -> Result<Option<sriov::VfUser>, Errno> {
+    match dev.testbed.get() {
+        Some(tb) => sriov::check_token(tb, &dev.spec, token),
+        // No testbed (a device built outside a run): no SR-IOV.
+        None if token.is_some() => Err(Errno::EINVAL),
+        None => Ok(None),
+    }
+}
+
+/// `vfio_ioctl_device_feature`, then vfio-pci's features: the size
+/// (EFAULT, EINVAL), unknown flags, GET with SET without PROBE
+/// (EINVAL); of vfio-pci's features only the VF token is emulated (the
+/// others, and migration, which no model has, are ENOTTY).
+fn feature(dev: &EmuDevice, arg: usize) -> Result<i64, Errno> {
+    const MINSZ: u32 = 8;
+    let b = user::read(arg, MINSZ as usize)?;
+    let argsz = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+    let flags = u32::from_ne_bytes([b[4], b[5], b[6], b[7]]);
+    if argsz < MINSZ {
+        return Err(Errno::EINVAL);
+    }
+    let known = 0xffff | sriov::FEATURE_GET | sriov::FEATURE_SET | sriov::FEATURE_PROBE;
+    if flags & !known != 0 {
+        return Err(Errno::EINVAL);
+    }
+    let both = sriov::FEATURE_GET | sriov::FEATURE_SET;
+    if flags & sriov::FEATURE_PROBE == 0 && flags & both == both {
+        return Err(Errno::EINVAL);
+    }
+    let len = (argsz - MINSZ) as usize;
+    match flags & 0xffff {
+        sriov::FEATURE_PCI_VF_TOKEN => match dev.testbed.get() {
+            Some(tb) => sriov::feature_token(tb, &dev.spec, flags, arg + 8, len),
+            None => Err(Errno::ENOTTY),
+        },
+        _ => Err(Errno::ENOTTY),
     }
 }
 
@@ -313,6 +367,9 @@ pub struct DeviceFile {
     /// The group this fd was opened through: kept open (and attached)
     /// until this fd is closed.
     group: Option<Arc<Group>>,
+    /// For a VF opened with its PF's token: its count among the PF's open
+    /// VFs, until this fd is closed.
+    vf_user: Mutex<Option<sriov::VfUser>>,
 }
 
 impl DeviceFile {
@@ -324,6 +381,7 @@ impl DeviceFile {
             cdev,
             bound: Mutex::new(None),
             group: None,
+            vf_user: Mutex::new(None),
         }
     }
 
@@ -363,26 +421,45 @@ impl DeviceFile {
             v::VFIO_DEVICE_GET_IRQ_INFO => device::get_irq_info(dev, arg),
             v::VFIO_DEVICE_SET_IRQS => dev.set_irqs(arg),
             v::VFIO_DEVICE_RESET => device::reset(dev),
+            v::VFIO_DEVICE_FEATURE => feature(dev, arg),
             _ => Err(Errno::ENOTTY),
         }
     }
 
+    /// `vfio_df_ioctl_bind_iommufd`: the size and flags (EINVAL; unknown
+    /// non-zero bytes past the structure E2BIG), bound already (EINVAL),
+    /// the VF token (`vfio_df_check_token`: EFAULT for an unreadable
+    /// UUID, then vfio-pci's EACCES or EINVAL), then the iommufd (EBADF).
     fn bind(&self, arg: usize, lookup: &dyn Fn(i32) -> Option<File>) -> Result<i64, Errno> {
         const MINSZ: usize = 16;
-        let mut b: v::VfioDeviceBindIommufd = user::read_struct(arg, MINSZ)?;
-        if (b.argsz as usize) < MINSZ || b.flags != 0 {
+        let size = user::read_u32(arg)?;
+        let mut b: v::VfioDeviceBindIommufd = crate::iommufd::read_cmd(arg, size, MINSZ)?;
+        if b.iommufd < 0 || b.flags & !BIND_FLAG_TOKEN != 0 {
             return Err(Errno::EINVAL);
         }
         let mut bound = self.bound.lock().unwrap();
         if bound.is_some() {
             return Err(Errno::EINVAL);
         }
+        let token = if b.flags & BIND_FLAG_TOKEN != 0 {
+            let u = user::read(b.token_uuid_ptr as usize, 16)?;
+            let mut t = [0u8; 16];
+            t.copy_from_slice(&u);
+            Some(t)
+        } else {
+            None
+        };
+        let vf_user = check_token(&self.dev, token.as_ref())?;
         let Some(File::Iommufd(i)) = lookup(b.iommufd) else {
             return Err(Errno::EBADF);
         };
         b.out_devid = i.bind(&self.dev);
-        user::write_struct(arg, &b, MINSZ)?;
+        if let Err(e) = user::write(arg + 12, &b.out_devid.to_ne_bytes()) {
+            i.unbind(b.out_devid);
+            return Err(e);
+        }
         *bound = Some((i, b.out_devid));
+        *self.vf_user.lock().unwrap() = vf_user;
         Ok(0)
     }
 

@@ -95,7 +95,7 @@ fn errno_of(e: DmaError) -> Errno {
 /// the caller): at least `min` bytes (EINVAL), then
 /// `copy_struct_from_user`: what the user passes beyond `T` must be zero
 /// (E2BIG). Returns the command and the user's size.
-fn read_cmd<T: Pod>(arg: usize, size: u32, min: usize) -> Result<T, Errno> {
+pub(crate) fn read_cmd<T: Pod>(arg: usize, size: u32, min: usize) -> Result<T, Errno> {
     let size = size as usize;
     if size < min {
         return Err(Errno::EINVAL);

@@ -34,10 +34,12 @@ pub mod launch;
 pub mod nodes;
 pub mod paths;
 pub mod spec;
+pub mod sriov;
 pub mod testbed;
 pub mod type1;
 pub mod user;
 
+use std::os::fd::FromRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -259,12 +261,95 @@ impl Front {
         if let Some(d) = slot {
             return Ok(d.clone());
         }
-        let d = Arc::new(EmuDevice::new(self.spec.devices[i].clone()).map_err(|e| {
+        let spec = &self.spec.devices[i];
+        if spec.total_vfs > 0 {
+            sriov::set_numvfs(&spec.bdf, sriov::numvfs(&self.testbed, &spec.bdf));
+        }
+        let d = Arc::new(EmuDevice::new(spec.clone()).map_err(|e| {
             tracing::error!(error = %e, "building the emulated device failed");
             Errno::ENODEV
         })?);
+        let _ = d.testbed.set(self.testbed.clone());
         *slot = Some(d.clone());
         Ok(d)
+    }
+
+    /// Whether the function `d` exists now: always, but for an SR-IOV VF,
+    /// which exists while its PF's `sriov_numvfs` covers it.
+    fn present(&self, d: &spec::DeviceSpec) -> bool {
+        match &d.physfn {
+            Some((pf, k)) => *k < sriov::numvfs(&self.testbed, pf),
+            None => true,
+        }
+    }
+
+    /// `open(path, flags)` of a sysfs attribute whose writes the front
+    /// end serves (an SR-IOV PF's `sriov_numvfs`) for writing: Some(new
+    /// fd or errno), or None for any other path or a read-only open
+    /// (which reads the testbed's file).
+    ///
+    /// The fd is a memfd that the front end knows as the attribute: a
+    /// `write` through libc is the attribute's store (with its errno), a
+    /// `read` its current value. Writes that do not reach the wrappers
+    /// (stdio's, inside libc: `fprintf`, a shell's `echo > file`) land in
+    /// the memfd and are stored when its last fd is closed (their errors
+    /// are reported on stderr, having no caller left to return them to).
+    pub fn open_attr(&self, path: &str, flags: i32) -> Option<Result<i32, Errno>> {
+        if flags & libc::O_ACCMODE == libc::O_RDONLY {
+            return None;
+        }
+        let mut clean = String::new();
+        for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
+            clean.push('/');
+            clean.push_str(part);
+        }
+        let bdf = sriov::numvfs_attr_of(&clean)?;
+        let pf = self
+            .spec
+            .devices
+            .iter()
+            .position(|d| d.bdf == bdf && d.total_vfs > 0)?;
+        if testbed::check(&self.testbed).is_err() {
+            return Some(Err(Errno::ENOENT));
+        }
+        Some((|| {
+            let fd = self.placeholder(Kind::NumVfs, flags & libc::O_CLOEXEC != 0)?;
+            // SAFETY: F_DUPFD_CLOEXEC of the fd just made; a new fd or -1.
+            let own = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+            if own < 0 {
+                let e = last_errno();
+                // SAFETY: our own fd, never handed out.
+                unsafe { libc::close(fd) };
+                return Err(e);
+            }
+            // SAFETY: the dup is new and ours alone.
+            let own = unsafe { std::os::fd::OwnedFd::from_raw_fd(own) };
+            let attr = Arc::new(sriov::NumVfsAttr::new(pf, own));
+            self.install_at(fd, File::NumVfs(attr))
+        })())
+    }
+
+    /// A write of `buf` to the `sriov_numvfs` of the PF at `pf`: its
+    /// length, or the kernel's errno.
+    pub fn write_numvfs(&self, pf: usize, buf: &[u8]) -> Result<i64, Errno> {
+        let spec = &self.spec.devices[pf];
+        let vfs: Vec<&spec::DeviceSpec> = self
+            .spec
+            .devices
+            .iter()
+            .filter(|d| d.physfn.as_ref().is_some_and(|(p, _)| *p == spec.bdf))
+            .collect();
+        let change = sriov::store_numvfs(&self.testbed, spec, &vfs, buf)?;
+        if change == sriov::Change::Disabled {
+            // Removed functions: a later enable makes new ones.
+            let mut devices = self.devices.lock().unwrap();
+            for (i, d) in self.spec.devices.iter().enumerate() {
+                if d.physfn.as_ref().is_some_and(|(p, _)| *p == spec.bdf) {
+                    devices[i] = None;
+                }
+            }
+        }
+        Ok(buf.len() as i64)
     }
 
     /// Every device built so far.
@@ -335,7 +420,11 @@ impl Front {
             return Err(Errno::ENOENT);
         };
         let find = |f: &dyn Fn(&spec::DeviceSpec) -> bool| {
-            self.spec.devices.iter().position(f).ok_or(Errno::ENOENT)
+            self.spec
+                .devices
+                .iter()
+                .position(|d| f(d) && self.present(d))
+                .ok_or(Errno::ENOENT)
         };
         let file = match node {
             Node::Container => File::Container(Arc::new(Container::default())),
@@ -439,6 +528,8 @@ impl Front {
             File::Iommufd(i) => i.ioctl(req, arg),
             File::Group(g) => g.ioctl(req, arg, &lookup, &|f| self.install(f, true)),
             File::Device(d) => d.ioctl(req, arg, &lookup),
+            // A sysfs attribute: inappropriate ioctl for a regular file.
+            File::NumVfs(_) => Err(Errno::ENOTTY),
         }
     }
 
@@ -462,6 +553,7 @@ impl Front {
     ) -> Result<i64, Errno> {
         let d = match self.file(fd).ok_or(Errno::EBADF)? {
             File::Device(d) => d,
+            File::NumVfs(a) => return self.numvfs_rw(fd, &a, iov, write),
             // No read or write method: vfs_read's EINVAL.
             _ => return Err(Errno::EINVAL),
         };
@@ -476,6 +568,50 @@ impl Front {
         Ok(done)
     }
 
+    /// `read` or `write` on an open `sriov_numvfs`: a read gives the
+    /// current count at the file position, a write is the store (the
+    /// whole of the first buffer, as sysfs takes one write whole).
+    fn numvfs_rw(
+        &self,
+        fd: i32,
+        a: &sriov::NumVfsAttr,
+        iov: &[(usize, usize)],
+        write: bool,
+    ) -> Result<i64, Errno> {
+        if write {
+            let &(buf, len) = iov.first().ok_or(Errno::EINVAL)?;
+            let bytes = user::read(buf, len.min(4096))?;
+            return self.write_numvfs(a.pf, &bytes);
+        }
+        // SAFETY: lseek on an fd the table just checked.
+        let pos = unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) };
+        let n = self.read_numvfs(a.pf, iov, pos.max(0) as usize)?;
+        // SAFETY: as above.
+        unsafe { libc::lseek(fd, pos + n, libc::SEEK_SET) };
+        Ok(n)
+    }
+
+    /// The current `sriov_numvfs` of the PF at `pf` from `pos`, into the
+    /// program's buffers.
+    fn read_numvfs(&self, pf: usize, iov: &[(usize, usize)], pos: usize) -> Result<i64, Errno> {
+        let text = format!(
+            "{}\n",
+            sriov::numvfs(&self.testbed, &self.spec.devices[pf].bdf)
+        );
+        let mut left = text.as_bytes().get(pos..).unwrap_or_default();
+        let mut done = 0usize;
+        for &(buf, len) in iov {
+            let n = len.min(left.len());
+            user::write(buf, &left[..n])?;
+            done += n;
+            left = &left[n..];
+            if left.is_empty() {
+                break;
+            }
+        }
+        Ok(done as i64)
+    }
+
     /// `preadv`/`pwritev` on a device fd at `off`.
     pub fn rw_at(
         &self,
@@ -486,18 +622,32 @@ impl Front {
     ) -> Result<i64, Errno> {
         match self.file(fd).ok_or(Errno::EBADF)? {
             File::Device(d) => rw_vectored(&d.dev, iov, off, write),
+            File::NumVfs(a) if write => self.numvfs_rw(fd, &a, iov, true),
+            File::NumVfs(a) => {
+                let off = usize::try_from(off).map_err(|_| Errno::EINVAL)?;
+                self.read_numvfs(a.pf, iov, off)
+            }
             _ => Err(Errno::EINVAL),
         }
     }
 
-    /// `pread(fd, buf, len, off)` on a device fd.
+    /// `pread(fd, buf, len, off)` on a device fd (or an open
+    /// `sriov_numvfs`: its current count).
     pub fn pread(&self, fd: i32, buf: usize, len: usize, off: i64) -> Result<i64, Errno> {
+        if let Some(File::NumVfs(a)) = self.file(fd) {
+            let off = usize::try_from(off).map_err(|_| Errno::EINVAL)?;
+            return self.read_numvfs(a.pf, &[(buf, len)], off);
+        }
         let d = self.device_file(fd)?;
         device::pread(&d.dev, buf, len, off as u64)
     }
 
-    /// `pwrite(fd, buf, len, off)` on a device fd.
+    /// `pwrite(fd, buf, len, off)` on a device fd (or the store of an
+    /// open `sriov_numvfs`).
     pub fn pwrite(&self, fd: i32, buf: usize, len: usize, off: i64) -> Result<i64, Errno> {
+        if let Some(File::NumVfs(a)) = self.file(fd) {
+            return self.numvfs_rw(fd, &a, &[(buf, len)], true);
+        }
         let d = self.device_file(fd)?;
         device::pwrite(&d.dev, buf, len, off as u64)
     }

@@ -67,11 +67,18 @@ impl Front {
             Node::Container => (tb.join("dev/vfio/vfio"), 0o666, MISC_MAJOR, VFIO_MINOR),
             Node::Iommufd => (tb.join("dev/iommu"), 0o660, MISC_MAJOR, IOMMU_MISC_MINOR),
             Node::Group(n) => {
-                self.spec.devices.iter().find(|d| d.group == n)?;
+                self.spec
+                    .devices
+                    .iter()
+                    .find(|d| d.group == n && self.present(d))?;
                 (tb.join(format!("dev/vfio/{n}")), 0o600, GROUP_MAJOR, n)
             }
             Node::Cdev(n) => {
-                let d = self.spec.devices.iter().find(|d| d.cdev == n)?;
+                let d = self
+                    .spec
+                    .devices
+                    .iter()
+                    .find(|d| d.cdev == n && self.present(d))?;
                 let sysfs = tb.join(format!(
                     "sys/bus/pci/devices/{}/vfio-dev/vfio{n}/dev",
                     d.bdf
@@ -122,7 +129,7 @@ impl Front {
             File::Iommufd(_) => Node::Iommufd,
             File::Group(g) => Node::Group(g.device().spec.group),
             File::Device(d) if d.is_cdev() => Node::Cdev(d.dev.spec.cdev),
-            File::Device(_) => return None,
+            File::Device(_) | File::NumVfs(_) => return None,
         };
         self.node_stat(node)
     }

@@ -32,6 +32,18 @@ pub struct DeviceSpec {
     pub group: u32,
     /// vfio cdev number (`/dev/vfio/devices/vfioN`).
     pub cdev: u32,
+    /// SR-IOV: for a physical function, its TotalVFs (0: no SR-IOV
+    /// capability); for a virtual function, 0.
+    #[serde(default)]
+    pub total_vfs: u16,
+    /// SR-IOV: the VF device ID (of a physical function's VFs, or of this
+    /// virtual function).
+    #[serde(default)]
+    pub vf_device: u16,
+    /// SR-IOV: for a virtual function, the PCI address of its physical
+    /// function and its index among the PF's VFs.
+    #[serde(default)]
+    pub physfn: Option<(String, u16)>,
 }
 
 impl DeviceSpec {
@@ -43,6 +55,7 @@ impl DeviceSpec {
     /// policy = "page"     # optional: the run's --policy otherwise
     /// xfercap = 20        # ioat only: copies of up to 2^N bytes
     /// mac = "52:54:00:12:34:56"  # igb only: the port's address
+    /// sriov = 2           # any model: an SR-IOV PF with TotalVFs 2
     /// ```
     pub fn from_toml(text: &str, default_policy: Policy) -> Result<DeviceSpec, String> {
         #[derive(serde::Deserialize)]
@@ -53,6 +66,7 @@ impl DeviceSpec {
             policy: Option<String>,
             xfercap: Option<u32>,
             mac: Option<String>,
+            sriov: Option<u16>,
         }
         let f: File = toml::from_str(text).map_err(|e| e.to_string())?;
         let mut short = f.model.unwrap_or_else(|| "default".into());
@@ -67,6 +81,9 @@ impl DeviceSpec {
         }
         if let Some(m) = f.mac {
             short += &format!(",mac={m}");
+        }
+        if let Some(n) = f.sriov {
+            short += &format!(",sriov={n}");
         }
         Self::parse(&short, default_policy)
     }
@@ -97,6 +114,9 @@ impl DeviceSpec {
             bdf: String::new(),
             group: 0,
             cdev: 0,
+            total_vfs: 0,
+            vf_device: 0,
+            physfn: None,
         };
         for kv in parts {
             let (k, v) = kv
@@ -108,11 +128,27 @@ impl DeviceSpec {
                     let p: Policy = v.trim().parse().map_err(|e| format!("{e}"))?;
                     spec.policy = p.to_string();
                 }
+                "sriov" => {
+                    spec.total_vfs = v
+                        .trim()
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=crate::sriov::MAX_VFS).contains(n))
+                        .ok_or_else(|| {
+                            format!(
+                                "sriov={v}: not a number of VFs from 1 to {}",
+                                crate::sriov::MAX_VFS
+                            )
+                        })?
+                }
                 other => spec.options.push((other.to_string(), v.trim().to_string())),
             }
         }
         // The model checks its own options.
-        spec.model()?;
+        let layout = spec.model()?.layout();
+        if spec.total_vfs > 0 {
+            spec.vf_device = crate::sriov::vf_device_id(&spec.model, layout.device);
+        }
         // As barmap's device builder will: a power of two, at most what a
         // 64-bit BAR may be (barmap::Error::BarSizeNotPowerOfTwo, BarTooLarge).
         barmap::memory::check_bar_size(barmap::DEFAULT_MEMORY_BAR, spec.memory, true)
@@ -126,7 +162,19 @@ impl DeviceSpec {
         if self.model == "default" {
             options.push(("memory".into(), self.memory.to_string()));
         }
-        barmap_models::by_name(&self.model, &options)
+        let inner = barmap_models::by_name(&self.model, &options)?;
+        Ok(if self.physfn.is_some() {
+            Box::new(crate::sriov::VirtFn::new(inner, self.vf_device))
+        } else if self.total_vfs > 0 {
+            Box::new(crate::sriov::PhysFn::new(inner, self))
+        } else {
+            inner
+        })
+    }
+
+    /// Whether this is an SR-IOV virtual function.
+    pub fn is_vf(&self) -> bool {
+        self.physfn.is_some()
     }
 
     /// Builds the emulated device, charging its memory to the process's
@@ -189,13 +237,35 @@ pub const TESTBED_ENV: &str = "BARMAP_TESTBED";
 const FIRST_GROUP: u32 = 42;
 
 impl RunSpec {
-    /// Assigns PCI addresses (`0000:ba:NN.0`), groups and cdev numbers.
+    /// Assigns PCI addresses (`0000:ba:NN.0`), groups and cdev numbers,
+    /// and appends the virtual functions that each SR-IOV physical
+    /// function may enable (see [`crate::sriov`]): their addresses follow
+    /// from the PF's and its capability's offset and stride, their groups
+    /// and cdevs come after the PFs'. They exist only while the PF's
+    /// `sriov_numvfs` covers them.
     pub fn new(mut devices: Vec<DeviceSpec>) -> RunSpec {
+        devices.retain(|d| !d.is_vf());
         for (i, d) in devices.iter_mut().enumerate() {
             d.bdf = format!("0000:ba:{i:02x}.0");
             d.group = FIRST_GROUP + i as u32;
             d.cdev = i as u32;
         }
+        let mut next = devices.len() as u32;
+        let mut vfs = Vec::new();
+        for (p, pf) in devices.iter().enumerate() {
+            for k in 0..pf.total_vfs {
+                let mut vf = pf.clone();
+                vf.options.retain(|(key, _)| key != "wire");
+                vf.total_vfs = 0;
+                vf.bdf = crate::sriov::vf_bdf(p as u32, k);
+                vf.physfn = Some((pf.bdf.clone(), k));
+                vf.group = FIRST_GROUP + next;
+                vf.cdev = next;
+                next += 1;
+                vfs.push(vf);
+            }
+        }
+        devices.extend(vfs);
         RunSpec { devices }
     }
 
@@ -265,5 +335,44 @@ mod tests {
         assert_eq!(toml.unwrap(), igb);
         assert!(DeviceSpec::parse("igb,mac=01:00:00:00:00:01", Policy::Prefault).is_err());
         assert!(DeviceSpec::parse("igb,mac=02:00:00:00:01", Policy::Prefault).is_err());
+    }
+
+    #[test]
+    fn an_sriov_pf_brings_its_vfs_with_groups_and_cdevs_after_the_pfs() {
+        let pf = DeviceSpec::parse("igb,sriov=2,wire=w", Policy::Prefault).unwrap();
+        assert_eq!((pf.total_vfs, pf.vf_device), (2, 0x10ca));
+        let toml = DeviceSpec::from_toml("model = \"igb\"\nsriov = 2\n", Policy::Prefault);
+        assert_eq!(toml.unwrap().total_vfs, 2);
+        let ioat = DeviceSpec::parse("ioat,sriov=1", Policy::Prefault).unwrap();
+        assert_eq!(ioat.vf_device, ioat.model().unwrap().layout().device);
+        for bad in ["igb,sriov=0", "igb,sriov=65", "igb,sriov=x"] {
+            assert!(DeviceSpec::parse(bad, Policy::Prefault).is_err(), "{bad}");
+        }
+        let edu = DeviceSpec::parse("edu", Policy::Prefault).unwrap();
+        let run = RunSpec::new(vec![pf, edu]);
+        let names: Vec<(&str, u32, u32)> = run
+            .devices
+            .iter()
+            .map(|d| (d.bdf.as_str(), d.group, d.cdev))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("0000:ba:00.0", 42, 0),
+                ("0000:ba:01.0", 43, 1),
+                ("0000:bb:00.0", 44, 2),
+                ("0000:bb:00.1", 45, 3),
+            ]
+        );
+        let vf = &run.devices[2];
+        assert_eq!(vf.physfn, Some(("0000:ba:00.0".to_string(), 0)));
+        assert!(
+            vf.options.iter().all(|(k, _)| k != "wire"),
+            "a VF joins no wire"
+        );
+        let layout = vf.model().unwrap().layout();
+        assert_eq!((layout.device, layout.intx), (0x10ca, false));
+        // Laid out again (a spec read back), the VFs are not doubled.
+        assert_eq!(RunSpec::new(run.devices.clone()).devices.len(), 4);
     }
 }

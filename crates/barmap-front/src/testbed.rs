@@ -154,6 +154,14 @@ impl Dir {
         fs::File::from(fd).write_all(bytes)
     }
 
+    /// Replaces the contents of the existing regular file `rel` with
+    /// `text`, in place (an open of it reads the new contents, as a sysfs
+    /// attribute does).
+    fn overwrite(&self, rel: &str, text: &str) -> io::Result<()> {
+        let fd = self.open_at(rel, libc::O_WRONLY | libc::O_TRUNC, 0)?;
+        fs::File::from(fd).write_all(text.as_bytes())
+    }
+
     /// Creates the file `rel` with `text` (mode 0644).
     fn write(&self, rel: &str, text: &str) -> io::Result<()> {
         self.create(rel, text.as_bytes(), 0o644)
@@ -602,62 +610,172 @@ fn lay_out(dir: &Dir, spec: &RunSpec) -> io::Result<()> {
     ] {
         dir.mkdir_all(&format!("sys/module/{m}"))?;
     }
+    // vfio-pci as loaded with enable_sriov=1 (SR-IOV PFs configure
+    // their VFs through sriov_numvfs).
+    dir.mkdir_all("sys/module/vfio_pci/parameters")?;
+    dir.write("sys/module/vfio_pci/parameters/enable_sriov", "Y\n")?;
     dir.mkdir_all("dev/vfio/devices")?;
     dir.write("dev/vfio/vfio", "")?;
     dir.write("dev/iommu", "")?;
-    for d in &spec.devices {
-        let layout = d
-            .model()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?
-            .layout();
-        let at = format!("{devices}/{}", d.bdf);
-        dir.mkdir_all(&format!("{at}/vfio-dev/vfio{}", d.cdev))?;
-        dir.write(
-            &format!("{at}/vfio-dev/vfio{}/dev", d.cdev),
-            &format!("511:{}\n", d.cdev),
-        )?;
-        dir.write(
-            &format!("{at}/vendor"),
-            &format!("0x{:04x}\n", layout.vendor),
-        )?;
-        dir.write(
-            &format!("{at}/device"),
-            &format!("0x{:04x}\n", layout.device),
-        )?;
-        dir.write(&format!("{at}/subsystem_vendor"), "0x1af4\n")?;
-        dir.write(&format!("{at}/subsystem_device"), "0x1100\n")?;
-        dir.write(&format!("{at}/class"), &format!("0x{:06x}\n", layout.class))?;
-        dir.write(
-            &format!("{at}/revision"),
-            &format!("0x{:02x}\n", layout.revision),
-        )?;
-        dir.write(&format!("{at}/numa_node"), "-1\n")?;
-        dir.write(&format!("{at}/irq"), "0\n")?;
-        dir.write(&format!("{at}/enable"), "1\n")?;
-        dir.write(&format!("{at}/resource"), &resource_lines(&layout))?;
-        dir.symlink(
-            "../../../../bus/pci/drivers/vfio-pci",
-            &format!("{at}/driver"),
-        )?;
-        dir.symlink(
-            &format!("../../../../kernel/iommu_groups/{}", d.group),
-            &format!("{at}/iommu_group"),
-        )?;
-        dir.symlink(
-            &format!("../../devices/{}", d.bdf),
-            &format!("{driver}/{}", d.bdf),
-        )?;
-        let g = format!("{groups}/{}", d.group);
-        dir.mkdir_all(&format!("{g}/devices"))?;
-        dir.symlink(
-            &format!("../../../../bus/pci/devices/{}", d.bdf),
-            &format!("{g}/devices/{}", d.bdf),
-        )?;
-        dir.write(&format!("{g}/type"), "DMA\n")?;
-        dir.write(&format!("dev/vfio/{}", d.group), "")?;
-        dir.write(&format!("dev/vfio/devices/vfio{}", d.cdev), "")?;
+    for d in spec.devices.iter().filter(|d| !d.is_vf()) {
+        lay_out_function(dir, d)?;
+        if d.total_vfs > 0 {
+            lay_out_sriov(dir, d)?;
+        }
     }
     Ok(())
+}
+
+/// Lays out one PCI function bound to vfio-pci: its sysfs directory, its
+/// IOMMU group, its driver link and its node placeholders.
+fn lay_out_function(dir: &Dir, d: &crate::spec::DeviceSpec) -> io::Result<()> {
+    let devices = "sys/bus/pci/devices";
+    let driver = "sys/bus/pci/drivers/vfio-pci";
+    let groups = "sys/kernel/iommu_groups";
+    let layout = d
+        .model()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?
+        .layout();
+    let at = format!("{devices}/{}", d.bdf);
+    dir.mkdir_all(&format!("{at}/vfio-dev/vfio{}", d.cdev))?;
+    dir.write(
+        &format!("{at}/vfio-dev/vfio{}/dev", d.cdev),
+        &format!("511:{}\n", d.cdev),
+    )?;
+    dir.write(
+        &format!("{at}/vendor"),
+        &format!("0x{:04x}\n", layout.vendor),
+    )?;
+    dir.write(
+        &format!("{at}/device"),
+        &format!("0x{:04x}\n", layout.device),
+    )?;
+    dir.write(&format!("{at}/subsystem_vendor"), "0x1af4\n")?;
+    dir.write(&format!("{at}/subsystem_device"), "0x1100\n")?;
+    dir.write(&format!("{at}/class"), &format!("0x{:06x}\n", layout.class))?;
+    dir.write(
+        &format!("{at}/revision"),
+        &format!("0x{:02x}\n", layout.revision),
+    )?;
+    dir.write(&format!("{at}/numa_node"), "-1\n")?;
+    dir.write(&format!("{at}/irq"), "0\n")?;
+    dir.write(&format!("{at}/enable"), "1\n")?;
+    dir.write(&format!("{at}/resource"), &resource_lines(&layout))?;
+    dir.symlink(
+        "../../../../bus/pci/drivers/vfio-pci",
+        &format!("{at}/driver"),
+    )?;
+    dir.symlink(
+        &format!("../../../../kernel/iommu_groups/{}", d.group),
+        &format!("{at}/iommu_group"),
+    )?;
+    dir.symlink(
+        &format!("../../devices/{}", d.bdf),
+        &format!("{driver}/{}", d.bdf),
+    )?;
+    let g = format!("{groups}/{}", d.group);
+    dir.mkdir_all(&format!("{g}/devices"))?;
+    dir.symlink(
+        &format!("../../../../bus/pci/devices/{}", d.bdf),
+        &format!("{g}/devices/{}", d.bdf),
+    )?;
+    dir.write(&format!("{g}/type"), "DMA\n")?;
+    dir.write(&format!("dev/vfio/{}", d.group), "")?;
+    dir.write(&format!("dev/vfio/devices/vfio{}", d.cdev), "")?;
+    Ok(())
+}
+
+/// The SR-IOV attributes of a physical function (drivers/pci/iov.c's
+/// `sriov_*` files, no VFs yet) and its state files: the VF token
+/// (random, as vfio-pci makes it at the binding), the users file that
+/// open VFs hold locked shared, the lock of `sriov_numvfs` changes.
+fn lay_out_sriov(dir: &Dir, d: &crate::spec::DeviceSpec) -> io::Result<()> {
+    let at = format!("sys/bus/pci/devices/{}", d.bdf);
+    let pos = d
+        .bdf
+        .get(8..10)
+        .and_then(|x| u32::from_str_radix(x, 16).ok());
+    let offset = crate::sriov::vf_offset(pos.unwrap_or(0));
+    dir.write(
+        &format!("{at}/sriov_totalvfs"),
+        &format!("{}\n", d.total_vfs),
+    )?;
+    dir.write(&format!("{at}/sriov_numvfs"), "0\n")?;
+    dir.write(&format!("{at}/sriov_offset"), &format!("{offset}\n"))?;
+    dir.write(&format!("{at}/sriov_stride"), "1\n")?;
+    dir.write(
+        &format!("{at}/sriov_vf_device"),
+        &format!("{:x}\n", d.vf_device),
+    )?;
+    dir.write(&format!("{at}/sriov_drivers_autoprobe"), "1\n")?;
+    dir.mkdir_all("sriov")?;
+    let state = |what: &str| format!("sriov/{}.{what}", d.bdf);
+    dir.create(&state("token"), &crate::sriov::initial_token(), 0o600)?;
+    dir.create(&state("users"), b"", 0o600)?;
+    dir.create(&state("lock"), b"", 0o600)?;
+    Ok(())
+}
+
+/// Creates the VFs `vfs` of the PF `pf` in the testbed at `path`: each a
+/// function of its own (bound to vfio-pci through `driver_override`, as
+/// vfio-pci's bus notifier sets it, with `physfn`), the PF's `virtfnN`
+/// links, and the PF's `sriov_numvfs`.
+pub fn add_vfs(
+    path: &Path,
+    pf: &crate::spec::DeviceSpec,
+    vfs: &[&crate::spec::DeviceSpec],
+) -> io::Result<()> {
+    let dir = open_checked(path)?;
+    let devices = "sys/bus/pci/devices";
+    for (k, vf) in vfs.iter().enumerate() {
+        lay_out_function(&dir, vf)?;
+        let at = format!("{devices}/{}", vf.bdf);
+        dir.write(&format!("{at}/driver_override"), "vfio-pci\n")?;
+        dir.symlink(&format!("../{}", pf.bdf), &format!("{at}/physfn"))?;
+        dir.symlink(
+            &format!("../{}", vf.bdf),
+            &format!("{devices}/{}/virtfn{k}", pf.bdf),
+        )?;
+    }
+    dir.overwrite(
+        &format!("{devices}/{}/sriov_numvfs", pf.bdf),
+        &format!("{}\n", vfs.len()),
+    )
+}
+
+/// Removes the VFs `vfs` of the PF `pf` from the testbed at `path` (the
+/// ones that exist), and sets the PF's `sriov_numvfs` to 0.
+pub fn remove_vfs(
+    path: &Path,
+    pf: &crate::spec::DeviceSpec,
+    vfs: &[&crate::spec::DeviceSpec],
+) -> io::Result<()> {
+    let dir = open_checked(path)?;
+    let devices = "sys/bus/pci/devices";
+    for (k, vf) in vfs.iter().enumerate().rev() {
+        let _ = dir.unlink(&format!("{devices}/{}/virtfn{k}", pf.bdf), 0);
+        let at = format!("{devices}/{}", vf.bdf);
+        for (p, is_dir) in [
+            (at.clone(), true),
+            (format!("sys/kernel/iommu_groups/{}", vf.group), true),
+            (format!("sys/bus/pci/drivers/vfio-pci/{}", vf.bdf), false),
+            (format!("dev/vfio/{}", vf.group), false),
+            (format!("dev/vfio/devices/vfio{}", vf.cdev), false),
+        ] {
+            if is_dir {
+                if let Ok(sub) = dir.sub(&p) {
+                    sub.empty(8)?;
+                    dir.unlink(&p, libc::AT_REMOVEDIR)?;
+                }
+            } else {
+                match dir.unlink(&p, 0) {
+                    Err(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(e),
+                    _ => {}
+                }
+            }
+        }
+    }
+    dir.overwrite(&format!("{devices}/{}/sriov_numvfs", pf.bdf), "0\n")
 }
 
 /// The `resource` file of a model's layout: its six BARs (the default

@@ -459,6 +459,34 @@ fn instance(class: &str, r: &mut Rng, e: Option<&Env>) -> (Setup, i32, libc::c_u
                 Buf(b),
             )
         }
+        "group: GET_DEVICE_FD with an unknown option or a malformed vf_token" => {
+            let tail = r.pick(&[
+                &b" colour=red"[..],
+                b" vf_token=52ac9bff",
+                b" vf_token=52ac9bff-3a88-4fbd-901a-0d767c3b6cZZ",
+                b" vf_token=52ac9bff-3a88-4fbd-901a-0d767c3b6c97x",
+                b" vf_token=52ac9bff-3a88-4fbd-901a-0d767c3b6c97 vf_token=52ac9bff-3a88-4fbd-901a-0d767c3b6c97",
+            ]);
+            let mut b = b"0000:ba:00.0".to_vec();
+            b.extend_from_slice(tail);
+            b.resize(256, 0);
+            (
+                r.pick(&[Fresh, Attached, Legacy]),
+                g,
+                v::VFIO_GROUP_GET_DEVICE_FD,
+                Buf(b),
+            )
+        }
+        "group: GET_DEVICE_FD with a vf_token for a function without SR-IOV" => {
+            let mut b = b"0000:ba:00.0 vf_token=88594674-90a0-47a9-aea8-9d9b352ac08a".to_vec();
+            b.resize(256, 0);
+            (
+                r.pick(&[Fresh, Attached, Legacy]),
+                g,
+                v::VFIO_GROUP_GET_DEVICE_FD,
+                Buf(b),
+            )
+        }
         "group: GET_DEVICE_FD without a container" => {
             let mut b = b"0000:ba:00.0\0".to_vec();
             b.resize(256, 0);
@@ -759,6 +787,23 @@ fn instance(class: &str, r: &mut Rng, e: Option<&Env>) -> (Setup, i32, libc::c_u
             let index = r.pick(&[3, 4]);
             let b = irq_set(24, data_type | trig, index, 0, count, &[0; 4]);
             (Legacy, d, v::VFIO_DEVICE_SET_IRQS, Buf(b))
+        }
+        "device: FEATURE with a bad pointer" => {
+            (Legacy, d, v::VFIO_DEVICE_FEATURE, Int(bad_ptr(r)))
+        }
+        "device: FEATURE with argsz < 8, an unknown flag, or GET with SET" => {
+            let (argsz, flags) = match r.below(3) {
+                0 => (r.below(8) as u32, 1 << 17),
+                1 => (24, (1u32 << (19 + r.below(13))) | 1 << 17),
+                _ => (24, 3 << 16 | r.below(8) as u32),
+            };
+            let b = words(&[u64::from(argsz) | u64::from(flags) << 32]);
+            (Legacy, d, v::VFIO_DEVICE_FEATURE, Buf(b))
+        }
+        "device: FEATURE PCI_VF_TOKEN on a function without SR-IOV" => {
+            let flags = r.pick(&[1u32 << 17, 1 << 16, 1 << 18 | 1 << 17, 0]);
+            let b = words(&[24 | u64::from(flags) << 32, 0x1122_3344, 0x5566_7788]);
+            (Legacy, d, v::VFIO_DEVICE_FEATURE, Buf(b))
         }
         "group: a second open" => (Fresh, -1, 0, Int(0)),
         other => panic!("no inputs for the class {other:?}"),

@@ -88,6 +88,15 @@ unsafe fn open_node(path: *const c_char, flags: c_int) -> Option<c_int> {
             return None;
         }
     };
+    if let Some(r) = guarded(|| f.open_attr(p, flags))? {
+        return Some(match r {
+            Ok(fd) => fd,
+            Err(e) => {
+                set_errno(e);
+                -1
+            }
+        });
+    }
     if !guarded(|| f.serves(p))? {
         return None;
     }
@@ -199,9 +208,63 @@ macro_rules! path_first {
         }
     )* };
 }
+/// `fopen(path, mode)` of a sysfs attribute the front end serves (an
+/// SR-IOV PF's `sriov_numvfs`) for writing: the served fd, as a stream.
+unsafe fn fopen_attr(path: *const c_char, mode: *const c_char) -> Option<*mut c_void> {
+    // SAFETY: the caller's NUL-terminated mode (or null, which is checked).
+    let m = unsafe { path_str(mode) }?;
+    let mut flags = match m.as_bytes().first()? {
+        b'r' if m.contains('+') => libc::O_RDWR,
+        b'w' | b'a' if m.contains('+') => libc::O_RDWR | libc::O_CREAT,
+        b'w' | b'a' => libc::O_WRONLY | libc::O_CREAT,
+        _ => return None,
+    };
+    if m.contains('e') {
+        flags |= libc::O_CLOEXEC;
+    }
+    // SAFETY: the caller's NUL-terminated path (or null, which is checked).
+    let p = unsafe { path_str(path) }?;
+    let f = crate::front()?;
+    let fd = match guarded(|| f.open_attr(p, flags))?? {
+        Ok(fd) => fd,
+        Err(e) => {
+            set_errno(e);
+            return Some(std::ptr::null_mut());
+        }
+    };
+    // SAFETY: fdopen of the fd just opened, with the caller's mode.
+    Some(unsafe { libc::fdopen(fd, mode) }.cast())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn fopen(path: *const c_char, mode: *const c_char) -> *mut c_void {
+    // SAFETY: the caller's arguments.
+    if let Some(s) = unsafe { fopen_attr(path, mode) } {
+        return s;
+    }
+    // SAFETY: `path` is the caller's NUL-terminated path (or null, which is checked).
+    let to = unsafe { redirected(path) };
+    let p = to.as_ref().map_or(path, |c| c.as_ptr());
+    let real = real!(c"fopen" as fn(*const c_char, *const c_char) -> *mut c_void);
+    // SAFETY: the caller's arguments, unchanged, to libc's definition of the same function.
+    unsafe { real(p, mode) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn fopen64(path: *const c_char, mode: *const c_char) -> *mut c_void {
+    // SAFETY: the caller's arguments.
+    if let Some(s) = unsafe { fopen_attr(path, mode) } {
+        return s;
+    }
+    // SAFETY: `path` is the caller's NUL-terminated path (or null, which is checked).
+    let to = unsafe { redirected(path) };
+    let p = to.as_ref().map_or(path, |c| c.as_ptr());
+    let real = real!(c"fopen64" as fn(*const c_char, *const c_char) -> *mut c_void);
+    // SAFETY: the caller's arguments, unchanged, to libc's definition of the same function.
+    unsafe { real(p, mode) }
+}
+
 path_first!(
-    fopen = c"fopen"(mode: *const c_char) -> *mut c_void,
-    fopen64 = c"fopen64"(mode: *const c_char) -> *mut c_void,
     access = c"access"(mode: c_int) -> c_int,
     euidaccess = c"euidaccess"(mode: c_int) -> c_int,
     readlink = c"readlink"(buf: *mut c_char, len: usize) -> isize,

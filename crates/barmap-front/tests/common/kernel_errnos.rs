@@ -32,8 +32,14 @@ pub const KERNEL_ERRNOS: &[(&str, i32, &str)] = &[
     ("group: GET_DEVICE_FD with a bad pointer", libc::EFAULT, "strndup_user"),
     ("group: GET_DEVICE_FD with a name longer than a page", libc::EINVAL, "strndup_user"),
     ("group: GET_DEVICE_FD with an unknown name", libc::ENODEV, "vfio_device_get_from_name"),
+    ("group: GET_DEVICE_FD with an unknown option or a malformed vf_token", libc::EINVAL, "vfio_pci_core_match"),
+    ("group: GET_DEVICE_FD with a vf_token for a function without SR-IOV", libc::EINVAL, "vfio_pci_core_match_token_uuid"),
     ("group: GET_DEVICE_FD without a container", libc::EINVAL, "vfio_df_group_open"),
     ("group: GET_DEVICE_FD without an IOMMU driver", libc::EINVAL, "vfio_group_use_container"),
+    // VFIO_DEVICE_FEATURE.
+    ("device: FEATURE with a bad pointer", libc::EFAULT, "vfio_ioctl_device_feature"),
+    ("device: FEATURE with argsz < 8, an unknown flag, or GET with SET", libc::EINVAL, "vfio_ioctl_device_feature"),
+    ("device: FEATURE PCI_VF_TOKEN on a function without SR-IOV", libc::ENOTTY, "vfio_pci_core_feature_token"),
     // type1 MAP_DMA.
     ("MAP_DMA: a bad pointer", libc::EFAULT, "vfio_iommu_type1_map_dma"),
     ("MAP_DMA: argsz < 32 or an unknown flag", libc::EINVAL, "vfio_iommu_type1_map_dma"),
