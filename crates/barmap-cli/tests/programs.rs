@@ -824,3 +824,21 @@ fn a_libvfio_user_server_serves_config_bars_irqs_and_dma() {
         "a_libvfio_user_server_serves_config_bars_irqs_and_dma",
     );
 }
+
+#[test]
+fn libvfio_user_gpio_pins_count_writes_through_region_access() {
+    passes_against_vfio_user_server(
+        "gpio-pci-idio-16",
+        &["{}"],
+        "libvfio_user_gpio_pins_count_writes_through_region_access",
+    );
+}
+
+#[test]
+fn rust_vmm_vfio_user_gpio_signals_intx_on_every_third_read() {
+    passes_against_vfio_user_server(
+        "vfio-user-gpio",
+        &["--socket-path", "{}"],
+        "rust_vmm_vfio_user_gpio_signals_intx_on_every_third_read",
+    );
+}
