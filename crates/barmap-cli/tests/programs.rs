@@ -770,7 +770,9 @@ fn per_page_dma_maps_of_one_shared_segment_add_one_alias_not_one_per_page() {
 fn vfio_user_server(name: &str) -> Option<PathBuf> {
     let dir = std::env::var_os("BARMAP_VFIO_USER_SERVERS")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/barmap/vfio-user")))?;
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/barmap/vfio-user"))
+        })?;
     let path = dir.join(name);
     path.exists().then_some(path)
 }

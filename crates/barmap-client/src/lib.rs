@@ -430,7 +430,11 @@ impl Remote {
         let size = u64_at(b, 16)?;
         let offset = u64_at(b, 24)?;
         let mut areas = Vec::new();
-        let mut at = if flags & REGION_FLAG_CAPS != 0 { cap_offset } else { 0 };
+        let mut at = if flags & REGION_FLAG_CAPS != 0 {
+            cap_offset
+        } else {
+            0
+        };
         let mut hops = 0;
         while at != 0 && hops < 16 {
             let id = b

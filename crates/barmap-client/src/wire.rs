@@ -92,7 +92,12 @@ pub struct Message {
 
 /// Sends one message: `header` (its size filled in from the parts), the
 /// `parts` of its payload, and `fds` with its first byte.
-pub fn send(sock: &UnixStream, mut header: Header, parts: &[&[u8]], fds: &[RawFd]) -> io::Result<()> {
+pub fn send(
+    sock: &UnixStream,
+    mut header: Header,
+    parts: &[&[u8]],
+    fds: &[RawFd],
+) -> io::Result<()> {
     let total = HEADER + parts.iter().map(|p| p.len()).sum::<usize>();
     header.size = u32::try_from(total).map_err(|_| io::Error::from_raw_os_error(libc::EMSGSIZE))?;
     let head = header.to_bytes();
@@ -119,7 +124,10 @@ pub fn recv(sock: &UnixStream) -> io::Result<Option<Message>> {
     let header = Header::from_bytes(&head);
     let size = header.size as usize;
     if size < HEADER {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "message shorter than its header"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "message shorter than its header",
+        ));
     }
     let mut body = vec![0u8; size - HEADER];
     read_exact(sock, &mut body)?;
@@ -167,7 +175,11 @@ fn sendmsg(fd: RawFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<usize> {
             (*c).cmsg_level = libc::SOL_SOCKET;
             (*c).cmsg_type = libc::SCM_RIGHTS;
             (*c).cmsg_len = libc::CMSG_LEN(data_len) as usize;
-            std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(c).cast::<RawFd>(), fds.len());
+            std::ptr::copy_nonoverlapping(
+                fds.as_ptr(),
+                libc::CMSG_DATA(c).cast::<RawFd>(),
+                fds.len(),
+            );
         }
     }
     loop {

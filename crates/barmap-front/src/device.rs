@@ -547,9 +547,7 @@ pub fn pread(dev: &EmuDevice, buf: usize, len: usize, off: u64) -> Result<i64, E
         }
         let n = len.min((size - at) as usize);
         let mut tmp = vec![0u8; n];
-        model
-            .read_config(at, &mut tmp)
-            .map_err(|e| errno_of(&e))?;
+        model.read_config(at, &mut tmp).map_err(|e| errno_of(&e))?;
         user::write(buf, &tmp)?;
         return Ok(n as i64);
     }
@@ -562,14 +560,13 @@ pub fn pread(dev: &EmuDevice, buf: usize, len: usize, off: u64) -> Result<i64, E
         // kernel's ioread-then-copy_to_user).
         let mut tmp = vec![0u8; len];
         if len > 0 {
-            model
-                .read(index, at, &mut tmp)
-                .map_err(|e| errno_of(&e))?;
+            model.read(index, at, &mut tmp).map_err(|e| errno_of(&e))?;
         }
         user::write(buf, &tmp)?;
         return Ok(len as i64);
     }
-    model.device()
+    model
+        .device()
         .read_region_raw(index, at, buf as *mut u8, len)
         .map_err(|e| errno_of(&e))?;
     Ok(len as i64)
@@ -589,9 +586,7 @@ pub fn pwrite(dev: &EmuDevice, buf: usize, len: usize, off: u64) -> Result<i64, 
         }
         let n = len.min((size - at) as usize);
         let data = user::read(buf, n)?;
-        model
-            .write_config(at, &data)
-            .map_err(|e| errno_of(&e))?;
+        model.write_config(at, &data).map_err(|e| errno_of(&e))?;
         return Ok(n as i64);
     }
     if index >= 6 {
@@ -600,13 +595,12 @@ pub fn pwrite(dev: &EmuDevice, buf: usize, len: usize, off: u64) -> Result<i64, 
     if model.is_registers(index) {
         let data = user::read(buf, len)?;
         if len > 0 {
-            model
-                .write(index, at, &data)
-                .map_err(|e| errno_of(&e))?;
+            model.write(index, at, &data).map_err(|e| errno_of(&e))?;
         }
         return Ok(len as i64);
     }
-    model.device()
+    model
+        .device()
         .write_region_raw(index, at, buf as *const u8, len)
         .map_err(|e| errno_of(&e))?;
     Ok(len as i64)

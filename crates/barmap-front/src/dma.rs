@@ -781,7 +781,11 @@ impl DmaTable {
         if let Some(r) = dev.remote() {
             for m in self.maps.values() {
                 if let Err(e) = r.dma_map(m) {
-                    tracing::warn!(iova = m.iova, errno = e.0, "vfio-user DMA_MAP at attach failed");
+                    tracing::warn!(
+                        iova = m.iova,
+                        errno = e.0,
+                        "vfio-user DMA_MAP at attach failed"
+                    );
                 }
             }
         }

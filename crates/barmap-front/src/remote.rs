@@ -104,7 +104,10 @@ impl RemoteDevice {
         let mut caps: Vec<u8> = Vec::new();
         if region.fd.is_some() && info.index < 6 {
             info.flags |= v::VFIO_REGION_INFO_FLAG_MMAP;
-            let whole = region.areas.iter().any(|&(s, n)| s == 0 && n >= region.size);
+            let whole = region
+                .areas
+                .iter()
+                .any(|&(s, n)| s == 0 && n >= region.size);
             if !whole {
                 // struct vfio_region_info_cap_sparse_mmap.
                 caps.extend_from_slice(&v::VFIO_REGION_INFO_CAP_SPARSE_MMAP.to_ne_bytes());
@@ -137,7 +140,14 @@ impl RemoteDevice {
     /// `REGION_READ`/`REGION_WRITE`: config space is cut at its end (0
     /// past it), a BAR access past the end is EINVAL and a longer one is
     /// cut, as vfio-pci's `vfio_pci_bar_rw` does.
-    pub fn rw(&self, index: u32, at: u64, buf: usize, len: usize, write: bool) -> Result<i64, Errno> {
+    pub fn rw(
+        &self,
+        index: u32,
+        at: u64,
+        buf: usize,
+        len: usize,
+        write: bool,
+    ) -> Result<i64, Errno> {
         if index >= v::VFIO_PCI_NUM_REGIONS {
             return Err(Errno::EINVAL);
         }
@@ -227,7 +237,7 @@ impl RemoteDevice {
             .map_err(|e| {
                 // The server refused: nothing is enabled on its side; the
                 // local record follows (all of the index's vectors off).
-                let _ = local.clear_index(hdr.index);
+                local.clear_index(hdr.index);
                 errno(e)
             })?;
         Ok(r)
@@ -282,7 +292,11 @@ pub fn backing_file(vaddr: u64, size: u64) -> Option<(OwnedFd, u64)> {
         let pgoff = u64::from_str_radix(offset, 16).ok()?;
         let writable = perms.as_bytes().get(1) == Some(&b'w');
         let path = format!("/proc/self/map_files/{range}\0");
-        let mode = if writable { libc::O_RDWR } else { libc::O_RDONLY };
+        let mode = if writable {
+            libc::O_RDWR
+        } else {
+            libc::O_RDONLY
+        };
         // SAFETY: opens a NUL-terminated path; the result is checked.
         let fd = unsafe { libc::open(path.as_ptr().cast(), mode | libc::O_CLOEXEC) };
         if fd < 0 {
@@ -296,7 +310,14 @@ pub fn backing_file(vaddr: u64, size: u64) -> Option<(OwnedFd, u64)> {
 }
 
 /// `mmap(addr, len, prot, flags, fd, off)`: the address, or the errno.
-fn map_file(addr: usize, len: usize, prot: i32, flags: i32, fd: &OwnedFd, off: u64) -> Result<usize, Errno> {
+fn map_file(
+    addr: usize,
+    len: usize,
+    prot: i32,
+    flags: i32,
+    fd: &OwnedFd,
+    off: u64,
+) -> Result<usize, Errno> {
     use std::os::fd::AsRawFd;
     // SAFETY: maps the server's file where the program asked (a fixed
     // placement replaces only what the program itself named, as its own
