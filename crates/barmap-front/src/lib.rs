@@ -522,9 +522,18 @@ impl Front {
                 (off >> barmap_vfio::uapi::VFIO_PCI_OFFSET_SHIFT) as u32,
                 off & ((1 << barmap_vfio::uapi::VFIO_PCI_OFFSET_SHIFT) - 1),
             );
-            return r.mmap(addr, len, prot, flags, index, at);
+            return match r.mmap(addr, len, prot, flags, index, at)? {
+                remote::RemoteMapping::File(start) => Ok(start),
+                remote::RemoteMapping::Trapped(mapping) => Ok(self.keep(mapping, &d.dev)),
+            };
         }
         let mapping = device::mmap(&d.dev, addr, len, prot, flags, off as u64)?;
+        Ok(self.keep(mapping, &d.dev))
+    }
+
+    /// Records a barmap mapping of a BAR (it lives until the program
+    /// unmaps it all); its address.
+    fn keep(&self, mapping: barmap_models::ModelMapping, dev: &Arc<EmuDevice>) -> usize {
         let start = mapping.addr();
         let len = mapping.len();
         BAR_RANGES.lock().unwrap().push((start, len));
@@ -533,9 +542,9 @@ impl Front {
             start,
             len,
             mapping,
-            _dev: d.dev.clone(),
+            _dev: dev.clone(),
         });
-        Ok(start)
+        start
     }
 
     /// The program unmapped `addr..addr+len` (already done in the kernel:

@@ -11,7 +11,11 @@
 //!   (config space included), with the kernel's bounds checks first;
 //! - `mmap` of a BAR maps the server's file (`MAP_SHARED`) at the
 //!   program's address: the mapping is the kernel's, and revoking it is the
-//!   server's (it truncates the file);
+//!   server's (it truncates the file). A BAR the server offers no file for,
+//!   and the parts of a BAR outside its sparse areas, are mapped through
+//!   barmap's register trap ([`barmap_models::trap`]): the pages stay
+//!   inaccessible, and each load or store the program makes there is one
+//!   `REGION_READ` or `REGION_WRITE` ([`RegisterProxy`]);
 //! - `SET_IRQS` is checked as vfio-pci checks it, then passed on with the
 //!   program's eventfds: the server signals them itself;
 //! - the IOMMU table the device is attached to sends each DMA map as
@@ -24,9 +28,12 @@
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
+use barmap::device::pci;
+use barmap::{Placement, Prot};
 use barmap_client::{DmaAccess, Remote};
+use barmap_models::{Ctx, DeviceModel, Layout, ModelDevice, ModelMapping, RegionKind, Width};
 use barmap_vfio::uapi as v;
 
 use crate::dma::DmaMapping;
@@ -36,7 +43,73 @@ use crate::{user, Errno};
 /// A device served over vfio-user.
 #[derive(Debug)]
 pub struct RemoteDevice {
-    remote: Remote,
+    remote: Arc<Remote>,
+    /// The register trap's side: a device whose register BARs are the
+    /// server's, built at the first mapping that needs it.
+    proxy: OnceLock<Result<ModelDevice, Errno>>,
+}
+
+/// A BAR mapping of a device served over vfio-user.
+#[derive(Debug)]
+pub enum RemoteMapping {
+    /// The server's file, mapped by the kernel at this address.
+    File(usize),
+    /// Trapped (with the server's file mapped over the parts it offers):
+    /// dropping it unmaps it.
+    Trapped(ModelMapping),
+}
+
+/// The BARs of a vfio-user device as a device model whose every register
+/// access is a `REGION_READ` or `REGION_WRITE` of the server's: what the
+/// register trap calls for an access through a trapped mapping. A read the
+/// server refuses reads all ones (as a PCI read nobody answers), a refused
+/// write is dropped; both are logged.
+#[derive(Debug)]
+pub struct RegisterProxy {
+    remote: Arc<Remote>,
+}
+
+/// The smallest register BAR barmap maps: one page.
+const PROXY_MIN: u64 = 4096;
+
+impl DeviceModel for RegisterProxy {
+    fn layout(&self) -> Layout {
+        let mut layout = Layout::new(0, 0);
+        for i in 0..6 {
+            if let Some(r) = self.remote.region(i).filter(|r| r.size > 0) {
+                let size = r.size.next_power_of_two().max(PROXY_MIN);
+                layout = layout.region(
+                    i,
+                    RegionKind::Registers {
+                        size,
+                        mmap: true,
+                        bits64: false,
+                    },
+                );
+            }
+        }
+        layout
+    }
+
+    fn read(&mut self, _: &mut Ctx<'_>, region: u32, offset: u64, width: Width) -> u64 {
+        let mut b = [0u8; 8];
+        match self.remote.read(region, offset, &mut b[..width.bytes()]) {
+            Ok(()) => u64::from_le_bytes(b),
+            Err(e) => {
+                tracing::warn!(region, offset, error = %e, "trapped read of a vfio-user BAR refused");
+                u64::MAX
+            }
+        }
+    }
+
+    fn write(&mut self, _: &mut Ctx<'_>, region: u32, offset: u64, width: Width, value: u64) {
+        let b = value.to_le_bytes();
+        if let Err(e) = self.remote.write(region, offset, &b[..width.bytes()]) {
+            tracing::warn!(region, offset, error = %e, "trapped write of a vfio-user BAR refused");
+        }
+    }
+
+    fn reset(&mut self) {}
 }
 
 fn errno(e: barmap_client::Error) -> Errno {
@@ -60,7 +133,29 @@ impl RemoteDevice {
                 "{socket}: the vfio-user server's device is not a PCI device"
             )));
         }
-        Ok(RemoteDevice { remote })
+        Ok(RemoteDevice {
+            remote: Arc::new(remote),
+            proxy: OnceLock::new(),
+        })
+    }
+
+    /// The register trap's device, built once: memory decoding on (the
+    /// server keeps the device's real COMMAND register; revoking is its).
+    fn proxy(&self) -> Result<&ModelDevice, Errno> {
+        self.proxy
+            .get_or_init(|| {
+                let model = RegisterProxy {
+                    remote: self.remote.clone(),
+                };
+                let dev = ModelDevice::builder_boxed(Box::new(model))
+                    .build()
+                    .map_err(|e| crate::device::errno_of(&e))?;
+                dev.write_config(pci::COMMAND, &pci::COMMAND_MEMORY.to_le_bytes())
+                    .map_err(|e| crate::device::errno_of(&e))?;
+                Ok(dev)
+            })
+            .as_ref()
+            .map_err(|e| *e)
     }
 
     /// The protocol client underneath.
@@ -102,13 +197,16 @@ impl RemoteDevice {
         let rw = v::VFIO_REGION_INFO_FLAG_READ | v::VFIO_REGION_INFO_FLAG_WRITE;
         info.flags = region.flags & rw;
         let mut caps: Vec<u8> = Vec::new();
-        if region.fd.is_some() && info.index < 6 {
+        if info.index < 6 && region.size > 0 && info.flags != 0 {
+            // Every BAR maps: the server's file where it offers one, the
+            // register trap elsewhere. The sparse areas say where the
+            // accesses are direct.
             info.flags |= v::VFIO_REGION_INFO_FLAG_MMAP;
             let whole = region
                 .areas
                 .iter()
                 .any(|&(s, n)| s == 0 && n >= region.size);
-            if !whole {
+            if region.fd.is_some() && !whole {
                 // struct vfio_region_info_cap_sparse_mmap.
                 caps.extend_from_slice(&v::VFIO_REGION_INFO_CAP_SPARSE_MMAP.to_ne_bytes());
                 caps.extend_from_slice(&1u16.to_ne_bytes());
@@ -183,10 +281,12 @@ impl RemoteDevice {
         Ok(n as i64)
     }
 
-    /// `mmap` of `len` bytes at `at` in BAR `index`: the server's file,
-    /// `MAP_SHARED`, at the program's address (with its `MAP_FIXED` or
-    /// `MAP_FIXED_NOREPLACE`). EINVAL for a region that is not mappable or
-    /// a range outside its mappable areas.
+    /// `mmap` of `len` bytes at `at` in BAR `index`, at the program's
+    /// address (with its `MAP_FIXED` or `MAP_FIXED_NOREPLACE`): inside one
+    /// of the server's areas, its file, `MAP_SHARED`; otherwise a trapped
+    /// mapping with the file mapped over the parts inside its areas.
+    /// EINVAL without `MAP_SHARED`, for an empty region or one that is
+    /// neither readable nor writable.
     pub fn mmap(
         &self,
         addr: usize,
@@ -195,19 +295,59 @@ impl RemoteDevice {
         flags: i32,
         index: u32,
         at: u64,
-    ) -> Result<usize, Errno> {
+    ) -> Result<RemoteMapping, Errno> {
         if flags & libc::MAP_SHARED == 0 || index >= 6 || len == 0 {
             return Err(Errno::EINVAL);
         }
         let region = self.remote.region(index).ok_or(Errno::EINVAL)?;
         let len = len.next_multiple_of(4096);
-        if !region.mappable(at, len as u64) {
+        let rw = v::VFIO_REGION_INFO_FLAG_READ | v::VFIO_REGION_INFO_FLAG_WRITE;
+        if region.size == 0 || region.flags & rw == 0 {
             return Err(Errno::EINVAL);
         }
-        let fd = region.fd.as_ref().ok_or(Errno::EINVAL)?;
         let keep = libc::MAP_FIXED | libc::MAP_FIXED_NOREPLACE | libc::MAP_POPULATE;
-        let off = region.offset.checked_add(at).ok_or(Errno::EINVAL)?;
-        map_file(addr, len, prot, libc::MAP_SHARED | (flags & keep), fd, off)
+        if region.mappable(at, len as u64) {
+            let fd = region.fd.as_ref().ok_or(Errno::EINVAL)?;
+            let off = region.offset.checked_add(at).ok_or(Errno::EINVAL)?;
+            return map_file(addr, len, prot, libc::MAP_SHARED | (flags & keep), fd, off)
+                .map(RemoteMapping::File);
+        }
+        let fixed = flags & (libc::MAP_FIXED | libc::MAP_FIXED_NOREPLACE) != 0;
+        let placement = if fixed {
+            Placement::Fixed(addr)
+        } else {
+            Placement::Anywhere
+        };
+        let bprot = if prot & libc::PROT_WRITE != 0 {
+            Prot::ReadWrite
+        } else {
+            Prot::Read
+        };
+        let trapped = self
+            .proxy()?
+            .map(index, at, len, bprot, placement)
+            .map_err(|e| crate::device::errno_of(&e))?;
+        if let Some(fd) = region.fd.as_ref() {
+            // The server's file over the parts it offers (whole pages).
+            let end = at + len as u64;
+            for &(s, n) in &region.areas {
+                let a = s.max(at).next_multiple_of(4096);
+                let e = (s + n).min(end) & !4095;
+                if a >= e {
+                    continue;
+                }
+                let place = trapped.addr() + (a - at) as usize;
+                map_file(
+                    place,
+                    (e - a) as usize,
+                    prot,
+                    libc::MAP_SHARED | libc::MAP_FIXED,
+                    fd,
+                    region.offset + a,
+                )?;
+            }
+        }
+        Ok(RemoteMapping::Trapped(trapped))
     }
 
     /// `VFIO_DEVICE_SET_IRQS`: vfio-pci's checks ([`Irqs::set`], which

@@ -5,12 +5,15 @@
  *
  * - config space through pread: the sample's IDs (dead:beef, cafe:babe);
  * - BAR0 (8 bytes, no file: every access is a REGION_READ/WRITE): an
- *   access the server refuses gets the server's errno (EINVAL), and mmap
- *   of it is EINVAL (not mappable, as vfio-pci answers);
+ *   access the server refuses gets the server's errno (EINVAL); mapped,
+ *   its page is trapped, and an 8-byte store and load through it are a
+ *   REGION_WRITE and a REGION_READ (the sample answers the time since
+ *   the value written);
  * - BAR1 (16 KiB, a file with two mappable pages): pwrite then pread, the
  *   sparse-mmap capability, mmap of a mappable page shows what pwrite
- *   wrote and a store through it reaches the server's file, mmap of the
- *   trapped page is EINVAL;
+ *   wrote and a store through it reaches the server's file; a mapping of
+ *   the whole BAR has the file in pages 0 and 2 and traps pages 1 and 3,
+ *   where a load returns what pread returns;
  * - INTx with an eventfd (SET_IRQS), and DMA: two buffers mapped with
  *   VFIO_IOMMU_MAP_DMA, one shared (passed to the server as its file, the
  *   server writes it directly) and one private (no file: the server writes
@@ -89,18 +92,26 @@ int main(int argc, char **argv)
 
 	/* BAR0: 8 bytes of registers, no file. */
 	struct vfio_region_info *b0 = &d.bar[VFIO_PCI_BAR0_REGION_INDEX];
-	CHECK(b0->size == 8 && !(b0->flags & VFIO_REGION_INFO_FLAG_MMAP) &&
+	CHECK(b0->size == 8 && (b0->flags & VFIO_REGION_INFO_FLAG_MMAP) &&
 		      (b0->flags & VFIO_REGION_INFO_FLAG_READ),
-	      "BAR0: 8 bytes, readable, not mappable (size %llu flags %#x)",
+	      "BAR0: 8 bytes, readable, mappable (size %llu flags %#x)",
 	      (unsigned long long)b0->size, b0->flags);
 	uint32_t four;
 	errno = 0;
 	CHECK(pread(d.device, &four, 4, b0->offset) == -1 && errno == EINVAL,
 	      "BAR0: a 4-byte read the server refuses is the server's EINVAL");
-	errno = 0;
-	CHECK(mmap(NULL, PAGE, PROT_READ, MAP_SHARED, d.device, b0->offset) == MAP_FAILED &&
-		      errno == EINVAL,
-	      "BAR0: mmap of a region without MMAP is EINVAL");
+	volatile int64_t *r0 = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, d.device,
+				    b0->offset);
+	CHECK(r0 != MAP_FAILED, "BAR0: mmap (trapped: the server offers no file)");
+	if (r0 != MAP_FAILED) {
+		int64_t later = (int64_t)time(NULL) + 1000, since;
+		*r0 = later;
+		since = *r0;
+		CHECK(since <= -998 && since >= -1000,
+		      "BAR0: a store and a load through the trapped page reach the server (%lld)",
+		      (long long)since);
+		munmap((void *)r0, PAGE);
+	}
 	errno = 0;
 	CHECK(pread(d.device, &four, 4, b0->offset + 8) == -1 && errno == EINVAL,
 	      "BAR0: a read past its end is EINVAL");
@@ -138,15 +149,23 @@ int main(int argc, char **argv)
 	m[1] = 'M';
 	CHECK(pread(d.device, back, 16, b1->offset) == 16 && back[0] == 'B' && back[1] == 'M',
 	      "BAR1: a store through the mapping reaches the server (read back \"%.2s\")", back);
-	errno = 0;
-	CHECK(mmap(NULL, PAGE, PROT_READ, MAP_SHARED, d.device, b1->offset + PAGE) == MAP_FAILED &&
-		      errno == EINVAL,
-	      "BAR1: mmap of the page outside the sparse areas is EINVAL");
-	volatile uint8_t *m2 = mmap(NULL, PAGE, PROT_READ, MAP_SHARED, d.device,
-				    b1->offset + 2 * PAGE);
-	CHECK(m2 != MAP_FAILED, "BAR1: mmap of the third page (the second area)");
-	if (m2 != MAP_FAILED)
-		munmap((void *)m2, PAGE);
+	volatile uint64_t *w = mmap(NULL, 4 * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, d.device,
+				    b1->offset);
+	CHECK(w != MAP_FAILED, "BAR1: mmap of the whole BAR");
+	if (w != MAP_FAILED) {
+		uint64_t direct = 0, trapped = 0;
+		CHECK(!memcmp((const void *)w, "BM", 2),
+		      "BAR1 whole: page 0 is the server's file");
+		w[0] = 0x1122334455667788ull;
+		CHECK(pread(d.device, &direct, 8, b1->offset) == 8 &&
+			      direct == 0x1122334455667788ull,
+		      "BAR1 whole: a store in page 0 reaches the server's file");
+		trapped = w[PAGE / 8];
+		CHECK(pread(d.device, &direct, 8, b1->offset + PAGE) == 8 && trapped == direct,
+		      "BAR1 whole: a load in page 1 (trapped) returns what pread returns (%#llx)",
+		      (unsigned long long)trapped);
+		munmap((void *)w, 4 * PAGE);
+	}
 
 	/* INTx and DMA. */
 	int efd = eventfd(0, EFD_CLOEXEC);

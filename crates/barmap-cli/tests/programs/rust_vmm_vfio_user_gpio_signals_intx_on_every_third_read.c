@@ -4,7 +4,8 @@
  * --device vfio-user:SOCKET`: config space through pread, and INTx through
  * the program's eventfd. The example counts the reads of BAR2 at 0 and
  * on every third returns 1 and signals INTx: the program's eventfd, handed
- * to the server with SET_IRQS, is signalled once after three reads.
+ * to the server with SET_IRQS, is signalled once after three reads, by
+ * pread and by loads through a (trapped) mapping alike.
  */
 #include "barmap_test.h"
 
@@ -20,8 +21,8 @@ int main(int argc, char **argv)
 	CHECK(pread(d.device, &ids, 4, d.config_off + PCI_VENDOR_ID) == 4 &&
 		      (ids & 0xffff) == 0x494f && (ids >> 16) == 0x0dc8,
 	      "config space: ids %08x", ids);
-	CHECK(d.bar[2].size == 256 && !(d.bar[2].flags & VFIO_REGION_INFO_FLAG_MMAP),
-	      "BAR2: 256 bytes, not mappable");
+	CHECK(d.bar[2].size == 256 && (d.bar[2].flags & VFIO_REGION_INFO_FLAG_MMAP),
+	      "BAR2: 256 bytes, mappable");
 
 	int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	char buf[sizeof(struct vfio_irq_set) + sizeof(int)];
@@ -44,5 +45,15 @@ int main(int argc, char **argv)
 	struct pollfd p = { .fd = efd, .events = POLLIN };
 	CHECK(v[2] == 1 && poll(&p, 1, 5000) == 1 && read(efd, &n, 8) == 8 && n == 1,
 	      "the third read: 1, and INTx signalled the program's eventfd once");
+	volatile uint8_t *m = mmap(NULL, 4096, PROT_READ, MAP_SHARED, d.device, d.bar[2].offset);
+	DIE_UNLESS(m != MAP_FAILED, "mmap of BAR2");
+	v[0] = m[0];
+	v[1] = m[0];
+	CHECK(v[0] == 0 && v[1] == 0 && read(efd, &n, 8) == -1 && errno == EAGAIN,
+	      "two loads through the mapping: 0 and 0, no interrupt");
+	v[2] = m[0];
+	CHECK(v[2] == 1 && poll(&p, 1, 5000) == 1 && read(efd, &n, 8) == 8 && n == 1,
+	      "the third load: 1, and INTx signalled once");
+	munmap((void *)m, 4096);
 	return bt_exit();
 }
