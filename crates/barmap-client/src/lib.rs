@@ -175,6 +175,9 @@ impl std::fmt::Debug for Conn {
     }
 }
 
+/// How long [`Remote::connect`] waits for the server's version reply.
+pub const VERSION_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Data a request carries at most per message until the server says
 /// otherwise (the protocol's default `max_data_xfer_size`).
 const DEFAULT_MAX_XFER: usize = 1 << 20;
@@ -182,6 +185,18 @@ const DEFAULT_MAX_XFER: usize = 1 << 20;
 impl Conn {
     /// Sends `cmd` with `parts` and `fds` and waits for its reply.
     fn request(&self, command: u16, parts: &[&[u8]], fds: &[RawFd]) -> Result<Message> {
+        self.request_within(command, parts, fds, None)
+    }
+
+    /// [`Conn::request`], giving up after `limit` ([`Error::Gone`]).
+    fn request_within(
+        &self,
+        command: u16,
+        parts: &[&[u8]],
+        fds: &[RawFd],
+        limit: Option<std::time::Duration>,
+    ) -> Result<Message> {
+        let deadline = limit.map(|l| std::time::Instant::now() + l);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         {
             let mut p = self.pending.lock().unwrap();
@@ -227,7 +242,17 @@ impl Conn {
                 p.replies.remove(&id);
                 return Err(Error::Gone);
             }
-            p = self.arrived.wait(p).unwrap();
+            p = match deadline {
+                None => self.arrived.wait(p).unwrap(),
+                Some(d) => {
+                    let left = d.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        p.replies.remove(&id);
+                        return Err(Error::Gone);
+                    }
+                    self.arrived.wait_timeout(p, left).unwrap().0
+                }
+            };
         }
     }
 
@@ -383,7 +408,11 @@ impl Remote {
         payload.extend_from_slice(&1u16.to_ne_bytes());
         payload.extend_from_slice(caps.to_string().as_bytes());
         payload.push(0);
-        let reply = self.conn.request(cmd::VERSION, &[&payload], &[])?;
+        // A server busy with another client (libvfio-user serves one and
+        // leaves the rest in its listen queue) never answers.
+        let reply = self
+            .conn
+            .request_within(cmd::VERSION, &[&payload], &[], Some(VERSION_WAIT))?;
         let b = &reply.body;
         if b.len() < 4 || u16::from_ne_bytes([b[0], b[1]]) != 0 {
             return Err(Error::Protocol("unsupported server version".into()));

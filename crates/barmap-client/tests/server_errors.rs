@@ -92,3 +92,18 @@ fn a_server_error_is_its_errno_and_a_closed_server_is_enodev() {
     assert_eq!(e.errno(), libc::ENODEV, "{e:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_server_that_never_answers_the_version_is_enodev_after_the_wait() {
+    let dir = std::env::temp_dir().join(format!("barmap-client-busy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("s");
+    let _ = std::fs::remove_file(&path);
+    // Listening, never accepting: a server busy with its one client.
+    let _listener = UnixListener::bind(&path).unwrap();
+    let start = std::time::Instant::now();
+    let e = Remote::connect(&path, Arc::new(NoDma)).unwrap_err();
+    assert_eq!(e.errno(), libc::ENODEV, "{e:?}");
+    assert!(start.elapsed() >= barmap_client::VERSION_WAIT);
+    let _ = std::fs::remove_dir_all(&dir);
+}
