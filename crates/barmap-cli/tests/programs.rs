@@ -789,7 +789,10 @@ fn passes_against_vfio_user_server(server: &str, args: &[&str], program: &str) {
         return;
     };
     // A short path: a socket's name holds 108 bytes.
-    let dir = std::env::temp_dir().join(format!("barmap-vu-{}-{server}", std::process::id()));
+    // One directory per test: tests of one server run side by side.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("barmap-vu-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let socket = dir.join("s");
@@ -842,5 +845,14 @@ fn rust_vmm_vfio_user_gpio_signals_intx_on_every_third_read() {
         "vfio-user-gpio",
         &["--socket-path", "{}"],
         "rust_vmm_vfio_user_gpio_signals_intx_on_every_third_read",
+    );
+}
+
+#[test]
+fn a_libvfio_user_device_dmas_into_an_ioas_through_the_cdev() {
+    passes_against_vfio_user_server(
+        "libvfio-user-server",
+        &["{}"],
+        "a_libvfio_user_device_dmas_into_an_ioas_through_the_cdev",
     );
 }
