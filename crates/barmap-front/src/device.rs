@@ -161,19 +161,6 @@ impl Host for FrontHost {
     }
 }
 
-/// The server's `DMA_READ`/`DMA_WRITE` requests of a device served over
-/// vfio-user go through the IOMMU table, as a model's DMA does (an IOMMU
-/// fault is EFAULT to the server).
-impl barmap_client::DmaAccess for FrontHost {
-    fn dma_read(&self, iova: u64, buf: &mut [u8]) -> Result<(), i32> {
-        Host::dma_read(self, iova, buf).map_err(|_| libc::EFAULT)
-    }
-
-    fn dma_write(&self, iova: u64, data: &[u8]) -> Result<(), i32> {
-        Host::dma_write(self, iova, data).map_err(|_| libc::EFAULT)
-    }
-}
-
 impl FrontHost {
     fn raw_read(&self, iova: u64, buf: &mut [u8]) -> Result<(), IommuFault> {
         let mut at = 0usize;
@@ -238,12 +225,7 @@ impl EmuDevice {
         let dma: DmaSlot = Arc::default();
         let iommu_faults: Arc<FaultCounts> = Arc::default();
         if let Some(socket) = spec.remote_socket() {
-            let access = Arc::new(FrontHost {
-                irqs: Arc::default(),
-                dma: dma.clone(),
-                faults: iommu_faults.clone(),
-            });
-            let remote = crate::remote::RemoteDevice::connect(socket, access)?;
+            let remote = crate::remote::RemoteDevice::connect(socket)?;
             let irqs = Arc::new(Mutex::new(Irqs::new(remote.irq_counts())));
             return Ok(EmuDevice {
                 backend: Backend::Remote(remote),

@@ -22,7 +22,9 @@
 //!   `DMA_MAP` with the file behind the program's memory
 //!   ([`backing_file`]) and each unmap as `DMA_UNMAP`; private memory goes
 //!   without a file, and the server's `DMA_READ`/`DMA_WRITE` requests reach
-//!   it through the table, as a model's DMA does;
+//!   the program's memory through the device's own copy of what it was
+//!   sent ([`SentMaps`]: never the table's lock, which a map waiting for
+//!   the server's reply holds while the server waits for its DMA);
 //! - an error from the server is the server's errno; a server that went
 //!   away is `ENODEV`.
 
@@ -40,10 +42,45 @@ use crate::dma::DmaMapping;
 use crate::irq::Irqs;
 use crate::{user, Errno};
 
+/// The DMA mappings a server was sent, by IOVA: what its `DMA_READ` and
+/// `DMA_WRITE` requests translate through (an access outside them, or
+/// against their permissions, is EFAULT to the server; memory the program
+/// unmapped is EFAULT too, as the kernel's copies find it).
+#[derive(Debug, Default)]
+pub struct SentMaps {
+    maps: Mutex<std::collections::BTreeMap<u64, DmaMapping>>,
+}
+
+impl SentMaps {
+    /// The process address of `len` bytes at `iova` in one mapping.
+    fn translate(&self, iova: u64, len: u64, write: bool) -> Result<u64, i32> {
+        let maps = self.maps.lock().unwrap();
+        let (_, m) = maps.range(..=iova).next_back().ok_or(libc::EFAULT)?;
+        let end = iova.checked_add(len).ok_or(libc::EFAULT)?;
+        if end > m.iova + m.size || (write && !m.write) || (!write && !m.read) {
+            return Err(libc::EFAULT);
+        }
+        Ok(m.vaddr + (iova - m.iova))
+    }
+}
+
+impl DmaAccess for SentMaps {
+    fn dma_read(&self, iova: u64, buf: &mut [u8]) -> Result<(), i32> {
+        let va = self.translate(iova, buf.len() as u64, false)?;
+        barmap::os::copy_from_user(va as *const u8, buf).map_err(|_| libc::EFAULT)
+    }
+
+    fn dma_write(&self, iova: u64, data: &[u8]) -> Result<(), i32> {
+        let va = self.translate(iova, data.len() as u64, true)?;
+        barmap::os::copy_to_user(data, va as *mut u8).map_err(|_| libc::EFAULT)
+    }
+}
+
 /// A device served over vfio-user.
 #[derive(Debug)]
 pub struct RemoteDevice {
     remote: Arc<Remote>,
+    sent: Arc<SentMaps>,
     /// The register trap's side: a device whose register BARs are the
     /// server's, built at the first mapping that needs it.
     proxy: OnceLock<Result<ModelDevice, Errno>>,
@@ -118,10 +155,10 @@ fn errno(e: barmap_client::Error) -> Errno {
 }
 
 impl RemoteDevice {
-    /// Connects to the server at `socket`; `dma` serves the server's DMA
-    /// requests into memory mapped without a file.
-    pub fn connect(socket: &str, dma: Arc<dyn DmaAccess>) -> barmap::Result<RemoteDevice> {
-        let remote = Remote::connect(Path::new(socket), dma).map_err(|e| {
+    /// Connects to the server at `socket`.
+    pub fn connect(socket: &str) -> barmap::Result<RemoteDevice> {
+        let sent: Arc<SentMaps> = Arc::default();
+        let remote = Remote::connect(Path::new(socket), sent.clone()).map_err(|e| {
             tracing::error!(socket, error = %e, "connecting to the vfio-user server failed");
             barmap::Error::Os {
                 op: "connecting to the vfio-user server",
@@ -135,6 +172,7 @@ impl RemoteDevice {
         }
         Ok(RemoteDevice {
             remote: Arc::new(remote),
+            sent,
             proxy: OnceLock::new(),
         })
     }
@@ -393,9 +431,14 @@ impl RemoteDevice {
     pub fn dma_map(&self, m: &DmaMapping) -> Result<(), Errno> {
         let file = backing_file(m.vaddr, m.size);
         let fd = file.as_ref().map(|(f, off)| (f, *off));
+        // Known before the server hears of it: it may DMA at once.
+        self.sent.maps.lock().unwrap().insert(m.iova, *m);
         self.remote
             .dma_map(m.iova, m.size, m.read, m.write, fd)
-            .map_err(errno)
+            .map_err(|e| {
+                self.sent.maps.lock().unwrap().remove(&m.iova);
+                errno(e)
+            })
     }
 
     /// `DMA_UNMAP` of `size` bytes at `iova`.
@@ -403,6 +446,10 @@ impl RemoteDevice {
         if let Err(e) = self.remote.dma_unmap(iova, size) {
             tracing::warn!(iova, size, error = %e, "vfio-user DMA_UNMAP failed");
         }
+        // Forgotten once the server let go of it.
+        let mut sent = self.sent.maps.lock().unwrap();
+        let end = iova.saturating_add(size);
+        sent.retain(|&k, m| !(k >= iova && k + m.size <= end));
     }
 }
 
