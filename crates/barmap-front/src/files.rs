@@ -433,6 +433,9 @@ impl Drop for DeviceFile {
         if *open & !GROUP_OPEN == 0 {
             // The last device fd: vfio-pci disables interrupts on release.
             self.dev.irqs.lock().unwrap().clear();
+            if let Some(r) = self.dev.remote() {
+                r.release_irqs();
+            }
         }
         drop(open);
         if let Some(g) = &self.group {

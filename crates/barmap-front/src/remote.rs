@@ -421,6 +421,21 @@ impl RemoteDevice {
         Ok(r)
     }
 
+    /// The last device fd closed: every index's vectors off at the server
+    /// (`DATA_NONE | ACTION_TRIGGER`, count 0), as vfio-pci's release
+    /// disables interrupts.
+    pub fn release_irqs(&self) {
+        let flags = v::VFIO_IRQ_SET_DATA_NONE | v::VFIO_IRQ_SET_ACTION_TRIGGER;
+        for (index, count) in self.irq_counts().into_iter().enumerate() {
+            if count == 0 {
+                continue;
+            }
+            if let Err(e) = self.remote.set_irqs(flags, index as u32, 0, 0, &[], &[]) {
+                tracing::debug!(index, error = %e, "vfio-user: disabling interrupts at release");
+            }
+        }
+    }
+
     /// `VFIO_DEVICE_RESET`: `DEVICE_RESET`.
     pub fn reset(&self) -> Result<(), Errno> {
         self.remote.reset().map_err(errno)

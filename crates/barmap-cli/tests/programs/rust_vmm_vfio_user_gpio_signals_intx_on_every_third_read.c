@@ -5,7 +5,9 @@
  * the program's eventfd. The example counts the reads of BAR2 at 0 and
  * on every third returns 1 and signals INTx: the program's eventfd, handed
  * to the server with SET_IRQS, is signalled once after three reads, by
- * pread and by loads through a (trapped) mapping alike.
+ * pread and by loads through a (trapped) mapping alike. Closing the last
+ * device fd disables the interrupt at the server, as vfio-pci's release
+ * does: after a reopen, three more reads signal nothing.
  */
 #include "barmap_test.h"
 
@@ -55,5 +57,13 @@ int main(int argc, char **argv)
 	CHECK(v[2] == 1 && poll(&p, 1, 5000) == 1 && read(efd, &n, 8) == 8 && n == 1,
 	      "the third load: 1, and INTx signalled once");
 	munmap((void *)m, 4096);
+
+	close(d.device);
+	d.device = ioctl(d.group, VFIO_GROUP_GET_DEVICE_FD, bt_env("BARMAP_BDF", argc, argv, 1));
+	DIE_UNLESS(d.device >= 0, "reopen the device");
+	for (int i = 0; i < 3; i++)
+		DIE_UNLESS(pread(d.device, &v[i], 1, d.bar[2].offset) == 1, "pread of BAR2");
+	CHECK(v[2] == 1 && read(efd, &n, 8) == -1 && errno == EAGAIN,
+	      "after the last close and a reopen: the third read is 1, and no interrupt");
 	return bt_exit();
 }
