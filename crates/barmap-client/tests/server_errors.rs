@@ -107,3 +107,61 @@ fn a_server_that_never_answers_the_version_is_enodev_after_the_wait() {
     assert!(start.elapsed() >= barmap_client::VERSION_WAIT);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Answers VERSION, DEVICE_GET_INFO (no regions, one irq index) and its
+/// GET_IRQ_INFO, as a minimal server does.
+fn greet(s: &mut UnixStream) {
+    let (id, cmd, _) = recv(s);
+    assert_eq!(cmd, 1);
+    reply(s, id, cmd, 0, &[0, 0, 1, 0, b'{', b'}', 0]);
+    let (id, cmd, _) = recv(s);
+    assert_eq!(cmd, 4);
+    let mut info = Vec::new();
+    for w in [16u32, 2, 0, 1] {
+        info.extend_from_slice(&w.to_ne_bytes());
+    }
+    reply(s, id, cmd, 0, &info);
+    let (id, cmd, _) = recv(s);
+    assert_eq!(cmd, 7);
+    let mut q = Vec::new();
+    for w in [16u32, 1, 0, 4] {
+        q.extend_from_slice(&w.to_ne_bytes());
+    }
+    reply(s, id, cmd, 0, &q);
+}
+
+#[test]
+fn set_irqs_sends_one_message_per_run_of_eventfds_or_none() {
+    let dir = std::env::temp_dir().join(format!("barmap-client-irqs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("s");
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        greet(&mut s);
+        // (start, count) of each SET_IRQS message.
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let (id, cmd, body) = recv(&mut s);
+            assert_eq!(cmd, 8);
+            let w = |at: usize| u32::from_ne_bytes(body[at..at + 4].try_into().unwrap());
+            seen.push((w(12), w(16)));
+            reply(&mut s, id, cmd, 0, &[]);
+        }
+        seen
+    });
+    let remote = Remote::connect(&path, Arc::new(NoDma)).unwrap();
+    assert_eq!(remote.irq(0).map(|q| q.count), Some(4));
+    // SAFETY: eventfd with no flags; the fd is closed below.
+    let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    assert!(efd >= 0);
+    let flags = (1 << 2) | (1 << 5); // DATA_EVENTFD | ACTION_TRIGGER
+    remote
+        .set_irqs(flags, 0, 0, 4, &[], &[efd, efd, -1, efd])
+        .unwrap();
+    assert_eq!(server.join().unwrap(), vec![(0, 2), (2, 1), (3, 1)]);
+    // SAFETY: our own eventfd.
+    unsafe { libc::close(efd) };
+    let _ = std::fs::remove_dir_all(&dir);
+}
