@@ -106,6 +106,9 @@ pub struct RegisterProxy {
     remote: Arc<Remote>,
 }
 
+/// `VFIO_PCI_VGA_REGION_INDEX`: the region after the ROM.
+const VGA_REGION: u32 = v::VFIO_PCI_ROM_REGION_INDEX + 1;
+
 /// The smallest register BAR barmap maps: one page.
 const PROXY_MIN: u64 = 4096;
 
@@ -229,6 +232,10 @@ impl RemoteDevice {
             return Err(Errno::EINVAL);
         }
         let region = self.remote.region(info.index).ok_or(Errno::EINVAL)?;
+        if info.index == VGA_REGION && region.size == 0 {
+            // No VGA: vfio-pci's EINVAL.
+            return Err(Errno::EINVAL);
+        }
         info.offset = u64::from(info.index) << v::VFIO_PCI_OFFSET_SHIFT;
         info.size = region.size;
         info.cap_offset = 0;

@@ -90,6 +90,11 @@ int main(int argc, char **argv)
 		      sub[0] == 0xcafe && sub[1] == 0xbabe,
 	      "config space: subsystem %04x:%04x", sub[0], sub[1]);
 
+	struct vfio_region_info vga = { .argsz = sizeof(vga), .index = VFIO_PCI_VGA_REGION_INDEX };
+	errno = 0;
+	CHECK(ioctl(d.device, VFIO_DEVICE_GET_REGION_INFO, &vga) == -1 && errno == EINVAL,
+	      "GET_REGION_INFO of the VGA region, which the device has not: EINVAL");
+
 	/* BAR0: 8 bytes of registers, no file. */
 	struct vfio_region_info *b0 = &d.bar[VFIO_PCI_BAR0_REGION_INDEX];
 	CHECK(b0->size == 8 && (b0->flags & VFIO_REGION_INFO_FLAG_MMAP) &&
