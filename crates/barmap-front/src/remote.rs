@@ -106,8 +106,8 @@ pub struct RegisterProxy {
     remote: Arc<Remote>,
 }
 
-/// `VFIO_PCI_VGA_REGION_INDEX`: the region after the ROM.
-const VGA_REGION: u32 = v::VFIO_PCI_ROM_REGION_INDEX + 1;
+/// `VFIO_PCI_VGA_REGION_INDEX`: the region after config space.
+const VGA_REGION: u32 = v::VFIO_PCI_CONFIG_REGION_INDEX + 1;
 
 /// The smallest register BAR barmap maps: one page.
 const PROXY_MIN: u64 = 4096;
