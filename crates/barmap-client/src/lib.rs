@@ -20,10 +20,10 @@
 //! - The server closing the socket is [`Error::Gone`] (`ENODEV`) for every
 //!   request from then on, as a surprise removal is on the kernel.
 //!
-//! Why not rust-vmm's `vfio_user` crate's `Client`: it reads each reply as
-//! the success layout without looking at the error bit, so a server's
-//! error is lost, and an error reply to a `REGION_READ` (a header only)
-//! leaves it waiting for bytes that never come; it maps every DMA region
+//! Why not rust-vmm's `vfio_user` crate's `Client` (0.1.7): it reads each
+//! reply as the success layout without looking at the error bit, so a
+//! server's error is lost (a `REGION_READ` that libvfio-user's sample
+//! server refuses returns `Ok` with zeros); it maps every DMA region
 //! read-write; it serves no `DMA_READ`/`DMA_WRITE`. The wire format here
 //! follows libvfio-user's `include/vfio-user.h`.
 
