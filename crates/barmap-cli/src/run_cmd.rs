@@ -9,8 +9,9 @@ use barmap_front::spec::{DeviceSpec, RunSpec};
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
     /// A device to present: `default[,memory=SIZE][,policy=P]`, `edu`
-    /// (QEMU's educational device) or a .toml file; repeat for more
-    /// (default: one default device).
+    /// (QEMU's educational device), a .toml file, or `vfio-user:SOCKET`
+    /// (a device served by a vfio-user server); repeat for more (default:
+    /// one default device).
     #[arg(long = "device")]
     devices: Vec<String>,
     /// Fault policy of devices that do not name one.
@@ -76,6 +77,8 @@ pub fn run(args: &RunArgs) -> i32 {
         };
         let memory = if d.model == "default" {
             format!(", {} MiB memory BAR", d.memory >> 20)
+        } else if let Some(socket) = d.remote_socket() {
+            format!(" served at {socket}")
         } else {
             String::new()
         };

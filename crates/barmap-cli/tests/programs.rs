@@ -806,3 +806,102 @@ fn sriov_numvfs_written_through_stdio_is_stored_at_close() {
         &["--device", "igb,sriov=2"],
     );
 }
+
+// --- vfio-user client ---
+//
+// Third-party vfio-user servers, built by `.ci/vfio-user-servers` into
+// ~/.cache/barmap/vfio-user (or $BARMAP_VFIO_USER_SERVERS), serve a device
+// that a plain VFIO program reaches under `barmap run --device
+// vfio-user:SOCKET`. A test skips, saying why, only when its server was
+// not built.
+
+/// The third-party server `name`, if it was built.
+fn vfio_user_server(name: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("BARMAP_VFIO_USER_SERVERS")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/barmap/vfio-user"))
+        })?;
+    let path = dir.join(name);
+    path.exists().then_some(path)
+}
+
+/// Starts `server` with `args` (where `{}` stands for the socket path),
+/// waits for its socket, runs `program` under `barmap run --device
+/// vfio-user:SOCKET` and requires it to pass. Skips with the reason if the
+/// server was not built.
+fn passes_against_vfio_user_server(server: &str, args: &[&str], program: &str) {
+    let Some(bin) = vfio_user_server(server) else {
+        println!(
+            "skipped: the vfio-user server {server} was not built (run .ci/vfio-user-servers)"
+        );
+        return;
+    };
+    // A short path: a socket's name holds 108 bytes.
+    // One directory per test: tests of one server run side by side.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("barmap-vu-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("s");
+    let sock = socket.to_str().unwrap();
+    let mut child = Command::new(&bin)
+        .args(args.iter().map(|a| a.replace("{}", sock)))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !socket.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let device = format!("vfio-user:{sock}");
+    let r = run(program, &["--device", &device]);
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        r.code == Some(0) && r.text.contains("PASS"),
+        "{program} against {server}: exit {:?}\n{}\nserver stderr:\n{}",
+        r.code,
+        r.text,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_libvfio_user_server_serves_config_bars_irqs_and_dma() {
+    passes_against_vfio_user_server(
+        "libvfio-user-server",
+        &["{}"],
+        "a_libvfio_user_server_serves_config_bars_irqs_and_dma",
+    );
+}
+
+#[test]
+fn libvfio_user_gpio_pins_count_writes_through_region_access() {
+    passes_against_vfio_user_server(
+        "gpio-pci-idio-16",
+        &["{}"],
+        "libvfio_user_gpio_pins_count_writes_through_region_access",
+    );
+}
+
+#[test]
+fn rust_vmm_vfio_user_gpio_signals_intx_on_every_third_read() {
+    passes_against_vfio_user_server(
+        "vfio-user-gpio",
+        &["--socket-path", "{}"],
+        "rust_vmm_vfio_user_gpio_signals_intx_on_every_third_read",
+    );
+}
+
+#[test]
+fn a_libvfio_user_device_dmas_into_an_ioas_through_the_cdev() {
+    passes_against_vfio_user_server(
+        "libvfio-user-server",
+        &["{}"],
+        "a_libvfio_user_device_dmas_into_an_ioas_through_the_cdev",
+    );
+}

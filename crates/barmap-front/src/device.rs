@@ -32,9 +32,9 @@ pub type DmaSlot = Arc<Mutex<Option<Arc<Mutex<DmaTable>>>>>;
 pub struct EmuDevice {
     /// Its description (model, address, group, cdev).
     pub spec: DeviceSpec,
-    /// The device and its model: BARs, config space, the fault path,
-    /// register callbacks.
-    pub model: ModelDevice,
+    /// What serves the device: an in-process model, or a vfio-user
+    /// server.
+    pub backend: Backend,
     /// Interrupt eventfds.
     pub irqs: Arc<Mutex<Irqs>>,
     /// The IOMMU table the device is attached to, if any.
@@ -222,8 +222,24 @@ impl FrontHost {
 
 impl EmuDevice {
     /// Builds the device of `spec` and connects its model to the front
-    /// end's eventfds and IOMMU tables.
+    /// end's eventfds and IOMMU tables; a device served over vfio-user is
+    /// connected to its server instead.
     pub fn new(spec: DeviceSpec) -> barmap::Result<EmuDevice> {
+        let dma: DmaSlot = Arc::default();
+        let iommu_faults: Arc<FaultCounts> = Arc::default();
+        if let Some(socket) = spec.remote_socket() {
+            let remote = crate::remote::RemoteDevice::connect(socket)?;
+            let irqs = Arc::new(Mutex::new(Irqs::new(remote.irq_counts())));
+            return Ok(EmuDevice {
+                backend: Backend::Remote(remote),
+                spec,
+                irqs,
+                dma,
+                open: Mutex::new(0),
+                iommu_faults,
+                testbed: std::sync::OnceLock::new(),
+            });
+        }
         let model = spec.build()?;
         let layout = model.layout();
         let intx = u32::from(layout.intx || spec.model == "default");
@@ -234,15 +250,13 @@ impl EmuDevice {
             1,
             1,
         ])));
-        let dma: DmaSlot = Arc::default();
-        let iommu_faults: Arc<FaultCounts> = Arc::default();
         model.set_host(Arc::new(FrontHost {
             irqs: irqs.clone(),
             dma: dma.clone(),
             faults: iommu_faults.clone(),
         }));
         Ok(EmuDevice {
-            model,
+            backend: Backend::Model(model),
             spec,
             irqs,
             dma,
@@ -252,9 +266,45 @@ impl EmuDevice {
         })
     }
 
-    /// barmap's device underneath.
-    pub fn device(&self) -> &Device {
-        self.model.device()
+    /// The device model, for a device served in-process.
+    pub fn model(&self) -> Option<&ModelDevice> {
+        match &self.backend {
+            Backend::Model(m) => Some(m),
+            Backend::Remote(_) => None,
+        }
+    }
+
+    /// The vfio-user connection, for a device served over vfio-user.
+    pub fn remote(&self) -> Option<&crate::remote::RemoteDevice> {
+        match &self.backend {
+            Backend::Model(_) => None,
+            Backend::Remote(r) => Some(r),
+        }
+    }
+
+    /// Attaches the device to an IOMMU table, or detaches it (`None`): a
+    /// device served over vfio-user gets the table's mappings as
+    /// `DMA_MAP` messages, and follows its maps and unmaps from then on.
+    pub fn attach(self: &Arc<Self>, table: Option<Arc<Mutex<DmaTable>>>) {
+        let mut slot = self.dma.lock().unwrap();
+        if let Some(r) = self.remote() {
+            if let Some(old) = slot.as_ref() {
+                if table.as_ref().is_none_or(|t| !Arc::ptr_eq(t, old)) {
+                    old.lock().unwrap().detach_remote(r);
+                }
+            }
+            if let Some(new) = table.as_ref() {
+                if slot.as_ref().is_none_or(|o| !Arc::ptr_eq(o, new)) {
+                    new.lock().unwrap().attach_remote(self);
+                }
+            }
+        }
+        *slot = table;
+    }
+
+    /// barmap's device underneath, for a device served in-process.
+    pub fn device(&self) -> Option<&Device> {
+        self.model().map(ModelDevice::device)
     }
 
     /// A device model's DMA read of `buf.len()` bytes at `iova`, through
@@ -271,13 +321,20 @@ impl EmuDevice {
     /// Config space's size: 256 bytes, or 4096 for a model with extended
     /// config space.
     pub fn config_size(&self) -> u64 {
-        self.model.config_size()
+        match &self.backend {
+            Backend::Model(m) => m.config_size(),
+            Backend::Remote(r) => r.config_size(),
+        }
     }
 
     /// `VFIO_DEVICE_SET_IRQS`: the eventfds, and, for MSI-X, the emulated
     /// table's mask bits as the host kernel leaves them (a vector with an
     /// eventfd unmasked, one without masked).
     pub fn set_irqs(&self, arg: usize) -> Result<i64, Errno> {
+        let model = match &self.backend {
+            Backend::Model(m) => m,
+            Backend::Remote(r) => return r.set_irqs(&self.irqs, arg),
+        };
         let mut irqs = self.irqs.lock().unwrap();
         let r = irqs.set(arg)?;
         let n = irqs.count(v::VFIO_PCI_MSIX_IRQ_INDEX);
@@ -286,7 +343,7 @@ impl EmuDevice {
             .collect();
         drop(irqs);
         for (k, enabled) in on.into_iter().enumerate() {
-            self.model.set_msix_masked(k as u32, !enabled);
+            model.set_msix_masked(k as u32, !enabled);
         }
         Ok(r)
     }
@@ -298,6 +355,16 @@ impl EmuDevice {
             faults: self.iommu_faults.clone(),
         }
     }
+}
+
+/// What serves a device's regions, config space, interrupts and DMA.
+#[derive(Debug)]
+pub enum Backend {
+    /// An in-process device model: BARs, config space, the fault path,
+    /// register callbacks.
+    Model(ModelDevice),
+    /// A device served by a vfio-user server ([`crate::remote`]).
+    Remote(crate::remote::RemoteDevice),
 }
 
 /// errno for a barmap error, as vfio-pci answers the same request.
@@ -338,6 +405,10 @@ pub fn get_info(arg: usize) -> Result<i64, Errno> {
 /// `VFIO_DEVICE_GET_REGION_INFO`, with the sparse-mmap capability for a
 /// BAR that is mappable only in parts (around an MSI-X table).
 pub fn get_region_info(dev: &EmuDevice, arg: usize) -> Result<i64, Errno> {
+    let model = match &dev.backend {
+        Backend::Model(m) => m,
+        Backend::Remote(r) => return r.get_region_info(arg),
+    };
     const MINSZ: usize = 32;
     let mut info: v::VfioRegionInfo = user::read_struct(arg, MINSZ)?;
     if (info.argsz as usize) < MINSZ {
@@ -354,7 +425,7 @@ pub fn get_region_info(dev: &EmuDevice, arg: usize) -> Result<i64, Errno> {
             info.size = dev.config_size();
             info.flags = v::VFIO_REGION_INFO_FLAG_READ | v::VFIO_REGION_INFO_FLAG_WRITE;
         }
-        i if i < 6 => match dev.device().region_info(i) {
+        i if i < 6 => match model.device().region_info(i) {
             Some(r) => {
                 info.size = r.size;
                 info.flags = 0;
@@ -369,7 +440,7 @@ pub fn get_region_info(dev: &EmuDevice, arg: usize) -> Result<i64, Errno> {
                     let whole = r.mmap_areas.len() == 1
                         && r.mmap_areas[0].start == 0
                         && r.mmap_areas[0].end >= r.size;
-                    let irqs = dev.model.layout().interrupts;
+                    let irqs = model.layout().interrupts;
                     if whole && irqs.msix_vectors > 0 && u32::from(irqs.msix_bar) == i {
                         // The MSI-X table's BAR may be mapped whole.
                         caps.extend_from_slice(
@@ -430,7 +501,10 @@ pub fn get_irq_info(dev: &EmuDevice, arg: usize) -> Result<i64, Errno> {
         return Err(Errno::EINVAL);
     }
     info.count = dev.irqs.lock().unwrap().count(info.index);
-    info.flags = irq::info_flags(info.index);
+    info.flags = match dev.remote() {
+        Some(r) => r.irq_flags(info.index),
+        None => irq::info_flags(info.index),
+    };
     user::write_struct(arg, &info, MINSZ)?;
     Ok(0)
 }
@@ -439,13 +513,20 @@ pub fn get_irq_info(dev: &EmuDevice, arg: usize) -> Result<i64, Errno> {
 /// every mapping zapped, the model back to its reset values; config space
 /// kept, as vfio-pci saves and restores it around the reset).
 pub fn reset(dev: &EmuDevice) -> Result<i64, Errno> {
-    dev.model.reset().map_err(|e| errno_of(&e))?;
+    match &dev.backend {
+        Backend::Model(m) => m.reset().map_err(|e| errno_of(&e))?,
+        Backend::Remote(r) => r.reset()?,
+    }
     Ok(0)
 }
 
 /// `pread` of the device fd.
 pub fn pread(dev: &EmuDevice, buf: usize, len: usize, off: u64) -> Result<i64, Errno> {
     let (index, at) = region_of(off);
+    let model = match &dev.backend {
+        Backend::Model(m) => m,
+        Backend::Remote(r) => return r.rw(index, at, buf, len, false),
+    };
     if index == v::VFIO_PCI_CONFIG_REGION_INDEX {
         let size = dev.config_size();
         if at >= size {
@@ -453,29 +534,26 @@ pub fn pread(dev: &EmuDevice, buf: usize, len: usize, off: u64) -> Result<i64, E
         }
         let n = len.min((size - at) as usize);
         let mut tmp = vec![0u8; n];
-        dev.model
-            .read_config(at, &mut tmp)
-            .map_err(|e| errno_of(&e))?;
+        model.read_config(at, &mut tmp).map_err(|e| errno_of(&e))?;
         user::write(buf, &tmp)?;
         return Ok(n as i64);
     }
     if index >= 6 {
         return Err(Errno::EINVAL);
     }
-    if dev.model.is_registers(index) {
+    if model.is_registers(index) {
         // Every access reaches the model: read into a bounce buffer, then
         // copy out (a bad buffer is EFAULT after the reads, as the
         // kernel's ioread-then-copy_to_user).
         let mut tmp = vec![0u8; len];
         if len > 0 {
-            dev.model
-                .read(index, at, &mut tmp)
-                .map_err(|e| errno_of(&e))?;
+            model.read(index, at, &mut tmp).map_err(|e| errno_of(&e))?;
         }
         user::write(buf, &tmp)?;
         return Ok(len as i64);
     }
-    dev.device()
+    model
+        .device()
         .read_region_raw(index, at, buf as *mut u8, len)
         .map_err(|e| errno_of(&e))?;
     Ok(len as i64)
@@ -484,6 +562,10 @@ pub fn pread(dev: &EmuDevice, buf: usize, len: usize, off: u64) -> Result<i64, E
 /// `pwrite` of the device fd.
 pub fn pwrite(dev: &EmuDevice, buf: usize, len: usize, off: u64) -> Result<i64, Errno> {
     let (index, at) = region_of(off);
+    let model = match &dev.backend {
+        Backend::Model(m) => m,
+        Backend::Remote(r) => return r.rw(index, at, buf, len, true),
+    };
     if index == v::VFIO_PCI_CONFIG_REGION_INDEX {
         let size = dev.config_size();
         if at >= size {
@@ -491,24 +573,21 @@ pub fn pwrite(dev: &EmuDevice, buf: usize, len: usize, off: u64) -> Result<i64, 
         }
         let n = len.min((size - at) as usize);
         let data = user::read(buf, n)?;
-        dev.model
-            .write_config(at, &data)
-            .map_err(|e| errno_of(&e))?;
+        model.write_config(at, &data).map_err(|e| errno_of(&e))?;
         return Ok(n as i64);
     }
     if index >= 6 {
         return Err(Errno::EINVAL);
     }
-    if dev.model.is_registers(index) {
+    if model.is_registers(index) {
         let data = user::read(buf, len)?;
         if len > 0 {
-            dev.model
-                .write(index, at, &data)
-                .map_err(|e| errno_of(&e))?;
+            model.write(index, at, &data).map_err(|e| errno_of(&e))?;
         }
         return Ok(len as i64);
     }
-    dev.device()
+    model
+        .device()
         .write_region_raw(index, at, buf as *const u8, len)
         .map_err(|e| errno_of(&e))?;
     Ok(len as i64)
@@ -526,6 +605,11 @@ pub fn mmap(
     off: u64,
 ) -> Result<ModelMapping, Errno> {
     let (index, at) = region_of(off);
+    let Backend::Model(model) = &dev.backend else {
+        // A remote device's mapping is the kernel's, of the server's file:
+        // see crate::remote::RemoteDevice::mmap.
+        return Err(Errno::EINVAL);
+    };
     if flags & libc::MAP_SHARED == 0 || index >= 6 || len == 0 {
         return Err(Errno::EINVAL);
     }
@@ -541,7 +625,7 @@ pub fn mmap(
         Prot::Read
     };
     let len = len.next_multiple_of(4096);
-    dev.model
+    model
         .map(index, at, len, prot, placement)
         .map_err(|e| errno_of(&e))
 }

@@ -87,6 +87,8 @@ pub enum DmaError {
     Overflow,
     /// The memory is not the process's.
     Fault,
+    /// A vfio-user server refused the mapping with this errno.
+    Device(i32),
 }
 
 /// Where a DMA access over several mappings faulted
@@ -116,6 +118,9 @@ pub enum SpanFault {
 #[derive(Debug, Default)]
 pub struct DmaTable {
     maps: BTreeMap<u64, DmaMapping>,
+    /// Devices served over vfio-user attached to the table: they get each
+    /// map and unmap as a message ([`crate::remote`]).
+    remotes: Vec<Weak<crate::device::EmuDevice>>,
     /// By mapping IOVA: how the mapping's pages are held.
     held: BTreeMap<u64, Held>,
 }
@@ -746,9 +751,55 @@ impl DmaTable {
             return Err(DmaError::Exists);
         }
         let held = if pin { hold(&m)? } else { Held::Deferred };
+        for (k, r) in self.remote_devices().iter().enumerate() {
+            if let Err(e) = r.remote().map_or(Ok(()), |r| r.dma_map(&m)) {
+                // The server refused: the ones that took it let it go.
+                for done in &self.remote_devices()[..k] {
+                    if let Some(d) = done.remote() {
+                        d.dma_unmap(m.iova, m.size);
+                    }
+                }
+                return Err(DmaError::Device(e.0));
+            }
+        }
         self.maps.insert(m.iova, m);
         self.held.insert(m.iova, held);
         Ok(())
+    }
+
+    /// The vfio-user devices attached, alive.
+    fn remote_devices(&self) -> Vec<Arc<crate::device::EmuDevice>> {
+        self.remotes.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// Attaches a device served over vfio-user: every mapping so far goes
+    /// to its server (one the server refuses is logged; the kernel's
+    /// attach would have failed the same way, at the IOMMU map).
+    pub fn attach_remote(&mut self, dev: &Arc<crate::device::EmuDevice>) {
+        self.remotes.retain(|w| w.strong_count() > 0);
+        self.remotes.push(Arc::downgrade(dev));
+        if let Some(r) = dev.remote() {
+            for m in self.maps.values() {
+                if let Err(e) = r.dma_map(m) {
+                    tracing::warn!(
+                        iova = m.iova,
+                        errno = e.0,
+                        "vfio-user DMA_MAP at attach failed"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Detaches a device served over vfio-user: its server unmaps all.
+    pub fn detach_remote(&mut self, dev: &crate::remote::RemoteDevice) {
+        self.remotes.retain(|w| {
+            w.upgrade()
+                .is_some_and(|d| d.remote().is_some_and(|r| !std::ptr::eq(r, dev)))
+        });
+        for m in self.maps.values() {
+            dev.dma_unmap(m.iova, m.size);
+        }
     }
 
     /// Records `m` with every check of [`DmaTable::map`] but the pinning:
@@ -791,6 +842,13 @@ impl DmaTable {
     }
 
     fn remove(&mut self, iova: u64) -> u64 {
+        if let Some(m) = self.maps.get(&iova) {
+            for d in self.remote_devices() {
+                if let Some(r) = d.remote() {
+                    r.dma_unmap(m.iova, m.size);
+                }
+            }
+        }
         self.held.remove(&iova);
         self.maps.remove(&iova).map_or(0, |m| m.size)
     }
@@ -845,6 +903,13 @@ impl DmaTable {
     /// Unmaps everything; returns the bytes unmapped.
     pub fn clear(&mut self) -> u64 {
         let bytes = self.maps.values().map(|m| m.size).sum();
+        for d in self.remote_devices() {
+            if let Some(r) = d.remote() {
+                for m in self.maps.values() {
+                    r.dma_unmap(m.iova, m.size);
+                }
+            }
+        }
         self.maps.clear();
         self.held.clear();
         bytes

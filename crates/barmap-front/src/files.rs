@@ -192,12 +192,12 @@ impl Group {
             Some(File::Container(k)) => {
                 let mut s = k.state.lock().unwrap();
                 s.groups += 1;
-                *self.dev.dma.lock().unwrap() = Some(s.dma.clone());
+                self.dev.attach(Some(s.dma.clone()));
                 drop(s);
                 Attached::Legacy(k)
             }
             Some(File::Iommufd(i)) => {
-                *self.dev.dma.lock().unwrap() = Some(i.compat_ioas());
+                self.dev.attach(Some(i.compat_ioas()));
                 Attached::Iommufd(i)
             }
             // "The FD passed is not recognized."
@@ -235,9 +235,9 @@ impl Group {
                     s.iommu = None;
                     s.dma.lock().unwrap().clear();
                 }
-                *self.dev.dma.lock().unwrap() = None;
+                self.dev.attach(None);
             }
-            Some(Attached::Iommufd(_)) if idle => *self.dev.dma.lock().unwrap() = None,
+            Some(Attached::Iommufd(_)) if idle => self.dev.attach(None),
             _ => {}
         }
     }
@@ -477,10 +477,10 @@ impl DeviceFile {
         let (table, hwpt) = i.attach(*devid, a.pt_id)?;
         if let Err(e) = user::write(arg + 8, &hwpt.to_ne_bytes()) {
             i.detach(*devid);
-            *self.dev.dma.lock().unwrap() = None;
+            self.dev.attach(None);
             return Err(e);
         }
-        *self.dev.dma.lock().unwrap() = Some(table);
+        self.dev.attach(Some(table));
         Ok(0)
     }
 
@@ -494,7 +494,7 @@ impl DeviceFile {
             return Err(Errno::EINVAL);
         };
         i.detach(*devid);
-        *self.dev.dma.lock().unwrap() = None;
+        self.dev.attach(None);
         Ok(0)
     }
 }
@@ -503,13 +503,16 @@ impl Drop for DeviceFile {
     fn drop(&mut self) {
         if let Some((i, devid)) = self.bound.get_mut().unwrap().take() {
             i.unbind(devid);
-            *self.dev.dma.lock().unwrap() = None;
+            self.dev.attach(None);
         }
         let mut open = self.dev.open.lock().unwrap();
         *open -= 1;
         if *open & !GROUP_OPEN == 0 {
             // The last device fd: vfio-pci disables interrupts on release.
             self.dev.irqs.lock().unwrap().clear();
+            if let Some(r) = self.dev.remote() {
+                r.release_irqs();
+            }
         }
         drop(open);
         if let Some(g) = &self.group {

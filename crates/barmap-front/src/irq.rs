@@ -150,6 +150,18 @@ impl Irqs {
             .is_some_and(Option::is_some)
     }
 
+    /// Forgets every eventfd of `index` (and that the index is enabled):
+    /// for a request a vfio-user server refused after the checks here
+    /// passed ([`crate::remote`]).
+    pub fn clear_index(&mut self, index: u32) {
+        if let Some(t) = self.triggers.get_mut(index as usize) {
+            t.clear();
+        }
+        if self.irq_type == Some(index) {
+            self.irq_type = None;
+        }
+    }
+
     /// `VFIO_DEVICE_SET_IRQS`, with the kernel's checks in its order
     /// (`vfio_pci_ioctl_set_irqs`, `vfio_set_irqs_validate_and_prepare`,
     /// `vfio_pci_set_irqs_ioctl` and its handlers); `arg` points at the

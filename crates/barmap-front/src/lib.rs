@@ -18,7 +18,9 @@
 //! - DMA maps are recorded in IOMMU tables ([`dma`]) with their
 //!   permissions, for device models to DMA through.
 //!
-//! The devices live in the program's own process: no server, no socket.
+//! The devices live in the program's own process: no server, no socket;
+//! or, for `--device vfio-user:PATH`, in a vfio-user server that the front
+//! end reaches as a client ([`remote`], over [`barmap_client`]).
 
 #![cfg(all(target_os = "linux", target_arch = "x86_64"))]
 #![warn(missing_docs)]
@@ -33,6 +35,7 @@ pub mod kselftest;
 pub mod launch;
 pub mod nodes;
 pub mod paths;
+pub mod remote;
 pub mod spec;
 pub mod sriov;
 pub mod testbed;
@@ -663,7 +666,24 @@ impl Front {
         off: i64,
     ) -> Result<usize, Errno> {
         let d = self.device_file(fd).map_err(|_| Errno::ENODEV)?;
+        if let Some(r) = d.dev.remote() {
+            let off = off as u64;
+            let (index, at) = (
+                (off >> barmap_vfio::uapi::VFIO_PCI_OFFSET_SHIFT) as u32,
+                off & ((1 << barmap_vfio::uapi::VFIO_PCI_OFFSET_SHIFT) - 1),
+            );
+            return match r.mmap(addr, len, prot, flags, index, at)? {
+                remote::RemoteMapping::File(start) => Ok(start),
+                remote::RemoteMapping::Trapped(mapping) => Ok(self.keep(mapping, &d.dev)),
+            };
+        }
         let mapping = device::mmap(&d.dev, addr, len, prot, flags, off as u64)?;
+        Ok(self.keep(mapping, &d.dev))
+    }
+
+    /// Records a barmap mapping of a BAR (it lives until the program
+    /// unmaps it all); its address.
+    fn keep(&self, mapping: barmap_models::ModelMapping, dev: &Arc<EmuDevice>) -> usize {
         let start = mapping.addr();
         let len = mapping.len();
         BAR_RANGES.lock().unwrap().push((start, len));
@@ -672,9 +692,9 @@ impl Front {
             start,
             len,
             mapping,
-            _dev: d.dev.clone(),
+            _dev: dev.clone(),
         });
-        Ok(start)
+        start
     }
 
     /// The program unmapped `addr..addr+len` (already done in the kernel:
@@ -716,7 +736,9 @@ impl Front {
         let mut out = format!("{files:?}");
         for d in self.devices() {
             let mut cfg = [0u8; 64];
-            let _ = d.device().read_config(0, &mut cfg);
+            if let Some(dev) = d.device() {
+                let _ = dev.read_config(0, &mut cfg);
+            }
             out += &format!("{cfg:?}{:?}", d.dma.lock().unwrap());
         }
         out
@@ -733,14 +755,22 @@ impl Front {
                 // answer: let the faults in flight finish, so the counters
                 // add up (bounded: a thread blocked in a fault at exit is
                 // not waited for).
-                d.device().wait_idle(std::time::Duration::from_millis(200));
+                let Some(dev) = d.device() else {
+                    // Served over vfio-user: the server keeps its counters.
+                    return serde_json::json!({
+                        "bdf": d.spec.bdf,
+                        "model": d.spec.model,
+                        "socket": d.spec.remote_socket(),
+                    });
+                };
+                dev.wait_idle(std::time::Duration::from_millis(200));
                 serde_json::json!({
                     "bdf": d.spec.bdf,
                     "policy": d.spec.policy,
                     "model": d.spec.model,
-                    "stats": d.device().stats(),
+                    "stats": dev.stats(),
                     "iommu_faults": d.iommu_faults.to_json(),
-                    "bug_events": d.device().bug_events(),
+                    "bug_events": dev.bug_events(),
                 })
             })
             .collect();

@@ -93,6 +93,9 @@ impl DeviceSpec {
     /// file, reads it ([`DeviceSpec::from_toml`]); the addresses are
     /// assigned by [`RunSpec::new`].
     pub fn parse(text: &str, default_policy: Policy) -> Result<DeviceSpec, String> {
+        if let Some(socket) = text.strip_prefix(REMOTE_PREFIX) {
+            return Self::remote(socket, default_policy);
+        }
         if text.ends_with(".toml") {
             let body = std::fs::read_to_string(text).map_err(|e| format!("{text}: {e}"))?;
             return Self::from_toml(&body, default_policy).map_err(|e| format!("{text}: {e}"));
@@ -156,6 +159,37 @@ impl DeviceSpec {
         Ok(spec)
     }
 
+    /// A device served by the vfio-user server listening at `socket`
+    /// (`vfio-user:PATH`): model [`REMOTE_MODEL`], the socket's absolute
+    /// path as option `socket`.
+    fn remote(socket: &str, default_policy: Policy) -> Result<DeviceSpec, String> {
+        if socket.is_empty() {
+            return Err("vfio-user: expected the server's socket path after the colon".into());
+        }
+        let path = std::path::absolute(socket).map_err(|e| format!("{socket}: {e}"))?;
+        Ok(DeviceSpec {
+            model: REMOTE_MODEL.into(),
+            options: vec![("socket".into(), path.to_string_lossy().into_owned())],
+            memory: 0,
+            policy: default_policy.to_string(),
+            memory_limit: None,
+            bdf: String::new(),
+            group: 0,
+            cdev: 0,
+            total_vfs: 0,
+            vf_device: 0,
+            physfn: None,
+        })
+    }
+
+    /// The vfio-user server's socket, for a device served over vfio-user.
+    pub fn remote_socket(&self) -> Option<&str> {
+        (self.model == REMOTE_MODEL)
+            .then(|| self.options.iter().find(|(k, _)| k == "socket"))
+            .flatten()
+            .map(|(_, v)| v.as_str())
+    }
+
     /// The device model this spec names, configured by its options.
     pub fn model(&self) -> Result<Box<dyn DeviceModel>, String> {
         let mut options = self.options.clone();
@@ -191,6 +225,13 @@ impl DeviceSpec {
         ModelDevice::builder_boxed(model).policy(policy).build()
     }
 }
+
+/// `--device vfio-user:PATH`: a device served by the vfio-user server at
+/// PATH ([`crate::remote`]).
+pub const REMOTE_PREFIX: &str = "vfio-user:";
+
+/// The [`DeviceSpec::model`] of a device served over vfio-user.
+pub const REMOTE_MODEL: &str = "vfio-user";
 
 /// The default model's memory BAR (BAR2): 256 MiB, as barmap's default
 /// device has it.
@@ -335,6 +376,10 @@ mod tests {
         assert_eq!(toml.unwrap(), igb);
         assert!(DeviceSpec::parse("igb,mac=01:00:00:00:00:01", Policy::Prefault).is_err());
         assert!(DeviceSpec::parse("igb,mac=02:00:00:00:01", Policy::Prefault).is_err());
+        let remote = DeviceSpec::parse("vfio-user:/run/dev.sock", Policy::Prefault).unwrap();
+        assert_eq!(remote.remote_socket(), Some("/run/dev.sock"));
+        assert_eq!(ioat.remote_socket(), None);
+        assert!(DeviceSpec::parse("vfio-user:", Policy::Prefault).is_err());
     }
 
     #[test]

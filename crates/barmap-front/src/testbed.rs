@@ -632,10 +632,17 @@ fn lay_out_function(dir: &Dir, d: &crate::spec::DeviceSpec) -> io::Result<()> {
     let devices = "sys/bus/pci/devices";
     let driver = "sys/bus/pci/drivers/vfio-pci";
     let groups = "sys/kernel/iommu_groups";
-    let layout = d
-        .model()
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?
-        .layout();
+    let layout = if d.remote_socket().is_some() {
+        // Served over vfio-user: the server is not asked here (a
+        // libvfio-user server takes one client, the program), so sysfs
+        // shows no IDs and no BARs; config space and region info come
+        // from the server once the program opens the device.
+        Layout::new(0, 0)
+    } else {
+        d.model()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?
+            .layout()
+    };
     let at = format!("{devices}/{}", d.bdf);
     dir.mkdir_all(&format!("{at}/vfio-dev/vfio{}", d.cdev))?;
     dir.write(

@@ -88,6 +88,7 @@ fn errno_of(e: DmaError) -> Errno {
         DmaError::NotFound => Errno::EINVAL,
         DmaError::Overflow => Errno::EOVERFLOW,
         DmaError::Fault => Errno::EFAULT,
+        DmaError::Device(e) => Errno(e),
     }
 }
 

@@ -77,7 +77,8 @@ impl Engine {
             .map_err(|e| format!("DMA map: {e:?}"))?;
         *dev.dma.lock().unwrap() = Some(Arc::new(Mutex::new(table)));
         let cmd = pci::COMMAND_MEMORY | pci::COMMAND_MASTER;
-        dev.model
+        dev.model()
+            .ok_or("not a model")?
             .write_config(pci::COMMAND, &cmd.to_le_bytes())
             .map_err(|e| e.to_string())?;
         let e = Engine { dev };
@@ -87,7 +88,8 @@ impl Engine {
 
     fn wr(&self, off: u64, w: Width, v: u64) -> Result<(), String> {
         self.dev
-            .model
+            .model()
+            .ok_or("not a model")?
             .write_register(0, ioat::CHANNEL + off, w, v)
             .map_err(|e| e.to_string())
     }
@@ -95,7 +97,8 @@ impl Engine {
     fn status(&self) -> Result<u64, String> {
         let sts = self
             .dev
-            .model
+            .model()
+            .ok_or("not a model")?
             .read_register(0, ioat::CHANNEL + chan::CHANSTS, Width::B8)
             .map_err(|e| e.to_string())?;
         Ok(sts & ioat::CHANSTS_STATUS)
