@@ -143,13 +143,13 @@ pub fn run(args: &SelftestsArgs) -> i32 {
         println!("{v}");
     } else {
         println!(
-            "{:<34} {:<9} {:>5} {:>5} {:>5} {:>6}  verdict",
+            "{:<34} {:<11} {:>5} {:>5} {:>5} {:>6}  verdict",
             "binary", "device", "pass", "fail", "skip", "secs"
         );
         for (device, r) in &results {
             let t = r.totals.unwrap_or_default();
             println!(
-                "{:<34} {:<9} {:>5} {:>5} {:>5} {:>6.2}  {}",
+                "{:<34} {:<11} {:>5} {:>5} {:>5} {:>6.2}  {}",
                 r.name,
                 device,
                 t.pass,
@@ -160,7 +160,7 @@ pub fn run(args: &SelftestsArgs) -> i32 {
             );
             for m in r.modes.iter().filter(|m| m.mode != "-") {
                 println!(
-                    "    {:<30} {:<9} {:>5} {:>5} {:>5}",
+                    "    {:<30} {:<11} {:>5} {:>5} {:>5}",
                     m.mode, "", m.totals.pass, m.totals.fail, m.totals.skip
                 );
             }
