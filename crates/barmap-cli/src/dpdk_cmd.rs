@@ -415,38 +415,38 @@ pub fn dma_perf_config(dpdk: &Dpdk, seconds: u32) -> String {
 /// dmadev_autotest's verdict.
 #[derive(Debug, Clone, Serialize)]
 pub struct AutotestReport {
-    device: String,
-    ok: bool,
-    outcome: Outcome,
-    cases: Vec<TestCase>,
+    pub(crate) device: String,
+    pub(crate) ok: bool,
+    pub(crate) outcome: Outcome,
+    pub(crate) cases: Vec<TestCase>,
 }
 
 /// One buffer size of dma-perf: the device against memcpy.
 #[derive(Debug, Clone, Serialize)]
 pub struct SizeReport {
-    buf_size: u32,
-    dma_gbps: Option<f64>,
-    dma_mops: Option<f64>,
-    cpu_gbps: Option<f64>,
+    pub(crate) buf_size: u32,
+    pub(crate) dma_gbps: Option<f64>,
+    pub(crate) dma_mops: Option<f64>,
+    pub(crate) cpu_gbps: Option<f64>,
     /// The device's throughput over memcpy's.
-    ratio: Option<f64>,
+    pub(crate) ratio: Option<f64>,
 }
 
 /// dma-perf's verdict.
 #[derive(Debug, Clone, Serialize)]
 pub struct PerfReport {
-    ok: bool,
-    outcome: Outcome,
-    sizes: Vec<SizeReport>,
+    pub(crate) ok: bool,
+    pub(crate) outcome: Outcome,
+    pub(crate) sizes: Vec<SizeReport>,
 }
 
 /// testpmd's verdict.
 #[derive(Debug, Clone, Serialize)]
 pub struct TestpmdReport {
-    ok: bool,
-    outcome: Outcome,
-    rx_packets: Option<u64>,
-    tx_packets: Option<u64>,
+    pub(crate) ok: bool,
+    pub(crate) outcome: Outcome,
+    pub(crate) rx_packets: Option<u64>,
+    pub(crate) tx_packets: Option<u64>,
 }
 
 fn accumulated(text: &str, key: &str) -> Option<u64> {
@@ -466,7 +466,7 @@ fn read(log: &Path) -> String {
 
 /// `dmadev_autotest` on `device`: every test in `required` must succeed
 /// (and, when `strict`, the program must pass as a whole).
-fn autotest(
+pub(crate) fn autotest(
     dpdk: &Dpdk,
     device: &str,
     policy: Policy,
@@ -506,7 +506,7 @@ fn autotest(
     })
 }
 
-fn dma_perf(dpdk: &Dpdk, policy: Policy, seconds: u32, logs: &Path) -> Result<PerfReport> {
+pub(crate) fn dma_perf(dpdk: &Dpdk, policy: Policy, seconds: u32, logs: &Path) -> Result<PerfReport> {
     let template = logs.join("dma-perf.ini.in");
     std::fs::write(&template, dma_perf_config(dpdk, seconds))?;
     let ini = logs.join("dma-perf.ini");
@@ -561,7 +561,7 @@ fn dma_perf(dpdk: &Dpdk, policy: Policy, seconds: u32, logs: &Path) -> Result<Pe
     Ok(PerfReport { ok, outcome, sizes })
 }
 
-fn testpmd(dpdk: &Dpdk, policy: Policy, logs: &Path) -> Result<TestpmdReport> {
+pub(crate) fn testpmd(dpdk: &Dpdk, policy: Policy, logs: &Path) -> Result<TestpmdReport> {
     // Not interactive, stdin at EOF: testpmd forwards, then stops at once.
     let script = format!(
         "exec {} {} -a $BARMAP_BDF --vdev net_null0 -- --nb-cores=1 --total-num-mbufs=2048 < /dev/null",
@@ -597,7 +597,7 @@ fn testpmd(dpdk: &Dpdk, policy: Policy, logs: &Path) -> Result<TestpmdReport> {
 /// two forwarding lcores for `seconds`; the frames each port sent are the
 /// ones the other received, but for what is still on the wire or in a ring
 /// when testpmd stops.
-fn testpmd_igb(dpdk: &Dpdk, policy: Policy, seconds: u64, logs: &Path) -> Result<TestpmdReport> {
+pub(crate) fn testpmd_igb(dpdk: &Dpdk, policy: Policy, seconds: u64, logs: &Path) -> Result<TestpmdReport> {
     // testpmd forwards until its stdin reaches EOF, `seconds` from now.
     let script = format!(
         "sleep {seconds} | exec {} --no-huge -m 128 --lcores 0@0,1@1,2@0 --file-prefix {FILE_PREFIX} \

@@ -7,12 +7,14 @@
 //! - `barmap fuzz`: the state-machine explorer against a reference model;
 //! - `barmap guest`: the same scenarios against the kernel's vfio-pci;
 //! - `barmap run`: an unmodified VFIO program on barmap's devices;
-//! - `barmap dpdk`: DPDK's own tests on the ioat model.
+//! - `barmap dpdk`: DPDK's own tests on the ioat model;
+//! - `barmap conformance`: every real driver on every model, a matrix.
 
 use clap::{Parser, Subcommand};
 
 mod bench;
 mod check;
+mod conformance_cmd;
 mod demo;
 mod dpdk_cmd;
 mod fuzz;
@@ -62,6 +64,10 @@ enum Command {
     /// DPDK 24.11 (Debian trixie) on the ioat model: dmadev_autotest,
     /// dma-perf at every size of its sample config, testpmd.
     Dpdk(dpdk_cmd::DpdkArgs),
+    /// Every real driver available on every registered model: the kernel's
+    /// selftests, DPDK, a guest's driver through QEMU's vfio-pci, QEMU's
+    /// own model of the device; a matrix of pass, fail and skip.
+    Conformance(conformance_cmd::ConformanceArgs),
     /// Touches revoked device memory without a safety net: dies by SIGBUS.
     #[command(hide = true, name = "sigbus-child")]
     SigbusChild,
@@ -94,6 +100,7 @@ fn main() {
         Command::SelftestsBuild(args) => selftests_cmd::run(&args),
         Command::Selftests(args) => selftests_run::run(&args),
         Command::Dpdk(args) => dpdk_cmd::run(&args),
+        Command::Conformance(args) => conformance_cmd::run(&args),
 
         Command::SigbusChild => demo::sigbus_child(),
     };
