@@ -411,12 +411,15 @@ fn dpdk_columns(m: &mut Matrix, models: &[&str], cols: &[&str], policy: Policy, 
                     true,
                     &logs.join("dmadev_autotest.log"),
                 );
+                // On 3.4 the device tests are required and error_handling
+                // is reported: DPDK's own race can fail it (see
+                // dpdk_cmd::AUTOTEST_3_4_NOTE).
                 let a34 = dpdk_cmd::autotest(
                     &dpdk,
                     "ioat,version=3.4",
                     policy,
                     &dpdk_cmd::DEVICE_TESTS,
-                    true,
+                    false,
                     &logs.join("dmadev_autotest-3.4.log"),
                 );
                 match (a33, a34) {
