@@ -33,7 +33,6 @@ use barmap::Policy;
 use barmap_front::kselftest;
 use barmap_front::spec::{DeviceSpec, RunSpec};
 use barmap_guest::kernel::KernelChoice;
-use barmap_guest::programs::ids;
 use barmap_guest::selftests;
 use serde::Serialize;
 
@@ -312,6 +311,8 @@ fn selftests_column(m: &mut Matrix, models: &[&str], policy: Policy, cache: &Pat
             }
         };
         let log = logs.join(format!("{DRIVER_TEST}-{model}.log"));
+        // A fresh log: the run writes over an older one without truncating.
+        let _ = std::fs::remove_file(&log);
         match kselftest::run_binary(&spec, &build.dir.join(DRIVER_TEST), &log) {
             Ok(r) => {
                 let modes: Vec<String> = r
@@ -752,19 +753,17 @@ fn reference_column(
     };
     let label = KernelChoice::Stock612.label().replace(['/', '.'], "_");
     for (model, bin) in &bins {
-        let id = if *model == "edu" { ids::EDU } else { ids::IGB };
         let name = bin.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let mut parts = Vec::new();
         let mut ok = true;
         // The program: the guest's transcript against barmap run's.
+        // One run of each program, on the device with that ID (the result
+        // names the device's address).
+        let guest = kernel.programs.iter().find(|p| p.program == name);
         let guest_log = cache.join("runs").join(format!(
             "{label}.{name}.{}.log",
-            id.replace(':', "_")
+            guest.map_or(String::new(), |p| p.device.replace(':', "_"))
         ));
-        let guest = kernel
-            .programs
-            .iter()
-            .find(|p| p.program == name && p.device == id);
         match guest {
             Some(p) if p.passed => {}
             Some(p) => {
@@ -827,7 +826,7 @@ fn reference_column(
             match kernel
                 .programs
                 .iter()
-                .find(|p| p.program == DRIVER_TEST && p.device == ids::IGB)
+                .find(|p| p.program == DRIVER_TEST)
             {
                 Some(p) => {
                     let totals = |t: Option<kselftest::Totals>| {
