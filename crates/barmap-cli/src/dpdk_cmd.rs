@@ -529,7 +529,12 @@ pub(crate) fn autotest(
     })
 }
 
-pub(crate) fn dma_perf(dpdk: &Dpdk, policy: Policy, seconds: u32, logs: &Path) -> Result<PerfReport> {
+pub(crate) fn dma_perf(
+    dpdk: &Dpdk,
+    policy: Policy,
+    seconds: u32,
+    logs: &Path,
+) -> Result<PerfReport> {
     let template = logs.join("dma-perf.ini.in");
     std::fs::write(&template, dma_perf_config(dpdk, seconds))?;
     let ini = logs.join("dma-perf.ini");
@@ -620,7 +625,12 @@ pub(crate) fn testpmd(dpdk: &Dpdk, policy: Policy, logs: &Path) -> Result<Testpm
 /// two forwarding lcores for `seconds`; the frames each port sent are the
 /// ones the other received, but for what is still on the wire or in a ring
 /// when testpmd stops.
-pub(crate) fn testpmd_igb(dpdk: &Dpdk, policy: Policy, seconds: u64, logs: &Path) -> Result<TestpmdReport> {
+pub(crate) fn testpmd_igb(
+    dpdk: &Dpdk,
+    policy: Policy,
+    seconds: u64,
+    logs: &Path,
+) -> Result<TestpmdReport> {
     // testpmd forwards until its stdin reaches EOF, `seconds` from now.
     let script = format!(
         "sleep {seconds} | exec {} --no-huge -m 128 --lcores 0@0,1@1,2@0 --file-prefix {FILE_PREFIX} \

@@ -114,11 +114,9 @@ pub struct PreparedKernel {
 }
 
 /// The VFIO modules in load order; missing ones are built in or absent in
-/// that release (vfio_virqfd is part of vfio.ko since 6.2; iommufd, for
-/// the selftests' iommufd modes, where the release has it as a module).
-pub const MODULE_ORDER: [&str; 7] = [
+/// that release (vfio_virqfd is part of vfio.ko since 6.2).
+pub const MODULE_ORDER: [&str; 6] = [
     "irqbypass",
-    "iommufd",
     "vfio",
     "vfio_virqfd",
     "vfio_iommu_type1",
