@@ -12,8 +12,9 @@
 //!   an unpacked driver for: dma_ioat, net_e1000's igb;
 //! - `guest driver`: a guest's own use of the device through QEMU 11.1's
 //!   vfio-pci passthrough under `barmap run` (`examples/qemu_vfio_pci.sh`:
-//!   the guest kernel's ioatdma and its DMA self-test on ioat, the BAR
-//!   through sysfs on the default device), iommufd and the legacy container;
+//!   the guest kernel's ioatdma and its DMA self-test on ioat, its igb
+//!   with link on igb, the BAR through sysfs on the default device),
+//!   iommufd and the legacy container;
 //! - `QEMU reference`: the same program in `barmap guest` on QEMU's own
 //!   model of the device behind the guest kernel's vfio-pci and under
 //!   `barmap run` on barmap's, transcripts compared (edu: `edu_test`; igb:
@@ -552,7 +553,8 @@ fn passthrough_column(
     let written = std::fs::write(&script, QEMU_VFIO_PCI_SH)
         .and_then(|_| std::fs::write(work.join("qemu_guest_bar2.c"), QEMU_GUEST_BAR2_C));
     let exe = std::env::current_exe();
-    let ioat = if todo.contains(&"ioat") { "ioat" } else { "" };
+    // The models with a guest driver, after the default device.
+    let with_driver: Vec<&str> = todo.iter().copied().filter(|x| *x != "default").collect();
     progress(&format!(
         "QEMU 11.1 passthrough guests (log {})",
         log.display()
@@ -560,7 +562,8 @@ fn passthrough_column(
     let out = match (written, exe, std::fs::File::create(&log)) {
         (Ok(()), Ok(exe), Ok(f)) => Command::new("sh")
             .arg(&script)
-            .args(["both", ioat])
+            .arg("both")
+            .args(&with_driver)
             .env("BARMAP", exe)
             .env("BARMAP_QEMU", "11.1")
             .env("BARMAP_CACHE", cache)
