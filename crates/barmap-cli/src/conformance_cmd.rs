@@ -523,6 +523,11 @@ fn passthrough_column(
             "ioatdma PASS",
             "the guest's ioatdma binds after its DMA self-test",
         )),
+        "igb" => Some((
+            "-igb",
+            "igb PASS",
+            "the guest's igb binds the port and its link comes up",
+        )),
         _ => None,
     };
     let launcher = cache.join("qemu-vfio-pci/qemu-11.1");
@@ -532,9 +537,6 @@ fn passthrough_column(
     for model in models.iter().filter(|x| what(x).is_none()) {
         let why = match *model {
             "edu" => "no guest kernel driver binds QEMU's edu device".to_string(),
-            "igb" => {
-                "not run yet: the guest's igb driver on barmap's igb through passthrough".into()
-            }
             _ => format!("no guest kernel driver run is defined for {model}"),
         };
         m.skip(model, D, why);
