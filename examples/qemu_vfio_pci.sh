@@ -12,10 +12,13 @@
 # ioatdma modules in the initramfs) get `--device ioat`: the guest's own
 # ioatdma binds the device, which it does only after its DMA self-test (a
 # memcpy through the channel, checked) passes: "barmap-guest: ioatdma PASS".
+# With `igb`, two guests get `--device igb` and load dca, i2c-algo-bit and
+# igb: the guest's igb driver binds the port and its interface gets a
+# carrier: "barmap-guest: igb PASS".
 #
 # Usage (as root, from the repository, after
 # `cargo build --release -p barmap-cli -p barmap-preload`):
-#   sh examples/qemu_vfio_pci.sh [iommufd|legacy|both] [ioat]
+#   sh examples/qemu_vfio_pci.sh [iommufd|legacy|both] [ioat] [igb]
 # Environment: BARMAP (the barmap binary, default target/release/barmap),
 # BARMAP_CACHE (default ~/.cache/barmap/guest), BARMAP_DEBIAN_MIRROR
 # (default http://deb.debian.org/debian), BARMAP_QEMU: 10.0 (default) or
@@ -28,7 +31,9 @@
 set -eu
 
 paths=${1:-both}
-ioat=${2:-}
+[ $# -gt 0 ] && shift
+# The models whose guest driver runs too (ioat, igb), after the default.
+ioat="$*"
 here=$(cd "$(dirname "$0")" && pwd)
 barmap=${BARMAP:-$here/../target/release/barmap}
 cache=${BARMAP_CACHE:-$HOME/.cache/barmap/guest}
@@ -155,6 +160,8 @@ if [ -n "$ioat" ]; then
 	generic_vmlinuz=$(ls "$qemu"/boot/vmlinuz-*-amd64 | grep -v cloud | head -n1)
 	modules=$qemu/lib/modules/${generic_vmlinuz##*/vmlinuz-}/kernel/drivers
 	mkinitrd "$work/initrd-ioat.cpio" "$modules/dca/dca.ko" "$modules/dma/ioat/ioatdma.ko"
+	mkinitrd "$work/initrd-igb.cpio" "$modules/dca/dca.ko" \
+		"$modules/i2c/algos/i2c-algo-bit.ko" "$modules/net/ethernet/intel/igb/igb.ko"
 fi
 
 # boot NAME DEVICE KERNEL INITRD EXPECT VFIO_PCI_EXTRA [QEMU ARGS]: one
@@ -191,9 +198,14 @@ for path in iommufd legacy; do
 		set -- ""
 	fi
 	boot "$path" default "$vmlinuz" "$work/initrd.cpio" "BAR2 PASS" "$@" || status=1
-	if [ -n "$ioat" ]; then
-		boot "$path-ioat" ioat "$generic_vmlinuz" "$work/initrd-ioat.cpio" "ioatdma PASS" "$@" ||
+	for model in $ioat; do
+		case $model in
+		ioat) expect="ioatdma PASS" ;;
+		igb) expect="igb PASS" ;;
+		*) echo "unknown model $model (ioat, igb)" >&2; exit 2 ;;
+		esac
+		boot "$path-$model" "$model" "$generic_vmlinuz" "$work/initrd-$model.cpio" "$expect" "$@" ||
 			status=1
-	fi
+	done
 done
 exit $status

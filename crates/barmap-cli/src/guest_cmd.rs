@@ -24,13 +24,14 @@ pub fn host_main(args: GuestArgs) -> i32 {
 }
 
 /// The same binary under `barmap run` on one emulated device shaped like
-/// the guest's ivshmem BAR (64 MiB of memory), or barmap's edu for a
-/// program that runs against the guest's edu alone.
-fn emulate_program(binary: &std::path::Path, devices: &[&str]) -> Option<BinaryResult> {
-    let model = if devices == [barmap_guest::programs::ids::EDU] {
-        "edu"
-    } else {
-        "default,memory=64M"
+/// the guest's ivshmem BAR (64 MiB of memory), or barmap's edu or igb for
+/// a program that runs against the guest's edu or igb alone.
+pub(crate) fn emulate_program(binary: &std::path::Path, devices: &[&str]) -> Option<BinaryResult> {
+    use barmap_guest::programs::ids;
+    let model = match devices {
+        [d] if *d == ids::EDU => "edu",
+        [d] if *d == ids::IGB => "igb",
+        _ => "default,memory=64M",
     };
     let spec = DeviceSpec::parse(model, barmap::Policy::Prefault)
         .map(|d| RunSpec::new(vec![d]))

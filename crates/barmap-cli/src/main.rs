@@ -10,12 +10,14 @@
 //! - `barmap dpdk`: DPDK's own tests on the ioat model;
 //! - `barmap serve`, `barmap ctl`: devices served over vfio-user, driven
 //!   from outside.
+//! - `barmap conformance`: every real driver on every model, a matrix.
 
 use clap::{Parser, Subcommand};
 
 mod bench;
 mod check;
 mod ctl_cmd;
+mod conformance_cmd;
 mod demo;
 mod dpdk_cmd;
 mod fuzz;
@@ -72,6 +74,10 @@ enum Command {
     /// Drive a `barmap serve` from outside: list, command-mem on|off,
     /// reset, d3hot, d0, remove, stats.
     Ctl(ctl_cmd::CtlArgs),
+    /// Every real driver available on every registered model: the kernel's
+    /// selftests, DPDK, a guest's driver through QEMU's vfio-pci, QEMU's
+    /// own model of the device; a matrix of pass, fail and skip.
+    Conformance(conformance_cmd::ConformanceArgs),
     /// Touches revoked device memory without a safety net: dies by SIGBUS.
     #[command(hide = true, name = "sigbus-child")]
     SigbusChild,
@@ -106,6 +112,7 @@ fn main() {
         Command::Dpdk(args) => dpdk_cmd::run(&args),
         Command::Serve(args) => serve_cmd::run(&args),
         Command::Ctl(args) => ctl_cmd::run(&args),
+        Command::Conformance(args) => conformance_cmd::run(&args),
 
         Command::SigbusChild => demo::sigbus_child(),
     };

@@ -905,3 +905,39 @@ fn a_libvfio_user_device_dmas_into_an_ioas_through_the_cdev() {
         "a_libvfio_user_device_dmas_into_an_ioas_through_the_cdev",
     );
 }
+
+// --- conformance: the igb differential's program ---
+
+/// `examples/igb_loopback.c`, the program `barmap conformance` runs on
+/// QEMU's igb and on barmap's, passes every check on barmap's igb: its
+/// transcript is the one the guest's must equal.
+#[test]
+fn the_igb_differential_program_passes_every_check_on_barmaps_igb() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/igb_loopback.c");
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("programs");
+    std::fs::create_dir_all(&out).unwrap();
+    let exe = out.join("igb_loopback_example");
+    let st = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+        .args(["-O2", "-pthread", "-Wall", "-Wextra", "-Werror", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .status()
+        .expect("the C compiler (cc) runs");
+    assert!(st.success(), "{} does not compile", src.display());
+    let r = Command::new(barmap())
+        .args(["run", "--device", "igb", "--"])
+        .arg(&exe)
+        .env("BARMAP_PRELOAD", preload())
+        .output()
+        .expect("barmap run starts");
+    let text = String::from_utf8_lossy(&r.stdout);
+    let checked: Vec<&str> = text.lines().filter(|l| !l.starts_with("note:")).collect();
+    assert_eq!(r.status.code(), Some(0), "{text}");
+    assert!(!checked.iter().any(|l| l.ends_with(" FAIL")), "{text}");
+    assert_eq!(
+        checked.iter().filter(|l| l.ends_with(" ok")).count(),
+        54,
+        "{text}"
+    );
+    assert!(text.contains("54 checks, 0 failed"), "{text}");
+}

@@ -46,7 +46,9 @@ pub struct GuestArgs {
     #[arg(long)]
     pub selftests: bool,
     /// Run only this selftest binary (repeatable; implies `--selftests`).
-    #[arg(long = "selftest", value_name = "NAME")]
+    /// `NAME@igb` runs it against the guest's igb alone (QEMU 8.0 and
+    /// later), and under `barmap run --device igb` on the host.
+    #[arg(long = "selftest", value_name = "NAME[@igb]")]
     pub selftest_names: Vec<String>,
     /// Run this dynamically linked VFIO program (for example
     /// `examples/vfio_seed`) in the guest with the ivshmem device's BDF in
@@ -54,9 +56,19 @@ pub struct GuestArgs {
     /// host beside it (repeatable). Without `--scenario`, the suite is not run.
     ///
     /// `PATH@edu` runs it against the guest's edu device instead, and under
-    /// `barmap run --device edu` on the host.
-    #[arg(long = "program", value_name = "PATH[@edu]")]
+    /// `barmap run --device edu` on the host; `PATH@igb` against QEMU's
+    /// igb (QEMU 8.0 and later: see `--qemu`), and under `barmap run
+    /// --device igb`.
+    #[arg(long = "program", value_name = "PATH[@edu|@igb]")]
     pub programs: Vec<PathBuf>,
+    /// The QEMU binary to boot guests with (default `qemu-system-x86_64`
+    /// on the PATH). QEMU's igb needs 8.0 or later.
+    #[arg(long, value_name = "PATH")]
+    pub qemu: Option<PathBuf>,
+    /// A directory where that QEMU finds its firmware (its `-L`;
+    /// repeatable), for a QEMU unpacked outside the system's paths.
+    #[arg(long = "qemu-data", value_name = "DIR")]
+    pub qemu_data: Vec<PathBuf>,
 }
 
 impl GuestArgs {

@@ -38,27 +38,47 @@ fn host_programs(args: &GuestArgs, cache: &Path) -> Result<Vec<HostProgram>> {
     if args.selftests || !args.selftest_names.is_empty() {
         let mut progress = |line: &str| eprintln!("barmap guest: selftests: {line}");
         let build = crate::selftests::build_vfio_selftests(cache, &mut progress)?;
+        let wanted = |name: &str| -> Option<Vec<&'static str>> {
+            if args.selftest_names.is_empty() {
+                return Some(vec![programs::ids::IVSHMEM, programs::ids::EDU]);
+            }
+            let mut devices = Vec::new();
+            for n in &args.selftest_names {
+                match n.split_once('@') {
+                    Some((b, dev)) if b == name => devices.extend(programs::ids::by_suffix(dev)),
+                    None if n == name => {
+                        devices.extend([programs::ids::IVSHMEM, programs::ids::EDU])
+                    }
+                    _ => {}
+                }
+            }
+            (!devices.is_empty()).then_some(devices)
+        };
         for name in crate::selftests::BINARIES {
-            if args.selftest_names.is_empty() || args.selftest_names.iter().any(|n| n == name) {
+            if let Some(devices) = wanted(name) {
                 let mut p = HostProgram::new(&build.dir.join(name))?;
-                p.devices = vec![programs::ids::IVSHMEM, programs::ids::EDU];
+                p.devices = devices;
                 v.push(p);
             }
         }
-        if let Some(n) = args
-            .selftest_names
-            .iter()
-            .find(|n| !crate::selftests::BINARIES.contains(&n.as_str()))
-        {
-            return Err(Error::msg(format!("unknown selftest binary {n:?}")));
+        if let Some(n) = args.selftest_names.iter().find(|n| {
+            let (b, dev) = n.split_once('@').unwrap_or((n.as_str(), "edu"));
+            !crate::selftests::BINARIES.contains(&b) || programs::ids::by_suffix(dev).is_none()
+        }) {
+            return Err(Error::msg(format!(
+                "unknown selftest binary or device {n:?} (NAME or NAME@igb)"
+            )));
         }
     }
     for p in &args.programs {
         let text = p.to_string_lossy();
-        match text.strip_suffix("@edu") {
-            Some(path) => {
+        let device = text
+            .rsplit_once('@')
+            .and_then(|(path, d)| Some((path, programs::ids::by_suffix(d)?)));
+        match device {
+            Some((path, id)) => {
                 let mut prog = HostProgram::new(Path::new(path))?;
-                prog.devices = vec![programs::ids::EDU];
+                prog.devices = vec![id];
                 v.push(prog);
             }
             None => v.push(HostProgram::new(p)?),
@@ -75,21 +95,37 @@ pub fn host_main_side_by_side(
     emulate: Option<Emulate<'_>>,
     emulate_program: Option<EmulateProgram<'_>>,
 ) -> i32 {
+    let results = match run_side_by_side(args, emulate, emulate_program) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("barmap guest: {e}");
+            return 2;
+        }
+    };
+    if args.json {
+        let doc = serde_json::json!({ "kernels": results });
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    } else {
+        report::print_table(&results);
+    }
+    if results.iter().all(|r| r.as_expected) {
+        0
+    } else {
+        1
+    }
+}
+
+/// What [`host_main_side_by_side`] runs, returned instead of printed: each
+/// kernel's result, with the differential columns filled; an error when
+/// nothing could be prepared at all.
+pub fn run_side_by_side(
+    args: &GuestArgs,
+    emulate: Option<Emulate<'_>>,
+    emulate_program: Option<EmulateProgram<'_>>,
+) -> Result<Vec<KernelResult>> {
     let cache = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
-    let progs = match host_programs(args, &cache) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("barmap guest: {e}");
-            return 2;
-        }
-    };
-    let extra = match programs::initramfs_files(&progs) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("barmap guest: {e}");
-            return 2;
-        }
-    };
+    let progs = host_programs(args, &cache)?;
+    let extra = programs::initramfs_files(&progs)?;
     let kernels = if args.kernels.is_empty() {
         vec![
             KernelChoice::Stock61,
@@ -100,13 +136,7 @@ pub fn host_main_side_by_side(
     } else {
         args.kernels.clone()
     };
-    let common = match prepare_common(&cache) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("barmap guest: {e}");
-            return 2;
-        }
-    };
+    let common = prepare_common(&cache)?;
     let mut results = Vec::new();
     for k in &kernels {
         let (mut result, silent_stop) = run_kernel(k, args, &cache, &common, &progs, &extra);
@@ -135,17 +165,7 @@ pub fn host_main_side_by_side(
     if let Some(emulate_program) = emulate_program {
         add_emulated_programs(&mut results, &progs, emulate_program);
     }
-    if args.json {
-        let doc = serde_json::json!({ "kernels": results });
-        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
-    } else {
-        report::print_table(&results);
-    }
-    if results.iter().all(|r| r.as_expected) {
-        0
-    } else {
-        1
-    }
+    Ok(results)
 }
 
 /// Fills the differential column: each scenario once on barmap, with the
@@ -386,6 +406,11 @@ fn run_kernel(
         console_log,
         timeout: Duration::from_secs(args.timeout),
         ivshmem_mib: 64,
+        qemu: args.qemu.clone(),
+        data_dirs: args.qemu_data.clone(),
+        igb: progs
+            .iter()
+            .any(|p| p.devices.contains(&programs::ids::IGB)),
     }) {
         Ok(vm) => vm,
         Err(e) => {

@@ -165,7 +165,7 @@ fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-/// The guest's /init: load the modules, bind edu and ivshmem-plain to
+/// The guest's /init: load the modules, bind edu, ivshmem-plain and igb to
 /// vfio-pci, run the runner, and power off when it ends, when TAINT_DIE
 /// shows that an oops killed a task (the rest of the runner then hangs), or
 /// when the deadline passes.
@@ -184,7 +184,7 @@ done
 for dev in /sys/bus/pci/devices/*; do
   id="$(cat "$dev/vendor"):$(cat "$dev/device")"
   case "$id" in
-    0x1234:0x11e8|0x1af4:0x1110)
+    0x1234:0x11e8|0x1af4:0x1110|0x8086:0x10c9)
       bdf="${{dev##*/}}"
       echo vfio-pci > "$dev/driver_override"
       [ -e "$dev/driver" ] && echo "$bdf" > "$dev/driver/unbind"

@@ -30,4 +30,4 @@ pub mod util;
 
 pub use args::{GuestArgs, GuestRunArgs};
 pub use guest::{guest_run, vfio_devices};
-pub use host::{host_main, host_main_side_by_side, host_main_with, Emulate};
+pub use host::{host_main, host_main_side_by_side, host_main_with, run_side_by_side, Emulate};

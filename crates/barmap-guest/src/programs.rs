@@ -31,6 +31,18 @@ pub mod ids {
     pub const IVSHMEM: &str = "1af4:1110";
     /// QEMU's edu: BAR0 1 MiB of registers, MSI.
     pub const EDU: &str = "1234:11e8";
+    /// QEMU's igb (QEMU 8.0 and later): an Intel 82576 port, BAR0 128 KiB
+    /// of registers, MSI-X.
+    pub const IGB: &str = "8086:10c9";
+
+    /// The guest device a `PATH@NAME` suffix names (`edu`, `igb`).
+    pub fn by_suffix(name: &str) -> Option<&'static str> {
+        match name {
+            "edu" => Some(EDU),
+            "igb" => Some(IGB),
+            _ => None,
+        }
+    }
 }
 
 /// A program to run in the guest.

@@ -22,6 +22,14 @@ pub struct VmConfig {
     pub timeout: Duration,
     /// Size of ivshmem-plain's memory backend, MiB (at least 64).
     pub ivshmem_mib: u64,
+    /// The QEMU binary (default `qemu-system-x86_64` on the PATH).
+    pub qemu: Option<PathBuf>,
+    /// Directories QEMU searches for its firmware (`-L`), for a QEMU
+    /// unpacked outside the system's paths.
+    pub data_dirs: Vec<PathBuf>,
+    /// Add QEMU's own 82576 (`-device igb`, QEMU 8.0 and later), alone
+    /// behind a root port, its network backend none.
+    pub igb: bool,
 }
 
 /// What a boot produced.
@@ -67,7 +75,14 @@ pub const EXIT_PORT: u16 = 0xf4;
 
 /// The QEMU command line for `cfg`.
 pub fn command(cfg: &VmConfig) -> Command {
-    let mut c = Command::new("qemu-system-x86_64");
+    let mut c = Command::new(
+        cfg.qemu
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("qemu-system-x86_64")),
+    );
+    for d in &cfg.data_dirs {
+        c.arg("-L").arg(d);
+    }
     c.args(["-accel", "tcg", "-machine", "q35,kernel-irqchip=split"])
         .args(["-device", "intel-iommu,intremap=on"])
         .args(["-m", "1G", "-smp", "2", "-nographic", "-no-reboot"])
@@ -99,6 +114,13 @@ pub fn command(cfg: &VmConfig) -> Command {
             "-device",
             "ivshmem-plain,memdev=barmap-ivshmem,bus=barmap-rp",
         ]);
+    if cfg.igb {
+        // Behind a root port of its own (its FLR resets it alone); a
+        // backend-less NIC: frames leave only by the device's loopback.
+        c.args(["-device", "pcie-root-port,id=barmap-rp2,chassis=2,slot=2"])
+            .args(["-nic", "none"])
+            .args(["-device", "igb,bus=barmap-rp2"]);
+    }
     c
 }
 
