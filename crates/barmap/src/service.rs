@@ -3,7 +3,7 @@
 //! read, hand over unmaps and moves, serve faults, repeat.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -26,38 +26,117 @@ pub enum WaitMode {
     Spin,
 }
 
-/// How a service thread is scheduled, from the best it could get.
+/// How a service thread runs a long fill (the `prefault` walk of a
+/// mapping): the scheduling it asks for while it fills.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum ServiceSched {
-    /// `SCHED_FIFO` at the lowest real-time priority (1): a fill is never
-    /// preempted by a woken faulting thread, only by real-time tasks.
+pub enum FillSched {
+    /// `SCHED_FIFO` at the lowest real-time priority (1) where permitted
+    /// (root, `CAP_SYS_NICE` or `RLIMIT_RTPRIO`), else nice [`FILL_NICE`],
+    /// else unchanged. The default.
     Fifo,
-    /// `SCHED_OTHER` at nice [`SERVICE_NICE`]: the fallback where real-time
-    /// scheduling is refused (no `CAP_SYS_NICE`, no `RLIMIT_RTPRIO`).
+    /// Nice [`FILL_NICE`] where permitted, else unchanged.
     Nice,
-    /// Unchanged: the process's own scheduling (spin mode, or every raise
-    /// refused, or `BARMAP_SERVICE_SCHED=normal`).
+    /// Unchanged: the service thread's own scheduling.
     Normal,
 }
 
-/// The nice value of the fallback ([`ServiceSched::Nice`]).
-pub const SERVICE_NICE: i32 = -10;
+/// The nice value of [`FillSched::Nice`] and of the fallback.
+pub const FILL_NICE: i32 = -10;
 
-/// Counts of service threads per [`ServiceSched`], as they started.
-#[derive(Debug, Default)]
-pub(crate) struct SchedCounts {
-    fifo: AtomicUsize,
-    nice: AtomicUsize,
+/// The process's [`FillSched`]: 0 unset (read `BARMAP_FILL_SCHED`), else
+/// the variant + 1.
+static FILL_SCHED: AtomicU8 = AtomicU8::new(0);
+
+/// Sets how service threads of this process schedule their long fills from
+/// now on (default [`FillSched::Fifo`], or the environment's
+/// `BARMAP_FILL_SCHED` = `fifo`, `nice` or `normal`).
+pub fn set_fill_sched(sched: FillSched) {
+    FILL_SCHED.store(sched as u8 + 1, Ordering::Relaxed);
 }
 
-impl SchedCounts {
-    /// (threads at `SCHED_FIFO`, threads at the raised nice value).
-    pub(crate) fn get(&self) -> (usize, usize) {
-        (
-            self.fifo.load(Ordering::Relaxed),
-            self.nice.load(Ordering::Relaxed),
-        )
+/// The process's [`FillSched`] now.
+pub fn fill_sched() -> FillSched {
+    match FILL_SCHED.load(Ordering::Relaxed) {
+        1 => FillSched::Fifo,
+        2 => FillSched::Nice,
+        3 => FillSched::Normal,
+        _ => {
+            let s = match std::env::var("BARMAP_FILL_SCHED").as_deref() {
+                Ok("normal") => FillSched::Normal,
+                Ok("nice") => FillSched::Nice,
+                _ => FillSched::Fifo,
+            };
+            // Another thread may have set it meanwhile: keep theirs.
+            let _ =
+                FILL_SCHED.compare_exchange(0, s as u8 + 1, Ordering::Relaxed, Ordering::Relaxed);
+            s
+        }
+    }
+}
+
+thread_local! {
+    /// What [`raise_fill_priority`] changed on this thread, to undo.
+    static RAISED: std::cell::Cell<FillSched> = const { std::cell::Cell::new(FillSched::Normal) };
+}
+
+/// Raises the calling thread's priority above the process's other threads
+/// for a long fill, so that the fill is not preempted by the threads it
+/// maps pages for: with 64 threads first-touching a mapping on 2 cores, a
+/// fill at the default priority gets about 2/66 of the CPU, and each chunk
+/// it maps wakes threads that preempt it. Only the walk is raised, not the
+/// wait for faults: a real-time thread woken by a fault is placed on its
+/// previous CPU, not next to the faulting thread, and an isolated fault's
+/// round trip would pay for a remote wake-up. Returns what it got; undo
+/// with [`restore_fill_priority`].
+pub(crate) fn raise_fill_priority() -> FillSched {
+    let wanted = fill_sched();
+    let got = if wanted == FillSched::Fifo && set_fifo(true) {
+        FillSched::Fifo
+    } else if wanted != FillSched::Normal && set_nice(FILL_NICE) {
+        FillSched::Nice
+    } else {
+        FillSched::Normal
+    };
+    RAISED.with(|r| r.set(got));
+    got
+}
+
+/// Undoes [`raise_fill_priority`] on the calling thread.
+pub(crate) fn restore_fill_priority() {
+    match RAISED.with(|r| r.replace(FillSched::Normal)) {
+        FillSched::Fifo => {
+            set_fifo(false);
+        }
+        FillSched::Nice => {
+            set_nice(0);
+        }
+        FillSched::Normal => {}
+    }
+}
+
+/// Moves the calling thread to `SCHED_FIFO` priority 1 (`fifo`) or back to
+/// `SCHED_OTHER`; whether it did.
+fn set_fifo(fifo: bool) -> bool {
+    let (policy, prio) = if fifo {
+        (libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, 1)
+    } else {
+        (libc::SCHED_OTHER, 0)
+    };
+    let param = libc::sched_param {
+        sched_priority: prio,
+    };
+    // SAFETY: changes the calling thread's (pid 0) policy; `param` is a
+    // valid sched_param for the call's duration.
+    unsafe { libc::sched_setscheduler(0, policy, &param) == 0 }
+}
+
+/// Sets the calling thread's nice value; whether it did.
+fn set_nice(nice: i32) -> bool {
+    // SAFETY: gettid has no arguments; setpriority on this thread's own id.
+    unsafe {
+        let tid = libc::gettid() as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, nice) == 0
     }
 }
 
@@ -65,7 +144,6 @@ impl SchedCounts {
 #[derive(Debug)]
 pub struct Service {
     stop: Arc<AtomicBool>,
-    sched: Arc<SchedCounts>,
     wakeup: Arc<OwnedFd>,
     threads: Vec<JoinHandle<()>>,
     /// Set in a forked child: stopping would wake the parent's threads
@@ -90,38 +168,22 @@ impl Service {
         // SAFETY: a fresh fd owned by nobody else.
         let wakeup = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
         let stop = Arc::new(AtomicBool::new(false));
-        let sched = Arc::new(SchedCounts::default());
         let mut service = Service {
             stop: stop.clone(),
-            sched: sched.clone(),
             wakeup: wakeup.clone(),
             threads: Vec::new(),
             detached: false,
         };
         for i in 0..threads.max(1) {
             let (space, stop, wakeup) = (space.clone(), stop.clone(), wakeup.clone());
-            let sched = sched.clone();
             let handle = std::thread::Builder::new()
                 .stack_size(SERVICE_STACK)
                 .name(format!("barmap-fault-{i}"))
-                .spawn(move || {
-                    match raise_priority(mode) {
-                        ServiceSched::Fifo => sched.fifo.fetch_add(1, Ordering::Relaxed),
-                        ServiceSched::Nice => sched.nice.fetch_add(1, Ordering::Relaxed),
-                        ServiceSched::Normal => 0,
-                    };
-                    serve(&space, &stop, &wakeup, mode)
-                })
+                .spawn(move || serve(&space, &stop, &wakeup, mode))
                 .map_err(|e| Error::os("spawn service thread")(e.raw_os_error().unwrap_or(0)))?;
             service.threads.push(handle);
         }
         Ok(service)
-    }
-
-    /// How the service threads are scheduled: (threads at `SCHED_FIFO`,
-    /// threads at nice [`SERVICE_NICE`]), as far as they have started.
-    pub(crate) fn sched(&self) -> &Arc<SchedCounts> {
-        &self.sched
     }
 
     /// Drops the handles without stopping or joining anything: in a forked
@@ -166,53 +228,6 @@ fn block_signals() {
         let mut all: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
-    }
-}
-
-/// Raises the calling service thread's priority above the process's
-/// threads, so that filling never waits behind the threads it fills for:
-/// with 64 threads first-touching a mapping on 2 cores, a fill at the
-/// default priority gets about 2/66 of the CPU, and each chunk it maps wakes
-/// up to 64 threads that preempt it. `SCHED_FIFO` 1 (with
-/// `SCHED_RESET_ON_FORK`) when permitted, else nice [`SERVICE_NICE`], else
-/// nothing. A spinning thread ([`WaitMode::Spin`]) is left alone: at a
-/// real-time priority it would hold its core. `BARMAP_SERVICE_SCHED` =
-/// `nice` or `normal` chooses a weaker one.
-fn raise_priority(mode: WaitMode) -> ServiceSched {
-    let wanted = match std::env::var("BARMAP_SERVICE_SCHED").as_deref() {
-        Ok("normal") => ServiceSched::Normal,
-        Ok("nice") => ServiceSched::Nice,
-        _ => ServiceSched::Fifo,
-    };
-    if mode == WaitMode::Spin || wanted == ServiceSched::Normal {
-        return ServiceSched::Normal;
-    }
-    if wanted == ServiceSched::Fifo && set_fifo() {
-        return ServiceSched::Fifo;
-    }
-    if set_nice(SERVICE_NICE) {
-        return ServiceSched::Nice;
-    }
-    tracing::debug!("service thread priority not raised: refused");
-    ServiceSched::Normal
-}
-
-/// Moves the calling thread to `SCHED_FIFO` priority 1; whether it did.
-fn set_fifo() -> bool {
-    let param = libc::sched_param { sched_priority: 1 };
-    // SAFETY: changes the calling thread's (pid 0) policy; `param` is a
-    // valid sched_param for the call's duration.
-    unsafe {
-        libc::sched_setscheduler(0, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &param) == 0
-    }
-}
-
-/// Sets the calling thread's nice value; whether it did.
-fn set_nice(nice: i32) -> bool {
-    // SAFETY: gettid has no arguments; setpriority on this thread's own id.
-    unsafe {
-        let tid = libc::gettid() as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, nice) == 0
     }
 }
 

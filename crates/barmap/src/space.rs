@@ -93,10 +93,6 @@ pub struct SpaceStats {
     pub stray_sigbus: u64,
     /// Faults outside every mapping woken to retry.
     pub stray_woken: u64,
-    /// Service threads running at `SCHED_FIFO` (see [`crate::service::ServiceSched`]).
-    pub service_fifo: usize,
-    /// Service threads running at the fallback nice value.
-    pub service_niced: usize,
 }
 
 /// What the service threads and the devices' backends share.
@@ -443,15 +439,7 @@ impl AddressSpace {
 
     /// Devices, service threads and stray faults, now.
     pub fn stats(&self) -> SpaceStats {
-        let (service_fifo, service_niced) = self
-            .service
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .sched()
-            .get();
         SpaceStats {
-            service_fifo,
-            service_niced,
             devices: self
                 .shared
                 .devices

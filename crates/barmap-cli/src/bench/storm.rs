@@ -2,11 +2,11 @@
 //! mapping (thread t touches pages t, t+N, ...), so that they fault on the
 //! same chunks together; on the default policy's populate device, judged
 //! against its 1-thread populate. Next to it the same storm on the native
-//! view, and (root only) `storm_normal` / `populate_normal`: the same with
-//! the service threads put back from SCHED_FIFO to the process's own
-//! scheduling, as they ran before their priority was raised.
+//! view, and `storm_normal` / `populate_normal`: the same with the service
+//! threads' walks at their own priority ([`FillSched::Normal`]), as they ran
+//! before the walk's priority was raised.
 
-use barmap::{Device, Policy};
+use barmap::{Device, FillSched, Policy};
 
 use super::dev::{path_errors, populate_dev};
 use super::report::{ms, timing};
@@ -66,11 +66,13 @@ impl Family for Storm {
         r.storm_vs_native = storm_median / m.median;
         r.storm_native_median = m.median;
         r.measurements.push(m);
-        // The same storm and 1-thread populate with the service threads
-        // put back to the process's own scheduling (SCHED_OTHER, nice 0):
+        // The same storm and 1-thread populate with the walks at the service
+        // threads' own priority (SCHED_OTHER, nice 0), as before the raise:
         // what the raised priority buys, in the same run.
-        if set_service_sched(false) > 0 {
-            b.progress("storm: service threads at SCHED_OTHER");
+        let raised = barmap::fill_sched();
+        if raised != FillSched::Normal {
+            barmap::set_fill_sched(FillSched::Normal);
+            b.progress("storm: service threads fill at their own priority");
             let (t, errors, st) = populate_dev(dev, size, threads, true, reps)?;
             let mut m = timing("storm_normal", "ms", &t);
             m.policy = Some(policy.name().into());
@@ -91,43 +93,8 @@ impl Family for Storm {
             m.ratio = Some(m.median / r.native_med[&(size, 1)]);
             m.ratio_to = Some("native 1 thread(s)".into());
             r.measurements.push(m);
-            set_service_sched(true);
+            barmap::set_fill_sched(raised);
         }
         Ok(())
     }
-}
-
-/// Puts the device's fault service threads (named `barmap-fault-*`) at
-/// SCHED_FIFO 1 (`raised`) or back to SCHED_OTHER at nice 0; returns how
-/// many were changed (0 where that is refused).
-fn set_service_sched(raised: bool) -> usize {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0;
-    };
-    let mut n = 0;
-    for t in tasks.flatten() {
-        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-        let Some(tid) = t.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        if !comm.starts_with("barmap-fault") {
-            continue;
-        }
-        let (policy, prio) = if raised {
-            (libc::SCHED_FIFO, 1)
-        } else {
-            (libc::SCHED_OTHER, 0)
-        };
-        let param = libc::sched_param {
-            sched_priority: prio,
-        };
-        // SAFETY: sched_setscheduler and setpriority on one thread id of
-        // this process; `param` is valid for the call.
-        let ok = unsafe {
-            libc::sched_setscheduler(tid, policy, &param) == 0
-                && libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 0) == 0
-        };
-        n += usize::from(ok);
-    }
-    n
 }
