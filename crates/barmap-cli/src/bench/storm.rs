@@ -8,8 +8,8 @@
 
 use barmap::{Device, FillSched, Policy};
 
-use super::dev::{path_errors, populate_dev};
-use super::report::{ms, timing};
+use super::dev::{path_errors, populate_dev, populate_dev_cpu, process_cpu_ms};
+use super::report::{ms, summarize, timing};
 use super::touch::touch_all;
 use super::{Bench, Family, Results};
 
@@ -30,8 +30,9 @@ impl Family for Storm {
         }
         let (size, threads, reps) = (b.size, b.threads, b.reps);
         b.progress(&format!("storm: {threads} threads"));
-        let (t, errors, st) = populate_dev(dev, size, threads, true, reps)?;
+        let (t, cpu, errors, st) = populate_dev_cpu(dev, size, threads, true, reps)?;
         let mut m = timing("storm", "ms", &t);
+        m.cpu_ms = Some(summarize(&cpu).0);
         m.policy = Some(policy.name().into());
         m.threads = Some(threads);
         m.size_bytes = Some(size);
@@ -47,16 +48,20 @@ impl Family for Storm {
         r.measurements.push(m);
         // The same storm without userfaultfd: what 64 threads on
         // this machine's cores cost by themselves.
-        let mut t = Vec::new();
+        let (mut t, mut cpu) = (Vec::new(), Vec::new());
         let native = r.native()?;
         for rep in 0..=reps {
+            let c = process_cpu_ms();
             let v = native.view(size)?;
             let (d, _) = touch_all(v.0, 0, threads, true);
+            drop(v);
             if rep > 0 {
                 t.push(ms(d));
+                cpu.push(process_cpu_ms() - c);
             }
         }
         let mut m = timing("storm", "ms", &t);
+        m.cpu_ms = Some(summarize(&cpu).0);
         m.policy = Some("native".into());
         m.threads = Some(threads);
         m.size_bytes = Some(size);
@@ -73,8 +78,9 @@ impl Family for Storm {
         if raised != FillSched::Normal {
             barmap::set_fill_sched(FillSched::Normal);
             b.progress("storm: service threads fill at their own priority");
-            let (t, errors, st) = populate_dev(dev, size, threads, true, reps)?;
+            let (t, cpu, errors, st) = populate_dev_cpu(dev, size, threads, true, reps)?;
             let mut m = timing("storm_normal", "ms", &t);
+            m.cpu_ms = Some(summarize(&cpu).0);
             m.policy = Some(policy.name().into());
             m.threads = Some(threads);
             m.size_bytes = Some(size);
