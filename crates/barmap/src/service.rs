@@ -76,8 +76,10 @@ pub fn fill_sched() -> FillSched {
 }
 
 thread_local! {
-    /// What [`raise_fill_priority`] changed on this thread, to undo.
-    static RAISED: std::cell::Cell<FillSched> = const { std::cell::Cell::new(FillSched::Normal) };
+    /// What [`raise_fill_priority`] changed on this thread, and the nice
+    /// value it replaced, to undo.
+    static RAISED: std::cell::Cell<(FillSched, i32)> =
+        const { std::cell::Cell::new((FillSched::Normal, 0)) };
 }
 
 /// Raises the calling thread's priority above the process's other threads
@@ -85,33 +87,35 @@ thread_local! {
 /// maps pages for: with 64 threads first-touching a mapping on 2 cores, a
 /// fill at the default priority gets about 2/66 of the CPU, and each chunk
 /// it maps wakes threads that preempt it. Only the walk is raised, not the
-/// wait for faults: a real-time thread woken by a fault is placed on its
-/// previous CPU, not next to the faulting thread, and an isolated fault's
-/// round trip would pay for a remote wake-up. Returns what it got; undo
-/// with [`restore_fill_priority`].
+/// wait for faults: the real-time class has no affine wake-up, so a
+/// real-time thread woken by a fault stays on its previous CPU, and an
+/// isolated fault's round trip would pay for waking another, idle CPU.
+/// Returns what it got; undo with [`restore_fill_priority`].
 pub(crate) fn raise_fill_priority() -> FillSched {
     let wanted = fill_sched();
+    let nice = own_nice();
     let got = if wanted == FillSched::Fifo && set_fifo(true) {
         FillSched::Fifo
-    } else if wanted != FillSched::Normal && set_nice(FILL_NICE) {
+    } else if wanted != FillSched::Normal && nice > FILL_NICE && set_nice(FILL_NICE) {
         FillSched::Nice
     } else {
         FillSched::Normal
     };
-    RAISED.with(|r| r.set(got));
+    RAISED.with(|r| r.set((got, nice)));
     got
 }
 
 /// Undoes [`raise_fill_priority`] on the calling thread.
 pub(crate) fn restore_fill_priority() {
-    match RAISED.with(|r| r.replace(FillSched::Normal)) {
-        FillSched::Fifo => {
+    match RAISED.with(|r| r.replace((FillSched::Normal, 0))) {
+        // Back to SCHED_OTHER: the nice value was kept meanwhile.
+        (FillSched::Fifo, _) => {
             set_fifo(false);
         }
-        FillSched::Nice => {
-            set_nice(0);
+        (FillSched::Nice, nice) => {
+            set_nice(nice);
         }
-        FillSched::Normal => {}
+        (FillSched::Normal, _) => {}
     }
 }
 
@@ -129,6 +133,13 @@ fn set_fifo(fifo: bool) -> bool {
     // SAFETY: changes the calling thread's (pid 0) policy; `param` is a
     // valid sched_param for the call's duration.
     unsafe { libc::sched_setscheduler(0, policy, &param) == 0 }
+}
+
+/// The calling thread's nice value.
+fn own_nice() -> i32 {
+    // SAFETY: gettid has no arguments; getpriority reads this thread's own
+    // nice value (it cannot fail for an existing thread of ours).
+    unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
 }
 
 /// Sets the calling thread's nice value; whether it did.

@@ -62,7 +62,9 @@ pub(super) fn populate_dev(
 }
 
 /// [`populate_dev`], also returning the CPU time the process spent on each
-/// repetition (ms, every thread: the touching threads and the service's).
+/// repetition's touches (ms, every thread: the touching threads and the
+/// service's, from the touching threads' start to the service going idle;
+/// the map and the unmap are left out).
 pub(super) fn populate_dev_cpu(
     dev: &Device,
     len: usize,
@@ -75,14 +77,15 @@ pub(super) fn populate_dev_cpu(
     let mut errors = 0;
     let before = dev.stats();
     for rep in 0..=reps {
-        let c = process_cpu_ms();
         let m = map(dev, 0, len)?;
+        let c = process_cpu_ms();
         let (t, bad) = touch_all(View::of(&m), 0, threads, interleave);
         settle(dev);
+        let c = process_cpu_ms() - c;
         drop(m);
         if rep > 0 {
             times.push(ms(t));
-            cpu.push(process_cpu_ms() - c);
+            cpu.push(c);
             errors += bad;
         }
     }

@@ -48,9 +48,9 @@ pub(super) struct Measurement {
     pub(super) per_page_ns: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) cpu_cores: Option<f64>,
-    /// Median CPU time (user + system, every thread of the process) per
-    /// repetition, ms: the work a run did, whatever share of the machine
-    /// it got.
+    /// Median CPU time (user + system, every thread of the process) of a
+    /// repetition's touches (map and unmap left out), ms: the work a run
+    /// did, whatever share of the machine it got.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) cpu_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -51,13 +51,14 @@ impl Family for Storm {
         let (mut t, mut cpu) = (Vec::new(), Vec::new());
         let native = r.native()?;
         for rep in 0..=reps {
-            let c = process_cpu_ms();
             let v = native.view(size)?;
+            let c = process_cpu_ms();
             let (d, _) = touch_all(v.0, 0, threads, true);
+            let c = process_cpu_ms() - c;
             drop(v);
             if rep > 0 {
                 t.push(ms(d));
-                cpu.push(process_cpu_ms() - c);
+                cpu.push(c);
             }
         }
         let mut m = timing("storm", "ms", &t);
