@@ -860,7 +860,11 @@ impl<B: Mm> Core<B> {
         Counters::add(&self.counters.prefault_runs, 1);
         let walking = self.prefaulting.fetch_add(1, Ordering::Relaxed) + 1;
         Counters::max(&self.counters.prefault_peak, walking);
+        if self.mm.begin_long_fill() {
+            Counters::add(&self.counters.prefault_raised, 1);
+        }
         self.prefault_walk(entry);
+        self.mm.end_long_fill();
         self.prefaulting.fetch_sub(1, Ordering::Relaxed);
     }
 

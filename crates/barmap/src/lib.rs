@@ -57,7 +57,7 @@ pub use fault::{Answer, BugEvent, GateState};
 pub use mapping::Mapping;
 pub use memory::MemoryBudget;
 pub use policy::Policy;
-pub use service::WaitMode;
+pub use service::{fill_sched, set_fill_sched, FillSched, WaitMode};
 pub use space::{AddressSpace, SpaceStats};
 pub use stats::Stats;
 pub use uffd::UffdAccess;

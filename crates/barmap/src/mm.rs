@@ -183,6 +183,18 @@ pub trait Mm: Send + Sync + 'static {
     /// Unmaps `range` of the mapping and drops its fault registration.
     fn unmap(&self, map: &MapInfo, range: Range<usize>) -> Result<(), MmError>;
 
+    /// A long fill (the `prefault` walk) begins on the calling thread: the
+    /// backend may raise the thread's scheduling priority until
+    /// [`Mm::end_long_fill`], so that the threads the fill wakes do not
+    /// preempt it. Returns whether it raised it. Scheduling only: no effect
+    /// on what is mapped. Backends without threads of their own do nothing.
+    fn begin_long_fill(&self) -> bool {
+        false
+    }
+
+    /// The long fill begun by [`Mm::begin_long_fill`] on this thread is over.
+    fn end_long_fill(&self) {}
+
     /// Returns once every unmap or remap event that the process has already
     /// been told about (its munmap or mremap returned) has been handed to the
     /// core, so that a zap never meets a range the process has reused.

@@ -3,7 +3,7 @@
 //! read, hand over unmaps and moves, serve faults, repeat.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -24,6 +24,131 @@ pub enum WaitMode {
     Poll,
     /// Busy-poll the userfaultfd: lowest latency, one core per thread.
     Spin,
+}
+
+/// How a service thread runs a long fill (the `prefault` walk of a
+/// mapping): the scheduling it asks for while it fills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FillSched {
+    /// `SCHED_FIFO` at the lowest real-time priority (1) where permitted
+    /// (root, `CAP_SYS_NICE` or `RLIMIT_RTPRIO`), else nice [`FILL_NICE`],
+    /// else unchanged. The default.
+    Fifo,
+    /// Nice [`FILL_NICE`] where permitted, else unchanged.
+    Nice,
+    /// Unchanged: the service thread's own scheduling.
+    Normal,
+}
+
+/// The nice value of [`FillSched::Nice`] and of the fallback.
+pub const FILL_NICE: i32 = -10;
+
+/// The process's [`FillSched`]: 0 unset (read `BARMAP_FILL_SCHED`), else
+/// the variant + 1.
+static FILL_SCHED: AtomicU8 = AtomicU8::new(0);
+
+/// Sets how service threads of this process schedule their long fills from
+/// now on (default [`FillSched::Fifo`], or the environment's
+/// `BARMAP_FILL_SCHED` = `fifo`, `nice` or `normal`).
+pub fn set_fill_sched(sched: FillSched) {
+    FILL_SCHED.store(sched as u8 + 1, Ordering::Relaxed);
+}
+
+/// The process's [`FillSched`] now.
+pub fn fill_sched() -> FillSched {
+    match FILL_SCHED.load(Ordering::Relaxed) {
+        1 => FillSched::Fifo,
+        2 => FillSched::Nice,
+        3 => FillSched::Normal,
+        _ => {
+            let s = match std::env::var("BARMAP_FILL_SCHED").as_deref() {
+                Ok("normal") => FillSched::Normal,
+                Ok("nice") => FillSched::Nice,
+                _ => FillSched::Fifo,
+            };
+            // Another thread may have set it meanwhile: keep theirs.
+            let _ =
+                FILL_SCHED.compare_exchange(0, s as u8 + 1, Ordering::Relaxed, Ordering::Relaxed);
+            s
+        }
+    }
+}
+
+thread_local! {
+    /// What [`raise_fill_priority`] changed on this thread, and the nice
+    /// value it replaced, to undo.
+    static RAISED: std::cell::Cell<(FillSched, i32)> =
+        const { std::cell::Cell::new((FillSched::Normal, 0)) };
+}
+
+/// Raises the calling thread's priority above the process's other threads
+/// for a long fill, so that the fill is not preempted by the threads it
+/// maps pages for: with 64 threads first-touching a mapping on 2 cores, a
+/// fill at the default priority gets about 2/66 of the CPU, and each chunk
+/// it maps wakes threads that preempt it. Only the walk is raised, not the
+/// wait for faults: the real-time class has no affine wake-up, so a
+/// real-time thread woken by a fault stays on its previous CPU, and an
+/// isolated fault's round trip would pay for waking another, idle CPU.
+/// Returns what it got; undo with [`restore_fill_priority`].
+pub(crate) fn raise_fill_priority() -> FillSched {
+    let wanted = fill_sched();
+    let nice = own_nice();
+    let got = if wanted == FillSched::Fifo && set_fifo(true) {
+        FillSched::Fifo
+    } else if wanted != FillSched::Normal && nice > FILL_NICE && set_nice(FILL_NICE) {
+        FillSched::Nice
+    } else {
+        FillSched::Normal
+    };
+    RAISED.with(|r| r.set((got, nice)));
+    got
+}
+
+/// Undoes [`raise_fill_priority`] on the calling thread.
+pub(crate) fn restore_fill_priority() {
+    match RAISED.with(|r| r.replace((FillSched::Normal, 0))) {
+        // Back to SCHED_OTHER: the nice value was kept meanwhile.
+        (FillSched::Fifo, _) => {
+            set_fifo(false);
+        }
+        (FillSched::Nice, nice) => {
+            set_nice(nice);
+        }
+        (FillSched::Normal, _) => {}
+    }
+}
+
+/// Moves the calling thread to `SCHED_FIFO` priority 1 (`fifo`) or back to
+/// `SCHED_OTHER`; whether it did.
+fn set_fifo(fifo: bool) -> bool {
+    let (policy, prio) = if fifo {
+        (libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, 1)
+    } else {
+        (libc::SCHED_OTHER, 0)
+    };
+    let param = libc::sched_param {
+        sched_priority: prio,
+    };
+    // SAFETY: changes the calling thread's (pid 0) policy; `param` is a
+    // valid sched_param for the call's duration.
+    unsafe { libc::sched_setscheduler(0, policy, &param) == 0 }
+}
+
+/// The calling thread's nice value.
+fn own_nice() -> i32 {
+    // SAFETY: gettid has no arguments; getpriority reads this thread's own
+    // nice value (it cannot fail for an existing thread of ours).
+    unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
+}
+
+/// Sets the calling thread's nice value; whether it did.
+fn set_nice(nice: i32) -> bool {
+    // SAFETY: gettid has no arguments; setpriority on this thread's own id.
+    unsafe {
+        let tid = libc::gettid() as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, nice) == 0
+    }
 }
 
 /// A pool of fault service threads over one address space.

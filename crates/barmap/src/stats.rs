@@ -27,6 +27,7 @@ pub struct Counters {
     pub(crate) prefault_pages: AtomicU64,
     pub(crate) prefault_skipped: AtomicU64,
     pub(crate) prefault_peak: AtomicU64,
+    pub(crate) prefault_raised: AtomicU64,
     pub(crate) serve_ns: AtomicU64,
     pub(crate) fill_ns: AtomicU64,
     pub(crate) prefault_ns: AtomicU64,
@@ -70,6 +71,7 @@ impl Counters {
             prefault_pages: self.prefault_pages.load(Relaxed),
             prefault_skipped: self.prefault_skipped.load(Relaxed),
             prefault_peak: self.prefault_peak.load(Relaxed),
+            prefault_raised: self.prefault_raised.load(Relaxed),
             serve_ns: self.serve_ns.load(Relaxed),
             fill_ns: self.fill_ns.load(Relaxed),
             prefault_ns: self.prefault_ns.load(Relaxed),
@@ -131,6 +133,9 @@ pub struct Stats {
     pub prefault_skipped: u64,
     /// `prefault`: the most walks that ran at once (a high-water mark, not a count).
     pub prefault_peak: u64,
+    /// `prefault` walks that ran at a raised scheduling priority
+    /// ([`crate::service::FillSched`]).
+    pub prefault_raised: u64,
     /// Nanoseconds service threads spent serving faults (lookup, fill, answer, prefault).
     pub serve_ns: u64,
     /// Of `serve_ns`, nanoseconds in the faulting path's fills.
@@ -171,6 +176,7 @@ impl Stats {
                 .prefault_skipped
                 .saturating_sub(earlier.prefault_skipped),
             prefault_peak: self.prefault_peak,
+            prefault_raised: self.prefault_raised.saturating_sub(earlier.prefault_raised),
             serve_ns: self.serve_ns.saturating_sub(earlier.serve_ns),
             fill_ns: self.fill_ns.saturating_sub(earlier.fill_ns),
             prefault_ns: self.prefault_ns.saturating_sub(earlier.prefault_ns),

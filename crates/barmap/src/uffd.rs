@@ -617,6 +617,14 @@ impl Mm for UffdMm {
         crate::os::unmap(range).map_err(MmError::Os)
     }
 
+    fn begin_long_fill(&self) -> bool {
+        crate::service::raise_fill_priority() != crate::service::FillSched::Normal
+    }
+
+    fn end_long_fill(&self) {
+        crate::service::restore_fill_priority();
+    }
+
     fn quiesce(&self) {
         self.space.quiesce();
     }

@@ -395,3 +395,79 @@ fn every_prefault_fault_answered_filled_or_present_joins_the_walk() {
         assert_eq!(s.pages_filled, ((16 << 20) / 4096) as u64, "{s:?}");
     }
 }
+
+// ----- the prefault walk's scheduling ---------------------------------------
+
+/// (policy, nice) of every fault service thread of this process, from
+/// /proc/self/task/*/stat (fields 41 and 19).
+fn service_thread_sched() -> Vec<(u32, i64)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with("barmap-fault") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap();
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        out.push((fields[38].parse().unwrap(), fields[16].parse().unwrap()));
+    }
+    out
+}
+
+#[test]
+fn prefault_walks_run_raised_and_service_threads_go_back_to_their_own_priority() {
+    // In a process of its own: other tests' walks would be seen raised.
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_walks_raised_then_restored",
+            "--ignored",
+            "--nocapture",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+#[ignore = "run by prefault_walks_run_raised_and_service_threads_go_back_to_their_own_priority"]
+fn child_walks_raised_then_restored() {
+    let dev = prefault_device(16 << 20, 2);
+    // SAFETY: geteuid has no arguments and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    for _ in 0..3 {
+        let m = dev
+            .map(DEFAULT_MEMORY_BAR, 0, 16 << 20, Prot::ReadWrite)
+            .unwrap();
+        let before = dev.stats();
+        for p in 0..(16 << 20) / 4096 {
+            assert_eq!(m.touch_u64(p * 4096).unwrap() & 0xff, p as u64 & 0xff);
+        }
+        assert!(dev.wait_idle(Duration::from_secs(10)));
+        let s = dev.stats().since(&before);
+        assert!(s.prefault_runs > 0, "{s:?}");
+        if root {
+            assert_eq!(s.prefault_raised, s.prefault_runs, "{s:?}");
+        }
+        let sched = service_thread_sched();
+        assert_eq!(sched.len(), 2);
+        assert!(
+            sched.iter().all(|&(policy, nice)| policy == 0 && nice == 0),
+            "service threads left raised after their walks: {sched:?}"
+        );
+    }
+    barmap::set_fill_sched(barmap::FillSched::Normal);
+    let m = dev
+        .map(DEFAULT_MEMORY_BAR, 0, 16 << 20, Prot::ReadWrite)
+        .unwrap();
+    let before = dev.stats();
+    assert_eq!(m.touch_u64(0).unwrap() & 0xff, 0);
+    assert!(dev.wait_idle(Duration::from_secs(10)));
+    let s = dev.stats().since(&before);
+    assert_eq!((s.prefault_runs, s.prefault_raised), (1, 0), "{s:?}");
+}

@@ -58,20 +58,50 @@ pub(super) fn populate_dev(
     interleave: bool,
     reps: usize,
 ) -> Result<(Vec<f64>, u64, Stats), String> {
+    populate_dev_cpu(dev, len, threads, interleave, reps).map(|(t, _, e, s)| (t, e, s))
+}
+
+/// [`populate_dev`], also returning the CPU time the process spent on each
+/// repetition's touches (ms, every thread: the touching threads and the
+/// service's, from the touching threads' start to the service going idle;
+/// the map and the unmap are left out).
+pub(super) fn populate_dev_cpu(
+    dev: &Device,
+    len: usize,
+    threads: usize,
+    interleave: bool,
+    reps: usize,
+) -> Result<(Vec<f64>, Vec<f64>, u64, Stats), String> {
     let mut times = Vec::new();
+    let mut cpu = Vec::new();
     let mut errors = 0;
     let before = dev.stats();
     for rep in 0..=reps {
         let m = map(dev, 0, len)?;
+        let c = process_cpu_ms();
         let (t, bad) = touch_all(View::of(&m), 0, threads, interleave);
         settle(dev);
+        let c = process_cpu_ms() - c;
         drop(m);
         if rep > 0 {
             times.push(ms(t));
+            cpu.push(c);
             errors += bad;
         }
     }
-    Ok((times, errors, dev.stats().since(&before)))
+    Ok((times, cpu, errors, dev.stats().since(&before)))
+}
+
+/// CPU time (user + system) of every thread of this process so far, ms.
+pub(super) fn process_cpu_ms() -> f64 {
+    // SAFETY: getrusage fills the zeroed struct it is given.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        ru
+    };
+    let tv = |t: libc::timeval| t.tv_sec as f64 * 1e3 + t.tv_usec as f64 / 1e3;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 /// `what: <the errno's message>`.

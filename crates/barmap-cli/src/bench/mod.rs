@@ -23,7 +23,7 @@
 //!   such a view, the kernel filling the page tables by itself, which
 //!   every populate and storm is also stated against (`floor_ratio`). `page`, which serves one fault per page, runs
 //!   at a smaller size (its ratio is to native at that size).
-//! - `storm`, `storm_nice`, `populate_nice` ([`storm`]): N threads released
+//! - `storm`, `storm_normal`, `populate_normal` ([`storm`]): N threads released
 //!   at once, touching interleaved pages of one mapping, so that they fault
 //!   on the same chunks together; on the default policy's populate device.
 //! - `huge` ([`huge`]): whether the `huge` policy's fills end up PMD-mapped
@@ -259,6 +259,8 @@ struct Results {
     storm_ratio: f64,
     /// Storm / the same storm on a native view, default policy.
     storm_vs_native: f64,
+    /// The native storm's median, ms.
+    storm_native_median: f64,
     /// Default policy, N threads: populate / native N threads.
     populate_n_ratio: f64,
     /// `MADV_POPULATE_READ` of a native view, median (ms) by size: the

@@ -48,6 +48,11 @@ pub(super) struct Measurement {
     pub(super) per_page_ns: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) cpu_cores: Option<f64>,
+    /// Median CPU time (user + system, every thread of the process) of a
+    /// repetition's touches (map and unmap left out), ms: the work a run
+    /// did, whatever share of the machine it got.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) cpu_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) faults: Option<u64>,
     /// Wrong reads, SIGBUS answers and failed fills.

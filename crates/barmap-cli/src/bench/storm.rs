@@ -2,13 +2,14 @@
 //! mapping (thread t touches pages t, t+N, ...), so that they fault on the
 //! same chunks together; on the default policy's populate device, judged
 //! against its 1-thread populate. Next to it the same storm on the native
-//! view, and (root only) `storm_nice` / `populate_nice`: the same with the
-//! service threads at nice -10.
+//! view, and `storm_normal` / `populate_normal`: the same with the service
+//! threads' walks at their own priority ([`FillSched::Normal`]), as they ran
+//! before the walk's priority was raised.
 
-use barmap::{Device, Policy};
+use barmap::{Device, FillSched, Policy};
 
-use super::dev::{path_errors, populate_dev};
-use super::report::{ms, timing};
+use super::dev::{path_errors, populate_dev, populate_dev_cpu, process_cpu_ms};
+use super::report::{ms, summarize, timing};
 use super::touch::touch_all;
 use super::{Bench, Family, Results};
 
@@ -29,8 +30,9 @@ impl Family for Storm {
         }
         let (size, threads, reps) = (b.size, b.threads, b.reps);
         b.progress(&format!("storm: {threads} threads"));
-        let (t, errors, st) = populate_dev(dev, size, threads, true, reps)?;
+        let (t, cpu, errors, st) = populate_dev_cpu(dev, size, threads, true, reps)?;
         let mut m = timing("storm", "ms", &t);
+        m.cpu_ms = Some(summarize(&cpu).0);
         m.policy = Some(policy.name().into());
         m.threads = Some(threads);
         m.size_bytes = Some(size);
@@ -46,16 +48,21 @@ impl Family for Storm {
         r.measurements.push(m);
         // The same storm without userfaultfd: what 64 threads on
         // this machine's cores cost by themselves.
-        let mut t = Vec::new();
+        let (mut t, mut cpu) = (Vec::new(), Vec::new());
         let native = r.native()?;
         for rep in 0..=reps {
             let v = native.view(size)?;
+            let c = process_cpu_ms();
             let (d, _) = touch_all(v.0, 0, threads, true);
+            let c = process_cpu_ms() - c;
+            drop(v);
             if rep > 0 {
                 t.push(ms(d));
+                cpu.push(c);
             }
         }
         let mut m = timing("storm", "ms", &t);
+        m.cpu_ms = Some(summarize(&cpu).0);
         m.policy = Some("native".into());
         m.threads = Some(threads);
         m.size_bytes = Some(size);
@@ -63,53 +70,38 @@ impl Family for Storm {
         m.ratio_to = Some("native populate 1 thread".into());
         m.floor_ratio = Some(m.median / r.floor_med[&size]);
         r.storm_vs_native = storm_median / m.median;
+        r.storm_native_median = m.median;
         r.measurements.push(m);
-        // Experiment: service threads at a higher priority than the
-        // touching threads (root only; skipped otherwise).
-        if renice_service(-10) > 0 {
-            b.progress("storm: service threads at nice -10");
-            let (t, errors, st) = populate_dev(dev, size, threads, true, reps)?;
-            let mut m = timing("storm_nice", "ms", &t);
+        // The same storm and 1-thread populate with the walks at the service
+        // threads' own priority (SCHED_OTHER, nice 0), as before the raise:
+        // what the raised priority buys, in the same run.
+        let raised = barmap::fill_sched();
+        if raised != FillSched::Normal {
+            barmap::set_fill_sched(FillSched::Normal);
+            b.progress("storm: service threads fill at their own priority");
+            let (t, cpu, errors, st) = populate_dev_cpu(dev, size, threads, true, reps)?;
+            let mut m = timing("storm_normal", "ms", &t);
+            m.cpu_ms = Some(summarize(&cpu).0);
             m.policy = Some(policy.name().into());
             m.threads = Some(threads);
             m.size_bytes = Some(size);
             m.faults = Some(st.faults / (reps as u64 + 1));
             m.errors = Some(errors + path_errors(&st));
-            m.ratio = Some(m.median / r.single_default);
-            m.ratio_to = Some("populate 1 thread, same policy".into());
+            m.counters = Some(st);
+            m.rounds = Some(reps + 1);
+            m.ratio = Some(m.median / r.storm_native_median);
+            m.ratio_to = Some("native storm".into());
             r.measurements.push(m);
             let (t, _, _) = populate_dev(dev, size, 1, false, reps)?;
-            let mut m = timing("populate_nice", "ms", &t);
+            let mut m = timing("populate_normal", "ms", &t);
             m.policy = Some(policy.name().into());
             m.threads = Some(1);
             m.size_bytes = Some(size);
             m.ratio = Some(m.median / r.native_med[&(size, 1)]);
             m.ratio_to = Some("native 1 thread(s)".into());
             r.measurements.push(m);
-            renice_service(0);
+            barmap::set_fill_sched(raised);
         }
         Ok(())
     }
-}
-
-/// Raises the priority of the device's fault service threads (named
-/// `barmap-fault-*`) to `nice`; returns how many were changed.
-fn renice_service(nice: i32) -> usize {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0;
-    };
-    let mut n = 0;
-    for t in tasks.flatten() {
-        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-        let Some(tid) = t.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        // SAFETY: setpriority on one thread id of this process.
-        if comm.starts_with("barmap-fault")
-            && unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) } == 0
-        {
-            n += 1;
-        }
-    }
-    n
 }
