@@ -291,9 +291,22 @@ fn selftests_column(m: &mut Matrix, models: &[&str], policy: Policy, cache: &Pat
         .source
         .join("tools/testing/selftests/vfio/lib/drivers");
     let _huge = crate::selftests_run::HugePages::reserve();
-    // Its own directory: `barmap selftests` writes the same names.
-    let logs = cache.join("conformance/selftests-logs");
-    let _ = std::fs::create_dir_all(&logs);
+    // A directory of this run's own: another run's logs never mix in.
+    let logs = match crate::util::run_log_dir(cache, "conformance-logs") {
+        Ok(dir) => dir,
+        Err(e) => {
+            for model in models {
+                m.put(
+                    model,
+                    D,
+                    Verdict::Fail,
+                    format!("a log directory under {}: {e}", cache.display()),
+                    Instant::now(),
+                );
+            }
+            return;
+        }
+    };
     for model in models {
         if !drivers_dir.join(model).is_dir() {
             m.skip(
@@ -397,8 +410,21 @@ fn dpdk_columns(m: &mut Matrix, models: &[&str], cols: &[&str], policy: Policy, 
             return;
         }
     };
-    let logs = cache.join("dpdk-logs");
-    let _ = std::fs::create_dir_all(&logs);
+    let logs = match crate::util::run_log_dir(cache, "dpdk-logs") {
+        Ok(dir) => dir,
+        Err(e) => {
+            for (model, d) in todo {
+                m.put(
+                    model,
+                    d,
+                    Verdict::Fail,
+                    format!("a log directory under {}: {e}", cache.display()),
+                    Instant::now(),
+                );
+            }
+            return;
+        }
+    };
     let cases = |a: &dpdk_cmd::AutotestReport| -> String {
         a.cases
             .iter()

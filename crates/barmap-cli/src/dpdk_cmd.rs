@@ -687,11 +687,16 @@ pub fn run(args: &DpdkArgs) -> i32 {
             return 1;
         }
     };
-    let logs = cache.join("dpdk-logs");
-    if let Err(e) = std::fs::create_dir_all(&logs) {
-        eprintln!("barmap dpdk: {}: {e}", logs.display());
-        return 1;
-    }
+    let logs = match crate::util::run_log_dir(&cache, "dpdk-logs") {
+        Ok(dir) => dir,
+        Err(e) => {
+            eprintln!(
+                "barmap dpdk: a log directory under {}: {e}",
+                cache.display()
+            );
+            return 1;
+        }
+    };
     progress(&format!("DPDK {} in {}", dpdk.version, dpdk.root.display()));
     progress("dmadev_autotest");
     let auto = autotest(

@@ -16,8 +16,8 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod check;
-mod ctl_cmd;
 mod conformance_cmd;
+mod ctl_cmd;
 mod demo;
 mod dpdk_cmd;
 mod fuzz;

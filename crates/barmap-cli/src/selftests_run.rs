@@ -95,8 +95,16 @@ pub fn run(args: &SelftestsArgs) -> i32 {
         }
     };
     let _huge = HugePages::reserve();
-    let logs = cache.join("selftests-logs");
-    let _ = std::fs::create_dir_all(&logs);
+    let logs = match crate::util::run_log_dir(&cache, "selftests-logs") {
+        Ok(dir) => dir,
+        Err(e) => {
+            eprintln!(
+                "barmap selftests: a log directory under {}: {e}",
+                cache.display()
+            );
+            return 1;
+        }
+    };
     let mut results: Vec<(&str, BinaryResult)> = Vec::new();
     for name in selftests::BINARIES {
         if !args.binaries.is_empty() && !args.binaries.iter().any(|b| b == name) {

@@ -1,6 +1,42 @@
 //! Small helpers shared by the subcommands.
 
+use std::path::{Path, PathBuf};
+
 pub use barmap_front::spec::parse_size;
+
+/// How many earlier runs' log directories a command keeps beside the new one.
+const KEPT_RUNS: usize = 8;
+
+/// A fresh directory for one run's logs, `cache/what/SECONDS-PID` (0700,
+/// made here, never one that exists: two runs at once, or a planted
+/// directory, never share or reuse logs), with all but the newest
+/// [`KEPT_RUNS`] earlier ones removed.
+pub fn run_log_dir(cache: &Path, what: &str) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let parent = cache.join(what);
+    std::fs::create_dir_all(&parent)?;
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let dir = parent.join(format!("{secs}-{}", std::process::id()));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    let mut old: Vec<(u64, PathBuf)> = std::fs::read_dir(&parent)?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path() != dir && e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let (t, pid) = name.split_once('-')?;
+            pid.parse::<u32>().ok()?;
+            Some((t.parse().ok()?, e.path()))
+        })
+        .collect();
+    old.sort();
+    let excess = old.len().saturating_sub(KEPT_RUNS);
+    for (_, path) in old.into_iter().take(excess) {
+        let _ = std::fs::remove_dir_all(path);
+    }
+    Ok(dir)
+}
 
 /// The first word of page `page` of the memory BAR, as the CLI writes it.
 pub fn pattern(page: usize) -> u64 {
@@ -19,7 +55,45 @@ pub fn write_pattern(device: &barmap::Device, region: u32, len: usize) -> barmap
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{parse_size, run_log_dir, KEPT_RUNS};
+
+    #[test]
+    fn each_run_gets_its_own_log_directory_and_old_ones_are_pruned() {
+        let root = std::env::temp_dir().join(format!("barmap-log-dirs-{}", std::process::id()));
+        std::fs::create_dir(&root).unwrap();
+        let cache = Cache(root);
+        let a = run_log_dir(cache.path(), "logs").unwrap();
+        let b = run_log_dir(cache.path(), "logs").unwrap();
+        assert_ne!(a, b);
+        for i in 0..KEPT_RUNS + 3 {
+            std::fs::create_dir(cache.path().join(format!("logs/{i}-1"))).unwrap();
+        }
+        std::fs::create_dir(cache.path().join("logs/not-a-run")).unwrap();
+        let c = run_log_dir(cache.path(), "logs").unwrap();
+        let left: Vec<_> = std::fs::read_dir(cache.path().join("logs"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        // The newest KEPT_RUNS earlier runs, the new one, and what is no run.
+        assert_eq!(left.len(), KEPT_RUNS + 2, "{left:?}");
+        assert!(c.exists() && left.contains(&"not-a-run".to_string()));
+        assert!(!left.contains(&"0-1".to_string()));
+    }
+
+    /// A directory removed when the test ends.
+    struct Cache(std::path::PathBuf);
+
+    impl Cache {
+        fn path(&self) -> &std::path::Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Cache {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 
     #[test]
     fn sizes_parse_with_binary_suffixes() {
