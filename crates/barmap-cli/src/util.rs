@@ -7,7 +7,7 @@ pub use barmap_front::spec::parse_size;
 /// How many earlier runs' log directories a command keeps beside the new one.
 const KEPT_RUNS: usize = 8;
 
-/// A fresh directory for one run's logs, `cache/what/SECONDS-PID` (0700,
+/// A fresh directory for one run's logs, `cache/what/SECONDS-PID-N` (0700,
 /// made here, never one that exists: two runs at once, or a planted
 /// directory, never share or reuse logs), with all but the newest
 /// [`KEPT_RUNS`] earlier ones removed.
@@ -18,15 +18,22 @@ pub fn run_log_dir(cache: &Path, what: &str) -> std::io::Result<PathBuf> {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let dir = parent.join(format!("{secs}-{}", std::process::id()));
-    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let dir = loop {
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = parent.join(format!("{secs}-{}-{n}", std::process::id()));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            other => break other.map(|()| dir)?,
+        }
+    };
     let mut old: Vec<(u64, PathBuf)> = std::fs::read_dir(&parent)?
         .filter_map(|e| e.ok())
         .filter(|e| e.path() != dir && e.file_type().is_ok_and(|t| t.is_dir()))
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
-            let (t, pid) = name.split_once('-')?;
-            pid.parse::<u32>().ok()?;
+            let (t, rest) = name.split_once('-')?;
+            rest.split('-').next()?.parse::<u32>().ok()?;
             Some((t.parse().ok()?, e.path()))
         })
         .collect();
