@@ -4,7 +4,7 @@
 
 use barmap::{Policy, WaitMode};
 
-use super::dev::{device, path_errors, populate_dev};
+use super::dev::{device, path_errors, populate_dev, populate_dev_cpu};
 use super::native::{populate_floor, populate_native, Native};
 use super::report::timing;
 use super::{Bench, Family, Results};
@@ -71,13 +71,17 @@ impl Family for Populate {
                 m.ratio_to = Some(format!("native {} thread(s)", thr));
                 m.floor_ratio = Some(m.median / r.floor_med[&len]);
                 if policy == Policy::default() && thr == 1 {
-                    r.populate_ratio = m.ratio.unwrap_or(0.0);
                     r.single_default = m.median;
                 }
-                if policy == Policy::default() && thr == threads {
-                    r.populate_n_ratio = m.ratio.unwrap_or(0.0);
-                }
                 r.measurements.push(m);
+                if policy == Policy::default() {
+                    let ratio = paired(b, r, &dev, len, thr)?;
+                    if thr == 1 {
+                        r.populate_ratio = ratio;
+                    } else {
+                        r.populate_n_ratio = ratio;
+                    }
+                }
             }
             for (_, family) in b.selected() {
                 family.after_populate(b, r, policy, &dev)?;
@@ -85,4 +89,43 @@ impl Family for Populate {
         }
         Ok(())
     }
+}
+
+/// The default policy's populate against native, the two taking turns
+/// repetition by repetition (native, barmap, native, ...), so that both
+/// see the same machine: a load that comes or goes between the native
+/// rows and the policy rows, minutes apart, moves one side only. Pushes
+/// both series as `populate_paired` rows and returns barmap's median over
+/// native's.
+fn paired(
+    b: &Bench,
+    r: &mut Results,
+    dev: &barmap::Device,
+    len: usize,
+    thr: usize,
+) -> Result<f64, String> {
+    b.progress(&format!(
+        "populate: default policy and native in turns, {thr} thread(s)"
+    ));
+    let native = r.native.as_ref().ok_or("no native view")?;
+    let (mut nat, mut own) = (Vec::new(), Vec::new());
+    for _ in 0..b.reps {
+        // One repetition each (after one warm-up, which the calls drop).
+        nat.extend(populate_native(native, len, thr, 1)?.0);
+        own.extend(populate_dev_cpu(dev, len, thr, false, 1)?.0);
+    }
+    let mut n = timing("populate_paired", "ms", &nat);
+    n.policy = Some("native".into());
+    let mut m = timing("populate_paired", "ms", &own);
+    m.policy = Some(Policy::default().name().into());
+    m.ratio = Some(m.median / n.median);
+    m.ratio_to = Some(format!("native {thr} thread(s), in turns"));
+    for x in [&mut n, &mut m] {
+        x.threads = Some(thr);
+        x.size_bytes = Some(len);
+    }
+    let ratio = m.ratio.unwrap_or(0.0);
+    r.measurements.push(n);
+    r.measurements.push(m);
+    Ok(ratio)
 }
