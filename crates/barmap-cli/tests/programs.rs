@@ -905,3 +905,148 @@ fn a_libvfio_user_device_dmas_into_an_ioas_through_the_cdev() {
         "a_libvfio_user_device_dmas_into_an_ioas_through_the_cdev",
     );
 }
+
+// --- barmap's vfio-user client against barmap's server ---
+//
+// `barmap serve` holds the device; the program reaches it under `barmap
+// run --device vfio-user:SOCKET`, through barmap-client, both sides
+// speaking barmap-vfio-user.
+
+/// A `barmap serve --device SPEC...` on a fresh socket, stopped when
+/// dropped.
+struct Served {
+    child: std::process::Child,
+    dir: PathBuf,
+    socket: PathBuf,
+}
+
+impl Served {
+    fn start(devices: &[&str]) -> Served {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // A short path: a socket's name holds 108 bytes.
+        let dir = std::env::temp_dir().join(format!("bm-serve-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        let socket = dir.join("s");
+        let mut cmd = Command::new(barmap());
+        cmd.arg("serve").arg("--socket").arg(&socket);
+        for d in devices {
+            cmd.args(["--device", d]);
+        }
+        let child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("barmap serve starts");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !socket.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(socket.exists(), "barmap serve made no socket");
+        Served { child, dir, socket }
+    }
+
+    fn device(&self) -> String {
+        format!("vfio-user:{}", self.socket.display())
+    }
+
+    fn ctl(&self, args: &[&str]) {
+        let st = Command::new(barmap())
+            .arg("ctl")
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("barmap ctl runs");
+        assert!(st.success(), "barmap ctl {args:?} failed");
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs `program` against a `barmap serve --device DEVICE` and requires it
+/// to pass.
+fn passes_against_barmap_serve(device: &str, program: &str) {
+    let s = Served::start(&[device]);
+    let r = run(program, &["--device", &s.device()]);
+    assert!(
+        r.code == Some(0) && r.text.contains("PASS"),
+        "{program} against barmap serve --device {device}: exit {:?}\n{}",
+        r.code,
+        r.text
+    );
+}
+
+#[test]
+fn barmap_serve_edu_reaches_a_program_through_the_vfio_user_client() {
+    passes_against_barmap_serve(
+        "edu",
+        "barmap_serve_edu_reaches_a_program_through_the_vfio_user_client",
+    );
+}
+
+#[test]
+fn barmap_serve_ioat_copies_and_signals_msix_through_the_vfio_user_client() {
+    passes_against_barmap_serve(
+        "ioat",
+        "barmap_serve_ioat_copies_and_signals_msix_through_the_vfio_user_client",
+    );
+}
+
+#[test]
+fn a_command_mem_clear_at_barmap_serve_sigbuses_a_vfio_user_clients_mapping() {
+    let name = "a_command_mem_clear_at_barmap_serve_sigbuses_a_vfio_user_clients_mapping";
+    let s = Served::start(&["default,memory=64K"]);
+    let ready = s.dir.join("ready");
+    let revoked = s.dir.join("revoked");
+    let exe = build(name);
+    let mut child = Command::new(barmap())
+        .args(["run", "--device", &s.device(), "--"])
+        .arg(&exe)
+        .env("BARMAP_PRELOAD", preload())
+        .env("BARMAP_READY", &ready)
+        .env("BARMAP_REVOKED", &revoked)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("barmap run starts");
+    let wait_for = |p: &Path| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !p.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        p.exists()
+    };
+    // The program's own clear first, then barmap ctl's from outside.
+    if wait_for(&ready) {
+        s.ctl(&["command-mem", "off"]);
+        if wait_for(&revoked) {
+            s.ctl(&["command-mem", "on"]);
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.code() == Some(0) && text.contains("PASS"),
+        "{name}: {:?}\n{text}",
+        out.status
+    );
+    assert!(
+        text.contains("ok barmap ctl command-mem off: the mapping SIGBUSes"),
+        "the clear from outside was not exercised:\n{text}"
+    );
+}
