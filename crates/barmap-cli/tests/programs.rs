@@ -812,18 +812,67 @@ fn sriov_numvfs_written_through_stdio_is_stored_at_close() {
 // Third-party vfio-user servers, built by `.ci/vfio-user-servers` into
 // ~/.cache/barmap/vfio-user (or $BARMAP_VFIO_USER_SERVERS), serve a device
 // that a plain VFIO program reaches under `barmap run --device
-// vfio-user:SOCKET`. A test skips, saying why, only when its server was
-// not built.
+// vfio-user:SOCKET`. rust-vmm's `vfio_user` gpio example comes from
+// crates.io; libvfio-user's samples are built here from a clone of
+// libvfio-user in that directory (`libvfio-user/`, pinned; the script's
+// header says how to fill it), and their tests skip, saying why, when the
+// clone is not there. A test skips only when its server cannot be had.
 
-/// The third-party server `name`, if it was built.
-fn vfio_user_server(name: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("BARMAP_VFIO_USER_SERVERS")
+/// The servers' directory.
+fn vfio_user_dir() -> Option<PathBuf> {
+    std::env::var_os("BARMAP_VFIO_USER_SERVERS")
         .map(PathBuf::from)
         .or_else(|| {
             std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/barmap/vfio-user"))
-        })?;
-    let path = dir.join(name);
-    path.exists().then_some(path)
+        })
+}
+
+/// libvfio-user's samples, built from the clone in the cache by
+/// `.ci/vfio-user-servers libvfio-user` (once per test run; reused while
+/// the sources are unchanged): `Err` says why they cannot be had.
+fn libvfio_user_samples() -> &'static Result<(), String> {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let dir = vfio_user_dir().ok_or("no $HOME")?;
+        let src = std::env::var_os("BARMAP_LIBVFIO_USER_SRC")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| dir.join("libvfio-user"));
+        if !src.join("samples/server.c").exists() {
+            return Err(format!(
+                "no libvfio-user clone in {} (git clone https://github.com/nutanix/libvfio-user \
+                 there, at the commit .ci/vfio-user-servers pins)",
+                src.display()
+            ));
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.ci/vfio-user-servers");
+        let out = Command::new(&script)
+            .arg("libvfio-user")
+            .output()
+            .map_err(|e| format!("{}: {e}", script.display()))?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            return Err(format!("building libvfio-user's samples failed:\n{text}"));
+        }
+        if let Some(line) = text.lines().find(|l| l.contains("skipped")) {
+            return Err(line.to_string());
+        }
+        Ok(())
+    })
+}
+
+/// The third-party server `name`, if it can be had; else why not.
+fn vfio_user_server(name: &str) -> Result<PathBuf, String> {
+    if matches!(name, "libvfio-user-server" | "gpio-pci-idio-16") {
+        libvfio_user_samples().clone()?;
+    }
+    let path = vfio_user_dir().ok_or("no $HOME")?.join(name);
+    match path.exists() {
+        true => Ok(path),
+        false => Err(format!(
+            "the vfio-user server {name} was not built (run .ci/vfio-user-servers)"
+        )),
+    }
 }
 
 /// Starts `server` with `args` (where `{}` stands for the socket path),
@@ -831,11 +880,12 @@ fn vfio_user_server(name: &str) -> Option<PathBuf> {
 /// vfio-user:SOCKET` and requires it to pass. Skips with the reason if the
 /// server was not built.
 fn passes_against_vfio_user_server(server: &str, args: &[&str], program: &str) {
-    let Some(bin) = vfio_user_server(server) else {
-        println!(
-            "skipped: the vfio-user server {server} was not built (run .ci/vfio-user-servers)"
-        );
-        return;
+    let bin = match vfio_user_server(server) {
+        Ok(bin) => bin,
+        Err(why) => {
+            println!("skipped: {why}");
+            return;
+        }
     };
     // A short path: a socket's name holds 108 bytes.
     // One directory per test: tests of one server run side by side.
