@@ -1060,7 +1060,7 @@ fn a_command_mem_clear_at_barmap_serve_sigbuses_a_vfio_user_clients_mapping() {
     let ready = s.dir.join("ready");
     let revoked = s.dir.join("revoked");
     let exe = build(name);
-    let mut child = Command::new(barmap())
+    let child = Command::new(barmap())
         .args(["run", "--device", &s.device(), "--"])
         .arg(&exe)
         .env("BARMAP_PRELOAD", preload())

@@ -35,20 +35,6 @@ static void wr32(struct bt_dev *d, uint64_t reg, uint32_t v)
 	DIE_UNLESS(pwrite(d->device, &v, 4, d->bar[0].offset + reg) == 4, "edu register write");
 }
 
-static int set_eventfd(struct bt_dev *d, uint32_t index, int fd)
-{
-	char buf[sizeof(struct vfio_irq_set) + sizeof(int)];
-	struct vfio_irq_set *s = (struct vfio_irq_set *)buf;
-
-	s->argsz = sizeof(buf);
-	s->flags = VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER;
-	s->index = index;
-	s->start = 0;
-	s->count = 1;
-	memcpy(s->data, &fd, sizeof(int));
-	return ioctl(d->device, VFIO_DEVICE_SET_IRQS, s);
-}
-
 /* One round trip through the edu buffer: `out` to the edu, then back
  * into `in`, both at their IOVAs. */
 static int round_trip(struct bt_dev *d, uint8_t *out, uint64_t out_iova, uint8_t *in,
@@ -100,7 +86,7 @@ int main(int argc, char **argv)
 	CHECK(ioctl(d.device, VFIO_DEVICE_GET_IRQ_INFO, &msi) == 0 && msi.count == 1 &&
 		      (msi.flags & VFIO_IRQ_INFO_EVENTFD),
 	      "GET_IRQ_INFO: one MSI vector with eventfd");
-	CHECK(set_eventfd(&d, VFIO_PCI_MSI_IRQ_INDEX, efd) == 0, "SET_IRQS: MSI eventfd");
+	CHECK(bt_set_irq_eventfd(&d, VFIO_PCI_MSI_IRQ_INDEX, efd) == 0, "SET_IRQS: MSI eventfd");
 	wr32(&d, 0x60, 0x1);
 	struct pollfd p = { .fd = efd, .events = POLLIN };
 	uint64_t n = 0;

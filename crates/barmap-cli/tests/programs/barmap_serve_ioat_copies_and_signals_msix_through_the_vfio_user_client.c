@@ -82,15 +82,8 @@ int main(int argc, char **argv)
 	CHECK(ioctl(d.device, VFIO_DEVICE_GET_IRQ_INFO, &ii) == 0 && ii.count == 1,
 	      "GET_IRQ_INFO: one MSI-X vector (%u)", ii.count);
 	int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	char sbuf[sizeof(struct vfio_irq_set) + sizeof(int)];
-	struct vfio_irq_set *s = (struct vfio_irq_set *)sbuf;
-	s->argsz = sizeof(sbuf);
-	s->flags = VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER;
-	s->index = VFIO_PCI_MSIX_IRQ_INDEX;
-	s->start = 0;
-	s->count = 1;
-	memcpy(s->data, &efd, sizeof(int));
-	CHECK(ioctl(d.device, VFIO_DEVICE_SET_IRQS, s) == 0, "SET_IRQS: MSI-X vector 0 eventfd");
+	CHECK(bt_set_irq_eventfd(&d, VFIO_PCI_MSIX_IRQ_INDEX, efd) == 0,
+	      "SET_IRQS: MSI-X vector 0 eventfd");
 
 	/* A copy from shared to private memory. */
 	uint8_t *sh = mmap(NULL, 2 * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
