@@ -25,6 +25,55 @@ pub struct SelftestsArgs {
     /// Cache directory (default: $BARMAP_CACHE or $HOME/.cache/barmap/guest).
     #[arg(long)]
     cache: Option<PathBuf>,
+    /// Serve each device from a vfio-user server (barmap-server, in this
+    /// process) and present it to the binary as `--device
+    /// vfio-user:SOCKET`: barmap's client against barmap's server. The
+    /// selftests fork per test, so the server takes a client per test.
+    #[arg(long)]
+    served: bool,
+}
+
+/// A device served by barmap-server on a private socket for one binary's
+/// run; stopped and removed when dropped.
+struct ServedDevice {
+    server: std::sync::Arc<barmap_server::Server>,
+    dir: PathBuf,
+}
+
+impl ServedDevice {
+    /// Serves `device` (a `--device` spec) and returns the server with the
+    /// spec of its vfio-user socket.
+    fn start(device: &str, policy: Policy) -> Result<(ServedDevice, DeviceSpec), String> {
+        let model = DeviceSpec::parse(device, policy)?.model()?;
+        let dir = std::env::temp_dir().join(format!(
+            "barmap-selftests-{}-{}",
+            std::process::id(),
+            device.replace(',', "-")
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        let socket = dir.join("s");
+        let config = barmap_server::DeviceConfig {
+            name: device.to_string(),
+            model,
+            exclusive: false,
+        };
+        let server = barmap_server::Server::new(&socket, vec![config])
+            .and_then(|s| s.start().map(|()| s))
+            .map_err(|e| e.to_string())?;
+        let served = ServedDevice { server, dir };
+        let spec = DeviceSpec::parse(&format!("vfio-user:{}", socket.display()), policy)?;
+        Ok((served, spec))
+    }
+}
+
+impl Drop for ServedDevice {
+    fn drop(&mut self) {
+        self.server.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// Huge pages for the DMA-mapping tests' hugetlb variants (2 MiB and
@@ -80,6 +129,17 @@ pub(crate) fn devices_for(binary: &str) -> &'static [&'static str] {
     }
 }
 
+/// The devices a selftest binary runs on with `--served`: the driver test
+/// on the I/OAT channel only (igb's 4095-copy storm through its loopback,
+/// one region access per register write across the socket, outlasts the
+/// test's time-out); the others as [`devices_for`].
+fn served_devices_for(binary: &str) -> &'static [&'static str] {
+    match binary {
+        "vfio_pci_driver_test" => &["ioat"],
+        _ => devices_for(binary),
+    }
+}
+
 /// Runs the command: 0 if every binary passed (tests may skip themselves).
 pub fn run(args: &SelftestsArgs) -> i32 {
     let cache = args
@@ -110,18 +170,27 @@ pub fn run(args: &SelftestsArgs) -> i32 {
         if !args.binaries.is_empty() && !args.binaries.iter().any(|b| b == name) {
             continue;
         }
-        for (i, device) in devices_for(name).iter().enumerate() {
-            let spec = match DeviceSpec::parse(device, args.policy) {
-                Ok(d) => RunSpec::new(vec![d]),
+        let devices = match args.served {
+            true => served_devices_for(name),
+            false => devices_for(name),
+        };
+        for (i, device) in devices.iter().enumerate() {
+            let made = match args.served {
+                true => ServedDevice::start(device, args.policy).map(|(s, d)| (Some(s), d)),
+                false => DeviceSpec::parse(device, args.policy).map(|d| (None, d)),
+            };
+            let (_served, spec) = match made {
+                Ok((s, d)) => (s, RunSpec::new(vec![d])),
                 Err(e) => {
-                    eprintln!("barmap selftests: {e}");
+                    eprintln!("barmap selftests: {device}: {e}");
                     return 2;
                 }
             };
             // The first device's log keeps the binary's name.
+            let served = if args.served { "-served" } else { "" };
             let log = match i {
-                0 => logs.join(format!("{name}.log")),
-                _ => logs.join(format!("{name}-{}.log", device.replace(',', "-"))),
+                0 => logs.join(format!("{name}{served}.log")),
+                _ => logs.join(format!("{name}-{}{served}.log", device.replace(',', "-"))),
             };
             eprintln!(
                 "barmap selftests: running {name} on {device} (log {})",
@@ -141,6 +210,7 @@ pub fn run(args: &SelftestsArgs) -> i32 {
         let v = serde_json::json!({
             "source": format!("{} {}", selftests::PACKAGE, build.version),
             "policy": args.policy.to_string(),
+            "served": args.served,
             "ok": ok,
             "binaries": results.iter().map(|(device, r)| {
                 let mut v = serde_json::to_value(r).expect("a result serializes");

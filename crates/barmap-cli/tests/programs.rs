@@ -812,18 +812,67 @@ fn sriov_numvfs_written_through_stdio_is_stored_at_close() {
 // Third-party vfio-user servers, built by `.ci/vfio-user-servers` into
 // ~/.cache/barmap/vfio-user (or $BARMAP_VFIO_USER_SERVERS), serve a device
 // that a plain VFIO program reaches under `barmap run --device
-// vfio-user:SOCKET`. A test skips, saying why, only when its server was
-// not built.
+// vfio-user:SOCKET`. rust-vmm's `vfio_user` gpio example comes from
+// crates.io; libvfio-user's samples are built here from a clone of
+// libvfio-user in that directory (`libvfio-user/`, pinned; the script's
+// header says how to fill it), and their tests skip, saying why, when the
+// clone is not there. A test skips only when its server cannot be had.
 
-/// The third-party server `name`, if it was built.
-fn vfio_user_server(name: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("BARMAP_VFIO_USER_SERVERS")
+/// The servers' directory.
+fn vfio_user_dir() -> Option<PathBuf> {
+    std::env::var_os("BARMAP_VFIO_USER_SERVERS")
         .map(PathBuf::from)
         .or_else(|| {
             std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/barmap/vfio-user"))
-        })?;
-    let path = dir.join(name);
-    path.exists().then_some(path)
+        })
+}
+
+/// libvfio-user's samples, built from the clone in the cache by
+/// `.ci/vfio-user-servers libvfio-user` (once per test run; reused while
+/// the sources are unchanged): `Err` says why they cannot be had.
+fn libvfio_user_samples() -> &'static Result<(), String> {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let dir = vfio_user_dir().ok_or("no $HOME")?;
+        let src = std::env::var_os("BARMAP_LIBVFIO_USER_SRC")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| dir.join("libvfio-user"));
+        if !src.join("samples/server.c").exists() {
+            return Err(format!(
+                "no libvfio-user clone in {} (git clone https://github.com/nutanix/libvfio-user \
+                 there, at the commit .ci/vfio-user-servers pins)",
+                src.display()
+            ));
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.ci/vfio-user-servers");
+        let out = Command::new(&script)
+            .arg("libvfio-user")
+            .output()
+            .map_err(|e| format!("{}: {e}", script.display()))?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            return Err(format!("building libvfio-user's samples failed:\n{text}"));
+        }
+        if let Some(line) = text.lines().find(|l| l.contains("skipped")) {
+            return Err(line.to_string());
+        }
+        Ok(())
+    })
+}
+
+/// The third-party server `name`, if it can be had; else why not.
+fn vfio_user_server(name: &str) -> Result<PathBuf, String> {
+    if matches!(name, "libvfio-user-server" | "gpio-pci-idio-16") {
+        libvfio_user_samples().clone()?;
+    }
+    let path = vfio_user_dir().ok_or("no $HOME")?.join(name);
+    match path.exists() {
+        true => Ok(path),
+        false => Err(format!(
+            "the vfio-user server {name} was not built (run .ci/vfio-user-servers)"
+        )),
+    }
 }
 
 /// Starts `server` with `args` (where `{}` stands for the socket path),
@@ -831,11 +880,12 @@ fn vfio_user_server(name: &str) -> Option<PathBuf> {
 /// vfio-user:SOCKET` and requires it to pass. Skips with the reason if the
 /// server was not built.
 fn passes_against_vfio_user_server(server: &str, args: &[&str], program: &str) {
-    let Some(bin) = vfio_user_server(server) else {
-        println!(
-            "skipped: the vfio-user server {server} was not built (run .ci/vfio-user-servers)"
-        );
-        return;
+    let bin = match vfio_user_server(server) {
+        Ok(bin) => bin,
+        Err(why) => {
+            println!("skipped: {why}");
+            return;
+        }
     };
     // A short path: a socket's name holds 108 bytes.
     // One directory per test: tests of one server run side by side.
@@ -940,4 +990,149 @@ fn the_igb_differential_program_passes_every_check_on_barmaps_igb() {
         "{text}"
     );
     assert!(text.contains("54 checks, 0 failed"), "{text}");
+}
+
+// --- barmap's vfio-user client against barmap's server ---
+//
+// `barmap serve` holds the device; the program reaches it under `barmap
+// run --device vfio-user:SOCKET`, through barmap-client, both sides
+// speaking barmap-vfio-user.
+
+/// A `barmap serve --device SPEC...` on a fresh socket, stopped when
+/// dropped.
+struct Served {
+    child: std::process::Child,
+    dir: PathBuf,
+    socket: PathBuf,
+}
+
+impl Served {
+    fn start(devices: &[&str]) -> Served {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // A short path: a socket's name holds 108 bytes.
+        let dir = std::env::temp_dir().join(format!("bm-serve-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        let socket = dir.join("s");
+        let mut cmd = Command::new(barmap());
+        cmd.arg("serve").arg("--socket").arg(&socket);
+        for d in devices {
+            cmd.args(["--device", d]);
+        }
+        let child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("barmap serve starts");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !socket.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(socket.exists(), "barmap serve made no socket");
+        Served { child, dir, socket }
+    }
+
+    fn device(&self) -> String {
+        format!("vfio-user:{}", self.socket.display())
+    }
+
+    fn ctl(&self, args: &[&str]) {
+        let st = Command::new(barmap())
+            .arg("ctl")
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("barmap ctl runs");
+        assert!(st.success(), "barmap ctl {args:?} failed");
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs `program` against a `barmap serve --device DEVICE` and requires it
+/// to pass.
+fn passes_against_barmap_serve(device: &str, program: &str) {
+    let s = Served::start(&[device]);
+    let r = run(program, &["--device", &s.device()]);
+    assert!(
+        r.code == Some(0) && r.text.contains("PASS"),
+        "{program} against barmap serve --device {device}: exit {:?}\n{}",
+        r.code,
+        r.text
+    );
+}
+
+#[test]
+fn barmap_serve_edu_reaches_a_program_through_the_vfio_user_client() {
+    passes_against_barmap_serve(
+        "edu",
+        "barmap_serve_edu_reaches_a_program_through_the_vfio_user_client",
+    );
+}
+
+#[test]
+fn barmap_serve_ioat_copies_and_signals_msix_through_the_vfio_user_client() {
+    passes_against_barmap_serve(
+        "ioat",
+        "barmap_serve_ioat_copies_and_signals_msix_through_the_vfio_user_client",
+    );
+}
+
+#[test]
+fn a_command_mem_clear_at_barmap_serve_sigbuses_a_vfio_user_clients_mapping() {
+    let name = "a_command_mem_clear_at_barmap_serve_sigbuses_a_vfio_user_clients_mapping";
+    let s = Served::start(&["default,memory=64K"]);
+    let ready = s.dir.join("ready");
+    let revoked = s.dir.join("revoked");
+    let exe = build(name);
+    let child = Command::new(barmap())
+        .args(["run", "--device", &s.device(), "--"])
+        .arg(&exe)
+        .env("BARMAP_PRELOAD", preload())
+        .env("BARMAP_READY", &ready)
+        .env("BARMAP_REVOKED", &revoked)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("barmap run starts");
+    let wait_for = |p: &Path| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !p.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        p.exists()
+    };
+    // The program's own clear first, then barmap ctl's from outside.
+    if wait_for(&ready) {
+        s.ctl(&["command-mem", "off"]);
+        if wait_for(&revoked) {
+            s.ctl(&["command-mem", "on"]);
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.code() == Some(0) && text.contains("PASS"),
+        "{name}: {:?}\n{text}",
+        out.status
+    );
+    assert!(
+        text.contains("ok barmap ctl command-mem off: the mapping SIGBUSes"),
+        "the clear from outside was not exercised:\n{text}"
+    );
 }

@@ -24,13 +24,14 @@
 //! reply as the success layout without looking at the error bit, so a
 //! server's error is lost (a `REGION_READ` that libvfio-user's sample
 //! server refuses returns `Ok` with zeros); it maps every DMA region
-//! read-write; it serves no `DMA_READ`/`DMA_WRITE`. The wire format here
-//! follows libvfio-user's `include/vfio-user.h`.
+//! read-write; it serves no `DMA_READ`/`DMA_WRITE`. The wire format is
+//! `barmap-vfio-user`'s, shared with barmap's server.
 
 #![cfg(target_os = "linux")]
 #![warn(missing_docs)]
 
-pub mod wire;
+/// The protocol's layouts and framing (`barmap-vfio-user`).
+pub use barmap_vfio_user as proto;
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -39,7 +40,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
-use wire::{cmd, Header, Message};
+use proto::{Header, Message};
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
@@ -205,16 +206,10 @@ impl Conn {
             }
             p.replies.insert(id, None);
         }
-        let header = Header {
-            id,
-            cmd: command,
-            size: 0,
-            flags: wire::F_COMMAND,
-            error: 0,
-        };
+        let header = Header::command(id, command);
         let sent = {
             let _w = self.write.lock().unwrap();
-            wire::send(&self.sock, header, parts, fds)
+            proto::send_parts(self.sock.as_raw_fd(), header, parts, fds)
         };
         if let Err(e) = sent {
             self.pending.lock().unwrap().replies.remove(&id);
@@ -226,13 +221,13 @@ impl Conn {
                 if let Some(m) = slot.take() {
                     p.replies.remove(&id);
                     drop(p);
-                    if m.header.flags & wire::F_ERROR != 0 {
+                    if m.header.is_error() {
                         return Err(Error::Server(m.header.error as i32));
                     }
-                    if m.header.cmd != command {
+                    if m.header.command != command {
                         return Err(Error::Protocol(format!(
                             "reply to command {command} names command {}",
-                            m.header.cmd
+                            m.header.command
                         )));
                     }
                     return Ok(m);
@@ -261,9 +256,9 @@ impl Conn {
     /// waiter with [`Error::Gone`].
     fn read_loop(self: Arc<Self>, dma: Arc<dyn DmaAccess>) {
         loop {
-            let m = match wire::recv(&self.sock) {
-                Ok(Some(m)) => m,
-                Ok(None) => break,
+            let m = match proto::recv(self.sock.as_raw_fd()) {
+                Ok(m) => m,
+                Err(proto::RecvError::Closed) => break,
                 Err(e) => {
                     tracing::debug!(error = %e, "vfio-user connection ended");
                     break;
@@ -285,42 +280,31 @@ impl Conn {
 
     /// Answers one request of the server's.
     fn serve(&self, m: &Message, dma: &dyn DmaAccess) {
-        let word = |at: usize| {
-            m.body
-                .get(at..at + 8)
-                .map(|b| u64::from_ne_bytes(b.try_into().unwrap()))
-        };
-        let (addr, count) = (word(0).unwrap_or(0), word(8).unwrap_or(0));
+        let head = proto::DmaAccess::SIZE;
+        let access = proto::DmaAccess::decode(&m.payload);
         let max = self.max_xfer.load(Ordering::Relaxed) as u64;
-        let result: std::result::Result<Vec<u8>, i32> = match m.header.cmd {
-            _ if m.body.len() < 16 => Err(libc::EINVAL),
-            cmd::DMA_READ if count <= max => {
-                let mut data = vec![0u8; count as usize];
-                dma.dma_read(addr, &mut data).map(|()| {
-                    let mut out = m.body[..16].to_vec();
+        let result: std::result::Result<Vec<u8>, i32> = match (m.header.command, access) {
+            (proto::DMA_READ | proto::DMA_WRITE, None) => Err(libc::EINVAL),
+            (proto::DMA_READ, Some(a)) if a.count <= max => {
+                let mut data = vec![0u8; a.count as usize];
+                dma.dma_read(a.addr, &mut data).map(|()| {
+                    let mut out = m.payload[..head].to_vec();
                     out.extend_from_slice(&data);
                     out
                 })
             }
-            cmd::DMA_WRITE if m.body.len() as u64 == 16 + count => dma
-                .dma_write(addr, &m.body[16..])
-                .map(|()| m.body[..16].to_vec()),
-            cmd::DMA_READ | cmd::DMA_WRITE => Err(libc::EINVAL),
+            (proto::DMA_WRITE, Some(a)) if m.payload.len() as u64 == head as u64 + a.count => dma
+                .dma_write(a.addr, &m.payload[head..])
+                .map(|()| m.payload[..head].to_vec()),
+            (proto::DMA_READ | proto::DMA_WRITE, _) => Err(libc::EINVAL),
             _ => Err(libc::ENOTSUP),
         };
-        let (flags, error, body) = match result {
-            Ok(body) => (wire::F_REPLY, 0, body),
-            Err(e) => (wire::F_REPLY | wire::F_ERROR, e as u32, Vec::new()),
-        };
-        let header = Header {
-            id: m.header.id,
-            cmd: m.header.cmd,
-            size: 0,
-            flags,
-            error,
+        let (header, body) = match result {
+            Ok(body) => (proto::reply_header(&m.header), body),
+            Err(e) => (proto::error_header(&m.header, e), Vec::new()),
         };
         let _w = self.write.lock().unwrap();
-        if let Err(e) = wire::send(&self.sock, header, &[&body], &[]) {
+        if let Err(e) = proto::send(self.sock.as_raw_fd(), header, &body, &[]) {
             tracing::debug!(error = %e, "vfio-user: replying to the server failed");
         }
     }
@@ -335,24 +319,15 @@ pub struct Remote {
     irqs: Vec<IrqInfo>,
 }
 
-fn u32_at(b: &[u8], at: usize) -> Result<u32> {
-    b.get(at..at + 4)
-        .map(|s| u32::from_ne_bytes(s.try_into().unwrap()))
-        .ok_or_else(|| Error::Protocol(format!("reply too short ({} bytes)", b.len())))
+/// A reply's layout, or [`Error::Protocol`] when it is too short for it.
+fn layout<T>(decoded: Option<T>, what: &str, reply: &Message) -> Result<T> {
+    decoded.ok_or_else(|| {
+        Error::Protocol(format!(
+            "{what} reply too short ({} bytes)",
+            reply.payload.len()
+        ))
+    })
 }
-
-fn u64_at(b: &[u8], at: usize) -> Result<u64> {
-    b.get(at..at + 8)
-        .map(|s| u64::from_ne_bytes(s.try_into().unwrap()))
-        .ok_or_else(|| Error::Protocol(format!("reply too short ({} bytes)", b.len())))
-}
-
-/// `VFIO_REGION_INFO_CAP_SPARSE_MMAP`.
-const CAP_SPARSE_MMAP: u16 = 1;
-/// `VFIO_REGION_INFO_FLAG_CAPS`.
-const REGION_FLAG_CAPS: u32 = 1 << 3;
-/// Bytes of `struct vfio_region_info`.
-const REGION_INFO: usize = 32;
 
 impl Remote {
     /// Connects to the server at `path`, negotiates the version and reads
@@ -397,97 +372,72 @@ impl Remote {
     /// `VFIO_USER_VERSION`: version 0.1, with barmap's limits; the
     /// server's `max_data_xfer_size` bounds each region access after.
     fn negotiate(&mut self) -> Result<()> {
-        let caps = serde_json::json!({
-            "capabilities": {
-                "max_msg_fds": wire::MAX_FDS,
-                "max_data_xfer_size": DEFAULT_MAX_XFER,
-            }
-        });
-        let mut payload = Vec::new();
-        payload.extend_from_slice(&0u16.to_ne_bytes());
-        payload.extend_from_slice(&1u16.to_ne_bytes());
-        payload.extend_from_slice(caps.to_string().as_bytes());
-        payload.push(0);
+        let payload = proto::Version {
+            major: 0,
+            minor: 1,
+            caps: proto::Capabilities {
+                max_msg_fds: Some(proto::MAX_MSG_FDS as u64),
+                max_data_xfer_size: Some(DEFAULT_MAX_XFER as u64),
+                ..proto::Capabilities::default()
+            },
+        }
+        .encode();
         // A server busy with another client (libvfio-user serves one and
         // leaves the rest in its listen queue) never answers.
-        let reply = self
-            .conn
-            .request_within(cmd::VERSION, &[&payload], &[], Some(VERSION_WAIT))?;
-        let b = &reply.body;
-        if b.len() < 4 || u16::from_ne_bytes([b[0], b[1]]) != 0 {
-            return Err(Error::Protocol("unsupported server version".into()));
-        }
-        let text = String::from_utf8_lossy(&b[4..]);
-        let text = text.trim_end_matches('\0');
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(text) {
-            if let Some(n) = v["capabilities"]["max_data_xfer_size"].as_u64() {
-                let n = (n as usize).clamp(8, DEFAULT_MAX_XFER);
-                self.conn.max_xfer.store(n, Ordering::Relaxed);
-            }
+        let reply =
+            self.conn
+                .request_within(proto::VERSION, &[&payload], &[], Some(VERSION_WAIT))?;
+        let v = match proto::Version::decode(&reply.payload) {
+            Some(v) if v.major == 0 => v,
+            _ => return Err(Error::Protocol("unsupported server version".into())),
+        };
+        if let Some(n) = v.caps.max_data_xfer_size {
+            let n = (n as usize).clamp(8, DEFAULT_MAX_XFER);
+            self.conn.max_xfer.store(n, Ordering::Relaxed);
         }
         Ok(())
     }
 
     fn device_info_request(&self) -> Result<DeviceInfo> {
-        let mut p = [0u8; 16];
-        p[0..4].copy_from_slice(&16u32.to_ne_bytes());
-        let r = self.conn.request(cmd::DEVICE_GET_INFO, &[&p], &[])?;
+        let p = proto::DeviceInfo {
+            argsz: proto::DeviceInfo::SIZE as u32,
+            ..proto::DeviceInfo::default()
+        }
+        .encode();
+        let r = self.conn.request(proto::DEVICE_GET_INFO, &[&p], &[])?;
+        let d = layout(proto::DeviceInfo::decode(&r.payload), "DEVICE_GET_INFO", &r)?;
         Ok(DeviceInfo {
-            flags: u32_at(&r.body, 4)?,
-            num_regions: u32_at(&r.body, 8)?,
-            num_irqs: u32_at(&r.body, 12)?,
+            flags: d.flags,
+            num_regions: d.num_regions,
+            num_irqs: d.num_irqs,
         })
     }
 
     fn region_info_request(&self, index: u32) -> Result<Region> {
-        let ask = |argsz: u32| -> Result<Message> {
-            let mut p = [0u8; REGION_INFO];
-            p[0..4].copy_from_slice(&argsz.to_ne_bytes());
-            p[8..12].copy_from_slice(&index.to_ne_bytes());
-            self.conn.request(cmd::DEVICE_GET_REGION_INFO, &[&p], &[])
+        let ask = |argsz: u32| -> Result<(proto::RegionInfo, Message)> {
+            let p = proto::RegionInfo::request(index, argsz).encode();
+            let r = self
+                .conn
+                .request(proto::DEVICE_GET_REGION_INFO, &[&p], &[])?;
+            let info = layout(proto::RegionInfo::decode(&r.payload), "GET_REGION_INFO", &r)?;
+            Ok((info, r))
         };
-        let mut r = ask(REGION_INFO as u32)?;
-        let needed = u32_at(&r.body, 0)?;
-        if needed as usize > REGION_INFO {
+        let (mut info, mut r) = ask(proto::RegionInfo::SIZE as u32)?;
+        if info.argsz as usize > proto::RegionInfo::SIZE {
             // The capability chain (and, with it, the file) comes when the
             // request has room for it.
-            r = ask(needed)?;
+            (info, r) = ask(info.argsz)?;
         }
-        let b = &r.body;
-        let flags = u32_at(b, 4)?;
-        let cap_offset = u32_at(b, 12)? as usize;
-        let size = u64_at(b, 16)?;
-        let offset = u64_at(b, 24)?;
-        let mut areas = Vec::new();
-        let mut at = if flags & REGION_FLAG_CAPS != 0 {
-            cap_offset
-        } else {
-            0
-        };
-        let mut hops = 0;
-        while at != 0 && hops < 16 {
-            let id = b
-                .get(at..at + 2)
-                .map(|s| u16::from_ne_bytes([s[0], s[1]]))
-                .ok_or_else(|| Error::Protocol("capability past the reply".into()))?;
-            let next = u32_at(b, at + 4)? as usize;
-            if id == CAP_SPARSE_MMAP {
-                let n = u32_at(b, at + 8)? as usize;
-                for k in 0..n.min(64) {
-                    let e = at + 16 + 16 * k;
-                    areas.push((u64_at(b, e)?, u64_at(b, e + 8)?));
-                }
-            }
-            at = next;
-            hops += 1;
-        }
+        let mut areas = proto::decode_sparse_mmap(&info, &r.payload)
+            .ok_or_else(|| Error::Protocol("capability chain past the reply".into()))?;
+        let (flags, size, offset) = (info.flags, info.size, info.offset);
         let fd = r.fds.into_iter().next();
         if fd.is_some() && areas.is_empty() {
             areas.push((0, size));
         }
         Ok(Region {
             index,
-            flags: flags & !REGION_FLAG_CAPS,
+            flags: flags & !proto::REGION_FLAG_CAPS,
             size,
             offset,
             fd,
@@ -496,13 +446,17 @@ impl Remote {
     }
 
     fn irq_info_request(&self, index: u32) -> Result<IrqInfo> {
-        let mut p = [0u8; 16];
-        p[0..4].copy_from_slice(&16u32.to_ne_bytes());
-        p[8..12].copy_from_slice(&index.to_ne_bytes());
-        let r = self.conn.request(cmd::DEVICE_GET_IRQ_INFO, &[&p], &[])?;
+        let p = proto::IrqInfo {
+            argsz: proto::IrqInfo::SIZE as u32,
+            index,
+            ..proto::IrqInfo::default()
+        }
+        .encode();
+        let r = self.conn.request(proto::DEVICE_GET_IRQ_INFO, &[&p], &[])?;
+        let q = layout(proto::IrqInfo::decode(&r.payload), "GET_IRQ_INFO", &r)?;
         Ok(IrqInfo {
-            flags: u32_at(&r.body, 4)?,
-            count: u32_at(&r.body, 12)?,
+            flags: q.flags,
+            count: q.count,
         })
     }
 
@@ -527,13 +481,16 @@ impl Remote {
         let max = self.conn.max_xfer.load(Ordering::Relaxed);
         for (k, piece) in buf.chunks_mut(max).enumerate() {
             let at = offset + (k * max) as u64;
-            let mut p = [0u8; 16];
-            p[0..8].copy_from_slice(&at.to_ne_bytes());
-            p[8..12].copy_from_slice(&index.to_ne_bytes());
-            p[12..16].copy_from_slice(&(piece.len() as u32).to_ne_bytes());
-            let r = self.conn.request(cmd::REGION_READ, &[&p], &[])?;
-            let data = r.body.get(16..16 + piece.len()).ok_or_else(|| {
-                Error::Protocol(format!("REGION_READ answered {} bytes", r.body.len()))
+            let p = proto::RegionAccess {
+                offset: at,
+                region: index,
+                count: piece.len() as u32,
+            }
+            .encode();
+            let r = self.conn.request(proto::REGION_READ, &[&p], &[])?;
+            let head = proto::RegionAccess::SIZE;
+            let data = r.payload.get(head..head + piece.len()).ok_or_else(|| {
+                Error::Protocol(format!("REGION_READ answered {} bytes", r.payload.len()))
             })?;
             piece.copy_from_slice(data);
         }
@@ -545,11 +502,13 @@ impl Remote {
         let max = self.conn.max_xfer.load(Ordering::Relaxed);
         for (k, piece) in data.chunks(max).enumerate() {
             let at = offset + (k * max) as u64;
-            let mut p = [0u8; 16];
-            p[0..8].copy_from_slice(&at.to_ne_bytes());
-            p[8..12].copy_from_slice(&index.to_ne_bytes());
-            p[12..16].copy_from_slice(&(piece.len() as u32).to_ne_bytes());
-            self.conn.request(cmd::REGION_WRITE, &[&p, piece], &[])?;
+            let p = proto::RegionAccess {
+                offset: at,
+                region: index,
+                count: piece.len() as u32,
+            }
+            .encode();
+            self.conn.request(proto::REGION_WRITE, &[&p, piece], &[])?;
         }
         Ok(())
     }
@@ -558,7 +517,7 @@ impl Remote {
     /// in `struct vfio_irq_set`; `data` for `DATA_BOOL`; for
     /// `DATA_EVENTFD`, `fds` has one entry per vector, `-1` for a vector
     /// whose eventfd goes. The vectors go in runs (descriptors, or none)
-    /// of at most [`wire::MAX_FDS`], one message each, as the protocol
+    /// of at most [`proto::MAX_MSG_FDS`], one message each, as the protocol
     /// wants one descriptor per vector or none at all.
     pub fn set_irqs(
         &self,
@@ -570,15 +529,16 @@ impl Remote {
         fds: &[RawFd],
     ) -> Result<()> {
         let message = |start: u32, count: u32, data: &[u8], fds: &[RawFd]| {
-            let argsz = (20 + data.len()) as u32;
-            let mut p = [0u8; 20];
-            p[0..4].copy_from_slice(&argsz.to_ne_bytes());
-            p[4..8].copy_from_slice(&flags.to_ne_bytes());
-            p[8..12].copy_from_slice(&index.to_ne_bytes());
-            p[12..16].copy_from_slice(&start.to_ne_bytes());
-            p[16..20].copy_from_slice(&count.to_ne_bytes());
+            let p = proto::IrqSet {
+                argsz: (proto::IrqSet::SIZE + data.len()) as u32,
+                flags,
+                index,
+                start,
+                count,
+            }
+            .encode();
             self.conn
-                .request(cmd::DEVICE_SET_IRQS, &[&p, data], fds)
+                .request(proto::DEVICE_SET_IRQS, &[&p, data], fds)
                 .map(|_| ())
         };
         if fds.is_empty() {
@@ -588,7 +548,7 @@ impl Remote {
         while at < fds.len() {
             let valid = fds[at] >= 0;
             let mut end = at + 1;
-            while end < fds.len() && (fds[end] >= 0) == valid && end - at < wire::MAX_FDS {
+            while end < fds.len() && (fds[end] >= 0) == valid && end - at < proto::MAX_MSG_FDS {
                 end += 1;
             }
             let run = &fds[at..end];
@@ -615,31 +575,42 @@ impl Remote {
         write: bool,
         fd: Option<(&OwnedFd, u64)>,
     ) -> Result<()> {
-        let flags = u32::from(read) | (u32::from(write) << 1);
-        let mut p = [0u8; 32];
-        p[0..4].copy_from_slice(&32u32.to_ne_bytes());
-        p[4..8].copy_from_slice(&flags.to_ne_bytes());
-        p[8..16].copy_from_slice(&fd.map_or(0, |(_, o)| o).to_ne_bytes());
-        p[16..24].copy_from_slice(&iova.to_ne_bytes());
-        p[24..32].copy_from_slice(&size.to_ne_bytes());
+        let mut flags = 0;
+        if read {
+            flags |= proto::DMA_FLAG_READ;
+        }
+        if write {
+            flags |= proto::DMA_FLAG_WRITE;
+        }
+        let p = proto::DmaMap {
+            argsz: proto::DmaMap::SIZE as u32,
+            flags,
+            offset: fd.map_or(0, |(_, o)| o),
+            addr: iova,
+            size,
+        }
+        .encode();
         let raw: Vec<RawFd> = fd.iter().map(|(f, _)| f.as_raw_fd()).collect();
-        self.conn.request(cmd::DMA_MAP, &[&p], &raw)?;
+        self.conn.request(proto::DMA_MAP, &[&p], &raw)?;
         Ok(())
     }
 
     /// `VFIO_USER_DMA_UNMAP` of `size` bytes at `iova`.
     pub fn dma_unmap(&self, iova: u64, size: u64) -> Result<()> {
-        let mut p = [0u8; 24];
-        p[0..4].copy_from_slice(&24u32.to_ne_bytes());
-        p[8..16].copy_from_slice(&iova.to_ne_bytes());
-        p[16..24].copy_from_slice(&size.to_ne_bytes());
-        self.conn.request(cmd::DMA_UNMAP, &[&p], &[])?;
+        let p = proto::DmaUnmap {
+            argsz: proto::DmaUnmap::SIZE as u32,
+            flags: 0,
+            addr: iova,
+            size,
+        }
+        .encode();
+        self.conn.request(proto::DMA_UNMAP, &[&p], &[])?;
         Ok(())
     }
 
     /// `VFIO_USER_DEVICE_RESET`.
     pub fn reset(&self) -> Result<()> {
-        self.conn.request(cmd::DEVICE_RESET, &[], &[])?;
+        self.conn.request(proto::DEVICE_RESET, &[], &[])?;
         Ok(())
     }
 }

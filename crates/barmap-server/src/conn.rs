@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use crate::device::{ClientInfo, ServedDevice};
 use crate::host::{Backing, ClientId, DmaWindow};
-use crate::proto::{self, Fields, Header, Message};
+use crate::proto::{self, Header, Message};
 
 /// How long the server waits for a client's answer to a DMA request; the
 /// DMA then fails as an IOMMU fault the model sees.
@@ -106,9 +106,11 @@ impl Outbound {
     pub fn dma_read(&self, iova: u64, buf: &mut [u8]) -> io::Result<()> {
         for (i, chunk) in buf.chunks_mut(proto::MAX_DATA_XFER).enumerate() {
             let at = iova + (i * proto::MAX_DATA_XFER) as u64;
-            let mut p = Vec::with_capacity(16);
-            proto::put_u64(&mut p, at);
-            proto::put_u64(&mut p, chunk.len() as u64);
+            let p = proto::DmaAccess {
+                addr: at,
+                count: chunk.len() as u64,
+            }
+            .encode();
             let m = self.request(proto::DMA_READ, &p)?;
             let data = m
                 .payload
@@ -123,9 +125,11 @@ impl Outbound {
     pub fn dma_write(&self, iova: u64, data: &[u8]) -> io::Result<()> {
         for (i, chunk) in data.chunks(proto::MAX_DATA_XFER).enumerate() {
             let at = iova + (i * proto::MAX_DATA_XFER) as u64;
-            let mut p = Vec::with_capacity(16 + chunk.len());
-            proto::put_u64(&mut p, at);
-            proto::put_u64(&mut p, chunk.len() as u64);
+            let mut p = proto::DmaAccess {
+                addr: at,
+                count: chunk.len() as u64,
+            }
+            .encode();
             p.extend_from_slice(chunk);
             self.request(proto::DMA_WRITE, &p)?;
         }
@@ -148,7 +152,7 @@ impl Outbound {
 
 /// Serves one accepted connection to `dev` until the client goes.
 pub fn serve(dev: Arc<ServedDevice>, sock: UnixStream, id: ClientId) {
-    let (pid, uid, gid) = proto::peer_cred(&sock).unwrap_or((0, u32::MAX, u32::MAX));
+    let (pid, uid, gid) = crate::peer_cred(&sock).unwrap_or((0, u32::MAX, u32::MAX));
     let info = ClientInfo { id, pid, uid, gid };
     let keep = match sock.try_clone() {
         Ok(s) => OwnedFd::from(s),
@@ -227,24 +231,21 @@ pub fn serve(dev: Arc<ServedDevice>, sock: UnixStream, id: ClientId) {
 /// The server's answer to `VFIO_USER_VERSION`: major 0, minor 0 (what
 /// QEMU 10.1 and later propose), the capabilities it supports.
 fn version(m: &Message) -> Result<Vec<u8>, i32> {
-    let major = m.payload.get(0..2).ok_or(libc::EINVAL)?;
-    if u16::from_ne_bytes([major[0], major[1]]) != 0 {
+    let asked = proto::Version::decode(&m.payload).ok_or(libc::EINVAL)?;
+    if asked.major != 0 {
         return Err(libc::ENOTSUP);
     }
-    let caps = serde_json::json!({
-        "capabilities": {
-            "max_msg_fds": proto::MAX_MSG_FDS,
-            "max_data_xfer_size": proto::MAX_DATA_XFER,
-            "pgsizes": 4096,
-            "max_dma_maps": 65535,
-        }
-    });
-    let mut reply = Vec::new();
-    reply.extend_from_slice(&0u16.to_ne_bytes());
-    reply.extend_from_slice(&0u16.to_ne_bytes());
-    reply.extend_from_slice(caps.to_string().as_bytes());
-    reply.push(0);
-    Ok(reply)
+    Ok(proto::Version {
+        major: 0,
+        minor: 0,
+        caps: proto::Capabilities {
+            max_msg_fds: Some(proto::MAX_MSG_FDS as u64),
+            max_data_xfer_size: Some(proto::MAX_DATA_XFER as u64),
+            pgsizes: Some(4096),
+            max_dma_maps: Some(65535),
+        },
+    }
+    .encode())
 }
 
 /// Runs one command and sends its reply (unless the client asked for
@@ -283,22 +284,24 @@ fn handle(dev: &ServedDevice, out: &Arc<Outbound>, client: ClientId, m: Message)
     }
 }
 
-fn argsz(m: &Message, min: u32) -> Result<u32, i32> {
-    let a = m.payload.u32_at(0).ok_or(libc::EINVAL)?;
-    if a < min {
+/// `argsz` below the layout's size is EINVAL, as the kernel's ioctls do.
+fn argsz(argsz: u32, min: usize) -> Result<u32, i32> {
+    if (argsz as usize) < min {
         return Err(libc::EINVAL);
     }
-    Ok(a)
+    Ok(argsz)
 }
 
 fn device_info(m: &Message) -> Result<Vec<u8>, i32> {
-    argsz(m, 16)?;
-    let mut p = Vec::new();
-    proto::put_u32(&mut p, 16);
-    proto::put_u32(&mut p, proto::DEVICE_FLAGS_RESET | proto::DEVICE_FLAGS_PCI);
-    proto::put_u32(&mut p, proto::NUM_REGIONS);
-    proto::put_u32(&mut p, proto::NUM_IRQS);
-    Ok(p)
+    let asked = proto::DeviceInfo::decode(&m.payload).ok_or(libc::EINVAL)?;
+    argsz(asked.argsz, proto::DeviceInfo::SIZE)?;
+    Ok(proto::DeviceInfo {
+        argsz: proto::DeviceInfo::SIZE as u32,
+        flags: proto::DEVICE_FLAGS_RESET | proto::DEVICE_FLAGS_PCI,
+        num_regions: proto::NUM_REGIONS,
+        num_irqs: proto::NUM_IRQS,
+    }
+    .encode())
 }
 
 /// `VFIO_USER_DEVICE_GET_REGION_INFO`: a memory BAR is mmappable through
@@ -306,8 +309,9 @@ fn device_info(m: &Message) -> Result<Vec<u8>, i32> {
 /// capability when that is not the whole BAR); register BARs and config
 /// space are reached by message only.
 fn region_info(dev: &ServedDevice, m: &Message) -> Result<(Vec<u8>, Option<i32>), i32> {
-    let argsz = argsz(m, 32)?;
-    let index = m.payload.u32_at(8).ok_or(libc::EINVAL)?;
+    let asked = proto::RegionInfo::decode(&m.payload).ok_or(libc::EINVAL)?;
+    let argsz = argsz(asked.argsz, proto::RegionInfo::SIZE)?;
+    let index = asked.index;
     let size = dev.region_size(index).ok_or(libc::EINVAL)?;
     let mut flags = 0;
     let mut caps = Vec::new();
@@ -325,30 +329,33 @@ fn region_info(dev: &ServedDevice, m: &Message) -> Result<(Vec<u8>, Option<i32>)
             let whole = info.mmap_areas.len() == 1 && info.mmap_areas[0] == (0..size);
             if !whole {
                 // struct vfio_region_info_cap_sparse_mmap after the info.
-                caps.extend_from_slice(&proto::CAP_SPARSE_MMAP.to_ne_bytes());
-                caps.extend_from_slice(&1u16.to_ne_bytes());
-                proto::put_u32(&mut caps, 0);
-                proto::put_u32(&mut caps, info.mmap_areas.len() as u32);
-                proto::put_u32(&mut caps, 0);
-                for a in &info.mmap_areas {
-                    proto::put_u64(&mut caps, a.start);
-                    proto::put_u64(&mut caps, a.end - a.start);
-                }
+                let areas: Vec<(u64, u64)> = info
+                    .mmap_areas
+                    .iter()
+                    .map(|a| (a.start, a.end - a.start))
+                    .collect();
+                caps = proto::encode_sparse_mmap(&areas);
             }
         }
     }
-    let need = 32 + caps.len() as u32;
+    let need = (proto::RegionInfo::SIZE + caps.len()) as u32;
     let fits = !caps.is_empty() && argsz >= need;
     if !caps.is_empty() {
         flags |= proto::REGION_FLAG_CAPS;
     }
-    let mut p = Vec::new();
-    proto::put_u32(&mut p, need);
-    proto::put_u32(&mut p, flags);
-    proto::put_u32(&mut p, index);
-    proto::put_u32(&mut p, if fits { 32 } else { 0 });
-    proto::put_u64(&mut p, size);
-    proto::put_u64(&mut p, 0); // mmap offset in the fd
+    let mut p = proto::RegionInfo {
+        argsz: need,
+        flags,
+        index,
+        cap_offset: if fits {
+            proto::RegionInfo::SIZE as u32
+        } else {
+            0
+        },
+        size,
+        offset: 0, // mmap offset in the fd
+    }
+    .encode();
     if fits {
         p.extend_from_slice(&caps);
     }
@@ -356,15 +363,17 @@ fn region_info(dev: &ServedDevice, m: &Message) -> Result<(Vec<u8>, Option<i32>)
 }
 
 fn irq_info(dev: &ServedDevice, m: &Message) -> Result<Vec<u8>, i32> {
-    argsz(m, 16)?;
-    let index = m.payload.u32_at(8).ok_or(libc::EINVAL)?;
+    let asked = proto::IrqInfo::decode(&m.payload).ok_or(libc::EINVAL)?;
+    argsz(asked.argsz, proto::IrqInfo::SIZE)?;
+    let index = asked.index;
     let (flags, count) = irq_shape(dev, index).ok_or(libc::EINVAL)?;
-    let mut p = Vec::new();
-    proto::put_u32(&mut p, 16);
-    proto::put_u32(&mut p, flags);
-    proto::put_u32(&mut p, index);
-    proto::put_u32(&mut p, count);
-    Ok(p)
+    Ok(proto::IrqInfo {
+        argsz: proto::IrqInfo::SIZE as u32,
+        flags,
+        index,
+        count,
+    }
+    .encode())
 }
 
 /// An interrupt index's flags and vector count, as vfio-pci reports them.
@@ -394,16 +403,13 @@ fn irq_shape(dev: &ServedDevice, index: u32) -> Option<(u32, u32)> {
 /// vector (none de-assigns the range).
 fn set_irqs(dev: &ServedDevice, client: ClientId, m: Message) -> Result<Vec<u8>, i32> {
     let p = &m.payload;
-    let (flags, index, start, count) = (
-        p.u32_at(4).ok_or(libc::EINVAL)?,
-        p.u32_at(8).ok_or(libc::EINVAL)?,
-        p.u32_at(12).ok_or(libc::EINVAL)?,
-        p.u32_at(16).ok_or(libc::EINVAL)?,
-    );
-    argsz(&m, 20)?;
-    let data = flags & 0x7;
-    let action = flags & 0x38;
-    if data.count_ones() != 1 || action.count_ones() != 1 || flags & !0x3f != 0 {
+    let set = proto::IrqSet::decode(p).ok_or(libc::EINVAL)?;
+    let (flags, index, start, count) = (set.flags, set.index, set.start, set.count);
+    argsz(set.argsz, proto::IrqSet::SIZE)?;
+    let data = flags & proto::IRQ_SET_DATA_TYPE_MASK;
+    let action = flags & proto::IRQ_SET_ACTION_TYPE_MASK;
+    let known = proto::IRQ_SET_DATA_TYPE_MASK | proto::IRQ_SET_ACTION_TYPE_MASK;
+    if data.count_ones() != 1 || action.count_ones() != 1 || flags & !known != 0 {
         return Err(libc::EINVAL);
     }
     let (_, max) = irq_shape(dev, index).ok_or(libc::EINVAL)?;
@@ -413,7 +419,8 @@ fn set_irqs(dev: &ServedDevice, client: ClientId, m: Message) -> Result<Vec<u8>,
     }
     let bools: Vec<bool> = match data {
         proto::IRQ_SET_DATA_BOOL => {
-            let b = p.get(20..20 + count as usize).ok_or(libc::EINVAL)?;
+            let at = proto::IrqSet::SIZE;
+            let b = p.get(at..at + count as usize).ok_or(libc::EINVAL)?;
             b.iter().map(|&x| x != 0).collect()
         }
         _ => vec![true; count as usize],
@@ -465,47 +472,37 @@ fn set_irqs(dev: &ServedDevice, client: ClientId, m: Message) -> Result<Vec<u8>,
 }
 
 fn rw_fields(m: &Message) -> Result<(u64, u32, usize), i32> {
-    let offset = m.payload.u64_at(0).ok_or(libc::EINVAL)?;
-    let region = m.payload.u32_at(8).ok_or(libc::EINVAL)?;
-    let count = m.payload.u32_at(12).ok_or(libc::EINVAL)? as usize;
-    if count > proto::MAX_DATA_XFER {
+    let a = proto::RegionAccess::decode(&m.payload).ok_or(libc::EINVAL)?;
+    if a.count as usize > proto::MAX_DATA_XFER {
         return Err(libc::EINVAL);
     }
-    Ok((offset, region, count))
+    Ok((a.offset, a.region, a.count as usize))
 }
 
 fn region_read(dev: &ServedDevice, m: &Message) -> Result<Vec<u8>, i32> {
     let (offset, region, count) = rw_fields(m)?;
-    let mut p = m.payload[..16].to_vec();
-    p.resize(16 + count, 0);
-    dev.region_read(region, offset, &mut p[16..])?;
+    let head = proto::RegionAccess::SIZE;
+    let mut p = m.payload[..head].to_vec();
+    p.resize(head + count, 0);
+    dev.region_read(region, offset, &mut p[head..])?;
     Ok(p)
 }
 
 fn region_write(dev: &ServedDevice, m: &Message) -> Result<Vec<u8>, i32> {
     let (offset, region, count) = rw_fields(m)?;
-    let data = m.payload.get(16..16 + count).ok_or(libc::EINVAL)?;
+    let head = proto::RegionAccess::SIZE;
+    let data = m.payload.get(head..head + count).ok_or(libc::EINVAL)?;
     dev.region_write(region, offset, data)?;
-    Ok(m.payload[..16].to_vec())
+    Ok(m.payload[..head].to_vec())
 }
 
-/// `VFIO_USER_REGION_WRITE_MULTI`: `wr_cnt`, then writes of 24 bytes
-/// each (offset, region, count, 8 bytes of data).
+/// `VFIO_USER_REGION_WRITE_MULTI`: every write checked before the first
+/// is made, then made in order.
 fn region_write_multi(dev: &ServedDevice, m: &Message) -> Result<Vec<u8>, i32> {
-    let n = m.payload.u64_at(0).ok_or(libc::EINVAL)? as usize;
-    for i in 0..n {
-        let at = 8 + i * 24;
-        let offset = m.payload.u64_at(at).ok_or(libc::EINVAL)?;
-        let region = m.payload.u32_at(at + 8).ok_or(libc::EINVAL)?;
-        let count = m.payload.u32_at(at + 12).ok_or(libc::EINVAL)? as usize;
-        if count > 8 {
-            return Err(libc::EINVAL);
-        }
-        let data = m
-            .payload
-            .get(at + 16..at + 16 + count)
-            .ok_or(libc::EINVAL)?;
-        dev.region_write(region, offset, data)?;
+    let writes = proto::WriteMultiEntry::decode_all(&m.payload).ok_or(libc::EINVAL)?;
+    for w in writes {
+        let a = w.access;
+        dev.region_write(a.region, a.offset, &w.data[..a.count as usize])?;
     }
     Ok(Vec::new())
 }
@@ -516,12 +513,9 @@ fn dma_map(
     client: ClientId,
     mut m: Message,
 ) -> Result<Vec<u8>, i32> {
-    argsz(&m, 32)?;
-    let p = &m.payload;
-    let flags = p.u32_at(4).ok_or(libc::EINVAL)?;
-    let offset = p.u64_at(8).ok_or(libc::EINVAL)?;
-    let iova = p.u64_at(16).ok_or(libc::EINVAL)?;
-    let size = p.u64_at(24).ok_or(libc::EINVAL)?;
+    let map = proto::DmaMap::decode(&m.payload).ok_or(libc::EINVAL)?;
+    argsz(map.argsz, proto::DmaMap::SIZE)?;
+    let (flags, offset, iova, size) = (map.flags, map.offset, map.addr, map.size);
     if flags & !(proto::DMA_FLAG_READ | proto::DMA_FLAG_WRITE) != 0 || m.fds.len() > 1 {
         return Err(libc::EINVAL);
     }
@@ -540,10 +534,9 @@ fn dma_map(
 }
 
 fn dma_unmap(dev: &ServedDevice, client: ClientId, m: &Message) -> Result<Vec<u8>, i32> {
-    argsz(m, 24)?;
-    let flags = m.payload.u32_at(4).ok_or(libc::EINVAL)?;
-    let iova = m.payload.u64_at(8).ok_or(libc::EINVAL)?;
-    let size = m.payload.u64_at(16).ok_or(libc::EINVAL)?;
+    let unmap = proto::DmaUnmap::decode(&m.payload).ok_or(libc::EINVAL)?;
+    argsz(unmap.argsz, proto::DmaUnmap::SIZE)?;
+    let (flags, iova, size) = (unmap.flags, unmap.addr, unmap.size);
     if flags & !proto::DMA_UNMAP_FLAG_ALL != 0 {
         return Err(libc::EINVAL);
     }
@@ -555,5 +548,5 @@ fn dma_unmap(dev: &ServedDevice, client: ClientId, m: &Message) -> Result<Vec<u8
     } else {
         dev.host().dma_unmap(client, iova, size)?;
     }
-    Ok(m.payload[..24].to_vec())
+    Ok(m.payload[..proto::DmaUnmap::SIZE].to_vec())
 }

@@ -75,7 +75,7 @@ pub fn answer(server: &Server, req: &Request) -> Value {
 
 /// Serves one control connection: requests until end of file.
 pub fn serve(server: Arc<Server>, sock: UnixStream) {
-    let (pid, uid, _) = crate::proto::peer_cred(&sock).unwrap_or((0, u32::MAX, 0));
+    let (pid, uid, _) = crate::peer_cred(&sock).unwrap_or((0, u32::MAX, 0));
     let Ok(mut out) = sock.try_clone() else {
         return;
     };

@@ -41,9 +41,10 @@
 //! accepts one connection, serves no region file descriptors (so a client
 //! cannot mmap a BAR, and there is nothing to revoke), keeps its message
 //! structures private and has no server-to-client messages (no
-//! `DMA_READ`/`WRITE`). The server therefore frames the protocol itself
-//! ([`proto`]); barmap's client side uses that crate's `Client`, and
-//! tests check that the two agree.
+//! `DMA_READ`/`WRITE`). The server therefore speaks the protocol through
+//! `barmap-vfio-user`, the layouts and framing it shares with barmap's
+//! client (`barmap-client`); tests check that rust-vmm's `Client` and
+//! barmap's agree with it.
 
 #![cfg(target_os = "linux")]
 #![warn(missing_docs)]
@@ -53,7 +54,9 @@ pub mod conn;
 pub mod control;
 pub mod device;
 pub mod host;
-pub mod proto;
+
+/// The protocol's layouts and framing (`barmap-vfio-user`).
+pub use barmap_vfio_user as proto;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
@@ -269,4 +272,25 @@ impl Server {
             d.shutdown_clients();
         }
     }
+}
+
+/// The peer's credentials (`SO_PEERCRED`): pid, uid, gid at connect time.
+pub fn peer_cred(fd: &impl std::os::fd::AsRawFd) -> std::io::Result<(i32, u32, u32)> {
+    // SAFETY: ucred is plain data.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: cred and len are valid for the call and sized for SO_PEERCRED.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((cred.pid, cred.uid, cred.gid))
 }

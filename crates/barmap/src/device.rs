@@ -656,6 +656,7 @@ impl DeviceBuilder {
                 space,
                 store: shared,
                 regions,
+                command: std::sync::atomic::AtomicU16::new(config.command()),
                 config: Mutex::new(config),
                 access,
                 minor_hugetlbfs,
@@ -837,6 +838,10 @@ pub(crate) struct Inner {
     regions: Vec<Option<Region>>,
     /// Config space; taken before the gate (lock order: config -> gate).
     config: Mutex<ConfigSpace>,
+    /// COMMAND as last written, readable without the config lock: a
+    /// device model's worker checks bus mastering while it holds its own
+    /// lock, which a reset (holding config) waits for.
+    command: std::sync::atomic::AtomicU16,
     access: UffdAccess,
     minor_hugetlbfs: bool,
     reset_time: Duration,
@@ -1082,6 +1087,9 @@ impl Device {
         let mut config = self.inner.config.lock().unwrap_or_else(|e| e.into_inner());
         let before = config.command() & pci::COMMAND_MEMORY != 0;
         config.write(at.start, data);
+        self.inner
+            .command
+            .store(config.command(), std::sync::atomic::Ordering::Release);
         let after = config.command() & pci::COMMAND_MEMORY != 0;
         if before != after {
             self.inner.core.set_memory_enabled(after);
@@ -1089,13 +1097,12 @@ impl Device {
         Ok(())
     }
 
-    /// The COMMAND register.
+    /// The COMMAND register, as the last config write left it (without
+    /// the config lock, which a reset holds while the model resets).
     pub fn command(&self) -> u16 {
         self.inner
-            .config
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .command()
+            .command
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Sets or clears COMMAND.MEM (a read-modify-write of COMMAND).

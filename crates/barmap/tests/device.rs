@@ -471,3 +471,25 @@ fn child_walks_raised_then_restored() {
     let s = dev.stats().since(&before);
     assert_eq!((s.prefault_runs, s.prefault_raised), (1, 0), "{s:?}");
 }
+
+/// A device model's worker holds its own lock and reads COMMAND (bus
+/// mastering) while a reset, holding config space, waits for that lock in
+/// its hook: reading COMMAND must not wait for the reset (the deadlock a
+/// killed vfio-user client's reset met with igb's worker mid-storm).
+#[test]
+fn command_is_readable_while_a_reset_holds_config_space() {
+    let dev = Arc::new(device(Policy::Page));
+    let cmd = dev.command();
+    let (tx, rx) = mpsc::channel();
+    dev.reset_with(|| {
+        let d = dev.clone();
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(d.command());
+        });
+        let got = rx.recv_timeout(Duration::from_secs(5));
+        assert_eq!(got, Ok(cmd), "COMMAND read during a reset");
+    })
+    .unwrap();
+    assert_eq!(dev.command(), cmd);
+}

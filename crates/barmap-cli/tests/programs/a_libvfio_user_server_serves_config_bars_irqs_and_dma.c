@@ -53,20 +53,6 @@ static int dma_unmap(struct bt_dev *d, uint64_t iova)
 	return ioctl(d->container, VFIO_IOMMU_UNMAP_DMA, &u);
 }
 
-static int set_eventfd(struct bt_dev *d, uint32_t index, int fd)
-{
-	char buf[sizeof(struct vfio_irq_set) + sizeof(int)];
-	struct vfio_irq_set *s = (struct vfio_irq_set *)buf;
-
-	s->argsz = sizeof(buf);
-	s->flags = VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER;
-	s->index = index;
-	s->start = 0;
-	s->count = 1;
-	memcpy(s->data, &fd, sizeof(int));
-	return ioctl(d->device, VFIO_DEVICE_SET_IRQS, s);
-}
-
 /* Whether the 4 KiB at `p` hold 'A', 'B', 'C', 'D', 1 KiB each. */
 static int written(const volatile uint8_t *p)
 {
@@ -174,7 +160,7 @@ int main(int argc, char **argv)
 
 	/* INTx and DMA. */
 	int efd = eventfd(0, EFD_CLOEXEC);
-	CHECK(set_eventfd(&d, VFIO_PCI_INTX_IRQ_INDEX, efd) == 0, "SET_IRQS: INTx eventfd");
+	CHECK(bt_set_irq_eventfd(&d, VFIO_PCI_INTX_IRQ_INDEX, efd) == 0, "SET_IRQS: INTx eventfd");
 	void *priv = aligned_alloc(PAGE, PAGE);
 	volatile uint8_t *shared = mmap(NULL, PAGE, PROT_READ | PROT_WRITE,
 					MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -208,12 +194,12 @@ int main(int argc, char **argv)
 	      "UNMAP_DMA of both (DMA_UNMAP to the server)");
 	CHECK(ioctl(d.device, VFIO_DEVICE_RESET) == 0, "VFIO_DEVICE_RESET: DEVICE_RESET");
 	int req = eventfd(0, EFD_CLOEXEC);
-	CHECK(set_eventfd(&d, VFIO_PCI_REQ_IRQ_INDEX, req) == 0, "SET_IRQS: REQ eventfd");
+	CHECK(bt_set_irq_eventfd(&d, VFIO_PCI_REQ_IRQ_INDEX, req) == 0, "SET_IRQS: REQ eventfd");
 	struct vfio_irq_info ii = { .argsz = sizeof(ii), .index = VFIO_PCI_MSIX_IRQ_INDEX };
 	CHECK(ioctl(d.device, VFIO_DEVICE_GET_IRQ_INFO, &ii) == 0 && ii.count == 0,
 	      "GET_IRQ_INFO: the sample has no MSI-X vectors");
 	errno = 0;
-	CHECK(set_eventfd(&d, VFIO_PCI_MSIX_IRQ_INDEX, efd) == -1 && errno == EINVAL,
+	CHECK(bt_set_irq_eventfd(&d, VFIO_PCI_MSIX_IRQ_INDEX, efd) == -1 && errno == EINVAL,
 	      "SET_IRQS on an index without vectors is EINVAL");
 	return bt_exit();
 }

@@ -210,6 +210,22 @@ static inline void bt_sigbus_fails(void)
 	DIE_UNLESS(sigaction(SIGBUS, &sa, NULL) == 0, "sigaction SIGBUS");
 }
 
+/* VFIO_DEVICE_SET_IRQS of one eventfd to vector 0 of interrupt `index`
+ * (TRIGGER); the ioctl's result. */
+static inline int bt_set_irq_eventfd(struct bt_dev *d, uint32_t index, int fd)
+{
+	char buf[sizeof(struct vfio_irq_set) + sizeof(int)];
+	struct vfio_irq_set *s = (struct vfio_irq_set *)buf;
+
+	s->argsz = sizeof(buf);
+	s->flags = VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER;
+	s->index = index;
+	s->start = 0;
+	s->count = 1;
+	memcpy(s->data, &fd, sizeof(int));
+	return ioctl(d->device, VFIO_DEVICE_SET_IRQS, s);
+}
+
 static inline int bt_exit(void)
 {
 	printf("%s: %d failed\n", bt_failures ? "FAIL" : "PASS", bt_failures);
