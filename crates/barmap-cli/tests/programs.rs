@@ -905,3 +905,15 @@ fn a_libvfio_user_device_dmas_into_an_ioas_through_the_cdev() {
         "a_libvfio_user_device_dmas_into_an_ioas_through_the_cdev",
     );
 }
+
+// Devices shared by processes (`barmap run --shared`): every process of the
+// program tree reaches the run's devices through the launcher's device
+// server, as on the kernel.
+
+#[test]
+fn a_forked_childs_and_an_exec_d_programs_calls_reach_the_parents_device() {
+    passes(
+        "a_forked_childs_and_an_exec_d_programs_calls_reach_the_parents_device",
+        &["--shared"],
+    );
+}

@@ -511,7 +511,12 @@ impl Drop for DeviceFile {
             // The last device fd: vfio-pci disables interrupts on release.
             self.dev.irqs.lock().unwrap().clear();
             if let Some(r) = self.dev.remote() {
-                r.release_irqs();
+                // A device shared across processes is released when its
+                // last fd in any process closes.
+                let last = crate::Front::get().is_none_or(|f| f.released_everywhere(&self.dev));
+                if last {
+                    r.release_irqs();
+                }
             }
         }
         drop(open);

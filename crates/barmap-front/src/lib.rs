@@ -178,7 +178,8 @@ impl Front {
             Ok(_) => {
                 // SAFETY: just published, never freed.
                 let f = unsafe { &*fresh };
-                f.files.adopt_inherited(&f.testbed);
+                f.files
+                    .adopt_inherited(&f.testbed, &|fd, kind| f.adopt(fd, kind));
                 Some(Task::Own(f))
             }
             Err(other) => {
@@ -382,8 +383,94 @@ impl Front {
     }
 
     fn install(&self, file: File, cloexec: bool) -> Result<i32, Errno> {
+        if let File::Device(d) = &file {
+            if let Some(i) = self.served_index(&d.dev) {
+                let fd = self.hold_device(i, cloexec)?;
+                return self.install_at(fd, file);
+            }
+        }
         let fd = self.placeholder(Kind::of(&file), cloexec)?;
         self.install_at(fd, file)
+    }
+
+    /// The position of `dev` in the run, if every process of the run
+    /// reaches it through a server (`--shared`, `--server`, `vfio-user:`):
+    /// its device fds are then shared across processes.
+    fn served_index(&self, dev: &EmuDevice) -> Option<usize> {
+        dev.remote()?;
+        self.spec.devices.iter().position(|d| d.bdf == dev.spec.bdf)
+    }
+
+    /// A device fd of the served device at `i`: a new open of the
+    /// testbed's `locks/device-<i>`, locked shared. Every process that
+    /// holds a copy of it (inherited, received) reaches the same device
+    /// through its own connection to the server ([`Front::adopt`]), and
+    /// while any copy is open anywhere the device's group cannot be opened
+    /// (EBUSY), as a device fd holds its group on the kernel.
+    fn hold_device(&self, i: usize, cloexec: bool) -> Result<i32, Errno> {
+        let fd = self.open_lock(&format!("device-{i}"), cloexec)?;
+        // SAFETY: flock on our own fd.
+        if unsafe { libc::flock(fd, libc::LOCK_SH | libc::LOCK_NB) } != 0 {
+            let e = last_errno();
+            // SAFETY: our own fd, never handed out.
+            unsafe { libc::close(fd) };
+            return Err(e);
+        }
+        Ok(fd)
+    }
+
+    /// Whether a device fd of the served device at `i` is open in any
+    /// process (its lock file is held).
+    fn device_held(&self, i: usize) -> bool {
+        let Ok(fd) = self.open_lock(&format!("device-{i}"), true) else {
+            return false;
+        };
+        // SAFETY: flock on our own fd, closed right after.
+        let held = unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } != 0;
+        // SAFETY: our own fd (closing it drops the probe's lock).
+        unsafe { libc::close(fd) };
+        held
+    }
+
+    /// An open of the testbed's lock file `name`.
+    fn open_lock(&self, name: &str, cloexec: bool) -> Result<i32, Errno> {
+        let dir = locks_dir(&self.testbed);
+        let _ = std::fs::create_dir(&dir);
+        let path = std::ffi::CString::new(dir.join(name).into_os_string().into_encoded_bytes())
+            .map_err(|_| Errno::EINVAL)?;
+        let flags = libc::O_RDWR
+            | libc::O_CREAT
+            | libc::O_NOFOLLOW
+            | if cloexec { libc::O_CLOEXEC } else { 0 };
+        // SAFETY: a NUL-terminated path; a new fd or -1.
+        let fd = unsafe { libc::open(path.as_ptr(), flags, 0o600) };
+        if fd < 0 {
+            return Err(last_errno());
+        }
+        Ok(fd)
+    }
+
+    /// What a front-end fd of another process (inherited, received) is in
+    /// this one: a device fd of a served device is this process's own
+    /// device file on the same device (over this process's own connection
+    /// to the server); anything else stays foreign.
+    fn adopt(&self, fd: i32, kind: Kind) -> Option<File> {
+        if kind != Kind::Device {
+            return None;
+        }
+        let i = fdtable::lock_name(fd, &self.testbed)?
+            .strip_prefix("device-")?
+            .parse::<usize>()
+            .ok()?;
+        self.spec.devices.get(i)?.remote_socket()?;
+        let dev = self.device(i).ok()?;
+        Some(File::Device(Arc::new(DeviceFile::open(dev, false))))
+    }
+
+    /// Whether the last device fd of `dev` anywhere has gone (for a device
+    /// not shared across processes: always).
+    pub fn released_everywhere(&self, dev: &EmuDevice) -> bool {
+        self.served_index(dev).is_none_or(|i| !self.device_held(i))
     }
 
     /// Records `fd` (open, ours) as standing for `file`.
@@ -410,10 +497,12 @@ impl Front {
         self.files.get(fd, true).is_some()
     }
 
-    /// Records `fd`, received from another process (`SCM_RIGHTS`), as
-    /// foreign if it is a front-end file.
+    /// Records `fd`, received from another process (`SCM_RIGHTS`): a
+    /// device fd of a served device is this process's own from now on,
+    /// any other front-end file foreign.
     pub fn received(&self, fd: i32) {
-        self.files.adopt(fd, &self.testbed);
+        self.files
+            .adopt(fd, &self.testbed, &|fd, kind| self.adopt(fd, kind));
     }
 
     /// `open(path, flags)` of a VFIO node: a new fd, or the kernel's errno.
@@ -439,6 +528,12 @@ impl Front {
                 // is open anywhere.
                 let lock = self.lock_group(n, cloexec)?;
                 self.files.sweep();
+                if self.spec.devices[index].remote_socket().is_some() && self.device_held(index) {
+                    // A device fd of the group is open in some process.
+                    // SAFETY: our own fd, never handed out.
+                    unsafe { libc::close(lock) };
+                    return Err(Errno::EBUSY);
+                }
                 let opened = (|| {
                     let dev = self.device(index)?;
                     let mut open = dev.open.lock().unwrap();

@@ -550,3 +550,30 @@ fn map_file(
     }
     Ok(p as usize)
 }
+
+/// What the vfio-user server at `socket` says of its device, for the sysfs
+/// view before the program starts (`barmap run --server`): IDs from its
+/// config space, BAR sizes from its region info, prefetchable from the BAR
+/// registers. One connection, closed before returning.
+pub fn ask_ids(socket: &Path) -> Result<crate::spec::ServedIds, String> {
+    let remote = Remote::connect(socket, Arc::new(barmap_client::NoDma))
+        .map_err(|e| format!("{}: {e}", socket.display()))?;
+    let mut cfg = [0u8; 0x28];
+    remote
+        .read(v::VFIO_PCI_CONFIG_REGION_INDEX, 0, &mut cfg)
+        .map_err(|e| format!("{}: config space: {e}", socket.display()))?;
+    let u16_at = |o: usize| u16::from_le_bytes([cfg[o], cfg[o + 1]]);
+    let mut ids = crate::spec::ServedIds {
+        vendor: u16_at(0),
+        device: u16_at(2),
+        revision: cfg[8],
+        class: u32::from_le_bytes([cfg[9], cfg[10], cfg[11], 0]),
+        ..Default::default()
+    };
+    for i in 0..6 {
+        ids.bars[i] = remote.region(i as u32).map_or(0, |r| r.size);
+        let bar = u32::from_le_bytes(cfg[0x10 + 4 * i..0x14 + 4 * i].try_into().unwrap());
+        ids.prefetchable[i] = bar & 1 == 0 && bar & 8 != 0;
+    }
+    Ok(ids)
+}
