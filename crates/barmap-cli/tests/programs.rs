@@ -917,3 +917,32 @@ fn a_forked_childs_and_an_exec_d_programs_calls_reach_the_parents_device() {
         &["--shared"],
     );
 }
+
+#[test]
+fn an_fd_received_over_scm_rights_works() {
+    passes("an_fd_received_over_scm_rights_works", &["--shared"]);
+}
+
+#[test]
+fn a_clear_in_any_process_revokes_the_mappings_of_all_of_them() {
+    passes(
+        "a_clear_in_any_process_revokes_the_mappings_of_all_of_them",
+        &["--shared"],
+    );
+}
+
+#[test]
+fn a_second_open_of_a_held_group_is_ebusy_system_wide() {
+    passes(
+        "a_second_open_of_a_held_group_is_ebusy_system_wide",
+        &["--shared"],
+    );
+}
+
+#[test]
+fn a_killed_client_leaves_the_device_and_the_other_clients_working() {
+    passes(
+        "a_killed_client_leaves_the_device_and_the_other_clients_working",
+        &["--shared"],
+    );
+}
