@@ -506,6 +506,14 @@ impl Remote {
         })
     }
 
+    /// The connection's socket, for a forked child to close its copy of
+    /// it (the child talks to the server over a connection of its own; a
+    /// copy left open would keep this connection, and what the server
+    /// holds for it, alive after this process is gone).
+    pub fn socket_fd(&self) -> RawFd {
+        self.conn.sock.as_raw_fd()
+    }
+
     /// The device's info.
     pub fn info(&self) -> DeviceInfo {
         self.info

@@ -163,6 +163,10 @@ impl Front {
             ABSENT.store(true, Ordering::Relaxed);
             return None;
         };
+        // SAFETY: a published front end is never freed.
+        if let Some(parent) = unsafe { current.as_ref() } {
+            parent.close_parents_connections();
+        }
         let front = match Front::new(Path::new(&dir)) {
             Ok(f) => f,
             Err(e) => {
@@ -187,6 +191,23 @@ impl Front {
                 drop(unsafe { Box::from_raw(fresh) });
                 // SAFETY: a published front end is never freed.
                 unsafe { other.as_ref() }.map(Task::Own)
+            }
+        }
+    }
+
+    /// In a forked child, whose copy of the parent's front end (this) is
+    /// never used again: closes the child's copies of the parent's
+    /// connections to device servers, so that the server sees the parent
+    /// go when it goes (the child has connections of its own).
+    fn close_parents_connections(&self) {
+        let Ok(devices) = self.devices.try_lock() else {
+            return;
+        };
+        for d in devices.iter().flatten() {
+            if let Some(r) = d.remote() {
+                // SAFETY: closes this process's copy of a socket that only
+                // the parent's (never again used) front end names.
+                unsafe { libc::syscall(libc::SYS_close, r.client().socket_fd()) };
             }
         }
     }

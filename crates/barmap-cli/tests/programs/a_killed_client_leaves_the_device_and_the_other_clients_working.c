@@ -47,6 +47,7 @@ int main(int argc, char **argv)
 		for (;;)
 			(void)*(volatile uint64_t *)bar;
 	}
+	close(ready[1]);
 	DIE_UNLESS(victim > 0 && read(ready[0], &c, 1) == 1, "the victim is ready");
 	kill(victim, SIGKILL);
 	DIE_UNLESS(waitpid(victim, &status, 0) == victim, "wait for the victim");
