@@ -229,7 +229,7 @@ impl EmuDevice {
         let iommu_faults: Arc<FaultCounts> = Arc::default();
         if let Some(socket) = spec.remote_socket() {
             let remote = crate::remote::RemoteDevice::connect(socket)?;
-            let irqs = Arc::new(Mutex::new(Irqs::new(remote.irq_counts())));
+            let irqs = Arc::new(Mutex::new(Irqs::served(remote.irq_counts())));
             return Ok(EmuDevice {
                 backend: Backend::Remote(remote),
                 spec,

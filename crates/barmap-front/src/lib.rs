@@ -93,6 +93,10 @@ struct BarMap {
 /// process (for iommufd, which cannot DMA-map them).
 static BAR_RANGES: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
 
+/// The BAR mappings among [`BAR_RANGES`] that map a device server's file
+/// (forgotten when wholly unmapped).
+static FILE_RANGES: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
+
 /// Whether `addr..addr+len` meets a BAR mapping.
 pub fn is_bar_memory(addr: u64, len: u64) -> bool {
     let (a, e) = (addr as usize, addr.saturating_add(len) as usize);
@@ -789,7 +793,14 @@ impl Front {
                 off & ((1 << barmap_vfio::uapi::VFIO_PCI_OFFSET_SHIFT) - 1),
             );
             return match r.mmap(addr, len, prot, flags, index, at)? {
-                remote::RemoteMapping::File(start) => Ok(start),
+                remote::RemoteMapping::File(start) => {
+                    // The server's file: not barmap's mapping, BAR memory
+                    // all the same (iommufd cannot pin it).
+                    let len = len.next_multiple_of(4096);
+                    BAR_RANGES.lock().unwrap().push((start, len));
+                    FILE_RANGES.lock().unwrap().push((start, len));
+                    Ok(start)
+                }
                 remote::RemoteMapping::Trapped(mapping) => Ok(self.keep(mapping, &d.dev)),
             };
         }
@@ -819,6 +830,20 @@ impl Front {
     pub fn munmapped(&self, addr: usize, len: usize) {
         dma::process_unmapped(addr, len);
         let end = addr.saturating_add(len);
+        {
+            // Mappings of a server's file that are wholly unmapped now.
+            let mut files = FILE_RANGES.lock().unwrap();
+            let mut ranges = BAR_RANGES.lock().unwrap();
+            files.retain(|&(s, l)| {
+                let gone = addr <= s && s + l <= end;
+                if gone {
+                    if let Some(i) = ranges.iter().position(|&r| r == (s, l)) {
+                        ranges.swap_remove(i);
+                    }
+                }
+                !gone
+            });
+        }
         let gone: Vec<BarMap> = {
             let mut maps = self.maps.lock().unwrap();
             let (gone, kept) = maps

@@ -242,10 +242,12 @@ impl RemoteDevice {
         let rw = v::VFIO_REGION_INFO_FLAG_READ | v::VFIO_REGION_INFO_FLAG_WRITE;
         info.flags = region.flags & rw;
         let mut caps: Vec<u8> = Vec::new();
-        if info.index < 6 && region.size > 0 && info.flags != 0 {
-            // Every BAR maps: the server's file where it offers one, the
-            // register trap elsewhere. The sparse areas say where the
-            // accesses are direct.
+        if info.index < 6 && (region.size >= PROXY_MIN || region.fd.is_some()) && info.flags != 0
+        {
+            // Every BAR of a page or more maps: the server's file where it
+            // offers one, the register trap elsewhere. The sparse areas say
+            // where the accesses are direct. (A BAR smaller than a page is
+            // reached by pread/pwrite only: the trap maps whole pages.)
             info.flags |= v::VFIO_REGION_INFO_FLAG_MMAP;
             let whole = region
                 .areas
