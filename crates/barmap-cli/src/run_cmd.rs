@@ -204,7 +204,7 @@ impl Drop for Hosted {
 /// ..., control `.ctl`: 0600 in a 0700 directory); devices given as
 /// `vfio-user:PATH` stay the other server's.
 #[allow(clippy::type_complexity)]
-fn serve_in_testbed(
+pub(crate) fn serve_in_testbed(
     dir: &Path,
     spec: &RunSpec,
 ) -> Result<(RunSpec, Box<dyn std::any::Any>), String> {

@@ -25,6 +25,12 @@ pub struct SelftestsArgs {
     /// Cache directory (default: $BARMAP_CACHE or $HOME/.cache/barmap/guest).
     #[arg(long)]
     cache: Option<PathBuf>,
+    /// Run each binary as `barmap run --shared` does: its devices served
+    /// to every process of it (the harness forks per test) by a device
+    /// server in this process. SR-IOV binaries are left out (the server
+    /// serves no SR-IOV).
+    #[arg(long)]
+    shared: bool,
 }
 
 /// Huge pages for the DMA-mapping tests' hugetlb variants (2 MiB and
@@ -103,6 +109,10 @@ pub fn run(args: &SelftestsArgs) -> i32 {
             continue;
         }
         for (i, device) in devices_for(name).iter().enumerate() {
+            if args.shared && device.contains("sriov") {
+                eprintln!("barmap selftests: --shared: {name} on {device} left out (SR-IOV)");
+                continue;
+            }
             let spec = match DeviceSpec::parse(device, args.policy) {
                 Ok(d) => RunSpec::new(vec![d]),
                 Err(e) => {
@@ -119,7 +129,10 @@ pub fn run(args: &SelftestsArgs) -> i32 {
                 "barmap selftests: running {name} on {device} (log {})",
                 log.display()
             );
-            match kselftest::run_binary(&spec, &build.dir.join(name), &log) {
+            let mut hook = crate::run_cmd::serve_in_testbed;
+            let serve: Option<barmap_front::launch::ServeHook<'_>> =
+                args.shared.then_some(&mut hook as _);
+            match kselftest::run_binary_served(&spec, &build.dir.join(name), &log, serve) {
                 Ok(r) => results.push((device, r)),
                 Err(e) => {
                     eprintln!("barmap selftests: {name}: {e}");
