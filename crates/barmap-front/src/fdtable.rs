@@ -75,6 +75,18 @@ pub struct FileId {
     ino: u64,
 }
 
+impl FileId {
+    /// The device and inode numbers.
+    pub fn parts(self) -> (u64, u64) {
+        (self.dev, self.ino)
+    }
+
+    /// The identity of the file with these device and inode numbers.
+    pub fn from_parts(dev: u64, ino: u64) -> FileId {
+        FileId { dev, ino }
+    }
+}
+
 /// `fstat(fd)` by raw syscall, or None if `fd` is not open.
 pub fn fstat_raw(fd: i32) -> Option<libc::stat> {
     // SAFETY: a zeroed stat is a valid out-parameter.

@@ -36,6 +36,7 @@ pub mod launch;
 pub mod nodes;
 pub mod paths;
 pub mod remote;
+pub mod shared_state;
 pub mod spec;
 pub mod sriov;
 pub mod testbed;
@@ -480,16 +481,58 @@ impl Front {
     /// device file on the same device (over this process's own connection
     /// to the server); anything else stays foreign.
     fn adopt(&self, fd: i32, kind: Kind) -> Option<File> {
-        if kind != Kind::Device {
-            return None;
+        match kind {
+            Kind::Device => {
+                let i = fdtable::lock_name(fd, &self.testbed)?
+                    .strip_prefix("device-")?
+                    .parse::<usize>()
+                    .ok()?;
+                self.spec.devices.get(i)?.remote_socket()?;
+                let dev = self.device(i).ok()?;
+                Some(File::Device(Arc::new(DeviceFile::open(dev, false))))
+            }
+            Kind::Group => {
+                let n = fdtable::lock_name(fd, &self.testbed)?
+                    .strip_prefix("group-")?
+                    .parse::<u32>()
+                    .ok()?;
+                let i = self.spec.devices.iter().position(|d| d.group == n)?;
+                self.spec.devices[i].remote_socket()?;
+                let dev = self.device(i).ok()?;
+                // The container the group's opener attached it to, by the
+                // identity it recorded in the group's file.
+                let container = shared_state::read_group(fd).and_then(|id| self.container_by_id(id));
+                Some(File::Group(Arc::new(Group::adopted(dev, container))))
+            }
+            Kind::Container if self.spec.devices.iter().any(|d| d.remote_socket().is_some()) => {
+                let iommu = shared_state::read_container(fd);
+                Some(File::Container(Arc::new(Container::adopted(iommu))))
+            }
+            _ => None,
         }
-        let i = fdtable::lock_name(fd, &self.testbed)?
-            .strip_prefix("device-")?
-            .parse::<usize>()
-            .ok()?;
-        self.spec.devices.get(i)?.remote_socket()?;
-        let dev = self.device(i).ok()?;
-        Some(File::Device(Arc::new(DeviceFile::open(dev, false))))
+    }
+
+    /// This process's container whose open file has identity `id`, adopted
+    /// now if an fd of this process names it but the table does not yet.
+    fn container_by_id(&self, id: fdtable::FileId) -> Option<Arc<Container>> {
+        let find = || {
+            self.files.snapshot().into_iter().find_map(|(fd, slot)| match slot {
+                Slot::Own(File::Container(c)) if fdtable::identity(fd) == Some(id) => Some(c),
+                _ => None,
+            })
+        };
+        if let Some(c) = find() {
+            return Some(c);
+        }
+        let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+            .ok()?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
+        let fd = fds.into_iter().find(|&fd| fdtable::identity(fd) == Some(id))?;
+        self.files
+            .adopt(fd, &self.testbed, &|fd, kind| self.adopt(fd, kind));
+        find()
     }
 
     /// Whether the last device fd of `dev` anywhere has gone (for a device
@@ -617,6 +660,8 @@ impl Front {
                 e
             });
         }
+        // A fresh open: attached to nothing yet.
+        shared_state::write_group(fd, None);
         Ok(fd)
     }
 
@@ -640,7 +685,47 @@ impl Front {
     /// `ioctl(fd, req, arg)` on one of the front end's fds.
     pub fn ioctl(&self, fd: i32, req: u64, arg: usize) -> Result<i64, Errno> {
         let file = self.file(fd).ok_or(Errno::EBADF)?;
-        self.ioctl_file(file, req, arg)
+        self.ioctl_fd(fd, file, req, arg)
+    }
+
+    /// `ioctl(fd, req, arg)` on `file`, which `fd` names.
+    pub fn ioctl_fd(&self, fd: i32, file: File, req: u64, arg: usize) -> Result<i64, Errno> {
+        let r = self.ioctl_file(file.clone(), req, arg);
+        if r.is_ok() {
+            self.record_shared_state(fd, &file, req);
+        }
+        r
+    }
+
+    /// After a successful container or group ioctl that changes what
+    /// another process holding the same open file must see (`SET_IOMMU`,
+    /// `GROUP_SET_CONTAINER`/`UNSET_CONTAINER`): records it in the file,
+    /// for [`Front::adopt`] in that process.
+    fn record_shared_state(&self, fd: i32, file: &File, req: u64) {
+        if !self.spec.devices.iter().any(|d| d.remote_socket().is_some()) {
+            return;
+        }
+        let req = req as libc::c_ulong;
+        match file {
+            File::Container(c) if req == barmap_vfio::uapi::VFIO_SET_IOMMU => {
+                shared_state::write_container(fd, c.iommu());
+            }
+            File::Group(g) if req == barmap_vfio::uapi::VFIO_GROUP_SET_CONTAINER => {
+                let container = g.container().and_then(|k| {
+                    self.files.snapshot().into_iter().find_map(|(cfd, slot)| match slot {
+                        Slot::Own(File::Container(c)) if Arc::ptr_eq(&c, &k) => {
+                            fdtable::identity(cfd)
+                        }
+                        _ => None,
+                    })
+                });
+                shared_state::write_group(fd, container);
+            }
+            File::Group(_) if req == barmap_vfio::uapi::VFIO_GROUP_UNSET_CONTAINER => {
+                shared_state::write_group(fd, None);
+            }
+            _ => {}
+        }
     }
 
     /// `ioctl` on `file`.

@@ -515,9 +515,26 @@ pub fn backing_file(vaddr: u64, size: u64) -> Option<(OwnedFd, u64)> {
         }
         // SAFETY: a fresh fd owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        if is_hugetlbfs(&fd) {
+            // hugetlbfs has no write(2): a server that reaches DMA windows
+            // with pread/pwrite could not write there. Its DMA goes by
+            // message to this process instead.
+            return None;
+        }
         return Some((fd, pgoff + (vaddr - s)));
     }
     None
+}
+
+/// Whether `fd` is a file on hugetlbfs.
+fn is_hugetlbfs(fd: &OwnedFd) -> bool {
+    use std::os::fd::AsRawFd;
+    const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+    // SAFETY: a zeroed statfs is a valid out-parameter.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatfs writes one struct statfs.
+    let rc = unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) };
+    rc == 0 && st.f_type as i64 == HUGETLBFS_MAGIC
 }
 
 /// `mmap(addr, len, prot, flags, fd, off)`: the address, or the errno.
