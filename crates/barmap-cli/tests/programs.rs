@@ -1016,3 +1016,11 @@ fn run_server_joins_a_running_server_with_its_ids_and_bars_and_shares_its_device
         "fork and exec on a joined server's device:\n{shared}"
     );
 }
+
+#[test]
+fn received_container_and_group_fds_open_the_device_as_dpdks_secondary_does() {
+    passes(
+        "received_container_and_group_fds_open_the_device_as_dpdks_secondary_does",
+        &["--shared"],
+    );
+}
