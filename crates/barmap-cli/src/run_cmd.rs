@@ -5,9 +5,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use barmap::Policy;
-use barmap_server::{DeviceConfig, Server};
 use barmap_front::launch;
 use barmap_front::spec::{DeviceSpec, RunSpec};
+use barmap_server::{DeviceConfig, Server};
 
 /// Arguments of `barmap run`.
 #[derive(clap::Args, Debug)]

@@ -164,7 +164,15 @@ pub fn run_served(
             return Err(failed.unwrap_or_else(|| format!("testbed: {e}")));
         }
     };
-    let outcome = run_in(&testbed, &forwarding, &preload, &spec, program, args, output);
+    let outcome = run_in(
+        &testbed,
+        &forwarding,
+        &preload,
+        &spec,
+        program,
+        args,
+        output,
+    );
     drop(guard);
     drop(testbed);
     drop(forwarding);

@@ -501,10 +501,17 @@ impl Front {
                 let dev = self.device(i).ok()?;
                 // The container the group's opener attached it to, by the
                 // identity it recorded in the group's file.
-                let container = shared_state::read_group(fd).and_then(|id| self.container_by_id(id));
+                let container =
+                    shared_state::read_group(fd).and_then(|id| self.container_by_id(id));
                 Some(File::Group(Arc::new(Group::adopted(dev, container))))
             }
-            Kind::Container if self.spec.devices.iter().any(|d| d.remote_socket().is_some()) => {
+            Kind::Container
+                if self
+                    .spec
+                    .devices
+                    .iter()
+                    .any(|d| d.remote_socket().is_some()) =>
+            {
                 let iommu = shared_state::read_container(fd);
                 Some(File::Container(Arc::new(Container::adopted(iommu))))
             }
@@ -516,10 +523,13 @@ impl Front {
     /// now if an fd of this process names it but the table does not yet.
     fn container_by_id(&self, id: fdtable::FileId) -> Option<Arc<Container>> {
         let find = || {
-            self.files.snapshot().into_iter().find_map(|(fd, slot)| match slot {
-                Slot::Own(File::Container(c)) if fdtable::identity(fd) == Some(id) => Some(c),
-                _ => None,
-            })
+            self.files
+                .snapshot()
+                .into_iter()
+                .find_map(|(fd, slot)| match slot {
+                    Slot::Own(File::Container(c)) if fdtable::identity(fd) == Some(id) => Some(c),
+                    _ => None,
+                })
         };
         if let Some(c) = find() {
             return Some(c);
@@ -529,7 +539,9 @@ impl Front {
             .flatten()
             .filter_map(|e| e.file_name().to_str()?.parse().ok())
             .collect();
-        let fd = fds.into_iter().find(|&fd| fdtable::identity(fd) == Some(id))?;
+        let fd = fds
+            .into_iter()
+            .find(|&fd| fdtable::identity(fd) == Some(id))?;
         self.files
             .adopt(fd, &self.testbed, &|fd, kind| self.adopt(fd, kind));
         find()
@@ -702,7 +714,12 @@ impl Front {
     /// `GROUP_SET_CONTAINER`/`UNSET_CONTAINER`): records it in the file,
     /// for [`Front::adopt`] in that process.
     fn record_shared_state(&self, fd: i32, file: &File, req: u64) {
-        if !self.spec.devices.iter().any(|d| d.remote_socket().is_some()) {
+        if !self
+            .spec
+            .devices
+            .iter()
+            .any(|d| d.remote_socket().is_some())
+        {
             return;
         }
         let req = req as libc::c_ulong;
@@ -712,12 +729,15 @@ impl Front {
             }
             File::Group(g) if req == barmap_vfio::uapi::VFIO_GROUP_SET_CONTAINER => {
                 let container = g.container().and_then(|k| {
-                    self.files.snapshot().into_iter().find_map(|(cfd, slot)| match slot {
-                        Slot::Own(File::Container(c)) if Arc::ptr_eq(&c, &k) => {
-                            fdtable::identity(cfd)
-                        }
-                        _ => None,
-                    })
+                    self.files
+                        .snapshot()
+                        .into_iter()
+                        .find_map(|(cfd, slot)| match slot {
+                            Slot::Own(File::Container(c)) if Arc::ptr_eq(&c, &k) => {
+                                fdtable::identity(cfd)
+                            }
+                            _ => None,
+                        })
                 });
                 shared_state::write_group(fd, container);
             }

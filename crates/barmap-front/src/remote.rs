@@ -242,8 +242,7 @@ impl RemoteDevice {
         let rw = v::VFIO_REGION_INFO_FLAG_READ | v::VFIO_REGION_INFO_FLAG_WRITE;
         info.flags = region.flags & rw;
         let mut caps: Vec<u8> = Vec::new();
-        if info.index < 6 && (region.size >= PROXY_MIN || region.fd.is_some()) && info.flags != 0
-        {
+        if info.index < 6 && (region.size >= PROXY_MIN || region.fd.is_some()) && info.flags != 0 {
             // Every BAR of a page or more maps: the server's file where it
             // offers one, the register trap elsewhere. The sparse areas say
             // where the accesses are direct. (A BAR smaller than a page is
