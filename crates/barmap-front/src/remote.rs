@@ -84,6 +84,9 @@ pub struct RemoteDevice {
     /// The register trap's side: a device whose register BARs are the
     /// server's, built at the first mapping that needs it.
     proxy: OnceLock<Result<ModelDevice, Errno>>,
+    /// Which BARs are offered for mmap, when the run knows (a device of
+    /// barmap's own server); None: every BAR.
+    mmap_bars: Option<[bool; 6]>,
 }
 
 /// A BAR mapping of a device served over vfio-user.
@@ -177,7 +180,14 @@ impl RemoteDevice {
             remote: Arc::new(remote),
             sent,
             proxy: OnceLock::new(),
+            mmap_bars: None,
         })
+    }
+
+    /// Offers for mmap only the BARs marked in `bars` (a device of barmap's
+    /// own server, whose model the run knows).
+    pub fn set_mmap_bars(&mut self, bars: [bool; 6]) {
+        self.mmap_bars = Some(bars);
     }
 
     /// The register trap's device, built once: memory decoding on (the
@@ -242,11 +252,14 @@ impl RemoteDevice {
         let rw = v::VFIO_REGION_INFO_FLAG_READ | v::VFIO_REGION_INFO_FLAG_WRITE;
         info.flags = region.flags & rw;
         let mut caps: Vec<u8> = Vec::new();
-        if info.index < 6 && (region.size >= PROXY_MIN || region.fd.is_some()) && info.flags != 0 {
-            // Every BAR of a page or more maps: the server's file where it
-            // offers one, the register trap elsewhere. The sparse areas say
-            // where the accesses are direct. (A BAR smaller than a page is
-            // reached by pread/pwrite only: the trap maps whole pages.)
+        let mappable = self
+            .mmap_bars
+            .is_none_or(|m| m.get(info.index as usize) == Some(&true));
+        if info.index < 6 && region.size > 0 && info.flags != 0 && mappable {
+            // Every BAR maps: the server's file where it offers one, the
+            // register trap elsewhere. The sparse areas say where the
+            // accesses are direct. (A device of barmap's own server maps
+            // the BARs its model maps, as in-process.)
             info.flags |= v::VFIO_REGION_INFO_FLAG_MMAP;
             let whole = region
                 .areas
