@@ -30,6 +30,7 @@
 #![cfg(target_os = "linux")]
 #![warn(missing_docs)]
 
+pub mod ext;
 pub mod wire;
 
 use std::collections::HashMap;

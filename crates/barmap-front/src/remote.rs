@@ -152,6 +152,28 @@ impl DeviceModel for RegisterProxy {
         }
     }
 
+    fn write64(
+        &mut self,
+        _: &mut Ctx<'_>,
+        region: u32,
+        offset: u64,
+        data: &[u8; 64],
+        how: barmap_models::Store64,
+    ) -> bool {
+        let code = match how {
+            barmap_models::Store64::Movdir64b => 0,
+            barmap_models::Store64::Enqcmd => 1,
+            barmap_models::Store64::Enqcmds => 2,
+        };
+        match self.remote.write64(region, offset, data, code) {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(region, offset, error = %e, "trapped 64-byte store to a vfio-user BAR refused");
+                false
+            }
+        }
+    }
+
     fn reset(&mut self) {}
 }
 

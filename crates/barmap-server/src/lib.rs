@@ -52,6 +52,7 @@ pub mod bar;
 pub mod conn;
 pub mod control;
 pub mod device;
+pub mod ext;
 pub mod host;
 pub mod proto;
 
