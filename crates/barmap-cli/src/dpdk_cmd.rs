@@ -110,6 +110,72 @@ pub struct DpdkArgs {
     /// Seconds each dma-perf size runs (the sample configuration's 2).
     #[arg(long, default_value_t = 2)]
     seconds: u32,
+    /// Only DPDK's multi-process mode: a primary (`dpdk-test`) and a
+    /// secondary (`dpdk-test --proc-type=secondary` running
+    /// `dmadev_autotest`) on one ioat device under `barmap run --shared`,
+    /// on 2 MiB huge pages (reserved as root and given back, on a private
+    /// hugetlbfs mount).
+    #[arg(long)]
+    multi_process: bool,
+}
+
+/// DPDK's multi-process mode on one device ([`DpdkArgs::multi_process`]):
+/// the secondary gets the primary's container and group fds over DPDK's
+/// IPC socket, opens the device through them, and runs `dmadev_autotest`
+/// (the DMA API tests and the device tests) on it.
+fn multi_process(dpdk: &Dpdk, policy: Policy, logs: &Path) -> Result<AutotestReport> {
+    let _huge = crate::selftests_run::HugePages::reserve();
+    let huge = logs.join("huge");
+    let fifo = logs.join("primary.in");
+    let primary = logs.join("multi-process-primary.log");
+    let secondary = logs.join("multi-process-secondary.log");
+    let eal = format!(
+        "--huge-dir {} --file-prefix {FILE_PREFIX}-mp -m 16 --no-telemetry -d {} -a $BARMAP_BDF",
+        huge.display(),
+        dpdk.drivers.display()
+    );
+    let script = format!(
+        "mkdir -p {h} && mount -t hugetlbfs -o pagesize=2M none {h} || exit 3
+         rm -f {f}; mkfifo {f} || exit 3
+         {cmd} -l 0,1 {eal} < {f} > {p} 2>&1 & P=$!
+         exec 3> {f}
+         n=0; while [ ! -S /var/run/dpdk/{FILE_PREFIX}-mp/mp_socket ] && [ $n -lt 300 ]; do sleep 0.1; n=$((n+1)); done
+         DPDK_TEST=dmadev_autotest {cmd} -l 0,1 {eal} --proc-type=secondary > {s} 2>&1; r=$?
+         echo quit >&3; exec 3>&-; wait $P
+         umount {h}; rm -f {f}
+         cat {s}; exit $r",
+        h = huge.display(),
+        f = fifo.display(),
+        p = primary.display(),
+        s = secondary.display(),
+        cmd = dpdk.command("dpdk-test"),
+    );
+    let outcome = barmap_run_with(
+        &["ioat"],
+        true,
+        policy,
+        &script,
+        &[],
+        &logs.join("multi-process.log"),
+        Duration::from_secs(600),
+    )?;
+    let text = read(&secondary);
+    let cases = parse_autotest(&text);
+    let device_ok = DEVICE_TESTS.iter().all(|t| {
+        cases
+            .iter()
+            .any(|c| c.name == *t && c.verdict == "succeeded" && c.suite.contains("instance"))
+    });
+    let ok = device_ok
+        && outcome.code == Some(0)
+        && text.contains("Test OK")
+        && !cases.iter().any(|c| c.verdict == "failed");
+    Ok(AutotestReport {
+        device: "ioat (secondary process)".into(),
+        ok,
+        outcome,
+        cases,
+    })
 }
 
 /// DPDK unpacked in the cache.
@@ -272,11 +338,27 @@ fn barmap_run(
     log: &Path,
     limit: Duration,
 ) -> Result<Outcome> {
+    barmap_run_with(devices, false, policy, script, env, log, limit)
+}
+
+/// [`barmap_run`], with `barmap run --shared` if `shared`.
+fn barmap_run_with(
+    devices: &[&str],
+    shared: bool,
+    policy: Policy,
+    script: &str,
+    env: &[(&str, &str)],
+    log: &Path,
+    limit: Duration,
+) -> Result<Outcome> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe()?;
     let out = std::fs::File::create(log)?;
     let mut c = Command::new(exe);
     c.arg("run");
+    if shared {
+        c.arg("--shared");
+    }
     for d in devices {
         c.args(["--device", d]);
     }
@@ -698,6 +780,31 @@ pub fn run(args: &DpdkArgs) -> i32 {
         }
     };
     progress(&format!("DPDK {} in {}", dpdk.version, dpdk.root.display()));
+    if args.multi_process {
+        progress("primary and secondary on one ioat device (barmap run --shared)");
+        return match multi_process(&dpdk, args.policy, &logs) {
+            Ok(r) => {
+                if args.json {
+                    println!("{}", serde_json::to_string(&r).unwrap());
+                } else {
+                    for c in &r.cases {
+                        println!("secondary: {:<34} {:<28} {}", c.suite, c.name, c.verdict);
+                    }
+                    println!(
+                        "barmap dpdk: multi-process {} in {:.1} s (logs in {})",
+                        if r.ok { "PASS" } else { "FAIL" },
+                        r.outcome.elapsed_s,
+                        logs.display()
+                    );
+                }
+                i32::from(!r.ok)
+            }
+            Err(e) => {
+                eprintln!("barmap dpdk: {e}");
+                1
+            }
+        };
+    }
     progress("dmadev_autotest");
     let auto = autotest(
         &dpdk,

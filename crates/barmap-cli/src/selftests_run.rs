@@ -25,6 +25,12 @@ pub struct SelftestsArgs {
     /// Cache directory (default: $BARMAP_CACHE or $HOME/.cache/barmap/guest).
     #[arg(long)]
     cache: Option<PathBuf>,
+    /// Run each binary as `barmap run --shared` does: its devices served
+    /// to every process of it (the harness forks per test) by a device
+    /// server in this process. SR-IOV binaries are left out (the server
+    /// serves no SR-IOV).
+    #[arg(long)]
+    shared: bool,
     /// Serve each device from a vfio-user server (barmap-server, in this
     /// process) and present it to the binary as `--device
     /// vfio-user:SOCKET`: barmap's client against barmap's server. The
@@ -175,6 +181,10 @@ pub fn run(args: &SelftestsArgs) -> i32 {
             false => devices_for(name),
         };
         for (i, device) in devices.iter().enumerate() {
+            if args.shared && device.contains("sriov") {
+                eprintln!("barmap selftests: --shared: {name} on {device} left out (SR-IOV)");
+                continue;
+            }
             let made = match args.served {
                 true => ServedDevice::start(device, args.policy).map(|(s, d)| (Some(s), d)),
                 false => DeviceSpec::parse(device, args.policy).map(|d| (None, d)),
@@ -196,7 +206,10 @@ pub fn run(args: &SelftestsArgs) -> i32 {
                 "barmap selftests: running {name} on {device} (log {})",
                 log.display()
             );
-            match kselftest::run_binary(&spec, &build.dir.join(name), &log) {
+            let mut hook = crate::run_cmd::serve_in_testbed;
+            let serve: Option<barmap_front::launch::ServeHook<'_>> =
+                args.shared.then_some(&mut hook as _);
+            match kselftest::run_binary_served(&spec, &build.dir.join(name), &log, serve) {
                 Ok(r) => results.push((device, r)),
                 Err(e) => {
                     eprintln!("barmap selftests: {name}: {e}");

@@ -1136,3 +1136,122 @@ fn a_command_mem_clear_at_barmap_serve_sigbuses_a_vfio_user_clients_mapping() {
         "the clear from outside was not exercised:\n{text}"
     );
 }
+
+// Devices shared by processes (`barmap run --shared`): every process of the
+// program tree reaches the run's devices through the launcher's device
+// server, as on the kernel.
+
+#[test]
+fn a_forked_childs_and_an_exec_d_programs_calls_reach_the_parents_device() {
+    passes(
+        "a_forked_childs_and_an_exec_d_programs_calls_reach_the_parents_device",
+        &["--shared"],
+    );
+}
+
+#[test]
+fn an_fd_received_over_scm_rights_works() {
+    passes("an_fd_received_over_scm_rights_works", &["--shared"]);
+}
+
+#[test]
+fn a_clear_in_any_process_revokes_the_mappings_of_all_of_them() {
+    passes(
+        "a_clear_in_any_process_revokes_the_mappings_of_all_of_them",
+        &["--shared"],
+    );
+}
+
+#[test]
+fn a_second_open_of_a_held_group_is_ebusy_system_wide() {
+    passes(
+        "a_second_open_of_a_held_group_is_ebusy_system_wide",
+        &["--shared"],
+    );
+}
+
+#[test]
+fn a_killed_client_leaves_the_device_and_the_other_clients_working() {
+    passes(
+        "a_killed_client_leaves_the_device_and_the_other_clients_working",
+        &["--shared"],
+    );
+}
+
+/// `barmap run --server PATH` joins a running `barmap serve`: its devices
+/// are in sysfs with the IDs and BARs the server gives (ioat's 8086:2021
+/// and its 16 KiB BAR0; the default device's 64 KiB BAR0 and 1 MiB
+/// prefetchable BAR2), and a forked child's and an exec'd program's calls
+/// reach the device the parent opened.
+#[test]
+fn run_server_joins_a_running_server_with_its_ids_and_bars_and_shares_its_devices() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("join-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let sock = dir.join("s");
+    let mut server = Command::new(barmap())
+        .args(["serve", "--socket"])
+        .arg(&sock)
+        .args(["--device", "ioat", "--device", "default,memory=1M"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("barmap serve starts");
+    let ctl = dir.join("s.ctl");
+    for _ in 0..200 {
+        if ctl.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    let run = |program: &[&std::ffi::OsStr]| {
+        let out = Command::new(barmap())
+            .arg("run")
+            .arg("--server")
+            .arg(&sock)
+            .arg("--")
+            .args(program)
+            .env("BARMAP_PRELOAD", preload())
+            .output()
+            .expect("barmap run starts");
+        (
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let script = "for b in 0000:ba:00.0 0000:ba:01.0; do d=/sys/bus/pci/devices/$b; \
+                  echo $b $(cat $d/vendor $d/device) $(head -3 $d/resource | tr '\\n' ' '); done";
+    let (code, ids) = run(&["sh".as_ref(), "-c".as_ref(), script.as_ref()]);
+    let exe = build("a_forked_childs_and_an_exec_d_programs_calls_reach_the_parents_device");
+    let (shared_code, shared) = run(&[exe.as_os_str(), "0000:ba:01.0".as_ref(), "43".as_ref()]);
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(code, Some(0), "{ids}");
+    assert!(
+        ids.contains("0000:ba:00.0 0x8086 0x2021 0x00000000e0000000 0x00000000e0003fff"),
+        "ioat's IDs and BAR0 from the server:\n{ids}"
+    );
+    assert!(
+        ids.contains("0000:ba:01.0 0x1234 0xba00")
+            && ids.contains("0x00000000e0100000 0x00000000e01fffff 0x0000000000102200"),
+        "the default device's IDs and prefetchable 1 MiB BAR2 from the server:\n{ids}"
+    );
+    assert!(
+        shared_code == Some(0) && shared.contains("PASS"),
+        "fork and exec on a joined server's device:\n{shared}"
+    );
+}
+
+#[test]
+fn received_container_and_group_fds_open_the_device_as_dpdks_secondary_does() {
+    passes(
+        "received_container_and_group_fds_open_the_device_as_dpdks_secondary_does",
+        &["--shared"],
+    );
+}

@@ -32,6 +32,7 @@
 
 /// The protocol's layouts and framing (`barmap-vfio-user`).
 pub use barmap_vfio_user as proto;
+pub mod ext;
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -458,6 +459,14 @@ impl Remote {
             flags: q.flags,
             count: q.count,
         })
+    }
+
+    /// The connection's socket, for a forked child to close its copy of
+    /// it (the child talks to the server over a connection of its own; a
+    /// copy left open would keep this connection, and what the server
+    /// holds for it, alive after this process is gone).
+    pub fn socket_fd(&self) -> RawFd {
+        self.conn.sock.as_raw_fd()
     }
 
     /// The device's info.

@@ -220,6 +220,32 @@ impl FrontHost {
     }
 }
 
+/// Which BARs of a device that barmap's own server serves are mmappable,
+/// as they are in-process: the model's word when the run knows the model
+/// (`--shared`), else (`--server`) every BAR of a page or more.
+fn served_mmap_bars(spec: &DeviceSpec) -> [bool; 6] {
+    let mut out = [false; 6];
+    match spec.model().ok().map(|m| m.layout()) {
+        Some(layout) => {
+            for (i, kind) in &layout.regions {
+                if let Some(slot) = out.get_mut(*i as usize) {
+                    *slot = match kind {
+                        barmap_models::RegionKind::Memory(r) => r.flags.mmap,
+                        barmap_models::RegionKind::Registers { mmap, .. } => *mmap,
+                    };
+                }
+            }
+        }
+        None => {
+            let bars = spec.served_ids.as_ref().map(|i| i.bars).unwrap_or_default();
+            for (slot, size) in out.iter_mut().zip(bars) {
+                *slot = size >= 4096;
+            }
+        }
+    }
+    out
+}
+
 impl EmuDevice {
     /// Builds the device of `spec` and connects its model to the front
     /// end's eventfds and IOMMU tables; a device served over vfio-user is
@@ -228,8 +254,11 @@ impl EmuDevice {
         let dma: DmaSlot = Arc::default();
         let iommu_faults: Arc<FaultCounts> = Arc::default();
         if let Some(socket) = spec.remote_socket() {
-            let remote = crate::remote::RemoteDevice::connect(socket)?;
-            let irqs = Arc::new(Mutex::new(Irqs::new(remote.irq_counts())));
+            let mut remote = crate::remote::RemoteDevice::connect(socket)?;
+            if spec.served.is_some() {
+                remote.set_mmap_bars(served_mmap_bars(&spec));
+            }
+            let irqs = Arc::new(Mutex::new(Irqs::served(remote.irq_counts())));
             return Ok(EmuDevice {
                 backend: Backend::Remote(remote),
                 spec,

@@ -75,6 +75,18 @@ pub struct FileId {
     ino: u64,
 }
 
+impl FileId {
+    /// The device and inode numbers.
+    pub fn parts(self) -> (u64, u64) {
+        (self.dev, self.ino)
+    }
+
+    /// The identity of the file with these device and inode numbers.
+    pub fn from_parts(dev: u64, ino: u64) -> FileId {
+        FileId { dev, ino }
+    }
+}
+
 /// `fstat(fd)` by raw syscall, or None if `fd` is not open.
 pub fn fstat_raw(fd: i32) -> Option<libc::stat> {
     // SAFETY: a zeroed stat is a valid out-parameter.
@@ -162,9 +174,33 @@ pub fn placeholder_kind(fd: i32, testbed: &std::path::Path) -> Option<Kind> {
     }
     let locks = crate::locks_dir(testbed);
     let locks = locks.as_os_str().as_encoded_bytes();
-    (link.len() > locks.len() && link.starts_with(locks) && link[locks.len()] == b'/')
-        .then_some(Kind::Group)
+    if !(link.len() > locks.len() && link.starts_with(locks) && link[locks.len()] == b'/') {
+        return None;
+    }
+    // A served device's fd holds `locks/device-<i>`; a group's
+    // `locks/group-<n>`.
+    Some(if link[locks.len() + 1..].starts_with(b"device-") {
+        Kind::Device
+    } else {
+        Kind::Group
+    })
 }
+
+/// The name of the testbed lock file `fd` is an open of, if it is one.
+pub fn lock_name(fd: i32, testbed: &std::path::Path) -> Option<String> {
+    let mut buf = [0u8; 512];
+    let n = fd_link(fd, &mut buf)?;
+    let link = &buf[..n];
+    let locks = crate::locks_dir(testbed);
+    let locks = locks.as_os_str().as_encoded_bytes();
+    let name = link.strip_prefix(locks)?.strip_prefix(b"/")?;
+    String::from_utf8(name.to_vec()).ok()
+}
+
+/// How a front end takes an fd of another process's front-end file: its
+/// own file for it, if it can reach the same object; None leaves it
+/// foreign.
+pub type Resolve<'a> = &'a dyn Fn(i32, Kind) -> Option<File>;
 
 /// What an fd number stands for.
 #[derive(Debug, Clone)]
@@ -290,8 +326,9 @@ impl FdTable {
     }
 
     /// Records every fd of this process that is a front-end file of some
-    /// other process (inherited across fork or exec) as foreign.
-    pub fn adopt_inherited(&self, testbed: &std::path::Path) {
+    /// other process (inherited across fork or exec): as `resolve` takes
+    /// it, or foreign.
+    pub fn adopt_inherited(&self, testbed: &std::path::Path, resolve: Resolve<'_>) {
         let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
             return;
         };
@@ -300,18 +337,23 @@ impl FdTable {
             .filter_map(|e| e.file_name().to_str()?.parse().ok())
             .collect();
         for fd in fds {
-            self.adopt(fd, testbed);
+            self.adopt(fd, testbed, resolve);
         }
     }
 
-    /// Records `fd` as foreign if it is a front-end file this table does
-    /// not know (received over a socket, or inherited).
-    pub fn adopt(&self, fd: i32, testbed: &std::path::Path) {
+    /// Records `fd` if it is a front-end file this table does not know
+    /// (received over a socket, or inherited): as `resolve` takes it, or
+    /// foreign.
+    pub fn adopt(&self, fd: i32, testbed: &std::path::Path, resolve: Resolve<'_>) {
         if self.get(fd, true).is_some() {
             return;
         }
         if let (Some(kind), Some(id)) = (placeholder_kind(fd, testbed), identity(fd)) {
-            self.insert(fd, id, Slot::Foreign(kind));
+            let slot = match resolve(fd, kind) {
+                Some(file) => Slot::Own(file),
+                None => Slot::Foreign(kind),
+            };
+            self.insert(fd, id, slot);
         }
     }
 }

@@ -95,6 +95,21 @@ impl Container {
     fn ready(&self) -> bool {
         self.state.lock().unwrap().iommu.is_some()
     }
+
+    /// The IOMMU driver set (`VFIO_TYPE1_IOMMU` or `VFIO_TYPE1V2_IOMMU`).
+    pub fn iommu(&self) -> Option<u64> {
+        self.state.lock().unwrap().iommu
+    }
+
+    /// This process's side of a container that another process set up
+    /// (its fd inherited or received, `iommu` as that process set it):
+    /// ready for the groups attached to it there, with no DMA maps of this
+    /// process's own (the other process's maps are at the device's server).
+    pub fn adopted(iommu: Option<u64>) -> Container {
+        let c = Container::default();
+        c.state.lock().unwrap().iommu = iommu;
+        c
+    }
 }
 
 /// What a group is attached to.
@@ -130,6 +145,33 @@ impl Group {
             dev,
             container: Mutex::new(None),
             users: Mutex::new(0),
+        }
+    }
+
+    /// This process's side of a group that another process opened (its fd
+    /// inherited or received), attached to `container` if the group is
+    /// attached to it there. The device's group-open bit is set here too.
+    pub fn adopted(dev: Arc<EmuDevice>, container: Option<Arc<Container>>) -> Group {
+        *dev.open.lock().unwrap() |= GROUP_OPEN;
+        let attached = container.map(|k| {
+            let mut s = k.state.lock().unwrap();
+            s.groups += 1;
+            dev.attach(Some(s.dma.clone()));
+            drop(s);
+            Attached::Legacy(k)
+        });
+        Group {
+            dev,
+            container: Mutex::new(attached),
+            users: Mutex::new(0),
+        }
+    }
+
+    /// The container the group is attached to, if a legacy one.
+    pub fn container(&self) -> Option<Arc<Container>> {
+        match &*self.container.lock().unwrap() {
+            Some(Attached::Legacy(k)) => Some(k.clone()),
+            _ => None,
         }
     }
 
@@ -511,7 +553,12 @@ impl Drop for DeviceFile {
             // The last device fd: vfio-pci disables interrupts on release.
             self.dev.irqs.lock().unwrap().clear();
             if let Some(r) = self.dev.remote() {
-                r.release_irqs();
+                // A device shared across processes is released when its
+                // last fd in any process closes.
+                let last = crate::Front::get().is_none_or(|f| f.released_everywhere(&self.dev));
+                if last {
+                    r.release_irqs();
+                }
             }
         }
         drop(open);

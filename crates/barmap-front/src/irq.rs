@@ -27,6 +27,10 @@ pub struct Irqs {
     /// What is enabled: INTx, MSI or MSI-X (vfio-pci's `irq_type`), or
     /// nothing.
     irq_type: Option<u32>,
+    /// The device's server signals the eventfds itself (a device served
+    /// over vfio-user): `DATA_NONE` and `DATA_BOOL` triggers are recorded
+    /// here but not fired a second time.
+    served: bool,
 }
 
 impl Default for Irqs {
@@ -90,6 +94,15 @@ impl Irqs {
             intx_masked: false,
             intx_level: false,
             irq_type: None,
+            served: false,
+        }
+    }
+
+    /// The record of a device whose server signals the eventfds itself.
+    pub fn served(counts: [u32; 5]) -> Irqs {
+        Irqs {
+            served: true,
+            ..Irqs::new(counts)
         }
     }
 
@@ -139,7 +152,10 @@ impl Irqs {
 
     /// Tears every vector down (device release).
     pub fn clear(&mut self) {
-        *self = Irqs::new(self.counts);
+        *self = Irqs {
+            served: self.served,
+            ..Irqs::new(self.counts)
+        };
     }
 
     /// Whether vector `vector` of `index` has a trigger eventfd.
@@ -251,6 +267,7 @@ impl Irqs {
 
     /// `vfio_pci_set_intx_trigger`: EINVAL while MSI or MSI-X is enabled.
     fn intx_trigger(&mut self, r: &Req) -> Result<i64, Errno> {
+        let served = self.served;
         let i = v::VFIO_PCI_INTX_IRQ_INDEX as usize;
         if self.is_intx() && r.count == 0 && r.data_type == v::VFIO_IRQ_SET_DATA_NONE {
             self.triggers[i].clear();
@@ -277,7 +294,9 @@ impl Irqs {
         if r.data_type == v::VFIO_IRQ_SET_DATA_NONE || r.data[0] != 0 {
             // Loopback: signals the eventfd, masked or not.
             if let Some(Some(fd)) = self.triggers[i].first() {
-                signal(fd);
+                if !served {
+                    signal(fd);
+                }
             }
         }
         Ok(0)
@@ -286,6 +305,7 @@ impl Irqs {
     /// `vfio_pci_set_msi_trigger`: EINVAL while another of INTx, MSI and
     /// MSI-X is enabled.
     fn msi_trigger(&mut self, r: &Req) -> Result<i64, Errno> {
+        let served = self.served;
         let i = r.index as usize;
         let on = self.irq_type == Some(r.index);
         if on && r.count == 0 && r.data_type == v::VFIO_IRQ_SET_DATA_NONE {
@@ -329,7 +349,9 @@ impl Irqs {
                 continue;
             }
             if let Some(Some(fd)) = self.triggers[i].get(r.start + k) {
-                signal(fd);
+                if !served {
+                    signal(fd);
+                }
             }
         }
         Ok(0)
@@ -338,6 +360,7 @@ impl Irqs {
     /// `vfio_pci_set_err_trigger` / `vfio_pci_set_req_trigger` through
     /// `vfio_pci_set_ctx_trigger_single`.
     fn single_trigger(&mut self, r: &Req) -> Result<i64, Errno> {
+        let served = self.served;
         let i = r.index as usize;
         if r.start != 0 || r.count > 1 {
             return Err(Errno::EINVAL);
@@ -349,7 +372,9 @@ impl Irqs {
                     return Err(Errno::EINVAL);
                 };
                 if r.count > 0 {
-                    signal(fd);
+                    if !served {
+                        signal(fd);
+                    }
                 } else {
                     self.triggers[i].clear();
                 }
@@ -360,7 +385,9 @@ impl Irqs {
                     return Err(Errno::EINVAL);
                 }
                 if let Some(fd) = current.filter(|_| r.data[0] != 0) {
-                    signal(fd);
+                    if !served {
+                        signal(fd);
+                    }
                 }
                 Ok(0)
             }

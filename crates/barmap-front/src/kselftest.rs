@@ -173,15 +173,27 @@ impl BinaryResult {
 
 /// Runs `binary` under a testbed for `spec`, its output in `log`.
 pub fn run_binary(spec: &RunSpec, binary: &Path, log: &Path) -> Result<BinaryResult, String> {
+    run_binary_served(spec, binary, log, None)
+}
+
+/// [`run_binary`], the devices served to every process of the binary by
+/// `serve` if given (`barmap selftests --shared`).
+pub fn run_binary_served(
+    spec: &RunSpec,
+    binary: &Path,
+    log: &Path,
+    serve: Option<launch::ServeHook<'_>>,
+) -> Result<BinaryResult, String> {
     let name = binary
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let out = launch::run_with(
+    let out = launch::run_served(
         spec,
         &binary.to_string_lossy(),
         &[],
         launch::Output::File(log),
+        serve,
     )?;
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let mut totals = parse_totals(&text);

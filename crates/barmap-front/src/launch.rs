@@ -120,10 +120,60 @@ pub fn run_with(
     args: &[String],
     output: Output<'_>,
 ) -> Result<Outcome, String> {
+    run_served(spec, program, args, output, None)
+}
+
+/// What hosts a run's devices for every process of its program tree
+/// (`barmap run --shared`): called with the fresh testbed directory and the
+/// run's spec, it starts serving the devices (its sockets inside the
+/// testbed) and returns the spec the program sees (each device
+/// [`crate::spec::DeviceSpec::served`] at its socket) and a guard that
+/// stops serving when dropped (before the testbed is removed).
+pub type ServeHook<'a> =
+    &'a mut dyn FnMut(&Path, &RunSpec) -> Result<(RunSpec, Box<dyn std::any::Any>), String>;
+
+/// Like [`run_with`], the devices served by `serve` if given.
+pub fn run_served(
+    spec: &RunSpec,
+    program: &str,
+    args: &[String],
+    output: Output<'_>,
+    serve: Option<ServeHook<'_>>,
+) -> Result<Outcome, String> {
     let preload = find_preload()?;
     let forwarding = forward::Forwarding::start();
-    let testbed = Testbed::new(spec).map_err(|e| format!("testbed: {e}"))?;
-    let outcome = run_in(&testbed, &forwarding, &preload, spec, program, args, output);
+    let mut guard: Option<Box<dyn std::any::Any>> = None;
+    let mut failed: Option<String> = None;
+    let made = Testbed::new_with(spec, |dir| match serve {
+        None => Ok(None),
+        Some(f) => match f(dir, spec) {
+            Ok((served, g)) => {
+                guard = Some(g);
+                Ok(Some(served))
+            }
+            Err(e) => {
+                failed = Some(e.clone());
+                Err(std::io::Error::other(e))
+            }
+        },
+    });
+    let (testbed, spec) = match made {
+        Ok(t) => t,
+        Err(e) => {
+            drop(guard);
+            return Err(failed.unwrap_or_else(|| format!("testbed: {e}")));
+        }
+    };
+    let outcome = run_in(
+        &testbed,
+        &forwarding,
+        &preload,
+        &spec,
+        program,
+        args,
+        output,
+    );
+    drop(guard);
     drop(testbed);
     drop(forwarding);
     outcome

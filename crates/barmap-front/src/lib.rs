@@ -36,6 +36,7 @@ pub mod launch;
 pub mod nodes;
 pub mod paths;
 pub mod remote;
+pub mod shared_state;
 pub mod spec;
 pub mod sriov;
 pub mod testbed;
@@ -92,6 +93,10 @@ struct BarMap {
 /// Address ranges of BAR mappings made through device fds, in this
 /// process (for iommufd, which cannot DMA-map them).
 static BAR_RANGES: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
+
+/// The BAR mappings among [`BAR_RANGES`] that map a device server's file
+/// (forgotten when wholly unmapped).
+static FILE_RANGES: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
 
 /// Whether `addr..addr+len` meets a BAR mapping.
 pub fn is_bar_memory(addr: u64, len: u64) -> bool {
@@ -163,6 +168,10 @@ impl Front {
             ABSENT.store(true, Ordering::Relaxed);
             return None;
         };
+        // SAFETY: a published front end is never freed.
+        if let Some(parent) = unsafe { current.as_ref() } {
+            parent.close_parents_connections();
+        }
         let front = match Front::new(Path::new(&dir)) {
             Ok(f) => f,
             Err(e) => {
@@ -178,7 +187,8 @@ impl Front {
             Ok(_) => {
                 // SAFETY: just published, never freed.
                 let f = unsafe { &*fresh };
-                f.files.adopt_inherited(&f.testbed);
+                f.files
+                    .adopt_inherited(&f.testbed, &|fd, kind| f.adopt(fd, kind));
                 Some(Task::Own(f))
             }
             Err(other) => {
@@ -186,6 +196,23 @@ impl Front {
                 drop(unsafe { Box::from_raw(fresh) });
                 // SAFETY: a published front end is never freed.
                 unsafe { other.as_ref() }.map(Task::Own)
+            }
+        }
+    }
+
+    /// In a forked child, whose copy of the parent's front end (this) is
+    /// never used again: closes the child's copies of the parent's
+    /// connections to device servers, so that the server sees the parent
+    /// go when it goes (the child has connections of its own).
+    fn close_parents_connections(&self) {
+        let Ok(devices) = self.devices.try_lock() else {
+            return;
+        };
+        for d in devices.iter().flatten() {
+            if let Some(r) = d.remote() {
+                // SAFETY: closes this process's copy of a socket that only
+                // the parent's (never again used) front end names.
+                unsafe { libc::syscall(libc::SYS_close, r.client().socket_fd()) };
             }
         }
     }
@@ -382,8 +409,148 @@ impl Front {
     }
 
     fn install(&self, file: File, cloexec: bool) -> Result<i32, Errno> {
+        if let File::Device(d) = &file {
+            if let Some(i) = self.served_index(&d.dev) {
+                let fd = self.hold_device(i, cloexec)?;
+                return self.install_at(fd, file);
+            }
+        }
         let fd = self.placeholder(Kind::of(&file), cloexec)?;
         self.install_at(fd, file)
+    }
+
+    /// The position of `dev` in the run, if every process of the run
+    /// reaches it through a server (`--shared`, `--server`, `vfio-user:`):
+    /// its device fds are then shared across processes.
+    fn served_index(&self, dev: &EmuDevice) -> Option<usize> {
+        dev.remote()?;
+        self.spec.devices.iter().position(|d| d.bdf == dev.spec.bdf)
+    }
+
+    /// A device fd of the served device at `i`: a new open of the
+    /// testbed's `locks/device-<i>`, locked shared. Every process that
+    /// holds a copy of it (inherited, received) reaches the same device
+    /// through its own connection to the server ([`Front::adopt`]), and
+    /// while any copy is open anywhere the device's group cannot be opened
+    /// (EBUSY), as a device fd holds its group on the kernel.
+    fn hold_device(&self, i: usize, cloexec: bool) -> Result<i32, Errno> {
+        let fd = self.open_lock(&format!("device-{i}"), cloexec)?;
+        // SAFETY: flock on our own fd.
+        if unsafe { libc::flock(fd, libc::LOCK_SH | libc::LOCK_NB) } != 0 {
+            let e = last_errno();
+            // SAFETY: our own fd, never handed out.
+            unsafe { libc::close(fd) };
+            return Err(e);
+        }
+        Ok(fd)
+    }
+
+    /// Whether a device fd of the served device at `i` is open in any
+    /// process (its lock file is held).
+    fn device_held(&self, i: usize) -> bool {
+        let Ok(fd) = self.open_lock(&format!("device-{i}"), true) else {
+            return false;
+        };
+        // SAFETY: flock on our own fd, closed right after.
+        let held = unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } != 0;
+        // SAFETY: our own fd (closing it drops the probe's lock).
+        unsafe { libc::close(fd) };
+        held
+    }
+
+    /// An open of the testbed's lock file `name`.
+    fn open_lock(&self, name: &str, cloexec: bool) -> Result<i32, Errno> {
+        let dir = locks_dir(&self.testbed);
+        let _ = std::fs::create_dir(&dir);
+        let path = std::ffi::CString::new(dir.join(name).into_os_string().into_encoded_bytes())
+            .map_err(|_| Errno::EINVAL)?;
+        let flags = libc::O_RDWR
+            | libc::O_CREAT
+            | libc::O_NOFOLLOW
+            | if cloexec { libc::O_CLOEXEC } else { 0 };
+        // SAFETY: a NUL-terminated path; a new fd or -1.
+        let fd = unsafe { libc::open(path.as_ptr(), flags, 0o600) };
+        if fd < 0 {
+            return Err(last_errno());
+        }
+        Ok(fd)
+    }
+
+    /// What a front-end fd of another process (inherited, received) is in
+    /// this one: a device fd of a served device is this process's own
+    /// device file on the same device (over this process's own connection
+    /// to the server); anything else stays foreign.
+    fn adopt(&self, fd: i32, kind: Kind) -> Option<File> {
+        match kind {
+            Kind::Device => {
+                let i = fdtable::lock_name(fd, &self.testbed)?
+                    .strip_prefix("device-")?
+                    .parse::<usize>()
+                    .ok()?;
+                self.spec.devices.get(i)?.remote_socket()?;
+                let dev = self.device(i).ok()?;
+                Some(File::Device(Arc::new(DeviceFile::open(dev, false))))
+            }
+            Kind::Group => {
+                let n = fdtable::lock_name(fd, &self.testbed)?
+                    .strip_prefix("group-")?
+                    .parse::<u32>()
+                    .ok()?;
+                let i = self.spec.devices.iter().position(|d| d.group == n)?;
+                self.spec.devices[i].remote_socket()?;
+                let dev = self.device(i).ok()?;
+                // The container the group's opener attached it to, by the
+                // identity it recorded in the group's file.
+                let container =
+                    shared_state::read_group(fd).and_then(|id| self.container_by_id(id));
+                Some(File::Group(Arc::new(Group::adopted(dev, container))))
+            }
+            Kind::Container
+                if self
+                    .spec
+                    .devices
+                    .iter()
+                    .any(|d| d.remote_socket().is_some()) =>
+            {
+                let iommu = shared_state::read_container(fd);
+                Some(File::Container(Arc::new(Container::adopted(iommu))))
+            }
+            _ => None,
+        }
+    }
+
+    /// This process's container whose open file has identity `id`, adopted
+    /// now if an fd of this process names it but the table does not yet.
+    fn container_by_id(&self, id: fdtable::FileId) -> Option<Arc<Container>> {
+        let find = || {
+            self.files
+                .snapshot()
+                .into_iter()
+                .find_map(|(fd, slot)| match slot {
+                    Slot::Own(File::Container(c)) if fdtable::identity(fd) == Some(id) => Some(c),
+                    _ => None,
+                })
+        };
+        if let Some(c) = find() {
+            return Some(c);
+        }
+        let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+            .ok()?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
+        let fd = fds
+            .into_iter()
+            .find(|&fd| fdtable::identity(fd) == Some(id))?;
+        self.files
+            .adopt(fd, &self.testbed, &|fd, kind| self.adopt(fd, kind));
+        find()
+    }
+
+    /// Whether the last device fd of `dev` anywhere has gone (for a device
+    /// not shared across processes: always).
+    pub fn released_everywhere(&self, dev: &EmuDevice) -> bool {
+        self.served_index(dev).is_none_or(|i| !self.device_held(i))
     }
 
     /// Records `fd` (open, ours) as standing for `file`.
@@ -410,10 +577,12 @@ impl Front {
         self.files.get(fd, true).is_some()
     }
 
-    /// Records `fd`, received from another process (`SCM_RIGHTS`), as
-    /// foreign if it is a front-end file.
+    /// Records `fd`, received from another process (`SCM_RIGHTS`): a
+    /// device fd of a served device is this process's own from now on,
+    /// any other front-end file foreign.
     pub fn received(&self, fd: i32) {
-        self.files.adopt(fd, &self.testbed);
+        self.files
+            .adopt(fd, &self.testbed, &|fd, kind| self.adopt(fd, kind));
     }
 
     /// `open(path, flags)` of a VFIO node: a new fd, or the kernel's errno.
@@ -439,6 +608,12 @@ impl Front {
                 // is open anywhere.
                 let lock = self.lock_group(n, cloexec)?;
                 self.files.sweep();
+                if self.spec.devices[index].remote_socket().is_some() && self.device_held(index) {
+                    // A device fd of the group is open in some process.
+                    // SAFETY: our own fd, never handed out.
+                    unsafe { libc::close(lock) };
+                    return Err(Errno::EBUSY);
+                }
                 let opened = (|| {
                     let dev = self.device(index)?;
                     let mut open = dev.open.lock().unwrap();
@@ -497,6 +672,8 @@ impl Front {
                 e
             });
         }
+        // A fresh open: attached to nothing yet.
+        shared_state::write_group(fd, None);
         Ok(fd)
     }
 
@@ -520,7 +697,55 @@ impl Front {
     /// `ioctl(fd, req, arg)` on one of the front end's fds.
     pub fn ioctl(&self, fd: i32, req: u64, arg: usize) -> Result<i64, Errno> {
         let file = self.file(fd).ok_or(Errno::EBADF)?;
-        self.ioctl_file(file, req, arg)
+        self.ioctl_fd(fd, file, req, arg)
+    }
+
+    /// `ioctl(fd, req, arg)` on `file`, which `fd` names.
+    pub fn ioctl_fd(&self, fd: i32, file: File, req: u64, arg: usize) -> Result<i64, Errno> {
+        let r = self.ioctl_file(file.clone(), req, arg);
+        if r.is_ok() {
+            self.record_shared_state(fd, &file, req);
+        }
+        r
+    }
+
+    /// After a successful container or group ioctl that changes what
+    /// another process holding the same open file must see (`SET_IOMMU`,
+    /// `GROUP_SET_CONTAINER`/`UNSET_CONTAINER`): records it in the file,
+    /// for [`Front::adopt`] in that process.
+    fn record_shared_state(&self, fd: i32, file: &File, req: u64) {
+        if !self
+            .spec
+            .devices
+            .iter()
+            .any(|d| d.remote_socket().is_some())
+        {
+            return;
+        }
+        let req = req as libc::c_ulong;
+        match file {
+            File::Container(c) if req == barmap_vfio::uapi::VFIO_SET_IOMMU => {
+                shared_state::write_container(fd, c.iommu());
+            }
+            File::Group(g) if req == barmap_vfio::uapi::VFIO_GROUP_SET_CONTAINER => {
+                let container = g.container().and_then(|k| {
+                    self.files
+                        .snapshot()
+                        .into_iter()
+                        .find_map(|(cfd, slot)| match slot {
+                            Slot::Own(File::Container(c)) if Arc::ptr_eq(&c, &k) => {
+                                fdtable::identity(cfd)
+                            }
+                            _ => None,
+                        })
+                });
+                shared_state::write_group(fd, container);
+            }
+            File::Group(_) if req == barmap_vfio::uapi::VFIO_GROUP_UNSET_CONTAINER => {
+                shared_state::write_group(fd, None);
+            }
+            _ => {}
+        }
     }
 
     /// `ioctl` on `file`.
@@ -673,7 +898,14 @@ impl Front {
                 off & ((1 << barmap_vfio::uapi::VFIO_PCI_OFFSET_SHIFT) - 1),
             );
             return match r.mmap(addr, len, prot, flags, index, at)? {
-                remote::RemoteMapping::File(start) => Ok(start),
+                remote::RemoteMapping::File(start) => {
+                    // The server's file: not barmap's mapping, BAR memory
+                    // all the same (iommufd cannot pin it).
+                    let len = len.next_multiple_of(4096);
+                    BAR_RANGES.lock().unwrap().push((start, len));
+                    FILE_RANGES.lock().unwrap().push((start, len));
+                    Ok(start)
+                }
                 remote::RemoteMapping::Trapped(mapping) => Ok(self.keep(mapping, &d.dev)),
             };
         }
@@ -703,6 +935,20 @@ impl Front {
     pub fn munmapped(&self, addr: usize, len: usize) {
         dma::process_unmapped(addr, len);
         let end = addr.saturating_add(len);
+        {
+            // Mappings of a server's file that are wholly unmapped now.
+            let mut files = FILE_RANGES.lock().unwrap();
+            let mut ranges = BAR_RANGES.lock().unwrap();
+            files.retain(|&(s, l)| {
+                let gone = addr <= s && s + l <= end;
+                if gone {
+                    if let Some(i) = ranges.iter().position(|&r| r == (s, l)) {
+                        ranges.swap_remove(i);
+                    }
+                }
+                !gone
+            });
+        }
         let gone: Vec<BarMap> = {
             let mut maps = self.maps.lock().unwrap();
             let (gone, kept) = maps

@@ -84,6 +84,9 @@ pub struct RemoteDevice {
     /// The register trap's side: a device whose register BARs are the
     /// server's, built at the first mapping that needs it.
     proxy: OnceLock<Result<ModelDevice, Errno>>,
+    /// Which BARs are offered for mmap, when the run knows (a device of
+    /// barmap's own server); None: every BAR.
+    mmap_bars: Option<[bool; 6]>,
 }
 
 /// A BAR mapping of a device served over vfio-user.
@@ -149,6 +152,29 @@ impl DeviceModel for RegisterProxy {
         }
     }
 
+    fn write64(
+        &mut self,
+        _: &mut Ctx<'_>,
+        region: u32,
+        offset: u64,
+        data: &[u8; 64],
+        how: barmap_models::Store64,
+    ) -> bool {
+        use barmap_client::proto::ext::Store64Insn;
+        let insn = match how {
+            barmap_models::Store64::Movdir64b => Store64Insn::Movdir64b,
+            barmap_models::Store64::Enqcmd => Store64Insn::Enqcmd,
+            barmap_models::Store64::Enqcmds => Store64Insn::Enqcmds,
+        };
+        match self.remote.write64(region, offset, data, insn) {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(region, offset, error = %e, "trapped 64-byte store to a vfio-user BAR refused");
+                false
+            }
+        }
+    }
+
     fn reset(&mut self) {}
 }
 
@@ -177,7 +203,14 @@ impl RemoteDevice {
             remote: Arc::new(remote),
             sent,
             proxy: OnceLock::new(),
+            mmap_bars: None,
         })
+    }
+
+    /// Offers for mmap only the BARs marked in `bars` (a device of barmap's
+    /// own server, whose model the run knows).
+    pub fn set_mmap_bars(&mut self, bars: [bool; 6]) {
+        self.mmap_bars = Some(bars);
     }
 
     /// The register trap's device, built once: memory decoding on (the
@@ -242,10 +275,14 @@ impl RemoteDevice {
         let rw = v::VFIO_REGION_INFO_FLAG_READ | v::VFIO_REGION_INFO_FLAG_WRITE;
         info.flags = region.flags & rw;
         let mut caps: Vec<u8> = Vec::new();
-        if info.index < 6 && region.size > 0 && info.flags != 0 {
+        let mappable = self
+            .mmap_bars
+            .is_none_or(|m| m.get(info.index as usize) == Some(&true));
+        if info.index < 6 && region.size > 0 && info.flags != 0 && mappable {
             // Every BAR maps: the server's file where it offers one, the
             // register trap elsewhere. The sparse areas say where the
-            // accesses are direct.
+            // accesses are direct. (A device of barmap's own server maps
+            // the BARs its model maps, as in-process.)
             info.flags |= v::VFIO_REGION_INFO_FLAG_MMAP;
             let whole = region
                 .areas
@@ -513,9 +550,26 @@ pub fn backing_file(vaddr: u64, size: u64) -> Option<(OwnedFd, u64)> {
         }
         // SAFETY: a fresh fd owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        if is_hugetlbfs(&fd) {
+            // hugetlbfs has no write(2): a server that reaches DMA windows
+            // with pread/pwrite could not write there. Its DMA goes by
+            // message to this process instead.
+            return None;
+        }
         return Some((fd, pgoff + (vaddr - s)));
     }
     None
+}
+
+/// Whether `fd` is a file on hugetlbfs.
+fn is_hugetlbfs(fd: &OwnedFd) -> bool {
+    use std::os::fd::AsRawFd;
+    const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+    // SAFETY: a zeroed statfs is a valid out-parameter.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatfs writes one struct statfs.
+    let rc = unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) };
+    rc == 0 && st.f_type as i64 == HUGETLBFS_MAGIC
 }
 
 /// `mmap(addr, len, prot, flags, fd, off)`: the address, or the errno.
@@ -549,4 +603,31 @@ fn map_file(
         ));
     }
     Ok(p as usize)
+}
+
+/// What the vfio-user server at `socket` says of its device, for the sysfs
+/// view before the program starts (`barmap run --server`): IDs from its
+/// config space, BAR sizes from its region info, prefetchable from the BAR
+/// registers. One connection, closed before returning.
+pub fn ask_ids(socket: &Path) -> Result<crate::spec::ServedIds, String> {
+    let remote = Remote::connect(socket, Arc::new(barmap_client::NoDma))
+        .map_err(|e| format!("{}: {e}", socket.display()))?;
+    let mut cfg = [0u8; 0x28];
+    remote
+        .read(v::VFIO_PCI_CONFIG_REGION_INDEX, 0, &mut cfg)
+        .map_err(|e| format!("{}: config space: {e}", socket.display()))?;
+    let u16_at = |o: usize| u16::from_le_bytes([cfg[o], cfg[o + 1]]);
+    let mut ids = crate::spec::ServedIds {
+        vendor: u16_at(0),
+        device: u16_at(2),
+        revision: cfg[8],
+        class: u32::from_le_bytes([cfg[9], cfg[10], cfg[11], 0]),
+        ..Default::default()
+    };
+    for i in 0..6 {
+        ids.bars[i] = remote.region(i as u32).map_or(0, |r| r.size);
+        let bar = u32::from_le_bytes(cfg[0x10 + 4 * i..0x14 + 4 * i].try_into().unwrap());
+        ids.prefetchable[i] = bar & 1 == 0 && bar & 8 != 0;
+    }
+    Ok(ids)
 }

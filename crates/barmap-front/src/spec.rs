@@ -44,6 +44,62 @@ pub struct DeviceSpec {
     /// function and its index among the PF's VFs.
     #[serde(default)]
     pub physfn: Option<(String, u16)>,
+    /// The socket of the barmap device server that serves this device to
+    /// every process of the run (`barmap run --shared`: the launcher's own
+    /// server; `--server PATH`: a running `barmap serve`). The program's
+    /// processes reach it as vfio-user clients ([`crate::remote`]).
+    #[serde(default)]
+    pub served: Option<String>,
+    /// What the server said of the device before the program started
+    /// (IDs and BARs, for the sysfs view), for a device the run did not
+    /// build itself.
+    #[serde(default)]
+    pub served_ids: Option<ServedIds>,
+}
+
+/// A served device's identity and BARs, as its server answers them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ServedIds {
+    /// Vendor ID.
+    pub vendor: u16,
+    /// Device ID.
+    pub device: u16,
+    /// Class code (24 bits).
+    pub class: u32,
+    /// Revision ID.
+    pub revision: u8,
+    /// Size of each BAR (0: none).
+    pub bars: [u64; 6],
+    /// Whether each BAR is prefetchable memory.
+    pub prefetchable: [bool; 6],
+}
+
+impl ServedIds {
+    /// The layout sysfs shows for these IDs and BARs.
+    pub fn layout(&self) -> barmap_models::Layout {
+        let mut l = barmap_models::Layout::new(self.vendor, self.device);
+        l.class = self.class;
+        l.revision = self.revision;
+        for (i, &size) in self.bars.iter().enumerate() {
+            if size == 0 {
+                continue;
+            }
+            let kind = if self.prefetchable[i] {
+                barmap_models::RegionKind::Memory(barmap::device::RegionSpec {
+                    prefetchable: true,
+                    ..barmap::device::RegionSpec::memory(size)
+                })
+            } else {
+                barmap_models::RegionKind::Registers {
+                    size,
+                    mmap: true,
+                    bits64: false,
+                }
+            };
+            l.regions.push((i as u32, kind));
+        }
+        l
+    }
 }
 
 impl DeviceSpec {
@@ -120,6 +176,8 @@ impl DeviceSpec {
             total_vfs: 0,
             vf_device: 0,
             physfn: None,
+            served: None,
+            served_ids: None,
         };
         for kv in parts {
             let (k, v) = kv
@@ -179,11 +237,16 @@ impl DeviceSpec {
             total_vfs: 0,
             vf_device: 0,
             physfn: None,
+            served: None,
+            served_ids: None,
         })
     }
 
     /// The vfio-user server's socket, for a device served over vfio-user.
     pub fn remote_socket(&self) -> Option<&str> {
+        if let Some(s) = &self.served {
+            return Some(s);
+        }
         (self.model == REMOTE_MODEL)
             .then(|| self.options.iter().find(|(k, _)| k == "socket"))
             .flatten()

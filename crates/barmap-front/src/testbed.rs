@@ -488,6 +488,17 @@ impl Testbed {
     /// `/tmp`, mode 0700, owned by this process's user, a new token) and
     /// lays out `spec` in it.
     pub fn new(spec: &RunSpec) -> io::Result<Testbed> {
+        Testbed::new_with(spec, |_| Ok(None)).map(|(tb, _)| tb)
+    }
+
+    /// Like [`Testbed::new`], with `serve` called on the fresh directory
+    /// before anything is laid out in it: the spec it returns, if any, is
+    /// laid out instead of `spec` (`barmap run --shared`, whose server's
+    /// sockets live in the testbed), and returned.
+    pub fn new_with(
+        spec: &RunSpec,
+        serve: impl FnOnce(&Path) -> io::Result<Option<RunSpec>>,
+    ) -> io::Result<(Testbed, RunSpec)> {
         let root = temp_root();
         let tb = Testbed::make(&root).map_err(|e| {
             io::Error::new(
@@ -495,8 +506,9 @@ impl Testbed {
                 format!("a private directory in {}: {e}", root.display()),
             )
         })?;
-        lay_out(&tb.dir, spec)?;
-        Ok(tb)
+        let spec = serve(&tb.path)?.unwrap_or_else(|| spec.clone());
+        lay_out(&tb.dir, &spec)?;
+        Ok((tb, spec))
     }
 
     /// An empty testbed with its token, in `root`.
@@ -632,7 +644,10 @@ fn lay_out_function(dir: &Dir, d: &crate::spec::DeviceSpec) -> io::Result<()> {
     let devices = "sys/bus/pci/devices";
     let driver = "sys/bus/pci/drivers/vfio-pci";
     let groups = "sys/kernel/iommu_groups";
-    let layout = if d.remote_socket().is_some() {
+    let layout = if let Some(ids) = &d.served_ids {
+        // Asked from the device's server before the program started.
+        ids.layout()
+    } else if d.model == crate::spec::REMOTE_MODEL {
         // Served over vfio-user: the server is not asked here (a
         // libvfio-user server takes one client, the program), so sysfs
         // shows no IDs and no BARs; config space and region info come

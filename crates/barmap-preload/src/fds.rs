@@ -35,7 +35,7 @@ fn served(
 
 #[no_mangle]
 pub unsafe extern "C" fn ioctl(fd: c_int, req: c_ulong, arg: *mut c_void) -> c_int {
-    if let Some(r) = served(fd, |f, file| f.ioctl_file(file, req, arg as usize)) {
+    if let Some(r) = served(fd, |f, file| f.ioctl_fd(fd, file, req, arg as usize)) {
         return r as c_int;
     }
     let real = real!(c"ioctl" as fn(c_int, c_ulong, *mut c_void) -> c_int);

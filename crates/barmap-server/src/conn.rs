@@ -267,6 +267,7 @@ fn handle(dev: &ServedDevice, out: &Arc<Outbound>, client: ClientId, m: Message)
         proto::DMA_MAP => (dma_map(dev, out, client, m), vec![]),
         proto::DMA_UNMAP => (dma_unmap(dev, client, &m), vec![]),
         proto::DEVICE_RESET => (dev.reset().map(|()| Vec::new()), vec![]),
+        crate::ext::REGION_WRITE64 => (crate::ext::region_write64(dev, &m.payload), vec![]),
         proto::VERSION => (Err(libc::EINVAL), vec![]),
         _ => (Err(libc::ENOTTY), vec![]),
     };

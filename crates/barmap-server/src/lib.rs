@@ -53,6 +53,7 @@ pub mod bar;
 pub mod conn;
 pub mod control;
 pub mod device;
+pub mod ext;
 pub mod host;
 
 /// The protocol's layouts and framing (`barmap-vfio-user`).

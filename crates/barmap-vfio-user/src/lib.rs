@@ -1003,5 +1003,7 @@ fn sendmsg_fds(fd: RawFd, bufs: &[&[u8]], fds: &[RawFd]) -> io::Result<usize> {
     }
 }
 
+pub mod ext;
+
 #[cfg(test)]
 mod tests;
