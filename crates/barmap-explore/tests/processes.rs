@@ -1,0 +1,69 @@
+//! The explorer's process mode: one device served by barmap's server in
+//! the test's process, client processes that map, touch, pass fds, fork,
+//! exit and are killed, against the process-mode reference model.
+
+use barmap_explore::{run, Config, Mutation, Op, Report};
+
+fn config(seed: u64, ops: u64) -> Config {
+    Config {
+        ops,
+        seed,
+        processes: true,
+        episode_len: 500,
+        ..Config::default()
+    }
+}
+
+fn assert_clean(r: &Report) {
+    if let Some(f) = &r.failure {
+        panic!(
+            "seed {:#x}: failure:\nFAILJSON {}",
+            r.seed,
+            serde_json::to_string(f).unwrap()
+        );
+    }
+    assert_eq!(r.failures, 0);
+}
+
+#[test]
+fn clients_of_a_served_device_match_the_model_and_every_kind_runs() {
+    let mut kinds = std::collections::BTreeSet::new();
+    for seed in [1u64, 0x5eed] {
+        let r = run(&config(seed, 2_000), |_| {});
+        assert_clean(&r);
+        assert_eq!(r.ops, 2_000);
+        kinds.extend(r.per_kind.keys().cloned());
+    }
+    for kind in [
+        "proc_spawn",
+        "proc_fork",
+        "proc_map",
+        "proc_unmap",
+        "proc_touch",
+        "proc_loop",
+        "proc_loop_killed",
+        "proc_msg_read",
+        "proc_msg_write",
+        "proc_pass_fd",
+        "proc_config_explorer",
+        "proc_config_client",
+        "proc_exit",
+        "proc_kill",
+        "proc_check",
+    ] {
+        assert!(kinds.contains(kind), "{kind} never ran: {kinds:?}");
+    }
+}
+
+#[test]
+fn a_wrong_model_of_reset_is_caught_and_shrunk_to_a_few_process_steps() {
+    let cfg = Config {
+        mutation: Mutation::ResetClearsMemory,
+        ..config(7, 2_000)
+    };
+    let r = run(&cfg, |_| {});
+    let f = r.failure.expect("the wrong model is caught");
+    assert!(f.shrunk.len() <= 6, "shrunk to {:?}", f.shrunk);
+    assert!(f.shrunk.iter().all(|op| matches!(op, Op::Proc(_))));
+    assert!(f.shrunk_mismatch.is_some(), "the shrunk sequence fails");
+}
