@@ -67,3 +67,36 @@ fn a_wrong_model_of_reset_is_caught_and_shrunk_to_a_few_process_steps() {
     assert!(f.shrunk.iter().all(|op| matches!(op, Op::Proc(_))));
     assert!(f.shrunk_mismatch.is_some(), "the shrunk sequence fails");
 }
+
+/// The sequence the process mode found: a client writes its mapping in a
+/// loop while memory is revoked and restored (by the explorer, by another
+/// client, by D3hot). The server used to copy the BAR and then truncate
+/// it, losing the writes completed in between, and to grow the file and
+/// then copy the contents back, overwriting the writes made in between:
+/// the client saw its writes complete, the device did not hold them.
+#[test]
+fn writes_that_complete_while_memory_is_revoked_and_restored_are_never_lost() {
+    use barmap_explore::procs::{Disturb, POp};
+    let mut ops = vec![Op::Proc(POp::Spawn), Op::Proc(POp::Spawn)];
+    ops.push(Op::Proc(POp::Map { c: 0 }));
+    for k in 0..60u32 {
+        let disturb = [Disturb::Toggle, Disturb::Power, Disturb::Toggle][k as usize % 3];
+        ops.push(Op::Proc(POp::Loop {
+            c: 0,
+            word: k * 523,
+            words: 8,
+            rounds: 400,
+            seed: u64::from(k),
+            disturb,
+            by: (k % 3 == 2).then_some(1),
+            delay: (k * 37 % 1000) as u16,
+        }));
+        ops.push(Op::Proc(POp::Check { word: k * 523 }));
+    }
+    let cfg = config(0, 0);
+    for _ in 0..3 {
+        if let Some(m) = barmap_explore::replay(&cfg, &ops) {
+            panic!("{}", serde_json::to_string(&m).unwrap());
+        }
+    }
+}
