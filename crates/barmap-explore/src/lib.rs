@@ -159,6 +159,8 @@ pub struct Report {
     pub per_kind: BTreeMap<String, u64>,
     /// Wall time, seconds.
     pub elapsed_s: f64,
+    /// The process mode ran.
+    pub processes: bool,
     /// The failure, if any.
     pub failure: Option<Failure>,
 }
@@ -475,6 +477,7 @@ pub fn run(cfg: &Config, mut progress: impl FnMut(Progress)) -> Report {
         episodes: 0,
         per_kind: BTreeMap::new(),
         elapsed_s: 0.0,
+        processes: cfg.processes,
         failure: None,
     };
     let episode_len = cfg.episode_len.max(1) as u64;

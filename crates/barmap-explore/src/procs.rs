@@ -940,11 +940,11 @@ impl Client {
                     let (first, words, rounds, seed) = (arg(1), arg(2), arg(3), arg(4));
                     let mut last = vec![0u64; words as usize];
                     for r in 0..rounds as usize {
-                        for j in 0..words as usize {
+                        for (j, l) in last.iter_mut().enumerate() {
                             let w = (first as usize + j * 515) % (self.size as usize / 8);
                             let (k, _) = touch(self.word(w as u64), Some(loop_value(seed, j, r)));
                             if k == 1 {
-                                last[j] = r as u64 + 1;
+                                *l = r as u64 + 1;
                             }
                         }
                         if r == 0 {

@@ -6,9 +6,16 @@
 //! process, registered with a userfaultfd or not, gets SIGBUS on touch
 //! (shmem has no page past the end of the file). The kernel does this for
 //! us; no cooperation of the client is needed, and a stopped client
-//! delays nothing. [`MemBar::restore`] grows the file back and copies the
-//! contents back: old mappings see the device memory again (their pages
-//! fault in from the file), as a vfio-pci mapping does after re-enable.
+//! delays nothing. [`MemBar::restore`] copies the contents back, growing
+//! the file as it goes, then to its size: old mappings see the device
+//! memory again (their pages fault in from the file), as a vfio-pci
+//! mapping does after re-enable.
+//!
+//! No write a client completed is lost on either side. Revocation takes a
+//! reference to every page (spliced into pipes, after faulting in the
+//! holes) before it truncates, so a write that lands before the truncation
+//! is in the saved contents; restoration never copies over a page a client
+//! can already reach.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
