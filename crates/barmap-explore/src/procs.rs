@@ -1031,12 +1031,17 @@ fn client_main(socket: &Path, ctl: RawFd) -> ! {
     barmap_target::touch::install();
     // SAFETY: a client reaps the children it forks by itself.
     unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+    // The reply says what failed: 1000 + errno (connecting, the version
+    // exchange or the device's description), 2000 no memory BAR, 3000 no
+    // fd for it, 4000 a panic.
     let r = std::panic::catch_unwind(|| {
-        let remote = barmap_client::Remote::connect(socket, Arc::new(barmap_client::NoDma)).ok()?;
-        let region = remote.region(BAR)?;
+        let remote = barmap_client::Remote::connect(socket, Arc::new(barmap_client::NoDma))
+            .map_err(|e| 1000 + e.errno() as u64)?;
+        let region = remote.region(BAR).ok_or(2000u64)?;
         let size = region.size;
-        let fd = region.fd.as_ref()?.try_clone().ok()?;
-        Some(Client {
+        let fd = region.fd.as_ref().ok_or(3000u64)?;
+        let fd = fd.try_clone().map_err(|_| 3000u64)?;
+        Ok::<_, u64>(Client {
             remote: Some(remote),
             fd: Some(fd),
             map: std::ptr::null_mut(),
@@ -1044,12 +1049,17 @@ fn client_main(socket: &Path, ctl: RawFd) -> ! {
         })
     });
     match r {
-        Ok(Some(c)) => {
+        Ok(Ok(c)) => {
             reply(&[0], None);
             c.serve()
         }
-        _ => {
-            reply(&[libc::ECONNREFUSED as u64], None);
+        Ok(Err(code)) => {
+            reply(&[code], None);
+            // SAFETY: leaving the client process.
+            unsafe { libc::_exit(2) }
+        }
+        Err(_) => {
+            reply(&[4000], None);
             // SAFETY: leaving the client process.
             unsafe { libc::_exit(2) }
         }
