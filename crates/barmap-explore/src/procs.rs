@@ -1169,8 +1169,11 @@ impl ProcSut {
             direct: true,
         });
         let i = self.clients.len() - 1;
+        let t0 = Instant::now();
         let (r, _) = self.wait_reply(i)?;
-        Ok(api(Self::status(&r)))
+        Ok(api(Self::status(&r).map_err(|e| {
+            format!("{e} (client pid {pid}, after {:?})", t0.elapsed())
+        })))
     }
 
     /// Waits (bounded) for client `i` to be gone, reaps it if it is ours,
