@@ -2,7 +2,8 @@
 //! the explorer's own process, reached by separate client processes.
 //!
 //! A client is a process forked by the explorer that connects to the
-//! device's socket as a vfio-user client (`barmap_client::Remote`) and
+//! device's socket as a vfio-user client (one thread, one request at a
+//! time, see [`barmap_server::proto`]) and
 //! takes the memory BAR's file descriptor from the region info; or a
 //! child forked by a client, which inherits its connection, its file
 //! descriptor and its mapping. The explorer drives each client over a
@@ -27,6 +28,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+
+use barmap_server::proto::{self, Fields};
 
 use crate::obs::{Exp, Obs, TouchObs, Val};
 use crate::rng::{splitmix, Rng};
@@ -832,9 +835,106 @@ fn child_fds(ctl: RawFd) {
     }
 }
 
+/// A client's vfio-user connection, driven from its one thread: each
+/// request waits for its reply (the client maps no DMA, so the server
+/// sends no requests of its own). A client process never starts a thread:
+/// it was forked from a process whose threads (the server's) start and end
+/// all the time, and a lock one of them held at the fork (in the C
+/// library, or Rust's own thread bookkeeping) stays held in the child
+/// forever, so a thread the child starts could wait for it for good.
+struct Wire {
+    sock: std::os::unix::net::UnixStream,
+    next: u16,
+}
+
+impl Wire {
+    fn connect(path: &Path) -> Result<Wire, i32> {
+        let err = |e: std::io::Error| e.raw_os_error().unwrap_or(libc::EIO);
+        let sock = std::os::unix::net::UnixStream::connect(path).map_err(err)?;
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(err)?;
+        let mut w = Wire { sock, next: 1 };
+        let mut p = vec![0, 0, 0, 0];
+        p.extend_from_slice(br#"{"capabilities":{"max_msg_fds":8}}"#);
+        p.push(0);
+        w.call(proto::VERSION, &p)?;
+        Ok(w)
+    }
+
+    fn call(&mut self, command: u16, payload: &[u8]) -> Result<proto::Message, i32> {
+        let id = self.next;
+        self.next = self.next.wrapping_add(1);
+        let h = proto::Header {
+            id,
+            command,
+            ..proto::Header::default()
+        };
+        proto::send(self.sock.as_raw_fd(), h, payload, &[]).map_err(|_| libc::ENODEV)?;
+        let m = proto::recv(self.sock.as_raw_fd()).map_err(|_| libc::ENODEV)?;
+        if m.header.id != id {
+            return Err(libc::EPROTO);
+        }
+        if m.header.flags & proto::FLAG_ERROR != 0 {
+            return Err(m.header.error as i32);
+        }
+        Ok(m)
+    }
+
+    /// The size of region `index` and the fd the server offers for it.
+    fn region(&mut self, index: u32) -> Result<(u64, Option<OwnedFd>), i32> {
+        let mut p = Vec::new();
+        proto::put_u32(&mut p, 64);
+        proto::put_u32(&mut p, 0);
+        proto::put_u32(&mut p, index);
+        p.resize(32, 0);
+        let m = self.call(proto::DEVICE_GET_REGION_INFO, &p)?;
+        let size = m.payload.u64_at(16).ok_or(libc::EPROTO)?;
+        Ok((size, m.fds.into_iter().next()))
+    }
+
+    fn rw(
+        &mut self,
+        write: bool,
+        region: u32,
+        offset: u64,
+        data: &[u8],
+        count: usize,
+    ) -> Result<Vec<u8>, i32> {
+        let mut p = Vec::new();
+        proto::put_u64(&mut p, offset);
+        proto::put_u32(&mut p, region);
+        proto::put_u32(&mut p, count as u32);
+        p.extend_from_slice(data);
+        let cmd = if write {
+            proto::REGION_WRITE
+        } else {
+            proto::REGION_READ
+        };
+        let m = self.call(cmd, &p)?;
+        Ok(m.payload.get(16..).unwrap_or_default().to_vec())
+    }
+
+    fn read(&mut self, region: u32, offset: u64, buf: &mut [u8]) -> Result<(), i32> {
+        let d = self.rw(false, region, offset, &[], buf.len())?;
+        if d.len() < buf.len() {
+            return Err(libc::EPROTO);
+        }
+        buf.copy_from_slice(&d[..buf.len()]);
+        Ok(())
+    }
+
+    fn write(&mut self, region: u32, offset: u64, data: &[u8]) -> Result<(), i32> {
+        self.rw(true, region, offset, data, data.len()).map(|_| ())
+    }
+
+    fn reset(&mut self) -> Result<(), i32> {
+        self.call(proto::DEVICE_RESET, &[]).map(|_| ())
+    }
+}
+
 /// A client process's state.
 struct Client {
-    remote: Option<barmap_client::Remote>,
+    remote: Option<Wire>,
     fd: Option<OwnedFd>,
     map: *mut u64,
     size: u64,
@@ -847,10 +947,10 @@ fn reply(words: &[u64], fd: Option<RawFd>) {
     }
 }
 
-fn errno_reply(r: Result<(), barmap_client::Error>) -> Vec<u64> {
+fn errno_reply(r: Result<(), i32>) -> Vec<u64> {
     match r {
         Ok(()) => vec![0],
-        Err(e) => vec![e.errno() as u64],
+        Err(e) => vec![e as u64],
     }
 }
 
@@ -876,21 +976,20 @@ impl Client {
         unsafe { self.map.add(w as usize) }
     }
 
-    fn config(&self, act: u64) -> Vec<u64> {
-        let Some(r) = &self.remote else {
+    fn config(&mut self, act: u64) -> Vec<u64> {
+        let Some(r) = &mut self.remote else {
             return vec![libc::ENODEV as u64];
         };
-        const CONFIG: u32 = 7;
         if act == 2 {
             return errno_reply(r.reset());
         }
         let mut b = [0u8; 2];
-        if let Err(e) = r.read(CONFIG, 4, &mut b) {
-            return vec![e.errno() as u64];
+        if let Err(e) = r.read(proto::CONFIG_REGION, 4, &mut b) {
+            return vec![e as u64];
         }
         let cmd = u16::from_ne_bytes(b);
         let new = if act == 1 { cmd | 2 } else { cmd & !2 };
-        errno_reply(r.write(CONFIG, 4, &new.to_ne_bytes()))
+        errno_reply(r.write(proto::CONFIG_REGION, 4, &new.to_ne_bytes()))
     }
 
     /// Serves the explorer's commands until told to exit.
@@ -970,7 +1069,7 @@ impl Client {
                         drop(theirs);
                         drop(mine);
                         // The parent's connection is kept open (held), never
-                        // used: its reader thread is not in this process.
+                        // used: its replies go to whoever reads first.
                         if let Some(r) = self.remote.take() {
                             std::mem::forget(r);
                         }
@@ -1000,19 +1099,19 @@ impl Client {
                 }
                 cmd::MSG_READ => {
                     let mut b = [0u8; 8];
-                    let r = match &self.remote {
+                    let r = match &mut self.remote {
                         Some(r) => r.read(BAR, arg(1) * 8, &mut b),
-                        None => Err(barmap_client::Error::Gone),
+                        None => Err(libc::ENODEV),
                     };
                     match r {
                         Ok(()) => reply(&[0, u64::from_ne_bytes(b)], None),
-                        Err(e) => reply(&[e.errno() as u64], None),
+                        Err(e) => reply(&[e as u64], None),
                     }
                 }
                 cmd::MSG_WRITE => {
-                    let r = match &self.remote {
+                    let r = match &mut self.remote {
                         Some(r) => r.write(BAR, arg(1) * 8, &arg(2).to_ne_bytes()),
-                        None => Err(barmap_client::Error::Gone),
+                        None => Err(libc::ENODEV),
                     };
                     reply(&errno_reply(r), None);
                 }
@@ -1035,12 +1134,9 @@ fn client_main(socket: &Path, ctl: RawFd) -> ! {
     // exchange or the device's description), 2000 no memory BAR, 3000 no
     // fd for it, 4000 a panic.
     let r = std::panic::catch_unwind(|| {
-        let remote = barmap_client::Remote::connect(socket, Arc::new(barmap_client::NoDma))
-            .map_err(|e| 1000 + e.errno() as u64)?;
-        let region = remote.region(BAR).ok_or(2000u64)?;
-        let size = region.size;
-        let fd = region.fd.as_ref().ok_or(3000u64)?;
-        let fd = fd.try_clone().map_err(|_| 3000u64)?;
+        let mut remote = Wire::connect(socket).map_err(|e| 1000 + e as u64)?;
+        let (size, fd) = remote.region(BAR).map_err(|_| 2000u64)?;
+        let fd = fd.ok_or(3000u64)?;
         Ok::<_, u64>(Client {
             remote: Some(remote),
             fd: Some(fd),
