@@ -31,6 +31,13 @@ pub struct FuzzArgs {
     /// Also generate the combinations that hit known barmap issues.
     #[arg(long)]
     known_issues: bool,
+    /// The process mode: the device served by barmap's server inside this
+    /// process, reached by forked client processes (vfio-user clients and
+    /// their children) that map, touch, write in loops, pass the BAR's fd,
+    /// fork, exit and are SIGKILLed, while COMMAND.MEM, reset and D3hot
+    /// come from this process or from a client.
+    #[arg(long)]
+    processes: bool,
     /// Print one JSON object instead of a summary line.
     #[arg(long)]
     json: bool,
@@ -53,6 +60,7 @@ pub fn run(args: &FuzzArgs) -> i32 {
         episode_len: args.episode,
         op_timeout: Duration::from_secs(args.timeout.max(1)),
         known_issues: args.known_issues,
+        processes: args.processes,
         ..Config::default()
     };
     let bar = indicatif::ProgressBar::new(cfg.ops);
@@ -84,7 +92,8 @@ fn print_summary(r: &Report) {
     let rate = r.ops as f64 / r.elapsed_s.max(1e-9);
     let kinds: Vec<String> = r.per_kind.iter().map(|(k, v)| format!("{k} {v}")).collect();
     println!(
-        "barmap fuzz: {} ops, {} failures, {} episodes lost, seed {:#x}, policy {}, {} threads, {:.1} s ({:.0} ops/s) | {}",
+        "barmap fuzz{}: {} ops, {} failures, {} episodes lost, seed {:#x}, policy {}, {} threads, {:.1} s ({:.0} ops/s) | {}",
+        if r.processes { " --processes" } else { "" },
         r.ops,
         r.failures,
         r.lost,

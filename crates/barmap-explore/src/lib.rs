@@ -27,6 +27,7 @@ pub mod model;
 pub mod obs;
 pub mod op;
 pub mod plan;
+pub mod procs;
 pub mod rng;
 pub mod shrink;
 pub mod sut;
@@ -71,6 +72,9 @@ pub struct Config {
     pub known_issues: bool,
     /// Wall-time bound on shrinking.
     pub shrink_time: Duration,
+    /// The process mode ([`procs`]): the device served by barmap's server
+    /// in this process, reached by forked client processes.
+    pub processes: bool,
 }
 
 impl Default for Config {
@@ -87,6 +91,7 @@ impl Default for Config {
             shrink_budget: 1_000,
             known_issues: false,
             shrink_time: Duration::from_secs(120),
+            processes: false,
         }
     }
 }
@@ -154,6 +159,8 @@ pub struct Report {
     pub per_kind: BTreeMap<String, u64>,
     /// Wall time, seconds.
     pub elapsed_s: f64,
+    /// The process mode ran.
+    pub processes: bool,
     /// The failure, if any.
     pub failure: Option<Failure>,
 }
@@ -212,8 +219,79 @@ fn sut_config(cfg: &Config) -> SutConfig {
     }
 }
 
+/// Runs one sequence of the process mode on the calling thread.
+fn execute_procs(cfg: &Config, source: Source, shared: &Shared) -> Outcome {
+    let memory = procs::memory(cfg.memory);
+    let mut model = procs::ProcModel::new(memory, cfg.mutation == Mutation::ResetClearsMemory);
+    let mut out = Outcome {
+        generated: 0,
+        skipped: 0,
+        lost: 0,
+        lost_reason: None,
+        per_kind: BTreeMap::new(),
+        mismatch: None,
+        ops: Vec::new(),
+    };
+    let mut sut = match procs::ProcSut::new(memory, cfg.op_timeout) {
+        Ok(s) => s,
+        Err(e) => {
+            out.mismatch = Some(Mismatch {
+                index: 0,
+                op: Op::Proc(procs::POp::Spawn),
+                expected: Vec::new(),
+                observed: vec![Obs::Broken(format!("serving the device: {e}"))],
+            });
+            return out;
+        }
+    };
+    let (mut rng, count, replay) = match source {
+        Source::Generate { seed, count } => (rng::Rng::new(seed), count as usize, None),
+        Source::Replay(ops) => (rng::Rng::new(0), ops.len(), Some(ops)),
+    };
+    for i in 0..count {
+        let op = match &replay {
+            Some(ops) => ops[i].clone(),
+            None => Op::Proc(procs::generate(&mut rng, &model)),
+        };
+        shared
+            .journal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(op.clone());
+        shared.beat();
+        out.generated += 1;
+        out.ops.push(op.clone());
+        let plan = match &op {
+            Op::Proc(p) => model.plan(p),
+            _ => None,
+        };
+        let Some(plan) = plan else {
+            out.skipped += 1;
+            shared.done.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        *out.per_kind.entry(op.kind()).or_default() += 1;
+        let observed = sut.exec(&plan, &model);
+        shared.done.fetch_add(1, Ordering::Relaxed);
+        let (expected, same) = model.step(&plan, &observed);
+        if !same {
+            out.mismatch = Some(Mismatch {
+                index: i,
+                op,
+                expected,
+                observed,
+            });
+            return out;
+        }
+    }
+    out
+}
+
 /// Runs one sequence on the calling thread.
 fn execute(cfg: &Config, source: Source, shared: &Shared) -> Outcome {
+    if cfg.processes {
+        return execute_procs(cfg, source, shared);
+    }
     let mut model = Model::new(ModelConfig {
         memory: cfg.memory,
         mutation: cfg.mutation,
@@ -399,6 +477,7 @@ pub fn run(cfg: &Config, mut progress: impl FnMut(Progress)) -> Report {
         episodes: 0,
         per_kind: BTreeMap::new(),
         elapsed_s: 0.0,
+        processes: cfg.processes,
         failure: None,
     };
     let episode_len = cfg.episode_len.max(1) as u64;

@@ -785,6 +785,8 @@ impl Model {
                 self.dev?;
                 Plan::MappingCount
             }
+            // The process mode has its own model (crate::procs).
+            Op::Proc(_) => return None,
             Op::MapChurn {
                 threads,
                 rounds,

@@ -365,6 +365,8 @@ pub enum Op {
         /// Seed of the windows, the values and the ways of unmapping.
         seed: u64,
     },
+    /// A step of the process mode ([`crate::procs`]).
+    Proc(crate::procs::POp),
 }
 
 impl Op {
@@ -401,6 +403,7 @@ impl Op {
             Op::RegionViaMapping { .. } => "region_via_mapping",
             Op::MappingCount => "mapping_count",
             Op::MapChurn { .. } => "map_churn",
+            Op::Proc(p) => p.kind(),
         }
     }
 }
@@ -409,6 +412,9 @@ impl Op {
     /// Simpler variants of this operation for shrinking: the first mapping
     /// slot, the first page, one page, one thread, one toggle.
     pub fn simpler(&self) -> Vec<Op> {
+        if let Op::Proc(p) = self {
+            return p.simpler().into_iter().map(Op::Proc).collect();
+        }
         let mut out = Vec::new();
         let mut push = |o: Op| {
             if &o != self && !out.contains(&o) {

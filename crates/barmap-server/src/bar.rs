@@ -6,9 +6,16 @@
 //! process, registered with a userfaultfd or not, gets SIGBUS on touch
 //! (shmem has no page past the end of the file). The kernel does this for
 //! us; no cooperation of the client is needed, and a stopped client
-//! delays nothing. [`MemBar::restore`] grows the file back and copies the
-//! contents back: old mappings see the device memory again (their pages
-//! fault in from the file), as a vfio-pci mapping does after re-enable.
+//! delays nothing. [`MemBar::restore`] copies the contents back, growing
+//! the file as it goes, then to its size: old mappings see the device
+//! memory again (their pages fault in from the file), as a vfio-pci
+//! mapping does after re-enable.
+//!
+//! No write a client completed is lost on either side. Revocation takes a
+//! reference to every page (spliced into pipes, after faulting in the
+//! holes) before it truncates, so a write that lands before the truncation
+//! is in the saved contents; restoration never copies over a page a client
+//! can already reach.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -24,6 +31,8 @@ pub struct MemBar {
     /// no `ftruncate` through it).
     client_fd: OwnedFd,
     size: u64,
+    /// Clients may write it (their writes must survive a revocation).
+    writable: bool,
     /// The contents while revoked (a memfd, so that saving costs no copy
     /// through user space and holes stay holes); `None` while live.
     saved: Mutex<Option<OwnedFd>>,
@@ -115,6 +124,124 @@ fn copy_data(from: RawFd, to: RawFd, size: u64) -> io::Result<u64> {
     Ok(copied)
 }
 
+/// Faults in every page of the first `size` bytes of `fd` for writing
+/// (holes become zero pages; data stays as it is).
+fn populate(fd: RawFd, size: u64) -> io::Result<()> {
+    // SAFETY: a fresh shared mapping of our memfd, unmapped below; nothing
+    // else sees it.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            size as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: p maps size bytes; MADV_POPULATE_WRITE changes no contents.
+    let rc = unsafe { libc::madvise(p, size as usize, libc::MADV_POPULATE_WRITE) };
+    let e = io::Error::last_os_error();
+    // SAFETY: our own mapping from above.
+    unsafe { libc::munmap(p, size as usize) };
+    if rc != 0 {
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// A pipe that holds `want` bytes if the system allows it (else as much
+/// as it allows): its two ends and its capacity.
+fn pipe_of(want: u64) -> io::Result<(OwnedFd, OwnedFd, u64)> {
+    let mut p = [0i32; 2];
+    // SAFETY: pipe2 fills the array with two new fds, owned below.
+    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both fds are new and ours.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
+    let mut cap = 0;
+    for size in [want.min(1 << 30), 1 << 20] {
+        // SAFETY: fcntl on our pipe.
+        let n = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int) };
+        if n > 0 {
+            cap = n as u64;
+            break;
+        }
+    }
+    if cap == 0 {
+        // SAFETY: as above.
+        cap = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_GETPIPE_SZ) }.max(4096) as u64;
+    }
+    Ok((r, w, cap))
+}
+
+/// Revokes a BAR that clients may write, losing no write that completed:
+/// every page is faulted in, then a reference to each is spliced into
+/// pipes (no copy), then the memfd is truncated. A client's write that
+/// completes before the truncation lands in a page the pipes hold; after
+/// it, the client gets SIGBUS. The pipes are then drained into `keep`.
+/// (Copying first and truncating after would lose the writes made in
+/// between; a hole would lose a write that faults in a fresh page.)
+fn capture(fd: RawFd, keep: RawFd, size: u64) -> io::Result<u64> {
+    populate(fd, size)?;
+    let mut pipes = Vec::new();
+    let mut at: i64 = 0;
+    while (at as u64) < size {
+        let (r, w, cap) = pipe_of(size - at as u64)?;
+        let end = (at as u64 + cap).min(size) as i64;
+        while at < end {
+            // SAFETY: splice between fds we own; `at` is a local offset.
+            let n = unsafe {
+                libc::splice(
+                    fd,
+                    &mut at,
+                    w.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    (end - at) as usize,
+                    libc::SPLICE_F_NONBLOCK,
+                )
+            };
+            if n <= 0 {
+                return Err(if n == 0 {
+                    io::ErrorKind::UnexpectedEof.into()
+                } else {
+                    io::Error::last_os_error()
+                });
+            }
+        }
+        pipes.push((r, end));
+    }
+    truncate(fd, 0)?;
+    let mut out: i64 = 0;
+    for (r, end) in pipes {
+        while out < end {
+            // SAFETY: as above.
+            let n = unsafe {
+                libc::splice(
+                    r.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    keep,
+                    &mut out,
+                    (end - out) as usize,
+                    0,
+                )
+            };
+            if n <= 0 {
+                return Err(if n == 0 {
+                    io::ErrorKind::UnexpectedEof.into()
+                } else {
+                    io::Error::last_os_error()
+                });
+            }
+        }
+    }
+    Ok(size)
+}
+
 impl MemBar {
     /// A BAR of `size` bytes (all zero) whose first bytes are `init`;
     /// `writable` says whether clients may write it.
@@ -129,6 +256,7 @@ impl MemBar {
             fd,
             client_fd,
             size,
+            writable,
             saved: Mutex::new(None),
         };
         bar.write_init(init)?;
@@ -170,8 +298,13 @@ impl MemBar {
             return Ok(Cost::default());
         }
         let keep = memfd("barmap-bar-saved", self.size)?;
-        let bytes = copy_data(self.fd.as_raw_fd(), keep.as_raw_fd(), self.size)?;
-        truncate(self.fd.as_raw_fd(), 0)?;
+        let bytes = if self.writable {
+            capture(self.fd.as_raw_fd(), keep.as_raw_fd(), self.size)?
+        } else {
+            let bytes = copy_data(self.fd.as_raw_fd(), keep.as_raw_fd(), self.size)?;
+            truncate(self.fd.as_raw_fd(), 0)?;
+            bytes
+        };
         *saved = Some(keep);
         Ok(Cost {
             bytes,
@@ -187,8 +320,12 @@ impl MemBar {
         let Some(keep) = saved.as_ref() else {
             return Ok(Cost::default());
         };
-        truncate(self.fd.as_raw_fd(), self.size)?;
+        // The copy grows the file as it goes, in ascending offsets: a page
+        // a client can reach again already holds its contents, and a write
+        // a client makes to it is never copied over. (Growing first and
+        // copying after would overwrite the writes made in between.)
         let bytes = copy_data(keep.as_raw_fd(), self.fd.as_raw_fd(), self.size)?;
+        truncate(self.fd.as_raw_fd(), self.size)?;
         *saved = None;
         Ok(Cost {
             bytes,

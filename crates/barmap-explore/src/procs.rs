@@ -1,0 +1,1529 @@
+//! The explorer's process mode: one device served by `barmap_server` in
+//! the explorer's own process, reached by separate client processes.
+//!
+//! A client is a process forked by the explorer that connects to the
+//! device's socket as a vfio-user client (one thread, one request at a
+//! time, see [`barmap_vfio_user`]) and
+//! takes the memory BAR's file descriptor from the region info; or a
+//! child forked by a client, which inherits its connection, its file
+//! descriptor and its mapping. The explorer drives each client over a
+//! `SOCK_SEQPACKET` pair: map the BAR, touch or write words (also in a
+//! loop while memory is revoked, reset or put in D3hot by the explorer or
+//! by another client), read and write by message, pass the BAR's file
+//! descriptor to another client over `SCM_RIGHTS`, fork, exit, or be
+//! SIGKILLed (also in the middle of its loop).
+//!
+//! The reference model ([`ProcModel`]) holds the BAR's words and the
+//! device's COMMAND.MEM and power state, and predicts every observation:
+//! a word read equals the last write by any process, a touch while memory
+//! is disabled is SIGBUS in every process, the contents come back when
+//! memory is re-enabled, a killed client changes nothing for the others
+//! (the words it was writing hold the old value or one it wrote), and the
+//! server keeps serving (every wait is bounded; a client that does not
+//! answer in time is a failure).
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use barmap_vfio_user as proto;
+
+use crate::obs::{Exp, Obs, TouchObs, Val};
+use crate::rng::{splitmix, Rng};
+
+/// The memory BAR of the served default device.
+const BAR: u32 = 2;
+/// Most clients alive at once.
+const MAX_CLIENTS: usize = 6;
+
+/// A change of the device's state, by the explorer or by a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Act {
+    /// COMMAND.MEM cleared (a config write by a client).
+    MemOff,
+    /// COMMAND.MEM set.
+    MemOn,
+    /// Function-level reset (`DEVICE_RESET` by a client).
+    Reset,
+    /// D3hot (the explorer only).
+    D3,
+    /// D0 (the explorer only).
+    D0,
+}
+
+/// What disturbs a client's write loop, from another process, while it
+/// runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Disturb {
+    /// Nothing.
+    None,
+    /// COMMAND.MEM cleared, then set.
+    Toggle,
+    /// A reset.
+    Reset,
+    /// D3hot, then D0 (the explorer).
+    Power,
+    /// The looping client is SIGKILLed.
+    Kill,
+}
+
+/// One step of the process mode. Clients are named by selectors resolved
+/// against the clients alive when the step runs (any subsequence is a
+/// valid sequence, for shrinking).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum POp {
+    /// The explorer forks a new client, which connects and takes the BAR's
+    /// file descriptor.
+    Spawn,
+    /// A client forks a child (its connection, fd and mapping inherited).
+    Fork {
+        /// Client selector.
+        c: u8,
+    },
+    /// A client mmaps the BAR (shared, read-write) from the fd it holds.
+    Map {
+        /// Client selector.
+        c: u8,
+    },
+    /// A client munmaps its mapping.
+    Unmap {
+        /// Client selector.
+        c: u8,
+    },
+    /// A client touches a word of its mapping.
+    Touch {
+        /// Client selector.
+        c: u8,
+        /// Word selector.
+        word: u32,
+        /// A value to write, or a read.
+        write: Option<u64>,
+    },
+    /// A client writes `words` words `rounds` times through its mapping
+    /// while another process disturbs the device.
+    Loop {
+        /// Client selector.
+        c: u8,
+        /// First word selector.
+        word: u32,
+        /// Words (1..=8).
+        words: u8,
+        /// Rounds.
+        rounds: u16,
+        /// Seed of the values.
+        seed: u64,
+        /// The disturbance.
+        disturb: Disturb,
+        /// The client that disturbs (else the explorer; Power and Kill are
+        /// the explorer's).
+        by: Option<u8>,
+        /// Spin iterations before the disturbance.
+        delay: u16,
+    },
+    /// A client reads a word by message (`REGION_READ`).
+    MsgRead {
+        /// Client selector.
+        c: u8,
+        /// Word selector.
+        word: u32,
+    },
+    /// A client writes a word by message (`REGION_WRITE`).
+    MsgWrite {
+        /// Client selector.
+        c: u8,
+        /// Word selector.
+        word: u32,
+        /// Value.
+        value: u64,
+    },
+    /// A client passes its BAR fd to another over `SCM_RIGHTS` (through
+    /// the explorer), which keeps it in place of its own.
+    PassFd {
+        /// Sending client selector.
+        from: u8,
+        /// Receiving client selector.
+        to: u8,
+    },
+    /// The explorer (`by` None) or a connected client changes the device's
+    /// state.
+    Config {
+        /// The client, or the explorer.
+        by: Option<u8>,
+        /// What.
+        act: Act,
+    },
+    /// A client exits.
+    Exit {
+        /// Client selector.
+        c: u8,
+    },
+    /// A client is SIGKILLed.
+    Kill {
+        /// Client selector.
+        c: u8,
+    },
+    /// The explorer reads words through the device's own view, and counts
+    /// the connections the server holds.
+    Check {
+        /// Word selector.
+        word: u32,
+    },
+}
+
+impl POp {
+    /// The operation's kind, for per-kind counts.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            POp::Spawn => "proc_spawn",
+            POp::Fork { .. } => "proc_fork",
+            POp::Map { .. } => "proc_map",
+            POp::Unmap { .. } => "proc_unmap",
+            POp::Touch { .. } => "proc_touch",
+            POp::Loop {
+                disturb: Disturb::Kill,
+                ..
+            } => "proc_loop_killed",
+            POp::Loop { .. } => "proc_loop",
+            POp::MsgRead { .. } => "proc_msg_read",
+            POp::MsgWrite { .. } => "proc_msg_write",
+            POp::PassFd { .. } => "proc_pass_fd",
+            POp::Config { by: None, .. } => "proc_config_explorer",
+            POp::Config { .. } => "proc_config_client",
+            POp::Exit { .. } => "proc_exit",
+            POp::Kill { .. } => "proc_kill",
+            POp::Check { .. } => "proc_check",
+        }
+    }
+
+    /// Simpler variants, for shrinking.
+    pub fn simpler(&self) -> Vec<POp> {
+        let mut out = Vec::new();
+        let mut push = |o: POp| {
+            if &o != self && !out.contains(&o) {
+                out.push(o);
+            }
+        };
+        match self.clone() {
+            POp::Loop {
+                c,
+                word,
+                words,
+                rounds,
+                seed,
+                disturb,
+                by,
+                delay,
+            } => {
+                let base = POp::Loop {
+                    c,
+                    word,
+                    words,
+                    rounds,
+                    seed,
+                    disturb,
+                    by,
+                    delay,
+                };
+                let with = |f: &dyn Fn(&mut POp)| {
+                    let mut v = base.clone();
+                    f(&mut v);
+                    v
+                };
+                push(with(&|v| {
+                    if let POp::Loop { words, .. } = v {
+                        *words = 1
+                    }
+                }));
+                push(with(&|v| {
+                    if let POp::Loop { by, .. } = v {
+                        *by = None
+                    }
+                }));
+                push(with(&|v| {
+                    if let POp::Loop { rounds, .. } = v {
+                        *rounds = (*rounds / 2).max(1)
+                    }
+                }));
+                push(with(&|v| {
+                    if let POp::Loop { delay, .. } = v {
+                        *delay = 0
+                    }
+                }));
+                push(with(&|v| {
+                    if let POp::Loop { c, .. } = v {
+                        *c = 0
+                    }
+                }));
+            }
+            POp::Touch { c, word, write } => {
+                push(POp::Touch { c: 0, word, write });
+                push(POp::Touch { c, word: 0, write });
+            }
+            POp::Config { by: Some(_), act } => push(POp::Config { by: None, act }),
+            _ => {}
+        }
+        out
+    }
+}
+
+/// Generates one operation for the model's state.
+pub fn generate(rng: &mut Rng, m: &ProcModel) -> POp {
+    let n = m.clients.len();
+    if n == 0 || (n < 2 && rng.chance(1, 3)) {
+        return POp::Spawn;
+    }
+    let c = rng.below(16) as u8;
+    let word = if rng.chance(9, 10) {
+        // A few hot words over several pages, so reads meet writes.
+        (rng.below(48) * 523) as u32
+    } else {
+        rng.next_u32()
+    };
+    let act = |rng: &mut Rng, client: bool| {
+        let k = rng.below(if client { 3 } else { 5 });
+        [Act::MemOff, Act::MemOn, Act::Reset, Act::D3, Act::D0][k as usize]
+    };
+    match rng.below(100) {
+        0..=29 => POp::Touch {
+            c,
+            word,
+            write: rng.chance(1, 2).then(|| rng.next_u64()),
+        },
+        30..=37 => POp::Map { c },
+        38..=39 => POp::Unmap { c },
+        40..=47 => POp::MsgRead { c, word },
+        48..=53 => POp::MsgWrite {
+            c,
+            word,
+            value: rng.next_u64(),
+        },
+        54..=63 => {
+            let disturb = [
+                Disturb::None,
+                Disturb::Toggle,
+                Disturb::Toggle,
+                Disturb::Reset,
+                Disturb::Power,
+                Disturb::Kill,
+            ][rng.below(6) as usize];
+            POp::Loop {
+                c,
+                word,
+                words: 1 + rng.below(8) as u8,
+                rounds: 1 + rng.below(400) as u16,
+                seed: rng.next_u64(),
+                disturb,
+                by: rng.chance(1, 2).then(|| rng.below(16) as u8),
+                delay: rng.below(2000) as u16,
+            }
+        }
+        64..=67 => POp::PassFd {
+            from: c,
+            to: rng.below(16) as u8,
+        },
+        68..=75 => POp::Config {
+            by: None,
+            act: act(rng, false),
+        },
+        76..=81 => POp::Config {
+            by: Some(c),
+            act: act(rng, true),
+        },
+        82..=84 => POp::Fork { c },
+        85..=86 => POp::Exit { c },
+        87..=89 => POp::Kill { c },
+        90..=92 => POp::Check { word },
+        _ if n < MAX_CLIENTS => POp::Spawn,
+        _ => POp::Touch {
+            c,
+            word,
+            write: None,
+        },
+    }
+}
+
+/// What the model knows of one client.
+#[derive(Debug, Clone)]
+pub struct ClientModel {
+    /// The connection it may send messages on (a client it forked has
+    /// none of its own).
+    conn: Option<u32>,
+    /// The connection its open file keeps alive.
+    holds: u32,
+    /// It holds a BAR fd.
+    fd: bool,
+    /// It has the BAR mapped.
+    mapped: bool,
+}
+
+/// The reference model of the process mode.
+#[derive(Debug, Clone)]
+pub struct ProcModel {
+    words: usize,
+    mem: Vec<u64>,
+    mem_on: bool,
+    d3: bool,
+    clients: Vec<ClientModel>,
+    next_conn: u32,
+    /// A deliberate model error (tests of the explorer itself): predicts
+    /// that a reset clears the memory BAR.
+    mutate_reset: bool,
+}
+
+/// An operation with its clients resolved to indexes of the clients alive.
+#[derive(Debug, Clone)]
+pub struct PPlan {
+    op: POp,
+    c: usize,
+    other: Option<usize>,
+    word: usize,
+}
+
+impl ProcModel {
+    /// A fresh device with `memory` bytes of BAR, all zero, memory
+    /// enabled, D0, no clients.
+    pub fn new(memory: u64, mutate_reset: bool) -> ProcModel {
+        let words = (memory / 8) as usize;
+        ProcModel {
+            words,
+            mem: vec![0; words],
+            mem_on: true,
+            d3: false,
+            clients: Vec::new(),
+            next_conn: 0,
+            mutate_reset,
+        }
+    }
+
+    fn enabled(&self) -> bool {
+        self.mem_on && !self.d3
+    }
+
+    fn loop_word(&self, first: usize, j: usize) -> usize {
+        (first + j * 515) % self.words
+    }
+
+    /// Resolves `op` against the state; `None` if it does not apply.
+    pub fn plan(&self, op: &POp) -> Option<PPlan> {
+        let n = self.clients.len();
+        let pick = |s: u8| (n > 0).then(|| s as usize % n);
+        let connected = |i: usize| self.clients[i].conn.is_some();
+        let mut p = PPlan {
+            op: op.clone(),
+            c: 0,
+            other: None,
+            word: 0,
+        };
+        match *op {
+            POp::Spawn => (n < MAX_CLIENTS).then_some(())?,
+            POp::Fork { c } => {
+                p.c = pick(c)?;
+                (n < MAX_CLIENTS).then_some(())?
+            }
+            POp::Map { c } => {
+                p.c = pick(c)?;
+                let cl = &self.clients[p.c];
+                (cl.fd && !cl.mapped).then_some(())?
+            }
+            POp::Unmap { c } => {
+                p.c = pick(c)?;
+                self.clients[p.c].mapped.then_some(())?
+            }
+            POp::Touch { c, word, .. } => {
+                p.c = pick(c)?;
+                p.word = word as usize % self.words;
+                self.clients[p.c].mapped.then_some(())?
+            }
+            POp::Loop {
+                c,
+                word,
+                disturb,
+                by,
+                ..
+            } => {
+                p.c = pick(c)?;
+                p.word = word as usize % self.words;
+                self.clients[p.c].mapped.then_some(())?;
+                if let (Some(b), Disturb::Toggle | Disturb::Reset) = (by, disturb) {
+                    let b = pick(b)?;
+                    if b != p.c && connected(b) {
+                        p.other = Some(b);
+                    }
+                }
+            }
+            POp::MsgRead { c, word } | POp::MsgWrite { c, word, .. } => {
+                p.c = pick(c)?;
+                p.word = word as usize % self.words;
+                connected(p.c).then_some(())?
+            }
+            POp::PassFd { from, to } => {
+                p.c = pick(from)?;
+                let to = pick(to)?;
+                (self.clients[p.c].fd && to != p.c).then_some(())?;
+                p.other = Some(to);
+            }
+            POp::Config { by, act } => {
+                if let Some(b) = by {
+                    p.c = pick(b)?;
+                    (connected(p.c) && matches!(act, Act::MemOff | Act::MemOn | Act::Reset))
+                        .then_some(())?;
+                    p.other = Some(p.c);
+                }
+            }
+            POp::Exit { c } | POp::Kill { c } => p.c = pick(c)?,
+            POp::Check { word } => p.word = word as usize % self.words,
+        }
+        Some(p)
+    }
+
+    fn apply(&mut self, act: Act) {
+        match act {
+            Act::MemOff => self.mem_on = false,
+            Act::MemOn => self.mem_on = true,
+            Act::D3 => self.d3 = true,
+            Act::D0 => self.d3 = false,
+            Act::Reset => {
+                if self.mutate_reset {
+                    self.mem.iter_mut().for_each(|w| *w = 0);
+                }
+            }
+        }
+    }
+
+    fn connections(&self) -> u64 {
+        let mut held: Vec<u32> = self.clients.iter().map(|c| c.holds).collect();
+        held.sort_unstable();
+        held.dedup();
+        held.len() as u64
+    }
+
+    /// Checks the observations of `plan` and moves the model on; the
+    /// expectations, and whether the observations met them.
+    pub fn step(&mut self, plan: &PPlan, obs: &[Obs]) -> (Vec<Exp>, bool) {
+        let ok = || Exp::Is(Obs::Api(Ok(Val::Unit)));
+        let exp: Vec<Exp> = match plan.op {
+            POp::Spawn => {
+                let conn = self.next_conn;
+                self.next_conn += 1;
+                self.clients.push(ClientModel {
+                    conn: Some(conn),
+                    holds: conn,
+                    fd: true,
+                    mapped: false,
+                });
+                vec![ok()]
+            }
+            POp::Fork { .. } => {
+                let parent = &self.clients[plan.c];
+                let child = ClientModel {
+                    conn: None,
+                    holds: parent.holds,
+                    fd: parent.fd,
+                    mapped: parent.mapped,
+                };
+                self.clients.push(child);
+                vec![ok()]
+            }
+            POp::Map { .. } => {
+                self.clients[plan.c].mapped = true;
+                vec![ok()]
+            }
+            POp::Unmap { .. } => {
+                self.clients[plan.c].mapped = false;
+                vec![ok()]
+            }
+            POp::Touch { write, .. } => {
+                let t = if !self.enabled() {
+                    TouchObs::Sigbus
+                } else if let Some(v) = write {
+                    self.mem[plan.word] = v;
+                    TouchObs::Wrote
+                } else {
+                    TouchObs::Value(self.mem[plan.word])
+                };
+                vec![Exp::Is(Obs::Touch(t))]
+            }
+            POp::MsgRead { .. } => vec![Exp::Is(Obs::Api(if self.enabled() {
+                Ok(Val::U64(self.mem[plan.word]))
+            } else {
+                Err(format!("errno {}", libc::EIO))
+            }))],
+            POp::MsgWrite { value, .. } => vec![Exp::Is(Obs::Api(if self.enabled() {
+                self.mem[plan.word] = value;
+                Ok(Val::Unit)
+            } else {
+                Err(format!("errno {}", libc::EIO))
+            }))],
+            POp::PassFd { .. } => {
+                let to = plan.other.expect("resolved");
+                self.clients[to].fd = true;
+                vec![ok()]
+            }
+            POp::Config { act, .. } => {
+                self.apply(act);
+                vec![ok()]
+            }
+            POp::Exit { .. } | POp::Kill { .. } => {
+                self.clients.remove(plan.c);
+                vec![Exp::Is(Obs::Api(Ok(Val::Unit)))]
+            }
+            POp::Check { .. } => {
+                let mut e = vec![Exp::Is(Obs::Api(Ok(Val::U64(self.connections()))))];
+                e.push(Exp::Is(Obs::Api(Ok(Val::U64(self.mem[plan.word])))));
+                e
+            }
+            POp::Loop {
+                words,
+                rounds,
+                seed,
+                disturb,
+                ..
+            } => return self.step_loop(plan, words, rounds, seed, disturb, obs),
+        };
+        let same = exp.len() == obs.len() && exp.iter().zip(obs).all(|(e, o)| e.admits(o));
+        (exp, same)
+    }
+
+    fn step_loop(
+        &mut self,
+        plan: &PPlan,
+        words: u8,
+        rounds: u16,
+        seed: u64,
+        disturb: Disturb,
+        obs: &[Obs],
+    ) -> (Vec<Exp>, bool) {
+        let words = words as usize;
+        let enabled_before = self.enabled();
+        let mut exp = vec![Exp::Is(Obs::Api(Ok(Val::Unit)))];
+        match disturb {
+            Disturb::None | Disturb::Kill => {}
+            Disturb::Toggle => self.mem_on = true,
+            Disturb::Reset => self.apply(Act::Reset),
+            Disturb::Power => self.d3 = false,
+        }
+        if disturb == Disturb::Kill {
+            self.clients.remove(plan.c);
+        }
+        // Then one observation per word: for a loop that finished, how many
+        // rounds of it last succeeded (0: none), then the word as the device
+        // holds it.
+        let mut ok = exp[0].admits(obs.first().unwrap_or(&Obs::Broken(String::new())));
+        for j in 0..words {
+            let w = self.loop_word(plan.word, j);
+            let old = self.mem[w];
+            let values: Vec<u64> = (0..rounds as usize)
+                .map(|r| loop_value(seed, j, r))
+                .collect();
+            if disturb == Disturb::Kill {
+                // Killed at any moment: the old value or one it wrote.
+                let mut any: Vec<Obs> = vec![Obs::Api(Ok(Val::U64(old)))];
+                any.extend(values.iter().map(|&v| Obs::Api(Ok(Val::U64(v)))));
+                let e = Exp::OneOf(any);
+                let o = obs.get(1 + j);
+                ok &= o.is_some_and(|o| e.admits(o));
+                if let Some(Obs::Api(Ok(Val::U64(v)))) = o {
+                    self.mem[w] = *v;
+                }
+                exp.push(e);
+                continue;
+            }
+            // The last round that succeeded, as the client reported it.
+            let last = match obs.get(1 + 2 * j) {
+                Some(Obs::Api(Ok(Val::U64(l)))) => *l as usize,
+                _ => usize::MAX,
+            };
+            let last_exp = if disturb == Disturb::None {
+                Exp::Is(Obs::Api(Ok(Val::U64(if enabled_before {
+                    rounds as u64
+                } else {
+                    0
+                }))))
+            } else {
+                Exp::OneOf(
+                    (0..=rounds as u64)
+                        .map(|l| Obs::Api(Ok(Val::U64(l))))
+                        .collect(),
+                )
+            };
+            ok &= obs.get(1 + 2 * j).is_some_and(|o| last_exp.admits(o));
+            exp.push(last_exp);
+            if (1..=rounds as usize).contains(&last) {
+                self.mem[w] = values[last - 1];
+            }
+            let e = Exp::Is(Obs::Api(Ok(Val::U64(self.mem[w]))));
+            ok &= obs.get(2 + 2 * j).is_some_and(|o| e.admits(o));
+            exp.push(e);
+        }
+        ok &= exp.len() == obs.len();
+        (exp, ok)
+    }
+}
+
+/// The value a loop seeded `seed` writes to its word `j` in round `r`.
+pub fn loop_value(seed: u64, j: usize, r: usize) -> u64 {
+    splitmix(seed ^ ((j as u64) << 32) ^ r as u64)
+}
+
+// ---- The system under test: a served device and client processes. ----
+
+mod cmd {
+    pub const MAP: u64 = 0;
+    pub const UNMAP: u64 = 1;
+    pub const TOUCH: u64 = 2;
+    pub const LOOP: u64 = 3;
+    pub const FORK: u64 = 4;
+    pub const GIVE_FD: u64 = 5;
+    pub const TAKE_FD: u64 = 6;
+    pub const CONFIG: u64 = 7;
+    pub const MSG_READ: u64 = 8;
+    pub const MSG_WRITE: u64 = 9;
+    pub const EXIT: u64 = 10;
+    /// The loop's first message: it has started.
+    pub const STARTED: u64 = 100;
+}
+
+/// One client process as the explorer holds it.
+struct Proc {
+    pid: i32,
+    pidfd: OwnedFd,
+    ctl: OwnedFd,
+    /// The explorer's own child (reaped with waitpid).
+    direct: bool,
+}
+
+/// The served device and its clients.
+pub struct ProcSut {
+    server: Arc<barmap_server::Server>,
+    dir: PathBuf,
+    socket: PathBuf,
+    clients: Vec<Proc>,
+    timeout: Duration,
+}
+
+fn sendmsg(sock: RawFd, words: &[u64], fd: Option<RawFd>) -> std::io::Result<()> {
+    let mut buf: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut cbuf = [0u64; 4];
+    // SAFETY: msghdr is plain data; every pointer in it refers to locals
+    // that outlive the call.
+    let rc = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        if let Some(fd) = fd {
+            msg.msg_control = cbuf.as_mut_ptr().cast();
+            msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>(), fd);
+        }
+        libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL)
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Receives one message: its words and the fd it carried. `Ok(None)` at
+/// end of file.
+fn recvmsg(sock: RawFd) -> std::io::Result<Option<(Vec<u64>, Option<OwnedFd>)>> {
+    let mut buf = [0u8; 1024];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut cbuf = [0u64; 8];
+    // SAFETY: as in sendmsg; the cmsg walk stays inside cbuf as the
+    // kernel filled it.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&cbuf);
+        let n = libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC);
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if n == 0 {
+            return Ok(None);
+        }
+        let mut fd = None;
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let raw = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<i32>());
+                fd = Some(OwnedFd::from_raw_fd(raw));
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+        let words = buf[..n as usize]
+            .chunks_exact(8)
+            .map(|b| u64::from_ne_bytes(b.try_into().unwrap()))
+            .collect();
+        Ok(Some((words, fd)))
+    }
+}
+
+fn poll_in(fd: RawFd, timeout: Duration) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        // SAFETY: one pollfd on the stack.
+        let rc = unsafe { libc::poll(&mut p, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+        if rc > 0 {
+            return true;
+        }
+        if rc == 0 || Instant::now() >= deadline {
+            return false;
+        }
+    }
+}
+
+fn seqpacket_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut sv = [0i32; 2];
+    // SAFETY: socketpair fills the array with two new fds, owned below.
+    let rc = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            sv.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both fds are new and ours.
+    Ok(unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) })
+}
+
+fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new fd, ours.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Moves `ctl` to fd 3 and closes every fd above it: a client holds only
+/// its control socket and what it opens itself.
+fn child_fds(ctl: RawFd) {
+    // SAFETY: fd-table operations in a freshly forked child.
+    unsafe {
+        if ctl != 3 {
+            libc::dup2(ctl, 3);
+        }
+        libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32);
+    }
+}
+
+/// A client's vfio-user connection, driven from its one thread: each
+/// request waits for its reply (the client maps no DMA, so the server
+/// sends no requests of its own). A client process never starts a thread:
+/// it was forked from a process whose threads (the server's) start and end
+/// all the time, and a lock one of them held at the fork (in the C
+/// library, or Rust's own thread bookkeeping) stays held in the child
+/// forever, so a thread the child starts could wait for it for good.
+struct Wire {
+    sock: std::os::unix::net::UnixStream,
+    next: u16,
+}
+
+impl Wire {
+    fn connect(path: &Path) -> Result<Wire, i32> {
+        let err = |e: std::io::Error| e.raw_os_error().unwrap_or(libc::EIO);
+        let sock = std::os::unix::net::UnixStream::connect(path).map_err(err)?;
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(err)?;
+        let mut w = Wire { sock, next: 1 };
+        let version = proto::Version {
+            major: 0,
+            minor: 0,
+            caps: proto::Capabilities {
+                max_msg_fds: Some(8),
+                ..proto::Capabilities::default()
+            },
+        };
+        w.call(proto::VERSION, &version.encode())?;
+        Ok(w)
+    }
+
+    fn call(&mut self, command: u16, payload: &[u8]) -> Result<proto::Message, i32> {
+        let id = self.next;
+        self.next = self.next.wrapping_add(1);
+        let h = proto::Header {
+            id,
+            command,
+            ..proto::Header::default()
+        };
+        proto::send(self.sock.as_raw_fd(), h, payload, &[]).map_err(|_| libc::ENODEV)?;
+        let m = proto::recv(self.sock.as_raw_fd()).map_err(|_| libc::ENODEV)?;
+        if m.header.id != id {
+            return Err(libc::EPROTO);
+        }
+        if m.header.flags & proto::FLAG_ERROR != 0 {
+            return Err(m.header.error as i32);
+        }
+        Ok(m)
+    }
+
+    /// The size of region `index` and the fd the server offers for it.
+    fn region(&mut self, index: u32) -> Result<(u64, Option<OwnedFd>), i32> {
+        let p = proto::RegionInfo::request(index, 64).encode();
+        let m = self.call(proto::DEVICE_GET_REGION_INFO, &p)?;
+        let size = proto::RegionInfo::decode(&m.payload)
+            .ok_or(libc::EPROTO)?
+            .size;
+        Ok((size, m.fds.into_iter().next()))
+    }
+
+    fn rw(
+        &mut self,
+        write: bool,
+        region: u32,
+        offset: u64,
+        data: &[u8],
+        count: usize,
+    ) -> Result<Vec<u8>, i32> {
+        let mut p = proto::RegionAccess {
+            offset,
+            region,
+            count: count as u32,
+        }
+        .encode();
+        p.extend_from_slice(data);
+        let cmd = if write {
+            proto::REGION_WRITE
+        } else {
+            proto::REGION_READ
+        };
+        let m = self.call(cmd, &p)?;
+        Ok(m.payload
+            .get(proto::RegionAccess::SIZE..)
+            .unwrap_or_default()
+            .to_vec())
+    }
+
+    fn read(&mut self, region: u32, offset: u64, buf: &mut [u8]) -> Result<(), i32> {
+        let d = self.rw(false, region, offset, &[], buf.len())?;
+        if d.len() < buf.len() {
+            return Err(libc::EPROTO);
+        }
+        buf.copy_from_slice(&d[..buf.len()]);
+        Ok(())
+    }
+
+    fn write(&mut self, region: u32, offset: u64, data: &[u8]) -> Result<(), i32> {
+        self.rw(true, region, offset, data, data.len()).map(|_| ())
+    }
+
+    fn reset(&mut self) -> Result<(), i32> {
+        self.call(proto::DEVICE_RESET, &[]).map(|_| ())
+    }
+}
+
+/// A client process's state.
+struct Client {
+    remote: Option<Wire>,
+    fd: Option<OwnedFd>,
+    map: *mut u64,
+    size: u64,
+}
+
+fn reply(words: &[u64], fd: Option<RawFd>) {
+    if sendmsg(3, words, fd).is_err() {
+        // SAFETY: leaving the client process.
+        unsafe { libc::_exit(3) };
+    }
+}
+
+fn errno_reply(r: Result<(), i32>) -> Vec<u64> {
+    match r {
+        Ok(()) => vec![0],
+        Err(e) => vec![e as u64],
+    }
+}
+
+fn touch(addr: *mut u64, write: Option<u64>) -> (u64, u64) {
+    // SAFETY: addr lies in the client's shared mapping of the BAR (the
+    // model only touches mapped words); the accessors survive SIGBUS.
+    match unsafe {
+        match write {
+            Some(v) => barmap_target::touch::write_u64(addr, v).map(|()| None),
+            None => barmap_target::touch::read_u64(addr).map(Some),
+        }
+    } {
+        Ok(Some(v)) => (0, v),
+        Ok(None) => (1, 0),
+        Err(barmap_target::touch::Fault::Sigbus) => (2, 0),
+        Err(barmap_target::touch::Fault::Sigsegv) => (3, 0),
+    }
+}
+
+impl Client {
+    fn word(&self, w: u64) -> *mut u64 {
+        // SAFETY: the model resolves words inside the BAR.
+        unsafe { self.map.add(w as usize) }
+    }
+
+    fn config(&mut self, act: u64) -> Vec<u64> {
+        let Some(r) = &mut self.remote else {
+            return vec![libc::ENODEV as u64];
+        };
+        if act == 2 {
+            return errno_reply(r.reset());
+        }
+        let mut b = [0u8; 2];
+        if let Err(e) = r.read(proto::CONFIG_REGION, 4, &mut b) {
+            return vec![e as u64];
+        }
+        let cmd = u16::from_ne_bytes(b);
+        let new = if act == 1 { cmd | 2 } else { cmd & !2 };
+        errno_reply(r.write(proto::CONFIG_REGION, 4, &new.to_ne_bytes()))
+    }
+
+    /// Serves the explorer's commands until told to exit.
+    fn serve(mut self) -> ! {
+        loop {
+            let (m, fd) = match recvmsg(3) {
+                Ok(Some(x)) => x,
+                // SAFETY: leaving the client process.
+                _ => unsafe { libc::_exit(0) },
+            };
+            let arg = |i: usize| m.get(i).copied().unwrap_or(0);
+            match arg(0) {
+                cmd::MAP => {
+                    let fd = self.fd.as_ref().map_or(-1, |f| f.as_raw_fd());
+                    // SAFETY: a new shared mapping of the BAR's fd.
+                    let p = unsafe {
+                        libc::mmap(
+                            std::ptr::null_mut(),
+                            self.size as usize,
+                            libc::PROT_READ | libc::PROT_WRITE,
+                            libc::MAP_SHARED,
+                            fd,
+                            0,
+                        )
+                    };
+                    if p == libc::MAP_FAILED {
+                        reply(
+                            &[std::io::Error::last_os_error().raw_os_error().unwrap_or(1) as u64],
+                            None,
+                        );
+                    } else {
+                        self.map = p.cast();
+                        reply(&[0], None);
+                    }
+                }
+                cmd::UNMAP => {
+                    // SAFETY: our own mapping.
+                    unsafe { libc::munmap(self.map.cast(), self.size as usize) };
+                    self.map = std::ptr::null_mut();
+                    reply(&[0], None);
+                }
+                cmd::TOUCH => {
+                    let (k, v) = touch(self.word(arg(1)), (arg(2) == 1).then(|| arg(3)));
+                    reply(&[0, k, v], None);
+                }
+                cmd::LOOP => {
+                    let (first, words, rounds, seed) = (arg(1), arg(2), arg(3), arg(4));
+                    let mut last = vec![0u64; words as usize];
+                    for r in 0..rounds as usize {
+                        for (j, l) in last.iter_mut().enumerate() {
+                            let w = (first as usize + j * 515) % (self.size as usize / 8);
+                            let (k, _) = touch(self.word(w as u64), Some(loop_value(seed, j, r)));
+                            if k == 1 {
+                                *l = r as u64 + 1;
+                            }
+                        }
+                        if r == 0 {
+                            reply(&[cmd::STARTED], None);
+                        }
+                    }
+                    let mut out = vec![0];
+                    out.extend(last);
+                    reply(&out, None);
+                }
+                cmd::FORK => {
+                    let Ok((mine, theirs)) = seqpacket_pair() else {
+                        reply(&[libc::EMFILE as u64], None);
+                        continue;
+                    };
+                    // SAFETY: the child continues this loop with its own
+                    // control socket; it never returns into the caller.
+                    let pid = unsafe { libc::fork() };
+                    if pid == 0 {
+                        // SAFETY: fd-table operations in the new child: its
+                        // control socket becomes fd 3 (the parent's goes).
+                        unsafe { libc::dup2(theirs.as_raw_fd(), 3) };
+                        drop(theirs);
+                        drop(mine);
+                        // The parent's connection is kept open (held), never
+                        // used: its replies go to whoever reads first.
+                        if let Some(r) = self.remote.take() {
+                            std::mem::forget(r);
+                        }
+                        self.serve();
+                    }
+                    drop(theirs);
+                    if pid < 0 {
+                        reply(&[libc::EAGAIN as u64], None);
+                    } else {
+                        reply(&[0, pid as u64], Some(mine.as_raw_fd()));
+                    }
+                }
+                cmd::GIVE_FD => match &self.fd {
+                    Some(f) => reply(&[0], Some(f.as_raw_fd())),
+                    None => reply(&[libc::EBADF as u64], None),
+                },
+                cmd::TAKE_FD => {
+                    let ok = fd.is_some();
+                    if ok {
+                        self.fd = fd;
+                    }
+                    reply(&[if ok { 0 } else { libc::EBADF as u64 }], None);
+                }
+                cmd::CONFIG => {
+                    let r = self.config(arg(1));
+                    reply(&r, None);
+                }
+                cmd::MSG_READ => {
+                    let mut b = [0u8; 8];
+                    let r = match &mut self.remote {
+                        Some(r) => r.read(BAR, arg(1) * 8, &mut b),
+                        None => Err(libc::ENODEV),
+                    };
+                    match r {
+                        Ok(()) => reply(&[0, u64::from_ne_bytes(b)], None),
+                        Err(e) => reply(&[e as u64], None),
+                    }
+                }
+                cmd::MSG_WRITE => {
+                    let r = match &mut self.remote {
+                        Some(r) => r.write(BAR, arg(1) * 8, &arg(2).to_ne_bytes()),
+                        None => Err(libc::ENODEV),
+                    };
+                    reply(&errno_reply(r), None);
+                }
+                // SAFETY: leaving the client process without running
+                // destructors, as a process's exit closes its files.
+                _ => unsafe { libc::_exit(0) },
+            }
+        }
+    }
+}
+
+/// The body of a client forked by the explorer: connect, take the BAR's
+/// fd, say so, serve.
+fn client_main(socket: &Path, ctl: RawFd) -> ! {
+    child_fds(ctl);
+    barmap_target::touch::install();
+    // SAFETY: a client reaps the children it forks by itself.
+    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+    // The reply says what failed: 1000 + errno (connecting, the version
+    // exchange or the device's description), 2000 no memory BAR, 3000 no
+    // fd for it, 4000 a panic.
+    let r = std::panic::catch_unwind(|| {
+        let mut remote = Wire::connect(socket).map_err(|e| 1000 + e as u64)?;
+        let (size, fd) = remote.region(BAR).map_err(|_| 2000u64)?;
+        let fd = fd.ok_or(3000u64)?;
+        Ok::<_, u64>(Client {
+            remote: Some(remote),
+            fd: Some(fd),
+            map: std::ptr::null_mut(),
+            size,
+        })
+    });
+    match r {
+        Ok(Ok(c)) => {
+            reply(&[0], None);
+            c.serve()
+        }
+        Ok(Err(code)) => {
+            reply(&[code], None);
+            // SAFETY: leaving the client process.
+            unsafe { libc::_exit(2) }
+        }
+        Err(_) => {
+            reply(&[4000], None);
+            // SAFETY: leaving the client process.
+            unsafe { libc::_exit(2) }
+        }
+    }
+}
+
+fn temp_dir() -> std::io::Result<PathBuf> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "barmap-explore-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir(&d)?;
+    std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    Ok(d)
+}
+
+fn api(r: Result<Val, String>) -> Obs {
+    Obs::Api(r)
+}
+
+impl ProcSut {
+    /// Serves a fresh default device with a `memory`-byte BAR.
+    pub fn new(memory: u64, timeout: Duration) -> Result<ProcSut, String> {
+        let dir = temp_dir().map_err(|e| format!("temp dir: {e}"))?;
+        let socket = dir.join("dev.sock");
+        let model = barmap_models::by_name("default", &[("memory".into(), memory.to_string())])?;
+        let server = barmap_server::Server::new(
+            &socket,
+            vec![barmap_server::DeviceConfig {
+                name: "default".into(),
+                model,
+                exclusive: false,
+            }],
+        )
+        .map_err(|e| e.to_string())?;
+        server.start().map_err(|e| e.to_string())?;
+        Ok(ProcSut {
+            server,
+            dir,
+            socket,
+            clients: Vec::new(),
+            timeout,
+        })
+    }
+
+    fn dev(&self) -> &barmap_server::ServedDevice {
+        &self.server.devices()[0]
+    }
+
+    fn call(
+        &self,
+        i: usize,
+        words: &[u64],
+        fd: Option<RawFd>,
+    ) -> Result<(Vec<u64>, Option<OwnedFd>), String> {
+        let ctl = self.clients[i].ctl.as_raw_fd();
+        sendmsg(ctl, words, fd).map_err(|e| format!("client {i}: send: {e}"))?;
+        self.wait_reply(i)
+    }
+
+    fn wait_reply(&self, i: usize) -> Result<(Vec<u64>, Option<OwnedFd>), String> {
+        let ctl = self.clients[i].ctl.as_raw_fd();
+        if !poll_in(ctl, self.timeout) {
+            return Err(format!(
+                "client {i} did not answer within {:?} (a hang)",
+                self.timeout
+            ));
+        }
+        match recvmsg(ctl) {
+            Ok(Some(x)) => Ok(x),
+            Ok(None) => Err(format!("client {i} died")),
+            Err(e) => Err(format!("client {i}: recv: {e}")),
+        }
+    }
+
+    fn status(r: &[u64]) -> Result<Val, String> {
+        match r.first() {
+            Some(0) => Ok(Val::Unit),
+            Some(e) => Err(format!("errno {e}")),
+            None => Err("empty reply".into()),
+        }
+    }
+
+    fn spawn(&mut self) -> Result<Obs, String> {
+        let (mine, theirs) = seqpacket_pair().map_err(|e| e.to_string())?;
+        // SAFETY: the child runs client_main, which never returns.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let r = std::panic::catch_unwind(|| client_main(&self.socket, theirs.as_raw_fd()));
+            let _ = r;
+            // SAFETY: leaving the child.
+            unsafe { libc::_exit(101) };
+        }
+        drop(theirs);
+        if pid < 0 {
+            return Err(format!("fork: {}", std::io::Error::last_os_error()));
+        }
+        let pidfd = pidfd_open(pid).map_err(|e| format!("pidfd_open: {e}"))?;
+        self.clients.push(Proc {
+            pid,
+            pidfd,
+            ctl: mine,
+            direct: true,
+        });
+        let i = self.clients.len() - 1;
+        let t0 = Instant::now();
+        let (r, _) = self.wait_reply(i)?;
+        Ok(api(Self::status(&r).map_err(|e| {
+            format!("{e} (client pid {pid}, after {:?})", t0.elapsed())
+        })))
+    }
+
+    /// Waits (bounded) for client `i` to be gone, reaps it if it is ours,
+    /// and forgets it.
+    fn gone(&mut self, i: usize) -> Result<(), String> {
+        let p = self.clients.remove(i);
+        if !poll_in(p.pidfd.as_raw_fd(), self.timeout) {
+            // SAFETY: our client; do not leave it behind.
+            unsafe { libc::kill(p.pid, libc::SIGKILL) };
+            return Err(format!(
+                "client pid {} did not end within {:?}",
+                p.pid, self.timeout
+            ));
+        }
+        if p.direct {
+            // SAFETY: reaping our own child, which has exited.
+            unsafe { libc::waitpid(p.pid, std::ptr::null_mut(), 0) };
+        }
+        Ok(())
+    }
+
+    fn kill(&mut self, i: usize) -> Result<(), String> {
+        // SAFETY: SIGKILL through the pidfd of a process we started.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.clients[i].pidfd.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0u32,
+            )
+        };
+        self.gone(i)
+    }
+
+    fn act(&self, by: Option<usize>, act: Act) -> Result<Obs, String> {
+        match by {
+            Some(i) => {
+                let code = match act {
+                    Act::MemOff => 0,
+                    Act::MemOn => 1,
+                    _ => 2,
+                };
+                let (r, _) = self.call(i, &[cmd::CONFIG, code], None)?;
+                Ok(api(Self::status(&r)))
+            }
+            None => {
+                let d = self.dev();
+                let r = match act {
+                    Act::MemOff => {
+                        d.set_memory_enabled(false);
+                        Ok(())
+                    }
+                    Act::MemOn => {
+                        d.set_memory_enabled(true);
+                        Ok(())
+                    }
+                    Act::D3 => {
+                        d.set_d3hot(true);
+                        Ok(())
+                    }
+                    Act::D0 => {
+                        d.set_d3hot(false);
+                        Ok(())
+                    }
+                    Act::Reset => d.reset(),
+                };
+                Ok(api(r.map(|()| Val::Unit).map_err(|e| format!("errno {e}"))))
+            }
+        }
+    }
+
+    fn device_word(&self, w: usize) -> Obs {
+        let mut b = [0u8; 8];
+        match self.dev().mem_bar(BAR) {
+            Some(bar) => match bar.read(w as u64 * 8, &mut b) {
+                Ok(()) => api(Ok(Val::U64(u64::from_ne_bytes(b)))),
+                Err(e) => api(Err(e.to_string())),
+            },
+            None => api(Err("no memory BAR".into())),
+        }
+    }
+
+    /// Runs `plan`; its observations (a broken run as [`Obs::Broken`]).
+    pub fn exec(&mut self, plan: &PPlan, model: &ProcModel) -> Vec<Obs> {
+        match self.exec_inner(plan, model) {
+            Ok(o) => o,
+            Err(e) => vec![Obs::Broken(e)],
+        }
+    }
+
+    fn exec_inner(&mut self, plan: &PPlan, model: &ProcModel) -> Result<Vec<Obs>, String> {
+        let c = plan.c;
+        Ok(match plan.op {
+            POp::Spawn => vec![self.spawn()?],
+            POp::Fork { .. } => {
+                let (r, fd) = self.call(c, &[cmd::FORK], None)?;
+                let (Some(0), Some(pid), Some(ctl)) = (r.first(), r.get(1), fd) else {
+                    return Ok(vec![api(Self::status(&r))]);
+                };
+                let pid = *pid as i32;
+                let pidfd = pidfd_open(pid).map_err(|e| format!("pidfd_open: {e}"))?;
+                self.clients.push(Proc {
+                    pid,
+                    pidfd,
+                    ctl,
+                    direct: false,
+                });
+                vec![api(Ok(Val::Unit))]
+            }
+            POp::Map { .. } => vec![api(Self::status(&self.call(c, &[cmd::MAP], None)?.0))],
+            POp::Unmap { .. } => vec![api(Self::status(&self.call(c, &[cmd::UNMAP], None)?.0))],
+            POp::Touch { write, .. } => {
+                let w = [
+                    cmd::TOUCH,
+                    plan.word as u64,
+                    write.is_some() as u64,
+                    write.unwrap_or(0),
+                ];
+                let (r, _) = self.call(c, &w, None)?;
+                let t = match r.get(1) {
+                    Some(0) => TouchObs::Value(r[2]),
+                    Some(1) => TouchObs::Wrote,
+                    Some(2) => TouchObs::Sigbus,
+                    _ => TouchObs::Sigsegv,
+                };
+                vec![Obs::Touch(t)]
+            }
+            POp::MsgRead { .. } => {
+                let (r, _) = self.call(c, &[cmd::MSG_READ, plan.word as u64], None)?;
+                vec![api(
+                    Self::status(&r).map(|_| Val::U64(r.get(1).copied().unwrap_or(0)))
+                )]
+            }
+            POp::MsgWrite { value, .. } => {
+                let (r, _) = self.call(c, &[cmd::MSG_WRITE, plan.word as u64, value], None)?;
+                vec![api(Self::status(&r))]
+            }
+            POp::PassFd { .. } => {
+                let to = plan.other.expect("resolved");
+                let (r, fd) = self.call(c, &[cmd::GIVE_FD], None)?;
+                let Some(fd) = fd else {
+                    return Ok(vec![api(Self::status(&r).and(Err("no fd".into())))]);
+                };
+                let (r, _) = self.call(to, &[cmd::TAKE_FD], Some(fd.as_raw_fd()))?;
+                vec![api(Self::status(&r))]
+            }
+            POp::Config { act, .. } => vec![self.act(plan.other, act)?],
+            POp::Exit { .. } => {
+                sendmsg(self.clients[c].ctl.as_raw_fd(), &[cmd::EXIT], None)
+                    .map_err(|e| format!("exit: {e}"))?;
+                self.gone(c)?;
+                vec![api(Ok(Val::Unit))]
+            }
+            POp::Kill { .. } => {
+                self.kill(c)?;
+                vec![api(Ok(Val::Unit))]
+            }
+            POp::Check { .. } => {
+                let want = model.connections() as usize;
+                let t0 = Instant::now();
+                // A killed client's connection ends when the server reads
+                // its end of file: wait for it, bounded.
+                let mut n = self.dev().clients().len();
+                while n != want && t0.elapsed() < self.timeout.min(Duration::from_secs(5)) {
+                    std::thread::sleep(Duration::from_millis(1));
+                    n = self.dev().clients().len();
+                }
+                vec![api(Ok(Val::U64(n as u64))), self.device_word(plan.word)]
+            }
+            POp::Loop {
+                words,
+                rounds,
+                seed,
+                disturb,
+                delay,
+                ..
+            } => {
+                let m = [
+                    cmd::LOOP,
+                    plan.word as u64,
+                    words as u64,
+                    rounds as u64,
+                    seed,
+                ];
+                sendmsg(self.clients[c].ctl.as_raw_fd(), &m, None)
+                    .map_err(|e| format!("loop: {e}"))?;
+                let (r, _) = self.wait_reply(c)?;
+                if r.first() != Some(&cmd::STARTED) {
+                    return Err(format!("loop: {r:?} instead of started"));
+                }
+                for _ in 0..delay {
+                    std::hint::spin_loop();
+                }
+                let by = plan.other;
+                let mut out = Vec::new();
+                let mut first = api(Ok(Val::Unit));
+                let mut note = |o: Obs| {
+                    if o != api(Ok(Val::Unit)) {
+                        first = o;
+                    }
+                };
+                match disturb {
+                    Disturb::None => {}
+                    Disturb::Toggle => {
+                        note(self.act(by, Act::MemOff)?);
+                        note(self.act(by, Act::MemOn)?);
+                    }
+                    Disturb::Reset => note(self.act(by, Act::Reset)?),
+                    Disturb::Power => {
+                        note(self.act(None, Act::D3)?);
+                        note(self.act(None, Act::D0)?);
+                    }
+                    Disturb::Kill => {
+                        self.kill(c)?;
+                        out.push(first);
+                        for j in 0..words as usize {
+                            out.push(self.device_word(model.loop_word(plan.word, j)));
+                        }
+                        return Ok(out);
+                    }
+                }
+                let (r, _) = self.wait_reply(c)?;
+                out.push(first);
+                for j in 0..words as usize {
+                    out.push(api(Ok(Val::U64(r.get(1 + j).copied().unwrap_or(u64::MAX)))));
+                    out.push(self.device_word(model.loop_word(plan.word, j)));
+                }
+                out
+            }
+        })
+    }
+}
+
+impl Drop for ProcSut {
+    fn drop(&mut self) {
+        while !self.clients.is_empty() {
+            let _ = self.kill(self.clients.len() - 1);
+        }
+        self.server.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The BAR size the process mode serves (kept small: every revocation
+/// copies it).
+pub fn memory(cfg_memory: u64) -> u64 {
+    cfg_memory.clamp(64 << 10, 1 << 20)
+}

@@ -1,0 +1,102 @@
+//! The explorer's process mode: one device served by barmap's server in
+//! the test's process, client processes that map, touch, pass fds, fork,
+//! exit and are killed, against the process-mode reference model.
+
+use barmap_explore::{run, Config, Mutation, Op, Report};
+
+fn config(seed: u64, ops: u64) -> Config {
+    Config {
+        ops,
+        seed,
+        processes: true,
+        episode_len: 500,
+        ..Config::default()
+    }
+}
+
+fn assert_clean(r: &Report) {
+    if let Some(f) = &r.failure {
+        panic!(
+            "seed {:#x}: failure:\nFAILJSON {}",
+            r.seed,
+            serde_json::to_string(f).unwrap()
+        );
+    }
+    assert_eq!(r.failures, 0);
+}
+
+#[test]
+fn clients_of_a_served_device_match_the_model_and_every_kind_runs() {
+    let mut kinds = std::collections::BTreeSet::new();
+    for seed in [1u64, 0x5eed] {
+        let r = run(&config(seed, 2_000), |_| {});
+        assert_clean(&r);
+        assert_eq!(r.ops, 2_000);
+        kinds.extend(r.per_kind.keys().cloned());
+    }
+    for kind in [
+        "proc_spawn",
+        "proc_fork",
+        "proc_map",
+        "proc_unmap",
+        "proc_touch",
+        "proc_loop",
+        "proc_loop_killed",
+        "proc_msg_read",
+        "proc_msg_write",
+        "proc_pass_fd",
+        "proc_config_explorer",
+        "proc_config_client",
+        "proc_exit",
+        "proc_kill",
+        "proc_check",
+    ] {
+        assert!(kinds.contains(kind), "{kind} never ran: {kinds:?}");
+    }
+}
+
+#[test]
+fn a_wrong_model_of_reset_is_caught_and_shrunk_to_a_few_process_steps() {
+    let cfg = Config {
+        mutation: Mutation::ResetClearsMemory,
+        ..config(7, 2_000)
+    };
+    let r = run(&cfg, |_| {});
+    let f = r.failure.expect("the wrong model is caught");
+    assert!(f.shrunk.len() <= 6, "shrunk to {:?}", f.shrunk);
+    assert!(f.shrunk.iter().all(|op| matches!(op, Op::Proc(_))));
+    assert!(f.shrunk_mismatch.is_some(), "the shrunk sequence fails");
+}
+
+/// The sequence the process mode found: a client writes its mapping in a
+/// loop while memory is revoked and restored (by the explorer, by another
+/// client, by D3hot). The server used to copy the BAR and then truncate
+/// it, losing the writes completed in between, and to grow the file and
+/// then copy the contents back, overwriting the writes made in between:
+/// the client saw its writes complete, the device did not hold them.
+#[test]
+fn writes_that_complete_while_memory_is_revoked_and_restored_are_never_lost() {
+    use barmap_explore::procs::{Disturb, POp};
+    let mut ops = vec![Op::Proc(POp::Spawn), Op::Proc(POp::Spawn)];
+    ops.push(Op::Proc(POp::Map { c: 0 }));
+    for k in 0..60u32 {
+        let disturb = [Disturb::Toggle, Disturb::Power, Disturb::Toggle][k as usize % 3];
+        ops.push(Op::Proc(POp::Loop {
+            c: 0,
+            word: k * 523,
+            words: 8,
+            rounds: 400,
+            seed: u64::from(k),
+            disturb,
+            by: (k % 3 == 2).then_some(1),
+            delay: (k * 37 % 1000) as u16,
+        }));
+        ops.push(Op::Proc(POp::Check { word: k * 523 }));
+    }
+    let cfg = config(0, 0);
+    for _ in 0..3 {
+        if let Some(m) = barmap_explore::replay(&cfg, &ops) {
+            panic!("{}", serde_json::to_string(&m).unwrap());
+        }
+    }
+}
