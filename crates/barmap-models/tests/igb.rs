@@ -6,12 +6,15 @@
 //! IOMMU fault that stops a queue until a function-level reset, and two
 //! ports on a wire.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use barmap::device::pci;
 use barmap_models::igb::{self, q, reg, stat, Igb};
-use barmap_models::{Host, IommuFault, IrqIndex, ModelDevice, Width};
+use barmap_models::{ModelDevice, Width};
+
+mod common;
+use common::Window;
 
 /// The IOVA of the test's one window of memory.
 const WINDOW: u64 = 0x10_0000;
@@ -30,71 +33,9 @@ const UNMAPPED: u64 = 0x4000_0000;
 /// Descriptors per ring.
 const RING: u32 = 16;
 
-/// Surroundings with one IOVA window of memory and a record of the
-/// MSI-X messages.
-struct Window {
-    signals: Mutex<Vec<u32>>,
-    mem: Mutex<Vec<u8>>,
-}
-
-impl Window {
-    fn new() -> Arc<Window> {
-        Arc::new(Window {
-            signals: Mutex::new(Vec::new()),
-            mem: Mutex::new(vec![0; WINDOW_LEN]),
-        })
-    }
-    fn take(&self) -> Vec<u32> {
-        std::mem::take(&mut self.signals.lock().unwrap())
-    }
-    fn at(&self, iova: u64, len: usize) -> Option<usize> {
-        let a = iova.checked_sub(WINDOW)? as usize;
-        (a + len <= WINDOW_LEN).then_some(a)
-    }
-    fn put(&self, iova: u64, data: &[u8]) {
-        let a = self.at(iova, data.len()).unwrap();
-        self.mem.lock().unwrap()[a..a + data.len()].copy_from_slice(data);
-    }
-    fn get(&self, iova: u64, len: usize) -> Vec<u8> {
-        let a = self.at(iova, len).unwrap();
-        self.mem.lock().unwrap()[a..a + len].to_vec()
-    }
-    fn u32_at(&self, iova: u64) -> u32 {
-        u32::from_le_bytes(self.get(iova, 4).try_into().unwrap())
-    }
-}
-
-impl Host for Window {
-    fn signal(&self, index: IrqIndex, vector: u32) -> bool {
-        assert_eq!(index, IrqIndex::Msix);
-        self.signals.lock().unwrap().push(vector);
-        true
-    }
-    fn enabled(&self, index: IrqIndex) -> bool {
-        index == IrqIndex::Msix
-    }
-    fn set_intx(&self, _: bool) {}
-    fn dma_read(&self, iova: u64, buf: &mut [u8]) -> Result<(), IommuFault> {
-        let len = buf.len() as u64;
-        let a = self
-            .at(iova, buf.len())
-            .ok_or(IommuFault::Unmapped { iova, len })?;
-        buf.copy_from_slice(&self.mem.lock().unwrap()[a..a + buf.len()]);
-        Ok(())
-    }
-    fn dma_write(&self, iova: u64, data: &[u8]) -> Result<(), IommuFault> {
-        let len = data.len() as u64;
-        let a = self
-            .at(iova, data.len())
-            .ok_or(IommuFault::Unmapped { iova, len })?;
-        self.mem.lock().unwrap()[a..a + data.len()].copy_from_slice(data);
-        Ok(())
-    }
-}
-
 fn igb_device(model: Igb) -> (ModelDevice, Arc<Window>) {
     let dev = ModelDevice::new(model).unwrap();
-    let host = Window::new();
+    let host = Window::new(WINDOW, WINDOW_LEN);
     dev.set_host(host.clone());
     let cmd = dev.device().command() | pci::COMMAND_MASTER;
     dev.write_config(pci::COMMAND, &cmd.to_le_bytes()).unwrap();
@@ -324,20 +265,20 @@ fn igb_loopback_frames_arrive_with_write_back_and_interrupt_once() {
     assert_eq!(host.u32_at(RX_RING + 12) & 0xffff, 100, "length");
     assert_eq!(host.u32_at(TX_RING + 12) & 1, 1, "transmit DD on RS");
     assert_eq!(rd(&dev, reg::RXQ0 + q::H), 1);
-    assert_eq!(host.take(), vec![0], "RX queue 0 -> IVAR -> vector 0");
+    assert_eq!(host.take_msix(), vec![0], "RX queue 0 -> IVAR -> vector 0");
     assert_eq!(rd(&dev, reg::EICR), 0, "EIAC cleared the cause");
     assert_eq!(rd(&dev, reg::EIMS), 0, "EIAM masked the vector");
 
     // Masked: the cause waits in EICR; EIMS delivers it.
     send(&dev, &host, 1, &frame([0xff; 6], 60, b'y'), true);
     wait_tx_head(&dev, 2);
-    assert!(host.take().is_empty());
+    assert!(host.take_msix().is_empty());
     wr(&dev, reg::EIMS, 1);
-    assert_eq!(host.take(), vec![0]);
+    assert_eq!(host.take_msix(), vec![0]);
     // A write of 1s clears EICR; EICS raises the vector.
     wr(&dev, reg::EIMS, 1);
     wr(&dev, reg::EICS, 1);
-    assert_eq!(host.take(), vec![0]);
+    assert_eq!(host.take_msix(), vec![0]);
 }
 
 #[test]
@@ -453,7 +394,7 @@ fn igb_an_unmapped_buffer_stops_the_queue_until_a_function_reset() {
         "the queue stopped at the fault"
     );
     assert_eq!(host.u32_at(TX_RING + 12), 0, "no write-back");
-    assert!(host.take().is_empty(), "no interrupt");
+    assert!(host.take_msix().is_empty(), "no interrupt");
     dev.reset().unwrap();
     for v in 0..u32::from(igb::MSIX_VECTORS) {
         dev.set_msix_masked(v, false);
@@ -594,15 +535,15 @@ fn igb_legacy_causes_interrupt_through_ims_and_icr_clears_on_read() {
     let (dev, host) = igb_device(Igb::default());
     // Not in GPIE's MSI-X mode: ICR & IMS raise the one vector.
     wr(&dev, reg::ICS, igb::ICR_LSC);
-    assert!(host.take().is_empty(), "masked by IMS");
+    assert!(host.take_msix().is_empty(), "masked by IMS");
     wr(&dev, reg::IMS, igb::ICR_LSC);
-    assert_eq!(host.take(), vec![0], "IMS enables the pending cause");
+    assert_eq!(host.take_msix(), vec![0], "IMS enables the pending cause");
     let icr = rd(&dev, reg::ICR);
     assert_eq!(icr, igb::ICR_LSC | igb::ICR_INT_ASSERTED);
     assert_eq!(rd(&dev, reg::ICR), 0, "read to clear");
     wr(&dev, reg::IMC, igb::ICR_LSC);
     wr(&dev, reg::ICS, igb::ICR_LSC);
-    assert!(host.take().is_empty(), "IMC masked it again");
+    assert!(host.take_msix().is_empty(), "IMC masked it again");
     assert_eq!(rd(&dev, reg::IMS), 0);
 }
 

@@ -4,14 +4,17 @@
 //! IOMMU faults that halt the channel with its error bits, the memory gate
 //! (SIGBUS), and a function-level reset.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use barmap::device::pci;
 use barmap::touch::{self, Fault};
 use barmap::{Placement, Prot};
 use barmap_models::ioat::{self, cfg, chan, reg, Descriptor, Ioat};
-use barmap_models::{Host, IommuFault, IrqIndex, ModelDevice, Width};
+use barmap_models::{IrqIndex, ModelDevice, Width};
+
+mod common;
+use common::Window;
 
 /// The IOVA of the test's one window of memory.
 const WINDOW: u64 = 0x10_0000;
@@ -28,77 +31,9 @@ const CMP: u64 = WINDOW + 0x800;
 /// An IOVA nothing maps.
 const UNMAPPED: u64 = 0x4000_0000;
 
-/// Surroundings with one IOVA window of memory (writable or not) and a
-/// record of the interrupts signalled.
-#[derive(Default)]
-struct Window {
-    msix: bool,
-    signals: Mutex<Vec<(IrqIndex, u32)>>,
-    /// (read-only range start, end): writes there are permission faults.
-    read_only: Mutex<Option<(u64, u64)>>,
-    mem: Mutex<Vec<u8>>,
-}
-
-impl Window {
-    fn new() -> Arc<Window> {
-        Arc::new(Window {
-            msix: true,
-            mem: Mutex::new(vec![0; WINDOW_LEN]),
-            ..Window::default()
-        })
-    }
-    fn take(&self) -> Vec<(IrqIndex, u32)> {
-        std::mem::take(&mut self.signals.lock().unwrap())
-    }
-    fn at(&self, iova: u64, len: usize) -> Option<usize> {
-        let a = iova.checked_sub(WINDOW)? as usize;
-        (a + len <= WINDOW_LEN).then_some(a)
-    }
-    fn put(&self, iova: u64, data: &[u8]) {
-        let a = self.at(iova, data.len()).unwrap();
-        self.mem.lock().unwrap()[a..a + data.len()].copy_from_slice(data);
-    }
-    fn get(&self, iova: u64, len: usize) -> Vec<u8> {
-        let a = self.at(iova, len).unwrap();
-        self.mem.lock().unwrap()[a..a + len].to_vec()
-    }
-}
-
-impl Host for Window {
-    fn signal(&self, index: IrqIndex, vector: u32) -> bool {
-        self.signals.lock().unwrap().push((index, vector));
-        true
-    }
-    fn enabled(&self, index: IrqIndex) -> bool {
-        self.msix && index == IrqIndex::Msix
-    }
-    fn set_intx(&self, _: bool) {}
-    fn dma_read(&self, iova: u64, buf: &mut [u8]) -> Result<(), IommuFault> {
-        let len = buf.len() as u64;
-        let a = self
-            .at(iova, buf.len())
-            .ok_or(IommuFault::Unmapped { iova, len })?;
-        buf.copy_from_slice(&self.mem.lock().unwrap()[a..a + buf.len()]);
-        Ok(())
-    }
-    fn dma_write(&self, iova: u64, data: &[u8]) -> Result<(), IommuFault> {
-        let len = data.len() as u64;
-        let a = self
-            .at(iova, data.len())
-            .ok_or(IommuFault::Unmapped { iova, len })?;
-        if let Some((s, e)) = *self.read_only.lock().unwrap() {
-            if iova < e && iova + len > s {
-                return Err(IommuFault::Permission { iova, write: true });
-            }
-        }
-        self.mem.lock().unwrap()[a..a + data.len()].copy_from_slice(data);
-        Ok(())
-    }
-}
-
 fn ioat_device() -> (ModelDevice, Arc<Window>) {
     let dev = ModelDevice::new(Ioat::default()).unwrap();
-    let host = Window::new();
+    let host = Window::new(WINDOW, WINDOW_LEN);
     dev.set_host(host.clone());
     let cmd = dev.device().command() | pci::COMMAND_MASTER;
     dev.write_config(pci::COMMAND, &cmd.to_le_bytes()).unwrap();

@@ -5,11 +5,14 @@
 //! bus mastering off, a missing set-up step), Hopper's FSP exchange, the
 //! DMEM ports, the `id=` option, and a function-level reset.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use barmap::device::pci;
 use barmap_models::nv_falcon::{self, falcon, fbif, reg, Arch, Chip, NvFalcon, CHIPS};
-use barmap_models::{Host, IommuFault, IrqIndex, ModelDevice, Width};
+use barmap_models::{ModelDevice, Width};
+
+mod common;
+use common::Window;
 
 /// The IOVA of the test's one window of memory.
 const WINDOW: u64 = 0x10_0000;
@@ -22,57 +25,6 @@ const DST: u64 = WINDOW + 0x8000;
 /// An IOVA nothing maps.
 const UNMAPPED: u64 = 0x8000_0000;
 
-/// Surroundings with one IOVA window of memory.
-struct Window {
-    mem: Mutex<Vec<u8>>,
-}
-
-impl Window {
-    fn new() -> Arc<Window> {
-        Arc::new(Window {
-            mem: Mutex::new(vec![0; WINDOW_LEN]),
-        })
-    }
-    fn at(&self, iova: u64, len: usize) -> Option<usize> {
-        let a = iova.checked_sub(WINDOW)? as usize;
-        (a + len <= WINDOW_LEN).then_some(a)
-    }
-    fn put(&self, iova: u64, data: &[u8]) {
-        let a = self.at(iova, data.len()).unwrap();
-        self.mem.lock().unwrap()[a..a + data.len()].copy_from_slice(data);
-    }
-    fn get(&self, iova: u64, len: usize) -> Vec<u8> {
-        let a = self.at(iova, len).unwrap();
-        self.mem.lock().unwrap()[a..a + len].to_vec()
-    }
-}
-
-impl Host for Window {
-    fn signal(&self, _: IrqIndex, _: u32) -> bool {
-        panic!("the falcon raised an interrupt");
-    }
-    fn enabled(&self, _: IrqIndex) -> bool {
-        false
-    }
-    fn set_intx(&self, _: bool) {}
-    fn dma_read(&self, iova: u64, buf: &mut [u8]) -> Result<(), IommuFault> {
-        let len = buf.len() as u64;
-        let a = self
-            .at(iova, buf.len())
-            .ok_or(IommuFault::Unmapped { iova, len })?;
-        buf.copy_from_slice(&self.mem.lock().unwrap()[a..a + buf.len()]);
-        Ok(())
-    }
-    fn dma_write(&self, iova: u64, data: &[u8]) -> Result<(), IommuFault> {
-        let len = data.len() as u64;
-        let a = self
-            .at(iova, data.len())
-            .ok_or(IommuFault::Unmapped { iova, len })?;
-        self.mem.lock().unwrap()[a..a + data.len()].copy_from_slice(data);
-        Ok(())
-    }
-}
-
 /// A GPU with bus mastering on, and what the driver knows of it.
 struct Gpu {
     dev: ModelDevice,
@@ -84,7 +36,7 @@ struct Gpu {
 
 fn gpu(chip: Chip) -> Gpu {
     let dev = ModelDevice::new(NvFalcon::new(chip)).unwrap();
-    let host = Window::new();
+    let host = Window::quiet(WINDOW, WINDOW_LEN);
     dev.set_host(host.clone());
     let cmd = dev.device().command() | pci::COMMAND_MASTER;
     dev.write_config(pci::COMMAND, &cmd.to_le_bytes()).unwrap();
