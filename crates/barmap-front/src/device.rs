@@ -479,16 +479,8 @@ pub fn get_region_info(dev: &EmuDevice, arg: usize) -> Result<i64, Errno> {
                         caps.extend_from_slice(&0u32.to_ne_bytes());
                     }
                     if !whole {
-                        // struct vfio_region_info_cap_sparse_mmap.
-                        caps.extend_from_slice(&v::VFIO_REGION_INFO_CAP_SPARSE_MMAP.to_ne_bytes());
-                        caps.extend_from_slice(&1u16.to_ne_bytes()); // version
-                        caps.extend_from_slice(&0u32.to_ne_bytes()); // next
-                        caps.extend_from_slice(&(r.mmap_areas.len() as u32).to_ne_bytes());
-                        caps.extend_from_slice(&0u32.to_ne_bytes());
-                        for a in &r.mmap_areas {
-                            caps.extend_from_slice(&a.start.to_ne_bytes());
-                            caps.extend_from_slice(&(a.end - a.start).to_ne_bytes());
-                        }
+                        let areas = r.mmap_areas.iter().map(|a| (a.start, a.end - a.start));
+                        caps.extend_from_slice(&sparse_mmap_cap(areas));
                     }
                 }
             }
@@ -505,6 +497,33 @@ pub fn get_region_info(dev: &EmuDevice, arg: usize) -> Result<i64, Errno> {
         // The VGA region of a device that is no VGA device.
         _ => return Err(Errno::EINVAL),
     }
+    put_region_info(arg, info, &caps)
+}
+
+/// `struct vfio_region_info_cap_sparse_mmap` for `areas` (offset, size),
+/// the last capability of a chain.
+pub(crate) fn sparse_mmap_cap(areas: impl ExactSizeIterator<Item = (u64, u64)>) -> Vec<u8> {
+    let mut cap = Vec::new();
+    cap.extend_from_slice(&v::VFIO_REGION_INFO_CAP_SPARSE_MMAP.to_ne_bytes());
+    cap.extend_from_slice(&1u16.to_ne_bytes()); // version
+    cap.extend_from_slice(&0u32.to_ne_bytes()); // next
+    cap.extend_from_slice(&(areas.len() as u32).to_ne_bytes());
+    cap.extend_from_slice(&0u32.to_ne_bytes());
+    for (start, size) in areas {
+        cap.extend_from_slice(&start.to_ne_bytes());
+        cap.extend_from_slice(&size.to_ne_bytes());
+    }
+    cap
+}
+
+/// Writes `info` to the program's `vfio_region_info` at `arg`, with the
+/// capability chain `caps` after it when the program's `argsz` has room,
+/// else only the room it needs.
+pub(crate) fn put_region_info(
+    arg: usize,
+    mut info: v::VfioRegionInfo,
+    caps: &[u8],
+) -> Result<i64, Errno> {
     let head = std::mem::size_of::<v::VfioRegionInfo>();
     if !caps.is_empty() {
         info.flags |= v::VFIO_REGION_INFO_FLAG_CAPS;
@@ -515,7 +534,7 @@ pub fn get_region_info(dev: &EmuDevice, arg: usize) -> Result<i64, Errno> {
         } else {
             info.cap_offset = head as u32;
             // The chain's offsets are from the start of the structure.
-            user::write(arg + head, &caps)?;
+            user::write(arg + head, caps)?;
         }
     }
     user::write_struct(arg, &info, head)?;

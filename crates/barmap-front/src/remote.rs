@@ -289,31 +289,10 @@ impl RemoteDevice {
                 .iter()
                 .any(|&(s, n)| s == 0 && n >= region.size);
             if region.fd.is_some() && !whole {
-                // struct vfio_region_info_cap_sparse_mmap.
-                caps.extend_from_slice(&v::VFIO_REGION_INFO_CAP_SPARSE_MMAP.to_ne_bytes());
-                caps.extend_from_slice(&1u16.to_ne_bytes());
-                caps.extend_from_slice(&0u32.to_ne_bytes());
-                caps.extend_from_slice(&(region.areas.len() as u32).to_ne_bytes());
-                caps.extend_from_slice(&0u32.to_ne_bytes());
-                for &(start, size) in &region.areas {
-                    caps.extend_from_slice(&start.to_ne_bytes());
-                    caps.extend_from_slice(&size.to_ne_bytes());
-                }
+                caps = crate::device::sparse_mmap_cap(region.areas.iter().copied());
             }
         }
-        let head = std::mem::size_of::<v::VfioRegionInfo>();
-        if !caps.is_empty() {
-            info.flags |= v::VFIO_REGION_INFO_FLAG_CAPS;
-            let needed = (head + caps.len()) as u32;
-            if info.argsz < needed {
-                info.argsz = needed;
-            } else {
-                info.cap_offset = head as u32;
-                user::write(arg + head, &caps)?;
-            }
-        }
-        user::write_struct(arg, &info, head)?;
-        Ok(0)
+        crate::device::put_region_info(arg, info, &caps)
     }
 
     /// `pread`/`pwrite` of `len` bytes at `at` in region `index`, as
