@@ -139,22 +139,13 @@ pub fn run_side_by_side(
     let common = prepare_common(&cache)?;
     let mut results = Vec::new();
     for k in &kernels {
-        let (mut result, silent_stop) = run_kernel(k, args, &cache, &common, &progs, &extra);
-        if silent_stop {
-            let wall = result.wall_s.unwrap_or(0.0);
-            eprintln!(
-                "barmap guest: {} stopped after {wall:.1} s with no kernel message \
-                 (a silent guest reset); booting it once more",
-                k.label()
-            );
+        let (mut result, retry) = run_kernel(k, args, &cache, &common, &progs, &extra);
+        if let Some(why) = retry {
+            eprintln!("barmap guest: {}: {why}; booting it once more", k.label());
             let (mut again, _) = run_kernel(k, args, &cache, &common, &progs, &extra);
-            again.notes.insert(
-                0,
-                format!(
-                    "the first boot stopped after {wall:.1} s with no kernel message, \
-                     deadline or kill (a silent guest reset); this is the second boot"
-                ),
-            );
+            again
+                .notes
+                .insert(0, format!("the first boot: {why}; this is the second boot"));
             result = again;
         }
         results.push(result);
@@ -324,9 +315,11 @@ fn build_barmap() -> Result<PathBuf> {
     Ok(target_dir.join(triple).join("release").join("barmap"))
 }
 
-/// Boots one kernel and collects its results; the flag says whether the
-/// guest stopped silently ([`crate::console::Transcript::stopped_silently`], and QEMU was
-/// not killed), so that the caller may boot it once more.
+/// Boots one kernel and collects its results, with why the caller should
+/// boot it once more, if it should: the guest stopped silently
+/// ([`crate::console::Transcript::stopped_silently`], and QEMU was not
+/// killed), or every kernel failure was a text-patching breakpoint trap
+/// ([`report::is_text_patching_trap`]) and no seed bug.
 fn run_kernel(
     choice: &KernelChoice,
     args: &GuestArgs,
@@ -334,7 +327,7 @@ fn run_kernel(
     common: &Common,
     progs: &[HostProgram],
     extra: &[(String, PathBuf)],
-) -> (KernelResult, bool) {
+) -> (KernelResult, Option<String>) {
     let started = Instant::now();
     let mut result = KernelResult {
         kernel: choice.label(),
@@ -360,7 +353,7 @@ fn run_kernel(
             result
                 .notes
                 .push(format!("preparing the kernel failed: {e}"));
-            return (result, false);
+            return (result, None);
         }
     };
     result.release = prepared.release.clone();
@@ -390,7 +383,7 @@ fn run_kernel(
         result
             .notes
             .push(format!("writing the initramfs failed: {e}"));
-        return (result, false);
+        return (result, None);
     }
     result.prepare_s = started.elapsed().as_secs_f64();
     let console_log = runs.join(format!("{label_file}.console.log"));
@@ -415,7 +408,7 @@ fn run_kernel(
         Ok(vm) => vm,
         Err(e) => {
             result.notes.push(format!("booting failed: {e}"));
-            return (result, false);
+            return (result, None);
         }
     };
     let t = &vm.transcript;
@@ -475,5 +468,29 @@ fn run_kernel(
         Expectation::Pass => result.outcome == Outcome::Pass,
         Expectation::CaughtBug => result.outcome == Outcome::KernelFailure && seed.is_some(),
     };
-    (result, silent_stop)
+    let retry = if silent_stop {
+        let wall = result.wall_s.unwrap_or(0.0);
+        Some(format!(
+            "it stopped after {wall:.1} s with no kernel message, deadline or kill \
+             (a silent guest reset)"
+        ))
+    } else if seed.is_none()
+        && !t.kernel_events.is_empty()
+        && t.kernel_events.iter().all(report::is_text_patching_trap)
+    {
+        let e = &t.kernel_events[0];
+        let rip = e
+            .text
+            .iter()
+            .find(|l| l.contains("RIP:"))
+            .map_or("", |l| l.trim());
+        Some(format!(
+            "the kernel oopsed on a breakpoint of its own text patching, not in vfio \
+             ({}, {rip}; QEMU's TCG can run a patched int3 on another vCPU)",
+            e.headline.trim()
+        ))
+    } else {
+        None
+    };
+    (result, retry)
 }

@@ -123,6 +123,14 @@ pub fn is_seed_bug(e: &KernelEvent) -> bool {
         && e.text.iter().any(|l| l.contains("vfio_pci_mmap_fault"))
 }
 
+/// Whether `e` is a breakpoint trap (`Oops: int3`) that no vfio code
+/// raised: the kernel patching its own text (static keys, kprobes) with an
+/// int3 that another vCPU still executes after the patch, which QEMU's TCG
+/// can let happen. It says nothing of vfio-pci; the run is booted again.
+pub fn is_text_patching_trap(e: &KernelEvent) -> bool {
+    e.headline.contains("Oops: int3") && !e.text.iter().any(|l| l.contains("vfio"))
+}
+
 /// Builds the scenario results of a transcript.
 pub fn scenario_results(t: &Transcript) -> Vec<ScenarioResult> {
     t.scenarios
@@ -363,5 +371,44 @@ pub fn print_table(results: &[KernelResult]) {
         if let Some(log) = &k.console_log {
             println!("{:<10} console log: {log}", k.kernel);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_text_patching_trap;
+    use crate::console::{KernelEvent, KernelEventKind};
+
+    fn oops(headline: &str, text: &[&str]) -> KernelEvent {
+        KernelEvent {
+            kind: KernelEventKind::Oops,
+            headline: headline.into(),
+            text: text.iter().map(|l| l.to_string()).collect(),
+            device: None,
+            scenario: None,
+            round: None,
+            time_s: None,
+        }
+    }
+
+    #[test]
+    fn only_an_int3_oops_outside_vfio_is_a_text_patching_trap() {
+        let sched = [
+            "RIP: 0010:__schedule+0x30c/0x1080",
+            "worker_thread+0xa5/0x320",
+        ];
+        assert!(is_text_patching_trap(&oops(
+            "Oops: int3: 0000 [#1] SMP NOPTI",
+            &sched
+        )));
+        let vfio = ["RIP: 0010:vfio_pci_mmap_huge_fault+0x12/0x80"];
+        assert!(!is_text_patching_trap(&oops(
+            "Oops: int3: 0000 [#1] SMP NOPTI",
+            &vfio
+        )));
+        assert!(!is_text_patching_trap(&oops(
+            "Oops: general protection fault, probably for non-canonical address",
+            &sched
+        )));
     }
 }
