@@ -10,12 +10,11 @@ use std::time::{Duration, Instant};
 
 const BARMAP: &str = env!("CARGO_BIN_EXE_barmap");
 
+#[path = "../../barmap-server/tests/common/scratch.rs"]
+mod scratch;
+
 fn dir(name: &str, mode: u32) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("barmap-serve-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir(&d).unwrap();
-    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode)).unwrap();
-    d
+    scratch::scratch_dir(name, mode)
 }
 
 fn serve(sock: &Path, devices: &[&str]) -> Child {

@@ -107,12 +107,11 @@ impl Client {
     }
 }
 
+#[path = "common/scratch.rs"]
+mod scratch;
+
 fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("barmap-server-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir(&d).unwrap();
-    std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    d
+    scratch::scratch_dir(name, 0o700)
 }
 
 fn server(name: &str, models: &[&str], exclusive: bool) -> (Arc<Server>, PathBuf) {

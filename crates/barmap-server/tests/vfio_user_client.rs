@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use barmap_server::{proto, DeviceConfig, Server};
 
+#[path = "common/scratch.rs"]
+mod scratch;
+
 fn server(name: &str, model: &str, opts: &[(&str, &str)]) -> (Arc<Server>, PathBuf) {
-    let dir = std::env::temp_dir().join(format!("barmap-vu-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let dir = scratch::scratch_dir(name, 0o700);
     let path = dir.join("dev.sock");
     let opts: Vec<(String, String)> = opts
         .iter()
@@ -144,10 +144,7 @@ impl barmap_models::DeviceModel for Sparse {
 
 #[test]
 fn a_bar_with_trapped_pages_comes_with_a_sparse_mmap_capability_around_them() {
-    let dir = std::env::temp_dir().join(format!("barmap-vu-sparse-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let dir = scratch::scratch_dir("sparse", 0o700);
     let path = dir.join("dev.sock");
     let s = Server::new(
         &path,
