@@ -92,7 +92,7 @@ pub struct MapEntry {
     /// a chunk the process emptied since (MADV_DONTNEED_LOCKED, mremap) is
     /// skipped by the walk and served by its own faults, which never read
     /// the bits.
-    filled: Box<[std::sync::atomic::AtomicU64]>,
+    filled: Box<[super::sync::AtomicU64]>,
     /// Consecutive failed fills, for [`MAX_FILL_RETRIES`].
     fail_streak: AtomicU32,
     /// Thread id of the fault that first filled the mapping (for BUG reports).
@@ -323,7 +323,7 @@ impl<B: Mm> Core<B> {
                 let chunk = self.config.chunk.max(info.page_size);
                 let chunks = (info.end() - (info.start & !(chunk - 1))).div_ceil(chunk);
                 (0..chunks.div_ceil(64))
-                    .map(|_| std::sync::atomic::AtomicU64::new(0))
+                    .map(|_| super::sync::AtomicU64::new(0))
                     .collect()
             },
             fail_streak: AtomicU32::new(0),

@@ -10,7 +10,7 @@
 //! that has already been reported, and the protected state stays consistent
 //! at every unlock point, so the guard is recovered.
 
-pub use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+pub use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 pub use std::sync::Arc;
 pub use std::thread;
 

@@ -2,7 +2,7 @@
 //! shuttle's primitives, so that shuttle schedules every lock acquisition,
 //! atomic access and thread switch of the fault path.
 
-pub use shuttle::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+pub use shuttle::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 pub use shuttle::sync::Arc;
 pub use shuttle::thread;
 
