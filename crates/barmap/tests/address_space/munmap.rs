@@ -208,6 +208,7 @@ fn dropping_a_mapping_right_after_the_process_unmapped_part_of_it_unmaps_the_res
                 .unwrap();
             m.write_u64(0, 1);
             let a = m.addr();
+            assert!(is_device_view(a), "{policy}: the mapping is a device view");
             libc_munmap(a + PAGE..a + 2 * PAGE);
             drop(m);
             assert_eq!(
@@ -215,16 +216,14 @@ fn dropping_a_mapping_right_after_the_process_unmapped_part_of_it_unmaps_the_res
                 0,
                 "{policy}: round {round}: nothing left"
             );
-            assert_eq!(
-                read_at(a),
-                Err(Fault::Sigsegv),
-                "{policy}: round {round}: page 0 unmapped"
-            );
-            assert_eq!(
-                read_at(a + 3 * PAGE),
-                Err(Fault::Sigsegv),
-                "{policy}: round {round}: page 3 unmapped"
-            );
+            for page in [0, 3] {
+                let at = a + page * PAGE;
+                let read = read_at(at);
+                assert!(
+                    read == Err(Fault::Sigsegv) || !is_device_view(at),
+                    "{policy}: round {round}: page {page} unmapped, read {read:?}"
+                );
+            }
         }
     }
 }
@@ -339,4 +338,21 @@ fn threads_mapping_and_munmapping_windows_at_once_never_get_sigbus() {
         assert_eq!(rounds.iter().sum::<u64>(), 200 * THREADS as u64);
         assert_eq!(dev.mapping_count(), 0, "{policy}: every window forgotten");
     }
+}
+
+/// Whether the page at `addr` is a view of a barmap device's memory, by
+/// /proc/self/maps: once a mapping is gone the kernel may place other memory
+/// at its address (a new thread's stack), which a probe alone would take
+/// for the mapping.
+fn is_device_view(addr: usize) -> bool {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    maps.lines().any(|l| {
+        let range = l.split_whitespace().next().unwrap_or("");
+        let Some((s, e)) = range.split_once('-') else {
+            return false;
+        };
+        let s = usize::from_str_radix(s, 16).unwrap_or(usize::MAX);
+        let e = usize::from_str_radix(e, 16).unwrap_or(0);
+        s <= addr && addr < e && l.contains("memfd:barmap")
+    })
 }
