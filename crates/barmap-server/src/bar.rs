@@ -16,19 +16,62 @@
 //! holes) before it truncates, so a write that lands before the truncation
 //! is in the saved contents; restoration never copies over a page a client
 //! can already reach.
+//!
+//! ## A client that tampers with the memfd
+//!
+//! A writable shared mapping needs a file opened for writing, and any
+//! such file allows `ftruncate`, `fallocate` and `pwrite`; a memfd's seals
+//! cannot be lifted once set, and `F_SEAL_GROW`/`F_SEAL_SHRINK` would stop
+//! the server's own revocation and restoration too (the memfd is created
+//! without `MFD_ALLOW_SEALING`, so a client cannot seal it either). So a
+//! client can grow the file while it is revoked (every process's mapping
+//! then reaches fresh zero pages instead of SIGBUS), shrink it while it
+//! is live, punch holes or write it. What the server does about it:
+//!
+//! - Clients get an open of the memfd through `/proc/self/fd` (`O_RDWR`,
+//!   or `O_RDONLY` for a read-only BAR), never the memfd's own file: the
+//!   kernel reports no inotify event for `pwrite` or `fallocate` through
+//!   `memfd_create`'s pseudo file, and does through a reopen.
+//! - A watcher thread per BAR waits on inotify (`IN_MODIFY`, which
+//!   `ftruncate`, `fallocate`, `pwrite` and `truncate` on the path raise)
+//!   and, every second regardless, checks the file's size under the same
+//!   lock as revocation and restoration: while revoked, a size other than
+//!   0 is truncated to 0 again (every mapping SIGBUSes again); while live,
+//!   a size other than the BAR's is set back (what a shrink took reads as
+//!   zero, as if the client had written zeros). Each is a tamper event,
+//!   counted ([`MemBar::tampers`]) and logged.
+//! - [`MemBar::restore`] truncates the file to 0 before it copies the
+//!   contents back, so nothing a tamperer left in it survives into the
+//!   restored BAR; revocation sets the size back before it saves, and
+//!   ends revoked even when a tamperer makes the save fail.
+//!
+//! What stays open is a window, from the tamperer's call to the watcher's
+//! answer, in which mappings reach what the tamperer made (zero pages it
+//! grew, bytes it wrote), never the device's saved contents; BENCHMARKS.md
+//! measures it.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A memfd-backed BAR and its revocation state.
 #[derive(Debug)]
 pub struct MemBar {
+    state: Arc<State>,
+    /// The thread that undoes a client's changes of the file's size; ends
+    /// when the BAR is dropped.
+    watcher: Watcher,
+}
+
+/// What the BAR and its watcher share.
+#[derive(Debug)]
+struct State {
     fd: OwnedFd,
-    /// What clients get: the memfd itself, or for a read-only BAR an
-    /// `O_RDONLY` reopen of it (no writable shared mapping, no `pwrite`,
-    /// no `ftruncate` through it).
+    /// What clients get: a reopen of the memfd through /proc (`O_RDWR`,
+    /// or `O_RDONLY` for a read-only BAR: no writable shared mapping, no
+    /// `pwrite`, no `ftruncate` through it), never its pseudo file.
     client_fd: OwnedFd,
     size: u64,
     /// Clients may write it (their writes must survive a revocation).
@@ -36,6 +79,26 @@ pub struct MemBar {
     /// The contents while revoked (a memfd, so that saving costs no copy
     /// through user space and holes stay holes); `None` while live.
     saved: Mutex<Option<OwnedFd>>,
+    /// Tamper events undone so far.
+    tampers: AtomicU64,
+}
+
+/// A watcher thread and the eventfd that stops it.
+#[derive(Debug)]
+struct Watcher {
+    stop: OwnedFd,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: an 8-byte write to our eventfd.
+        unsafe { libc::write(self.stop.as_raw_fd(), one.as_ptr().cast(), 8) };
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// What one revocation or restoration cost.
@@ -61,11 +124,27 @@ pub fn memfd(name: &str, size: u64) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// An `O_RDONLY` open of the file behind `fd` (through /proc/self/fd).
-fn reopen_read_only(fd: &OwnedFd) -> io::Result<OwnedFd> {
+/// An open of the file behind `fd` through /proc/self/fd, for reading
+/// and, if `write`, writing: a file of its own (the kernel reports
+/// inotify events for it, unlike for memfd_create's pseudo file).
+fn reopen(fd: &OwnedFd, write: bool) -> io::Result<OwnedFd> {
     let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
-    let f = std::fs::OpenOptions::new().read(true).open(path)?;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(write)
+        .open(path)?;
     Ok(OwnedFd::from(f))
+}
+
+/// The size of the file behind `fd`.
+fn file_size(fd: RawFd) -> io::Result<u64> {
+    // SAFETY: stat is plain data, filled by fstat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat on an fd we own into a local.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.st_size as u64)
 }
 
 fn truncate(fd: RawFd, size: u64) -> io::Result<()> {
@@ -242,22 +321,153 @@ fn capture(fd: RawFd, keep: RawFd, size: u64) -> io::Result<u64> {
     Ok(size)
 }
 
+/// How long the watcher waits for an event before it checks anyway.
+const WATCH_BACKSTOP: Duration = Duration::from_secs(1);
+
+impl State {
+    /// Sets the file's size back to what the BAR's state says (0 while
+    /// revoked, the BAR's size while live) if a client changed it; the
+    /// caller holds `saved`. Returns whether it had to.
+    fn undo_size(&self, revoked: bool) -> io::Result<bool> {
+        let want = if revoked { 0 } else { self.size };
+        let have = file_size(self.fd.as_raw_fd())?;
+        if have == want {
+            return Ok(false);
+        }
+        truncate(self.fd.as_raw_fd(), want)?;
+        self.tampers.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            "memory BAR memfd: a client set its size to {have} while {}; set back to {want}",
+            if revoked { "revoked" } else { "live" }
+        );
+        Ok(true)
+    }
+
+    /// What the watcher does on every event: checks the size under the
+    /// lock revocation and restoration hold.
+    fn check(&self) {
+        let saved = self.saved.lock().unwrap();
+        if let Err(e) = self.undo_size(saved.is_some()) {
+            tracing::error!("memory BAR memfd: setting its size back: {e}");
+        }
+    }
+}
+
+/// `inotify_init1` watching `fd`'s file (through /proc/self/fd) for
+/// `IN_MODIFY`.
+fn inotify_on(fd: &OwnedFd) -> io::Result<OwnedFd> {
+    // SAFETY: inotify_init1 returns a new fd, owned below.
+    let i = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
+    if i < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: i is new and ours.
+    let i = unsafe { OwnedFd::from_raw_fd(i) };
+    let path = std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map_err(|_| io::ErrorKind::InvalidInput)?;
+    // SAFETY: i is our inotify fd; path is a valid C string.
+    if unsafe { libc::inotify_add_watch(i.as_raw_fd(), path.as_ptr(), libc::IN_MODIFY) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(i)
+}
+
+/// A new eventfd (non-blocking).
+fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd returns a new fd, owned below.
+    let e = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if e < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: e is new and ours.
+    Ok(unsafe { OwnedFd::from_raw_fd(e) })
+}
+
+/// Waits for `ino` or `stop` to be readable, at most `timeout`; returns
+/// (events pending, stop asked).
+fn wait(ino: RawFd, stop: RawFd, timeout: Duration) -> (bool, bool) {
+    let mut p = [
+        libc::pollfd {
+            fd: ino,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: stop,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    let ms = timeout.as_millis().min(libc::c_int::MAX as u128) as libc::c_int;
+    // SAFETY: p is a valid array of two pollfds.
+    let n = unsafe { libc::poll(p.as_mut_ptr(), 2, ms) };
+    if n <= 0 {
+        return (false, false);
+    }
+    (p[0].revents != 0, p[1].revents != 0)
+}
+
+/// Reads and discards the inotify events pending on `ino`.
+fn drain(ino: RawFd) {
+    let mut buf = [0u8; 4096];
+    // SAFETY: reads into a local buffer of its size; ino is non-blocking.
+    while unsafe { libc::read(ino, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+}
+
+/// The watcher's loop: on every event (read before the check, so that a
+/// change after the check raises another), and every
+/// [`WATCH_BACKSTOP`] regardless, sets the size back; ends when `stop`
+/// is written.
+fn watch_loop(state: Arc<State>, ino: OwnedFd, stop: RawFd) {
+    loop {
+        let (_, stopped) = wait(ino.as_raw_fd(), stop, WATCH_BACKSTOP);
+        if stopped {
+            return;
+        }
+        drain(ino.as_raw_fd());
+        state.check();
+    }
+}
+
 impl MemBar {
     /// A BAR of `size` bytes (all zero) whose first bytes are `init`;
-    /// `writable` says whether clients may write it.
+    /// `writable` says whether clients may write it. Starts its watcher.
     pub fn new(name: &str, size: u64, init: &[u8], writable: bool) -> io::Result<MemBar> {
+        Self::build(name, size, init, writable, true)
+    }
+
+    /// [`MemBar::new`]; the watcher's thread only waits for its stop
+    /// unless `watch` (for tests of what restoration alone does).
+    fn build(name: &str, size: u64, init: &[u8], writable: bool, watch: bool) -> io::Result<MemBar> {
         let fd = memfd(name, size)?;
-        let client_fd = if writable {
-            fd.try_clone()?
-        } else {
-            reopen_read_only(&fd)?
-        };
-        let bar = MemBar {
+        let client_fd = reopen(&fd, writable)?;
+        let state = Arc::new(State {
             fd,
             client_fd,
             size,
             writable,
             saved: Mutex::new(None),
+            tampers: AtomicU64::new(0),
+        });
+        let ino = inotify_on(&state.fd)?;
+        let stop = eventfd()?;
+        let raw_stop = stop.as_raw_fd();
+        let s = state.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("{name}-watch"))
+            .spawn(move || {
+                if watch {
+                    watch_loop(s, ino, raw_stop)
+                } else {
+                    wait(raw_stop, raw_stop, Duration::MAX);
+                }
+            })?;
+        let bar = MemBar {
+            state,
+            watcher: Watcher {
+                stop,
+                thread: Some(thread),
+            },
         };
         bar.write_init(init)?;
         Ok(bar)
@@ -268,44 +478,73 @@ impl MemBar {
         if init.is_empty() {
             return Ok(());
         }
-        let saved = self.saved.lock().unwrap();
-        let fd = saved.as_ref().unwrap_or(&self.fd);
+        let saved = self.state.saved.lock().unwrap();
+        let fd = saved.as_ref().unwrap_or(&self.state.fd);
         pwrite_all(fd.as_raw_fd(), init, 0)
     }
 
-    /// The fd clients map: the memfd, or a read-only reopen of it.
+    /// The fd clients map: a reopen of the memfd, read-write or read-only.
     pub fn client_fd(&self) -> &OwnedFd {
-        &self.client_fd
+        &self.state.client_fd
     }
 
     /// Size in bytes.
     pub fn size(&self) -> u64 {
-        self.size
+        self.state.size
     }
 
     /// Whether the BAR is revoked (its memfd truncated).
     pub fn is_revoked(&self) -> bool {
-        self.saved.lock().unwrap().is_some()
+        self.state.saved.lock().unwrap().is_some()
+    }
+
+    /// Tamper events so far: times a client had changed the memfd's size
+    /// and the server set it back.
+    pub fn tampers(&self) -> u64 {
+        self.state.tampers.load(Ordering::Relaxed)
+    }
+
+    /// Whether the watcher thread is running (it ends only on drop).
+    pub fn watching(&self) -> bool {
+        self.watcher
+            .thread
+            .as_ref()
+            .is_some_and(|t| !t.is_finished())
     }
 
     /// Saves the contents and truncates the memfd to 0: every mapping in
     /// every process SIGBUSes on touch from when this returns. Nothing to
-    /// do if already revoked.
+    /// do if already revoked. A client that changes the file's size while
+    /// it saves can make the save fail: it is tried again (the size set
+    /// back first), and after the last failure the memfd is truncated all
+    /// the same (revoked, with what was saved) and the error returned.
     pub fn revoke(&self) -> io::Result<Cost> {
+        let st = &*self.state;
         let start = Instant::now();
-        let mut saved = self.saved.lock().unwrap();
+        let mut saved = st.saved.lock().unwrap();
         if saved.is_some() {
             return Ok(Cost::default());
         }
-        let keep = memfd("barmap-bar-saved", self.size)?;
-        let bytes = if self.writable {
-            capture(self.fd.as_raw_fd(), keep.as_raw_fd(), self.size)?
-        } else {
-            let bytes = copy_data(self.fd.as_raw_fd(), keep.as_raw_fd(), self.size)?;
-            truncate(self.fd.as_raw_fd(), 0)?;
-            bytes
-        };
+        let keep = memfd("barmap-bar-saved", st.size)?;
+        let mut result = Err(io::ErrorKind::Other.into());
+        for _ in 0..3 {
+            if let Err(e) = st.undo_size(false) {
+                result = Err(e);
+                continue;
+            }
+            result = if st.writable {
+                capture(st.fd.as_raw_fd(), keep.as_raw_fd(), st.size)
+            } else {
+                copy_data(st.fd.as_raw_fd(), keep.as_raw_fd(), st.size)
+            };
+            if result.is_ok() {
+                break;
+            }
+        }
+        let truncated = truncate(st.fd.as_raw_fd(), 0);
         *saved = Some(keep);
+        let bytes = result?;
+        truncated?;
         Ok(Cost {
             bytes,
             time: start.elapsed(),
@@ -315,17 +554,23 @@ impl MemBar {
     /// Grows the memfd back and copies the saved contents in: mappings
     /// reach the BAR again. Nothing to do if not revoked.
     pub fn restore(&self) -> io::Result<Cost> {
+        let st = &*self.state;
         let start = Instant::now();
-        let mut saved = self.saved.lock().unwrap();
+        let mut saved = st.saved.lock().unwrap();
         let Some(keep) = saved.as_ref() else {
             return Ok(Cost::default());
         };
+        // While revoked no client can write the BAR (every touch is SIGBUS,
+        // every write by message goes to the saved copy): whatever the file
+        // holds was put there by a client that tampered with it. Emptied
+        // first, so that none of it stays in the holes the copy skips.
+        truncate(st.fd.as_raw_fd(), 0)?;
         // The copy grows the file as it goes, in ascending offsets: a page
         // a client can reach again already holds its contents, and a write
         // a client makes to it is never copied over. (Growing first and
         // copying after would overwrite the writes made in between.)
-        let bytes = copy_data(keep.as_raw_fd(), self.fd.as_raw_fd(), self.size)?;
-        truncate(self.fd.as_raw_fd(), self.size)?;
+        let bytes = copy_data(keep.as_raw_fd(), st.fd.as_raw_fd(), st.size)?;
+        truncate(st.fd.as_raw_fd(), st.size)?;
         *saved = None;
         Ok(Cost {
             bytes,
@@ -337,15 +582,15 @@ impl MemBar {
     /// or, while revoked, the saved copy (the device's own view: the
     /// server reads it for the control socket, never for a client).
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        let saved = self.saved.lock().unwrap();
-        let fd = saved.as_ref().unwrap_or(&self.fd);
+        let saved = self.state.saved.lock().unwrap();
+        let fd = saved.as_ref().unwrap_or(&self.state.fd);
         pread_all(fd.as_raw_fd(), buf, offset)
     }
 
     /// Writes at `offset` (bounds checked by the caller).
     pub fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        let saved = self.saved.lock().unwrap();
-        let fd = saved.as_ref().unwrap_or(&self.fd);
+        let saved = self.state.saved.lock().unwrap();
+        let fd = saved.as_ref().unwrap_or(&self.state.fd);
         pwrite_all(fd.as_raw_fd(), data, offset)
     }
 }
@@ -390,4 +635,74 @@ pub fn pwrite_all(fd: RawFd, mut data: &[u8], mut offset: u64) -> io::Result<()>
         offset += n as u64;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watchers(name: &str) -> usize {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|c| c.trim_end() == name)
+            .count()
+    }
+
+    #[test]
+    fn restoration_drops_what_a_tamperer_left_in_the_revoked_file() {
+        // No watcher: what restoration does by itself, whatever the race.
+        let bar = MemBar::build("t-restore", 1 << 20, b"dev", true, false).unwrap();
+        bar.write(8192, b"kept").unwrap();
+        bar.revoke().unwrap();
+        let c = bar.client_fd().as_raw_fd();
+        truncate(c, 1 << 20).unwrap();
+        pwrite_all(c, b"evil", 4 * 4096).unwrap();
+        pwrite_all(c, b"evil", 8192).unwrap();
+        bar.restore().unwrap();
+        let mut b = [0u8; 4];
+        bar.read(0, &mut b[..3]).unwrap();
+        assert_eq!(&b[..3], b"dev");
+        bar.read(8192, &mut b).unwrap();
+        assert_eq!(&b, b"kept", "the device's word, not the tamperer's");
+        bar.read(4 * 4096, &mut b).unwrap();
+        assert_eq!(b, [0; 4], "a hole of the saved contents stays zero");
+        assert_eq!(file_size(bar.state.fd.as_raw_fd()).unwrap(), 1 << 20);
+    }
+
+    #[test]
+    fn revocation_ends_revoked_when_a_tamperer_shrank_the_live_file() {
+        let bar = MemBar::build("t-shrunk", 1 << 20, b"", true, false).unwrap();
+        bar.write(4096, b"word").unwrap();
+        truncate(bar.client_fd().as_raw_fd(), 4096).unwrap();
+        bar.revoke().unwrap();
+        assert!(bar.is_revoked());
+        assert_eq!(bar.tampers(), 1, "the shrink is a tamper event");
+        assert_eq!(file_size(bar.state.fd.as_raw_fd()).unwrap(), 0);
+        let mut b = [0u8; 4];
+        bar.read(4096, &mut b).unwrap();
+        assert_eq!(b, [0; 4], "what the shrink took reads as zero");
+    }
+
+    #[test]
+    fn the_watcher_thread_ends_when_the_bar_is_dropped() {
+        let bar = MemBar::new("t-leak", 4096, b"", true).unwrap();
+        assert!(bar.watching());
+        assert_eq!(watchers("t-leak-watch"), 1);
+        drop(bar);
+        assert_eq!(watchers("t-leak-watch"), 0);
+    }
+
+    #[test]
+    fn the_watcher_sets_the_size_back_after_a_grow_while_revoked() {
+        let bar = MemBar::new("t-grow", 1 << 16, b"", true).unwrap();
+        bar.revoke().unwrap();
+        truncate(bar.client_fd().as_raw_fd(), 1 << 16).unwrap();
+        let t = Instant::now();
+        while file_size(bar.state.fd.as_raw_fd()).unwrap() != 0 {
+            assert!(t.elapsed() < Duration::from_secs(10), "never truncated");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(bar.tampers(), 1);
+    }
 }

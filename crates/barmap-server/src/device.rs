@@ -55,6 +55,10 @@ pub struct DeviceCounters {
     pub connections: u64,
     /// Clients refused (exclusive device held, device removed).
     pub refused: u64,
+    /// Tamper events: times a client had changed a memory BAR memfd's
+    /// size (grown while revoked, shrunk or grown while live) and the
+    /// server set it back (see [`crate::bar`]).
+    pub tampers: u64,
 }
 
 /// A device the server holds.
@@ -219,6 +223,7 @@ impl ServedDevice {
     pub fn counters(&self) -> DeviceCounters {
         let mut c = *self.counters.lock().unwrap();
         c.messages = self.messages.load(Ordering::Relaxed);
+        c.tampers = self.bars.iter().flatten().map(|(b, _)| b.tampers()).sum();
         c
     }
 
