@@ -652,10 +652,14 @@ mod tests {
     #[test]
     fn restoration_drops_what_a_tamperer_left_in_the_revoked_file() {
         // No watcher: what restoration does by itself, whatever the race.
-        let bar = MemBar::build("t-restore", 1 << 20, b"dev", true, false).unwrap();
+        // A read-only BAR, whose saved contents keep their holes (a
+        // writable one's are populated whole); its O_RDONLY fd reopens
+        // read-write through /proc, as a hostile client would.
+        let bar = MemBar::build("t-restore", 1 << 20, b"dev", false, false).unwrap();
         bar.write(8192, b"kept").unwrap();
         bar.revoke().unwrap();
-        let c = bar.client_fd().as_raw_fd();
+        let rw = reopen(bar.client_fd(), true).unwrap();
+        let c = rw.as_raw_fd();
         truncate(c, 1 << 20).unwrap();
         pwrite_all(c, b"evil", 4 * 4096).unwrap();
         pwrite_all(c, b"evil", 8192).unwrap();
