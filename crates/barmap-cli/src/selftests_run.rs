@@ -39,11 +39,45 @@ pub struct SelftestsArgs {
     served: bool,
 }
 
+/// A private directory of this process: made by `mkdtemp` (a name nobody
+/// can predict, created exclusively), mode 0700, removed with what it
+/// holds when dropped (on every return, error or unwind).
+struct PrivateDir(PathBuf);
+
+impl PrivateDir {
+    /// A fresh `PREFIX-XXXXXX` in the temporary directory.
+    fn new(prefix: &str) -> Result<PrivateDir, String> {
+        use std::os::unix::ffi::OsStringExt;
+        let template = std::env::temp_dir().join(format!("{prefix}-XXXXXX"));
+        let mut t = std::ffi::CString::new(template.into_os_string().into_vec())
+            .map_err(|e| e.to_string())?
+            .into_bytes_with_nul();
+        // SAFETY: mkdtemp rewrites the trailing XXXXXX of our NUL-terminated
+        // buffer in place; null on failure.
+        if unsafe { libc::mkdtemp(t.as_mut_ptr().cast()) }.is_null() {
+            return Err(format!("mkdtemp: {}", std::io::Error::last_os_error()));
+        }
+        t.pop();
+        let dir = PrivateDir(PathBuf::from(std::ffi::OsString::from_vec(t)));
+        // mkdtemp makes it 0700 less the umask; exactly 0700.
+        std::fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(|e| format!("{}: {e}", dir.0.display()))?;
+        Ok(dir)
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A device served by barmap-server on a private socket for one binary's
 /// run; stopped and removed when dropped.
 struct ServedDevice {
     server: std::sync::Arc<barmap_server::Server>,
-    dir: PathBuf,
+    /// Dropped after the server stops (fields drop after `Drop::drop`).
+    _dir: PrivateDir,
 }
 
 impl ServedDevice {
@@ -51,16 +85,8 @@ impl ServedDevice {
     /// spec of its vfio-user socket.
     fn start(device: &str, policy: Policy) -> Result<(ServedDevice, DeviceSpec), String> {
         let model = DeviceSpec::parse(device, policy)?.model()?;
-        let dir = std::env::temp_dir().join(format!(
-            "barmap-selftests-{}-{}",
-            std::process::id(),
-            device.replace(',', "-")
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .map_err(|e| format!("{}: {e}", dir.display()))?;
-        let socket = dir.join("s");
+        let dir = PrivateDir::new("barmap-selftests")?;
+        let socket = dir.0.join("s");
         let config = barmap_server::DeviceConfig {
             name: device.to_string(),
             model,
@@ -69,7 +95,7 @@ impl ServedDevice {
         let server = barmap_server::Server::new(&socket, vec![config])
             .and_then(|s| s.start().map(|()| s))
             .map_err(|e| e.to_string())?;
-        let served = ServedDevice { server, dir };
+        let served = ServedDevice { server, _dir: dir };
         let spec = DeviceSpec::parse(&format!("vfio-user:{}", socket.display()), policy)?;
         Ok((served, spec))
     }
@@ -78,7 +104,6 @@ impl ServedDevice {
 impl Drop for ServedDevice {
     fn drop(&mut self) {
         self.server.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
