@@ -1255,3 +1255,16 @@ fn received_container_and_group_fds_open_the_device_as_dpdks_secondary_does() {
         &["--shared"],
     );
 }
+
+// --- a client that tampers with a served BAR's memfd ---
+//
+// A program that finds the memfd barmap's client received and changes its
+// size undoes no revocation: `barmap serve`'s watcher sets it back.
+
+#[test]
+fn a_tampered_bar_memfd_is_revoked_again_and_restores_the_devices_contents() {
+    passes_against_barmap_serve(
+        "default,memory=64K",
+        "a_tampered_bar_memfd_is_revoked_again_and_restores_the_devices_contents",
+    );
+}
