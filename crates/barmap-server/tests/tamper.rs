@@ -56,7 +56,11 @@ fn bar_fd(path: &Path) -> (UnixStream, OwnedFd) {
     p.resize(32, 0);
     let info = call(2, proto::DEVICE_GET_REGION_INFO, &p);
     assert_eq!(info.payload.u64_at(16), Some(SIZE as u64));
-    let fd = info.fds.into_iter().next().expect("BAR 2 comes with its fd");
+    let fd = info
+        .fds
+        .into_iter()
+        .next()
+        .expect("BAR 2 comes with its fd");
     (sock, fd)
 }
 
@@ -156,7 +160,10 @@ fn a_grow_and_pwrite_while_revoked_is_undone_and_restoration_brings_the_devices_
             assert_eq!(libc::ftruncate(fd, SIZE as i64), 0);
             let evil = [0xeeu8; 8];
             assert_eq!(libc::pwrite(fd, evil.as_ptr().cast(), 8, 4096), 8);
-            assert_eq!(libc::pwrite(fd, evil.as_ptr().cast(), 8, SIZE as i64 / 2), 8);
+            assert_eq!(
+                libc::pwrite(fd, evil.as_ptr().cast(), 8, SIZE as i64 / 2),
+                8
+            );
         }
     });
     eventually("a touch SIGBUSes again after the tamperer's grow", || {
@@ -164,8 +171,16 @@ fn a_grow_and_pwrite_while_revoked_is_undone_and_restoration_brings_the_devices_
     });
     assert!(tampers(&s) >= 1);
     ctl(&s, "command-mem", Some(true));
-    assert_eq!(child_touch(p.wrapping_add(4096)), Ok(0x5a), "the device's byte");
-    assert_eq!(child_touch(p.wrapping_add(SIZE / 2)), Ok(0), "not the tamperer's");
+    assert_eq!(
+        child_touch(p.wrapping_add(4096)),
+        Ok(0x5a),
+        "the device's byte"
+    );
+    assert_eq!(
+        child_touch(p.wrapping_add(SIZE / 2)),
+        Ok(0),
+        "not the tamperer's"
+    );
     s.stop();
 }
 
