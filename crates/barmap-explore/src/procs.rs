@@ -11,7 +11,9 @@
 //! loop while memory is revoked, reset or put in D3hot by the explorer or
 //! by another client), read and write by message, pass the BAR's file
 //! descriptor to another client over `SCM_RIGHTS`, fork, exit, or be
-//! SIGKILLed (also in the middle of its loop).
+//! SIGKILLed (also in the middle of its loop), or tamper with the BAR's
+//! file itself (grow it while revoked, shrink it or punch a hole while
+//! live, `pwrite` it), as a hostile client can.
 //!
 //! The reference model ([`ProcModel`]) holds the BAR's words and the
 //! device's COMMAND.MEM and power state, and predicts every observation:
@@ -20,7 +22,12 @@
 //! memory is re-enabled, a killed client changes nothing for the others
 //! (the words it was writing hold the old value or one it wrote), and the
 //! server keeps serving (every wait is bounded; a client that does not
-//! answer in time is a failure).
+//! answer in time is a failure). After a tamper, the explorer waits
+//! (bounded) for the server's watcher to set the file's size back, and the
+//! model predicts the tamper events it counted and the words: a tamper
+//! while revoked changes nothing (every touch is SIGBUS again, the contents
+//! after re-enable are the model's); while live, a shrink or a punched hole
+//! zeroes the words it took and a `pwrite` is a write.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -68,6 +75,20 @@ pub enum Disturb {
     Power,
     /// The looping client is SIGKILLed.
     Kill,
+}
+
+/// How a client tampers with the BAR's file (its fd, not its mapping).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Tamper {
+    /// `ftruncate` to the BAR's size (a grow while revoked).
+    Grow,
+    /// `ftruncate` to the start of the word's page (while revoked, to
+    /// anything but 0, a grow).
+    Shrink,
+    /// `fallocate(PUNCH_HOLE | KEEP_SIZE)` of the word's page.
+    Punch,
+    /// `pwrite` of a value at the word (while revoked, a grow).
+    Pwrite(u64),
 }
 
 /// One step of the process mode. Clients are named by selectors resolved
@@ -165,6 +186,16 @@ pub enum POp {
         /// Client selector.
         c: u8,
     },
+    /// A client tampers with the BAR's file through the fd it holds; the
+    /// explorer then waits for the server to set the size back.
+    Tamper {
+        /// Client selector.
+        c: u8,
+        /// Word selector (where a shrink, punch or pwrite lands).
+        word: u32,
+        /// What it does.
+        how: Tamper,
+    },
     /// The explorer reads words through the device's own view, and counts
     /// the connections the server holds.
     Check {
@@ -195,6 +226,12 @@ impl POp {
             POp::Exit { .. } => "proc_exit",
             POp::Kill { .. } => "proc_kill",
             POp::Check { .. } => "proc_check",
+            POp::Tamper { how, .. } => match how {
+                Tamper::Grow => "proc_tamper_grow",
+                Tamper::Shrink => "proc_tamper_shrink",
+                Tamper::Punch => "proc_tamper_punch",
+                Tamper::Pwrite(_) => "proc_tamper_pwrite",
+            },
         }
     }
 
@@ -263,6 +300,10 @@ impl POp {
                 push(POp::Touch { c, word: 0, write });
             }
             POp::Config { by: Some(_), act } => push(POp::Config { by: None, act }),
+            POp::Tamper { c, word, how } => {
+                push(POp::Tamper { c: 0, word, how });
+                push(POp::Tamper { c, word: 0, how });
+            }
             _ => {}
         }
         out
@@ -287,7 +328,17 @@ pub fn generate(rng: &mut Rng, m: &ProcModel) -> POp {
         [Act::MemOff, Act::MemOn, Act::Reset, Act::D3, Act::D0][k as usize]
     };
     match rng.below(100) {
-        0..=29 => POp::Touch {
+        0..=3 => POp::Tamper {
+            c,
+            word,
+            how: match rng.below(4) {
+                0 => Tamper::Grow,
+                1 => Tamper::Shrink,
+                2 => Tamper::Punch,
+                _ => Tamper::Pwrite(rng.next_u64()),
+            },
+        },
+        4..=29 => POp::Touch {
             c,
             word,
             write: rng.chance(1, 2).then(|| rng.next_u64()),
@@ -475,6 +526,11 @@ impl ProcModel {
             }
             POp::Exit { c } | POp::Kill { c } => p.c = pick(c)?,
             POp::Check { word } => p.word = word as usize % self.words,
+            POp::Tamper { c, word, .. } => {
+                p.c = pick(c)?;
+                p.word = word as usize % self.words;
+                self.clients[p.c].fd.then_some(())?
+            }
         }
         Some(p)
     }
@@ -489,6 +545,44 @@ impl ProcModel {
                 if self.mutate_reset {
                     self.mem.iter_mut().for_each(|w| *w = 0);
                 }
+            }
+        }
+    }
+
+    /// The page of word `w`: its first word and the word past it.
+    fn page_of(&self, w: usize) -> (usize, usize) {
+        let first = w / 512 * 512;
+        (first, (first + 512).min(self.words))
+    }
+
+    /// Applies a tamper at word `w`; returns the tamper events the server
+    /// counts for it (the file's size changed away from what the BAR's
+    /// state says: 0 while revoked, the BAR's size while live).
+    fn tamper(&mut self, how: Tamper, w: usize) -> u64 {
+        let (first, end) = self.page_of(w);
+        if !self.enabled() {
+            // Every change is undone; the saved contents are untouched.
+            return match how {
+                Tamper::Grow | Tamper::Pwrite(_) => 1,
+                Tamper::Shrink => u64::from(first > 0),
+                Tamper::Punch => 0,
+            };
+        }
+        match how {
+            Tamper::Grow => 0,
+            Tamper::Shrink => {
+                // What the shrink cut off reads as zero once the size is
+                // set back.
+                self.mem[first..].iter_mut().for_each(|v| *v = 0);
+                1
+            }
+            Tamper::Punch => {
+                self.mem[first..end].iter_mut().for_each(|v| *v = 0);
+                0
+            }
+            Tamper::Pwrite(v) => {
+                self.mem[w] = v;
+                0
             }
         }
     }
@@ -574,6 +668,17 @@ impl ProcModel {
                 let mut e = vec![Exp::Is(Obs::Api(Ok(Val::U64(self.connections()))))];
                 e.push(Exp::Is(Obs::Api(Ok(Val::U64(self.mem[plan.word])))));
                 e
+            }
+            POp::Tamper { how, .. } => {
+                // The calls succeed; then the tamper events the server
+                // counted (a change of the file's size it set back), then
+                // the word as the device holds it.
+                let events = self.tamper(how, plan.word);
+                vec![
+                    ok(),
+                    Exp::Is(Obs::Api(Ok(Val::U64(events)))),
+                    Exp::Is(Obs::Api(Ok(Val::U64(self.mem[plan.word])))),
+                ]
             }
             POp::Loop {
                 words,
@@ -682,6 +787,7 @@ mod cmd {
     pub const MSG_READ: u64 = 8;
     pub const MSG_WRITE: u64 = 9;
     pub const EXIT: u64 = 10;
+    pub const TAMPER: u64 = 11;
     /// The loop's first message: it has started.
     pub const STARTED: u64 = 100;
 }
@@ -1090,6 +1196,11 @@ impl Client {
                         reply(&[0, pid as u64], Some(mine.as_raw_fd()));
                     }
                 }
+                cmd::TAMPER => {
+                    let fd = self.fd.as_ref().map_or(-1, |f| f.as_raw_fd());
+                    let r = tamper_fd(fd, self.size, arg(1), arg(2), arg(3));
+                    reply(&errno_reply(r), None);
+                }
                 cmd::GIVE_FD => match &self.fd {
                     Some(f) => reply(&[0], Some(f.as_raw_fd())),
                     None => reply(&[libc::EBADF as u64], None),
@@ -1129,6 +1240,41 @@ impl Client {
             }
         }
     }
+}
+
+/// A client's tamper with the BAR's file `fd` of `size` bytes: `kind` 0
+/// grows it to `size`, 1 shrinks it to the start of word `w`'s page, 2
+/// punches that page, 3 pwrites `v` at word `w`.
+fn tamper_fd(fd: RawFd, size: u64, kind: u64, w: u64, v: u64) -> Result<(), i32> {
+    let page = (w * 8) & !4095;
+    // SAFETY: system calls on the client's own fd with a local buffer.
+    let r = unsafe {
+        match kind {
+            0 => libc::ftruncate(fd, size as libc::off_t) as isize,
+            1 => libc::ftruncate(fd, page as libc::off_t) as isize,
+            2 => libc::fallocate(
+                fd,
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                page as libc::off_t,
+                4096,
+            ) as isize,
+            _ => {
+                let b = v.to_ne_bytes();
+                let n = libc::pwrite(fd, b.as_ptr().cast(), 8, (w * 8) as libc::off_t);
+                if n == 8 {
+                    0
+                } else {
+                    -1
+                }
+            }
+        }
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO));
+    }
+    Ok(())
 }
 
 /// The body of a client forked by the explorer: connect, take the BAR's
@@ -1435,6 +1581,38 @@ impl ProcSut {
             POp::Kill { .. } => {
                 self.kill(c)?;
                 vec![api(Ok(Val::Unit))]
+            }
+            POp::Tamper { how, .. } => {
+                let bar = self.dev().mem_bar(BAR).ok_or("no memory BAR")?;
+                let before = bar.tampers();
+                let (kind, v) = match how {
+                    Tamper::Grow => (0, 0),
+                    Tamper::Shrink => (1, 0),
+                    Tamper::Punch => (2, 0),
+                    Tamper::Pwrite(v) => (3, v),
+                };
+                let (r, _) = self.call(c, &[cmd::TAMPER, kind, plan.word as u64, v], None)?;
+                let first = api(Self::status(&r));
+                // The server's answer: the size as the BAR's state says
+                // (read under the lock the watcher fixes it under, so its
+                // count is in as well).
+                let bar = self.dev().mem_bar(BAR).ok_or("no memory BAR")?;
+                let want = if bar.is_revoked() { 0 } else { bar.size() };
+                let t0 = Instant::now();
+                while bar.file_len().map_err(|e| e.to_string())? != want {
+                    if t0.elapsed() > self.timeout {
+                        return Err(format!(
+                            "the server did not set the BAR's size back within {:?}",
+                            self.timeout
+                        ));
+                    }
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+                vec![
+                    first,
+                    api(Ok(Val::U64(bar.tampers() - before))),
+                    self.device_word(plan.word),
+                ]
             }
             POp::Check { .. } => {
                 let want = model.connections() as usize;

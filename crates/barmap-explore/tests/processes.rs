@@ -50,6 +50,10 @@ fn clients_of_a_served_device_match_the_model_and_every_kind_runs() {
         "proc_exit",
         "proc_kill",
         "proc_check",
+        "proc_tamper_grow",
+        "proc_tamper_shrink",
+        "proc_tamper_punch",
+        "proc_tamper_pwrite",
     ] {
         assert!(kinds.contains(kind), "{kind} never ran: {kinds:?}");
     }
@@ -98,5 +102,70 @@ fn writes_that_complete_while_memory_is_revoked_and_restored_are_never_lost() {
         if let Some(m) = barmap_explore::replay(&cfg, &ops) {
             panic!("{}", serde_json::to_string(&m).unwrap());
         }
+    }
+}
+
+/// A client that tampers with the BAR's file (grows it while revoked,
+/// pwrites it, shrinks it and punches a hole while live) undoes no
+/// revocation: the other client's touch is SIGBUS again once the server
+/// answers, the contents after re-enable are the model's, and the words
+/// a live shrink or hole took read zero.
+#[test]
+fn a_client_that_tampers_with_the_bar_file_undoes_no_revocation() {
+    use barmap_explore::procs::{Act, POp, Tamper};
+    let p = |op| Op::Proc(op);
+    let mut ops = vec![p(POp::Spawn), p(POp::Spawn)];
+    ops.push(p(POp::Map { c: 0 }));
+    for (k, word) in [0u32, 600, 1100].into_iter().enumerate() {
+        ops.push(p(POp::Touch {
+            c: 0,
+            word,
+            write: Some(0x1111 * (k as u64 + 1)),
+        }));
+    }
+    ops.push(p(POp::Config {
+        by: None,
+        act: Act::MemOff,
+    }));
+    for how in [Tamper::Grow, Tamper::Pwrite(0xee), Tamper::Shrink] {
+        ops.push(p(POp::Tamper {
+            c: 1,
+            word: 600,
+            how,
+        }));
+        ops.push(p(POp::Touch {
+            c: 0,
+            word: 600,
+            write: None,
+        }));
+    }
+    ops.push(p(POp::Config {
+        by: None,
+        act: Act::MemOn,
+    }));
+    for word in [0u32, 600, 1100] {
+        ops.push(p(POp::Touch {
+            c: 0,
+            word,
+            write: None,
+        }));
+    }
+    for how in [Tamper::Punch, Tamper::Shrink, Tamper::Pwrite(0x77)] {
+        ops.push(p(POp::Tamper {
+            c: 1,
+            word: 600,
+            how,
+        }));
+        for word in [0u32, 600, 1100] {
+            ops.push(p(POp::Touch {
+                c: 0,
+                word,
+                write: None,
+            }));
+        }
+    }
+    let cfg = config(0, 0);
+    if let Some(m) = barmap_explore::replay(&cfg, &ops) {
+        panic!("{}", serde_json::to_string(&m).unwrap());
     }
 }

@@ -523,6 +523,13 @@ impl MemBar {
         self.state.tampers.load(Ordering::Relaxed)
     }
 
+    /// The memfd's size now, read under the lock the watcher sets it back
+    /// under (so a tamper event it counted is in [`MemBar::tampers`]).
+    pub fn file_len(&self) -> io::Result<u64> {
+        let _saved = self.state.saved.lock().unwrap();
+        file_size(self.state.fd.as_raw_fd())
+    }
+
     /// Whether the watcher thread is running (it ends only on drop).
     pub fn watching(&self) -> bool {
         self.watcher
