@@ -32,8 +32,11 @@
 //! server saves the contents and truncates the memfd to 0: every mapping
 //! of it, in every process, gets SIGBUS on its next touch, with nothing
 //! asked of the client (QEMU, a stopped process, anything). Re-enabling
-//! grows it back and copies the contents back. See ARCHITECTURE.md for
-//! what is exact and what is contained.
+//! grows it back and copies the contents back. A client that changes the
+//! file's size itself (grows it while revoked, shrinks it while live) is
+//! undone by a watcher thread per BAR and counted (`tampers` in the
+//! device's counters); see [`bar`]. See ARCHITECTURE.md for what is exact
+//! and what is contained.
 //!
 //! ## Why its own message layer
 //!
