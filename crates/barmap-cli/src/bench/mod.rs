@@ -47,10 +47,11 @@
 //!   the I/OAT channel model's copy throughput through descriptors (GB/s,
 //!   the front end's IOMMU table and in-place copy) vs a plain memcpy of
 //!   the same buffers.
-//! - `sock_fault`, `sock_refault`, `sock_pread`, `sock_pwrite`, `sock_reg`
-//!   ([`socket`]): a fault, a revocation's refault, a region access and a
-//!   trapped register access of a device served across the socket, each
-//!   against the same in-process, the two in turns.
+//! - `sock_fault`, `sock_fault_wr`, `sock_refault`, `sock_pread`,
+//!   `sock_pwrite`, `sock_reg` ([`socket`]): a fault, a revocation's
+//!   refault, a region access and a trapped register access of a device
+//!   served across the socket, each against the same in-process, the two
+//!   in turns.
 //! - `populate_sweep` ([`size_sweep`], with `--plot` only): populate vs
 //!   mapping size, per policy and native, drawn as an SVG ([`plot`]).
 //!

@@ -1,5 +1,5 @@
-//! `sock_fault`, `sock_refault`, `sock_pread`, `sock_pwrite`, `sock_reg`:
-//! what a device costs across the socket (`barmap run --shared`, `barmap
+//! `sock_fault`, `sock_fault_wr`, `sock_refault`, `sock_pread`,
+//! `sock_pwrite`, `sock_reg`: what a device costs across the socket (`barmap run --shared`, `barmap
 //! serve`: a vfio-user client of barmap's device server) next to the same
 //! device in-process (`barmap run`), each as a ratio to the in-process
 //! path, the two taking turns repetition by repetition in one run.
@@ -13,13 +13,13 @@
 //! its device fds as a program does (container, group, `GET_DEVICE_FD`)
 //! and sets COMMAND.MEM.
 //!
-//! - `sock_fault`: the first touch (a read) of every page of a fresh
-//!   mapping of a 16 MiB memory BAR, per page. In-process, barmap's fault
-//!   path fills it (the default policy, and `page`: one fault per page).
-//!   Served, the client maps the server's memfd and the kernel's shmem
-//!   fault fills it (a read fault maps up to 16 pages already in the page
-//!   cache: fault-around). Each policy is paired with a served run of its
-//!   own.
+//! - `sock_fault`, `sock_fault_wr`: the first touch (a read; a write) of
+//!   every page of a fresh mapping of a 16 MiB memory BAR, per page.
+//!   In-process, barmap's fault path fills it (the default policy, and
+//!   `page`: one fault per page). Served, the client maps the server's
+//!   memfd and the kernel's shmem fault fills it (a read fault maps up to
+//!   16 pages already in the page cache, fault-around; a write fault maps
+//!   one). Each policy is paired with a served run of its own.
 //! - `sock_refault`: the first touch of every page of a live mapping right
 //!   after COMMAND.MEM was cleared and set again: in-process the zap and
 //!   the refill by the default policy; served the server's revocation by
@@ -200,11 +200,11 @@ impl Side {
         self.front.munmapped(addr, len);
     }
 
-    /// ns per page of the first touch of every page of a fresh mapping of
-    /// device `dev`'s memory BAR.
-    fn fault(&self, dev: usize) -> Result<f64, String> {
+    /// ns per page of the first touch (a read, or a write) of every page of
+    /// a fresh mapping of device `dev`'s memory BAR.
+    fn fault(&self, dev: usize, write: bool) -> Result<f64, String> {
         let addr = self.map(self.devices[dev], MEM_BAR, MEM)?;
-        let t = touch(addr, MEM);
+        let t = touch(addr, MEM, write);
         self.unmap(addr, MEM);
         Ok(t)
     }
@@ -213,7 +213,7 @@ impl Side {
     /// device `dev`'s memory BAR right after a revocation and restore.
     fn refault(&self, dev: usize, addr: usize) -> Result<f64, String> {
         self.revoke_restore(self.devices[dev])?;
-        Ok(touch(addr, MEM))
+        Ok(touch(addr, MEM, false))
     }
 
     /// ns per access of each batch of `pread` (`write` false) or `pwrite`
@@ -270,14 +270,22 @@ impl Drop for Side {
     }
 }
 
-/// Reads the first word of every page of `len` bytes at `addr`; ns per page.
-fn touch(addr: usize, len: usize) -> f64 {
+/// Reads (or writes) the first word of every page of `len` bytes at
+/// `addr`; ns per page.
+fn touch(addr: usize, len: usize, write: bool) -> f64 {
     let pages = len / PAGE;
     let t = Instant::now();
     for i in 0..pages {
-        // SAFETY: page `i` of a live mapping of a memory BAR with memory
-        // enabled; volatile, as device memory is read.
-        std::hint::black_box(unsafe { ((addr + i * PAGE) as *const u64).read_volatile() });
+        let p = (addr + i * PAGE) as *mut u64;
+        // SAFETY: page `i` of a live read-write mapping of a memory BAR
+        // with memory enabled; volatile, as device memory is accessed.
+        unsafe {
+            if write {
+                p.write_volatile(i as u64);
+            } else {
+                std::hint::black_box(p.read_volatile());
+            }
+        }
     }
     t.elapsed().as_nanos() as f64 / pages as f64
 }
@@ -314,26 +322,29 @@ impl Family for Socket {
         let served = Side::new(true)?;
         let reps = b.reps;
 
-        // A fault: a fresh mapping's first touch, per page. One warm-up
-        // each (the first touch of the BAR commits its memory).
-        for (dev, policy) in [(0, Policy::default()), (1, Policy::Page)] {
-            let (mut l, mut s) = (Vec::new(), Vec::new());
-            for rep in 0..=reps {
-                let (a, c) = (local.fault(dev)?, served.fault(0)?);
-                if rep > 0 {
-                    l.push(a);
-                    s.push(c);
+        // A fault: a fresh mapping's first touch (a read, then a write),
+        // per page. One warm-up each (the first touch of the BAR commits
+        // its memory).
+        for (write, name) in [(false, "sock_fault"), (true, "sock_fault_wr")] {
+            for (dev, policy) in [(0, Policy::default()), (1, Policy::Page)] {
+                let (mut l, mut s) = (Vec::new(), Vec::new());
+                for rep in 0..=reps {
+                    let (a, c) = (local.fault(dev, write)?, served.fault(0, write)?);
+                    if rep > 0 {
+                        l.push(a);
+                        s.push(c);
+                    }
                 }
+                pair(
+                    r,
+                    name,
+                    &l,
+                    &s,
+                    Some(policy),
+                    MEM,
+                    &format!("in-process {policy} policy"),
+                );
             }
-            pair(
-                r,
-                "sock_fault",
-                &l,
-                &s,
-                Some(policy),
-                MEM,
-                &format!("in-process {policy} policy"),
-            );
         }
 
         // The first touch after a revocation and restore, per page.
