@@ -34,8 +34,8 @@
 //!   the model; served: the trap sends a `REGION_READ`), per access.
 //!
 //! Access rows time batches of [`BATCH`] accesses (a clock read costs about
-//! as much as an in-process access); their median is the p50 of the
-//! batches' per-access means, min..max their spread.
+//! as much as an in-process access), in turns batch by batch; their median
+//! is the p50 of the batches' per-access means, min..max their spread.
 
 use std::any::Any;
 use std::ffi::CString;
@@ -58,6 +58,8 @@ const MEM_BAR: u64 = barmap::DEFAULT_MEMORY_BAR as u64;
 const BATCH: usize = 10;
 /// Batches per side and repetition in the access rows.
 const BATCHES: usize = 40;
+/// What edu's identification register (BAR0 offset 0) reads.
+const EDU_ID: u32 = 0x0100_00ed;
 /// COMMAND's memory space enable bit.
 const COMMAND_MEM: u16 = 1 << 1;
 
@@ -216,46 +218,37 @@ impl Side {
         Ok(touch(addr, MEM, false))
     }
 
-    /// ns per access of each batch of `pread` (`write` false) or `pwrite`
-    /// of `len` bytes at the start of device 0's memory BAR, appended to
-    /// `out`.
-    fn access(&self, len: usize, write: bool, out: &mut Vec<f64>) -> Result<(), String> {
-        let fd = self.devices[0];
-        let mut buf = vec![0x5au8; len];
-        let at = region(MEM_BAR, 0);
-        for _ in 0..BATCHES {
-            let t = Instant::now();
-            for _ in 0..BATCH {
-                let r = if write {
-                    self.front.pwrite(fd, buf.as_ptr() as usize, len, at)
-                } else {
-                    self.front.pread(fd, buf.as_mut_ptr() as usize, len, at)
-                };
-                if r != Ok(len as i64) {
-                    return Err(format!("region access of {len} bytes: {r:?}"));
-                }
+    /// ns per access of one batch of `pread` (`write` false) or `pwrite`
+    /// of `buf.len()` bytes at the start of device 0's memory BAR.
+    fn access(&self, buf: &mut [u8], write: bool) -> Result<f64, String> {
+        let (fd, len, at) = (self.devices[0], buf.len(), region(MEM_BAR, 0));
+        let t = Instant::now();
+        for _ in 0..BATCH {
+            let r = if write {
+                self.front.pwrite(fd, buf.as_ptr() as usize, len, at)
+            } else {
+                self.front.pread(fd, buf.as_mut_ptr() as usize, len, at)
+            };
+            if r != Ok(len as i64) {
+                return Err(format!("region access of {len} bytes: {r:?}"));
             }
-            out.push(t.elapsed().as_nanos() as f64 / BATCH as f64);
         }
-        Ok(())
+        Ok(t.elapsed().as_nanos() as f64 / BATCH as f64)
     }
 
-    /// ns per load of each batch of 4-byte loads from edu's identification
-    /// register through `addr`, a mapping of its BAR0, appended to `out`.
-    fn register(&self, addr: usize, out: &mut Vec<f64>) -> Result<(), String> {
-        for _ in 0..BATCHES {
-            let t = Instant::now();
-            for _ in 0..BATCH {
-                // SAFETY: a live mapping of edu's BAR0, whose loads the
-                // register trap emulates; volatile, as device memory is read.
-                let id = unsafe { (addr as *const u32).read_volatile() };
-                if id != 0x0100_00ed {
-                    return Err(format!("edu's identification register read {id:#x}"));
-                }
+    /// ns per load of one batch of 4-byte loads from edu's identification
+    /// register through `addr`, a mapping of its BAR0.
+    fn register(addr: usize) -> Result<f64, String> {
+        let t = Instant::now();
+        for _ in 0..BATCH {
+            // SAFETY: a live mapping of edu's BAR0, whose loads the
+            // register trap emulates; volatile, as device memory is read.
+            let id = unsafe { (addr as *const u32).read_volatile() };
+            if id != EDU_ID {
+                return Err(format!("edu's identification register read {id:#x}"));
             }
-            out.push(t.elapsed().as_nanos() as f64 / BATCH as f64);
         }
-        Ok(())
+        Ok(t.elapsed().as_nanos() as f64 / BATCH as f64)
     }
 }
 
@@ -288,6 +281,26 @@ fn touch(addr: usize, len: usize, write: bool) -> f64 {
         }
     }
     t.elapsed().as_nanos() as f64 / pages as f64
+}
+
+/// `BATCHES` batches per repetition, `reps` repetitions after one
+/// repetition of warm-up, each batch timed by `both` on the in-process
+/// side then on the served one: the two series, per access.
+fn turns(
+    reps: usize,
+    mut both: impl FnMut() -> Result<(f64, f64), String>,
+) -> Result<(Vec<f64>, Vec<f64>), String> {
+    let (mut l, mut s) = (Vec::new(), Vec::new());
+    for rep in 0..=reps {
+        for _ in 0..BATCHES {
+            let (a, b) = both()?;
+            if rep > 0 {
+                l.push(a);
+                s.push(b);
+            }
+        }
+    }
+    Ok((l, s))
 }
 
 /// The in-process and served rows of one measurement: the served one
@@ -386,14 +399,13 @@ impl Family for Socket {
         // A region access, per access.
         for write in [false, true] {
             for len in [4, PAGE] {
-                let (mut l, mut s) = (Vec::new(), Vec::new());
-                let (mut wl, mut ws) = (Vec::new(), Vec::new());
-                local.access(len, write, &mut wl)?;
-                served.access(len, write, &mut ws)?;
-                for _ in 0..reps {
-                    local.access(len, write, &mut l)?;
-                    served.access(len, write, &mut s)?;
-                }
+                let (mut lb, mut sb) = (vec![0x5au8; len], vec![0x5au8; len]);
+                let (l, s) = turns(reps, || {
+                    Ok((
+                        local.access(&mut lb, write)?,
+                        served.access(&mut sb, write)?,
+                    ))
+                })?;
                 let name = if write { "sock_pwrite" } else { "sock_pread" };
                 pair(r, name, &l, &s, None, len, "in-process region access");
             }
@@ -405,24 +417,72 @@ impl Family for Socket {
             local.map(local.devices[2], 0, bar0)?,
             served.map(served.devices[2], 0, bar0)?,
         );
-        let (mut l, mut s) = (Vec::new(), Vec::new());
-        let (mut wl, mut ws) = (Vec::new(), Vec::new());
-        let mut run = || -> Result<(), String> {
-            local.register(la, &mut wl)?;
-            served.register(sa, &mut ws)?;
-            for _ in 0..reps {
-                local.register(la, &mut l)?;
-                served.register(sa, &mut s)?;
-            }
-            Ok(())
-        };
-        let ran = run();
+        let ran = turns(reps, || Ok((Side::register(la)?, Side::register(sa)?)));
         local.unmap(la, bar0);
         served.unmap(sa, bar0);
-        ran?;
+        let (l, s) = ran?;
         pair(r, "sock_reg", &l, &s, None, 4, "in-process trapped load");
         drop(local);
         drop(served);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{BenchArgs, MIB};
+    use super::*;
+
+    /// The family measures every row on both sides (an access or a load
+    /// that fails or reads a wrong value ends it with an error) and judges
+    /// each served figure against the in-process one of its turn.
+    #[test]
+    fn every_served_row_is_judged_against_the_in_process_row_of_its_turn() {
+        let b = Bench::new(&BenchArgs {
+            size: 2 * MIB,
+            threads: 1,
+            json: false,
+            plot: None,
+            reps: 1,
+            families: vec!["socket".into()],
+        })
+        .unwrap();
+        let mut r = Results::default();
+        Socket.run(&b, &mut r).unwrap();
+        let names: Vec<&str> = r.measurements.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "sock_fault",
+                "sock_fault",
+                "sock_fault",
+                "sock_fault",
+                "sock_fault_wr",
+                "sock_fault_wr",
+                "sock_fault_wr",
+                "sock_fault_wr",
+                "sock_refault",
+                "sock_refault",
+                "sock_pread",
+                "sock_pread",
+                "sock_pread",
+                "sock_pread",
+                "sock_pwrite",
+                "sock_pwrite",
+                "sock_pwrite",
+                "sock_pwrite",
+                "sock_reg",
+                "sock_reg",
+            ]
+        );
+        for pair in r.measurements.chunks(2) {
+            let (l, s) = (&pair[0], &pair[1]);
+            assert_eq!(l.mode.as_deref(), Some("local"), "{}", l.name);
+            assert_eq!(s.mode.as_deref(), Some("served"), "{}", s.name);
+            assert_eq!(l.size_bytes, s.size_bytes, "{}", l.name);
+            assert!(l.median > 0.0 && s.median > 0.0, "{}", l.name);
+            assert_eq!(s.ratio, Some(s.median / l.median), "{}", s.name);
+            assert!(l.ratio.is_none(), "{}", l.name);
+        }
     }
 }
