@@ -47,6 +47,11 @@
 //!   the I/OAT channel model's copy throughput through descriptors (GB/s,
 //!   the front end's IOMMU table and in-place copy) vs a plain memcpy of
 //!   the same buffers.
+//! - `sock_fault`, `sock_fault_wr`, `sock_refault`, `sock_pread`,
+//!   `sock_pwrite`, `sock_reg` ([`socket`]): a fault, a revocation's
+//!   refault, a region access and a trapped register access of a device
+//!   served across the socket, each against the same in-process, the two
+//!   in turns.
 //! - `populate_sweep` ([`size_sweep`], with `--plot` only): populate vs
 //!   mapping size, per policy and native, drawn as an SVG ([`plot`]).
 //!
@@ -96,6 +101,7 @@ mod report;
 mod service_sweep;
 mod size_sweep;
 mod smaps;
+mod socket;
 mod storm;
 mod touch;
 mod trap;
@@ -121,6 +127,7 @@ const FAMILIES: &[(&str, &dyn Family)] = &[
     ("size_sweep", &size_sweep::SizeSweep),
     ("trap", &trap::Trap),
     ("ioat", &ioat::IoatCopy),
+    ("socket", &socket::Socket),
 ];
 
 /// One family of measurements: what it runs, and what it adds to the

@@ -420,14 +420,16 @@ impl Report {
     }
 }
 
-/// A size as `1G`, `64M` or `512K`.
+/// A size as `1G`, `64M`, `512K` or `4B`.
 pub(super) fn human(bytes: usize) -> String {
     if bytes >= 1 << 30 && bytes % (1 << 30) == 0 {
         format!("{}G", bytes >> 30)
     } else if bytes >= MIB {
         format!("{}M", bytes / MIB)
-    } else {
+    } else if bytes >= 1 << 10 {
         format!("{}K", bytes >> 10)
+    } else {
+        format!("{bytes}B")
     }
 }
 
