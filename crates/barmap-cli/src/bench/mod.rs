@@ -261,6 +261,8 @@ struct Results {
     storm_vs_native: f64,
     /// The native storm's median, ms.
     storm_native_median: f64,
+    /// Storm / the same storm on mappings not locked on fault.
+    storm_lock_cost: f64,
     /// Default policy, N threads: populate / native N threads.
     populate_n_ratio: f64,
     /// `MADV_POPULATE_READ` of a native view, median (ms) by size: the
