@@ -1056,7 +1056,9 @@ impl Device {
         // A child would inherit the view without the userfaultfd: it gets
         // none (its touches are SIGSEGV), see ARCHITECTURE.md, "fork".
         crate::os::advise(range.clone(), libc::MADV_DONTFORK).map_err(Error::os("madvise"))?;
-        if let Err(errno) = crate::os::lock_on_fault(range.clone()) {
+        if !crate::os::lock_on_fault_enabled() {
+            // A bench's measurement of the lock's cost (os::set_lock_on_fault).
+        } else if let Err(errno) = crate::os::lock_on_fault(range.clone()) {
             tracing::debug!(errno, "mlock2(MLOCK_ONFAULT) refused; mapping not locked");
         }
         crate::os::protect(range, prot.writable()).map_err(Error::os("mprotect"))?;

@@ -360,6 +360,28 @@ pub fn advise(range: Range<usize>, advice: i32) -> Result<(), i32> {
     zero_or_errno(rc)
 }
 
+/// Whether [`Device::map`](crate::Device::map) locks its mappings on
+/// fault; see [`set_lock_on_fault`].
+static LOCK_ON_FAULT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// For benchmarks only: whether mappings made from now on in this process
+/// are locked on fault ([`lock_on_fault`], the default: `true`). `false`
+/// changes what the process sees: its own MADV_DONTNEED, MADV_REMOVE,
+/// MADV_COLD and MADV_PAGEOUT on a BAR mapping then succeed (and drop or
+/// punch device pages) instead of failing with EINVAL as on vfio-pci's
+/// VM_PFNMAP mapping. It exists so that a bench can state what the lock
+/// costs a fill (each page the fill maps is mlocked: moved to the
+/// unevictable list under the LRU lock); no policy or front end uses it.
+pub fn set_lock_on_fault(on: bool) {
+    LOCK_ON_FAULT.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether mappings made now are locked on fault (see
+/// [`set_lock_on_fault`]).
+pub fn lock_on_fault_enabled() -> bool {
+    LOCK_ON_FAULT.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Locks `range` on fault (`mlock2(MLOCK_ONFAULT)`): nothing is populated,
 /// but the vma is VM_LOCKED, so the process's own MADV_DONTNEED, MADV_REMOVE,
 /// MADV_COLD and MADV_PAGEOUT fail with EINVAL, as they do on a vfio-pci

@@ -77,19 +77,31 @@ pub(super) fn populate_dev_cpu(
     let mut errors = 0;
     let before = dev.stats();
     for rep in 0..=reps {
-        let m = map(dev, 0, len)?;
-        let c = process_cpu_ms();
-        let (t, bad) = touch_all(View::of(&m), 0, threads, interleave);
-        settle(dev);
-        let c = process_cpu_ms() - c;
-        drop(m);
+        let (t, c, bad) = populate_once(dev, len, threads, interleave)?;
         if rep > 0 {
-            times.push(ms(t));
+            times.push(t);
             cpu.push(c);
             errors += bad;
         }
     }
     Ok((times, cpu, errors, dev.stats().since(&before)))
+}
+
+/// One populate of a fresh mapping of `len` bytes: its time (ms), the CPU
+/// time of its touches (ms, as in [`populate_dev_cpu`]) and its wrong reads.
+pub(super) fn populate_once(
+    dev: &Device,
+    len: usize,
+    threads: usize,
+    interleave: bool,
+) -> Result<(f64, f64, u64), String> {
+    let m = map(dev, 0, len)?;
+    let c = process_cpu_ms();
+    let (t, bad) = touch_all(View::of(&m), 0, threads, interleave);
+    settle(dev);
+    let c = process_cpu_ms() - c;
+    drop(m);
+    Ok((ms(t), c, bad))
 }
 
 /// CPU time (user + system) of every thread of this process so far, ms.

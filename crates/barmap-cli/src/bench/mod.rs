@@ -23,9 +23,11 @@
 //!   such a view, the kernel filling the page tables by itself, which
 //!   every populate and storm is also stated against (`floor_ratio`). `page`, which serves one fault per page, runs
 //!   at a smaller size (its ratio is to native at that size).
-//! - `storm`, `storm_normal`, `populate_normal` ([`storm`]): N threads released
-//!   at once, touching interleaved pages of one mapping, so that they fault
-//!   on the same chunks together; on the default policy's populate device.
+//! - `storm`, `storm_unlocked`, `storm_normal`, `populate_normal` ([`storm`]):
+//!   N threads released at once, touching interleaved pages of one mapping,
+//!   so that they fault on the same chunks together; on the default policy's
+//!   populate device, in turns with the native storm and with the same storm
+//!   on mappings not locked on fault.
 //! - `huge` ([`huge`]): whether the `huge` policy's fills end up PMD-mapped
 //!   (/proc/self/smaps), next to a native view of the same kind of memfd; on
 //!   the `huge` policy's populate device.
@@ -268,6 +270,8 @@ struct Results {
     storm_vs_native: f64,
     /// The native storm's median, ms.
     storm_native_median: f64,
+    /// Storm / the same storm on mappings not locked on fault.
+    storm_lock_cost: f64,
     /// Default policy, N threads: populate / native N threads.
     populate_n_ratio: f64,
     /// `MADV_POPULATE_READ` of a native view, median (ms) by size: the

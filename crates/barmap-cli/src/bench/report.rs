@@ -133,6 +133,9 @@ pub(super) struct Report {
     populate_n_ratio_vs_native_n: f64,
     storm_ratio_vs_single: f64,
     storm_ratio_vs_native_storm: f64,
+    /// Storm / the same storm on mappings not locked on fault (in turns):
+    /// what the lock costs.
+    storm_ratio_locked_vs_unlocked: f64,
     fault_p50_ratio_vs_uffd_floor: f64,
     fault_p50_us: f64,
     fault_p99_us: f64,
@@ -171,6 +174,7 @@ impl Report {
             populate_n_ratio,
             storm_ratio,
             storm_vs_native,
+            storm_lock_cost,
             uffd_floor_p50,
             huge,
             hugetlb,
@@ -238,6 +242,7 @@ impl Report {
             populate_n_ratio_vs_native_n: populate_n_ratio,
             storm_ratio_vs_single: storm_ratio,
             storm_ratio_vs_native_storm: storm_vs_native,
+            storm_ratio_locked_vs_unlocked: storm_lock_cost,
             fault_p50_ratio_vs_uffd_floor: fault_floor_ratio,
             fault_p50_us: fault_p50,
             fault_p99_us: fault_p99,
@@ -301,6 +306,11 @@ impl Report {
             s,
             "  storm_ratio_vs_native_storm {:.3}",
             self.storm_ratio_vs_native_storm
+        );
+        let _ = writeln!(
+            s,
+            "  storm_ratio_locked_vs_unlocked {:.3}",
+            self.storm_ratio_locked_vs_unlocked
         );
         let _ = writeln!(
             s,
