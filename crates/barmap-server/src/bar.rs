@@ -32,7 +32,9 @@
 //!   or `O_RDONLY` for a read-only BAR), never the memfd's own file: the
 //!   kernel reports no inotify event for `pwrite` or `fallocate` through
 //!   `memfd_create`'s pseudo file, and does through a reopen.
-//! - A watcher thread per BAR waits on inotify (`IN_MODIFY`, which
+//! - The process's one watcher ([`crate::watch`]: one inotify instance
+//!   and one thread for all BARs, a watch per BAR) waits on `IN_MODIFY`
+//!   (which
 //!   `ftruncate`, `fallocate`, `pwrite` and `truncate` on the path raise)
 //!   and, every second regardless, checks the file's size under the same
 //!   lock as revocation and restoration: while revoked, a size other than
@@ -54,15 +56,18 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+use crate::watch::{Check, Watch};
 use std::time::{Duration, Instant};
 
 /// A memfd-backed BAR and its revocation state.
 #[derive(Debug)]
 pub struct MemBar {
     state: Arc<State>,
-    /// The thread that undoes a client's changes of the file's size; ends
-    /// when the BAR is dropped.
-    watcher: Watcher,
+    /// Its registration with the process's watcher ([`crate::watch`]),
+    /// which undoes a client's changes of the file's size; removed when
+    /// the BAR is dropped.
+    watch: Option<Watch>,
 }
 
 /// What the BAR and its watcher share.
@@ -81,24 +86,6 @@ struct State {
     saved: Mutex<Option<OwnedFd>>,
     /// Tamper events undone so far.
     tampers: AtomicU64,
-}
-
-/// A watcher thread and the eventfd that stops it.
-#[derive(Debug)]
-struct Watcher {
-    stop: OwnedFd,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        let one = 1u64.to_ne_bytes();
-        // SAFETY: an 8-byte write to our eventfd.
-        unsafe { libc::write(self.stop.as_raw_fd(), one.as_ptr().cast(), 8) };
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 /// What one revocation or restoration cost.
@@ -321,9 +308,6 @@ fn capture(fd: RawFd, keep: RawFd, size: u64) -> io::Result<u64> {
     Ok(size)
 }
 
-/// How long the watcher waits for an event before it checks anyway.
-const WATCH_BACKSTOP: Duration = Duration::from_secs(1);
-
 impl State {
     /// Sets the file's size back to what the BAR's state says (0 while
     /// revoked, the BAR's size while live) if a client changed it; the
@@ -342,9 +326,10 @@ impl State {
         );
         Ok(true)
     }
+}
 
-    /// What the watcher does on every event: checks the size under the
-    /// lock revocation and restoration hold.
+impl Check for State {
+    /// Checks the size under the lock revocation and restoration hold.
     fn check(&self) {
         let saved = self.saved.lock().unwrap();
         if let Err(e) = self.undo_size(saved.is_some()) {
@@ -353,104 +338,16 @@ impl State {
     }
 }
 
-/// `inotify_init1` watching `fd`'s file (through /proc/self/fd) for
-/// `IN_MODIFY`.
-fn inotify_on(fd: &OwnedFd) -> io::Result<OwnedFd> {
-    // SAFETY: inotify_init1 returns a new fd, owned below.
-    let i = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
-    if i < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: i is new and ours.
-    let i = unsafe { OwnedFd::from_raw_fd(i) };
-    let path = std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-        .map_err(|_| io::ErrorKind::InvalidInput)?;
-    // SAFETY: i is our inotify fd; path is a valid C string.
-    if unsafe { libc::inotify_add_watch(i.as_raw_fd(), path.as_ptr(), libc::IN_MODIFY) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(i)
-}
-
-/// A new eventfd (non-blocking).
-fn eventfd() -> io::Result<OwnedFd> {
-    // SAFETY: eventfd returns a new fd, owned below.
-    let e = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    if e < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: e is new and ours.
-    Ok(unsafe { OwnedFd::from_raw_fd(e) })
-}
-
-/// Waits for `ino` or `stop` to be readable, at most `timeout`; returns
-/// (events pending, stop asked).
-fn wait(ino: RawFd, stop: RawFd, timeout: Duration) -> (bool, bool) {
-    let mut p = [
-        libc::pollfd {
-            fd: ino,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: stop,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    let ms = timeout.as_millis().min(libc::c_int::MAX as u128) as libc::c_int;
-    // SAFETY: p is a valid array of two pollfds.
-    let n = unsafe { libc::poll(p.as_mut_ptr(), 2, ms) };
-    if n <= 0 {
-        return (false, false);
-    }
-    (p[0].revents != 0, p[1].revents != 0)
-}
-
-/// Reads and discards the inotify events pending on `ino`.
-fn drain(ino: RawFd) {
-    let mut buf = [0u8; 4096];
-    // SAFETY: reads into a local buffer of its size; ino is non-blocking.
-    while unsafe { libc::read(ino, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
-}
-
-/// Gives the calling thread nice -10 where the server may (root or
-/// CAP_SYS_NICE), so that a loaded machine delays its answer less; else
-/// leaves it as it is. The thread only wakes for a client's change of the
-/// file, so it takes from others no more than the tamperer's own calls.
-fn raise_priority() {
-    // SAFETY: gettid has no preconditions; setpriority of our own thread.
-    unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, -10);
-    }
-}
-
-/// The watcher's loop: on every event (read before the check, so that a
-/// change after the check raises another), and every
-/// [`WATCH_BACKSTOP`] regardless, sets the size back; ends when `stop`
-/// is written.
-fn watch_loop(state: Arc<State>, ino: OwnedFd, stop: RawFd) {
-    raise_priority();
-    loop {
-        let (_, stopped) = wait(ino.as_raw_fd(), stop, WATCH_BACKSTOP);
-        if stopped {
-            return;
-        }
-        drain(ino.as_raw_fd());
-        state.check();
-    }
-}
-
 impl MemBar {
     /// A BAR of `size` bytes (all zero) whose first bytes are `init`;
-    /// `writable` says whether clients may write it. Starts its watcher.
+    /// `writable` says whether clients may write it. Registers it with the
+    /// process's watcher.
     pub fn new(name: &str, size: u64, init: &[u8], writable: bool) -> io::Result<MemBar> {
         Self::build(name, size, init, writable, true)
     }
 
-    /// [`MemBar::new`]; the watcher's thread only waits for its stop
-    /// unless `watch` (for tests of what restoration alone does).
+    /// [`MemBar::new`]; not watched unless `watch` (for tests of what
+    /// revocation and restoration do by themselves).
     fn build(
         name: &str,
         size: u64,
@@ -468,26 +365,11 @@ impl MemBar {
             saved: Mutex::new(None),
             tampers: AtomicU64::new(0),
         });
-        let ino = inotify_on(&state.fd)?;
-        let stop = eventfd()?;
-        let raw_stop = stop.as_raw_fd();
-        let s = state.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("{name}-watch"))
-            .spawn(move || {
-                if watch {
-                    watch_loop(s, ino, raw_stop)
-                } else {
-                    wait(raw_stop, raw_stop, Duration::MAX);
-                }
-            })?;
-        let bar = MemBar {
-            state,
-            watcher: Watcher {
-                stop,
-                thread: Some(thread),
-            },
-        };
+        let watch = watch.then(|| {
+            let target: Arc<dyn Check> = state.clone();
+            Watch::new(&state.fd, Arc::downgrade(&target))
+        });
+        let bar = MemBar { state, watch };
         bar.write_init(init)?;
         Ok(bar)
     }
@@ -530,12 +412,10 @@ impl MemBar {
         file_size(self.state.fd.as_raw_fd())
     }
 
-    /// Whether the watcher thread is running (it ends only on drop).
-    pub fn watching(&self) -> bool {
-        self.watcher
-            .thread
-            .as_ref()
-            .is_some_and(|t| !t.is_finished())
+    /// Whether the kernel reports changes of its file to the watcher
+    /// (else the watcher checks it every [`crate::watch::BACKSTOP`] only).
+    pub fn watched_by_event(&self) -> bool {
+        self.watch.as_ref().is_some_and(Watch::by_event)
     }
 
     /// Saves the contents and truncates the memfd to 0: every mapping in
@@ -667,14 +547,6 @@ pub fn pwrite_all(fd: RawFd, mut data: &[u8], mut offset: u64) -> io::Result<()>
 mod tests {
     use super::*;
 
-    fn watchers(name: &str) -> usize {
-        std::fs::read_dir("/proc/self/task")
-            .unwrap()
-            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-            .filter(|c| c.trim_end() == name)
-            .count()
-    }
-
     #[test]
     fn restoration_drops_what_a_tamperer_left_in_the_revoked_file() {
         // No watcher: what restoration does by itself, whatever the race.
@@ -715,22 +587,9 @@ mod tests {
     }
 
     #[test]
-    fn the_watcher_thread_ends_when_the_bar_is_dropped() {
-        let bar = MemBar::new("t-leak", 4096, b"", true).unwrap();
-        assert!(bar.watching());
-        // The thread names itself once it runs.
-        let t = Instant::now();
-        while watchers("t-leak-watch") != 1 {
-            assert!(t.elapsed() < Duration::from_secs(10), "no watcher thread");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        drop(bar);
-        assert_eq!(watchers("t-leak-watch"), 0);
-    }
-
-    #[test]
     fn the_watcher_sets_the_size_back_after_a_grow_while_revoked() {
         let bar = MemBar::new("t-grow", 1 << 16, b"", true).unwrap();
+        assert!(bar.watched_by_event());
         bar.revoke().unwrap();
         truncate(bar.client_fd().as_raw_fd(), 1 << 16).unwrap();
         let t = Instant::now();

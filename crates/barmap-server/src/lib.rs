@@ -34,7 +34,8 @@
 //! asked of the client (QEMU, a stopped process, anything). Re-enabling
 //! grows it back and copies the contents back. A client that changes the
 //! file's size itself (grows it while revoked, shrinks it while live) is
-//! undone by a watcher thread per BAR and counted (`tampers` in the
+//! undone by the process's watcher (one inotify instance and thread, a
+//! watch per BAR; [`watch`]) and counted (`tampers` in the
 //! device's counters); see [`bar`]. See ARCHITECTURE.md for what is exact
 //! and what is contained.
 //!
@@ -58,6 +59,7 @@ pub mod control;
 pub mod device;
 pub mod ext;
 pub mod host;
+pub mod watch;
 
 /// The protocol's layouts and framing (`barmap-vfio-user`).
 pub use barmap_vfio_user as proto;
