@@ -1255,3 +1255,57 @@ fn received_container_and_group_fds_open_the_device_as_dpdks_secondary_does() {
         &["--shared"],
     );
 }
+
+// iommufd and the group's single open across processes and across runs
+// joining one server (`barmap run --shared`, `--server`).
+
+/// `barmap run --server PATH` with `args` after `--`, its sync directory
+/// `dir`, left running.
+fn join_run(sock: &Path, exe: &Path, args: &[&str]) -> std::process::Child {
+    Command::new(barmap())
+        .arg("run")
+        .arg("--server")
+        .arg(sock)
+        .arg("--")
+        .arg(exe)
+        .args(args)
+        .env("BARMAP_PRELOAD", preload())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("barmap run starts")
+}
+
+fn finished(child: std::process::Child) -> Run {
+    let out = child.wait_with_output().unwrap();
+    Run {
+        code: out.status.code(),
+        text: format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+#[test]
+fn a_group_held_by_one_run_is_ebusy_in_another_run_of_the_same_server() {
+    let name = "a_group_held_by_one_run_is_ebusy_in_another_run_of_the_same_server";
+    let s = Served::start(&["edu"]);
+    let exe = build(name);
+    let sync = s.dir.join("sync");
+    std::fs::create_dir_all(&sync).unwrap();
+    let sync = sync.to_str().unwrap();
+    let holder = join_run(&s.socket, &exe, &["hold", sync]);
+    let prober = finished(join_run(&s.socket, &exe, &["probe", sync]));
+    let holder = finished(holder);
+    let again = finished(join_run(&s.socket, &exe, &["again", sync]));
+    for (role, r) in [("hold", holder), ("probe", prober), ("again", again)] {
+        assert!(
+            r.code == Some(0) && r.text.contains("PASS"),
+            "{name} {role}: exit {:?}\n{}",
+            r.code,
+            r.text
+        );
+    }
+}

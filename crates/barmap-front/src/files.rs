@@ -469,7 +469,8 @@ impl DeviceFile {
     }
 
     /// `vfio_df_ioctl_bind_iommufd`: the size and flags (EINVAL; unknown
-    /// non-zero bytes past the structure E2BIG), bound already (EINVAL),
+    /// non-zero bytes past the structure E2BIG), the group open
+    /// (`vfio_device_block_group`: EBUSY), bound already (EINVAL),
     /// the VF token (`vfio_df_check_token`: EFAULT for an unreadable
     /// UUID, then vfio-pci's EACCES or EINVAL), then the iommufd (EBADF).
     fn bind(&self, arg: usize, lookup: &dyn Fn(i32) -> Option<File>) -> Result<i64, Errno> {
@@ -478,6 +479,12 @@ impl DeviceFile {
         let mut b: v::VfioDeviceBindIommufd = crate::iommufd::read_cmd(arg, size, MINSZ)?;
         if b.iommufd < 0 || b.flags & !BIND_FLAG_TOKEN != 0 {
             return Err(Errno::EINVAL);
+        }
+        // vfio_device_block_group: the device's group is open (here, or
+        // for a served device in any process of its server).
+        let group_open = *self.dev.open.lock().unwrap() & GROUP_OPEN != 0;
+        if group_open || crate::Front::get().is_some_and(|f| f.group_held(&self.dev)) {
+            return Err(Errno::EBUSY);
         }
         let mut bound = self.bound.lock().unwrap();
         if bound.is_some() {

@@ -112,6 +112,8 @@ pub fn is_bar_memory(addr: u64, len: u64) -> bool {
 #[derive(Debug)]
 pub struct Front {
     testbed: PathBuf,
+    /// The directory of the group and device lock files.
+    locks: PathBuf,
     spec: RunSpec,
     pid: u32,
     devices: Mutex<Vec<Option<Arc<EmuDevice>>>>,
@@ -188,7 +190,7 @@ impl Front {
                 // SAFETY: just published, never freed.
                 let f = unsafe { &*fresh };
                 f.files
-                    .adopt_inherited(&f.testbed, &|fd, kind| f.adopt(fd, kind));
+                    .adopt_inherited(&f.locks, &|fd, kind| f.adopt(fd, kind));
                 Some(Task::Own(f))
             }
             Err(other) => {
@@ -257,6 +259,11 @@ impl Front {
         let spec = RunSpec::load(dir)?;
         Ok(Front {
             testbed: dir.to_path_buf(),
+            locks: spec
+                .locks
+                .as_ref()
+                .map(PathBuf::from)
+                .unwrap_or_else(|| locks_dir(dir)),
             devices: Mutex::new(vec![None; spec.devices.len()]),
             spec,
             pid: std::process::id(),
@@ -458,10 +465,28 @@ impl Front {
         held
     }
 
+    /// Whether the group of `dev`, a served device, is open in some
+    /// process of its server (its lock file is held): a cdev of it cannot
+    /// be bound then (`vfio_device_block_group`).
+    pub fn group_held(&self, dev: &EmuDevice) -> bool {
+        let Some(i) = self.served_index(dev) else {
+            return false;
+        };
+        let n = self.spec.devices[i].group;
+        let Ok(fd) = self.open_lock(&format!("group-{n}"), true) else {
+            return false;
+        };
+        // SAFETY: flock on our own fd, closed right after.
+        let held = unsafe { libc::flock(fd, libc::LOCK_SH | libc::LOCK_NB) } != 0;
+        // SAFETY: our own fd (closing it drops the probe's lock).
+        unsafe { libc::close(fd) };
+        held
+    }
+
     /// An open of the testbed's lock file `name`.
     fn open_lock(&self, name: &str, cloexec: bool) -> Result<i32, Errno> {
-        let dir = locks_dir(&self.testbed);
-        let _ = std::fs::create_dir(&dir);
+        let dir = &self.locks;
+        let _ = std::fs::create_dir(dir);
         let path = std::ffi::CString::new(dir.join(name).into_os_string().into_encoded_bytes())
             .map_err(|_| Errno::EINVAL)?;
         let flags = libc::O_RDWR
@@ -483,7 +508,7 @@ impl Front {
     fn adopt(&self, fd: i32, kind: Kind) -> Option<File> {
         match kind {
             Kind::Device => {
-                let i = fdtable::lock_name(fd, &self.testbed)?
+                let i = fdtable::lock_name(fd, &self.locks)?
                     .strip_prefix("device-")?
                     .parse::<usize>()
                     .ok()?;
@@ -492,7 +517,7 @@ impl Front {
                 Some(File::Device(Arc::new(DeviceFile::open(dev, false))))
             }
             Kind::Group => {
-                let n = fdtable::lock_name(fd, &self.testbed)?
+                let n = fdtable::lock_name(fd, &self.locks)?
                     .strip_prefix("group-")?
                     .parse::<u32>()
                     .ok()?;
@@ -543,7 +568,7 @@ impl Front {
             .into_iter()
             .find(|&fd| fdtable::identity(fd) == Some(id))?;
         self.files
-            .adopt(fd, &self.testbed, &|fd, kind| self.adopt(fd, kind));
+            .adopt(fd, &self.locks, &|fd, kind| self.adopt(fd, kind));
         find()
     }
 
@@ -582,7 +607,7 @@ impl Front {
     /// any other front-end file foreign.
     pub fn received(&self, fd: i32) {
         self.files
-            .adopt(fd, &self.testbed, &|fd, kind| self.adopt(fd, kind));
+            .adopt(fd, &self.locks, &|fd, kind| self.adopt(fd, kind));
     }
 
     /// `open(path, flags)` of a VFIO node: a new fd, or the kernel's errno.
@@ -644,8 +669,8 @@ impl Front {
     /// An open of the lock file of group `n`, locked: EBUSY while any
     /// process holds the group open.
     fn lock_group(&self, n: u32, cloexec: bool) -> Result<i32, Errno> {
-        let dir = locks_dir(&self.testbed);
-        let _ = std::fs::create_dir(&dir);
+        let dir = &self.locks;
+        let _ = std::fs::create_dir(dir);
         let path = std::ffi::CString::new(
             dir.join(format!("group-{n}"))
                 .into_os_string()
@@ -1063,7 +1088,8 @@ fn watch_forks() {
     });
 }
 
-/// The directory of the groups' lock files in a testbed.
+/// The directory of the groups' lock files in a testbed (when the run's
+/// spec names no other, [`spec::RunSpec::locks`]).
 pub fn locks_dir(testbed: &Path) -> PathBuf {
     testbed.join("locks")
 }
