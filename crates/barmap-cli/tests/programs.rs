@@ -1309,3 +1309,19 @@ fn a_group_held_by_one_run_is_ebusy_in_another_run_of_the_same_server() {
         );
     }
 }
+
+#[test]
+fn an_iommufd_and_ioas_received_over_scm_rights_map_dma_for_the_device() {
+    passes(
+        "an_iommufd_and_ioas_received_over_scm_rights_map_dma_for_the_device",
+        &["--shared", "--device", "edu"],
+    );
+}
+
+#[test]
+fn a_forked_child_unmaps_the_parents_iommufd_mapping() {
+    passes(
+        "a_forked_child_unmaps_the_parents_iommufd_mapping",
+        &["--shared", "--device", "edu"],
+    );
+}

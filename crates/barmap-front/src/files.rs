@@ -502,9 +502,9 @@ impl DeviceFile {
         let Some(File::Iommufd(i)) = lookup(b.iommufd) else {
             return Err(Errno::EBADF);
         };
-        b.out_devid = i.bind(&self.dev);
+        b.out_devid = i.shared(Some(b.iommufd), || i.bind(&self.dev));
         if let Err(e) = user::write(arg + 12, &b.out_devid.to_ne_bytes()) {
-            i.unbind(b.out_devid);
+            i.shared(Some(b.iommufd), || i.unbind(b.out_devid));
             return Err(e);
         }
         *bound = Some((i, b.out_devid));
@@ -523,9 +523,9 @@ impl DeviceFile {
             return Err(Errno::EINVAL);
         };
         // Attach, or replace an attachment; pt_id comes back as the HWPT.
-        let (table, hwpt) = i.attach(*devid, a.pt_id)?;
+        let (table, hwpt) = i.shared(None, || i.attach(*devid, a.pt_id))?;
         if let Err(e) = user::write(arg + 8, &hwpt.to_ne_bytes()) {
-            i.detach(*devid);
+            i.shared(None, || i.detach(*devid));
             self.dev.attach(None);
             return Err(e);
         }
@@ -542,7 +542,7 @@ impl DeviceFile {
         let Some((i, devid)) = &*bound else {
             return Err(Errno::EINVAL);
         };
-        i.detach(*devid);
+        i.shared(None, || i.detach(*devid));
         self.dev.attach(None);
         Ok(0)
     }
@@ -551,7 +551,7 @@ impl DeviceFile {
 impl Drop for DeviceFile {
     fn drop(&mut self) {
         if let Some((i, devid)) = self.bound.get_mut().unwrap().take() {
-            i.unbind(devid);
+            i.shared(None, || i.unbind(devid));
             self.dev.attach(None);
         }
         let mut open = self.dev.open.lock().unwrap();

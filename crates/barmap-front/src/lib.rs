@@ -292,7 +292,7 @@ impl Front {
     }
 
     /// The device at position `i`, built on first use.
-    fn device(&self, i: usize) -> Result<Arc<EmuDevice>, Errno> {
+    pub(crate) fn device(&self, i: usize) -> Result<Arc<EmuDevice>, Errno> {
         let mut devices = self.devices.lock().unwrap();
         let slot = devices.get_mut(i).ok_or(Errno::ENOENT)?;
         if let Some(d) = slot {
@@ -429,7 +429,7 @@ impl Front {
     /// The position of `dev` in the run, if every process of the run
     /// reaches it through a server (`--shared`, `--server`, `vfio-user:`):
     /// its device fds are then shared across processes.
-    fn served_index(&self, dev: &EmuDevice) -> Option<usize> {
+    pub(crate) fn served_index(&self, dev: &EmuDevice) -> Option<usize> {
         dev.remote()?;
         self.spec.devices.iter().position(|d| d.bdf == dev.spec.bdf)
     }
@@ -529,6 +529,11 @@ impl Front {
                 let container =
                     shared_state::read_group(fd).and_then(|id| self.container_by_id(id));
                 Some(File::Group(Arc::new(Group::adopted(dev, container))))
+            }
+            // The iommufd's objects come from its record at its first
+            // command here (`Iommufd::shared`).
+            Kind::Iommufd if self.shares_files() => {
+                Some(File::Iommufd(Arc::new(Iommufd::default())))
             }
             Kind::Container
                 if self
@@ -727,11 +732,38 @@ impl Front {
 
     /// `ioctl(fd, req, arg)` on `file`, which `fd` names.
     pub fn ioctl_fd(&self, fd: i32, file: File, req: u64, arg: usize) -> Result<i64, Errno> {
-        let r = self.ioctl_file(file.clone(), req, arg);
+        let r = match &file {
+            // A shared iommufd's record around the command.
+            File::Iommufd(i) => i.shared(Some(fd), || self.ioctl_file(file.clone(), req, arg)),
+            _ => self.ioctl_file(file.clone(), req, arg),
+        };
         if r.is_ok() {
             self.record_shared_state(fd, &file, req);
         }
         r
+    }
+
+    /// Whether the run's devices are served, so that VFIO files are
+    /// shared by the processes that hold them (`--shared`, `--server`,
+    /// `vfio-user:`).
+    pub fn shares_files(&self) -> bool {
+        self.spec
+            .devices
+            .iter()
+            .any(|d| d.remote_socket().is_some())
+    }
+
+    /// An fd of this process that names the iommufd `i`, if one does.
+    pub fn iommufd_fd(&self, i: &Iommufd) -> Option<i32> {
+        self.files
+            .snapshot()
+            .into_iter()
+            .find_map(|(fd, slot)| match slot {
+                Slot::Own(File::Iommufd(a)) if std::ptr::eq(Arc::as_ptr(&a), i) => {
+                    self.files.get(fd, false).map(|_| fd)
+                }
+                _ => None,
+            })
     }
 
     /// After a successful container or group ioctl that changes what
