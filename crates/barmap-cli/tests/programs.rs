@@ -1325,3 +1325,11 @@ fn a_forked_child_unmaps_the_parents_iommufd_mapping() {
         &["--shared", "--device", "edu"],
     );
 }
+
+#[test]
+fn an_exec_d_program_maps_into_an_inherited_iommufds_ioas() {
+    passes(
+        "an_exec_d_program_maps_into_an_inherited_iommufds_ioas",
+        &["--shared", "--device", "edu"],
+    );
+}
