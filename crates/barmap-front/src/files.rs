@@ -239,7 +239,8 @@ impl Group {
                 Attached::Legacy(k)
             }
             Some(File::Iommufd(i)) => {
-                self.dev.attach(Some(i.compat_ioas()));
+                self.dev
+                    .attach(Some(i.shared(Some(fd), || i.compat_ioas())));
                 Attached::Iommufd(i)
             }
             // "The FD passed is not recognized."

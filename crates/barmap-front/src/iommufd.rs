@@ -405,7 +405,7 @@ impl Iommufd {
         self.sync_in(front, &rec);
         let r = f();
         let out = self.record(front);
-        if self.state.lock().unwrap().last.as_ref() != Some(&out) {
+        if out != rec {
             if let Ok(bytes) = serde_json::to_vec(&out) {
                 crate::shared_state::write_all(fd, &bytes);
             }
@@ -452,7 +452,10 @@ impl Iommufd {
         let known: Vec<u32> = s.objects.keys().copied().collect();
         s.attached
             .retain(|d, h| known.contains(d) && known.contains(h));
-        s.compat = rec.compat.filter(|id| s.objects.contains_key(id));
+        // The compatibility IOAS as another process set it, if one did.
+        if rec.compat != last.compat {
+            s.compat = rec.compat.filter(|id| s.objects.contains_key(id));
+        }
         // Other processes' attachments, as the record has them.
         let peers: Vec<u32> = s
             .objects
