@@ -1333,3 +1333,11 @@ fn an_exec_d_program_maps_into_an_inherited_iommufds_ioas() {
         &["--shared", "--device", "edu"],
     );
 }
+
+#[test]
+fn a_released_shared_iommufd_leaves_no_mapping_of_a_process_that_held_it() {
+    passes(
+        "a_released_shared_iommufd_leaves_no_mapping_of_a_process_that_held_it",
+        &["--shared", "--device", "edu"],
+    );
+}

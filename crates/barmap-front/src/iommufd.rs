@@ -84,7 +84,7 @@ struct State {
     /// Devices that other processes attached to an IOAS, attached here to
     /// this process's table of it too (IOAS id -> devices), so that this
     /// process's maps and unmaps reach them over its own connections.
-    shadows: HashMap<u32, Vec<Arc<EmuDevice>>>,
+    shadows: HashMap<u32, Vec<(Arc<EmuDevice>, Ioas)>>,
     /// The record as this process last wrote it.
     last: Option<Record>,
 }
@@ -254,6 +254,29 @@ fn table_pinnable(table: &Ioas) -> bool {
         .iter()
         .all(|m| pinnable(m.vaddr, m.size, m.write))
         && t.pin_deferred().is_ok()
+}
+
+/// Detaches `d`, attached here to `table` because another process
+/// attached it to that IOAS, unless it has been attached elsewhere since.
+fn detach_shadow(d: &Arc<EmuDevice>, table: &Ioas) {
+    let current = d.dma.lock().unwrap().clone();
+    if current.is_some_and(|t| Arc::ptr_eq(&t, table)) {
+        d.attach(None);
+    }
+}
+
+impl Drop for Iommufd {
+    /// This process's last fd of the iommufd is closed (and no device
+    /// here is bound to it): the devices attached here only because other
+    /// processes attached them let go of this process's mappings, so that
+    /// a device the other processes release later keeps no window of this
+    /// process's memory.
+    fn drop(&mut self) {
+        let s = self.state.get_mut().unwrap();
+        for (d, t) in s.shadows.drain().flat_map(|(_, v)| v) {
+            detach_shadow(&d, &t);
+        }
+    }
 }
 
 /// `IOMMU_IOAS_UNMAP` over this process's table `t` and the mappings of
@@ -516,14 +539,14 @@ impl Iommufd {
         }
         let old = std::mem::take(&mut s.shadows);
         for (ioas, devs) in old {
-            for d in devs {
+            for (d, t) in devs {
                 let keep = wanted
                     .get(&ioas)
                     .is_some_and(|w| front.served_index(&d).is_some_and(|i| w.contains(&i)));
                 if keep {
-                    s.shadows.entry(ioas).or_default().push(d);
+                    s.shadows.entry(ioas).or_default().push((d, t));
                 } else {
-                    d.attach(None);
+                    detach_shadow(&d, &t);
                 }
             }
         }
@@ -533,13 +556,13 @@ impl Iommufd {
                 let have = s
                     .shadows
                     .get(&ioas)
-                    .is_some_and(|v| v.iter().any(|d| front.served_index(d) == Some(i)));
+                    .is_some_and(|v| v.iter().any(|(d, _)| front.served_index(d) == Some(i)));
                 if have {
                     continue;
                 }
                 if let Ok(d) = front.device(i) {
                     d.attach(Some(table.clone()));
-                    s.shadows.entry(ioas).or_default().push(d);
+                    s.shadows.entry(ioas).or_default().push((d, table.clone()));
                 }
             }
         }
