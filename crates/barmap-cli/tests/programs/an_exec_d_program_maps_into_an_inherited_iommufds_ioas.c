@@ -61,6 +61,8 @@ int main(int argc, char **argv)
 		_exit(127);
 	}
 	close(inherited);
+	close(to_child[0]);
+	close(to_parent[1]);
 	DIE_UNLESS(read(to_parent[0], &word, sizeof(word)) == sizeof(word), "the exec'd program mapped");
 	edu_dma(&d, IOVA, 4096, 0);
 	edu_dma(&d, IOVA + 4096, 4096, 1);
