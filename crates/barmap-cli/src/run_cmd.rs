@@ -84,7 +84,10 @@ pub fn run(args: &RunArgs) -> i32 {
             }
         }
     }
-    let spec = RunSpec::new(devices);
+    let mut spec = RunSpec::new(devices);
+    if let Some(server) = &args.server {
+        spec.locks = Some(barmap_server::locks_dir(server).display().to_string());
+    }
     let program = &args.program[0];
     if let Some(path) = launch::resolve_program(program) {
         if launch::is_static(&path) == Some(true) {
@@ -226,5 +229,6 @@ pub(crate) fn serve_in_testbed(
     }
     let server = Server::new(&base, configs).map_err(|e| e.to_string())?;
     server.start().map_err(|e| e.to_string())?;
+    served.locks = Some(server.locks().display().to_string());
     Ok((served, Box::new(Hosted(server))))
 }

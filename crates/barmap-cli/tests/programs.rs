@@ -1268,3 +1268,89 @@ fn a_tampered_bar_memfd_is_revoked_again_and_restores_the_devices_contents() {
         "a_tampered_bar_memfd_is_revoked_again_and_restores_the_devices_contents",
     );
 }
+
+// iommufd and the group's single open across processes and across runs
+// joining one server (`barmap run --shared`, `--server`).
+
+/// `barmap run --server PATH` with `args` after `--`, its sync directory
+/// `dir`, left running.
+fn join_run(sock: &Path, exe: &Path, args: &[&str]) -> std::process::Child {
+    Command::new(barmap())
+        .arg("run")
+        .arg("--server")
+        .arg(sock)
+        .arg("--")
+        .arg(exe)
+        .args(args)
+        .env("BARMAP_PRELOAD", preload())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("barmap run starts")
+}
+
+fn finished(child: std::process::Child) -> Run {
+    let out = child.wait_with_output().unwrap();
+    Run {
+        code: out.status.code(),
+        text: format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+#[test]
+fn a_group_held_by_one_run_is_ebusy_in_another_run_of_the_same_server() {
+    let name = "a_group_held_by_one_run_is_ebusy_in_another_run_of_the_same_server";
+    let s = Served::start(&["edu"]);
+    let exe = build(name);
+    let sync = s.dir.join("sync");
+    std::fs::create_dir_all(&sync).unwrap();
+    let sync = sync.to_str().unwrap();
+    let holder = join_run(&s.socket, &exe, &["hold", sync]);
+    let prober = finished(join_run(&s.socket, &exe, &["probe", sync]));
+    let holder = finished(holder);
+    let again = finished(join_run(&s.socket, &exe, &["again", sync]));
+    for (role, r) in [("hold", holder), ("probe", prober), ("again", again)] {
+        assert!(
+            r.code == Some(0) && r.text.contains("PASS"),
+            "{name} {role}: exit {:?}\n{}",
+            r.code,
+            r.text
+        );
+    }
+}
+
+#[test]
+fn an_iommufd_and_ioas_received_over_scm_rights_map_dma_for_the_device() {
+    passes(
+        "an_iommufd_and_ioas_received_over_scm_rights_map_dma_for_the_device",
+        &["--shared", "--device", "edu"],
+    );
+}
+
+#[test]
+fn a_forked_child_unmaps_the_parents_iommufd_mapping() {
+    passes(
+        "a_forked_child_unmaps_the_parents_iommufd_mapping",
+        &["--shared", "--device", "edu"],
+    );
+}
+
+#[test]
+fn an_exec_d_program_maps_into_an_inherited_iommufds_ioas() {
+    passes(
+        "an_exec_d_program_maps_into_an_inherited_iommufds_ioas",
+        &["--shared", "--device", "edu"],
+    );
+}
+
+#[test]
+fn a_released_shared_iommufd_leaves_no_mapping_of_a_process_that_held_it() {
+    passes(
+        "a_released_shared_iommufd_leaves_no_mapping_of_a_process_that_held_it",
+        &["--shared", "--device", "edu"],
+    );
+}

@@ -2,7 +2,8 @@
 //! their layout), sent to barmap's server only; a foreign server answers
 //! ENOTTY, which [`Remote::write64`] returns.
 
-use barmap_vfio_user::ext::{RegionWrite64, Store64Insn, REGION_WRITE64};
+use crate::proto;
+use barmap_vfio_user::ext::{RegionWrite64, Store64Insn, DMA_UNMAP_ANY, REGION_WRITE64};
 use barmap_vfio_user::Fields;
 
 use crate::{Remote, Result};
@@ -27,5 +28,19 @@ impl Remote {
         .encode();
         let r = self.conn.request(REGION_WRITE64, &[&p], &[])?;
         Ok(r.payload.u32_at(0) == Some(1))
+    }
+
+    /// `DMA_UNMAP` of the window of exactly `size` bytes at `iova`,
+    /// whichever client of the device mapped it ([`DMA_UNMAP_ANY`]).
+    pub fn dma_unmap_any(&self, iova: u64, size: u64) -> Result<()> {
+        let p = proto::DmaUnmap {
+            argsz: proto::DmaUnmap::SIZE as u32,
+            flags: 0,
+            addr: iova,
+            size,
+        }
+        .encode();
+        self.conn.request(DMA_UNMAP_ANY, &[&p], &[])?;
+        Ok(())
     }
 }

@@ -900,6 +900,17 @@ impl DmaTable {
         Ok(inside.into_iter().map(|k| self.remove(k)).sum())
     }
 
+    /// Unmaps, at every device attached, the window of exactly `size`
+    /// bytes at `iova` that another process sharing this IOAS mapped (it is
+    /// not in this table: that process's memory is not this one's).
+    pub fn unmap_peer(&self, iova: u64, size: u64) {
+        for d in self.remote_devices() {
+            if let Some(r) = d.remote() {
+                r.dma_unmap_any(iova, size);
+            }
+        }
+    }
+
     /// Unmaps everything; returns the bytes unmapped.
     pub fn clear(&mut self) -> u64 {
         let bytes = self.maps.values().map(|m| m.size).sum();
@@ -991,6 +1002,12 @@ impl DmaTable {
     /// A free, `align`-aligned IOVA range of `size` bytes in the windows
     /// (iommufd's automatic IOVA allocation).
     pub fn find_free(&self, size: u64, align: u64) -> Option<u64> {
+        self.find_free_besides(size, align, &[])
+    }
+
+    /// Like [`DmaTable::find_free`], with the ranges `others` (IOVA, size:
+    /// what other processes sharing the IOAS mapped) taken too.
+    pub fn find_free_besides(&self, size: u64, align: u64, others: &[(u64, u64)]) -> Option<u64> {
         for &(lo, hi) in &IOVA_RANGES {
             let mut at = lo.max(IOMMU_PAGE).next_multiple_of(align);
             loop {
@@ -998,14 +1015,20 @@ impl DmaTable {
                 if last > hi {
                     break;
                 }
-                match self
+                let own = self
                     .maps
                     .range(..at + size)
                     .next_back()
                     .filter(|(_, m)| m.iova + m.size > at)
-                {
+                    .map(|(_, m)| m.iova + m.size);
+                let other = others
+                    .iter()
+                    .filter(|&&(i, n)| i < at + size && at < i.saturating_add(n))
+                    .map(|&(i, n)| i.saturating_add(n))
+                    .max();
+                match own.max(other) {
                     None => return Some(at),
-                    Some((_, m)) => at = (m.iova + m.size).next_multiple_of(align),
+                    Some(end) => at = end.next_multiple_of(align),
                 }
             }
         }

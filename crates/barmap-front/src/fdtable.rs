@@ -155,9 +155,9 @@ fn format_fd_path(fd: i32, out: &mut [u8; 40]) -> Option<&[u8]> {
 }
 
 /// The kind of front-end file `fd` is, if it is one (this process's or
-/// another's): a memfd named [`PLACEHOLDER_PREFIX`]`<kind>`, or the lock
-/// file of a group under `testbed`.
-pub fn placeholder_kind(fd: i32, testbed: &std::path::Path) -> Option<Kind> {
+/// another's): a memfd named [`PLACEHOLDER_PREFIX`]`<kind>`, or a lock
+/// file in the lock directory `locks`.
+pub fn placeholder_kind(fd: i32, locks: &std::path::Path) -> Option<Kind> {
     let st = fstat_raw(fd)?;
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return None;
@@ -172,7 +172,6 @@ pub fn placeholder_kind(fd: i32, testbed: &std::path::Path) -> Option<Kind> {
             .into_iter()
             .find(|k| k.memfd_name().as_bytes() == name);
     }
-    let locks = crate::locks_dir(testbed);
     let locks = locks.as_os_str().as_encoded_bytes();
     if !(link.len() > locks.len() && link.starts_with(locks) && link[locks.len()] == b'/') {
         return None;
@@ -186,12 +185,12 @@ pub fn placeholder_kind(fd: i32, testbed: &std::path::Path) -> Option<Kind> {
     })
 }
 
-/// The name of the testbed lock file `fd` is an open of, if it is one.
-pub fn lock_name(fd: i32, testbed: &std::path::Path) -> Option<String> {
+/// The name of the lock file in `locks` that `fd` is an open of, if it is
+/// one.
+pub fn lock_name(fd: i32, locks: &std::path::Path) -> Option<String> {
     let mut buf = [0u8; 512];
     let n = fd_link(fd, &mut buf)?;
     let link = &buf[..n];
-    let locks = crate::locks_dir(testbed);
     let locks = locks.as_os_str().as_encoded_bytes();
     let name = link.strip_prefix(locks)?.strip_prefix(b"/")?;
     String::from_utf8(name.to_vec()).ok()
@@ -328,7 +327,8 @@ impl FdTable {
     /// Records every fd of this process that is a front-end file of some
     /// other process (inherited across fork or exec): as `resolve` takes
     /// it, or foreign.
-    pub fn adopt_inherited(&self, testbed: &std::path::Path, resolve: Resolve<'_>) {
+    /// `locks` is the run's lock directory.
+    pub fn adopt_inherited(&self, locks: &std::path::Path, resolve: Resolve<'_>) {
         let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
             return;
         };
@@ -337,18 +337,18 @@ impl FdTable {
             .filter_map(|e| e.file_name().to_str()?.parse().ok())
             .collect();
         for fd in fds {
-            self.adopt(fd, testbed, resolve);
+            self.adopt(fd, locks, resolve);
         }
     }
 
     /// Records `fd` if it is a front-end file this table does not know
     /// (received over a socket, or inherited): as `resolve` takes it, or
     /// foreign.
-    pub fn adopt(&self, fd: i32, testbed: &std::path::Path, resolve: Resolve<'_>) {
+    pub fn adopt(&self, fd: i32, locks: &std::path::Path, resolve: Resolve<'_>) {
         if self.get(fd, true).is_some() {
             return;
         }
-        if let (Some(kind), Some(id)) = (placeholder_kind(fd, testbed), identity(fd)) {
+        if let (Some(kind), Some(id)) = (placeholder_kind(fd, locks), identity(fd)) {
             let slot = match resolve(fd, kind) {
                 Some(file) => Slot::Own(file),
                 None => Slot::Foreign(kind),

@@ -239,7 +239,8 @@ impl Group {
                 Attached::Legacy(k)
             }
             Some(File::Iommufd(i)) => {
-                self.dev.attach(Some(i.compat_ioas()));
+                self.dev
+                    .attach(Some(i.shared(Some(fd), || i.compat_ioas())));
                 Attached::Iommufd(i)
             }
             // "The FD passed is not recognized."
@@ -469,7 +470,8 @@ impl DeviceFile {
     }
 
     /// `vfio_df_ioctl_bind_iommufd`: the size and flags (EINVAL; unknown
-    /// non-zero bytes past the structure E2BIG), bound already (EINVAL),
+    /// non-zero bytes past the structure E2BIG), the group open
+    /// (`vfio_device_block_group`: EBUSY), bound already (EINVAL),
     /// the VF token (`vfio_df_check_token`: EFAULT for an unreadable
     /// UUID, then vfio-pci's EACCES or EINVAL), then the iommufd (EBADF).
     fn bind(&self, arg: usize, lookup: &dyn Fn(i32) -> Option<File>) -> Result<i64, Errno> {
@@ -478,6 +480,12 @@ impl DeviceFile {
         let mut b: v::VfioDeviceBindIommufd = crate::iommufd::read_cmd(arg, size, MINSZ)?;
         if b.iommufd < 0 || b.flags & !BIND_FLAG_TOKEN != 0 {
             return Err(Errno::EINVAL);
+        }
+        // vfio_device_block_group: the device's group is open (here, or
+        // for a served device in any process of its server).
+        let group_open = *self.dev.open.lock().unwrap() & GROUP_OPEN != 0;
+        if group_open || crate::Front::get().is_some_and(|f| f.group_held(&self.dev)) {
+            return Err(Errno::EBUSY);
         }
         let mut bound = self.bound.lock().unwrap();
         if bound.is_some() {
@@ -495,9 +503,9 @@ impl DeviceFile {
         let Some(File::Iommufd(i)) = lookup(b.iommufd) else {
             return Err(Errno::EBADF);
         };
-        b.out_devid = i.bind(&self.dev);
+        b.out_devid = i.shared(Some(b.iommufd), || i.bind(&self.dev));
         if let Err(e) = user::write(arg + 12, &b.out_devid.to_ne_bytes()) {
-            i.unbind(b.out_devid);
+            i.shared(Some(b.iommufd), || i.unbind(b.out_devid));
             return Err(e);
         }
         *bound = Some((i, b.out_devid));
@@ -516,9 +524,9 @@ impl DeviceFile {
             return Err(Errno::EINVAL);
         };
         // Attach, or replace an attachment; pt_id comes back as the HWPT.
-        let (table, hwpt) = i.attach(*devid, a.pt_id)?;
+        let (table, hwpt) = i.shared(None, || i.attach(*devid, a.pt_id))?;
         if let Err(e) = user::write(arg + 8, &hwpt.to_ne_bytes()) {
-            i.detach(*devid);
+            i.shared(None, || i.detach(*devid));
             self.dev.attach(None);
             return Err(e);
         }
@@ -535,7 +543,7 @@ impl DeviceFile {
         let Some((i, devid)) = &*bound else {
             return Err(Errno::EINVAL);
         };
-        i.detach(*devid);
+        i.shared(None, || i.detach(*devid));
         self.dev.attach(None);
         Ok(0)
     }
@@ -544,7 +552,7 @@ impl DeviceFile {
 impl Drop for DeviceFile {
     fn drop(&mut self) {
         if let Some((i, devid)) = self.bound.get_mut().unwrap().take() {
-            i.unbind(devid);
+            i.shared(None, || i.unbind(devid));
             self.dev.attach(None);
         }
         let mut open = self.dev.open.lock().unwrap();

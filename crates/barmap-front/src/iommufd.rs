@@ -60,7 +60,13 @@ enum Object {
     },
     /// A bound device (kept alive while bound).
     Device {
-        _dev: Arc<EmuDevice>,
+        dev: Arc<EmuDevice>,
+    },
+    /// A device another process bound to this iommufd (shared runs): the
+    /// run's served device at `index`, bound by process `pid`.
+    PeerDevice {
+        index: usize,
+        pid: u32,
     },
 }
 
@@ -73,12 +79,84 @@ struct State {
     compat: Option<u32>,
     /// The IOMMU type set through the compatibility mode.
     compat_type: Option<u64>,
+    /// What other processes holding this iommufd mapped (shared runs).
+    peer_maps: Vec<RecMap>,
+    /// Devices that other processes attached to an IOAS, attached here to
+    /// this process's table of it too (IOAS id -> devices), so that this
+    /// process's maps and unmaps reach them over its own connections.
+    shadows: HashMap<u32, Vec<(Arc<EmuDevice>, Ioas)>>,
+    /// The record as this process last wrote it.
+    last: Option<Record>,
 }
 
 /// One open `/dev/iommu`.
+///
+/// Under `barmap run --shared` (`--server`) the open file is shared by
+/// every process that holds an fd of it (inherited across fork or exec,
+/// received over a Unix socket), and so is the iommufd: its memfd holds a
+/// [`Record`] of its objects, of the devices bound and attached in each
+/// process and of every process's mappings; each process keeps its own
+/// tables of its own mappings (its memory is its own) and, around every
+/// command, takes the record's lock, brings its objects up to the record,
+/// and writes the record back. A map goes to every device attached to the
+/// IOAS in any process (over this process's connection to its server,
+/// with this process's memory); an unmap of another process's mapping
+/// unmaps that window at the devices' server. Outside shared runs the
+/// iommufd is this process's alone.
 #[derive(Debug, Default)]
 pub struct Iommufd {
     state: Mutex<State>,
+    /// Serialises this process's commands on a shared iommufd (the
+    /// record's lock excludes other processes only).
+    txn: Mutex<()>,
+}
+
+/// An object of a shared iommufd's record.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum RecObj {
+    /// An IOAS.
+    Ioas,
+    /// A paging HWPT over IOAS `ioas`.
+    Hwpt {
+        /// Its IOAS.
+        ioas: u32,
+        /// Made by an attach to the IOAS.
+        auto: bool,
+    },
+    /// The run's served device at `index`, bound by process `pid`.
+    Device {
+        /// Position of the device in the run.
+        index: usize,
+        /// The binding process.
+        pid: u32,
+    },
+}
+
+/// A mapping of a shared iommufd's record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecMap {
+    /// The IOAS.
+    pub ioas: u32,
+    /// First IOVA.
+    pub iova: u64,
+    /// Length.
+    pub size: u64,
+    /// The process whose memory it maps.
+    pub pid: u32,
+}
+
+/// What every process holding a shared iommufd sees of it (JSON in its
+/// memfd).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Record {
+    /// Object id -> object.
+    pub objects: BTreeMap<u32, RecObj>,
+    /// Device id -> the HWPT it is attached to.
+    pub attached: BTreeMap<u32, u32>,
+    /// The IOAS of the VFIO compatibility mode.
+    pub compat: Option<u32>,
+    /// Every process's mappings.
+    pub maps: Vec<RecMap>,
 }
 
 fn errno_of(e: DmaError) -> Errno {
@@ -178,6 +256,80 @@ fn table_pinnable(table: &Ioas) -> bool {
         && t.pin_deferred().is_ok()
 }
 
+/// Detaches `d`, attached here to `table` because another process
+/// attached it to that IOAS, unless it has been attached elsewhere since.
+fn detach_shadow(d: &Arc<EmuDevice>, table: &Ioas) {
+    let current = d.dma.lock().unwrap().clone();
+    if current.is_some_and(|t| Arc::ptr_eq(&t, table)) {
+        d.attach(None);
+    }
+}
+
+impl Drop for Iommufd {
+    /// This process's last fd of the iommufd is closed (and no device
+    /// here is bound to it): the devices attached here only because other
+    /// processes attached them let go of this process's mappings, so that
+    /// a device the other processes release later keeps no window of this
+    /// process's memory.
+    fn drop(&mut self) {
+        let s = self.state.get_mut().unwrap();
+        for (d, t) in s.shadows.drain().flat_map(|(_, v)| v) {
+            detach_shadow(&d, &t);
+        }
+    }
+}
+
+/// `IOMMU_IOAS_UNMAP` over this process's table `t` and the mappings of
+/// other processes (`peers`, of this IOAS; `peer_maps` loses those
+/// unmapped): the same walk in IOVA order as for one process's table; a
+/// peer's mapping is unmapped at the devices attached, whichever process
+/// mapped it.
+fn unmap_with_peers(
+    t: &mut DmaTable,
+    peer_maps: &mut Vec<RecMap>,
+    u: &ifd::IommuIoasUnmap,
+    peers: &[(u64, u64)],
+) -> Result<u64, Errno> {
+    let all = u.iova == 0 && u.length == u64::MAX;
+    let last = if all {
+        u64::MAX
+    } else {
+        if u.iova == u64::MAX || u.length == u64::MAX {
+            return Err(Errno::EOVERFLOW);
+        }
+        if u.length == 0 {
+            return Err(Errno::EINVAL);
+        }
+        u.iova.checked_add(u.length - 1).ok_or(Errno::EOVERFLOW)?
+    };
+    // (iova, size, this process's own)
+    let mut areas: Vec<(u64, u64, bool)> = t
+        .mappings()
+        .into_iter()
+        .map(|m| (m.iova, m.size, true))
+        .chain(peers.iter().map(|&(i, n)| (i, n, false)))
+        .filter(|&(i, n, _)| i <= last && u.iova <= i + (n - 1))
+        .collect();
+    areas.sort_by_key(|a| a.0);
+    let mut bytes = 0;
+    for (i, n, own) in areas {
+        if !all && (i < u.iova || i + (n - 1) > last) {
+            return Err(Errno::ENOENT);
+        }
+        if own {
+            bytes += t.unmap(i, n, true).map_err(errno_of)?;
+        } else {
+            t.unmap_peer(i, n);
+            peer_maps.retain(|m| !(m.iova == i && m.size == n && m.ioas == u.ioas_id));
+            bytes += n;
+        }
+    }
+    if bytes == 0 && !all {
+        return Err(Errno::ENOENT);
+    }
+    Ok(bytes)
+}
+
 impl State {
     /// The lowest free object id (the kernel's `xa_alloc` from 1).
     fn alloc(&mut self, obj: Object) -> u32 {
@@ -200,7 +352,19 @@ impl State {
     }
 
     fn is_device(&self, id: u32) -> bool {
-        matches!(self.objects.get(&id), Some(Object::Device { .. }))
+        matches!(
+            self.objects.get(&id),
+            Some(Object::Device { .. } | Object::PeerDevice { .. })
+        )
+    }
+
+    /// What other processes mapped in IOAS `ioas`, as (IOVA, size).
+    fn peer_ranges(&self, ioas: u32) -> Vec<(u64, u64)> {
+        self.peer_maps
+            .iter()
+            .filter(|m| m.ioas == ioas)
+            .map(|m| (m.iova, m.size))
+            .collect()
     }
 
     /// Whether the IOAS `id` has a domain (a HWPT over it).
@@ -243,12 +407,216 @@ impl State {
 }
 
 impl Iommufd {
+    /// Runs `f`, a command on this iommufd (an ioctl on it, or a device's
+    /// bind, attach, detach or unbind), as one step of the iommufd that
+    /// every process holding its open file shares, when the run's devices
+    /// are served: under the record's lock, with this process's objects
+    /// brought up to the record first and the record written back after.
+    /// `fd` names the iommufd here (None: any fd of this process that
+    /// does). Otherwise, or with no such fd, just `f`.
+    pub fn shared<R>(&self, fd: Option<i32>, f: impl FnOnce() -> R) -> R {
+        let Some(front) = crate::Front::get().filter(|fr| fr.shares_files()) else {
+            return f();
+        };
+        let Some(fd) = fd.or_else(|| front.iommufd_fd(self)) else {
+            return f();
+        };
+        let _txn = self.txn.lock().unwrap();
+        let _lock = crate::shared_state::FileLock::new(fd);
+        let rec: Record =
+            serde_json::from_slice(&crate::shared_state::read_all(fd)).unwrap_or_default();
+        self.sync_in(front, &rec);
+        let r = f();
+        let out = self.record(front);
+        if out != rec {
+            if let Ok(bytes) = serde_json::to_vec(&out) {
+                crate::shared_state::write_all(fd, &bytes);
+            }
+        }
+        self.state.lock().unwrap().last = Some(out);
+        r
+    }
+
+    /// Brings this process's objects up to the record `rec` that the
+    /// processes sharing the iommufd wrote: objects made or destroyed
+    /// elsewhere, devices bound and attached elsewhere (each attached here
+    /// too to this process's table of its IOAS, so that this process's
+    /// maps reach it), this process's mappings that another process
+    /// unmapped, and the other processes' mappings.
+    fn sync_in(&self, front: &crate::Front, rec: &Record) {
+        let me = crate::fdtable::getpid_raw();
+        let mut s = self.state.lock().unwrap();
+        let last = s.last.take().unwrap_or_default();
+        // Objects another process destroyed (known to the record before).
+        let gone: Vec<u32> = s
+            .objects
+            .keys()
+            .copied()
+            .filter(|id| last.objects.contains_key(id) && !rec.objects.contains_key(id))
+            .collect();
+        for id in gone {
+            if let Some(Object::Ioas(t)) = s.objects.remove(&id) {
+                t.lock().unwrap().clear();
+            }
+        }
+        for (&id, o) in &rec.objects {
+            if s.objects.contains_key(&id) {
+                continue;
+            }
+            let obj = match *o {
+                RecObj::Ioas => Object::Ioas(Arc::default()),
+                RecObj::Hwpt { ioas, auto } => Object::Hwpt { ioas, auto },
+                // A device of ours that is no longer here: stale.
+                RecObj::Device { pid, .. } if pid == me => continue,
+                RecObj::Device { index, pid } => Object::PeerDevice { index, pid },
+            };
+            s.objects.insert(id, obj);
+        }
+        let known: Vec<u32> = s.objects.keys().copied().collect();
+        s.attached
+            .retain(|d, h| known.contains(d) && known.contains(h));
+        // The compatibility IOAS as another process set it, if one did.
+        if rec.compat != last.compat {
+            s.compat = rec.compat.filter(|id| s.objects.contains_key(id));
+        }
+        // Other processes' attachments, as the record has them.
+        let peers: Vec<u32> = s
+            .objects
+            .iter()
+            .filter(|(_, o)| matches!(o, Object::PeerDevice { .. }))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &peers {
+            match rec.attached.get(id) {
+                Some(&h) => s.attached.insert(*id, h),
+                None => s.attached.remove(id),
+            };
+        }
+        // This process's mappings that another process unmapped (the
+        // window at the server went with that unmap).
+        let mine = |ioas: u32, iova: u64| {
+            rec.maps
+                .iter()
+                .any(|m| m.pid == me && m.ioas == ioas && m.iova == iova)
+        };
+        let was_mine = |ioas: u32, iova: u64| {
+            last.maps
+                .iter()
+                .any(|m| m.pid == me && m.ioas == ioas && m.iova == iova)
+        };
+        for (&id, o) in &s.objects {
+            if let Object::Ioas(t) = o {
+                let mut t = t.lock().unwrap();
+                for m in t.mappings() {
+                    if was_mine(id, m.iova) && !mine(id, m.iova) {
+                        let _ = t.unmap(m.iova, m.size, true);
+                    }
+                }
+            }
+        }
+        s.peer_maps = rec.maps.iter().filter(|m| m.pid != me).copied().collect();
+        // Devices attached elsewhere, attached here to the IOAS's table.
+        let local: Vec<usize> = s
+            .objects
+            .values()
+            .filter_map(|o| match o {
+                Object::Device { dev } => front.served_index(dev),
+                _ => None,
+            })
+            .collect();
+        let mut wanted: HashMap<u32, Vec<usize>> = HashMap::new();
+        for id in &peers {
+            let (Some(Object::PeerDevice { index, .. }), Some(h)) =
+                (s.objects.get(id), s.attached.get(id))
+            else {
+                continue;
+            };
+            if let Some(Object::Hwpt { ioas, .. }) = s.objects.get(h) {
+                if !local.contains(index) {
+                    wanted.entry(*ioas).or_default().push(*index);
+                }
+            }
+        }
+        let old = std::mem::take(&mut s.shadows);
+        for (ioas, devs) in old {
+            for (d, t) in devs {
+                let keep = wanted
+                    .get(&ioas)
+                    .is_some_and(|w| front.served_index(&d).is_some_and(|i| w.contains(&i)));
+                if keep {
+                    s.shadows.entry(ioas).or_default().push((d, t));
+                } else {
+                    detach_shadow(&d, &t);
+                }
+            }
+        }
+        for (ioas, indexes) in wanted {
+            let Ok(table) = s.ioas(ioas) else { continue };
+            for i in indexes {
+                let have = s
+                    .shadows
+                    .get(&ioas)
+                    .is_some_and(|v| v.iter().any(|(d, _)| front.served_index(d) == Some(i)));
+                if have {
+                    continue;
+                }
+                if let Ok(d) = front.device(i) {
+                    d.attach(Some(table.clone()));
+                    s.shadows.entry(ioas).or_default().push((d, table.clone()));
+                }
+            }
+        }
+    }
+
+    /// The record of this process's view: its objects and attachments,
+    /// its own mappings and the other processes' it knows.
+    fn record(&self, front: &crate::Front) -> Record {
+        let me = crate::fdtable::getpid_raw();
+        let s = self.state.lock().unwrap();
+        let mut rec = Record {
+            compat: s.compat,
+            attached: s.attached.iter().map(|(&d, &h)| (d, h)).collect(),
+            ..Record::default()
+        };
+        for (&id, o) in &s.objects {
+            let r = match o {
+                Object::Ioas(t) => {
+                    for m in t.lock().unwrap().mappings() {
+                        rec.maps.push(RecMap {
+                            ioas: id,
+                            iova: m.iova,
+                            size: m.size,
+                            pid: me,
+                        });
+                    }
+                    RecObj::Ioas
+                }
+                Object::Hwpt { ioas, auto } => RecObj::Hwpt {
+                    ioas: *ioas,
+                    auto: *auto,
+                },
+                Object::Device { dev } => RecObj::Device {
+                    index: front.served_index(dev).unwrap_or(usize::MAX),
+                    pid: me,
+                },
+                Object::PeerDevice { index, pid } => RecObj::Device {
+                    index: *index,
+                    pid: *pid,
+                },
+            };
+            rec.objects.insert(id, r);
+        }
+        rec.maps.extend(s.peer_maps.iter().copied());
+        rec.maps.sort_by_key(|m| (m.ioas, m.iova));
+        rec
+    }
+
     /// Binds `dev` (`VFIO_DEVICE_BIND_IOMMUFD`); returns its device id.
     pub fn bind(&self, dev: &Arc<EmuDevice>) -> u32 {
         self.state
             .lock()
             .unwrap()
-            .alloc(Object::Device { _dev: dev.clone() })
+            .alloc(Object::Device { dev: dev.clone() })
     }
 
     /// Unbinds device `devid` (its fd closed): detaches it first.
@@ -290,7 +658,7 @@ impl Iommufd {
                     }
                 }
             }
-            Some(Object::Device { .. }) => return Err(Errno::EINVAL),
+            Some(Object::Device { .. } | Object::PeerDevice { .. }) => return Err(Errno::EINVAL),
         };
         let Some(Object::Hwpt { ioas, .. }) = s.objects.get(&hwpt) else {
             unreachable!("a HWPT id names a HWPT");
@@ -386,12 +754,14 @@ impl Iommufd {
             None => return Err(Errno::ENOENT),
             Some(Object::Ioas(_)) => s.has_domain(d.id),
             Some(Object::Hwpt { .. }) => s.hwpt_in_use(d.id),
-            Some(Object::Device { .. }) => true,
+            Some(Object::Device { .. } | Object::PeerDevice { .. }) => true,
         };
         if busy {
             return Err(Errno::EBUSY);
         }
         s.objects.remove(&d.id);
+        // The IOAS's mappings go with it, other processes' too.
+        s.peer_maps.retain(|m| m.ioas != d.id);
         if s.compat == Some(d.id) {
             s.compat = None;
         }
@@ -427,7 +797,7 @@ impl Iommufd {
             }
             // iommufd_hwpt_nested_alloc: the driver cannot nest.
             Some(Object::Hwpt { .. }) => return Err(Errno::EOPNOTSUPP),
-            Some(Object::Device { .. }) => return Err(Errno::EINVAL),
+            Some(Object::Device { .. } | Object::PeerDevice { .. }) => return Err(Errno::EINVAL),
         }
         let id = s.alloc(Object::Hwpt {
             ioas: c.pt_id,
@@ -518,8 +888,20 @@ impl Iommufd {
                 return Err(Errno::EOVERFLOW);
             }
             m.iova = t
-                .find_free(m.length.next_multiple_of(IOMMU_PAGE), IOMMU_PAGE)
+                .find_free_besides(
+                    m.length.next_multiple_of(IOMMU_PAGE),
+                    IOMMU_PAGE,
+                    &s.peer_ranges(m.ioas_id),
+                )
                 .ok_or(Errno::ENOSPC)?;
+        }
+        // Another process's mapping there (its memory, not in this table).
+        let end = m.iova.saturating_add(m.length);
+        if s.peer_ranges(m.ioas_id)
+            .iter()
+            .any(|&(i, n)| i < end && m.iova < i.saturating_add(n))
+        {
+            return Err(Errno::EEXIST);
         }
         let mapping = DmaMapping {
             iova: m.iova,
@@ -551,8 +933,20 @@ impl Iommufd {
     /// before it stay unmapped); no area at all is ENOENT too.
     fn ioas_unmap(&self, arg: usize, size: u32) -> Result<i64, Errno> {
         let mut u: ifd::IommuIoasUnmap = read_cmd(arg, size, 24)?;
-        let table = self.state.lock().unwrap().ioas(u.ioas_id)?;
+        let mut s = self.state.lock().unwrap();
+        let table = s.ioas(u.ioas_id)?;
         let mut t = table.lock().unwrap();
+        let peers = s.peer_ranges(u.ioas_id);
+        if !peers.is_empty() {
+            // Other processes' mappings too (a shared iommufd).
+            let bytes = unmap_with_peers(&mut t, &mut s.peer_maps, &u, &peers)?;
+            u.length = bytes;
+            drop(t);
+            drop(s);
+            respond(arg, &u, size)?;
+            return Ok(0);
+        }
+        drop(s);
         let bytes = if u.iova == 0 && u.length == u64::MAX {
             t.clear()
         } else {

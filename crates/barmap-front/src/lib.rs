@@ -112,6 +112,8 @@ pub fn is_bar_memory(addr: u64, len: u64) -> bool {
 #[derive(Debug)]
 pub struct Front {
     testbed: PathBuf,
+    /// The directory of the group and device lock files.
+    locks: PathBuf,
     spec: RunSpec,
     pid: u32,
     devices: Mutex<Vec<Option<Arc<EmuDevice>>>>,
@@ -188,7 +190,7 @@ impl Front {
                 // SAFETY: just published, never freed.
                 let f = unsafe { &*fresh };
                 f.files
-                    .adopt_inherited(&f.testbed, &|fd, kind| f.adopt(fd, kind));
+                    .adopt_inherited(&f.locks, &|fd, kind| f.adopt(fd, kind));
                 Some(Task::Own(f))
             }
             Err(other) => {
@@ -257,6 +259,11 @@ impl Front {
         let spec = RunSpec::load(dir)?;
         Ok(Front {
             testbed: dir.to_path_buf(),
+            locks: spec
+                .locks
+                .as_ref()
+                .map(PathBuf::from)
+                .unwrap_or_else(|| locks_dir(dir)),
             devices: Mutex::new(vec![None; spec.devices.len()]),
             spec,
             pid: std::process::id(),
@@ -285,7 +292,7 @@ impl Front {
     }
 
     /// The device at position `i`, built on first use.
-    fn device(&self, i: usize) -> Result<Arc<EmuDevice>, Errno> {
+    pub(crate) fn device(&self, i: usize) -> Result<Arc<EmuDevice>, Errno> {
         let mut devices = self.devices.lock().unwrap();
         let slot = devices.get_mut(i).ok_or(Errno::ENOENT)?;
         if let Some(d) = slot {
@@ -422,7 +429,7 @@ impl Front {
     /// The position of `dev` in the run, if every process of the run
     /// reaches it through a server (`--shared`, `--server`, `vfio-user:`):
     /// its device fds are then shared across processes.
-    fn served_index(&self, dev: &EmuDevice) -> Option<usize> {
+    pub(crate) fn served_index(&self, dev: &EmuDevice) -> Option<usize> {
         dev.remote()?;
         self.spec.devices.iter().position(|d| d.bdf == dev.spec.bdf)
     }
@@ -458,10 +465,28 @@ impl Front {
         held
     }
 
+    /// Whether the group of `dev`, a served device, is open in some
+    /// process of its server (its lock file is held): a cdev of it cannot
+    /// be bound then (`vfio_device_block_group`).
+    pub fn group_held(&self, dev: &EmuDevice) -> bool {
+        let Some(i) = self.served_index(dev) else {
+            return false;
+        };
+        let n = self.spec.devices[i].group;
+        let Ok(fd) = self.open_lock(&format!("group-{n}"), true) else {
+            return false;
+        };
+        // SAFETY: flock on our own fd, closed right after.
+        let held = unsafe { libc::flock(fd, libc::LOCK_SH | libc::LOCK_NB) } != 0;
+        // SAFETY: our own fd (closing it drops the probe's lock).
+        unsafe { libc::close(fd) };
+        held
+    }
+
     /// An open of the testbed's lock file `name`.
     fn open_lock(&self, name: &str, cloexec: bool) -> Result<i32, Errno> {
-        let dir = locks_dir(&self.testbed);
-        let _ = std::fs::create_dir(&dir);
+        let dir = &self.locks;
+        let _ = std::fs::create_dir(dir);
         let path = std::ffi::CString::new(dir.join(name).into_os_string().into_encoded_bytes())
             .map_err(|_| Errno::EINVAL)?;
         let flags = libc::O_RDWR
@@ -483,7 +508,7 @@ impl Front {
     fn adopt(&self, fd: i32, kind: Kind) -> Option<File> {
         match kind {
             Kind::Device => {
-                let i = fdtable::lock_name(fd, &self.testbed)?
+                let i = fdtable::lock_name(fd, &self.locks)?
                     .strip_prefix("device-")?
                     .parse::<usize>()
                     .ok()?;
@@ -492,7 +517,7 @@ impl Front {
                 Some(File::Device(Arc::new(DeviceFile::open(dev, false))))
             }
             Kind::Group => {
-                let n = fdtable::lock_name(fd, &self.testbed)?
+                let n = fdtable::lock_name(fd, &self.locks)?
                     .strip_prefix("group-")?
                     .parse::<u32>()
                     .ok()?;
@@ -504,6 +529,11 @@ impl Front {
                 let container =
                     shared_state::read_group(fd).and_then(|id| self.container_by_id(id));
                 Some(File::Group(Arc::new(Group::adopted(dev, container))))
+            }
+            // The iommufd's objects come from its record at its first
+            // command here (`Iommufd::shared`).
+            Kind::Iommufd if self.shares_files() => {
+                Some(File::Iommufd(Arc::new(Iommufd::default())))
             }
             Kind::Container
                 if self
@@ -543,7 +573,7 @@ impl Front {
             .into_iter()
             .find(|&fd| fdtable::identity(fd) == Some(id))?;
         self.files
-            .adopt(fd, &self.testbed, &|fd, kind| self.adopt(fd, kind));
+            .adopt(fd, &self.locks, &|fd, kind| self.adopt(fd, kind));
         find()
     }
 
@@ -582,7 +612,7 @@ impl Front {
     /// any other front-end file foreign.
     pub fn received(&self, fd: i32) {
         self.files
-            .adopt(fd, &self.testbed, &|fd, kind| self.adopt(fd, kind));
+            .adopt(fd, &self.locks, &|fd, kind| self.adopt(fd, kind));
     }
 
     /// `open(path, flags)` of a VFIO node: a new fd, or the kernel's errno.
@@ -644,8 +674,8 @@ impl Front {
     /// An open of the lock file of group `n`, locked: EBUSY while any
     /// process holds the group open.
     fn lock_group(&self, n: u32, cloexec: bool) -> Result<i32, Errno> {
-        let dir = locks_dir(&self.testbed);
-        let _ = std::fs::create_dir(&dir);
+        let dir = &self.locks;
+        let _ = std::fs::create_dir(dir);
         let path = std::ffi::CString::new(
             dir.join(format!("group-{n}"))
                 .into_os_string()
@@ -702,11 +732,38 @@ impl Front {
 
     /// `ioctl(fd, req, arg)` on `file`, which `fd` names.
     pub fn ioctl_fd(&self, fd: i32, file: File, req: u64, arg: usize) -> Result<i64, Errno> {
-        let r = self.ioctl_file(file.clone(), req, arg);
+        let r = match &file {
+            // A shared iommufd's record around the command.
+            File::Iommufd(i) => i.shared(Some(fd), || self.ioctl_file(file.clone(), req, arg)),
+            _ => self.ioctl_file(file.clone(), req, arg),
+        };
         if r.is_ok() {
             self.record_shared_state(fd, &file, req);
         }
         r
+    }
+
+    /// Whether the run's devices are served, so that VFIO files are
+    /// shared by the processes that hold them (`--shared`, `--server`,
+    /// `vfio-user:`).
+    pub fn shares_files(&self) -> bool {
+        self.spec
+            .devices
+            .iter()
+            .any(|d| d.remote_socket().is_some())
+    }
+
+    /// An fd of this process that names the iommufd `i`, if one does.
+    pub fn iommufd_fd(&self, i: &Iommufd) -> Option<i32> {
+        self.files
+            .snapshot()
+            .into_iter()
+            .find_map(|(fd, slot)| match slot {
+                Slot::Own(File::Iommufd(a)) if std::ptr::eq(Arc::as_ptr(&a), i) => {
+                    self.files.get(fd, false).map(|_| fd)
+                }
+                _ => None,
+            })
     }
 
     /// After a successful container or group ioctl that changes what
@@ -1063,7 +1120,8 @@ fn watch_forks() {
     });
 }
 
-/// The directory of the groups' lock files in a testbed.
+/// The directory of the groups' lock files in a testbed (when the run's
+/// spec names no other, [`spec::RunSpec::locks`]).
 pub fn locks_dir(testbed: &Path) -> PathBuf {
     testbed.join("locks")
 }

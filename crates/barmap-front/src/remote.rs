@@ -491,6 +491,21 @@ impl RemoteDevice {
     }
 }
 
+impl RemoteDevice {
+    /// `DMA_UNMAP` of the window of exactly `size` bytes at `iova`, which
+    /// another process sharing the IOAS may have mapped (barmap's
+    /// `DMA_UNMAP_ANY`); nothing if no window is exactly that.
+    pub fn dma_unmap_any(&self, iova: u64, size: u64) {
+        if let Err(e) = self.remote.dma_unmap_any(iova, size) {
+            tracing::debug!(iova, size, error = %e, "DMA_UNMAP_ANY failed");
+        }
+        let mut sent = self.sent.maps.lock().unwrap();
+        if sent.get(&iova).is_some_and(|m| m.size == size) {
+            sent.remove(&iova);
+        }
+    }
+}
+
 /// The file behind `vaddr..vaddr+size` of this process and the offset of
 /// `vaddr` in it, if the range lies in one shared file mapping (memfd,
 /// `MAP_SHARED|MAP_ANONYMOUS`, hugetlbfs, shmem): opened through

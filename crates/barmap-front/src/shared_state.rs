@@ -68,3 +68,62 @@ pub fn read_group(fd: i32) -> Option<FileId> {
         u64::from_ne_bytes(b[8..].try_into().unwrap()),
     ))
 }
+
+/// The whole content of the file `fd` names (an iommufd's record).
+pub fn read_all(fd: i32) -> Vec<u8> {
+    let Some(st) = crate::fdtable::fstat_raw(fd) else {
+        return Vec::new();
+    };
+    let mut b = vec![0u8; st.st_size.max(0) as usize];
+    // SAFETY: reads at most b.len() bytes into `b` at offset 0.
+    let n = unsafe { libc::syscall(libc::SYS_pread64, fd, b.as_mut_ptr(), b.len(), 0i64) };
+    b.truncate(n.max(0) as usize);
+    b
+}
+
+/// Replaces the content of the file `fd` names with `bytes`.
+pub fn write_all(fd: i32, bytes: &[u8]) {
+    pwrite_raw(fd, bytes);
+}
+
+/// A write lock on the whole file `fd` names, held by this process
+/// (`fcntl` record lock: it excludes other processes, not this one's
+/// threads) until dropped. The open file itself is shared by every holder,
+/// so `flock`, which belongs to the open file, would exclude none of them.
+#[derive(Debug)]
+pub struct FileLock(i32);
+
+impl FileLock {
+    /// Waits for the lock on `fd`.
+    pub fn new(fd: i32) -> FileLock {
+        Self::op(fd, libc::F_WRLCK as i16);
+        FileLock(fd)
+    }
+
+    fn op(fd: i32, kind: i16) {
+        // SAFETY: a zeroed flock is a valid argument; whole file from 0.
+        let mut l: libc::flock = unsafe { std::mem::zeroed() };
+        l.l_type = kind;
+        l.l_whence = libc::SEEK_SET as i16;
+        loop {
+            // SAFETY: F_SETLKW with a valid struct flock.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_fcntl,
+                    fd,
+                    libc::F_SETLKW,
+                    &mut l as *mut libc::flock,
+                )
+            };
+            if rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        Self::op(self.0, libc::F_UNLCK as i16);
+    }
+}

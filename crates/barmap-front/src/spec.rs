@@ -330,6 +330,12 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 pub struct RunSpec {
     /// The devices, in order.
     pub devices: Vec<DeviceSpec>,
+    /// The directory of the group and device lock files, when the devices'
+    /// server keeps one for all its clients (`barmap run --shared`,
+    /// `--server`: `barmap_server::locks_dir`), so that two runs joining
+    /// one server see each other's opens; None: the testbed's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locks: Option<String>,
 }
 
 /// File name of the spec inside the testbed.
@@ -370,7 +376,10 @@ impl RunSpec {
             }
         }
         devices.extend(vfs);
-        RunSpec { devices }
+        RunSpec {
+            devices,
+            locks: None,
+        }
     }
 
     /// Reads the spec of the testbed at `dir`, if `dir` is the testbed

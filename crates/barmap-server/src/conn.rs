@@ -268,6 +268,7 @@ fn handle(dev: &ServedDevice, out: &Arc<Outbound>, client: ClientId, m: Message)
         proto::DMA_UNMAP => (dma_unmap(dev, client, &m), vec![]),
         proto::DEVICE_RESET => (dev.reset().map(|()| Vec::new()), vec![]),
         crate::ext::REGION_WRITE64 => (crate::ext::region_write64(dev, &m.payload), vec![]),
+        crate::ext::DMA_UNMAP_ANY => (crate::ext::dma_unmap_any(dev, &m.payload), vec![]),
         proto::VERSION => (Err(libc::EINVAL), vec![]),
         _ => (Err(libc::ENOTTY), vec![]),
     };

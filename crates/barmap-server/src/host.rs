@@ -208,6 +208,18 @@ impl ServerHost {
         Ok(())
     }
 
+    /// Removes the window of exactly `iova` and `size`, whichever client
+    /// mapped it (ENOENT otherwise).
+    pub fn dma_unmap_any(&self, iova: u64, size: u64) -> Result<(), i32> {
+        let mut dma = self.dma.write().unwrap();
+        let i = dma
+            .iter()
+            .position(|w| w.iova == iova && w.size == size)
+            .ok_or(libc::ENOENT)?;
+        dma.remove(i);
+        Ok(())
+    }
+
     /// Removes every window of `client`.
     pub fn dma_unmap_all(&self, client: ClientId) {
         self.dma.write().unwrap().retain(|w| w.client != client);

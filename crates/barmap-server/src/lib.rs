@@ -119,6 +119,7 @@ pub struct Server {
     devices: Vec<Arc<ServedDevice>>,
     sockets: Vec<PathBuf>,
     control: PathBuf,
+    locks: PathBuf,
     next_client: AtomicU64,
     stopping: AtomicBool,
 }
@@ -136,6 +137,35 @@ pub fn device_socket(path: &Path, index: usize) -> PathBuf {
 /// The control socket for `--socket PATH`: `PATH.ctl`.
 pub fn control_socket(path: &Path) -> PathBuf {
     PathBuf::from(format!("{}.ctl", path.display()))
+}
+
+/// The directory of the lock files for `--socket PATH`: `PATH.locks`.
+/// Every client process of the server, whichever run it belongs to, opens
+/// a served device's group and device fds as lock files there, so that a
+/// group's single open holds across all of them (as `/dev/vfio/N` does
+/// system-wide). Made when the server starts, removed when it stops.
+pub fn locks_dir(path: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.locks", path.display()))
+}
+
+/// Makes the lock directory `dir`, mode 0700; one left by a server that
+/// was killed is taken again if it is a directory of ours that nobody
+/// else may write.
+fn make_locks_dir(dir: &Path) -> Result<(), ServeError> {
+    let io = |e| ServeError::Io(dir.to_path_buf(), e);
+    match std::fs::create_dir(dir) {
+        Ok(()) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let m = std::fs::symlink_metadata(dir).map_err(io)?;
+            // SAFETY: geteuid has no preconditions.
+            let uid = unsafe { libc::geteuid() };
+            if !m.is_dir() || m.uid() != uid || m.mode() & 0o077 != 0 {
+                return Err(ServeError::UnsafeDirectory(dir.to_path_buf(), uid));
+            }
+            Ok(())
+        }
+        Err(e) => Err(io(e)),
+    }
 }
 
 /// Creates a listening socket at `path`, mode 0600, in a directory the
@@ -185,6 +215,7 @@ impl Server {
                 .map(|i| device_socket(socket, i))
                 .collect(),
             control: control_socket(socket),
+            locks: locks_dir(socket),
             devices,
             next_client: AtomicU64::new(1),
             stopping: AtomicBool::new(false),
@@ -194,6 +225,8 @@ impl Server {
     /// Binds every socket and starts a thread accepting on each; returns
     /// once all listen.
     pub fn start(self: &Arc<Self>) -> Result<(), ServeError> {
+        // Before any socket exists: a client's first open finds it.
+        make_locks_dir(&self.locks)?;
         let mut listeners = Vec::new();
         for p in &self.sockets {
             listeners.push(listen(p)?);
@@ -255,6 +288,11 @@ impl Server {
         &self.control
     }
 
+    /// The directory of the clients' lock files ([`locks_dir`]).
+    pub fn locks(&self) -> &Path {
+        &self.locks
+    }
+
     /// What the control socket reports of device `index`.
     pub fn status(&self, index: usize) -> DeviceStatus {
         self.devices[index].status(index, self.sockets[index].display().to_string())
@@ -274,6 +312,7 @@ impl Server {
             let _ = std::os::unix::net::UnixStream::connect(p);
             let _ = std::fs::remove_file(p);
         }
+        let _ = std::fs::remove_dir_all(&self.locks);
         for d in &self.devices {
             d.shutdown_clients();
         }

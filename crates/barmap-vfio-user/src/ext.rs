@@ -8,11 +8,19 @@
 //!   would reach the model as eight 8-byte writes, which a device portal
 //!   (DSA's) drops. Payload: [`RegionWrite64`]. Reply: `u32`, 1 if the
 //!   device accepted the store (for ENQCMD/ENQCMDS), else 0.
+//! - [`DMA_UNMAP_ANY`]: `DMA_UNMAP` of the window of exactly this IOVA and
+//!   size whichever client mapped it, for processes that share one IOAS
+//!   (an iommufd held by several processes of one program: a holder unmaps
+//!   what another mapped, as on the kernel). Payload: `DmaUnmap`'s. Reply:
+//!   empty; ENOENT if no window is exactly that.
 
 use crate::{put_u32, put_u64, Fields};
 
 /// The command number of a 64-byte store (outside vfio-user's numbers).
 pub const REGION_WRITE64: u16 = 0xba01;
+
+/// The command number of a DMA unmap of any client's window.
+pub const DMA_UNMAP_ANY: u16 = 0xba02;
 
 /// The instruction that made a 64-byte store, as the wire numbers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
