@@ -13,7 +13,16 @@
 //! descriptor to another client over `SCM_RIGHTS`, fork, exit, or be
 //! SIGKILLed (also in the middle of its loop), or tamper with the BAR's
 //! file itself (grow it while revoked, shrink it or punch a hole while
-//! live, `pwrite` it), as a hostile client can.
+//! live, `pwrite` it), as a hostile client can. A client registers an
+//! eventfd of its own for the device request interrupt (`SET_IRQS` on
+//! `VFIO_PCI_REQ_IRQ_INDEX`) and reads it. The explorer requests the
+//! device's removal at any moment (also while a client writes in its
+//! loop), as `barmap ctl remove` does: the server signals the registered
+//! eventfd once, revokes every BAR, shuts every connection down and unlinks
+//! the socket (a surprise removal; vfio-pci instead signals again every
+//! 10 s and waits until the user releases the device). The episode then
+//! goes on with the same clients until [`POp::Replug`], which counts the
+//! clients still alive, kills them and serves a fresh device.
 //!
 //! The reference model ([`ProcModel`]) holds the BAR's words and the
 //! device's COMMAND.MEM and power state, and predicts every observation:
@@ -27,7 +36,28 @@
 //! model predicts the tamper events it counted and the words: a tamper
 //! while revoked changes nothing (every touch is SIGBUS again, the contents
 //! after re-enable are the model's); while live, a shrink or a punched hole
-//! zeroes the words it took and a `pwrite` is a write.
+//! zeroes the words it took and a `pwrite` is a write. A removal signals
+//! the eventfd of the last registration whose connection a live client
+//! still holds (so the child that inherited it reads 1); when it returns,
+//! a touch in every process that maps the BAR is SIGBUS, and stays so;
+//! later requests by message, config writes and `DEVICE_RESET` fail with
+//! ENODEV (the connection is gone), the explorer's reset too, a new client
+//! cannot connect (ENOENT), the server holds no connection, the device
+//! keeps its words, nothing hangs, and no client dies but those the
+//! explorer kills.
+//!
+//! No DMA: the served default device has no DMA engine. What it would
+//! take: serve a second device with one (edu: BAR0 0x80..0x98, a trapped
+//! register BAR reached by message) from the same server; a client
+//! `DMA_MAP`s a memfd of its own with the fd (the server reaches it as
+//! `barmap_server::host::Backing::File`, so the one-threaded client never has
+//! to answer the server's `DMA_READ`/`DMA_WRITE`), shared with the
+//! explorer so the model reads the buffer; the model holds the edu's
+//! 4 KiB buffer and each client's window, and predicts the buffer after a
+//! DMA in either direction, the edu's fault count for a DMA to an IOVA no
+//! live client maps (a killed client's windows go when the server reads
+//! its end of file, so one killed just before is either), and that the
+//! other clients' buffers are unchanged.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
