@@ -35,7 +35,8 @@ pub struct FuzzArgs {
     /// process, reached by forked client processes (vfio-user clients and
     /// their children) that map, touch, write in loops, pass the BAR's fd,
     /// fork, exit and are SIGKILLed, while COMMAND.MEM, reset and D3hot
-    /// come from this process or from a client.
+    /// come from this process or from a client, and the device's removal
+    /// (the REQ interrupt, then gone) from this process.
     #[arg(long)]
     processes: bool,
     /// Print one JSON object instead of a summary line.

@@ -232,7 +232,11 @@ fn execute_procs(cfg: &Config, source: Source, shared: &Shared) -> Outcome {
         mismatch: None,
         ops: Vec::new(),
     };
-    let mut sut = match procs::ProcSut::new(memory, cfg.op_timeout) {
+    let mut sut = match procs::ProcSut::new(
+        memory,
+        cfg.op_timeout,
+        cfg.mutation == Mutation::RemovalRevokesNothing,
+    ) {
         Ok(s) => s,
         Err(e) => {
             out.mismatch = Some(Mismatch {

@@ -47,6 +47,10 @@ pub enum Mutation {
     /// Predicts that a forked child reads the parent's mapping (it has no
     /// view: SIGSEGV).
     ChildSeesMapping,
+    /// Not a model error: the process mode's server removes the device
+    /// without revoking its BARs (a broken server the explorer must
+    /// catch).
+    RemovalRevokesNothing,
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -13,7 +13,16 @@
 //! descriptor to another client over `SCM_RIGHTS`, fork, exit, or be
 //! SIGKILLed (also in the middle of its loop), or tamper with the BAR's
 //! file itself (grow it while revoked, shrink it or punch a hole while
-//! live, `pwrite` it), as a hostile client can.
+//! live, `pwrite` it), as a hostile client can. A client registers an
+//! eventfd of its own for the device request interrupt (`SET_IRQS` on
+//! `VFIO_PCI_REQ_IRQ_INDEX`) and reads it. The explorer requests the
+//! device's removal at any moment (also while a client writes in its
+//! loop), as `barmap ctl remove` does: the server signals the registered
+//! eventfd once, revokes every BAR, shuts every connection down and unlinks
+//! the socket (a surprise removal; vfio-pci instead signals again every
+//! 10 s and waits until the user releases the device). The episode then
+//! goes on with the same clients until [`POp::Replug`], which counts the
+//! clients still alive, kills them and serves a fresh device.
 //!
 //! The reference model ([`ProcModel`]) holds the BAR's words and the
 //! device's COMMAND.MEM and power state, and predicts every observation:
@@ -27,7 +36,28 @@
 //! model predicts the tamper events it counted and the words: a tamper
 //! while revoked changes nothing (every touch is SIGBUS again, the contents
 //! after re-enable are the model's); while live, a shrink or a punched hole
-//! zeroes the words it took and a `pwrite` is a write.
+//! zeroes the words it took and a `pwrite` is a write. A removal signals
+//! the eventfd of the last registration whose connection a live client
+//! still holds (so the child that inherited it reads 1); when it returns,
+//! a touch in every process that maps the BAR is SIGBUS, and stays so;
+//! later requests by message, config writes and `DEVICE_RESET` fail with
+//! ENODEV (the connection is gone), the explorer's reset too, a new client
+//! cannot connect (ENOENT), the server holds no connection, the device
+//! keeps its words, nothing hangs, and no client dies but those the
+//! explorer kills.
+//!
+//! No DMA: the served default device has no DMA engine. What it would
+//! take: serve a second device with one (edu: BAR0 0x80..0x98, a trapped
+//! register BAR reached by message) from the same server; a client
+//! `DMA_MAP`s a memfd of its own with the fd (the server reaches it as
+//! `barmap_server::host::Backing::File`, so the one-threaded client never has
+//! to answer the server's `DMA_READ`/`DMA_WRITE`), shared with the
+//! explorer so the model reads the buffer; the model holds the edu's
+//! 4 KiB buffer and each client's window, and predicts the buffer after a
+//! DMA in either direction, the edu's fault count for a DMA to an IOVA no
+//! live client maps (a killed client's windows go when the server reads
+//! its end of file, so one killed just before is either), and that the
+//! other clients' buffers are unchanged.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -75,6 +105,9 @@ pub enum Disturb {
     Power,
     /// The looping client is SIGKILLed.
     Kill,
+    /// The explorer requests the device's removal (the REQ interrupt,
+    /// then the device is gone).
+    Remove,
 }
 
 /// How a client tampers with the BAR's file (its fd, not its mapping).
@@ -202,6 +235,29 @@ pub enum POp {
         /// Word selector.
         word: u32,
     },
+    /// A connected client registers a new eventfd of its own for the
+    /// device request interrupt (`SET_IRQS`, `VFIO_PCI_REQ_IRQ_INDEX`,
+    /// trigger); a child it forks later inherits it.
+    ReqRegister {
+        /// Client selector.
+        c: u8,
+    },
+    /// A client reads (non-blocking) the request eventfd it holds: the
+    /// count signalled since the last read, 0 if none.
+    ReqRead {
+        /// Client selector.
+        c: u8,
+    },
+    /// The explorer requests the device's removal, as `barmap ctl remove`
+    /// does: the REQ interrupt to the client that registered for it, then
+    /// the device is gone (every BAR revoked, every connection shut down,
+    /// its socket unlinked). Then every client that has the BAR mapped
+    /// touches it.
+    Remove,
+    /// After a removal, the explorer counts the clients still alive, kills
+    /// them, and serves a fresh device (a new model) for the rest of the
+    /// episode.
+    Replug,
 }
 
 impl POp {
@@ -217,6 +273,10 @@ impl POp {
                 disturb: Disturb::Kill,
                 ..
             } => "proc_loop_killed",
+            POp::Loop {
+                disturb: Disturb::Remove,
+                ..
+            } => "proc_loop_removed",
             POp::Loop { .. } => "proc_loop",
             POp::MsgRead { .. } => "proc_msg_read",
             POp::MsgWrite { .. } => "proc_msg_write",
@@ -226,6 +286,10 @@ impl POp {
             POp::Exit { .. } => "proc_exit",
             POp::Kill { .. } => "proc_kill",
             POp::Check { .. } => "proc_check",
+            POp::ReqRegister { .. } => "proc_req_register",
+            POp::ReqRead { .. } => "proc_req_read",
+            POp::Remove => "proc_remove",
+            POp::Replug => "proc_replug",
             POp::Tamper { how, .. } => match how {
                 Tamper::Grow => "proc_tamper_grow",
                 Tamper::Shrink => "proc_tamper_shrink",
@@ -313,8 +377,14 @@ impl POp {
 /// Generates one operation for the model's state.
 pub fn generate(rng: &mut Rng, m: &ProcModel) -> POp {
     let n = m.clients.len();
+    if m.removed && (n == 0 || rng.chance(1, 12)) {
+        return POp::Replug;
+    }
     if n == 0 || (n < 2 && rng.chance(1, 3)) {
         return POp::Spawn;
+    }
+    if rng.chance(1, 150) {
+        return POp::Remove;
     }
     let c = rng.below(16) as u8;
     let word = if rng.chance(9, 10) {
@@ -338,7 +408,9 @@ pub fn generate(rng: &mut Rng, m: &ProcModel) -> POp {
                 _ => Tamper::Pwrite(rng.next_u64()),
             },
         },
-        4..=29 => POp::Touch {
+        4 => POp::ReqRegister { c },
+        5 => POp::ReqRead { c },
+        6..=29 => POp::Touch {
             c,
             word,
             write: rng.chance(1, 2).then(|| rng.next_u64()),
@@ -359,7 +431,11 @@ pub fn generate(rng: &mut Rng, m: &ProcModel) -> POp {
                 Disturb::Reset,
                 Disturb::Power,
                 Disturb::Kill,
-            ][rng.below(6) as usize];
+                Disturb::Remove,
+            ][{
+                let kinds = if rng.chance(1, 15) { 7 } else { 6 };
+                rng.below(kinds) as usize
+            }];
             POp::Loop {
                 c,
                 word,
@@ -408,6 +484,8 @@ pub struct ClientModel {
     fd: bool,
     /// It has the BAR mapped.
     mapped: bool,
+    /// The request eventfd it holds (its own or inherited), by id.
+    efd: Option<u32>,
 }
 
 /// The reference model of the process mode.
@@ -419,6 +497,13 @@ pub struct ProcModel {
     d3: bool,
     clients: Vec<ClientModel>,
     next_conn: u32,
+    /// The device was removed.
+    removed: bool,
+    /// The registration for the request interrupt: the connection that
+    /// made it and the eventfd.
+    req: Option<(u32, u32)>,
+    /// Each eventfd's count not yet read, by id.
+    efd_counts: Vec<u64>,
     /// A deliberate model error (tests of the explorer itself): predicts
     /// that a reset clears the memory BAR.
     mutate_reset: bool,
@@ -445,12 +530,42 @@ impl ProcModel {
             d3: false,
             clients: Vec::new(),
             next_conn: 0,
+            removed: false,
+            req: None,
+            efd_counts: Vec::new(),
             mutate_reset,
         }
     }
 
+    /// Whether the device was removed (the episode goes on with its
+    /// clients until a [`POp::Replug`]).
+    pub fn removed(&self) -> bool {
+        self.removed
+    }
+
     fn enabled(&self) -> bool {
-        self.mem_on && !self.d3
+        self.mem_on && !self.d3 && !self.removed
+    }
+
+    /// Whether a live client keeps connection `conn` open.
+    fn held(&self, conn: u32) -> bool {
+        self.clients.iter().any(|c| c.holds == conn)
+    }
+
+    /// The removal's REQ interrupt: the count `remove` reports (exact while
+    /// the registering connection is held; 0 or 1 once its last holder is
+    /// gone, as the server may not have read its end of file yet), and
+    /// the signal to its eventfd.
+    fn request(&mut self) -> Exp {
+        let one = |v| Obs::Api(Ok(Val::U64(v)));
+        match self.req.take() {
+            Some((conn, efd)) if self.held(conn) => {
+                self.efd_counts[efd as usize] += 1;
+                Exp::Is(one(1))
+            }
+            Some(_) => Exp::OneOf(vec![one(0), one(1)]),
+            None => Exp::Is(one(0)),
+        }
     }
 
     fn loop_word(&self, first: usize, j: usize) -> usize {
@@ -498,9 +613,10 @@ impl ProcModel {
                 p.c = pick(c)?;
                 p.word = word as usize % self.words;
                 self.clients[p.c].mapped.then_some(())?;
+                (disturb != Disturb::Remove || !self.removed).then_some(())?;
                 if let (Some(b), Disturb::Toggle | Disturb::Reset) = (by, disturb) {
                     let b = pick(b)?;
-                    if b != p.c && connected(b) {
+                    if b != p.c && connected(b) && !self.removed {
                         p.other = Some(b);
                     }
                 }
@@ -526,6 +642,16 @@ impl ProcModel {
             }
             POp::Exit { c } | POp::Kill { c } => p.c = pick(c)?,
             POp::Check { word } => p.word = word as usize % self.words,
+            POp::ReqRegister { c } => {
+                p.c = pick(c)?;
+                connected(p.c).then_some(())?
+            }
+            POp::ReqRead { c } => {
+                p.c = pick(c)?;
+                self.clients[p.c].efd.is_some().then_some(())?
+            }
+            POp::Remove => (!self.removed).then_some(())?,
+            POp::Replug => self.removed.then_some(())?,
             POp::Tamper { c, word, .. } => {
                 p.c = pick(c)?;
                 p.word = word as usize % self.words;
@@ -587,7 +713,12 @@ impl ProcModel {
         }
     }
 
+    /// The connections the server holds: those live clients keep open,
+    /// none once the device is removed.
     fn connections(&self) -> u64 {
+        if self.removed {
+            return 0;
+        }
         let mut held: Vec<u32> = self.clients.iter().map(|c| c.holds).collect();
         held.sort_unstable();
         held.dedup();
@@ -598,7 +729,10 @@ impl ProcModel {
     /// expectations, and whether the observations met them.
     pub fn step(&mut self, plan: &PPlan, obs: &[Obs]) -> (Vec<Exp>, bool) {
         let ok = || Exp::Is(Obs::Api(Ok(Val::Unit)));
+        let err = |e: i32| Exp::Is(Obs::Api(Err(format!("errno {e}"))));
         let exp: Vec<Exp> = match plan.op {
+            // The removed device's socket is unlinked: connecting fails.
+            POp::Spawn if self.removed => vec![err(1000 + libc::ENOENT)],
             POp::Spawn => {
                 let conn = self.next_conn;
                 self.next_conn += 1;
@@ -607,6 +741,7 @@ impl ProcModel {
                     holds: conn,
                     fd: true,
                     mapped: false,
+                    efd: None,
                 });
                 vec![ok()]
             }
@@ -617,6 +752,7 @@ impl ProcModel {
                     holds: parent.holds,
                     fd: parent.fd,
                     mapped: parent.mapped,
+                    efd: parent.efd,
                 };
                 self.clients.push(child);
                 vec![ok()]
@@ -640,6 +776,9 @@ impl ProcModel {
                 };
                 vec![Exp::Is(Obs::Touch(t))]
             }
+            // Every connection was shut down: the client's request finds
+            // the socket closed (its transport's ENODEV).
+            POp::MsgRead { .. } | POp::MsgWrite { .. } if self.removed => vec![err(libc::ENODEV)],
             POp::MsgRead { .. } => vec![Exp::Is(Obs::Api(if self.enabled() {
                 Ok(Val::U64(self.mem[plan.word]))
             } else {
@@ -656,9 +795,45 @@ impl ProcModel {
                 self.clients[to].fd = true;
                 vec![ok()]
             }
+            POp::Config { by: Some(_), .. } if self.removed => vec![err(libc::ENODEV)],
+            // The server's reset of a removed device: ENODEV.
+            POp::Config {
+                act: Act::Reset, ..
+            } if self.removed => vec![err(libc::ENODEV)],
             POp::Config { act, .. } => {
                 self.apply(act);
                 vec![ok()]
+            }
+            POp::ReqRegister { .. } if self.removed => vec![err(libc::ENODEV)],
+            POp::ReqRegister { .. } => {
+                let id = self.efd_counts.len() as u32;
+                self.efd_counts.push(0);
+                let cl = &mut self.clients[plan.c];
+                cl.efd = Some(id);
+                self.req = Some((cl.holds, id));
+                vec![ok()]
+            }
+            POp::ReqRead { .. } => {
+                let id = self.clients[plan.c].efd.expect("planned") as usize;
+                let n = std::mem::take(&mut self.efd_counts[id]);
+                vec![Exp::Is(Obs::Api(Ok(Val::U64(n))))]
+            }
+            POp::Remove => {
+                let mut e = vec![self.request()];
+                self.removed = true;
+                // Every mapping is revoked: SIGBUS in every process.
+                for c in &self.clients {
+                    if c.mapped {
+                        e.push(Exp::Is(Obs::Touch(TouchObs::Sigbus)));
+                    }
+                }
+                e
+            }
+            POp::Replug => {
+                // Nobody died but the clients the explorer killed.
+                let e = vec![Exp::Is(Obs::Api(Ok(Val::U64(self.clients.len() as u64))))];
+                *self = ProcModel::new(self.words as u64 * 8, self.mutate_reset);
+                e
             }
             POp::Exit { .. } | POp::Kill { .. } => {
                 self.clients.remove(plan.c);
@@ -703,12 +878,26 @@ impl ProcModel {
     ) -> (Vec<Exp>, bool) {
         let words = words as usize;
         let enabled_before = self.enabled();
-        let mut exp = vec![Exp::Is(Obs::Api(Ok(Val::Unit)))];
+        let first = if disturb == Disturb::Reset && self.removed {
+            // The explorer's reset of a removed device (a client's is not
+            // planned once removed).
+            Obs::Api(Err(format!("errno {}", libc::ENODEV)))
+        } else {
+            Obs::Api(Ok(Val::Unit))
+        };
+        let mut exp = vec![Exp::Is(first)];
         match disturb {
             Disturb::None | Disturb::Kill => {}
             Disturb::Toggle => self.mem_on = true,
+            Disturb::Reset if self.removed => {}
             Disturb::Reset => self.apply(Act::Reset),
             Disturb::Power => self.d3 = false,
+            Disturb::Remove => {
+                // The count `remove` reports is not observed here; its
+                // signal is (by a later read of the eventfd).
+                let _ = self.request();
+                self.removed = true;
+            }
         }
         if disturb == Disturb::Kill {
             self.clients.remove(plan.c);
@@ -788,6 +977,8 @@ mod cmd {
     pub const MSG_WRITE: u64 = 9;
     pub const EXIT: u64 = 10;
     pub const TAMPER: u64 = 11;
+    pub const REQ_REGISTER: u64 = 12;
+    pub const REQ_READ: u64 = 13;
     /// The loop's first message: it has started.
     pub const STARTED: u64 = 100;
 }
@@ -808,6 +999,11 @@ pub struct ProcSut {
     socket: PathBuf,
     clients: Vec<Proc>,
     timeout: Duration,
+    memory: u64,
+    /// A deliberately broken server (tests of the explorer itself): its
+    /// removal signals REQ and shuts the connections down but revokes
+    /// nothing.
+    broken_removal: bool,
 }
 
 fn sendmsg(sock: RawFd, words: &[u64], fd: Option<RawFd>) -> std::io::Result<()> {
@@ -973,6 +1169,16 @@ impl Wire {
     }
 
     fn call(&mut self, command: u16, payload: &[u8]) -> Result<proto::Message, i32> {
+        self.call_fds(command, payload, &[])
+    }
+
+    /// As [`Wire::call`], passing `fds` with the request.
+    fn call_fds(
+        &mut self,
+        command: u16,
+        payload: &[u8],
+        fds: &[RawFd],
+    ) -> Result<proto::Message, i32> {
         let id = self.next;
         self.next = self.next.wrapping_add(1);
         let h = proto::Header {
@@ -980,7 +1186,7 @@ impl Wire {
             command,
             ..proto::Header::default()
         };
-        proto::send(self.sock.as_raw_fd(), h, payload, &[]).map_err(|_| libc::ENODEV)?;
+        proto::send(self.sock.as_raw_fd(), h, payload, fds).map_err(|_| libc::ENODEV)?;
         let m = proto::recv(self.sock.as_raw_fd()).map_err(|_| libc::ENODEV)?;
         if m.header.id != id {
             return Err(libc::EPROTO);
@@ -1044,12 +1250,27 @@ impl Wire {
     fn reset(&mut self) -> Result<(), i32> {
         self.call(proto::DEVICE_RESET, &[]).map(|_| ())
     }
+
+    /// Registers `efd` as the trigger of the request interrupt.
+    fn register_req(&mut self, efd: RawFd) -> Result<(), i32> {
+        let set = proto::IrqSet {
+            argsz: proto::IrqSet::SIZE as u32,
+            flags: proto::IRQ_SET_DATA_EVENTFD | proto::IRQ_SET_ACTION_TRIGGER,
+            index: proto::IRQ_REQ,
+            start: 0,
+            count: 1,
+        };
+        self.call_fds(proto::DEVICE_SET_IRQS, &set.encode(), &[efd])
+            .map(|_| ())
+    }
 }
 
 /// A client process's state.
 struct Client {
     remote: Option<Wire>,
     fd: Option<OwnedFd>,
+    /// The request eventfd it registered (or inherited).
+    efd: Option<OwnedFd>,
     map: *mut u64,
     size: u64,
 }
@@ -1104,6 +1325,39 @@ impl Client {
         let cmd = u16::from_ne_bytes(b);
         let new = if act == 1 { cmd | 2 } else { cmd & !2 };
         errno_reply(r.write(proto::CONFIG_REGION, 4, &new.to_ne_bytes()))
+    }
+
+    /// Registers a new eventfd for the request interrupt; it replaces the
+    /// one held before only if the server took it.
+    fn register_req(&mut self) -> Result<(), i32> {
+        let Some(r) = &mut self.remote else {
+            return Err(libc::ENODEV);
+        };
+        // SAFETY: eventfd returns a new fd or -1.
+        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if raw < 0 {
+            return Err(libc::EMFILE);
+        }
+        // SAFETY: a new fd, ours.
+        let efd = unsafe { OwnedFd::from_raw_fd(raw) };
+        r.register_req(efd.as_raw_fd())?;
+        self.efd = Some(efd);
+        Ok(())
+    }
+
+    /// The count of the request eventfd (0 if none was signalled).
+    fn read_req(&mut self) -> Result<u64, i32> {
+        let fd = self.efd.as_ref().ok_or(libc::EBADF)?.as_raw_fd();
+        let mut b = [0u8; 8];
+        // SAFETY: an 8-byte read into a local buffer.
+        let n = unsafe { libc::read(fd, b.as_mut_ptr().cast(), 8) };
+        if n == 8 {
+            return Ok(u64::from_ne_bytes(b));
+        }
+        match std::io::Error::last_os_error().raw_os_error() {
+            Some(libc::EAGAIN) => Ok(0),
+            e => Err(e.unwrap_or(libc::EIO)),
+        }
     }
 
     /// Serves the explorer's commands until told to exit.
@@ -1227,6 +1481,17 @@ impl Client {
                         Err(e) => reply(&[e as u64], None),
                     }
                 }
+                cmd::REQ_REGISTER => {
+                    let r = self.register_req();
+                    reply(&errno_reply(r), None);
+                }
+                cmd::REQ_READ => {
+                    let r = self.read_req();
+                    match r {
+                        Ok(n) => reply(&[0, n], None),
+                        Err(e) => reply(&[e as u64], None),
+                    }
+                }
                 cmd::MSG_WRITE => {
                     let r = match &mut self.remote {
                         Some(r) => r.write(BAR, arg(1) * 8, &arg(2).to_ne_bytes()),
@@ -1294,6 +1559,7 @@ fn client_main(socket: &Path, ctl: RawFd) -> ! {
         Ok::<_, u64>(Client {
             remote: Some(remote),
             fd: Some(fd),
+            efd: None,
             map: std::ptr::null_mut(),
             size,
         })
@@ -1335,8 +1601,23 @@ fn api(r: Result<Val, String>) -> Obs {
 }
 
 impl ProcSut {
-    /// Serves a fresh default device with a `memory`-byte BAR.
-    pub fn new(memory: u64, timeout: Duration) -> Result<ProcSut, String> {
+    /// Serves a fresh default device with a `memory`-byte BAR;
+    /// `broken_removal` breaks the server's removal (it revokes nothing),
+    /// for tests of the explorer.
+    pub fn new(memory: u64, timeout: Duration, broken_removal: bool) -> Result<ProcSut, String> {
+        let (server, dir, socket) = Self::serve(memory)?;
+        Ok(ProcSut {
+            server,
+            dir,
+            socket,
+            clients: Vec::new(),
+            timeout,
+            memory,
+            broken_removal,
+        })
+    }
+
+    fn serve(memory: u64) -> Result<(Arc<barmap_server::Server>, PathBuf, PathBuf), String> {
         let dir = temp_dir().map_err(|e| format!("temp dir: {e}"))?;
         let socket = dir.join("dev.sock");
         let model = barmap_models::by_name("default", &[("memory".into(), memory.to_string())])?;
@@ -1350,13 +1631,40 @@ impl ProcSut {
         )
         .map_err(|e| e.to_string())?;
         server.start().map_err(|e| e.to_string())?;
-        Ok(ProcSut {
-            server,
-            dir,
-            socket,
-            clients: Vec::new(),
-            timeout,
-        })
+        Ok((server, dir, socket))
+    }
+
+    /// Requests the device's removal as `barmap ctl remove` does; the
+    /// count of REQ interrupts signalled.
+    fn remove(&self) -> u64 {
+        let d = self.dev();
+        if self.broken_removal {
+            // (The socket stays: the accept loop of a device not marked
+            // removed would never end.)
+            let n = d.host().signal_raw(proto::IRQ_REQ, 0);
+            d.shutdown_clients();
+            return u64::from(n);
+        }
+        let n = d.remove();
+        self.server.unlink_device_socket(0);
+        n as u64
+    }
+
+    /// Counts the clients alive, kills them, and serves a fresh device.
+    fn replug(&mut self) -> Result<Obs, String> {
+        let alive = self
+            .clients
+            .iter()
+            .filter(|p| !poll_in(p.pidfd.as_raw_fd(), Duration::ZERO))
+            .count();
+        while !self.clients.is_empty() {
+            self.kill(self.clients.len() - 1)?;
+        }
+        self.server.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let (server, dir, socket) = Self::serve(self.memory)?;
+        (self.server, self.dir, self.socket) = (server, dir, socket);
+        Ok(api(Ok(Val::U64(alive as u64))))
     }
 
     fn dev(&self) -> &barmap_server::ServedDevice {
@@ -1397,7 +1705,7 @@ impl ProcSut {
         }
     }
 
-    fn spawn(&mut self) -> Result<Obs, String> {
+    fn spawn(&mut self, removed: bool) -> Result<Obs, String> {
         let (mine, theirs) = seqpacket_pair().map_err(|e| e.to_string())?;
         // SAFETY: the child runs client_main, which never returns.
         let pid = unsafe { libc::fork() };
@@ -1421,6 +1729,14 @@ impl ProcSut {
         let i = self.clients.len() - 1;
         let t0 = Instant::now();
         let (r, _) = self.wait_reply(i)?;
+        if r.first() != Some(&0) {
+            // The client exits after saying what failed.
+            self.gone(i)?;
+            if removed {
+                // The removed device's answer, as the model predicts it.
+                return Ok(api(Self::status(&r)));
+            }
+        }
         Ok(api(Self::status(&r).map_err(|e| {
             format!("{e} (client pid {pid}, after {:?})", t0.elapsed())
         })))
@@ -1518,7 +1834,7 @@ impl ProcSut {
     fn exec_inner(&mut self, plan: &PPlan, model: &ProcModel) -> Result<Vec<Obs>, String> {
         let c = plan.c;
         Ok(match plan.op {
-            POp::Spawn => vec![self.spawn()?],
+            POp::Spawn => vec![self.spawn(model.removed())?],
             POp::Fork { .. } => {
                 let (r, fd) = self.call(c, &[cmd::FORK], None)?;
                 let (Some(0), Some(pid), Some(ctl)) = (r.first(), r.get(1), fd) else {
@@ -1582,6 +1898,35 @@ impl ProcSut {
                 self.kill(c)?;
                 vec![api(Ok(Val::Unit))]
             }
+            POp::ReqRegister { .. } => {
+                vec![api(Self::status(
+                    &self.call(c, &[cmd::REQ_REGISTER], None)?.0,
+                ))]
+            }
+            POp::ReqRead { .. } => {
+                let (r, _) = self.call(c, &[cmd::REQ_READ], None)?;
+                vec![api(
+                    Self::status(&r).map(|_| Val::U64(r.get(1).copied().unwrap_or(0)))
+                )]
+            }
+            POp::Remove => {
+                let mut out = vec![api(Ok(Val::U64(self.remove())))];
+                // Every mapping is revoked when removal returns: a touch in
+                // every process that maps the BAR.
+                for (i, cl) in model.clients.iter().enumerate() {
+                    if cl.mapped {
+                        let (r, _) = self.call(i, &[cmd::TOUCH, 0, 0, 0], None)?;
+                        out.push(Obs::Touch(match r.get(1) {
+                            Some(0) => TouchObs::Value(r[2]),
+                            Some(1) => TouchObs::Wrote,
+                            Some(2) => TouchObs::Sigbus,
+                            _ => TouchObs::Sigsegv,
+                        }));
+                    }
+                }
+                out
+            }
+            POp::Replug => vec![self.replug()?],
             POp::Tamper { how, .. } => {
                 let bar = self.dev().mem_bar(BAR).ok_or("no memory BAR")?;
                 let before = bar.tampers();
@@ -1668,6 +2013,9 @@ impl ProcSut {
                     Disturb::Power => {
                         note(self.act(None, Act::D3)?);
                         note(self.act(None, Act::D0)?);
+                    }
+                    Disturb::Remove => {
+                        self.remove();
                     }
                     Disturb::Kill => {
                         self.kill(c)?;

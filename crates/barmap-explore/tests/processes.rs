@@ -54,6 +54,11 @@ fn clients_of_a_served_device_match_the_model_and_every_kind_runs() {
         "proc_tamper_shrink",
         "proc_tamper_punch",
         "proc_tamper_pwrite",
+        "proc_req_register",
+        "proc_req_read",
+        "proc_remove",
+        "proc_loop_removed",
+        "proc_replug",
     ] {
         assert!(kinds.contains(kind), "{kind} never ran: {kinds:?}");
     }
@@ -168,4 +173,150 @@ fn a_client_that_tampers_with_the_bar_file_undoes_no_revocation() {
     if let Some(m) = barmap_explore::replay(&cfg, &ops) {
         panic!("{}", serde_json::to_string(&m).unwrap());
     }
+}
+
+/// A sequence around a removal: two mapping clients (one forked, sharing
+/// the other's request eventfd), a client registered for REQ, a client
+/// with the fd only; then the removal, the checks, and a fresh device.
+fn removal_sequence() -> Vec<Op> {
+    use barmap_explore::procs::{Act, POp, Tamper};
+    let p = |op| Op::Proc(op);
+    let touch = |c, write| {
+        p(POp::Touch {
+            c,
+            word: 600,
+            write,
+        })
+    };
+    vec![
+        p(POp::Spawn),
+        p(POp::Spawn),
+        p(POp::Spawn),
+        p(POp::Map { c: 0 }),
+        p(POp::Map { c: 1 }),
+        touch(0, Some(0xabcd)),
+        p(POp::ReqRegister { c: 1 }),
+        // Client 3: a child of client 1, with its mapping and eventfd.
+        p(POp::Fork { c: 1 }),
+        p(POp::ReqRead { c: 3 }),
+        // The REQ count, then a touch in each of clients 0, 1 and 3.
+        p(POp::Remove),
+        p(POp::ReqRead { c: 3 }),
+        p(POp::ReqRead { c: 1 }),
+        touch(0, None),
+        touch(3, Some(1)),
+        p(POp::MsgRead { c: 2, word: 600 }),
+        p(POp::MsgWrite {
+            c: 2,
+            word: 600,
+            value: 7,
+        }),
+        p(POp::Config {
+            by: Some(2),
+            act: Act::MemOn,
+        }),
+        p(POp::Config {
+            by: None,
+            act: Act::Reset,
+        }),
+        p(POp::Config {
+            by: None,
+            act: Act::MemOn,
+        }),
+        p(POp::ReqRegister { c: 2 }),
+        touch(1, None),
+        p(POp::Tamper {
+            c: 2,
+            word: 600,
+            how: Tamper::Grow,
+        }),
+        touch(0, None),
+        p(POp::Check { word: 600 }),
+        p(POp::Spawn),
+        p(POp::Kill { c: 2 }),
+        p(POp::Replug),
+        p(POp::Spawn),
+        p(POp::Map { c: 0 }),
+        touch(0, None),
+        p(POp::MsgRead { c: 0, word: 600 }),
+    ]
+}
+
+/// Removal as the server implements it (`barmap ctl remove`): the client
+/// registered for the request interrupt gets its eventfd signalled (read
+/// by the child that inherited it), every mapping in every process is
+/// SIGBUS when removal returns and stays so (also after a client grows
+/// the file or the explorer sets COMMAND.MEM), requests by message,
+/// config writes and resets fail with ENODEV, the server holds no
+/// connection, the device's contents are kept, a new client cannot
+/// connect, nobody dies but the client the explorer kills, and a fresh
+/// device serves the rest of the episode.
+#[test]
+fn a_removal_revokes_every_mapping_signals_req_and_fails_every_later_request() {
+    let cfg = config(0, 0);
+    if let Some(m) = barmap_explore::replay(&cfg, &removal_sequence()) {
+        panic!("{}", serde_json::to_string(&m).unwrap());
+    }
+}
+
+/// A removal while a client writes its mapping in a loop (and another
+/// client is registered for REQ): the loop ends (its touches turn to
+/// SIGBUS, nothing hangs), the writes it saw complete are in the device,
+/// and the next device serves again.
+#[test]
+fn a_removal_while_a_client_loops_on_its_mapping_loses_no_completed_write() {
+    use barmap_explore::procs::{Disturb, POp};
+    let mut ops = Vec::new();
+    for k in 0..20u32 {
+        ops.push(Op::Proc(POp::Spawn));
+        ops.push(Op::Proc(POp::Spawn));
+        ops.push(Op::Proc(POp::Map { c: 0 }));
+        ops.push(Op::Proc(POp::ReqRegister { c: 1 }));
+        ops.push(Op::Proc(POp::Loop {
+            c: 0,
+            word: k * 523,
+            words: 8,
+            rounds: 400,
+            seed: u64::from(k),
+            disturb: Disturb::Remove,
+            by: None,
+            delay: (k * 97 % 2000) as u16,
+        }));
+        ops.push(Op::Proc(POp::ReqRead { c: 1 }));
+        ops.push(Op::Proc(POp::Check { word: k * 523 }));
+        ops.push(Op::Proc(POp::Replug));
+    }
+    let cfg = config(0, 0);
+    if let Some(m) = barmap_explore::replay(&cfg, &ops) {
+        panic!("{}", serde_json::to_string(&m).unwrap());
+    }
+}
+
+/// A server whose removal revokes nothing (it signals REQ and shuts the
+/// connections down, the mappings stay live) is caught: by the removal
+/// sequence, and by a generated run, shrunk to a few steps that remove.
+#[test]
+fn a_removal_that_revokes_nothing_is_caught() {
+    let cfg = Config {
+        mutation: Mutation::RemovalRevokesNothing,
+        ..config(0, 0)
+    };
+    let m =
+        barmap_explore::replay(&cfg, &removal_sequence()).expect("the broken removal is caught");
+    assert!(
+        matches!(m.op, Op::Proc(barmap_explore::procs::POp::Remove)),
+        "caught at {:?}",
+        m.op
+    );
+    let cfg = Config {
+        mutation: Mutation::RemovalRevokesNothing,
+        ..config(3, 2_000)
+    };
+    let r = run(&cfg, |_| {});
+    let f = r.failure.expect("the broken removal is caught");
+    assert!(f.shrunk.len() <= 8, "shrunk to {:?}", f.shrunk);
+    assert!(f
+        .shrunk
+        .iter()
+        .any(|op| matches!(op, Op::Proc(barmap_explore::procs::POp::Remove))));
 }

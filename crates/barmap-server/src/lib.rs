@@ -261,7 +261,9 @@ impl Server {
 
     fn accept_loop(self: Arc<Self>, index: usize, l: UnixListener) {
         for c in l.incoming() {
-            if self.stopping.load(Ordering::SeqCst) {
+            // A removed device accepts no one: its loop ends (and drops
+            // the listener) once woken.
+            if self.stopping.load(Ordering::SeqCst) || self.devices[index].is_removed() {
                 break;
             }
             let Ok(c) = c else { continue };
@@ -298,8 +300,11 @@ impl Server {
         self.devices[index].status(index, self.sockets[index].display().to_string())
     }
 
-    /// Removes device `index`'s socket file (after a removal).
+    /// Removes device `index`'s socket file (after a removal), waking its
+    /// accept loop first so that it ends ([`Server::stop`] finds it by
+    /// the file).
     pub fn unlink_device_socket(&self, index: usize) {
+        let _ = std::os::unix::net::UnixStream::connect(&self.sockets[index]);
         let _ = std::fs::remove_file(&self.sockets[index]);
     }
 

@@ -609,3 +609,30 @@ fn a_read_only_bar_comes_as_a_read_only_fd_and_refuses_writes_by_message() {
     assert_eq!(c.read32(4, 0), Ok(u32::from_ne_bytes(*b"barm")));
     s.stop();
 }
+
+/// The explorer's process mode, serving a fresh device after each removal,
+/// ran out of file descriptors: a removal unlinks the device's socket, and
+/// `stop` wakes each accept loop by connecting to its socket, so the
+/// removed device's loop never ended and kept the server, its devices and
+/// their memfds alive. Now the unlink wakes the loop, which ends for a
+/// removed device.
+#[test]
+fn stopping_a_server_after_a_removal_frees_the_device() {
+    let (s, path) = server("remove-free", &["default"], false);
+    let mut c = Client::connect(&path);
+    c.version();
+    let dev = Arc::downgrade(&s.devices()[0]);
+    let a = ctl(&s, "remove", None);
+    assert_eq!(a["ok"], true, "{a}");
+    s.stop();
+    drop(s);
+    drop(c);
+    let t0 = std::time::Instant::now();
+    while dev.upgrade().is_some() {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(5),
+            "the removed device is still held 5 s after stop"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
