@@ -1268,3 +1268,15 @@ fn a_tampered_bar_memfd_is_revoked_again_and_restores_the_devices_contents() {
         "a_tampered_bar_memfd_is_revoked_again_and_restores_the_devices_contents",
     );
 }
+
+// Forked children and register mappings under `--shared`: a BAR mapping
+// survives fork, as vfio-pci's vma does; a register BAR's, trapped by
+// barmap, reaches the device through the child's own connection.
+
+#[test]
+fn a_forked_childs_inherited_register_mapping_reaches_the_parents_device() {
+    passes(
+        "a_forked_childs_inherited_register_mapping_reaches_the_parents_device",
+        &["--shared", "--device", "edu"],
+    );
+}
