@@ -206,10 +206,6 @@ pub fn run(args: &SelftestsArgs) -> i32 {
             false => devices_for(name),
         };
         for (i, device) in devices.iter().enumerate() {
-            if args.shared && device.contains("sriov") {
-                eprintln!("barmap selftests: --shared: {name} on {device} left out (SR-IOV)");
-                continue;
-            }
             let made = match args.served {
                 true => ServedDevice::start(device, args.policy).map(|(s, d)| (Some(s), d)),
                 false => DeviceSpec::parse(device, args.policy).map(|d| (None, d)),
