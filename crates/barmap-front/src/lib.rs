@@ -1022,7 +1022,10 @@ impl Front {
                     any = true;
                 }
                 Err(err) => {
-                    tracing::warn!(errno = err.0, "mapping a kept register mapping again failed");
+                    tracing::warn!(
+                        errno = err.0,
+                        "mapping a kept register mapping again failed"
+                    );
                 }
             }
         }
