@@ -1185,15 +1185,16 @@ fn watch_forks() {
     ONCE.call_once(|| {
         // SAFETY: registers a plain extern "C" fn without arguments.
         unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
-        barmap_models::trap::on_inherited_access(adopt_on_access);
     });
 }
 
-/// The register trap's hook ([`barmap_models::trap::on_inherited_access`]):
-/// in a forked child, an access to a register mapping the parent made maps
-/// it again as the child's own. A task sharing its parent's memory (vfork,
-/// `clone(CLONE_VM)`) changes nothing: its access stays a SIGSEGV.
-fn adopt_on_access(addr: usize) -> bool {
+/// The register trap's hook ([`barmap_models::trap::on_inherited_access`],
+/// which the preload library sets): in a forked child, an access at `addr`
+/// to a register mapping of a served device that the parent made maps it
+/// again as the child's own (whether it did). A task sharing its parent's
+/// memory (vfork, `clone(CLONE_VM)`) changes nothing: its access stays a
+/// SIGSEGV.
+pub fn adopt_on_access(addr: usize) -> bool {
     match Front::task() {
         Some(Task::Own(f)) => f.adopt_inherited_mapping(addr),
         _ => false,
