@@ -6,10 +6,13 @@
  * forked child and an exec'd program open them with the token the parent
  * set on the PF (VFIO_DEVICE_FEATURE_PCI_VF_TOKEN), and without it (or
  * with another) get EACCES; the PF's NumVFs in config space is the count
- * any process wrote; while a VF is open in another process, a new count
- * is EBUSY; VFs a child enabled open in the parent.
+ * any process wrote; while VFs are enabled a new count is EBUSY, and
+ * removing them waits until no process has one open (as the kernel's VF
+ * removal waits for vfio-pci's release); VFs a child enabled open in the
+ * parent.
  */
 #define _GNU_SOURCE
+#include <pthread.h>
 #include <sys/wait.h>
 
 #include "bt_sriov.h"
@@ -58,8 +61,20 @@ static int open_vf(const char *vf, const char *token)
 	return 0;
 }
 
+static const char *the_pf;
+static volatile int disabled = -1;
+
+/* Removes the VFs: the store's result in `disabled`. */
+static void *disable_vfs(void *arg)
+{
+	(void)arg;
+	disabled = bt_set_numvfs(the_pf, "0");
+	return NULL;
+}
+
 int main(int argc, char **argv)
 {
+	pthread_t remover;
 	const char *pf;
 	struct bt_dev d;
 	char vf0[16], vf1[16];
@@ -111,9 +126,18 @@ int main(int argc, char **argv)
 	      "the token may change while a VF is open");
 	DIE_UNLESS(bt_feature_token(d.device, VFIO_DEVICE_FEATURE_SET, UUID_A_BYTES, 16) == 0,
 		   "token back");
+	the_pf = pf;
+	DIE_UNLESS(pthread_create(&remover, NULL, disable_vfs, NULL) == 0, "pthread_create");
+	usleep(300 * 1000);
+	CHECK(disabled == -1, "removing the VFs waits while the child holds one open");
 	DIE_UNLESS(write(to_child[1], "x", 1) == 1, "release the child");
 	DIE_UNLESS(waitpid(pid, &status, 0) == pid, "wait");
 	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the child closed its VF and exited");
+	pthread_join(remover, NULL);
+	CHECK(disabled == 0 && numvfs_in_config(&d) == 0,
+	      "once the child closed it, the removal completes (%d)", disabled);
+	CHECK(bt_set_numvfs(pf, "2") == 0, "the parent enables two VFs again");
+	DIE_UNLESS(bt_link_base(pf, "virtfn1", vf1, sizeof(vf1)) == 0, "virtfn1");
 
 	/* An exec'd program opens VF1. */
 	pid = fork();
