@@ -127,15 +127,6 @@ pub fn run(args: &RunArgs) -> i32 {
     } else {
         launch::Output::Inherit
     };
-    if args.shared {
-        if let Some(d) = spec.devices.iter().find(|d| d.total_vfs > 0) {
-            eprintln!(
-                "barmap run: --shared: {} has SR-IOV, which the device server does not serve",
-                d.bdf
-            );
-            return 2;
-        }
-    }
     let mut hook = serve_in_testbed;
     let serve: Option<launch::ServeHook<'_>> = args.shared.then_some(&mut hook as _);
     match launch::run_served(&spec, program, &args.program[1..], output, serve) {
@@ -218,7 +209,7 @@ pub(crate) fn serve_in_testbed(
         if d.remote_socket().is_some() {
             continue;
         }
-        let model = d.model()?;
+        let model = d.model_in(Some(dir))?;
         let socket = barmap_server::device_socket(&base, configs.len());
         configs.push(DeviceConfig {
             name: d.bdf.clone(),

@@ -27,8 +27,7 @@ pub struct SelftestsArgs {
     cache: Option<PathBuf>,
     /// Run each binary as `barmap run --shared` does: its devices served
     /// to every process of it (the harness forks per test) by a device
-    /// server in this process. SR-IOV binaries are left out (the server
-    /// serves no SR-IOV).
+    /// server in this process (SR-IOV PFs and their VFs included).
     #[arg(long)]
     shared: bool,
     /// Serve each device from a vfio-user server (barmap-server, in this
@@ -206,10 +205,6 @@ pub fn run(args: &SelftestsArgs) -> i32 {
             false => devices_for(name),
         };
         for (i, device) in devices.iter().enumerate() {
-            if args.shared && device.contains("sriov") {
-                eprintln!("barmap selftests: --shared: {name} on {device} left out (SR-IOV)");
-                continue;
-            }
             let made = match args.served {
                 true => ServedDevice::start(device, args.policy).map(|(s, d)| (Some(s), d)),
                 false => DeviceSpec::parse(device, args.policy).map(|d| (None, d)),

@@ -1354,3 +1354,43 @@ fn a_released_shared_iommufd_leaves_no_mapping_of_a_process_that_held_it() {
         &["--shared", "--device", "edu"],
     );
 }
+
+// Forked children and register mappings under `--shared`: a BAR mapping
+// survives fork, as vfio-pci's vma does; a register BAR's, trapped by
+// barmap, reaches the device through the child's own connection.
+
+#[test]
+fn a_forked_childs_inherited_register_mapping_reaches_the_parents_device() {
+    passes(
+        "a_forked_childs_inherited_register_mapping_reaches_the_parents_device",
+        &["--shared", "--device", "edu"],
+    );
+}
+
+// SR-IOV under `--shared`: the VFs, the VF token and NumVFs are the run's,
+// seen alike by every process of the program tree.
+
+#[test]
+fn a_vf_enabled_in_one_process_opens_in_its_child_with_the_pfs_token() {
+    passes(
+        "a_vf_enabled_in_one_process_opens_in_its_child_with_the_pfs_token",
+        &["--shared", "--device", "igb,sriov=2"],
+    );
+}
+
+/// The in-process SR-IOV programs pass unchanged with the devices served.
+#[test]
+fn sriov_numvfs_and_the_vf_token_keep_the_kernels_errnos_when_served() {
+    for name in [
+        "sriov_numvfs_creates_and_removes_vfs_with_the_kernels_errnos",
+        "a_vf_opened_without_the_pfs_token_is_eacces",
+        "a_pf_with_an_open_vf_opens_only_with_the_current_token",
+        "sriov_numvfs_written_through_stdio_is_stored_at_close",
+    ] {
+        passes(name, &["--shared", "--device", "igb,sriov=2"]);
+    }
+    passes(
+        "the_vf_token_feature_sets_only_on_a_pf",
+        &["--shared", "--device", "igb,sriov=2", "--device", "default"],
+    );
+}

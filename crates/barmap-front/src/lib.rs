@@ -88,6 +88,25 @@ struct BarMap {
     /// Keeps the device alive while the mapping is (as the vma's file
     /// reference does).
     _dev: Arc<EmuDevice>,
+    /// What a forked child needs to map it again as its own: a trapped
+    /// register mapping of a served device (its copy is left to the
+    /// child, as the kernel's vma is).
+    inherit: Option<Inherited>,
+}
+
+/// A trapped register mapping of a served device, as a forked child
+/// finds it: the child's first access there maps the range again through
+/// the child's own connection ([`Front::adopt_inherited_mapping`]).
+#[derive(Debug, Clone, Copy)]
+struct Inherited {
+    start: usize,
+    len: usize,
+    /// The device's position in the run.
+    device: usize,
+    /// BAR index, and the offset in it of `start`.
+    index: u32,
+    at: u64,
+    prot: i32,
 }
 
 /// Address ranges of BAR mappings made through device fds, in this
@@ -119,6 +138,9 @@ pub struct Front {
     devices: Mutex<Vec<Option<Arc<EmuDevice>>>>,
     files: FdTable,
     maps: Mutex<Vec<BarMap>>,
+    /// Register mappings an ancestor made that this process (a forked
+    /// child) kept and has not touched yet.
+    inherited: Mutex<Vec<Inherited>>,
 }
 
 static FRONT: AtomicPtr<Front> = AtomicPtr::new(std::ptr::null_mut());
@@ -175,7 +197,13 @@ impl Front {
             parent.close_parents_connections();
         }
         let front = match Front::new(Path::new(&dir)) {
-            Ok(f) => f,
+            Ok(f) => {
+                // SAFETY: a published front end is never freed.
+                if let Some(parent) = unsafe { current.as_ref() } {
+                    *f.inherited.lock().unwrap() = parent.inherited_mappings();
+                }
+                f
+            }
             Err(e) => {
                 eprintln!("barmap: cannot read the testbed {dir:?}: {e}");
                 ABSENT.store(true, Ordering::Relaxed);
@@ -269,6 +297,7 @@ impl Front {
             pid: std::process::id(),
             files: FdTable::default(),
             maps: Mutex::new(Vec::new()),
+            inherited: Mutex::new(Vec::new()),
         })
     }
 
@@ -963,16 +992,111 @@ impl Front {
                     FILE_RANGES.lock().unwrap().push((start, len));
                     Ok(start)
                 }
-                remote::RemoteMapping::Trapped(mapping) => Ok(self.keep(mapping, &d.dev)),
+                remote::RemoteMapping::Trapped(mapping) => {
+                    let inherit = self.served_index(&d.dev).map(|device| Inherited {
+                        start: mapping.addr(),
+                        len: mapping.len(),
+                        device,
+                        index,
+                        at,
+                        prot,
+                    });
+                    Ok(self.keep(mapping, &d.dev, inherit))
+                }
             };
         }
         let mapping = device::mmap(&d.dev, addr, len, prot, flags, off as u64)?;
-        Ok(self.keep(mapping, &d.dev))
+        Ok(self.keep(mapping, &d.dev, None))
+    }
+
+    /// In a forked child, the copy of its parent's front end (this): the
+    /// register mappings the child kept, for the child's front end.
+    fn inherited_mappings(&self) -> Vec<Inherited> {
+        let mut out = Vec::new();
+        // try_lock: another thread of the parent may have held a lock at
+        // the fork, and nobody will release it in the child.
+        if let Ok(maps) = self.maps.try_lock() {
+            out.extend(maps.iter().filter_map(|m| m.inherit));
+        }
+        if let Ok(pending) = self.inherited.try_lock() {
+            out.extend(pending.iter().copied());
+        }
+        out
+    }
+
+    /// A forked child's first access at `addr` in a register mapping its
+    /// parent made (and the child kept): maps what is left of that range
+    /// again, at the same addresses, as the child's own mapping of the
+    /// child's own device (over its own connection to the server, so the
+    /// access reaches the device the parent's did). Whether it did.
+    fn adopt_inherited_mapping(&self, addr: usize) -> bool {
+        let rec = {
+            let mut pending = self.inherited.lock().unwrap();
+            let Some(i) = pending
+                .iter()
+                .position(|r| r.start <= addr && addr - r.start < r.len)
+            else {
+                return false;
+            };
+            pending.swap_remove(i)
+        };
+        {
+            // The parent's entry, copied with its memory.
+            let mut ranges = BAR_RANGES.lock().unwrap();
+            if let Some(i) = ranges.iter().position(|&r| r == (rec.start, rec.len)) {
+                ranges.swap_remove(i);
+            }
+        }
+        let dev = match self.device(rec.device) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(errno = e.0, "a kept register mapping: no device");
+                return false;
+            }
+        };
+        let Some(remote) = dev.remote() else {
+            return false;
+        };
+        let mut any = false;
+        // Only what the child still has there (it may have unmapped parts).
+        for (s, e) in remote::shared_runs(rec.start, rec.start + rec.len) {
+            let at = rec.at + (s - rec.start) as u64;
+            let flags = libc::MAP_SHARED | libc::MAP_FIXED;
+            match remote.mmap(s, e - s, rec.prot, flags, rec.index, at) {
+                Ok(remote::RemoteMapping::Trapped(m)) => {
+                    let inherit = Inherited {
+                        start: m.addr(),
+                        len: m.len(),
+                        at,
+                        ..rec
+                    };
+                    self.keep(m, &dev, Some(inherit));
+                    any = true;
+                }
+                Ok(remote::RemoteMapping::File(start)) => {
+                    BAR_RANGES.lock().unwrap().push((start, e - s));
+                    FILE_RANGES.lock().unwrap().push((start, e - s));
+                    any = true;
+                }
+                Err(err) => {
+                    tracing::warn!(
+                        errno = err.0,
+                        "mapping a kept register mapping again failed"
+                    );
+                }
+            }
+        }
+        any
     }
 
     /// Records a barmap mapping of a BAR (it lives until the program
     /// unmaps it all); its address.
-    fn keep(&self, mapping: barmap_models::ModelMapping, dev: &Arc<EmuDevice>) -> usize {
+    fn keep(
+        &self,
+        mapping: barmap_models::ModelMapping,
+        dev: &Arc<EmuDevice>,
+        inherit: Option<Inherited>,
+    ) -> usize {
         let start = mapping.addr();
         let len = mapping.len();
         BAR_RANGES.lock().unwrap().push((start, len));
@@ -982,6 +1106,7 @@ impl Front {
             len,
             mapping,
             _dev: dev.clone(),
+            inherit,
         });
         start
     }
@@ -1118,6 +1243,19 @@ fn watch_forks() {
         // SAFETY: registers a plain extern "C" fn without arguments.
         unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
     });
+}
+
+/// The register trap's hook ([`barmap_models::trap::on_inherited_access`],
+/// which the preload library sets): in a forked child, an access at `addr`
+/// to a register mapping of a served device that the parent made maps it
+/// again as the child's own (whether it did). A task sharing its parent's
+/// memory (vfork, `clone(CLONE_VM)`) changes nothing: its access stays a
+/// SIGSEGV.
+pub fn adopt_on_access(addr: usize) -> bool {
+    match Front::task() {
+        Some(Task::Own(f)) => f.adopt_inherited_mapping(addr),
+        _ => false,
+    }
 }
 
 /// The directory of the groups' lock files in a testbed (when the run's

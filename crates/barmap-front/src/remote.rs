@@ -408,6 +408,18 @@ impl RemoteDevice {
                 )?;
             }
         }
+        // A fork keeps the mapping, as it keeps vfio-pci's vma (which is
+        // not VM_DONTCOPY): the child's copy stays inaccessible, and its
+        // first access there maps it again through the child's own
+        // connection ([`crate::Front`]'s inherited mappings).
+        // SAFETY: madvise of the range just mapped, which is ours.
+        unsafe {
+            libc::madvise(
+                trapped.addr() as *mut libc::c_void,
+                trapped.len(),
+                libc::MADV_DOFORK,
+            )
+        };
         Ok(RemoteMapping::Trapped(trapped))
     }
 
@@ -553,6 +565,37 @@ pub fn backing_file(vaddr: u64, size: u64) -> Option<(OwnedFd, u64)> {
         return Some((fd, pgoff + (vaddr - s)));
     }
     None
+}
+
+/// The parts of `start..end` that this process still has mapped as shared
+/// mappings, as maximal runs of adjacent mappings (from `/proc/self/maps`):
+/// what is left, in a forked child, of a BAR mapping its parent made.
+pub(crate) fn shared_runs(start: usize, end: usize) -> Vec<(usize, usize)> {
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return Vec::new();
+    };
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for line in maps.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
+            continue;
+        };
+        let Some((s, e)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(s), Ok(e)) = (usize::from_str_radix(s, 16), usize::from_str_radix(e, 16)) else {
+            continue;
+        };
+        let (s, e) = (s.max(start), e.min(end));
+        if s >= e || perms.as_bytes().get(3) != Some(&b's') {
+            continue;
+        }
+        match runs.last_mut() {
+            Some(last) if last.1 == s => last.1 = e,
+            _ => runs.push((s, e)),
+        }
+    }
+    runs
 }
 
 /// Whether `fd` is a file on hugetlbfs.

@@ -255,6 +255,14 @@ impl DeviceSpec {
 
     /// The device model this spec names, configured by its options.
     pub fn model(&self) -> Result<Box<dyn DeviceModel>, String> {
+        self.model_in(None)
+    }
+
+    /// [`DeviceSpec::model`] for a device server that serves the run whose
+    /// testbed is `testbed` (`barmap run --shared`): an SR-IOV PF's NumVFs
+    /// then follows the testbed's `sriov_numvfs`, written by any of the
+    /// run's processes.
+    pub fn model_in(&self, testbed: Option<&Path>) -> Result<Box<dyn DeviceModel>, String> {
         let mut options = self.options.clone();
         if self.model == "default" {
             options.push(("memory".into(), self.memory.to_string()));
@@ -263,7 +271,11 @@ impl DeviceSpec {
         Ok(if self.physfn.is_some() {
             Box::new(crate::sriov::VirtFn::new(inner, self.vf_device))
         } else if self.total_vfs > 0 {
-            Box::new(crate::sriov::PhysFn::new(inner, self))
+            let pf = crate::sriov::PhysFn::new(inner, self);
+            match testbed {
+                Some(tb) => Box::new(pf.served_in(tb)),
+                None => Box::new(pf),
+            }
         } else {
             inner
         })

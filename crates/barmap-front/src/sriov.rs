@@ -136,6 +136,10 @@ pub struct PhysFn {
     /// Where the capability is, and whether it follows the model's own
     /// extended capabilities (decided at the first config read).
     at: Option<(u64, bool)>,
+    /// The testbed whose `sriov_numvfs` NumVFs reads, when the PF is
+    /// served to the run's processes (`barmap run --shared`); None: this
+    /// process's record ([`set_numvfs`]).
+    testbed: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for PhysFn {
@@ -159,7 +163,16 @@ impl PhysFn {
             vf_device: spec.vf_device,
             has_ext,
             at: None,
+            testbed: None,
         }
+    }
+
+    /// The PF served by a device server to the processes of the run whose
+    /// testbed is `testbed`: NumVFs (and VF Enable) follow that testbed's
+    /// `sriov_numvfs`, which any of the run's processes may write.
+    pub fn served_in(mut self, testbed: &Path) -> PhysFn {
+        self.testbed = Some(testbed.to_path_buf());
+        self
     }
 
     /// Where the capability sits: at 0x100 when the model has no
@@ -182,7 +195,10 @@ impl PhysFn {
 
     /// The capability's dword at `off` (from its start).
     fn cap_dword(&self, off: u64) -> u32 {
-        let numvfs = numvfs_of(&self.bdf);
+        let numvfs = match &self.testbed {
+            Some(tb) => numvfs(tb, &self.bdf),
+            None => numvfs_of(&self.bdf),
+        };
         match off {
             0x00 => CAP_ID_SRIOV | 1 << 16,
             // SR-IOV Control: VF Enable and VF MSE while VFs exist.

@@ -65,7 +65,7 @@
 //!   emulated for the program all the same, its PASID and privilege bit as
 //!   written.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use barmap::Mapping;
@@ -89,7 +89,9 @@ struct Trap {
     writable: bool,
     /// The process that mapped it: a forked child has no copy of the
     /// mapping (barmap's mappings are MADV_DONTFORK), so its touch is an
-    /// ordinary SIGSEGV, never emulated.
+    /// ordinary SIGSEGV, never emulated, unless the mapping was left to
+    /// the child and the child maps it again as its own
+    /// ([`on_inherited_access`]).
     owner: u32,
 }
 
@@ -99,6 +101,9 @@ pub(crate) struct TrapId(u64);
 
 static TRAPS: RwLock<Vec<Trap>> = RwLock::new(Vec::new());
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+/// What a forked child calls at its first access to a register mapping a
+/// parent made ([`on_inherited_access`]); 0: none.
+static INHERITED_HOOK: AtomicUsize = AtomicUsize::new(0);
 
 /// Reports of accesses that could not be emulated, newest last (at most 16).
 static REPORTS: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -141,6 +146,51 @@ pub(crate) fn unregister(id: TrapId) {
 /// address, the instruction's bytes and its disassembly), oldest first.
 pub fn reports() -> Vec<String> {
     REPORTS.lock().unwrap().clone()
+}
+
+/// Sets what a process made by `fork()` calls at an access to a register
+/// mapping that an ancestor made and that the process kept (a mapping
+/// left to the child: by default barmap's are not, see `MADV_DONTFORK`):
+/// `hook(addr)` maps the range again as the process's own register
+/// mapping (of its own device, whose accesses reach the same device as
+/// the parent's) and returns whether it did; the access is then emulated
+/// there. Without a hook, or if it maps nothing, the access is an ordinary
+/// SIGSEGV. Called from the signal handler, on the interrupted stack.
+pub fn on_inherited_access(hook: fn(usize) -> bool) {
+    INHERITED_HOOK.store(hook as usize, Ordering::Release);
+}
+
+/// Whether `addr` lies in a register mapping another process (an
+/// ancestor, before a fork) made: only the range is read, never the
+/// ancestor's mapping state.
+fn inherited(addr: usize) -> bool {
+    let traps = TRAPS.read().unwrap_or_else(|e| e.into_inner());
+    let me = std::process::id();
+    traps.iter().any(|t| {
+        let start = t.mapping.addr();
+        t.owner != me && start <= addr && addr - start < t.mapping.len()
+    })
+}
+
+/// Whether a fault at `addr` may be a register access: in a live register
+/// mapping of this process's, or in one an ancestor made.
+pub(crate) fn may_be_ours(addr: usize) -> bool {
+    lookup(addr).is_some() || inherited(addr)
+}
+
+/// An access at `addr` in a register mapping an ancestor made: the hook
+/// makes it this process's own, if it can.
+fn adopt(addr: usize) {
+    if lookup(addr).is_some() || !inherited(addr) {
+        return;
+    }
+    let hook = INHERITED_HOOK.load(Ordering::Acquire);
+    if hook != 0 {
+        // SAFETY: only `on_inherited_access` stores a non-zero value, a
+        // `fn(usize) -> bool`.
+        let hook = unsafe { std::mem::transmute::<usize, fn(usize) -> bool>(hook) };
+        hook(addr);
+    }
 }
 
 /// What became of a SIGSEGV.
@@ -351,6 +401,7 @@ fn report(addr: usize, uc: &libc::ucontext_t, insn: Option<Instruction>, why: &s
 }
 
 fn emulate(addr: usize, uc: &mut libc::ucontext_t) -> Outcome {
+    adopt(addr);
     let Some((dev, region, offset, writable)) = lookup(addr) else {
         return Outcome::NotOurs;
     };
@@ -557,6 +608,7 @@ fn emulate_undefined(uc: &mut libc::ucontext_t) -> Outcome {
         Ok(s) => s.dest as usize,
         Err(_) => return Outcome::NotOurs,
     };
+    adopt(dest);
     if lookup(dest).is_none() {
         return Outcome::NotOurs;
     }

@@ -37,7 +37,15 @@ static INSTALL: extern "C" fn() = install;
 
 extern "C" fn install() {
     trap::install_for_program();
+    trap::on_inherited_access(adopt_inherited);
     prefetch();
+}
+
+/// A forked child's access to a register mapping its parent made
+/// ([`barmap_front::adopt_on_access`]), with the front end's calls of libc
+/// passing the wrappers by (as every call into the front end does).
+fn adopt_inherited(addr: usize) -> bool {
+    crate::guarded(|| barmap_front::adopt_on_access(addr)).unwrap_or(false)
 }
 
 const SIG_HOLD: libc::sighandler_t = 2;

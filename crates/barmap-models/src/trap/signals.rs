@@ -28,7 +28,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, Once};
 
-use super::{emulate, emulate_undefined, lookup, Outcome};
+use super::{emulate, emulate_undefined, may_be_ours, Outcome};
 
 static INSTALL: Once = Once::new();
 static INSTALLED: AtomicBool = AtomicBool::new(false);
@@ -430,7 +430,7 @@ unsafe fn chain_sigill(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut li
 /// `uc` is the current signal's context.
 #[inline(never)]
 unsafe fn trapped(addr: usize, uc: *mut libc::ucontext_t) -> Outcome {
-    if lookup(addr).is_none() {
+    if !may_be_ours(addr) {
         return Outcome::NotOurs;
     }
     let mut outcome = Outcome::NotOurs;
