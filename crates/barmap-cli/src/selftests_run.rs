@@ -160,12 +160,10 @@ pub(crate) fn devices_for(binary: &str) -> &'static [&'static str] {
 }
 
 /// The devices a selftest binary runs on with `--served`: the driver test
-/// on the I/OAT channel only (igb's 4095-copy storm through its loopback,
-/// one region access per register write across the socket, outlasts the
-/// test's time-out); the others as [`devices_for`].
+/// on the I/OAT channel and the 82576 NIC; the others as [`devices_for`].
 fn served_devices_for(binary: &str) -> &'static [&'static str] {
     match binary {
-        "vfio_pci_driver_test" => &["ioat"],
+        "vfio_pci_driver_test" => &["ioat", "igb"],
         _ => devices_for(binary),
     }
 }
