@@ -294,6 +294,10 @@ mod tests {
             .filter(|l| l.to_string_lossy() == "anon_inode:inotify")
             .count();
         assert_eq!(instances, 1, "one inotify instance for the process");
+        let watched = watched_inodes();
+        for (n, (fd, ..)) in held.iter().enumerate() {
+            assert!(watched.contains(&inode(fd)), "file {n} is not watched");
+        }
         // A change of the last file reaches its check.
         let (fd, c, _, _) = held.last().unwrap();
         let rw = std::fs::OpenOptions::new()
