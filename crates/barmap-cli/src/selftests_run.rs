@@ -38,45 +38,12 @@ pub struct SelftestsArgs {
     served: bool,
 }
 
-/// A private directory of this process: made by `mkdtemp` (a name nobody
-/// can predict, created exclusively), mode 0700, removed with what it
-/// holds when dropped (on every return, error or unwind).
-struct PrivateDir(PathBuf);
-
-impl PrivateDir {
-    /// A fresh `PREFIX-XXXXXX` in the temporary directory.
-    fn new(prefix: &str) -> Result<PrivateDir, String> {
-        use std::os::unix::ffi::OsStringExt;
-        let template = std::env::temp_dir().join(format!("{prefix}-XXXXXX"));
-        let mut t = std::ffi::CString::new(template.into_os_string().into_vec())
-            .map_err(|e| e.to_string())?
-            .into_bytes_with_nul();
-        // SAFETY: mkdtemp rewrites the trailing XXXXXX of our NUL-terminated
-        // buffer in place; null on failure.
-        if unsafe { libc::mkdtemp(t.as_mut_ptr().cast()) }.is_null() {
-            return Err(format!("mkdtemp: {}", std::io::Error::last_os_error()));
-        }
-        t.pop();
-        let dir = PrivateDir(PathBuf::from(std::ffi::OsString::from_vec(t)));
-        // mkdtemp makes it 0700 less the umask; exactly 0700.
-        std::fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .map_err(|e| format!("{}: {e}", dir.0.display()))?;
-        Ok(dir)
-    }
-}
-
-impl Drop for PrivateDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A device served by barmap-server on a private socket for one binary's
 /// run; stopped and removed when dropped.
 struct ServedDevice {
     server: std::sync::Arc<barmap_server::Server>,
     /// Dropped after the server stops (fields drop after `Drop::drop`).
-    _dir: PrivateDir,
+    _dir: barmap_server::private_dir::PrivateDir,
 }
 
 impl ServedDevice {
@@ -84,8 +51,9 @@ impl ServedDevice {
     /// spec of its vfio-user socket.
     fn start(device: &str, policy: Policy) -> Result<(ServedDevice, DeviceSpec), String> {
         let model = DeviceSpec::parse(device, policy)?.model()?;
-        let dir = PrivateDir::new("barmap-selftests")?;
-        let socket = dir.0.join("s");
+        let dir = barmap_server::private_dir::PrivateDir::new("barmap-selftests")
+            .map_err(|e| format!("a private directory for the server: {e}"))?;
+        let socket = dir.path().join("s");
         let config = barmap_server::DeviceConfig {
             name: device.to_string(),
             model,

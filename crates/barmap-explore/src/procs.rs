@@ -66,6 +66,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use barmap_server::private_dir::PrivateDir;
 use barmap_vfio_user as proto;
 
 use crate::obs::{Exp, Obs, TouchObs, Val};
@@ -995,7 +996,9 @@ struct Proc {
 /// The served device and its clients.
 pub struct ProcSut {
     server: Arc<barmap_server::Server>,
-    dir: PathBuf,
+    /// The server's socket directory (private, removed when dropped, after
+    /// the server stopped).
+    dir: PrivateDir,
     socket: PathBuf,
     clients: Vec<Proc>,
     timeout: Duration,
@@ -1582,20 +1585,6 @@ fn client_main(socket: &Path, ctl: RawFd) -> ! {
     }
 }
 
-fn temp_dir() -> std::io::Result<PathBuf> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "barmap-explore-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir(&d)?;
-    std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-    Ok(d)
-}
-
 fn api(r: Result<Val, String>) -> Obs {
     Obs::Api(r)
 }
@@ -1617,9 +1606,9 @@ impl ProcSut {
         })
     }
 
-    fn serve(memory: u64) -> Result<(Arc<barmap_server::Server>, PathBuf, PathBuf), String> {
-        let dir = temp_dir().map_err(|e| format!("temp dir: {e}"))?;
-        let socket = dir.join("dev.sock");
+    fn serve(memory: u64) -> Result<(Arc<barmap_server::Server>, PrivateDir, PathBuf), String> {
+        let dir = PrivateDir::new("barmap-explore").map_err(|e| format!("temp dir: {e}"))?;
+        let socket = dir.path().join("dev.sock");
         let model = barmap_models::by_name("default", &[("memory".into(), memory.to_string())])?;
         let server = barmap_server::Server::new(
             &socket,
@@ -1661,7 +1650,6 @@ impl ProcSut {
             self.kill(self.clients.len() - 1)?;
         }
         self.server.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
         let (server, dir, socket) = Self::serve(self.memory)?;
         (self.server, self.dir, self.socket) = (server, dir, socket);
         Ok(api(Ok(Val::U64(alive as u64))))
@@ -2044,7 +2032,6 @@ impl Drop for ProcSut {
             let _ = self.kill(self.clients.len() - 1);
         }
         self.server.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -59,6 +59,7 @@ pub mod control;
 pub mod device;
 pub mod ext;
 pub mod host;
+pub mod private_dir;
 pub mod watch;
 
 /// The protocol's layouts and framing (`barmap-vfio-user`).
