@@ -924,10 +924,16 @@ impl ProcModel {
         if self.removed {
             return 0;
         }
+        self.edu_connections() as u64
+    }
+
+    /// The connections the edu holds: those live clients keep open (the
+    /// default device's removal leaves the edu alone).
+    fn edu_connections(&self) -> usize {
         let mut held: Vec<u32> = self.clients.iter().map(|c| c.holds).collect();
         held.sort_unstable();
         held.dedup();
-        held.len() as u64
+        held.len()
     }
 
     /// Checks the observations of `plan` and moves the model on; the
@@ -2141,10 +2147,15 @@ impl ProcSut {
         if !self.broken_dma || orphans.is_empty() {
             return Ok(());
         }
+        use barmap_models::Host;
         let host = self.edu().host();
-        let held = model.windows_held() as usize;
         let t0 = Instant::now();
-        while host.dma_windows() + orphans.len() > held {
+        // Until the server has forgotten every one of them (a probe of a
+        // byte of each: an IOMMU fault).
+        while orphans.iter().any(|&k| {
+            host.dma_read(slot_iova(model.windows[k].slot), &mut [0u8])
+                .is_ok()
+        }) {
             if t0.elapsed() > self.timeout {
                 return Err("the server kept a dead client's windows".into());
             }
@@ -2517,11 +2528,18 @@ impl ProcSut {
                 }
                 let mut out = vec![api(Ok(Val::U64(n as u64))), self.device_word(plan.word)];
                 // The edu's windows, once the server has read every dead
-                // connection's end of file (bounded).
+                // connection's end of file (bounded): it forgets a
+                // connection, then its windows.
+                let t0 = Instant::now();
+                let bound = self.timeout.min(Duration::from_secs(5));
+                while self.edu().clients().len() > model.edu_connections() && t0.elapsed() < bound {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
                 let host = self.edu().host();
                 let want = model.windows_held() as usize;
+                let t0 = Instant::now();
                 let mut n = host.dma_windows();
-                while n > want && t0.elapsed() < self.timeout.min(Duration::from_secs(5)) {
+                while n > want && t0.elapsed() < Duration::from_millis(200) {
                     std::thread::sleep(Duration::from_millis(1));
                     n = host.dma_windows();
                 }

@@ -392,4 +392,12 @@ fn a_server_that_keeps_a_dead_clients_dma_windows_is_caught() {
         .shrunk
         .iter()
         .any(|op| matches!(op, Op::Proc(barmap_explore::procs::POp::DmaMap { .. }))));
+    assert!(f.shrunk.iter().any(|op| matches!(
+        op,
+        Op::Proc(
+            barmap_explore::procs::POp::Exit { .. }
+                | barmap_explore::procs::POp::Kill { .. }
+                | barmap_explore::procs::POp::Loop { .. }
+        )
+    )));
 }
