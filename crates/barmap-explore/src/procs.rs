@@ -1,5 +1,6 @@
-//! The explorer's process mode: one device served by `barmap_server` in
-//! the explorer's own process, reached by separate client processes.
+//! The explorer's process mode: one device (and an edu, for DMA) served
+//! by `barmap_server` in the explorer's own process, reached by separate
+//! client processes.
 //!
 //! A client is a process forked by the explorer that connects to the
 //! device's socket as a vfio-user client (one thread, one request at a
@@ -46,18 +47,34 @@
 //! keeps its words, nothing hangs, and no client dies but those the
 //! explorer kills.
 //!
-//! No DMA: the served default device has no DMA engine. What it would
-//! take: serve a second device with one (edu: BAR0 0x80..0x98, a trapped
-//! register BAR reached by message) from the same server; a client
-//! `DMA_MAP`s a memfd of its own with the fd (the server reaches it as
-//! `barmap_server::host::Backing::File`, so the one-threaded client never has
-//! to answer the server's `DMA_READ`/`DMA_WRITE`), shared with the
-//! explorer so the model reads the buffer; the model holds the edu's
-//! 4 KiB buffer and each client's window, and predicts the buffer after a
-//! DMA in either direction, the edu's fault count for a DMA to an IOVA no
-//! live client maps (a killed client's windows go when the server reads
-//! its end of file, so one killed just before is either), and that the
-//! other clients' buffers are unchanged.
+//! DMA: the same server serves an edu (`barmap_models::edu`, its DMA
+//! registers in BAR0 0x80..0x98, a trapped register BAR reached by
+//! message, a 4 KiB buffer at device address 0x40000) beside the default
+//! device, whose memory BAR the ops above keep using; every client
+//! connects to both. A client `DMA_MAP`s a window of its own on its edu
+//! connection: a memfd of 4 KiB filled from a seed, passed with the
+//! request (read-write), so the server reaches it with `pread`/`pwrite`
+//! (`barmap_server::host::Backing::File`) and never sends the one-threaded
+//! client a `DMA_READ`/`DMA_WRITE`; the memfd comes to the explorer over
+//! the control socket, so the explorer reads what the device wrote. Each
+//! window has a slot of its own (an IOVA, below the edu's 28-bit DMA
+//! mask, never reused before a replug; the page after each is never
+//! mapped). A client unmaps its windows; the edu DMAs between its buffer
+//! and any window of the episode (live, unmapped, or of a dead client) or
+//! an IOVA nobody mapped, started by a client's register writes by
+//! message or by the explorer through the device. The model holds the
+//! edu's buffer and each window's bytes and predicts the status, the
+//! IOMMU faults the server counts and the target window after each DMA: a
+//! live window transfers, an unmapped one (or an IOVA nobody mapped) is
+//! one fault and changes nothing. A window's connection goes when its
+//! last holder (the client, or a child it forked) exits or is killed, when
+//! the server reads its end of file: a DMA between the death and that
+//! read is either whole outcome (see `ProcModel::step_dma`); a check
+//! waits for the edu's connections to go, then predicts the windows the
+//! server holds, the buffer (the explorer DMAs it into a window of its
+//! own) and every window's bytes, so no other client's window changes.
+//! `Mutation::DeadClientsWindowsStay` breaks the server: a dead client's
+//! windows come back once the server forgot them.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
