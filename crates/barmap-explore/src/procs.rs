@@ -1170,8 +1170,8 @@ impl ProcModel {
             }
         }
         let d = |b: &Option<Vec<u8>>| b.as_ref().map_or(0, |b| digest(b));
-        let done = vec![u(0), u(d(&after))];
-        let fault = vec![u(1), u(d(&before))];
+        let done = [u(0), u(d(&after))];
+        let fault = [u(1), u(d(&before))];
         let ok = Exp::Is(Obs::Api(Ok(Val::Unit)));
         let mut exp = vec![ok];
         match state {
