@@ -36,7 +36,9 @@ pub struct FuzzArgs {
     /// their children) that map, touch, write in loops, pass the BAR's fd,
     /// fork, exit and are SIGKILLed, while COMMAND.MEM, reset and D3hot
     /// come from this process or from a client, and the device's removal
-    /// (the REQ interrupt, then gone) from this process.
+    /// (the REQ interrupt, then gone) from this process; and an edu served
+    /// beside it, whose DMA reaches windows the clients map with memfds
+    /// (and lose when they die).
     #[arg(long)]
     processes: bool,
     /// Print one JSON object instead of a summary line.

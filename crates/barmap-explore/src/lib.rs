@@ -236,6 +236,7 @@ fn execute_procs(cfg: &Config, source: Source, shared: &Shared) -> Outcome {
         memory,
         cfg.op_timeout,
         cfg.mutation == Mutation::RemovalRevokesNothing,
+        cfg.mutation == Mutation::DeadClientsWindowsStay,
     ) {
         Ok(s) => s,
         Err(e) => {

@@ -51,6 +51,9 @@ pub enum Mutation {
     /// without revoking its BARs (a broken server the explorer must
     /// catch).
     RemovalRevokesNothing,
+    /// Not a model error: the process mode's server keeps a dead client's
+    /// DMA windows (a DMA through them still reaches its memory).
+    DeadClientsWindowsStay,
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -1,5 +1,6 @@
-//! The explorer's process mode: one device served by `barmap_server` in
-//! the explorer's own process, reached by separate client processes.
+//! The explorer's process mode: one device (and an edu, for DMA) served
+//! by `barmap_server` in the explorer's own process, reached by separate
+//! client processes.
 //!
 //! A client is a process forked by the explorer that connects to the
 //! device's socket as a vfio-user client (one thread, one request at a
@@ -46,18 +47,34 @@
 //! keeps its words, nothing hangs, and no client dies but those the
 //! explorer kills.
 //!
-//! No DMA: the served default device has no DMA engine. What it would
-//! take: serve a second device with one (edu: BAR0 0x80..0x98, a trapped
-//! register BAR reached by message) from the same server; a client
-//! `DMA_MAP`s a memfd of its own with the fd (the server reaches it as
-//! `barmap_server::host::Backing::File`, so the one-threaded client never has
-//! to answer the server's `DMA_READ`/`DMA_WRITE`), shared with the
-//! explorer so the model reads the buffer; the model holds the edu's
-//! 4 KiB buffer and each client's window, and predicts the buffer after a
-//! DMA in either direction, the edu's fault count for a DMA to an IOVA no
-//! live client maps (a killed client's windows go when the server reads
-//! its end of file, so one killed just before is either), and that the
-//! other clients' buffers are unchanged.
+//! DMA: the same server serves an edu (`barmap_models::edu`, its DMA
+//! registers in BAR0 0x80..0x98, a trapped register BAR reached by
+//! message, a 4 KiB buffer at device address 0x40000) beside the default
+//! device, whose memory BAR the ops above keep using; every client
+//! connects to both. A client `DMA_MAP`s a window of its own on its edu
+//! connection: a memfd of 4 KiB filled from a seed, passed with the
+//! request (read-write), so the server reaches it with `pread`/`pwrite`
+//! (`barmap_server::host::Backing::File`) and never sends the one-threaded
+//! client a `DMA_READ`/`DMA_WRITE`; the memfd comes to the explorer over
+//! the control socket, so the explorer reads what the device wrote. Each
+//! window has a slot of its own (an IOVA, below the edu's 28-bit DMA
+//! mask, never reused before a replug; the page after each is never
+//! mapped). A client unmaps its windows; the edu DMAs between its buffer
+//! and any window of the episode (live, unmapped, or of a dead client) or
+//! an IOVA nobody mapped, started by a client's register writes by
+//! message or by the explorer through the device. The model holds the
+//! edu's buffer and each window's bytes and predicts the status, the
+//! IOMMU faults the server counts and the target window after each DMA: a
+//! live window transfers, an unmapped one (or an IOVA nobody mapped) is
+//! one fault and changes nothing. A window's connection goes when its
+//! last holder (the client, or a child it forked) exits or is killed, when
+//! the server reads its end of file: a DMA between the death and that
+//! read is either whole outcome (see `ProcModel::step_dma`); a check
+//! waits for the edu's connections to go, then predicts the windows the
+//! server holds, the buffer (the explorer DMAs it into a window of its
+//! own) and every window's bytes, so no other client's window changes.
+//! `Mutation::DeadClientsWindowsStay` breaks the server: a dead client's
+//! windows come back once the server forgot them.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -76,6 +93,27 @@ use crate::rng::{splitmix, Rng};
 const BAR: u32 = 2;
 /// Most clients alive at once.
 const MAX_CLIENTS: usize = 6;
+/// The edu's DMA buffer: its device address and size.
+const EDU_BUF: u64 = barmap_models::edu::DMA_START;
+/// Bytes of the edu's buffer and of each client's DMA window.
+const WIN: usize = barmap_models::edu::DMA_SIZE as usize;
+/// The IOVA of DMA window slot 0; slot `k` is at `DMA_BASE + k *
+/// DMA_STRIDE` (below the edu's 28-bit DMA mask), and the page after each
+/// window is never mapped.
+const DMA_BASE: u64 = 0x10_0000;
+/// The distance between window slots.
+const DMA_STRIDE: u64 = 0x2000;
+/// Slots per episode (a slot is never reused before a replug, so a dead
+/// client's window the server has not forgotten yet never meets a new one).
+const DMA_SLOTS: u32 = 30_000;
+/// The IOVA of the explorer's own window, through which it reads the
+/// edu's buffer.
+const EXPLORER_IOVA: u64 = 0x8_0000;
+/// The server's client id of the explorer's window.
+const EXPLORER_CLIENT: u64 = u64::MAX - 1;
+/// The server's client id under which a broken server keeps a dead
+/// client's windows.
+const ZOMBIE_CLIENT: u64 = u64::MAX - 2;
 
 /// A change of the device's state, by the explorer or by a client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -259,6 +297,42 @@ pub enum POp {
     /// them, and serves a fresh device (a new model) for the rest of the
     /// episode.
     Replug,
+    /// A connected client creates a memfd of one window's size, fills it
+    /// from `seed`, and `DMA_MAP`s it with the fd (read-write) at the next
+    /// free slot's IOVA on its edu connection; the memfd is shared with
+    /// the explorer.
+    DmaMap {
+        /// Client selector.
+        c: u8,
+        /// Seed of the window's contents.
+        seed: u64,
+    },
+    /// A connected client `DMA_UNMAP`s one of its live windows.
+    DmaUnmap {
+        /// Client selector.
+        c: u8,
+        /// Window selector (among the client's live windows).
+        w: u16,
+    },
+    /// The edu DMAs between its buffer and a window (any window of the
+    /// episode, live, unmapped or of a dead client, or an IOVA nobody
+    /// mapped), started by register writes by message from a connected
+    /// client or by the explorer through the device directly.
+    Dma {
+        /// The client that starts it, or the explorer.
+        by: Option<u8>,
+        /// Window selector (one past the windows: an IOVA never mapped).
+        w: u16,
+        /// From the buffer to the window (else from the window to the
+        /// buffer).
+        to_ram: bool,
+        /// Offset in the window.
+        woff: u16,
+        /// Offset in the buffer.
+        boff: u16,
+        /// Length selector.
+        len: u16,
+    },
 }
 
 impl POp {
@@ -291,6 +365,10 @@ impl POp {
             POp::ReqRead { .. } => "proc_req_read",
             POp::Remove => "proc_remove",
             POp::Replug => "proc_replug",
+            POp::DmaMap { .. } => "proc_dma_map",
+            POp::DmaUnmap { .. } => "proc_dma_unmap",
+            POp::Dma { to_ram: true, .. } => "proc_dma_to_window",
+            POp::Dma { to_ram: false, .. } => "proc_dma_from_window",
             POp::Tamper { how, .. } => match how {
                 Tamper::Grow => "proc_tamper_grow",
                 Tamper::Shrink => "proc_tamper_shrink",
@@ -369,6 +447,27 @@ impl POp {
                 push(POp::Tamper { c: 0, word, how });
                 push(POp::Tamper { c, word: 0, how });
             }
+            POp::Dma {
+                by,
+                w,
+                to_ram,
+                woff,
+                boff,
+                len,
+            } => {
+                let d = |by, woff, boff, len| POp::Dma {
+                    by,
+                    w,
+                    to_ram,
+                    woff,
+                    boff,
+                    len,
+                };
+                push(d(None, woff, boff, len));
+                push(d(by, 0, boff, len));
+                push(d(by, woff, 0, len));
+                push(d(by, woff, boff, 0));
+            }
             _ => {}
         }
         out
@@ -394,6 +493,27 @@ pub fn generate(rng: &mut Rng, m: &ProcModel) -> POp {
     } else {
         rng.next_u32()
     };
+    if rng.chance(1, 10) {
+        let w = rng.below(1 + m.windows.len() as u64 + 1) as u16;
+        return match rng.below(10) {
+            0..=2 => POp::DmaMap {
+                c,
+                seed: rng.next_u64(),
+            },
+            3 => POp::DmaUnmap {
+                c,
+                w: rng.below(8) as u16,
+            },
+            _ => POp::Dma {
+                by: rng.chance(1, 2).then(|| rng.below(16) as u8),
+                w,
+                to_ram: rng.chance(1, 2),
+                woff: rng.below(WIN as u64) as u16,
+                boff: rng.below(WIN as u64) as u16,
+                len: rng.next_u32() as u16,
+            },
+        };
+    }
     let act = |rng: &mut Rng, client: bool| {
         let k = rng.below(if client { 3 } else { 5 });
         [Act::MemOff, Act::MemOn, Act::Reset, Act::D3, Act::D0][k as usize]
@@ -489,6 +609,31 @@ pub struct ClientModel {
     efd: Option<u32>,
 }
 
+/// Where a client's DMA window stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WinState {
+    /// Mapped, its connection held by a live client.
+    Live,
+    /// Its connection's last holder is gone; the server forgets the
+    /// window when it reads the connection's end of file, which may not
+    /// have happened yet.
+    Dying,
+    /// Unmapped, or forgotten with its connection.
+    Gone,
+}
+
+/// One DMA window of the episode, in the order they were mapped.
+#[derive(Debug, Clone)]
+struct Window {
+    /// Its slot (the IOVA).
+    slot: u32,
+    /// The connection that mapped it.
+    conn: u32,
+    state: WinState,
+    /// The window's bytes (its memfd).
+    bytes: Vec<u8>,
+}
+
 /// The reference model of the process mode.
 #[derive(Debug, Clone)]
 pub struct ProcModel {
@@ -508,6 +653,10 @@ pub struct ProcModel {
     /// A deliberate model error (tests of the explorer itself): predicts
     /// that a reset clears the memory BAR.
     mutate_reset: bool,
+    /// The edu's DMA buffer.
+    buf: Vec<u8>,
+    /// Every DMA window mapped in the episode.
+    windows: Vec<Window>,
 }
 
 /// An operation with its clients resolved to indexes of the clients alive.
@@ -535,6 +684,8 @@ impl ProcModel {
             req: None,
             efd_counts: Vec::new(),
             mutate_reset,
+            buf: vec![0; WIN],
+            windows: Vec::new(),
         }
     }
 
@@ -567,6 +718,53 @@ impl ProcModel {
             Some(_) => Exp::OneOf(vec![one(0), one(1)]),
             None => Exp::Is(one(0)),
         }
+    }
+
+    /// The windows that go with client `i` if it dies: its connection's
+    /// live windows, unless another live client still holds it.
+    fn orphaned(&self, i: usize) -> Vec<usize> {
+        let conn = self.clients[i].holds;
+        let others = self
+            .clients
+            .iter()
+            .enumerate()
+            .any(|(j, c)| j != i && c.holds == conn);
+        if others {
+            return Vec::new();
+        }
+        (0..self.windows.len())
+            .filter(|&k| self.windows[k].conn == conn && self.windows[k].state == WinState::Live)
+            .collect()
+    }
+
+    /// Removes client `i`; its orphaned windows are dying.
+    fn remove_client(&mut self, i: usize) {
+        for k in self.orphaned(i) {
+            self.windows[k].state = WinState::Dying;
+        }
+        self.clients.remove(i);
+    }
+
+    /// The windows the server holds once it has read every dead
+    /// connection's end of file (the explorer's own included).
+    fn windows_held(&self) -> u64 {
+        1 + self
+            .windows
+            .iter()
+            .filter(|w| w.state == WinState::Live)
+            .count() as u64
+    }
+
+    /// A DMA's target IOVA, window offset, buffer offset and length.
+    fn dma_args(&self, w: usize, woff: u16, boff: u16, len: u16) -> (u64, usize, usize, usize) {
+        let iova = match self.windows.get(w) {
+            Some(win) => slot_iova(win.slot),
+            // The page after slot 0's window: never mapped.
+            None => DMA_BASE + WIN as u64,
+        };
+        let (woff, boff) = (woff as usize % WIN, boff as usize % WIN);
+        let room = WIN - woff.max(boff);
+        (iova, woff, boff, 1 + len as usize % room)
     }
 
     fn loop_word(&self, first: usize, j: usize) -> usize {
@@ -658,6 +856,29 @@ impl ProcModel {
                 p.word = word as usize % self.words;
                 self.clients[p.c].fd.then_some(())?
             }
+            POp::DmaMap { c, .. } => {
+                p.c = pick(c)?;
+                (connected(p.c) && (self.windows.len() as u32) < DMA_SLOTS).then_some(())?
+            }
+            POp::DmaUnmap { c, w } => {
+                p.c = pick(c)?;
+                let conn = self.clients[p.c].conn?;
+                let mine: Vec<usize> = (0..self.windows.len())
+                    .filter(|&k| {
+                        self.windows[k].conn == conn && self.windows[k].state == WinState::Live
+                    })
+                    .collect();
+                p.word = *mine.get(w as usize % mine.len().max(1))?;
+            }
+            POp::Dma { by, w, .. } => {
+                p.word = w as usize % (self.windows.len() + 1);
+                if let Some(b) = by {
+                    let b = pick(b)?;
+                    if connected(b) {
+                        p.other = Some(b);
+                    }
+                }
+            }
         }
         Some(p)
     }
@@ -720,10 +941,16 @@ impl ProcModel {
         if self.removed {
             return 0;
         }
+        self.edu_connections() as u64
+    }
+
+    /// The connections the edu holds: those live clients keep open (the
+    /// default device's removal leaves the edu alone).
+    fn edu_connections(&self) -> usize {
         let mut held: Vec<u32> = self.clients.iter().map(|c| c.holds).collect();
         held.sort_unstable();
         held.dedup();
-        held.len() as u64
+        held.len()
     }
 
     /// Checks the observations of `plan` and moves the model on; the
@@ -837,14 +1064,48 @@ impl ProcModel {
                 e
             }
             POp::Exit { .. } | POp::Kill { .. } => {
-                self.clients.remove(plan.c);
+                self.remove_client(plan.c);
                 vec![Exp::Is(Obs::Api(Ok(Val::Unit)))]
             }
             POp::Check { .. } => {
                 let mut e = vec![Exp::Is(Obs::Api(Ok(Val::U64(self.connections()))))];
                 e.push(Exp::Is(Obs::Api(Ok(Val::U64(self.mem[plan.word])))));
+                // The explorer waited for the server to read every dead
+                // connection's end of file: the dying windows are gone.
+                for w in &mut self.windows {
+                    if w.state == WinState::Dying {
+                        w.state = WinState::Gone;
+                    }
+                }
+                let u = |v| Exp::Is(Obs::Api(Ok(Val::U64(v))));
+                e.push(u(self.windows_held()));
+                e.push(u(digest(&self.buf)));
+                for w in &self.windows {
+                    e.push(u(digest(&w.bytes)));
+                }
                 e
             }
+            POp::DmaMap { seed, .. } => {
+                let conn = self.clients[plan.c].conn.expect("planned");
+                self.windows.push(Window {
+                    slot: self.windows.len() as u32,
+                    conn,
+                    state: WinState::Live,
+                    bytes: window_bytes(seed),
+                });
+                vec![ok()]
+            }
+            POp::DmaUnmap { .. } => {
+                self.windows[plan.word].state = WinState::Gone;
+                vec![ok()]
+            }
+            POp::Dma {
+                to_ram,
+                woff,
+                boff,
+                len,
+                ..
+            } => return self.step_dma(plan, to_ram, woff, boff, len, obs),
             POp::Tamper { how, .. } => {
                 // The calls succeed; then the tamper events the server
                 // counted (a change of the file's size it set back), then
@@ -865,6 +1126,75 @@ impl ProcModel {
             } => return self.step_loop(plan, words, rounds, seed, disturb, obs),
         };
         let same = exp.len() == obs.len() && exp.iter().zip(obs).all(|(e, o)| e.admits(o));
+        (exp, same)
+    }
+
+    /// A DMA's observations: the register writes' status, the IOMMU
+    /// faults it cost (the server's count), the target window's digest
+    /// (its memfd, 0 for an IOVA never mapped).
+    ///
+    /// A live window: the transfer happens, no fault. A window unmapped,
+    /// or an IOVA nobody mapped: one fault, nothing changes (the edu
+    /// transfers nothing and counts it). A dying window (its last holder
+    /// was just killed or exited): as the kernel has it, a process's
+    /// files are released when it dies, but the server learns of it only
+    /// when its thread reads the connection's end of file, so a DMA
+    /// before that still reaches the window (the memfd lives while the
+    /// server holds it, as pinned pages outlive the process until the
+    /// IOMMU mapping goes) and one after faults: exactly one of the two,
+    /// whole (a window is forgotten under the table's write lock, which a
+    /// transfer holds for reading), never a partial transfer.
+    fn step_dma(
+        &mut self,
+        plan: &PPlan,
+        to_ram: bool,
+        woff: u16,
+        boff: u16,
+        len: u16,
+        obs: &[Obs],
+    ) -> (Vec<Exp>, bool) {
+        let (_, woff, boff, n) = self.dma_args(plan.word, woff, boff, len);
+        let u = |v| Obs::Api(Ok(Val::U64(v)));
+        let state = self
+            .windows
+            .get(plan.word)
+            .map_or(WinState::Gone, |w| w.state);
+        let before = self.windows.get(plan.word).map(|w| w.bytes.clone());
+        let mut after_buf = self.buf.clone();
+        let mut after = before.clone();
+        if let Some(win) = &mut after {
+            if to_ram {
+                win[woff..woff + n].copy_from_slice(&self.buf[boff..boff + n]);
+            } else {
+                after_buf[boff..boff + n].copy_from_slice(&win[woff..woff + n]);
+            }
+        }
+        let d = |b: &Option<Vec<u8>>| b.as_ref().map_or(0, |b| digest(b));
+        let done = [u(0), u(d(&after))];
+        let fault = [u(1), u(d(&before))];
+        let ok = Exp::Is(Obs::Api(Ok(Val::Unit)));
+        let mut exp = vec![ok];
+        match state {
+            WinState::Live => exp.extend(done.iter().cloned().map(Exp::Is)),
+            WinState::Gone => exp.extend(fault.iter().cloned().map(Exp::Is)),
+            WinState::Dying => {
+                // Either whole outcome, as the fault count says.
+                let faulted = obs.get(1) == Some(&u(1));
+                exp.push(Exp::OneOf(vec![u(0), u(1)]));
+                exp.push(Exp::Is(if faulted {
+                    fault[1].clone()
+                } else {
+                    done[1].clone()
+                }));
+            }
+        }
+        let same = exp.len() == obs.len() && exp.iter().zip(obs).all(|(e, o)| e.admits(o));
+        if same && obs.get(1) == Some(&u(0)) {
+            self.buf = after_buf;
+            if let (Some(w), Some(a)) = (self.windows.get_mut(plan.word), after) {
+                w.bytes = a;
+            }
+        }
         (exp, same)
     }
 
@@ -901,7 +1231,7 @@ impl ProcModel {
             }
         }
         if disturb == Disturb::Kill {
-            self.clients.remove(plan.c);
+            self.remove_client(plan.c);
         }
         // Then one observation per word: for a loop that finished, how many
         // rounds of it last succeeded (0: none), then the word as the device
@@ -958,6 +1288,27 @@ impl ProcModel {
     }
 }
 
+/// The IOVA of window slot `slot`.
+fn slot_iova(slot: u32) -> u64 {
+    DMA_BASE + slot as u64 * DMA_STRIDE
+}
+
+/// A new window's contents, from `seed`.
+fn window_bytes(seed: u64) -> Vec<u8> {
+    (0..WIN / 8)
+        .flat_map(|k| splitmix(seed ^ k as u64).to_ne_bytes())
+        .collect()
+}
+
+/// A digest of a window's or the buffer's bytes.
+fn digest(b: &[u8]) -> u64 {
+    b.chunks(8).fold(0x9e37_79b9_7f4a_7c15, |h, c| {
+        let mut w = [0u8; 8];
+        w[..c.len()].copy_from_slice(c);
+        splitmix(h ^ u64::from_ne_bytes(w))
+    })
+}
+
 /// The value a loop seeded `seed` writes to its word `j` in round `r`.
 pub fn loop_value(seed: u64, j: usize, r: usize) -> u64 {
     splitmix(seed ^ ((j as u64) << 32) ^ r as u64)
@@ -980,6 +1331,9 @@ mod cmd {
     pub const TAMPER: u64 = 11;
     pub const REQ_REGISTER: u64 = 12;
     pub const REQ_READ: u64 = 13;
+    pub const DMA_MAP: u64 = 14;
+    pub const DMA_UNMAP: u64 = 15;
+    pub const DMA_RUN: u64 = 16;
     /// The loop's first message: it has started.
     pub const STARTED: u64 = 100;
 }
@@ -1007,6 +1361,14 @@ pub struct ProcSut {
     /// removal signals REQ and shuts the connections down but revokes
     /// nothing.
     broken_removal: bool,
+    /// A deliberately broken server: once it has forgotten a dead
+    /// client's DMA windows, they are back (a DMA through them goes on).
+    broken_dma: bool,
+    /// Each window's memfd, shared by the client that mapped it, in the
+    /// model's order.
+    windows: Vec<OwnedFd>,
+    /// The explorer's own window (the edu's buffer is read through it).
+    mine: OwnedFd,
 }
 
 fn sendmsg(sock: RawFd, words: &[u64], fd: Option<RawFd>) -> std::io::Result<()> {
@@ -1254,6 +1616,17 @@ impl Wire {
         self.call(proto::DEVICE_RESET, &[]).map(|_| ())
     }
 
+    /// `DMA_UNMAP` of the window at `iova`.
+    fn dma_unmap(&mut self, iova: u64) -> Result<(), i32> {
+        let u = proto::DmaUnmap {
+            argsz: proto::DmaUnmap::SIZE as u32,
+            flags: 0,
+            addr: iova,
+            size: WIN as u64,
+        };
+        self.call(proto::DMA_UNMAP, &u.encode()).map(|_| ())
+    }
+
     /// Registers `efd` as the trigger of the request interrupt.
     fn register_req(&mut self, efd: RawFd) -> Result<(), i32> {
         let set = proto::IrqSet {
@@ -1271,6 +1644,8 @@ impl Wire {
 /// A client process's state.
 struct Client {
     remote: Option<Wire>,
+    /// Its connection to the edu.
+    edu: Option<Wire>,
     fd: Option<OwnedFd>,
     /// The request eventfd it registered (or inherited).
     efd: Option<OwnedFd>,
@@ -1328,6 +1703,26 @@ impl Client {
         let cmd = u16::from_ne_bytes(b);
         let new = if act == 1 { cmd | 2 } else { cmd & !2 };
         errno_reply(r.write(proto::CONFIG_REGION, 4, &new.to_ne_bytes()))
+    }
+
+    /// A memfd of one window filled from `seed`, `DMA_MAP`ped with its fd
+    /// at `iova` on the edu connection (so the server reaches it with
+    /// `pread`/`pwrite` and never asks this one-threaded client).
+    fn dma_map(&mut self, iova: u64, seed: u64) -> Result<OwnedFd, i32> {
+        let r = self.edu.as_mut().ok_or(libc::ENODEV)?;
+        let f =
+            memfd("barmap-explore-window").map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+        barmap_server::bar::pwrite_all(f.as_raw_fd(), &window_bytes(seed), 0)
+            .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+        let map = proto::DmaMap {
+            argsz: proto::DmaMap::SIZE as u32,
+            flags: proto::DMA_FLAG_READ | proto::DMA_FLAG_WRITE,
+            offset: 0,
+            addr: iova,
+            size: WIN as u64,
+        };
+        r.call_fds(proto::DMA_MAP, &map.encode(), &[f.as_raw_fd()])?;
+        Ok(f)
     }
 
     /// Registers a new eventfd for the request interrupt; it replaces the
@@ -1444,6 +1839,9 @@ impl Client {
                         if let Some(r) = self.remote.take() {
                             std::mem::forget(r);
                         }
+                        if let Some(r) = self.edu.take() {
+                            std::mem::forget(r);
+                        }
                         self.serve();
                     }
                     drop(theirs);
@@ -1495,6 +1893,24 @@ impl Client {
                         Err(e) => reply(&[e as u64], None),
                     }
                 }
+                cmd::DMA_MAP => match self.dma_map(arg(1), arg(2)) {
+                    Ok(f) => reply(&[0], Some(f.as_raw_fd())),
+                    Err(e) => reply(&[e as u64], None),
+                },
+                cmd::DMA_UNMAP => {
+                    let r = match &mut self.edu {
+                        Some(r) => r.dma_unmap(arg(1)),
+                        None => Err(libc::ENODEV),
+                    };
+                    reply(&errno_reply(r), None);
+                }
+                cmd::DMA_RUN => {
+                    let r = match &mut self.edu {
+                        Some(r) => edu_dma(r, [arg(1), arg(2), arg(3), arg(4)]),
+                        None => Err(libc::ENODEV),
+                    };
+                    reply(&errno_reply(r), None);
+                }
                 cmd::MSG_WRITE => {
                     let r = match &mut self.remote {
                         Some(r) => r.write(BAR, arg(1) * 8, &arg(2).to_ne_bytes()),
@@ -1545,6 +1961,32 @@ fn tamper_fd(fd: RawFd, size: u64, kind: u64, w: u64, v: u64) -> Result<(), i32>
     Ok(())
 }
 
+/// A memfd of one window's size.
+fn memfd(name: &str) -> std::io::Result<OwnedFd> {
+    let f = barmap_server::bar::memfd(name, WIN as u64)?;
+    Ok(f)
+}
+
+/// Starts an edu DMA by writing its registers through `r`: source,
+/// destination, count, command.
+fn edu_dma(r: &mut Wire, regs: [u64; 4]) -> Result<(), i32> {
+    for (k, v) in regs.iter().enumerate() {
+        r.write(0, 0x80 + 8 * k as u64, &v.to_ne_bytes())?;
+    }
+    Ok(())
+}
+
+/// The edu's registers for a DMA between its buffer at `boff` and `iova`.
+fn dma_regs(to_ram: bool, iova: u64, boff: usize, n: usize) -> [u64; 4] {
+    use barmap_models::edu::{DMA_RUN, DMA_TO_RAM};
+    let buf = EDU_BUF + boff as u64;
+    if to_ram {
+        [buf, iova, n as u64, DMA_RUN | DMA_TO_RAM]
+    } else {
+        [iova, buf, n as u64, DMA_RUN]
+    }
+}
+
 /// The body of a client forked by the explorer: connect, take the BAR's
 /// fd, say so, serve.
 fn client_main(socket: &Path, ctl: RawFd) -> ! {
@@ -1554,13 +1996,16 @@ fn client_main(socket: &Path, ctl: RawFd) -> ! {
     unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
     // The reply says what failed: 1000 + errno (connecting, the version
     // exchange or the device's description), 2000 no memory BAR, 3000 no
-    // fd for it, 4000 a panic.
+    // fd for it, 4000 a panic, 5000 + errno connecting to the edu.
     let r = std::panic::catch_unwind(|| {
         let mut remote = Wire::connect(socket).map_err(|e| 1000 + e as u64)?;
         let (size, fd) = remote.region(BAR).map_err(|_| 2000u64)?;
         let fd = fd.ok_or(3000u64)?;
+        let edu =
+            Wire::connect(&barmap_server::device_socket(socket, 1)).map_err(|e| 5000 + e as u64)?;
         Ok::<_, u64>(Client {
             remote: Some(remote),
+            edu: Some(edu),
             fd: Some(fd),
             efd: None,
             map: std::ptr::null_mut(),
@@ -1593,8 +2038,14 @@ impl ProcSut {
     /// Serves a fresh default device with a `memory`-byte BAR;
     /// `broken_removal` breaks the server's removal (it revokes nothing),
     /// for tests of the explorer.
-    pub fn new(memory: u64, timeout: Duration, broken_removal: bool) -> Result<ProcSut, String> {
+    pub fn new(
+        memory: u64,
+        timeout: Duration,
+        broken_removal: bool,
+        broken_dma: bool,
+    ) -> Result<ProcSut, String> {
         let (server, dir, socket) = Self::serve(memory)?;
+        let mine = Self::map_mine(&server)?;
         Ok(ProcSut {
             server,
             dir,
@@ -1603,20 +2054,54 @@ impl ProcSut {
             timeout,
             memory,
             broken_removal,
+            broken_dma,
+            windows: Vec::new(),
+            mine,
         })
+    }
+
+    /// Lets the edu master the bus and maps the explorer's own window.
+    fn map_mine(server: &barmap_server::Server) -> Result<OwnedFd, String> {
+        let edu = &server.devices()[1];
+        let mut b = [0u8; 2];
+        edu.region_read(proto::CONFIG_REGION, 4, &mut b)
+            .map_err(|e| format!("edu COMMAND: errno {e}"))?;
+        let command = u16::from_ne_bytes(b) | 0x6;
+        edu.region_write(proto::CONFIG_REGION, 4, &command.to_ne_bytes())
+            .map_err(|e| format!("edu COMMAND: errno {e}"))?;
+        let f = memfd("barmap-explore-buffer").map_err(|e| e.to_string())?;
+        let dup = f.try_clone().map_err(|e| e.to_string())?;
+        edu.host()
+            .dma_map(barmap_server::host::DmaWindow {
+                iova: EXPLORER_IOVA,
+                size: WIN as u64,
+                flags: proto::DMA_FLAG_READ | proto::DMA_FLAG_WRITE,
+                client: EXPLORER_CLIENT,
+                backing: barmap_server::host::Backing::File(dup, 0),
+            })
+            .map_err(|e| format!("the explorer's window: errno {e}"))?;
+        Ok(f)
     }
 
     fn serve(memory: u64) -> Result<(Arc<barmap_server::Server>, PrivateDir, PathBuf), String> {
         let dir = PrivateDir::new("barmap-explore").map_err(|e| format!("temp dir: {e}"))?;
         let socket = dir.path().join("dev.sock");
         let model = barmap_models::by_name("default", &[("memory".into(), memory.to_string())])?;
+        let edu = barmap_models::by_name("edu", &[])?;
         let server = barmap_server::Server::new(
             &socket,
-            vec![barmap_server::DeviceConfig {
-                name: "default".into(),
-                model,
-                exclusive: false,
-            }],
+            vec![
+                barmap_server::DeviceConfig {
+                    name: "default".into(),
+                    model,
+                    exclusive: false,
+                },
+                barmap_server::DeviceConfig {
+                    name: "edu".into(),
+                    model: edu,
+                    exclusive: false,
+                },
+            ],
         )
         .map_err(|e| e.to_string())?;
         server.start().map_err(|e| e.to_string())?;
@@ -1651,12 +2136,60 @@ impl ProcSut {
         }
         self.server.stop();
         let (server, dir, socket) = Self::serve(self.memory)?;
+        self.mine = Self::map_mine(&server)?;
+        self.windows.clear();
         (self.server, self.dir, self.socket) = (server, dir, socket);
         Ok(api(Ok(Val::U64(alive as u64))))
     }
 
     fn dev(&self) -> &barmap_server::ServedDevice {
         &self.server.devices()[0]
+    }
+
+    fn edu(&self) -> &barmap_server::ServedDevice {
+        &self.server.devices()[1]
+    }
+
+    /// The digest of window `k`'s memfd.
+    fn window_digest(&self, f: &OwnedFd) -> Result<u64, String> {
+        let mut b = vec![0u8; WIN];
+        barmap_server::bar::pread_all(f.as_raw_fd(), &mut b, 0).map_err(|e| e.to_string())?;
+        Ok(digest(&b))
+    }
+
+    /// A broken server's answer to client `c`'s death: once the server has
+    /// forgotten the windows that die with it, they are back.
+    fn after_death(&self, model: &ProcModel, c: usize) -> Result<(), String> {
+        let orphans = model.orphaned(c);
+        if !self.broken_dma || orphans.is_empty() {
+            return Ok(());
+        }
+        use barmap_models::Host;
+        let host = self.edu().host();
+        let t0 = Instant::now();
+        // Until the server has forgotten every one of them (a probe of a
+        // byte of each: an IOMMU fault).
+        while orphans.iter().any(|&k| {
+            host.dma_read(slot_iova(model.windows[k].slot), &mut [0u8])
+                .is_ok()
+        }) {
+            if t0.elapsed() > self.timeout {
+                return Err("the server kept a dead client's windows".into());
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        for k in orphans {
+            let f = self.windows[k].try_clone().map_err(|e| e.to_string())?;
+            host.dma_map(barmap_server::host::DmaWindow {
+                iova: slot_iova(model.windows[k].slot),
+                size: WIN as u64,
+                flags: proto::DMA_FLAG_READ | proto::DMA_FLAG_WRITE,
+                client: ZOMBIE_CLIENT,
+                backing: barmap_server::host::Backing::File(f, 0),
+            })
+            .map_err(|e| format!("errno {e}"))?;
+        }
+        Ok(())
     }
 
     fn call(
@@ -1880,11 +2413,64 @@ impl ProcSut {
                 sendmsg(self.clients[c].ctl.as_raw_fd(), &[cmd::EXIT], None)
                     .map_err(|e| format!("exit: {e}"))?;
                 self.gone(c)?;
+                self.after_death(model, c)?;
                 vec![api(Ok(Val::Unit))]
             }
             POp::Kill { .. } => {
                 self.kill(c)?;
+                self.after_death(model, c)?;
                 vec![api(Ok(Val::Unit))]
+            }
+            POp::DmaMap { seed, .. } => {
+                let iova = slot_iova(model.windows.len() as u32);
+                let (r, fd) = self.call(c, &[cmd::DMA_MAP, iova, seed], None)?;
+                match fd {
+                    Some(f) if r.first() == Some(&0) => {
+                        self.windows.push(f);
+                        vec![api(Ok(Val::Unit))]
+                    }
+                    _ => vec![api(Self::status(&r).and(Err("no fd".into())))],
+                }
+            }
+            POp::DmaUnmap { .. } => {
+                let iova = slot_iova(model.windows[plan.word].slot);
+                vec![api(Self::status(
+                    &self.call(c, &[cmd::DMA_UNMAP, iova], None)?.0,
+                ))]
+            }
+            POp::Dma {
+                to_ram,
+                woff,
+                boff,
+                len,
+                ..
+            } => {
+                let (iova, woff, boff, n) = model.dma_args(plan.word, woff, boff, len);
+                let regs = dma_regs(to_ram, iova + woff as u64, boff, n);
+                let before = self.edu().host().counters().dma_faults;
+                let first = match plan.other {
+                    Some(i) => {
+                        let mut m = vec![cmd::DMA_RUN];
+                        m.extend(regs);
+                        api(Self::status(&self.call(i, &m, None)?.0))
+                    }
+                    None => {
+                        let mut r = Ok(());
+                        for (k, v) in regs.iter().enumerate() {
+                            r = r.and_then(|()| {
+                                self.edu()
+                                    .region_write(0, 0x80 + 8 * k as u64, &v.to_ne_bytes())
+                            });
+                        }
+                        api(r.map(|()| Val::Unit).map_err(|e| format!("errno {e}")))
+                    }
+                };
+                let faults = self.edu().host().counters().dma_faults - before;
+                let d = match self.windows.get(plan.word) {
+                    Some(f) => self.window_digest(f)?,
+                    None => 0,
+                };
+                vec![first, api(Ok(Val::U64(faults))), api(Ok(Val::U64(d)))]
             }
             POp::ReqRegister { .. } => {
                 vec![api(Self::status(
@@ -1957,7 +2543,36 @@ impl ProcSut {
                     std::thread::sleep(Duration::from_millis(1));
                     n = self.dev().clients().len();
                 }
-                vec![api(Ok(Val::U64(n as u64))), self.device_word(plan.word)]
+                let mut out = vec![api(Ok(Val::U64(n as u64))), self.device_word(plan.word)];
+                // The edu's windows, once the server has read every dead
+                // connection's end of file (bounded): it forgets a
+                // connection, then its windows.
+                let t0 = Instant::now();
+                let bound = self.timeout.min(Duration::from_secs(5));
+                while self.edu().clients().len() > model.edu_connections() && t0.elapsed() < bound {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                let host = self.edu().host();
+                let want = model.windows_held() as usize;
+                let t0 = Instant::now();
+                let mut n = host.dma_windows();
+                while n > want && t0.elapsed() < Duration::from_millis(200) {
+                    std::thread::sleep(Duration::from_millis(1));
+                    n = host.dma_windows();
+                }
+                out.push(api(Ok(Val::U64(n as u64))));
+                // The buffer, through the explorer's window.
+                let regs = dma_regs(true, EXPLORER_IOVA, 0, WIN);
+                for (k, v) in regs.iter().enumerate() {
+                    self.edu()
+                        .region_write(0, 0x80 + 8 * k as u64, &v.to_ne_bytes())
+                        .map_err(|e| format!("edu DMA: errno {e}"))?;
+                }
+                out.push(api(Ok(Val::U64(self.window_digest(&self.mine)?))));
+                for f in &self.windows {
+                    out.push(api(Ok(Val::U64(self.window_digest(f)?))));
+                }
+                out
             }
             POp::Loop {
                 words,
@@ -2007,6 +2622,7 @@ impl ProcSut {
                     }
                     Disturb::Kill => {
                         self.kill(c)?;
+                        self.after_death(model, c)?;
                         out.push(first);
                         for j in 0..words as usize {
                             out.push(self.device_word(model.loop_word(plan.word, j)));
