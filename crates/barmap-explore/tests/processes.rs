@@ -2,6 +2,7 @@
 //! the test's process, client processes that map, touch, pass fds, fork,
 //! exit and are killed, against the process-mode reference model.
 
+use barmap_explore::procs::POp;
 use barmap_explore::{run, Config, Mutation, Op, Report};
 
 fn config(seed: u64, ops: u64) -> Config {
@@ -299,30 +300,44 @@ fn a_removal_while_a_client_loops_on_its_mapping_loses_no_completed_write() {
 /// A server whose removal revokes nothing (it signals REQ and shuts the
 /// connections down, the mappings stay live) is caught: by the removal
 /// sequence, and by a generated run, shrunk to a few steps that remove.
-#[test]
-fn a_removal_that_revokes_nothing_is_caught() {
+/// A broken server (`mutation`) is caught: by the fixed `sequence`, at an
+/// operation `at` accepts, and by a generated run of `ops` operations,
+/// shrunk to at most 8 steps, each of whose `must` finds one of them.
+fn assert_caught(
+    mutation: Mutation,
+    sequence: &[Op],
+    at: fn(&Op) -> bool,
+    ops: u64,
+    must: &[fn(&Op) -> bool],
+) {
     let cfg = Config {
-        mutation: Mutation::RemovalRevokesNothing,
+        mutation,
         ..config(0, 0)
     };
-    let m =
-        barmap_explore::replay(&cfg, &removal_sequence()).expect("the broken removal is caught");
-    assert!(
-        matches!(m.op, Op::Proc(barmap_explore::procs::POp::Remove)),
-        "caught at {:?}",
-        m.op
-    );
+    let m = barmap_explore::replay(&cfg, sequence).expect("the broken server is caught");
+    assert!(at(&m.op), "caught at {:?}", m.op);
     let cfg = Config {
-        mutation: Mutation::RemovalRevokesNothing,
-        ..config(3, 2_000)
+        mutation,
+        ..config(3, ops)
     };
     let r = run(&cfg, |_| {});
-    let f = r.failure.expect("the broken removal is caught");
+    let f = r.failure.expect("the broken server is caught");
     assert!(f.shrunk.len() <= 8, "shrunk to {:?}", f.shrunk);
-    assert!(f
-        .shrunk
-        .iter()
-        .any(|op| matches!(op, Op::Proc(barmap_explore::procs::POp::Remove))));
+    for m in must {
+        assert!(f.shrunk.iter().any(m), "shrunk to {:?}", f.shrunk);
+    }
+}
+
+#[test]
+fn a_removal_that_revokes_nothing_is_caught() {
+    let remove: fn(&Op) -> bool = |op| matches!(op, Op::Proc(POp::Remove));
+    assert_caught(
+        Mutation::RemovalRevokesNothing,
+        &removal_sequence(),
+        remove,
+        2_000,
+        &[remove],
+    );
 }
 
 /// A DMA window's life follows its client's connection: a client maps
@@ -371,33 +386,19 @@ fn a_dead_clients_dma_window_faults_and_the_others_are_untouched() {
 /// end a client with a window mapped.
 #[test]
 fn a_server_that_keeps_a_dead_clients_dma_windows_is_caught() {
-    let cfg = Config {
-        mutation: Mutation::DeadClientsWindowsStay,
-        ..config(0, 0)
-    };
-    let m = barmap_explore::replay(&cfg, &dma_sequence()).expect("the kept windows are caught");
-    assert!(
-        matches!(m.op, Op::Proc(barmap_explore::procs::POp::Check { .. })),
-        "caught at {:?}",
-        m.op
+    assert_caught(
+        Mutation::DeadClientsWindowsStay,
+        &dma_sequence(),
+        |op| matches!(op, Op::Proc(POp::Check { .. })),
+        3_000,
+        &[
+            |op| matches!(op, Op::Proc(POp::DmaMap { .. })),
+            |op| {
+                matches!(
+                    op,
+                    Op::Proc(POp::Exit { .. } | POp::Kill { .. } | POp::Loop { .. })
+                )
+            },
+        ],
     );
-    let cfg = Config {
-        mutation: Mutation::DeadClientsWindowsStay,
-        ..config(3, 3_000)
-    };
-    let r = run(&cfg, |_| {});
-    let f = r.failure.expect("the kept windows are caught");
-    assert!(f.shrunk.len() <= 8, "shrunk to {:?}", f.shrunk);
-    assert!(f
-        .shrunk
-        .iter()
-        .any(|op| matches!(op, Op::Proc(barmap_explore::procs::POp::DmaMap { .. }))));
-    assert!(f.shrunk.iter().any(|op| matches!(
-        op,
-        Op::Proc(
-            barmap_explore::procs::POp::Exit { .. }
-                | barmap_explore::procs::POp::Kill { .. }
-                | barmap_explore::procs::POp::Loop { .. }
-        )
-    )));
 }
